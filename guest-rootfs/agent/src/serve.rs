@@ -1,0 +1,105 @@
+//! The request loop: read lines from the virtio-serial port, answer each request on its own thread
+//! so slow commands do not hold up others. Nothing the host sends can end this loop: bad input
+//! gets an error reply.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
+
+type Writer = Arc<Mutex<File>>;
+
+pub fn run(port: &str) -> std::io::Result<()> {
+    // A virtio-serial port opens once (a second open is EBUSY): one read-write handle, duplicated.
+    let mut reader = OpenOptions::new().read(true).write(true).open(port)?;
+    let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));
+    // Say we are up without being asked: the host may already be waiting.
+    send(&writer, None, ready());
+    let mut splitter = LineSplitter::new(MAX_REQUEST_BYTES);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            // No host connected to the port reads as end-of-file: wait for one.
+            Ok(0) => {
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for line in splitter.push(&buf[..n]) {
+            dispatch(&writer, line);
+        }
+    }
+}
+
+fn dispatch(writer: &Writer, line: Line) {
+    let line = match line {
+        Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => return,
+        Line::Complete(l) => l,
+        Line::Oversized { len } => {
+            let message = format!("request of {len} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes");
+            return send(writer, None, Reply::Error { message });
+        }
+    };
+    let request: Request = match lab_proto::decode(&line, MAX_REQUEST_BYTES) {
+        Ok(r) => r,
+        Err(e) => return send(writer, lab_proto::salvage_id(&line), Reply::Error { message: e.to_string() }),
+    };
+    let writer = Arc::clone(writer);
+    thread::spawn(move || {
+        let id = Some(request.id);
+        if matches!(request.op, Op::PowerOff) {
+            send(&writer, id, Reply::Done);
+            crate::init::power_off();
+        }
+        send(&writer, id, handle(request.op));
+    });
+}
+
+fn handle(op: Op) -> Reply {
+    let result = match op {
+        Op::Hello => Ok(ready()),
+        Op::Run(spec) => crate::exec::run(&spec).map(Reply::Ran),
+        Op::ReadFile { path } => fs::read(&path).map(|data| Reply::File { data }).map_err(|e| format!("read {path}: {e}")),
+        Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
+        Op::PowerOff => unreachable!("handled before dispatch to a thread"),
+    };
+    result.unwrap_or_else(|message| Reply::Error { message })
+}
+
+fn write_file(path: &str, data: &[u8], mode: u32) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("write {path}: {e}");
+    fs::write(path, data).map_err(fail)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fail)
+}
+
+fn ready() -> Reply {
+    let kernel_release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let uptime_secs = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let modules = fs::read_to_string("/run/lab-modules").unwrap_or_default().lines().map(String::from).collect();
+    Reply::Ready(Ready {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release,
+        uptime_secs,
+        modules,
+    })
+}
+
+fn send(writer: &Writer, id: Option<u64>, reply: Reply) {
+    let line = lab_proto::encode(&Response { id, reply });
+    // A poisoned lock only means another reply panicked mid-write; the port itself is still usable.
+    let mut port = writer.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = port.write_all(&line).and_then(|()| port.flush()) {
+        eprintln!("lab: reply lost: {e}");
+    }
+}

@@ -1,0 +1,334 @@
+//! The wire format between the host harness and the `lab` agent in the guest.
+//!
+//! Architecture invariant: this crate is the only place that knows how messages look on the wire.
+//! Both ends call [`encode`] and [`LineSplitter`]/[`decode`]; neither formats JSON by hand.
+//!
+//! Framing is one JSON object per line (`\n`-terminated) over the virtio-serial port named
+//! [`PORT_NAME`]. Every request carries an `id`; the reply repeats it, so the host may have several
+//! commands in flight (for example a `wait_until_succeeds` poll beside a long-running ping). Replies
+//! to input the agent could not attribute to a request (a malformed or oversized line) carry no id.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the virtio-serial port the agent listens on (`-device virtserialport,name=...`).
+/// The agent finds it through `/sys/class/virtio-ports/*/name`: there is no udev in the guest.
+pub const PORT_NAME: &str = "lab.agent";
+
+/// Protocol version, bumped on any incompatible change; the agent announces it in [`Ready`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request line the agent accepts (a `write_file` of a few MiB fits, base64-encoded).
+pub const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// Largest reply line the host accepts. Output beyond [`MAX_OUTPUT_BYTES`] per stream is cut by the
+/// agent, so a reply stays under this even with escaping.
+pub const MAX_RESPONSE_BYTES: usize = 192 << 20;
+
+/// Per-stream cap on captured command output; more is discarded and flagged as truncated.
+pub const MAX_OUTPUT_BYTES: usize = 32 << 20;
+
+/// A message from the host to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What the host asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Answered with [`Reply::Ready`]; the host polls with it until the agent is up.
+    Hello,
+    /// Run a program to completion (or until its timeout).
+    Run(RunSpec),
+    /// Read a whole file.
+    ReadFile { path: String },
+    /// Create or replace a file.
+    WriteFile {
+        path: String,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+        mode: u32,
+    },
+    /// Sync and power the guest off. Answered with [`Reply::Done`] just before it happens.
+    PowerOff,
+}
+
+/// What to run, where, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub program: Program,
+    /// Run inside this network namespace (`ip netns exec NAME ...`), as the seed's containers do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Bytes fed to the program's stdin; stdin is empty (`/dev/null`) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    pub stdin: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The agent kills the program's whole process group after this long.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+/// A program given either as an argument vector or as a shell script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    /// Executed directly, looked up in `PATH`.
+    Argv(Vec<String>),
+    /// Run by the guest's real shell (`/bin/sh` is dash, not busybox: busybox `sh` would run its own
+    /// `ip` applet, which lacks `netns`, `-d` and `-j`).
+    Script(String),
+}
+
+/// A message from the agent to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request this answers; `None` for input that could not be parsed far enough to find one.
+    pub id: Option<u64>,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Ready(Ready),
+    Ran(RunOutput),
+    File {
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    Done,
+    Error { message: String },
+}
+
+/// Sent in answer to [`Op::Hello`]: the agent is up and the guest is set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub protocol: u32,
+    pub agent_version: String,
+    /// `uname -r` of the running kernel.
+    pub kernel_release: String,
+    /// Seconds since the guest kernel started, from `/proc/uptime`.
+    pub uptime_secs: f64,
+    /// Modules the init loaded, in load order.
+    pub modules: Vec<String>,
+}
+
+/// The result of a [`RunSpec`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutput {
+    /// Exit code; `None` when the program was killed by a signal or timed out.
+    pub code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    #[serde(with = "b64")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "b64")]
+    pub stderr: Vec<u8>,
+    /// True when a stream hit [`MAX_OUTPUT_BYTES`] and the rest was discarded.
+    pub truncated: bool,
+    #[serde(with = "millis")]
+    pub duration: Duration,
+}
+
+impl RunOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Why a line could not be turned into a message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Serializes a message as one line, newline included.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these types cannot fail: every field is a plain value or a string-keyed map.
+    let mut line = serde_json::to_vec(msg).unwrap_or_else(|e| panic!("lab-proto: unserializable message: {e}"));
+    line.push(b'\n');
+    line
+}
+
+/// Parses one line (without its newline) into a message.
+pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    if line.len() > limit {
+        return Err(DecodeError::TooLarge { len: line.len(), limit });
+    }
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Best effort: the `id` of a request that failed to decode, so its error reply can be matched.
+pub fn salvage_id(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    serde_json::from_slice::<IdOnly>(line).ok().map(|m| m.id)
+}
+
+/// One item cut from a byte stream by a [`LineSplitter`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Complete(Vec<u8>),
+    /// A line longer than the limit ended here; its bytes were discarded, `len` counts them.
+    Oversized { len: usize },
+}
+
+/// Cuts a byte stream into lines without ever buffering more than `limit` bytes of one line,
+/// so a peer that never sends a newline cannot exhaust memory.
+#[derive(Debug)]
+pub struct LineSplitter {
+    limit: usize,
+    buf: Vec<u8>,
+    /// Bytes of the current line thrown away after it passed the limit.
+    discarded: usize,
+}
+
+impl LineSplitter {
+    pub fn new(limit: usize) -> Self {
+        Self { limit, buf: Vec::new(), discarded: 0 }
+    }
+
+    /// Feeds bytes; returns the lines they complete.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Line> {
+        let mut out = Vec::new();
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            self.take(&bytes[..pos]);
+            out.push(self.finish_line());
+            bytes = &bytes[pos + 1..];
+        }
+        self.take(bytes);
+        out
+    }
+
+    fn take(&mut self, part: &[u8]) {
+        if self.discarded > 0 || self.buf.len() + part.len() > self.limit {
+            self.discarded += self.buf.len() + part.len();
+            self.buf.clear();
+        } else {
+            self.buf.extend_from_slice(part);
+        }
+    }
+
+    fn finish_line(&mut self) -> Line {
+        if self.discarded > 0 {
+            let len = std::mem::take(&mut self.discarded);
+            Line::Oversized { len }
+        } else {
+            Line::Complete(std::mem::take(&mut self.buf))
+        }
+    }
+}
+
+mod b64 {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::b64::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::b64")] Vec<u8>);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_one_line() {
+        let req = Request {
+            id: 7,
+            op: Op::Run(RunSpec {
+                program: Program::Script("ip -d link show\n".into()),
+                netns: Some("ns1".into()),
+                stdin: Some(b"\x00\xffbinary".to_vec()),
+                env: BTreeMap::from([("A".into(), "b".into())]),
+                timeout: Duration::from_millis(1500),
+            }),
+        };
+        let line = encode(&req);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "exactly one newline, at the end");
+        let back: Request = decode(&line[..line.len() - 1], MAX_REQUEST_BYTES).expect("decodes");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn wire_shape_is_tagged_and_flat() {
+        let line = encode(&Request { id: 1, op: Op::Hello });
+        assert_eq!(std::str::from_utf8(&line).expect("utf8"), "{\"id\":1,\"op\":\"hello\"}\n");
+    }
+
+    #[test]
+    fn splitter_cuts_lines_across_chunks() {
+        let mut s = LineSplitter::new(16);
+        assert!(s.push(b"{\"a\"").is_empty());
+        assert_eq!(s.push(b":1}\n{}\nx"), vec![Line::Complete(b"{\"a\":1}".to_vec()), Line::Complete(b"{}".to_vec())]);
+        assert_eq!(s.push(b"\n"), vec![Line::Complete(b"x".to_vec())]);
+    }
+
+    #[test]
+    fn splitter_discards_oversized_line_and_recovers() {
+        let mut s = LineSplitter::new(4);
+        assert!(s.push(b"0123").is_empty());
+        assert!(s.push(b"456789").is_empty());
+        assert_eq!(s.push(b"ab\nok\n"), vec![Line::Oversized { len: 12 }, Line::Complete(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn decode_rejects_garbage_and_oversize() {
+        assert!(matches!(decode::<Request>(b"not json", 100), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode::<Request>(b"{\"id\":1,\"op\":\"nope\"}", 100), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode::<Request>(&[b' '; 101], 100), Err(DecodeError::TooLarge { len: 101, limit: 100 })));
+        assert_eq!(salvage_id(b"{\"id\":9,\"op\":\"nope\"}"), Some(9));
+    }
+}

@@ -1,0 +1,112 @@
+//! Builds the guest image: an uncompressed cpio (newc) initramfs holding the `lab` agent as `/init`,
+//! busybox, the real iproute2, dash and ping with their libraries, and the kernel modules the
+//! experiments need, in the order they must be loaded.
+//!
+//! Everything comes from Debian packages unpacked on the host ([`lab_kernels::deb`]), so building
+//! needs no root and nothing installed but apt. The image is reproducible (sorted entries, zero
+//! timestamps and owners) and cached under the sha256 of its own bytes' inputs.
+
+mod recipe;
+mod sysroot;
+mod tree;
+
+use std::path::{Path, PathBuf};
+
+use lab_kernels::modules::ModuleTree;
+use lab_kernels::Kernel;
+use serde::{Deserialize, Serialize};
+
+pub use recipe::Recipe;
+use sysroot::Sysroot;
+use tree::Tree;
+
+/// A built image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// Kernel release whose modules it carries: an image boots only that kernel.
+    pub kernel_release: String,
+    /// Modules loaded at boot, in order.
+    pub modules: Vec<String>,
+    /// Debian packages it was made from: `name=version sha256`.
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kernel(#[from] lab_kernels::Error),
+    #[error("guest image recipe {path}: {message}")]
+    Recipe { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds (or finds in `cache`) the image for `kernel` with the agent binary at `agent`.
+pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Result<Image> {
+    let sysroot = Sysroot::fetch(&recipe.packages, &cache.join("debs"))?;
+    let mut tree = Tree::default();
+    tree.skeleton();
+    tree.file("/init", read(agent)?, 0o755);
+    sysroot.install_busybox(&mut tree, &recipe.busybox, &recipe.provided_names())?;
+    for program in &recipe.programs {
+        sysroot.install_program(&mut tree, program)?;
+    }
+    for [link, target] in &recipe.links {
+        tree.symlink(link, target);
+    }
+    let modules = install_modules(&mut tree, kernel, &recipe.modules)?;
+    tree.file("/etc/lab/packages", sysroot.describe().join("\n").into_bytes(), 0o644);
+
+    let bytes = tree.to_cpio().map_err(|e| Error::io(cache, e))?;
+    let sha256 = lab_kernels::deb::sha256_hex(&bytes);
+    let dir = cache.join("images");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join(format!("initramfs-{}-{}.cpio", kernel.release, &sha256[..16]));
+    if !path.is_file() {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(Image {
+        path,
+        sha256,
+        size: bytes.len() as u64,
+        kernel_release: kernel.release.clone(),
+        modules,
+        packages: sysroot.describe(),
+    })
+}
+
+/// Copies the modules (and their dependencies) and writes `/etc/lab/modules`, the load order the
+/// agent follows at boot.
+fn install_modules(tree: &mut Tree, kernel: &Kernel, wanted: &[String]) -> Result<Vec<String>> {
+    let modules = ModuleTree::open(&kernel.modules_dir)?;
+    let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let order = modules.load_order(&names)?;
+    let base = format!("/lib/modules/{}", kernel.release);
+    let mut list = String::new();
+    for rel in &order {
+        let bytes = lab_kernels::modules::read(&modules.root().join(rel))?;
+        tree.file(&format!("{base}/{}", rel.display()), bytes, 0o644);
+        list.push_str(&format!("{}\n", rel.display()));
+    }
+    tree.file("/etc/lab/modules", list.into_bytes(), 0o644);
+    Ok(order.iter().map(|p| p.display().to_string()).collect())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}

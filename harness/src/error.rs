@@ -1,0 +1,101 @@
+//! Errors of the harness. Every failure names the guest, the phase that broke (as vmtest does:
+//! a failed boot and a failed command are different stories) and, where it helps, the last lines
+//! the guest printed on its console.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use lab_proto::RunOutput;
+
+/// The stage of a guest's life in which something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Finding QEMU and the assets, starting the QEMU process.
+    Launch,
+    /// From QEMU's start until the agent said it was ready.
+    Boot,
+    /// Talking to QEMU over QMP.
+    Qmp,
+    /// A request to the agent.
+    Command,
+    /// Powering off.
+    Shutdown,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Launch => "launch",
+            Phase::Boot => "boot",
+            Phase::Qmp => "qmp",
+            Phase::Command => "command",
+            Phase::Shutdown => "shutdown",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Something the host lacks; `fix` says how to get it.
+    #[error("{what} is missing: {fix}")]
+    Missing { what: String, fix: String },
+
+    /// A guest failed in `phase`.
+    #[error("{vm}: {phase} failed: {message}{}", tail(console_tail))]
+    Guest { vm: String, phase: Phase, message: String, console_tail: Option<String> },
+
+    /// A command ran, but did not end the way the caller required.
+    #[error("{vm}: `{command}` {expected}, but {}\n{}", describe_exit(output), show_output(output))]
+    Unexpected { vm: String, command: String, expected: &'static str, output: Box<RunOutput> },
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Error {
+    pub fn guest(vm: &str, phase: Phase, message: impl Into<String>) -> Self {
+        Self::Guest { vm: vm.to_string(), phase, message: message.into(), console_tail: None }
+    }
+
+    pub(crate) fn with_console(self, console: Option<String>) -> Self {
+        match self {
+            Self::Guest { vm, phase, message, console_tail: None } => Self::Guest { vm, phase, message, console_tail: console },
+            other => other,
+        }
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        match self {
+            Self::Guest { phase, .. } => Some(*phase),
+            Self::Unexpected { .. } => Some(Phase::Command),
+            _ => None,
+        }
+    }
+}
+
+fn tail(console: &Option<String>) -> String {
+    match console {
+        Some(c) if !c.trim().is_empty() => format!("\n--- last console lines ---\n{}\n--- end of console ---", c.trim_end()),
+        _ => String::new(),
+    }
+}
+
+fn describe_exit(out: &RunOutput) -> String {
+    match (out.timed_out, out.code, out.signal) {
+        (true, ..) => format!("it timed out after {:?}", out.duration),
+        (_, Some(code), _) => format!("it exited with {code}"),
+        (_, None, Some(sig)) => format!("it was killed by signal {sig}"),
+        _ => "it ended without a status".to_string(),
+    }
+}
+
+fn show_output(out: &RunOutput) -> String {
+    let clip = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim_end();
+        if s.len() > 4000 { format!("...{}", &s[s.len() - 4000..]) } else { s.to_string() }
+    };
+    format!("--- stdout ---\n{}\n--- stderr ---\n{}", clip(&out.stdout), clip(&out.stderr))
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

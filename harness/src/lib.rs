@@ -1,0 +1,32 @@
+//! The host side of macvlan-lab: boots throwaway QEMU microVMs without root, controls them over
+//! QMP, and runs commands in them through the `lab` agent.
+//!
+//! Start at [`Vm::boot`]; tests read like the experiment:
+//!
+//! ```no_run
+//! # async fn demo() -> lab_harness::Result<()> {
+//! let assets = lab_harness::Assets::from_env()?;
+//! let vm = lab_harness::Vm::boot(assets.vm("host1")).await?;
+//! vm.succeed("ip link set eth0 promisc on").await?;
+//! assert!(vm.qmp().rx_filter().await.map_err(|e| lab_harness::Error::guest("host1", lab_harness::Phase::Qmp, e.to_string()))?.promiscuous);
+//! vm.fail("ping -c1 -W1 192.168.88.11").await?;
+//! vm.shutdown().await
+//! # }
+//! ```
+
+pub mod accel;
+pub mod agent;
+pub mod assets;
+pub mod console;
+pub mod error;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod vm;
+
+pub use accel::Accel;
+pub use assets::Assets;
+pub use error::{Error, Phase, Result};
+pub use lab_proto::{Reply, RunOutput};
+pub use qmp::{Qmp, QmpError, RxFilter};
+pub use vm::{Cmd, MacAddr, NetBackend, Vm, VmConfig};

@@ -1,0 +1,155 @@
+//! The QEMU command line for one guest, and finding QEMU on the host.
+//!
+//! Architecture invariant: this is the only module that knows QEMU's command-line syntax.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::accel::Accel;
+use crate::error::{Error, Result};
+use crate::vm::{NetBackend, VmConfig};
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// Every QEMU we start carries this in its `-name`, so leak checks can find strays.
+pub const PROCESS_MARKER: &str = "macvlan-lab";
+
+/// The files QEMU and the harness share for one guest, all inside its throwaway state directory.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    pub dir: PathBuf,
+    pub qmp: PathBuf,
+    pub agent: PathBuf,
+    pub console: PathBuf,
+    pub qemu_log: PathBuf,
+}
+
+impl StatePaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            qmp: dir.join("qmp.sock"),
+            agent: dir.join("agent.sock"),
+            console: dir.join("console.log"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+}
+
+/// `qemu-system-x86_64` from PATH (or `LAB_QEMU`), or an error saying how to install it.
+pub fn find_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LAB_QEMU") {
+        return Ok(PathBuf::from(p));
+    }
+    which::which(QEMU_BINARY).map_err(|_| Error::Missing { what: QEMU_BINARY.into(), fix: install_hint() })
+}
+
+pub fn install_hint() -> String {
+    "install it: `sudo apt-get install qemu-system-x86` (Debian/Ubuntu), `sudo dnf install qemu-system-x86` \
+     (Fedora), or set LAB_QEMU=/path/to/qemu-system-x86_64; `cargo xtask test` installs it when run as root"
+        .into()
+}
+
+/// `QEMU emulator version 7.2.22 (...)` -> `7.2.22`.
+pub fn version(binary: &Path) -> Result<String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| Error::Io { path: binary.to_path_buf(), source: e })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_string())
+}
+
+/// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
+/// QEMU exit, which the harness notices at once instead of waiting out a deadline.
+pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    let mut args = vec![
+        "console=ttyS0".to_string(),
+        "rdinit=/init".into(),
+        "panic=-1".into(),
+        "quiet".into(),
+        format!("lab.hostname={}", cfg.name),
+    ];
+    if let (Accel::Tcg, Some(khz)) = (cfg.accel, cfg.tsc_khz) {
+        // Under TCG the guest TSC runs at the host's rate, and calibrating it against the emulated
+        // PIT hangs the boot on a loaded host (see `accel::host_tsc_khz`). Telling the kernel the
+        // rate skips that calibration; `tsc=reliable` keeps the clocksource watchdog, which
+        // compares against jiffies that lag on a busy host, from demoting the TSC mid-run.
+        args.push(format!("tsc_early_khz={khz}"));
+        args.push("tsc=reliable".into());
+    }
+    args.extend(cfg.extra_cmdline.iter().cloned());
+    args.join(" ")
+}
+
+pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-name", &format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name)]);
+    // microvm: no PCI, no firmware tables to walk, virtio over MMIO. pit/pic/rtc are needed for
+    // the stock Debian kernel to calibrate its clocks (without pit=on it hangs at TSC calibration).
+    push(&["-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on"]);
+    push(&cfg.accel.qemu_args());
+    push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    let mut file_arg = |flag: &str, path: &Path| {
+        a.push(flag.into());
+        a.push(path.into());
+    };
+    file_arg("-kernel", &cfg.kernel);
+    file_arg("-initrd", &cfg.initrd);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-append", &kernel_cmdline(cfg)]);
+    // Console to a file we can tail on failure.
+    push(&["-chardev", &format!("file,id=console,path={}", paths.console.display()), "-serial", "chardev:console"]);
+    // QMP and the agent port are unix sockets the harness listens on; QEMU connects at start-up,
+    // so there is no polling for socket files and no window in which output is lost.
+    push(&["-chardev", &format!("socket,id=qmp,path={}", paths.qmp.display()), "-mon", "chardev=qmp,mode=control"]);
+    push(&["-device", "virtio-serial-device,max_ports=2"]);
+    push(&["-chardev", &format!("socket,id=agent,path={}", paths.agent.display())]);
+    push(&["-device", &format!("virtserialport,chardev=agent,name={}", lab_proto::PORT_NAME)]);
+    let netdev = match &cfg.net {
+        // A hub with one port: frames leave eth0 and go nowhere. No host interface, no root.
+        NetBackend::Isolated => "hubport,id=net0,hubid=0".to_string(),
+    };
+    push(&["-netdev", &netdev]);
+    push(&["-device", &format!("virtio-net-device,netdev=net0,id={},mac={}", crate::qmp::NIC_ID, cfg.mac)]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::MacAddr;
+
+    fn cfg(accel: Accel) -> VmConfig {
+        let mut c = VmConfig::new("host1", Path::new("/k/vmlinuz"), Path::new("/k/initrd.cpio"));
+        c.accel = accel;
+        c.mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
+        c
+    }
+
+    #[test]
+    fn command_line_has_microvm_sockets_and_mac() {
+        let paths = StatePaths::in_dir(Path::new("/tmp/x"));
+        let line: Vec<String> = args(&cfg(Accel::Tcg), &paths).iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        let joined = line.join(" ");
+        assert!(joined.contains("-M microvm,pit=on,pic=on,rtc=on"), "{joined}");
+        assert!(joined.contains("-accel tcg -cpu max"), "{joined}");
+        assert!(joined.contains("socket,id=qmp,path=/tmp/x/qmp.sock"), "{joined}");
+        assert!(joined.contains("name=lab.agent"), "{joined}");
+        assert!(joined.contains("mac=52:54:00:01:02:03"), "{joined}");
+        assert!(joined.contains("process=macvlan-lab-host1"), "{joined}");
+    }
+
+    #[test]
+    fn tsc_hint_only_under_tcg() {
+        let mut tcg = cfg(Accel::Tcg);
+        tcg.tsc_khz = Some(2_000_000);
+        assert!(kernel_cmdline(&tcg).contains("tsc_early_khz=2000000"));
+        let mut kvm = cfg(Accel::Kvm);
+        kvm.tsc_khz = Some(2_000_000);
+        assert!(!kernel_cmdline(&kvm).contains("tsc_early_khz="));
+        assert!(kernel_cmdline(&cfg(Accel::Kvm)).contains("lab.hostname=host1"));
+    }
+}

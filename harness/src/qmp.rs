@@ -1,0 +1,242 @@
+//! QMP, QEMU's control protocol, through the `qapi` crate.
+//!
+//! The crate's async driver decodes every message against one QEMU release's schema (0.15: QEMU
+//! 9.1), and one message it cannot decode ends its stream and fails every pending command. So we
+//! put a pump in front of it: the pump reads QEMU's raw lines, keeps them (for failure reports),
+//! takes every *event* out as plain JSON into our own log, and hands only the greeting and
+//! command replies to `qapi`. Events therefore never break the stream, whatever QEMU sends.
+//! Commands whose reply shape differs across QEMU versions use our own types with tolerant fields.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qapi::futures::{QapiService, QmpStreamTokio};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, WriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+
+/// The `id` of the guest NIC (`-device virtio-net-device,id=...`).
+pub const NIC_ID: &str = "nic0";
+const RAW_LOG_LINES: usize = 200;
+
+type Writer = QmpStreamTokio<OwnedWriteHalf>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP greeting/negotiation failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("`{command}` got no reply within {within:?}")]
+    Timeout { command: &'static str, within: Duration },
+    #[error("`{command}` failed: {message}")]
+    Command { command: &'static str, message: String },
+}
+
+/// One QMP event as QEMU sent it.
+#[derive(Debug, Clone)]
+pub struct QmpEvent {
+    pub name: String,
+    pub data: serde_json::Value,
+    pub received: Instant,
+}
+
+/// A guest NIC's receive filter, as `query-rx-filter` reports it: the host's view of whether the
+/// guest asked for promiscuous mode and which MAC addresses it filters for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RxFilter {
+    pub name: String,
+    pub promiscuous: bool,
+    pub main_mac: String,
+    #[serde(default)]
+    pub unicast_table: Vec<String>,
+    #[serde(default)]
+    pub unicast_overflow: bool,
+    #[serde(default)]
+    pub multicast_table: Vec<String>,
+    #[serde(default)]
+    pub multicast_overflow: bool,
+    #[serde(default)]
+    pub broadcast_allowed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct QueryRxFilter {
+    name: &'static str,
+}
+impl qapi::Command for QueryRxFilter {
+    type Ok = Vec<RxFilter>;
+    const NAME: &'static str = "query-rx-filter";
+    const ALLOW_OOB: bool = false;
+}
+impl qapi::qmp::QmpCommand for QueryRxFilter {}
+
+/// A QMP connection. Cheap to share by reference; every call has a deadline.
+pub struct Qmp {
+    service: QapiService<Writer>,
+    shared: Arc<Mutex<Logs>>,
+    timeout: Duration,
+    pump: tokio::task::JoinHandle<()>,
+    driver: tokio::task::JoinHandle<()>,
+    /// QEMU's version from the greeting (`7.2.22`).
+    pub version: String,
+}
+
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Logs {
+    raw: VecDeque<String>,
+    events: Vec<QmpEvent>,
+}
+
+impl Qmp {
+    /// Greets and negotiates on a connected QMP socket.
+    pub async fn connect(stream: UnixStream, timeout: Duration) -> Result<Self, QmpError> {
+        let (read, write) = stream.into_split();
+        let (to_qapi, from_pump) = tokio::io::duplex(1 << 20);
+        let shared = Arc::new(Mutex::new(Logs::default()));
+        let pump = tokio::spawn(pump(read, to_qapi, Arc::clone(&shared)));
+        let (qapi_read, _unused_write): (_, WriteHalf<DuplexStream>) = tokio::io::split(from_pump);
+        let handshake = async {
+            let negotiation = QmpStreamTokio::open_split(qapi_read, write).await?;
+            let v = &negotiation.capabilities.QMP.version.qemu;
+            let version = format!("{}.{}.{}", v.major, v.minor, v.micro);
+            let stream = negotiation.negotiate().await?;
+            Ok::<_, std::io::Error>((stream, version))
+        };
+        let (stream, version) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| QmpError::Handshake(std::io::Error::other("no greeting")))?
+            .map_err(QmpError::Handshake)?;
+        let (service, driver) = stream.spawn_tokio();
+        Ok(Self { service, shared, timeout, pump, driver, version })
+    }
+
+    async fn execute<C>(&self, command: C) -> Result<C::Ok, QmpError>
+    where
+        C: qapi::qmp::QmpCommand,
+        Writer: futures::Sink<qapi::Execute<C, u32>, Error = std::io::Error> + Unpin,
+    {
+        let name = C::NAME;
+        self.note(format!("-> {name}"));
+        match tokio::time::timeout(self.timeout, self.service.execute(command)).await {
+            Err(_) => Err(QmpError::Timeout { command: name, within: self.timeout }),
+            Ok(Err(e)) => Err(QmpError::Command { command: name, message: e.to_string() }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// `query-status`: the VM's run state (`running`, `paused`, ...).
+    pub async fn status(&self) -> Result<String, QmpError> {
+        let s = self.execute(qapi::qmp::query_status {}).await?;
+        Ok(format!("{:?}", s.status).to_lowercase())
+    }
+
+    /// `query-version`, as `major.minor.micro`.
+    pub async fn query_version(&self) -> Result<String, QmpError> {
+        let v = self.execute(qapi::qmp::query_version {}).await?;
+        Ok(format!("{}.{}.{}", v.qemu.major, v.qemu.minor, v.qemu.micro))
+    }
+
+    /// `query-rx-filter` of the guest NIC.
+    pub async fn rx_filter(&self) -> Result<RxFilter, QmpError> {
+        let mut all = self.execute(QueryRxFilter { name: NIC_ID }).await?;
+        all.pop().ok_or(QmpError::Command { command: "query-rx-filter", message: "no NIC in the reply".into() })
+    }
+
+    /// `set_link`: plug (`true`) or pull (`false`) the guest NIC's cable.
+    pub async fn set_link(&self, up: bool) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::set_link { name: NIC_ID.into(), up }).await.map(drop)
+    }
+
+    /// `system_powerdown`: press the ACPI power button.
+    pub async fn system_powerdown(&self) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::system_powerdown {}).await.map(drop)
+    }
+
+    /// `quit`: QEMU exits at once. The connection closing right after is success, not an error.
+    pub async fn quit(&self) -> Result<(), QmpError> {
+        match self.execute(qapi::qmp::quit {}).await {
+            Ok(_) => Ok(()),
+            Err(QmpError::Command { message, .. }) if is_disconnect(&message) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every event received so far, in order.
+    pub fn events(&self) -> Vec<QmpEvent> {
+        self.logs().events.clone()
+    }
+
+    /// Waits for an event called `name` (already received ones count).
+    pub async fn wait_event(&self, name: &str, within: Duration) -> Option<QmpEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(e) = self.logs().events.iter().find(|e| e.name == name) {
+                return Some(e.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last raw lines exchanged (`<-` from QEMU, `->` commands sent), for failure reports.
+    pub fn raw_log(&self) -> Vec<String> {
+        self.logs().raw.iter().cloned().collect()
+    }
+
+    fn note(&self, line: String) {
+        push_raw(&mut self.logs(), line);
+    }
+
+    fn logs(&self) -> std::sync::MutexGuard<'_, Logs> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.pump.abort();
+        self.driver.abort();
+    }
+}
+
+fn is_disconnect(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("disconnected") || m.contains("eof") || m.contains("broken pipe") || m.contains("reset")
+}
+
+fn push_raw(logs: &mut Logs, line: String) {
+    if logs.raw.len() == RAW_LOG_LINES {
+        logs.raw.pop_front();
+    }
+    logs.raw.push_back(line);
+}
+
+/// Reads QEMU's lines; events go to our log, everything else to `qapi`.
+async fn pump(read: tokio::net::unix::OwnedReadHalf, mut to_qapi: DuplexStream, shared: Arc<Mutex<Logs>>) {
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+        {
+            let mut logs = shared.lock().unwrap_or_else(|p| p.into_inner());
+            push_raw(&mut logs, format!("<- {line}"));
+            if let Some(name) = value.get("event").and_then(|e| e.as_str()) {
+                let data = value.get("data").cloned().unwrap_or_default();
+                logs.events.push(QmpEvent { name: name.to_string(), data, received: Instant::now() });
+                continue;
+            }
+        }
+        if to_qapi.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}

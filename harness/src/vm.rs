@@ -1,0 +1,535 @@
+//! One guest: boot it, run commands in it the way the NixOS test driver does (`succeed`, `fail`,
+//! `wait_until_succeeds`), look at it through QMP, and power it off. Dropping a `Vm` kills its
+//! QEMU and removes its state directory, whatever happened before.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lab_proto::{Op, Program, Ready, Reply, RunOutput, RunSpec};
+use tokio::net::UnixListener;
+
+use crate::accel::Accel;
+use crate::agent::{AgentClient, AgentError};
+use crate::error::{Error, Phase, Result};
+use crate::process::QemuProcess;
+use crate::qemu::{self, StatePaths};
+use crate::qmp::Qmp;
+
+/// How many console lines an error shows.
+const CONSOLE_TAIL: usize = 40;
+
+/// A MAC address, printed the usual way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A locally administered address unique to this process and call: QEMU's 52:54:00 prefix
+    /// would collide across parallel test binaries, so we use 02:xx with the pid and a counter.
+    pub fn unique() -> Self {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        let pid = std::process::id().to_be_bytes();
+        MacAddr([0x02, pid[1], pid[2], pid[3], n[0], n[1]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the guest's `eth0` is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// Nothing: frames go nowhere. No host interface is touched.
+    Isolated,
+}
+
+/// Everything that defines one guest. Start from [`VmConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// `uname -r` the guest must report; checked at boot when set.
+    pub kernel_release: Option<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub mac: MacAddr,
+    pub net: NetBackend,
+    pub accel: Accel,
+    /// Under TCG, the TSC rate passed as `tsc_early_khz` (see [`qemu::kernel_cmdline`]).
+    pub tsc_khz: Option<u32>,
+    pub extra_cmdline: Vec<String>,
+    /// From QEMU's start to the agent's ready message.
+    pub boot_timeout: Duration,
+    /// Boots that time out (not ones that fail) are retried this many times in all.
+    pub boot_attempts: u32,
+    /// Default deadline of a command.
+    pub command_timeout: Duration,
+    /// Where the throwaway state directory is created (the system temp dir by default).
+    pub state_parent: Option<PathBuf>,
+    /// Where to keep the console log when the guest fails or its test panics.
+    pub artifacts: Option<PathBuf>,
+}
+
+impl VmConfig {
+    pub fn new(name: &str, kernel: &Path, initrd: &Path) -> Self {
+        let accel = Accel::choose().unwrap_or(Accel::Tcg);
+        Self {
+            name: name.to_string(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            kernel_release: None,
+            memory_mib: 256,
+            cpus: 1,
+            mac: MacAddr::unique(),
+            net: NetBackend::Isolated,
+            accel,
+            tsc_khz: if accel == Accel::Tcg { crate::accel::host_tsc_khz() } else { None },
+            extra_cmdline: Vec::new(),
+            boot_timeout: match accel {
+                Accel::Kvm => Duration::from_secs(20),
+                Accel::Tcg => Duration::from_secs(60),
+            },
+            boot_attempts: 2,
+            command_timeout: Duration::from_secs(60),
+            state_parent: None,
+            artifacts: std::env::var_os("LAB_ARTIFACTS").map(PathBuf::from),
+        }
+    }
+}
+
+/// A running guest.
+pub struct Vm {
+    cfg: VmConfig,
+    // Field order is drop order: connections first, then QEMU, then the directory its sockets live in.
+    agent: AgentClient,
+    qmp: Qmp,
+    process: QemuProcess,
+    paths: StatePaths,
+    ready: Ready,
+    boot_time: Duration,
+    attempts: u32,
+    failed: bool,
+    state: Option<tempfile::TempDir>,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm").field("name", &self.cfg.name).field("pid", &self.process.pid()).finish_non_exhaustive()
+    }
+}
+
+/// A command for [`Vm::run`]: a script by default, with optional namespace, stdin and timeout.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    spec: RunSpec,
+}
+
+impl Cmd {
+    /// A shell script run by the guest's `/bin/sh` (dash).
+    pub fn script(script: impl Into<String>) -> Self {
+        Self::from_program(Program::Script(script.into()))
+    }
+
+    /// A program and its arguments, run directly.
+    pub fn argv<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Self::from_program(Program::Argv(argv.into_iter().map(Into::into).collect()))
+    }
+
+    fn from_program(program: Program) -> Self {
+        Self { spec: RunSpec { program, netns: None, stdin: None, env: Default::default(), timeout: Duration::ZERO } }
+    }
+
+    /// Runs inside `ip netns exec NAME`.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.spec.netns = Some(name.to_string());
+        self
+    }
+
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.spec.stdin = Some(data.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.spec.timeout = t;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.spec.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    fn describe(&self) -> String {
+        let prefix = self.spec.netns.as_ref().map(|n| format!("[netns {n}] ")).unwrap_or_default();
+        match &self.spec.program {
+            Program::Script(s) => format!("{prefix}{}", s.trim()),
+            Program::Argv(a) => format!("{prefix}{}", a.join(" ")),
+        }
+    }
+}
+
+impl From<&str> for Cmd {
+    fn from(s: &str) -> Self {
+        Cmd::script(s)
+    }
+}
+
+impl From<String> for Cmd {
+    fn from(s: String) -> Self {
+        Cmd::script(s)
+    }
+}
+
+impl Vm {
+    /// Boots a guest and waits for its agent. A boot that times out is retried up to
+    /// `cfg.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
+    pub async fn boot(cfg: VmConfig) -> Result<Vm> {
+        let attempts = cfg.boot_attempts.max(1);
+        let mut last = None;
+        for attempt in 1..=attempts {
+            match Self::boot_once(&cfg, attempt).await {
+                Ok(vm) => return Ok(vm),
+                Err(BootFailure { error, retryable }) => {
+                    if !retryable || attempt == attempts {
+                        return Err(error);
+                    }
+                    tracing::warn!("{}: boot attempt {attempt} timed out, retrying: {error}", cfg.name);
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::guest(&cfg.name, Phase::Boot, "no boot attempted")))
+    }
+
+    async fn boot_once(cfg: &VmConfig, attempt: u32) -> Result<Vm, BootFailure> {
+        let fatal = |error| BootFailure { error, retryable: false };
+        let binary = qemu::find_binary().map_err(fatal)?;
+        for (what, path) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
+            if !path.is_file() {
+                return Err(fatal(Error::Missing {
+                    what: format!("{what} {}", path.display()),
+                    fix: "run `cargo xtask test` (or `cargo xtask provision`), which fetches the kernel and builds the image".into(),
+                }));
+            }
+        }
+        let state = state_dir(cfg).map_err(fatal)?;
+        let paths = StatePaths::in_dir(state.path());
+        let launch_err = |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
+        let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
+        let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
+        let started = Instant::now();
+        let mut process = QemuProcess::spawn(&binary, &qemu::args(cfg, &paths), &paths.qemu_log).map_err(launch_err)?;
+
+        let mut booting = Booting { cfg, paths: &paths, process: &mut process };
+        let qmp_stream = booting.accept(&qmp_listener, Duration::from_secs(10)).await?;
+        let qmp = Qmp::connect(qmp_stream, Duration::from_secs(10))
+            .await
+            .map_err(|e| booting.fail(Phase::Qmp, e.to_string(), false))?;
+        let agent = AgentClient::new(booting.accept(&agent_listener, Duration::from_secs(10)).await?);
+        let ready = booting.wait_ready(&agent, started).await?;
+        let boot_time = started.elapsed();
+        if let Some(want) = &cfg.kernel_release {
+            if &ready.kernel_release != want {
+                let msg = format!("guest runs kernel {} but {want} was asked for", ready.kernel_release);
+                return Err(booting.fail(Phase::Boot, msg, false));
+            }
+        }
+        tracing::info!("{}: ready in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})", cfg.name, cfg.accel, qmp.version);
+        Ok(Vm { cfg: cfg.clone(), agent, qmp, process, paths, ready, boot_time, attempts: attempt, failed: false, state: Some(state) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    pub fn mac(&self) -> MacAddr {
+        self.cfg.mac
+    }
+
+    /// What the agent reported at boot: kernel release, loaded modules, uptime.
+    pub fn ready_info(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// From QEMU's start to the agent's ready message.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Which boot attempt succeeded (1 unless a boot timed out and was retried).
+    pub fn boot_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    pub fn qemu_pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.paths.dir
+    }
+
+    /// Everything the guest printed on its serial console so far.
+    pub fn console_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.paths.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Runs a command and returns its result, whatever its exit status.
+    pub async fn run(&self, cmd: impl Into<Cmd>) -> Result<RunOutput> {
+        let mut cmd = cmd.into();
+        if cmd.spec.timeout.is_zero() {
+            cmd.spec.timeout = self.cfg.command_timeout;
+        }
+        // The agent enforces the command's timeout; allow it time to report back.
+        let within = cmd.spec.timeout + Duration::from_secs(10);
+        match self.agent.request(Op::Run(cmd.spec.clone()), within).await {
+            Ok(Reply::Ran(out)) => Ok(out),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
+        }
+    }
+
+    /// Runs a command that must exit 0; returns its stdout.
+    pub async fn succeed(&self, cmd: impl Into<Cmd>) -> Result<String> {
+        let cmd = cmd.into();
+        let out = self.run(cmd.clone()).await?;
+        if !out.success() {
+            return Err(self.unexpected(&cmd, "must succeed", out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a command that must exit non-zero (and not time out); returns its result.
+    pub async fn fail(&self, cmd: impl Into<Cmd>) -> Result<RunOutput> {
+        let cmd = cmd.into();
+        let out = self.run(cmd.clone()).await?;
+        if out.success() || out.timed_out {
+            return Err(self.unexpected(&cmd, "must fail", out));
+        }
+        Ok(out)
+    }
+
+    /// Runs a command until it succeeds, for at most `within`; returns its stdout.
+    pub async fn wait_until_succeeds(&self, cmd: impl Into<Cmd>, within: Duration) -> Result<String> {
+        let cmd = cmd.into();
+        let deadline = Instant::now() + within;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = cmd.clone().timeout(remaining.clamp(Duration::from_secs(1), self.cfg.command_timeout));
+            let out = self.run(attempt).await?;
+            if out.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.unexpected(&cmd, "did not succeed in time", out));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        match self.agent.request(Op::ReadFile { path: path.into() }, self.cfg.command_timeout).await {
+            Ok(Reply::File { data }) => Ok(data),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, message)),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure(&format!("read {path}"), e)),
+        }
+    }
+
+    pub async fn write_file(&self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Result<()> {
+        let op = Op::WriteFile { path: path.into(), data: data.into(), mode };
+        match self.agent.request(op, self.cfg.command_timeout).await {
+            Ok(Reply::Done) => Ok(()),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, message)),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure(&format!("write {path}"), e)),
+        }
+    }
+
+    /// Sends raw bytes to the agent and returns its answer to input it cannot attribute
+    /// (for testing that bad input gets an error and not a dead agent).
+    pub async fn send_raw_to_agent(&self, bytes: &[u8]) -> Result<Reply> {
+        self.agent.send_raw(bytes, Duration::from_secs(10)).await.map_err(|e| self.agent_failure("raw input", e))
+    }
+
+    /// Powers the guest off: through the agent, then ACPI `system_powerdown`, then QMP `quit`,
+    /// then SIGKILL, each step only if the one before did not end QEMU in time.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.agent.request(Op::PowerOff, Duration::from_secs(5)).await;
+        if self.exited_within(Duration::from_secs(10)).await {
+            return Ok(());
+        }
+        let _ = self.qmp.system_powerdown().await;
+        if self.exited_within(Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        let quit = self.qmp.quit().await;
+        if self.exited_within(Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        self.process.kill();
+        let message = format!("QEMU did not exit after power-off, system_powerdown and quit ({quit:?}); killed");
+        Err(self.error(Phase::Shutdown, message))
+    }
+
+    async fn exited_within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.process.wait()).await.is_ok()
+    }
+
+    fn error(&self, phase: Phase, message: String) -> Error {
+        Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(&self.paths)))
+    }
+
+    fn unexpected(&self, cmd: &Cmd, expected: &'static str, output: RunOutput) -> Error {
+        Error::Unexpected { vm: self.cfg.name.clone(), command: cmd.describe(), expected, output: Box::new(output) }
+    }
+
+    fn agent_failure(&self, what: &str, e: AgentError) -> Error {
+        self.error(Phase::Command, format!("{what}: {e}"))
+    }
+
+    /// Marks the guest as failed so its console is kept in the artifacts directory on drop.
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.process.kill();
+        if self.failed || std::thread::panicking() {
+            keep_console(&self.cfg, &self.paths);
+        }
+        // TempDir's own drop removes the directory and the sockets in it.
+        drop(self.state.take());
+    }
+}
+
+/// A failed boot attempt, and whether trying again could help.
+struct BootFailure {
+    error: Error,
+    retryable: bool,
+}
+
+/// The state of a guest between QEMU's start and its agent's ready message.
+struct Booting<'a> {
+    cfg: &'a VmConfig,
+    paths: &'a StatePaths,
+    process: &'a mut QemuProcess,
+}
+
+impl Booting<'_> {
+    fn fail(&mut self, phase: Phase, message: String, retryable: bool) -> BootFailure {
+        self.process.kill();
+        keep_console(self.cfg, self.paths);
+        let error = Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(self.paths)));
+        BootFailure { error, retryable }
+    }
+
+    /// Accepts QEMU's connection to one of our sockets, unless QEMU dies first.
+    async fn accept(&mut self, listener: &UnixListener, within: Duration) -> Result<tokio::net::UnixStream, BootFailure> {
+        tokio::select! {
+            conn = tokio::time::timeout(within, listener.accept()) => match conn {
+                Ok(Ok((stream, _))) => Ok(stream),
+                Ok(Err(e)) => Err(self.fail(Phase::Launch, format!("accepting QEMU's connection: {e}"), false)),
+                Err(_) => Err(self.fail(Phase::Launch, format!("QEMU did not connect within {within:?}"), false)),
+            },
+            status = self.process.wait() => {
+                let log = std::fs::read_to_string(&self.paths.qemu_log).unwrap_or_default();
+                Err(self.fail(Phase::Launch, format!("QEMU exited at start ({status:?}): {}", log.trim()), false))
+            }
+        }
+    }
+
+    /// Waits for the agent, failing at once if QEMU exits (a panicking kernel with `panic=-1`
+    /// and `-no-reboot` makes QEMU exit) and after the boot timeout otherwise.
+    async fn wait_ready(&mut self, agent: &AgentClient, started: Instant) -> Result<Ready, BootFailure> {
+        let remaining = self.cfg.boot_timeout.saturating_sub(started.elapsed());
+        tokio::select! {
+            ready = agent.wait_ready(remaining) => match ready {
+                Ok(r) => Ok(r),
+                Err(AgentError::Timeout(_)) => {
+                    let msg = format!("the agent was not ready within {:?} ({} accel)", self.cfg.boot_timeout, self.cfg.accel);
+                    Err(self.fail(Phase::Boot, msg, true))
+                }
+                Err(e) => Err(self.fail(Phase::Boot, e.to_string(), false)),
+            },
+            status = self.process.wait() => {
+                let msg = format!("QEMU exited before the agent was ready ({}); the guest kernel died or powered off", describe_status(status));
+                Err(self.fail(Phase::Boot, msg, false))
+            }
+        }
+    }
+}
+
+fn describe_status(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn qemu_console_tail(paths: &StatePaths) -> String {
+    crate::console::tail(&paths.console, CONSOLE_TAIL)
+}
+
+fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
+    let prefix = format!("{}-{}-", qemu::PROCESS_MARKER, cfg.name);
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    let dir = match &cfg.state_parent {
+        Some(parent) => b.tempdir_in(parent),
+        None => b.tempdir(),
+    };
+    dir.map_err(|e| Error::guest(&cfg.name, Phase::Launch, format!("creating its state directory: {e}")))
+}
+
+/// Copies the console log to the artifacts directory, if one is configured.
+fn keep_console(cfg: &VmConfig, paths: &StatePaths) {
+    let Some(dir) = &cfg.artifacts else { return };
+    if std::fs::create_dir_all(dir).is_ok() {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let dest = dir.join(format!("{}-{stamp}.console.log", cfg.name));
+        if std::fs::copy(&paths.console, &dest).is_ok() {
+            eprintln!("{}: console log kept at {}", cfg.name, dest.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_macs_are_unicast_local_and_distinct() {
+        let a = MacAddr::unique();
+        let b = MacAddr::unique();
+        assert_ne!(a, b);
+        assert_eq!(a.0[0] & 0x01, 0, "unicast");
+        assert_eq!(a.0[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(), "52:54:00:ab:01:02");
+    }
+}

@@ -1,0 +1,203 @@
+//! Debian packages fetched and unpacked without root: `apt-cache show` to resolve a name to a
+//! version, `apt-get download` (works as any user on Debian and Ubuntu) and `dpkg-deb -x`.
+//!
+//! Each package lands in `<cache>/<package>_<version>/` with a `fetched.json` written last, so an
+//! interrupted fetch is redone rather than trusted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// A package unpacked in the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unpacked {
+    pub package: String,
+    pub version: String,
+    /// sha256 of the `.deb` file.
+    pub sha256: String,
+    /// The unpacked file tree (`root/usr/...`).
+    #[serde(skip)]
+    pub root: PathBuf,
+}
+
+const MARKER: &str = "fetched.json";
+
+/// The candidate version of `package` and the packages it depends on (alternatives flattened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageInfo {
+    pub package: String,
+    pub version: String,
+    pub depends: Vec<String>,
+}
+
+/// Fetches `package` (its candidate version) into `cache` unless it is there already.
+pub fn fetch_and_unpack(package: &str, cache: &Path) -> Result<Unpacked> {
+    fetch_info(&show(&follow_meta_package(package)?)?, cache)
+}
+
+/// Fetches several packages, asking apt about all of them at once (each `apt-cache` call reads
+/// the whole package index: about a second on a Debian host).
+pub fn fetch_all(packages: &[String], cache: &Path) -> Result<Vec<Unpacked>> {
+    show_many(packages)?.iter().map(|info| fetch_info(info, cache)).collect()
+}
+
+fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
+    let dir = cache.join(format!("{}_{}", info.package, info.version.replace(':', "%3a")));
+    if let Some(done) = read_marker(&dir) {
+        return Ok(done);
+    }
+    let staging = cache.join(format!(".staging-{}-{}", info.package, std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let result = fetch_into(info, &staging);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let unpacked = result?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(Unpacked { root: dir.join("root"), ..unpacked })
+}
+
+fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
+    let spec = format!("{}={}", info.package, info.version);
+    run(
+        Command::new(tool("apt-get")?).arg("download").arg(&spec).current_dir(staging),
+        &format!("apt-get download {spec}"),
+        "run `sudo apt-get update` so apt knows the package, then try again",
+    )?;
+    let deb = only_deb(staging)?;
+    let bytes = std::fs::read(&deb).map_err(|e| Error::io(&deb, e))?;
+    let sha256 = sha256_hex(&bytes);
+    let root = staging.join("root");
+    run(
+        Command::new(tool("dpkg-deb")?).arg("-x").arg(&deb).arg(&root),
+        &format!("dpkg-deb -x {}", deb.display()),
+        "the download may be damaged: delete the cache directory and try again",
+    )?;
+    let unpacked = Unpacked { package: info.package.clone(), version: info.version.clone(), sha256, root };
+    let marker = staging.join(MARKER);
+    let json = serde_json::to_vec_pretty(&unpacked).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(&marker, json).map_err(|e| Error::io(&marker, e))?;
+    Ok(unpacked)
+}
+
+fn read_marker(dir: &Path) -> Option<Unpacked> {
+    let text = std::fs::read(dir.join(MARKER)).ok()?;
+    let done: Unpacked = serde_json::from_slice(&text).ok()?;
+    Some(Unpacked { root: dir.join("root"), ..done })
+}
+
+/// Kernel meta-packages (`linux-image-cloud-amd64`) hold no kernel: follow their one
+/// `linux-image-*` dependency to the package that does.
+pub fn follow_meta_package(package: &str) -> Result<String> {
+    let mut name = package.to_string();
+    for _ in 0..4 {
+        let info = show(&name)?;
+        match info.depends.iter().find(|d| d.starts_with("linux-image-")) {
+            Some(next) => name.clone_from(next),
+            None => return Ok(name),
+        }
+    }
+    Err(Error::Invalid(format!("{package}: too many levels of meta-packages")))
+}
+
+/// `apt-cache show` of the candidate version.
+pub fn show(package: &str) -> Result<PackageInfo> {
+    let mut infos = show_many(&[package.to_string()])?;
+    Ok(infos.remove(0))
+}
+
+/// `apt-cache show` of several packages in one call, in the order asked.
+pub fn show_many(packages: &[String]) -> Result<Vec<PackageInfo>> {
+    let what = format!("apt-cache show {}", packages.join(" "));
+    let out = run(
+        Command::new(tool("apt-cache")?).args(["show", "--no-all-versions"]).args(packages),
+        &what,
+        "run `sudo apt-get update`; on a distribution without these packages set LAB_KERNEL and LAB_KERNEL_MODULES",
+    )?;
+    let stanzas: Vec<PackageInfo> = out.split("\n\n").filter_map(parse_stanza).collect();
+    packages
+        .iter()
+        .map(|name| {
+            stanzas.iter().find(|s| &s.package == name).cloned().ok_or_else(|| Error::Command {
+                what: what.clone(),
+                stderr: format!("no stanza for {name}"),
+                fix: "run `sudo apt-get update` so apt knows the package".into(),
+            })
+        })
+        .collect()
+}
+
+fn parse_stanza(text: &str) -> Option<PackageInfo> {
+    let text = text.trim_start_matches('\n');
+    let field = |name: &str| {
+        text.lines().take_while(|l| !l.is_empty()).find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+    };
+    let depends = field("Depends")
+        .unwrap_or_default()
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(|d| d.split(':').next().unwrap_or(d).to_string())
+        .collect();
+    Some(PackageInfo { package: field("Package")?.to_string(), version: field("Version")?.to_string(), depends })
+}
+
+fn only_deb(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| Error::Invalid(format!("apt-get download left no .deb in {}", dir.display())))
+}
+
+fn tool(name: &'static str) -> Result<PathBuf> {
+    which::which(name).map_err(|_| Error::MissingTool {
+        tool: name,
+        fix: "the lab fetches Debian packages with apt on a Debian or Ubuntu host; elsewhere set \
+              LAB_KERNEL=/path/to/bzImage and LAB_KERNEL_MODULES=/path/to/lib/modules/RELEASE"
+            .into(),
+    })
+}
+
+fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
+    let out = cmd.output().map_err(|e| Error::Command { what: what.into(), stderr: e.to_string(), fix: fix.into() })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            what: what.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            fix: fix.into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_first_stanza_and_flattens_alternatives() {
+        let text = "Package: linux-image-6.1.0-56-cloud-amd64\nVersion: 6.1.192-2\n\
+                    Depends: kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool\n\
+                    Description: x\n\nPackage: other\nVersion: 1\n";
+        let info = parse_stanza(text).expect("stanza");
+        assert_eq!(info.package, "linux-image-6.1.0-56-cloud-amd64");
+        assert_eq!(info.version, "6.1.192-2");
+        assert_eq!(info.depends, ["kmod", "linux-base", "initramfs-tools", "linux-initramfs-tool"]);
+    }
+
+    #[test]
+    fn sha256_is_hex_of_the_bytes() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,119 @@
+//! Which guest kernels the lab knows ([`manifest`]), how they are fetched from Debian's archive
+//! without root ([`deb`]), and what their module trees contain ([`modules`]).
+//!
+//! The output of this crate is a [`Kernel`]: a bzImage, its module tree, and where it came from.
+
+pub mod deb;
+pub mod manifest;
+pub mod modules;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{KernelSpec, Manifest};
+
+/// A kernel ready to boot: everything the image builder and the harness need to know about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// Manifest id (`debian-6.1`) or `custom` for a `LAB_KERNEL` override.
+    pub id: String,
+    /// `uname -r` inside the guest.
+    pub release: String,
+    pub bzimage: PathBuf,
+    /// `/lib/modules/<release>` of this kernel.
+    pub modules_dir: PathBuf,
+    /// Where it came from: a Debian package (name, version, sha256 of the .deb) or a path.
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Debian { package: String, version: String, sha256: String },
+    Override { bzimage_sha256: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kernel manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("unknown kernel '{id}'; the manifest knows: {known}")]
+    UnknownKernel { id: String, known: String },
+    #[error("`{tool}` was not found on PATH; {fix}")]
+    MissingTool { tool: &'static str, fix: String },
+    #[error("{what} failed: {stderr}\n  fix: {fix}")]
+    Command { what: String, stderr: String, fix: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Environment overrides: a kernel of the user's own instead of a manifest entry.
+pub const ENV_KERNEL: &str = "LAB_KERNEL";
+pub const ENV_KERNEL_MODULES: &str = "LAB_KERNEL_MODULES";
+
+/// Provides the kernel `id` (or the manifest default, or the `LAB_KERNEL` override), fetching and
+/// unpacking it into `cache` when it is not there yet.
+pub fn provide(manifest: &Manifest, id: Option<&str>, cache: &Path) -> Result<Kernel> {
+    if let Some(bzimage) = std::env::var_os(ENV_KERNEL) {
+        return from_override(Path::new(&bzimage), std::env::var_os(ENV_KERNEL_MODULES).as_deref().map(Path::new));
+    }
+    let spec = manifest.get(id)?;
+    let unpacked = deb::fetch_and_unpack(&spec.package, &cache.join("kernels"))?;
+    let modules_root = unpacked.root.join("lib/modules");
+    let release = only_subdir(&modules_root)?;
+    let bzimage = unpacked.root.join("boot").join(format!("vmlinuz-{release}"));
+    if !bzimage.is_file() {
+        return Err(Error::Invalid(format!("package {} has no {}", unpacked.package, bzimage.display())));
+    }
+    Ok(Kernel {
+        id: spec.id.clone(),
+        modules_dir: modules_root.join(&release),
+        release,
+        bzimage,
+        origin: Origin::Debian { package: unpacked.package, version: unpacked.version, sha256: unpacked.sha256 },
+    })
+}
+
+fn from_override(bzimage: &Path, modules: Option<&Path>) -> Result<Kernel> {
+    let modules_dir = modules.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{ENV_KERNEL} is set but {ENV_KERNEL_MODULES} is not: point it at the kernel's /lib/modules/<release> directory"
+        ))
+    })?;
+    let release = modules_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Invalid(format!("{ENV_KERNEL_MODULES}={} has no release name", modules_dir.display())))?;
+    let bytes = std::fs::read(bzimage).map_err(|e| Error::io(bzimage, e))?;
+    Ok(Kernel {
+        id: "custom".into(),
+        release,
+        bzimage: bzimage.to_path_buf(),
+        modules_dir: modules_dir.to_path_buf(),
+        origin: Origin::Override { bzimage_sha256: deb::sha256_hex(&bytes) },
+    })
+}
+
+fn only_subdir(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.len() {
+        1 => Ok(names.remove(0)),
+        n => Err(Error::Invalid(format!("expected one kernel release under {}, found {n}", dir.display()))),
+    }
+}

@@ -1,0 +1,33 @@
+//! Shared pieces of the integration tests: every test boots real guests from the assets that
+//! `cargo xtask test` provisioned. Without them a test fails and says how to provision; it never
+//! skips.
+
+use lab_harness::{Assets, Vm, VmConfig};
+
+/// The provisioned kernel and image; panics with the fix when they are missing.
+pub fn assets() -> Assets {
+    Assets::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A guest configuration named `name` on the provisioned assets.
+pub fn config(name: &str) -> VmConfig {
+    assets().vm(name)
+}
+
+/// Boots `cfg`, panicking with the boot error (phase and console tail) on failure.
+pub async fn boot(cfg: VmConfig) -> Vm {
+    let name = cfg.name.clone();
+    Vm::boot(cfg).await.unwrap_or_else(|e| panic!("booting {name}: {e}"))
+}
+
+/// Unwraps a harness result with its full message (command, exit code, output, console tail).
+pub trait Check<T> {
+    fn check(self) -> T;
+}
+
+impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
+    #[track_caller]
+    fn check(self) -> T {
+        self.unwrap_or_else(|e| panic!("{e}"))
+    }
+}

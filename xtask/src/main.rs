@@ -1,0 +1,80 @@
+//! `cargo xtask`: the project's entry points. `test` provisions everything and runs every test;
+//! `lab` runs experiments; `bench` measures boots; `provision` only prepares kernel and image.
+
+mod bench;
+mod hosttools;
+mod lab;
+mod leaks;
+mod provision;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "macvlan-lab: provision, test, run and measure the lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the kernel, build the agent and the guest image, write target/lab/assets.json.
+    Provision(provision::ProvisionArgs),
+    /// Provision, then boot guests and run every test (unit and integration).
+    Test {
+        #[command(flatten)]
+        provision: provision::ProvisionArgs,
+        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Boot guests N times and report boot-to-agent time, image size and QEMU memory.
+    Bench(bench::BenchArgs),
+    /// Run lab experiments in throwaway guests.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Provision(args) => provision::run(&args).map(drop),
+        Command::Test { provision, test_args } => test(&provision, &test_args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Lab(args) => lab::run(&args),
+    }
+}
+
+fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result<()> {
+    hosttools::ensure_qemu()?;
+    let assets_path = provision::run(args)?;
+    let before = leaks::Snapshot::take();
+    let status = std::process::Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--"])
+        .args(test_args)
+        .env(lab_harness::assets::ENV_ASSETS, &assets_path)
+        .env("LAB_ARTIFACTS", lab_dir().join("failed"))
+        .status()?;
+    // Check for leftovers whether or not the tests passed: a leak is a bug either way.
+    let leaks = leaks::Snapshot::take().leaked_since(&before);
+    if !status.success() {
+        anyhow::bail!("tests failed ({status}); consoles of failed guests are in {}", lab_dir().join("failed").display());
+    }
+    if !leaks.is_empty() {
+        anyhow::bail!("the test suite left things behind:\n  {}", leaks.join("\n  "));
+    }
+    eprintln!("xtask: no QEMU process, no state directory and no host network change left behind");
+    Ok(())
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// `target/lab`: cache, assets, artifacts.
+pub fn lab_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    target.join("lab")
+}
