@@ -33,7 +33,7 @@ pub struct AgentClient {
     pending: Pending,
     next_id: AtomicU64,
     ready: watch::Receiver<Option<Ready>>,
-    /// Replies without an id: answers to input the agent could not parse.
+    /// Replies no caller waits for: answers to input the agent could not parse.
     unattributed: tokio::sync::Mutex<mpsc::UnboundedReceiver<Reply>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -98,6 +98,8 @@ impl AgentClient {
     /// input it could not attribute to a request.
     pub async fn send_raw(&self, bytes: &[u8], within: Duration) -> Result<Reply, AgentError> {
         let mut unattributed = self.unattributed.lock().await;
+        // Forget stale replies (late answers to timed-out requests) before asking.
+        while unattributed.try_recv().is_ok() {}
         self.writer.lock().await.write_all(bytes).await.map_err(AgentError::Write)?;
         match tokio::time::timeout(within, unattributed.recv()).await {
             Ok(Some(reply)) => Ok(reply),
@@ -153,15 +155,16 @@ async fn read_loop(
 fn route(resp: Response, pending: &Pending, ready: &watch::Sender<Option<Ready>>, unattributed: &mpsc::UnboundedSender<Reply>) {
     if let Reply::Ready(r) = &resp.reply {
         ready.send_replace(Some(r.clone()));
+        return;
     }
     match resp.id.and_then(|id| lock(pending).remove(&id)) {
         Some(waiter) => {
             let _ = waiter.send(resp.reply);
         }
-        None if resp.id.is_none() && !matches!(resp.reply, Reply::Ready(_)) => {
+        // No caller waits for it: an answer to raw input (whose id, if any, the agent salvaged),
+        // or a late reply to a request that timed out.
+        None => {
             let _ = unattributed.send(resp.reply);
         }
-        // A reply to a hello nobody waits for, or to a request that timed out.
-        None => {}
     }
 }

@@ -6,6 +6,7 @@ mod hosttools;
 mod lab;
 mod leaks;
 mod provision;
+mod tally;
 
 use std::path::PathBuf;
 
@@ -50,22 +51,26 @@ fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result
     hosttools::ensure_qemu()?;
     let assets_path = provision::run(args)?;
     let before = leaks::Snapshot::take();
-    let status = std::process::Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root())
         .args(["test", "--workspace", "--"])
         .args(test_args)
         .env(lab_harness::assets::ENV_ASSETS, &assets_path)
-        .env("LAB_ARTIFACTS", lab_dir().join("failed"))
-        .status()?;
+        .env("LAB_ARTIFACTS", lab_dir().join("failed"));
+    let (status, tally) = tally::run(cmd)?;
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.
     let leaks = leaks::Snapshot::take().leaked_since(&before);
+    if leaks.is_empty() {
+        eprintln!("xtask: no QEMU process, no state directory and no host network change left behind");
+    } else {
+        eprintln!("xtask: the test suite left things behind:\n  {}", leaks.join("\n  "));
+    }
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed + usize::from(!leaks.is_empty()));
     if !status.success() {
         anyhow::bail!("tests failed ({status}); consoles of failed guests are in {}", lab_dir().join("failed").display());
     }
-    if !leaks.is_empty() {
-        anyhow::bail!("the test suite left things behind:\n  {}", leaks.join("\n  "));
-    }
-    eprintln!("xtask: no QEMU process, no state directory and no host network change left behind");
+    anyhow::ensure!(leaks.is_empty(), "the test suite left things behind");
+    anyhow::ensure!(tally.passed > 0, "no test ran");
     Ok(())
 }
 
