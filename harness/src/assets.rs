@@ -16,6 +16,9 @@ pub const ENV_ASSETS: &str = "LAB_ASSETS";
 pub struct Assets {
     pub kernel: KernelAsset,
     pub image: ImageAsset,
+    /// The directory the assets file was read from (`target/lab`); runs keep artifacts below it.
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +57,12 @@ impl Assets {
             what: format!("guest assets ({})", path.display()),
             fix: "run `cargo xtask test` (or `cargo xtask provision`): it fetches the kernel and builds the guest image".into(),
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::Missing {
+        let assets: Assets = serde_json::from_str(&text).map_err(|e| Error::Missing {
             what: format!("valid guest assets in {}: {e}", path.display()),
             fix: "run `cargo xtask provision` again".into(),
-        })
+        })?;
+        let dir = path.parent().map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf())).unwrap_or_default();
+        Ok(Assets { dir, ..assets })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

@@ -111,6 +111,12 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     let netdev = match &cfg.net {
         // A hub with one port: frames leave eth0 and go nowhere. No host interface, no root.
         NetBackend::Isolated => "hubport,id=net0,hubid=0".to_string(),
+        // QEMU >= 7.2: one Ethernet frame per datagram, no header, no host interface.
+        NetBackend::Switch(port) => format!(
+            "dgram,id=net0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            port.guest.display(),
+            port.switch.display()
+        ),
     };
     push(&["-netdev", &netdev]);
     push(&["-device", &format!("virtio-net-device,netdev=net0,id={},mac={}", crate::qmp::NIC_ID, cfg.mac)]);

@@ -53,6 +53,8 @@ impl fmt::Debug for MacAddr {
 pub enum NetBackend {
     /// Nothing: frames go nowhere. No host interface is touched.
     Isolated,
+    /// A port of the lab's switch ([`crate::lan`]), through unix datagram sockets.
+    Switch(crate::lan::PortSockets),
 }
 
 /// Everything that defines one guest. Start from [`VmConfig::new`] and adjust fields.

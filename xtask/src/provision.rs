@@ -36,6 +36,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
             origin: describe_origin(&kernel),
         },
         image: ImageAsset { path: image.path.clone(), sha256: image.sha256.clone(), size: image.size, modules: image.modules.clone() },
+        dir: lab_dir(),
     };
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;

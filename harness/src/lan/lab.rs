@@ -1,0 +1,222 @@
+//! Several guests on one LAN, in the style of the NixOS test driver: `lab["host1"].succeed(..)`.
+//!
+//! Each run keeps its evidence under `target/lab/runs/<name>-<time>/`: the switch captures while
+//! it runs, and on failure every guest's console, its QMP events and a `summary.json`. A run that
+//! ends with [`Lab::shutdown`] succeeding removes the directory; any other end keeps it and says
+//! where it is.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::assets::Assets;
+use crate::error::{Error, Phase, Result};
+use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
+use crate::vm::{NetBackend, Vm, VmConfig};
+
+/// Describes a LAN before it boots.
+#[derive(Debug)]
+pub struct LabBuilder {
+    assets: Assets,
+    run: String,
+    hosts: Vec<VmConfig>,
+    policy: PortPolicy,
+}
+
+/// A booted LAN: guests, the switch between them, and the run's artifact directory.
+#[derive(Debug)]
+pub struct Lab {
+    // Guests go before the switch, the switch before the directories its sockets are in.
+    vms: Vec<Vm>,
+    switch: SwitchHandle,
+    sockets: tempfile::TempDir,
+    artifacts: PathBuf,
+    finished: bool,
+}
+
+impl LabBuilder {
+    /// `run` names the artifact directory (e.g. the test's name).
+    pub fn new(assets: &Assets, run: &str) -> Self {
+        Self { assets: assets.clone(), run: run.to_string(), hosts: Vec::new(), policy: PortPolicy::default() }
+    }
+
+    /// Adds a guest called `name` on the next switch port.
+    pub fn host(self, name: &str) -> Self {
+        self.host_with(name, |_| {})
+    }
+
+    /// Adds a guest and lets `adjust` change its configuration (memory, kernel arguments...).
+    pub fn host_with(mut self, name: &str, adjust: impl FnOnce(&mut VmConfig)) -> Self {
+        let mut cfg = self.assets.vm(name);
+        adjust(&mut cfg);
+        self.hosts.push(cfg);
+        self
+    }
+
+    /// The policy every port starts with (hairpin, MAC cap); change ports later with
+    /// [`Lab::set_policy`].
+    pub fn ports(mut self, policy: PortPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Starts the switch and boots every guest in parallel.
+    pub async fn boot(self) -> Result<Lab> {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let artifacts = self.assets.dir.join("runs").join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| Error::Io { path, source: e }
+        };
+        let sockets = tempfile::Builder::new().prefix(&format!("{}-lan-", crate::qemu::PROCESS_MARKER)).tempdir().map_err(io(Path::new("temp dir")))?;
+        let policies = vec![self.policy; self.hosts.len()];
+        let switch = SwitchHandle::start(&policies, sockets.path(), &artifacts).map_err(io(&artifacts))?;
+
+        let mut set = tokio::task::JoinSet::new();
+        for (port, mut cfg) in self.hosts.into_iter().enumerate() {
+            cfg.net = NetBackend::Switch(switch.sockets(port).clone());
+            cfg.artifacts = Some(artifacts.clone());
+            set.spawn(async move { (port, Vm::boot(cfg).await) });
+        }
+        let mut booted: Vec<(usize, Result<Vm>)> = set.join_all().await;
+        booted.sort_by_key(|(port, _)| *port);
+        let mut vms = Vec::new();
+        let mut first_error = None;
+        for (_, vm) in booted {
+            match vm {
+                Ok(vm) => vms.push(vm),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        let lab = Lab { vms, switch, sockets, artifacts, finished: false };
+        match first_error {
+            // Dropping `lab` kills the guests that did boot and keeps the artifacts.
+            Some(e) => Err(e),
+            None => Ok(lab),
+        }
+    }
+}
+
+impl Lab {
+    pub fn builder(assets: &Assets, run: &str) -> LabBuilder {
+        LabBuilder::new(assets, run)
+    }
+
+    /// The guest called `name`. Panics on an unknown name: that is a bug in the test.
+    pub fn vm(&self, name: &str) -> &Vm {
+        &self.vms[self.port(name)]
+    }
+
+    pub fn vms(&self) -> &[Vm] {
+        &self.vms
+    }
+
+    /// The switch port `name` is plugged into.
+    pub fn port(&self, name: &str) -> usize {
+        self.vms.iter().position(|v| v.name() == name).unwrap_or_else(|| panic!("no guest called {name} in this lab"))
+    }
+
+    pub fn switch(&self) -> &SwitchHandle {
+        &self.switch
+    }
+
+    pub fn counters(&self, name: &str) -> PortCounters {
+        self.switch.counters(self.port(name))
+    }
+
+    pub fn set_policy(&self, name: &str, policy: PortPolicy) {
+        self.switch.set_policy(self.port(name), policy);
+    }
+
+    /// Plugs or pulls `name`'s cable: QMP `set_link` on the guest's NIC (the guest sees
+    /// NO-CARRIER) and the switch port down with it.
+    pub async fn cable(&self, name: &str, up: bool) -> Result<()> {
+        let vm = self.vm(name);
+        vm.qmp().set_link(up).await.map_err(|e| Error::guest(name, Phase::Qmp, e.to_string()))?;
+        self.switch.set_up(self.port(name), up);
+        Ok(())
+    }
+
+    /// The capture of every frame the switch received.
+    pub fn capture(&self) -> PathBuf {
+        self.switch.flush_captures()
+    }
+
+    /// The capture of `name`'s cable, both directions.
+    pub fn port_capture(&self, name: &str) -> PathBuf {
+        self.switch.port_capture(self.port(name))
+    }
+
+    pub fn artifacts(&self) -> &Path {
+        &self.artifacts
+    }
+
+    /// Powers every guest off; on success the run's artifacts are removed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.write_summary();
+        let vms = std::mem::take(&mut self.vms);
+        let mut first_error = None;
+        for result in futures::future::join_all(vms.into_iter().map(Vm::shutdown)).await {
+            if let Err(e) = result {
+                first_error = first_error.or(Some(e));
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                self.finished = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// `summary.json`: guests, MACs, ports and counters, and each guest's QMP events.
+    fn write_summary(&self) {
+        #[derive(Serialize)]
+        struct Guest {
+            name: String,
+            mac: String,
+            port: usize,
+            counters: PortCounters,
+            learned: Vec<String>,
+            qmp_events: Vec<String>,
+        }
+        let guests: Vec<Guest> = self
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(port, vm)| Guest {
+                name: vm.name().to_string(),
+                mac: vm.mac().to_string(),
+                port,
+                counters: self.switch.counters(port),
+                learned: self.switch.learned(port).iter().map(ToString::to_string).collect(),
+                qmp_events: vm.qmp().events().iter().map(|e| format!("{} {}", e.name, e.data)).collect(),
+            })
+            .collect();
+        if let Ok(json) = serde_json::to_vec_pretty(&guests) {
+            let _ = std::fs::write(self.artifacts.join("summary.json"), json);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.finished && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.artifacts);
+            return;
+        }
+        if !self.vms.is_empty() {
+            self.write_summary();
+        }
+        for vm in &mut self.vms {
+            vm.mark_failed();
+        }
+        eprintln!("lab: artifacts of this run (captures, consoles, summary) kept in {}", self.artifacts.display());
+        let _ = &self.sockets;
+    }
+}
+
+/// How long tests wait for ARP and the like to settle on the LAN.
+pub const SETTLE: Duration = Duration::from_secs(15);

@@ -1,0 +1,294 @@
+//! The switch's forwarding logic, free of I/O: learn, age, flood, forward, and the per-port
+//! policies a real access switch has (reflective relay, port security, link state).
+//!
+//! Architecture invariant: every forwarding decision of the lab's LAN is made here, so it can be
+//! tested frame by frame without a guest.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::vm::MacAddr;
+
+/// Smallest frame we accept: destination, source, ethertype.
+pub const MIN_FRAME: usize = 14;
+/// Largest: a 9000-byte jumbo payload plus Ethernet and VLAN headers.
+pub const MAX_FRAME: usize = 9018;
+
+/// Behaviour of one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// Reflective relay (802.1Qbg "hairpin"): frames may leave through the port they came in on.
+    /// What VEPA needs for siblings to reach each other. Off on ordinary switches.
+    pub hairpin: bool,
+    /// Port security: at most this many source MACs are learned; frames from others are dropped.
+    pub max_macs: Option<usize>,
+}
+
+impl Default for PortPolicy {
+    fn default() -> Self {
+        Self { hairpin: false, max_macs: None }
+    }
+}
+
+/// Frame and drop counts of one port, readable by tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PortCounters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Shorter than an Ethernet header.
+    pub drop_runt: u64,
+    pub drop_oversize: u64,
+    /// Arrived while the port was down.
+    pub drop_link_down: u64,
+    /// From a source MAC beyond the port's cap.
+    pub drop_mac_limit: u64,
+    /// Destination learned on the ingress port and hairpin off: not sent back.
+    pub drop_same_port: u64,
+    /// Multicast source address: no valid frame has one.
+    pub drop_bad_source: u64,
+    /// Could not be delivered to the guest (gone, or its socket full).
+    pub drop_tx_error: u64,
+}
+
+#[derive(Debug)]
+struct Port {
+    policy: PortPolicy,
+    up: bool,
+    counters: PortCounters,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Learned {
+    port: usize,
+    seen: Instant,
+}
+
+#[derive(Debug)]
+pub struct Switch {
+    ports: Vec<Port>,
+    fdb: HashMap<MacAddr, Learned>,
+    ageing: Duration,
+}
+
+impl Switch {
+    pub fn new(policies: &[PortPolicy], ageing: Duration) -> Self {
+        let ports = policies.iter().map(|&policy| Port { policy, up: true, counters: PortCounters::default() }).collect();
+        Self { ports, fdb: HashMap::new(), ageing }
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Takes a frame received on `port` and returns the ports it leaves through (tx counted).
+    pub fn ingress(&mut self, port: usize, frame: &[u8], now: Instant) -> Vec<usize> {
+        let Some(p) = self.ports.get_mut(port) else { return Vec::new() };
+        p.counters.rx_frames += 1;
+        p.counters.rx_bytes += frame.len() as u64;
+        if frame.len() < MIN_FRAME {
+            p.counters.drop_runt += 1;
+            return Vec::new();
+        }
+        if frame.len() > MAX_FRAME {
+            p.counters.drop_oversize += 1;
+            return Vec::new();
+        }
+        if !p.up {
+            p.counters.drop_link_down += 1;
+            return Vec::new();
+        }
+        let dst = mac_at(frame, 0);
+        let src = mac_at(frame, 6);
+        if src.0[0] & 1 == 1 {
+            p.counters.drop_bad_source += 1;
+            return Vec::new();
+        }
+        self.age(now);
+        if !self.learn(port, src, now) {
+            self.ports[port].counters.drop_mac_limit += 1;
+            return Vec::new();
+        }
+        let out = self.egress_ports(port, dst);
+        for &o in &out {
+            self.ports[o].counters.tx_frames += 1;
+            self.ports[o].counters.tx_bytes += frame.len() as u64;
+        }
+        out
+    }
+
+    fn egress_ports(&mut self, ingress: usize, dst: MacAddr) -> Vec<usize> {
+        let hairpin = self.ports[ingress].policy.hairpin;
+        let flood = dst.0[0] & 1 == 1 || !self.fdb.contains_key(&dst);
+        if flood {
+            // A reflective-relay port gets its own floods back too, as a Linux bridge port in
+            // hairpin mode does: that is how ARP between VEPA siblings works.
+            return (0..self.ports.len()).filter(|&o| self.ports[o].up && (o != ingress || hairpin)).collect();
+        }
+        let to = self.fdb[&dst].port;
+        if to == ingress && !hairpin {
+            self.ports[ingress].counters.drop_same_port += 1;
+            return Vec::new();
+        }
+        if self.ports[to].up { vec![to] } else { Vec::new() }
+    }
+
+    /// Learns (or refreshes) `src` on `port`; false when the port's MAC cap forbids it.
+    fn learn(&mut self, port: usize, src: MacAddr, now: Instant) -> bool {
+        if self.fdb.get(&src).is_some_and(|l| l.port == port) {
+            self.fdb.insert(src, Learned { port, seen: now });
+            return true;
+        }
+        if let Some(cap) = self.ports[port].policy.max_macs {
+            if self.learned_on(port).len() >= cap {
+                return false;
+            }
+        }
+        self.fdb.insert(src, Learned { port, seen: now });
+        true
+    }
+
+    fn age(&mut self, now: Instant) {
+        let ageing = self.ageing;
+        self.fdb.retain(|_, l| now.duration_since(l.seen) < ageing);
+    }
+
+    /// MACs currently learned on `port`.
+    pub fn learned_on(&self, port: usize) -> Vec<MacAddr> {
+        let mut macs: Vec<MacAddr> = self.fdb.iter().filter(|(_, l)| l.port == port).map(|(m, _)| *m).collect();
+        macs.sort_by_key(|m| m.0);
+        macs
+    }
+
+    pub fn counters(&self, port: usize) -> PortCounters {
+        self.ports.get(port).map(|p| p.counters.clone()).unwrap_or_default()
+    }
+
+    pub fn count_tx_error(&mut self, port: usize) {
+        if let Some(p) = self.ports.get_mut(port) {
+            p.counters.drop_tx_error += 1;
+            p.counters.tx_frames = p.counters.tx_frames.saturating_sub(1);
+        }
+    }
+
+    pub fn set_up(&mut self, port: usize, up: bool) {
+        if let Some(p) = self.ports.get_mut(port) {
+            p.up = up;
+        }
+        if !up {
+            // A link going down flushes what was learned behind it, as real switches do.
+            self.fdb.retain(|_, l| l.port != port);
+        }
+    }
+
+    pub fn set_policy(&mut self, port: usize, policy: PortPolicy) {
+        if let Some(p) = self.ports.get_mut(port) {
+            p.policy = policy;
+        }
+    }
+
+    pub fn policy(&self, port: usize) -> PortPolicy {
+        self.ports.get(port).map(|p| p.policy).unwrap_or_default()
+    }
+}
+
+fn mac_at(frame: &[u8], at: usize) -> MacAddr {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&frame[at..at + 6]);
+    MacAddr(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+    const BCAST: [u8; 6] = [0xff; 6];
+
+    fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0u8; 46]);
+        f
+    }
+
+    fn switch(ports: usize, policy: PortPolicy) -> Switch {
+        Switch::new(&vec![policy; ports], Duration::from_secs(300))
+    }
+
+    #[test]
+    fn floods_unknown_and_broadcast_then_forwards_learned_unicast() {
+        let mut s = switch(3, PortPolicy::default());
+        let t = Instant::now();
+        assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1, 2]);
+        assert_eq!(s.ingress(1, &frame(C, B), t), [0, 2], "unknown unicast floods");
+        assert_eq!(s.ingress(1, &frame(A, B), t), [0], "learned unicast goes to one port");
+        assert_eq!(s.ingress(0, &frame(B, A), t), [1]);
+        assert_eq!(s.counters(2).tx_frames, 2);
+    }
+
+    #[test]
+    fn hairpin_off_drops_same_port_frames_and_on_reflects_them() {
+        let t = Instant::now();
+        let mut off = switch(2, PortPolicy::default());
+        off.ingress(0, &frame(BCAST, A), t);
+        assert_eq!(off.ingress(0, &frame(A, B), t), Vec::<usize>::new());
+        assert_eq!(off.counters(0).drop_same_port, 1);
+
+        let mut on = switch(2, PortPolicy { hairpin: true, max_macs: None });
+        assert_eq!(on.ingress(0, &frame(BCAST, A), t), [0, 1], "floods come back to a hairpin port");
+        assert_eq!(on.ingress(0, &frame(A, B), t), [0], "reflective relay");
+        assert_eq!(on.counters(0).drop_same_port, 0);
+    }
+
+    #[test]
+    fn mac_cap_drops_extra_sources_but_keeps_the_first() {
+        let mut s = switch(2, PortPolicy { hairpin: false, max_macs: Some(1) });
+        let t = Instant::now();
+        assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1]);
+        assert!(s.ingress(0, &frame(BCAST, B), t).is_empty());
+        assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1], "the first MAC keeps working");
+        assert_eq!(s.counters(0).drop_mac_limit, 1);
+        assert_eq!(s.learned_on(0), [MacAddr(A)]);
+    }
+
+    #[test]
+    fn learned_entries_age_out() {
+        let mut s = Switch::new(&[PortPolicy::default(); 3], Duration::from_secs(1));
+        let t = Instant::now();
+        s.ingress(0, &frame(BCAST, A), t);
+        assert_eq!(s.ingress(1, &frame(A, B), t), [0]);
+        assert_eq!(s.ingress(1, &frame(A, B), t + Duration::from_secs(2)), [0, 2], "aged out: flood again");
+    }
+
+    #[test]
+    fn down_ports_neither_send_nor_receive_and_forget_their_macs() {
+        let mut s = switch(3, PortPolicy::default());
+        let t = Instant::now();
+        s.ingress(0, &frame(BCAST, A), t);
+        s.set_up(0, false);
+        assert!(s.learned_on(0).is_empty());
+        assert_eq!(s.ingress(1, &frame(BCAST, B), t), [2]);
+        assert!(s.ingress(0, &frame(BCAST, A), t).is_empty());
+        assert_eq!(s.counters(0).drop_link_down, 1);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_forwarded() {
+        let mut s = switch(2, PortPolicy::default());
+        let t = Instant::now();
+        assert!(s.ingress(0, &[1, 2, 3], t).is_empty());
+        assert!(s.ingress(0, &vec![0u8; MAX_FRAME + 1], t).is_empty());
+        assert!(s.ingress(0, &frame(A, BCAST), t).is_empty(), "broadcast source");
+        assert!(s.ingress(9, &frame(A, B), t).is_empty(), "no such port");
+        let c = s.counters(0);
+        assert_eq!((c.drop_runt, c.drop_oversize, c.drop_bad_source, c.rx_frames), (1, 1, 1, 3));
+        assert_eq!(s.ingress(1, &frame(BCAST, B), t), [0], "still forwarding");
+    }
+}
