@@ -56,6 +56,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("boot to agent ready: median {:.2?}, p95 {:.2?}, max {:.2?}", pct(&boots, 50), pct(&boots, 95), pct(&boots, 100));
     println!("image: {:.1} MiB ({})", assets.image.size as f64 / 1048576.0, assets.image.path.display());
     println!("QEMU RSS after boot: median {} MiB, max {} MiB ({} MiB guest RAM)", pct(&rss_kib, 50) / 1024, pct(&rss_kib, 100) / 1024, args.memory);
+    rt.block_on(crate::bench_switch::alone(200_000))?;
+    rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
     Ok(())
 }
 

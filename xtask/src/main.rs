@@ -2,6 +2,7 @@
 //! `lab` runs experiments; `bench` measures boots; `provision` only prepares kernel and image.
 
 mod bench;
+mod bench_switch;
 mod hosttools;
 mod lab;
 mod leaks;

@@ -1,0 +1,72 @@
+//! Throughput of the lab's switch: alone (two sockets standing in for guests, full-size frames as
+//! fast as the host can send them) and guest to guest (`ping -f` between two guests). The first
+//! must be far above the second, or the switch would be the bottleneck of an experiment.
+
+use std::time::{Duration, Instant};
+
+use lab_harness::lan::{PortPolicy, SwitchHandle};
+use lab_harness::{Assets, Lab};
+use tokio::net::UnixDatagram;
+
+const FRAME: usize = 1514;
+
+pub async fn alone(frames: usize) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("macvlan-lab-bench-").tempdir()?;
+    let switch = SwitchHandle::start(&[PortPolicy::default(); 2], dir.path(), &dir.path().join("captures"))?;
+    let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
+    let b = UnixDatagram::bind(&switch.sockets(1).guest)?;
+    let (mac_a, mac_b) = ([2u8, 0, 0, 0, 0, 0xa], [2u8, 0, 0, 0, 0, 0xb]);
+    // b speaks first so the switch knows where it is: a's frames are then unicast to one port.
+    b.send_to(&frame(mac_a, mac_b), &switch.sockets(1).switch).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let to_switch = switch.sockets(0).switch.clone();
+    let receiver = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut got = 0usize;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), b.recv(&mut buf)).await {
+            got += 1;
+        }
+        got
+    });
+    let started = Instant::now();
+    let data = frame(mac_b, mac_a);
+    for _ in 0..frames {
+        a.send_to(&data, &to_switch).await?;
+    }
+    let got = receiver.await?;
+    let secs = (started.elapsed().saturating_sub(Duration::from_millis(500))).as_secs_f64().max(1e-6);
+    println!(
+        "switch alone: {got} of {frames} frames of {FRAME} B delivered, {:.0} frames/s, {:.0} Mbit/s (captures on)",
+        got as f64 / secs,
+        got as f64 * FRAME as f64 * 8.0 / secs / 1e6
+    );
+    Ok(())
+}
+
+pub async fn guest_to_guest(assets: &Assets, count: usize) -> anyhow::Result<()> {
+    let lab = Lab::builder(assets, "bench-switch").host("host1").host("host2").boot().await?;
+    for (i, name) in ["host1", "host2"].iter().enumerate() {
+        lab.vm(name).succeed(format!("ip addr add 192.168.88.{}/24 dev eth0 && ip link set eth0 up", i + 1)).await?;
+    }
+    lab.vm("host1").wait_until_succeeds("ping -c1 -W1 192.168.88.2", Duration::from_secs(20)).await?;
+    let started = Instant::now();
+    lab.vm("host1").succeed(format!("ping -f -q -c {count} -s 1472 192.168.88.2")).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let frames = lab.counters("host2").tx_frames + lab.counters("host1").tx_frames;
+    println!(
+        "guest to guest (ping -f, 1514 B frames): {:.0} frames/s, {:.1} Mbit/s through the switch",
+        frames as f64 / secs,
+        frames as f64 * FRAME as f64 * 8.0 / secs / 1e6
+    );
+    lab.shutdown().await?;
+    Ok(())
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; FRAME];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
