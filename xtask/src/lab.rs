@@ -7,7 +7,18 @@ use lab_harness::{Assets, Cmd, Vm};
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
     #[command(subcommand)]
-    pub command: LabCommand,
+    pub command: Option<LabCommand>,
+    /// Only the scenarios whose name contains this (e.g. `mode/`).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// List the scenarios and the seed claims they check, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Scenarios run at the same time (each boots two guests).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub provision: crate::provision::ProvisionArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -26,8 +37,57 @@ pub enum LabCommand {
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
-        LabCommand::Run { script, timeout, provision } => run_script(script, *timeout, provision),
+        Some(LabCommand::Run { script, timeout, provision }) => run_script(script, *timeout, provision),
+        None if args.list => {
+            for e in lab_scenarios::expectations::EXPECTATIONS {
+                println!("{:<22} {:<46} expects {:<12} | {}", e.scenario, e.check, e.expected, e.claim);
+            }
+            Ok(())
+        }
+        None => run_scenarios(args),
     }
+}
+
+/// Runs the scenarios, prints the table, writes `target/lab/report.json`; fails when any
+/// observation differs from its expectation.
+fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
+    crate::hosttools::ensure_qemu()?;
+    let assets = Assets::load(&crate::provision::run(&args.provision)?)?;
+    let names: Vec<&str> = lab_scenarios::expectations::scenario_names()
+        .into_iter()
+        .filter(|n| args.only.as_deref().is_none_or(|o| n.contains(o)))
+        .collect();
+    anyhow::ensure!(!names.is_empty(), "no scenario matches; `cargo xtask lab --list` shows them");
+    let rt = tokio::runtime::Runtime::new()?;
+    let scenarios = rt.block_on(async {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, name) in names.iter().enumerate() {
+            let (name, assets, permits) = (name.to_string(), assets.clone(), permits.clone());
+            set.spawn(async move {
+                let _permit = permits.acquire().await;
+                eprintln!("lab: running {name}");
+                (i, lab_scenarios::run(&name, &assets).await)
+            });
+        }
+        let mut done = set.join_all().await;
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
+    });
+    let qemu = lab_harness::qemu::find_binary().and_then(|q| lab_harness::qemu::version(&q)).unwrap_or_default();
+    let report = lab_scenarios::Report {
+        kernel: format!("{} ({})", assets.kernel.release, assets.kernel.origin),
+        qemu,
+        accel: lab_harness::Accel::choose()?.to_string(),
+        scenarios,
+    };
+    print!("{}", lab_scenarios::table(&report));
+    let path = crate::lab_dir().join("report.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("lab: report written to {}", path.display());
+    let failed: Vec<&str> = report.scenarios.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
+    anyhow::ensure!(failed.is_empty(), "observed behaviour differs from expectations in: {}", failed.join(", "));
+    Ok(())
 }
 
 fn run_script(script: &PathBuf, timeout: u64, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {

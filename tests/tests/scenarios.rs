@@ -1,0 +1,34 @@
+//! The seed's experiments: every scenario of `cargo xtask lab`, each in fresh guests, must
+//! observe what the expectation table says.
+
+use lab_tests::assets;
+use rstest::rstest;
+
+#[rstest]
+#[case::seed_containers("seed/containers")]
+#[case::seed_host_isolation("seed/host-isolation")]
+#[case::shim("shim")]
+#[case::mode_bridge("mode/bridge")]
+#[case::mode_private("mode/private")]
+#[case::mode_vepa("mode/vepa")]
+#[case::claim_promisc("claim/promisc")]
+#[case::cleanup("cleanup")]
+#[tokio::test]
+async fn scenario_behaves_as_expected(#[case] name: &str) {
+    let report = lab_scenarios::run(name, &assets()).await;
+    let table = lab_scenarios::table(&lab_scenarios::Report {
+        kernel: String::new(),
+        qemu: String::new(),
+        accel: String::new(),
+        scenarios: vec![report.clone()],
+    });
+    assert!(report.passed, "{name} did not behave as expected:\n{table}{}", report.error.unwrap_or_default());
+}
+
+#[test]
+fn every_scenario_with_expectations_is_tested_here() {
+    let listed = include_str!("scenarios.rs");
+    for name in lab_scenarios::expectations::scenario_names() {
+        assert!(listed.contains(&format!("(\"{name}\")")), "scenario {name} has no test case");
+    }
+}
