@@ -201,20 +201,17 @@ impl Vm {
     /// `cfg.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
     pub async fn boot(cfg: VmConfig) -> Result<Vm> {
         let attempts = cfg.boot_attempts.max(1);
-        let mut last = None;
-        for attempt in 1..=attempts {
+        let mut attempt = 1;
+        loop {
             match Self::boot_once(&cfg, attempt).await {
                 Ok(vm) => return Ok(vm),
-                Err(BootFailure { error, retryable }) => {
-                    if !retryable || attempt == attempts {
-                        return Err(error);
-                    }
+                Err(BootFailure { error, retryable: true }) if attempt < attempts => {
                     tracing::warn!("{}: boot attempt {attempt} timed out, retrying: {error}", cfg.name);
-                    last = Some(error);
+                    attempt += 1;
                 }
+                Err(BootFailure { error, .. }) => return Err(error),
             }
         }
-        Err(last.unwrap_or_else(|| Error::guest(&cfg.name, Phase::Boot, "no boot attempted")))
     }
 
     async fn boot_once(cfg: &VmConfig, attempt: u32) -> Result<Vm, BootFailure> {

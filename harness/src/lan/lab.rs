@@ -30,7 +30,8 @@ pub struct Lab {
     // Guests go before the switch, the switch before the directories its sockets are in.
     vms: Vec<Vm>,
     switch: SwitchHandle,
-    sockets: tempfile::TempDir,
+    /// Holds the switch's socket directory until the switch is gone; never read.
+    _sockets: tempfile::TempDir,
     artifacts: PathBuf,
     finished: bool,
 }
@@ -89,7 +90,7 @@ impl LabBuilder {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        let lab = Lab { vms, switch, sockets, artifacts, finished: false };
+        let lab = Lab { vms, switch, _sockets: sockets, artifacts, finished: false };
         match first_error {
             // Dropping `lab` kills the guests that did boot and keeps the artifacts.
             Some(e) => Err(e),
@@ -214,7 +215,6 @@ impl Drop for Lab {
             vm.mark_failed();
         }
         eprintln!("lab: artifacts of this run (captures, consoles, summary) kept in {}", self.artifacts.display());
-        let _ = &self.sockets;
     }
 }
 
