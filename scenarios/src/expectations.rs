@@ -22,6 +22,14 @@ const ISOLATION: &str = "当使用macvlan时，宿主机无法和VM或容器直�
 const BRIDGE: &str = "Bridge: all endpoints are connected to each other directly through a simple bridge";
 const PRIVATE: &str = "Private: instances on one parent may not talk to each other, even if the switch does hairpin";
 const VEPA: &str = "VEPA: sibling traffic goes out of the parent; the switch must hairpin it back";
+const PRIVATE_UNICAST: &str = "Private is enforced on broadcasts the switch reflects (the kernel drops those from a private sibling); \
+     unicast with static neighbour entries crosses a hairpinning switch, which qualifies the seed's \"even if the switch does hairpin\"";
+const PASSTHRU: &str = "Passthru: allows a single VM to connect to the physical interface directly";
+const SOURCE: &str = "Source: filters traffic by a list of allowed source MAC addresses (MAC-based VLAN)";
+const NIC_LIMIT: &str = "许多 NIC 也会对该物理网卡上的 MAC地址数量有限制。超过这个限制就会影响到系统的性能 (NICs limit the MACs of a port; beyond it performance suffers)";
+const SWITCH_LIMIT: &str = "交换机可能会限制同一个物理端口上的 MAC 地址数量 ... 使用 Ipvlan (switches may cap MACs per port; ipvlan is the way out)";
+const IPVLAN: &str = "Ipvlan: children share the parent's MAC, the seed's suggested alternative";
+const IPVLAN_L3: &str = "ipvlan l3: the parent routes for its children, which do no ARP, so the LAN reaches them only through a route via the host";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
@@ -35,12 +43,38 @@ pub const EXPECTATIONS: &[Expectation] = &[
     e("mode/bridge", "child -> host", UNREACHABLE, ISOLATION),
     e("mode/private", "sibling", UNREACHABLE, PRIVATE),
     e("mode/private", "sibling, hairpin on", UNREACHABLE, PRIVATE),
+    e("mode/private", "sibling, hairpin on, static neighbours", REACHABLE, PRIVATE_UNICAST),
     e("mode/private", "child -> peer", REACHABLE, PRIVATE),
     e("mode/private", "child -> host", UNREACHABLE, ISOLATION),
     e("mode/vepa", "sibling, hairpin off", UNREACHABLE, VEPA),
     e("mode/vepa", "sibling, hairpin on", REACHABLE, VEPA),
     e("mode/vepa", "child -> peer", REACHABLE, VEPA),
+    e("mode/vepa", "sibling echo requests on host1's cable", "twice each (out and back)", VEPA),
     e("mode/vepa", "default mode", "vepa", "ip link add ... type macvlan without `mode` makes a VEPA macvlan (the kernel's default)"),
+    e("mode/passthru", "child's MAC", "eth0's", PASSTHRU),
+    e("mode/passthru", "eth0 promiscuity once the child is up", "1", PASSTHRU),
+    e("mode/passthru", "child -> peer", REACHABLE, PASSTHRU),
+    e("mode/passthru", "a second macvlan beside it", "refused: Invalid argument", PASSTHRU),
+    e("mode/passthru", "passthru beside an existing child", "refused: Invalid argument", PASSTHRU),
+    e("mode/source", "child <-> peer (MAC listed)", REACHABLE, SOURCE),
+    e("mode/source", "child <-> other (MAC not listed)", UNREACHABLE, SOURCE),
+    e("mode/source", "child <-> peer after `macaddr del`", UNREACHABLE, SOURCE),
+    e("mode/source", "child <-> peer after `macaddr add` again", REACHABLE, SOURCE),
+    e("mode/source", "child <-> peer after `macaddr flush`", UNREACHABLE, SOURCE),
+    e("ipvlan/l2", "children's MAC", "eth0's", IPVLAN),
+    e("ipvlan/l2", "sibling", REACHABLE, IPVLAN),
+    e("ipvlan/l2", "child -> peer", REACHABLE, IPVLAN),
+    e("ipvlan/l2", "child -> host", UNREACHABLE, "like macvlan, the parent's own stack does not see its children's traffic"),
+    e("ipvlan/l3", "sibling", REACHABLE, IPVLAN),
+    e("ipvlan/l3", "child's link flags", "NOARP", IPVLAN_L3),
+    e("ipvlan/l3", "child -> peer", UNREACHABLE, IPVLAN_L3),
+    e("ipvlan/l3", "child -> peer, peer routing via host1", REACHABLE, IPVLAN_L3),
+    e("claim/nic-mac-limit", "children when the unicast table overflows", "65 (the table holds 64)", NIC_LIMIT),
+    e("claim/nic-mac-limit", "unicast filter after the overflow", "off: every unicast frame is taken", NIC_LIMIT),
+    e("claim/nic-mac-limit", "the child that overflowed it -> peer", REACHABLE, NIC_LIMIT),
+    e("claim/switch-mac-limit", "macvlan children reaching peer, cap of 2 MACs", "1 of 3", SWITCH_LIMIT),
+    e("claim/switch-mac-limit", "ipvlan children reaching peer, same cap", "3 of 3", SWITCH_LIMIT),
+    e("claim/switch-mac-limit", "ipvlan beside macvlan on one parent", "refused: Device or resource busy", SWITCH_LIMIT),
     e("claim/promisc", "bridge children reach peer with promisc off", REACHABLE, PROMISC),
     e("claim/promisc", "children's MACs in the NIC's unicast filter", "present", PROMISC),
     e("claim/promisc", "verdict for virtio-net", "refuted", PROMISC),

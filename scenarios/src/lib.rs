@@ -59,20 +59,73 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
     ScenarioReport { name: name.into(), passed, checks, error }
 }
 
-/// The table a person reads at a glance.
+/// The table a person reads at a glance; columns as wide as their widest cell.
 pub fn table(report: &Report) -> String {
-    let mut out = format!("kernel {}, QEMU {}, {}\n", report.kernel, report.qemu, report.accel);
-    out.push_str(&format!("{:<22} {:<46} {:<24} {:<24} {}\n", "scenario", "check", "expected", "observed", "pass"));
+    let header = ["scenario", "check", "expected", "observed", "pass"];
+    let mut rows: Vec<[String; 5]> = Vec::new();
     for s in &report.scenarios {
         for c in &s.checks {
             let mark = if c.pass { "yes" } else { "NO" };
-            out.push_str(&format!("{:<22} {:<46} {:<24} {:<24} {mark}\n", s.name, c.name, c.expected, c.observed));
+            rows.push([s.name.clone(), c.name.clone(), c.expected.clone(), c.observed.clone(), mark.into()]);
         }
         if let Some(e) = &s.error {
-            out.push_str(&format!("{:<22} error: {}\n", s.name, e.lines().next().unwrap_or_default()));
+            rows.push([s.name.clone(), "(scenario error)".into(), String::new(), e.lines().next().unwrap_or_default().into(), "NO".into()]);
         }
+    }
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..4).map(width).collect();
+    let line = |cells: [&str; 5]| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate().take(4) {
+            l.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+        }
+        l.push_str(cells[4]);
+        l.push('\n');
+        l
+    };
+    let mut out = format!("kernel {}, QEMU {}, {}\n", report.kernel, report.qemu, report.accel);
+    out.push_str(&line(header));
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
     let passed = report.scenarios.iter().filter(|s| s.passed).count();
     out.push_str(&format!("{passed} of {} scenarios behaved as expected\n", report.scenarios.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lines_up_and_marks_mismatches_and_errors() {
+        let check = |name: &str, observed: &str| Check {
+            name: name.into(),
+            expected: "reachable".into(),
+            observed: observed.into(),
+            pass: observed == "reachable",
+            claim: String::new(),
+        };
+        let report = Report {
+            kernel: "6.1".into(),
+            qemu: "7.2".into(),
+            accel: "tcg".into(),
+            scenarios: vec![
+                ScenarioReport { name: "mode/bridge".into(), passed: true, checks: vec![check("sibling", "reachable")], error: None },
+                ScenarioReport {
+                    name: "mode/x".into(),
+                    passed: false,
+                    checks: vec![check("a much longer check name", "unreachable")],
+                    error: Some("host1: boot timed out\nconsole...".into()),
+                },
+            ],
+        };
+        let t = table(&report);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6, "{t}");
+        let col = |l: &str| l.find("reachable").or_else(|| l.find("expected"));
+        assert_eq!(col(lines[1]), col(lines[2]), "{t}");
+        assert!(lines[3].ends_with("NO") && lines[4].contains("boot timed out") && lines[4].ends_with("NO"), "{t}");
+        assert_eq!(lines[5], "1 of 2 scenarios behaved as expected");
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lab_harness::lan::capture::{icmp_type, macs, read_frames};
 use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result, Vm};
 
 use crate::expectations::{REACHABLE, UNREACHABLE};
@@ -9,7 +10,7 @@ use crate::Observed;
 
 const HOST: &str = "192.168.88.1";
 const PEER: &str = "192.168.88.2";
-const SETTLE: Duration = Duration::from_secs(20);
+use lab_harness::lan::lab::SETTLE;
 
 pub async fn run(name: &str, assets: &Assets) -> Result<Observed> {
     match name {
@@ -19,6 +20,12 @@ pub async fn run(name: &str, assets: &Assets) -> Result<Observed> {
         "mode/bridge" => mode(assets, "bridge").await,
         "mode/private" => mode(assets, "private").await,
         "mode/vepa" => mode(assets, "vepa").await,
+        "mode/passthru" => passthru(assets).await,
+        "mode/source" => source(assets).await,
+        "ipvlan/l2" => ipvlan(assets, "l2").await,
+        "ipvlan/l3" => ipvlan(assets, "l3").await,
+        "claim/nic-mac-limit" => nic_mac_limit(assets).await,
+        "claim/switch-mac-limit" => switch_mac_limit(assets).await,
         "claim/promisc" => promisc(assets).await,
         "cleanup" => cleanup(assets).await,
         other => Err(lab_harness::Error::Missing { what: format!("scenario {other}"), fix: "see `cargo xtask lab --list`".into() }),
@@ -27,29 +34,55 @@ pub async fn run(name: &str, assets: &Assets) -> Result<Observed> {
 
 /// `host1` (192.168.88.1) and `peer` (.2) on one switch, both up and talking.
 async fn lan(assets: &Assets, run: &str) -> Result<Lab> {
-    let lab = Lab::builder(assets, run).host("host1").host("peer").boot().await?;
-    lab.vm("host1").succeed(format!("ip addr add {HOST}/24 dev eth0 && ip link set eth0 up")).await?;
-    lab.vm("peer").succeed(format!("ip addr add {PEER}/24 dev eth0 && ip link set eth0 up")).await?;
-    lab.vm("host1").wait_until_succeeds(format!("ping -c1 -W1 {PEER}"), SETTLE).await?;
-    // Carrier comes before operstate: the kernel's linkwatch applies it up to a second later.
-    for name in ["host1", "peer"] {
-        lab.vm(name).wait_until_succeeds("ip -br link show eth0 | grep -q ' UP '", SETTLE).await?;
-    }
+    lan_of(assets, run, &["host1", "peer"]).await
+}
+
+/// Guests `names` on one switch, numbered in order (.1, .2, ...), the LAN settled.
+async fn lan_of(assets: &Assets, run: &str, names: &[&str]) -> Result<Lab> {
+    let lab = names.iter().fold(Lab::builder(assets, run), |b, n| b.host(n)).boot().await?;
+    lab.number_hosts().await?;
+    debug_assert_eq!((lab.ip("host1"), lab.ip("peer")), (HOST.to_string(), PEER.to_string()));
     Ok(lab)
 }
 
 /// Children `mv1`, `mv2` of eth0 in `mode`, in ns1 (.11) and ns2 (.12), as the seed makes them.
 fn children(mode: &str) -> String {
+    children_of("macvlan", mode, "mv", 2)
+}
+
+/// `count` children `<prefix>1..` of eth0 of link `kind` (macvlan, ipvlan) in `mode`, child i in
+/// netns `ns<i>` with 192.168.88.1<i>/24.
+fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> String {
     let mode = if mode.is_empty() { String::new() } else { format!("mode {mode}") };
     format!(
-        "for i in 1 2; do
+        "for i in $(seq 1 {count}); do
            ip netns add ns$i
-           ip link add link eth0 name mv$i type macvlan {mode}
-           ip link set mv$i netns ns$i
-           ip -n ns$i addr add 192.168.88.1$i/24 dev mv$i
-           ip -n ns$i link set mv$i up
+           ip link add link eth0 name {prefix}$i type {kind} {mode}
+           ip link set {prefix}$i netns ns$i
+           ip -n ns$i addr add 192.168.88.1$i/24 dev {prefix}$i
+           ip -n ns$i link set {prefix}$i up
          done"
     )
+}
+
+/// The MAC of `dev` (in `netns`, if given).
+async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<String> {
+    let mut cmd = Cmd::script(format!("cat /sys/class/net/{dev}/address"));
+    if let Some(ns) = netns {
+        cmd = cmd.netns(ns);
+    }
+    Ok(vm.succeed(cmd).await?.trim().to_string())
+}
+
+/// What a refused command said, as `refused: <reason>` (`accepted` if it was not refused).
+async fn refusal(vm: &Vm, cmd: &str) -> Result<String> {
+    let out = vm.run(cmd).await?;
+    if out.success() {
+        return Ok("accepted".into());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let reason = err.lines().last().unwrap_or_default().trim_start_matches("RTNETLINK answers: ").trim();
+    Ok(format!("refused: {reason}"))
 }
 
 /// Can `from` (optionally inside `netns`) ping `ip`? A few probes, any answer counts.
@@ -111,6 +144,7 @@ async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
             o.insert("sibling, hairpin off".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
             lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
             o.insert("sibling, hairpin on".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
+            o.insert("sibling echo requests on host1's cable".into(), crossings(&lab, "host1").await?);
             host1.succeed("ip link add link eth0 name plain type macvlan").await?;
             let detail = host1.succeed("ip -d -j link show plain").await?;
             o.insert("default mode".into(), json_field(&detail, "mode").unwrap_or_else(|| "unknown".into()));
@@ -119,6 +153,14 @@ async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
             o.insert("sibling".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
             lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
             o.insert("sibling, hairpin on".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
+            // Without ARP (whose reflected broadcasts the kernel drops) only unicast is left.
+            let (mac1, mac2) = (mac_of(host1, Some("ns1"), "mv1").await?, mac_of(host1, Some("ns2"), "mv2").await?);
+            host1
+                .succeed(format!(
+                    "ip -n ns2 neigh replace 192.168.88.11 lladdr {mac1} dev mv2 && ip -n ns1 neigh replace 192.168.88.12 lladdr {mac2} dev mv1"
+                ))
+                .await?;
+            o.insert("sibling, hairpin on, static neighbours".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
         }
         _ => {
             o.insert("sibling".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
@@ -127,6 +169,165 @@ async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
     if mode != "vepa" {
         o.insert("child -> host".into(), reach(host1, Some("ns1"), HOST).await?);
     }
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// How often each echo request from mv2 (ns2) to mv1 (ns1) crossed `name`'s cable: a VEPA
+/// child's frame to its sibling goes out to the switch and, with hairpin, comes back.
+async fn crossings(lab: &Lab, name: &str) -> Result<String> {
+    let host = lab.vm(name);
+    let (mv1, mv2) = (mac_of(host, Some("ns1"), "mv1").await?, mac_of(host, Some("ns2"), "mv2").await?);
+    let sibling_requests = |path: &std::path::Path| -> usize {
+        read_frames(path)
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| icmp_type(f) == Some(8))
+            .filter(|f| macs(f).is_some_and(|(src, dst)| src.to_string() == mv2 && dst.to_string() == mv1))
+            .count()
+    };
+    let sent = sibling_requests(&lab.capture());
+    let on_cable = sibling_requests(&lab.port_capture(name));
+    Ok(if sent > 0 && on_cable == 2 * sent {
+        "twice each (out and back)".into()
+    } else {
+        format!("{on_cable} on the cable for {sent} sent")
+    })
+}
+
+async fn passthru(assets: &Assets) -> Result<Observed> {
+    let lab = lan(assets, "mode-passthru").await?;
+    let host1 = lab.vm("host1");
+    let mut o = Observed::new();
+    host1.succeed("ip link add link eth0 name pt type macvlan mode passthru").await?;
+    let same = mac_of(host1, None, "pt").await? == mac_of(host1, None, "eth0").await?;
+    o.insert("child's MAC".into(), if same { "eth0's".into() } else { "its own".into() });
+    o.insert("a second macvlan beside it".into(), refusal(host1, "ip link add link eth0 name mv9 type macvlan mode bridge").await?);
+    host1.succeed("ip netns add ns1 && ip link set pt netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev pt && ip -n ns1 link set pt up").await?;
+    let detail = host1.succeed("ip -d -j link show eth0").await?;
+    o.insert("eth0 promiscuity once the child is up".into(), json_field(&detail, "promiscuity").unwrap_or_else(|| "?".into()));
+    o.insert("child -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
+    // The other order: a child first, then passthru beside it.
+    // The kernel destroys a deleted namespace's links from a work item, so `pt` (and the
+    // passthru port on eth0 that refuses other children) lingers a moment after this returns.
+    host1.succeed("ip netns delete ns1").await?;
+    host1.wait_until_succeeds("ip link add link eth0 name mv1 type macvlan mode bridge", SETTLE).await?;
+    o.insert("passthru beside an existing child".into(), refusal(host1, "ip link add link eth0 name pt type macvlan mode passthru").await?);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// A source-mode child takes frames by their source MAC: `peer` is listed, `other` is not.
+async fn source(assets: &Assets) -> Result<Observed> {
+    let lab = lan_of(assets, "mode-source", &["host1", "peer", "other"]).await?;
+    let host1 = lab.vm("host1");
+    let (peer, other) = (lab.vm("peer").mac().to_string(), lab.ip("other"));
+    host1
+        .succeed(format!(
+            "ip netns add ns1 && ip link add link eth0 name src0 type macvlan mode source \
+             && ip link set link dev src0 type macvlan macaddr add {peer} \
+             && ip link set src0 netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev src0 && ip -n ns1 link set src0 up"
+        ))
+        .await?;
+    let macaddr = |op: &str| format!("ip -n ns1 link set dev src0 type macvlan macaddr {op}");
+    let mut o = Observed::new();
+    o.insert("child <-> peer (MAC listed)".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert("child <-> other (MAC not listed)".into(), reach(host1, Some("ns1"), &other).await?);
+    host1.succeed(macaddr(&format!("del {peer}"))).await?;
+    o.insert("child <-> peer after `macaddr del`".into(), reach(host1, Some("ns1"), PEER).await?);
+    host1.succeed(macaddr(&format!("add {peer}"))).await?;
+    o.insert("child <-> peer after `macaddr add` again".into(), reach(host1, Some("ns1"), PEER).await?);
+    host1.succeed(macaddr("flush")).await?;
+    o.insert("child <-> peer after `macaddr flush`".into(), reach(host1, Some("ns1"), PEER).await?);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed> {
+    let lab = lan(assets, &format!("ipvlan-{mode}")).await?;
+    let host1 = lab.vm("host1");
+    host1.succeed(children_of("ipvlan", mode, "iv", 2)).await?;
+    let mut o = Observed::new();
+    o.insert("child -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert("sibling".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
+    o.insert("child -> host".into(), reach(host1, Some("ns1"), HOST).await?);
+    let same = mac_of(host1, Some("ns1"), "iv1").await? == mac_of(host1, None, "eth0").await?;
+    o.insert("children's MAC".into(), if same { "eth0's".into() } else { "their own".into() });
+    let flags = host1.succeed(Cmd::script("ip -j link show iv1").netns("ns1")).await?;
+    let noarp = flags.contains("\"NOARP\"");
+    o.insert("child's link flags".into(), if noarp { "NOARP".into() } else { "ARP".into() });
+    if mode == "l3" {
+        // Nobody answers ARP for an l3 child: the LAN must route to it through its host.
+        lab.vm("peer").succeed(format!("ip route add 192.168.88.11/32 via {HOST}")).await?;
+        o.insert("child -> peer, peer routing via host1".into(), reach(host1, Some("ns1"), PEER).await?);
+    }
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// Adds bridge-mode children to eth0 one at a time until QEMU reports the NIC's unicast table
+/// overflowing (virtio-net holds 64 entries), then checks the child that overflowed it still works.
+async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
+    const MOST: u32 = 100;
+    let lab = lan(assets, "claim-nic-mac-limit").await?;
+    let host1 = lab.vm("host1");
+    let qmp_err = |e: lab_harness::QmpError| lab_harness::Error::guest("host1", lab_harness::Phase::Qmp, e.to_string());
+    let mut overflowed_at = None;
+    for n in 1..=MOST {
+        host1.succeed(format!("ip link add link eth0 name c{n} type macvlan mode bridge && ip link set c{n} up")).await?;
+        // Newer kernels program the filter from a work item: wait until it shows this child.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let filter = loop {
+            let f = host1.qmp().rx_filter().await.map_err(qmp_err)?;
+            if f.unicast_overflow || f.unicast_table.len() >= n as usize || std::time::Instant::now() > deadline {
+                break f;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if filter.unicast_overflow {
+            overflowed_at = Some((n, filter));
+            break;
+        }
+    }
+    let mut o = Observed::new();
+    let Some((n, filter)) = overflowed_at else {
+        o.insert("children when the unicast table overflows".into(), format!("no overflow with {MOST}"));
+        lab.shutdown().await?;
+        return Ok(o);
+    };
+    o.insert("children when the unicast table overflows".into(), format!("{n} (the table holds {})", n - 1));
+    o.insert(
+        "unicast filter after the overflow".into(),
+        if filter.unicast_table.is_empty() { "off: every unicast frame is taken".into() } else { format!("{} entries kept", filter.unicast_table.len()) },
+    );
+    host1.succeed(format!("ip netns add ns1 && ip link set c{n} netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev c{n} && ip -n ns1 link set c{n} up")).await?;
+    o.insert("the child that overflowed it -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// With the switch port capped at 2 MACs (eth0's and one more), three macvlan children compete
+/// for one slot; three ipvlan children share eth0's MAC and need none.
+async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
+    let lab = lan(assets, "claim-switch-mac-limit").await?;
+    let host1 = lab.vm("host1");
+    lab.set_policy("host1", PortPolicy { hairpin: false, max_macs: Some(2) });
+    async fn count_reaching(vm: &Vm) -> Result<usize> {
+        let mut n = 0;
+        for ns in ["ns1", "ns2", "ns3"] {
+            n += usize::from(reach(vm, Some(ns), PEER).await? == REACHABLE);
+        }
+        Ok(n)
+    }
+    let mut o = Observed::new();
+    host1.succeed(children_of("macvlan", "bridge", "mv", 3)).await?;
+    o.insert("macvlan children reaching peer, cap of 2 MACs".into(), format!("{} of 3", count_reaching(host1).await?));
+    o.insert("ipvlan beside macvlan on one parent".into(), refusal(host1, "ip link add link eth0 name iv9 type ipvlan mode l2").await?);
+    // Once the namespaces' macvlans are really gone (see `passthru`), eth0 takes ipvlans.
+    host1.succeed("ip netns delete ns1; ip netns delete ns2; ip netns delete ns3").await?;
+    host1.wait_until_succeeds("ip link add link eth0 name probe type ipvlan mode l2 && ip link delete probe", SETTLE).await?;
+    host1.succeed(children_of("ipvlan", "l2", "iv", 3)).await?;
+    o.insert("ipvlan children reaching peer, same cap".into(), format!("{} of 3", count_reaching(host1).await?));
     lab.shutdown().await?;
     Ok(o)
 }

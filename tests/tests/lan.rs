@@ -3,19 +3,17 @@
 
 use std::time::Duration;
 
-use lab_harness::lan::capture::{ethertype, is_icmp, read_frames};
+use lab_harness::lan::capture::{ethertype, is_icmp, macs, read_frames};
 use lab_harness::{Lab, PortPolicy};
 use lab_tests::{assets, Check};
 use rstest::rstest;
 
-const SETTLE: Duration = Duration::from_secs(20);
+use lab_harness::lan::lab::SETTLE;
 
-/// Boots `names` on one switch and gives each `192.168.88.<1+i>/24` on `eth0`.
+/// Boots `names` on one switch, each `192.168.88.<1+i>/24` on `eth0`, the LAN settled.
 async fn lan(run: &str, names: &[&str]) -> Lab {
     let lab = names.iter().fold(Lab::builder(&assets(), run), |b, n| b.host(n)).boot().await.check();
-    for (i, name) in names.iter().enumerate() {
-        lab.vm(name).succeed(format!("ip addr add 192.168.88.{}/24 dev eth0 && ip link set eth0 up", i + 1)).await.check();
-    }
+    lab.number_hosts().await.check();
     lab
 }
 
@@ -46,9 +44,11 @@ async fn broadcast_reaches_everyone_and_learned_unicast_only_its_port() {
     let at_peer = frames(&lab.port_capture("peer"));
     let arp_to_peer = at_peer.iter().filter(|f| ethertype(f) == Some(0x0806) && f[..6] == [0xff; 6]).count();
     assert!(arp_to_peer >= 1, "host1's ARP broadcast was flooded to peer");
-    assert_eq!(at_peer.iter().filter(|f| is_icmp(f)).count(), 0, "unicast between host1 and host2 never reached peer");
+    let (host1, host2) = (lab.vm("host1").mac(), lab.vm("host2").mac());
+    let between = |f: &Vec<u8>| is_icmp(f) && macs(f).is_some_and(|(src, dst)| [src, dst] == [host1, host2] || [src, dst] == [host2, host1]);
+    assert_eq!(at_peer.iter().filter(|f| between(f)).count(), 0, "unicast between host1 and host2 never reached peer");
     let at_host2 = frames(&lab.port_capture("host2"));
-    assert!(at_host2.iter().filter(|f| is_icmp(f)).count() >= 20, "but it did reach host2");
+    assert!(at_host2.iter().filter(|f| between(f)).count() >= 20, "but it did reach host2");
     lab.shutdown().await.check();
 }
 

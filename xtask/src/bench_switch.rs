@@ -46,10 +46,7 @@ pub async fn alone(frames: usize) -> anyhow::Result<()> {
 
 pub async fn guest_to_guest(assets: &Assets, count: usize) -> anyhow::Result<()> {
     let lab = Lab::builder(assets, "bench-switch").host("host1").host("host2").boot().await?;
-    for (i, name) in ["host1", "host2"].iter().enumerate() {
-        lab.vm(name).succeed(format!("ip addr add 192.168.88.{}/24 dev eth0 && ip link set eth0 up", i + 1)).await?;
-    }
-    lab.vm("host1").wait_until_succeeds("ping -c1 -W1 192.168.88.2", Duration::from_secs(20)).await?;
+    lab.number_hosts().await?;
     let started = Instant::now();
     lab.vm("host1").succeed(format!("ping -f -q -c {count} -s 1472 192.168.88.2")).await?;
     let secs = started.elapsed().as_secs_f64();

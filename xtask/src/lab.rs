@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lab_harness::{Assets, Cmd, Vm};
+use lab_harness::{Assets, Cmd, Lab, PortPolicy};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -23,10 +23,17 @@ pub struct LabArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCommand {
-    /// Run a shell script as root inside a throwaway guest, streaming nothing of yours: the guest
-    /// is the only thing it can change. Prints its output and exits with its status.
+    /// Run a shell script as root inside a throwaway guest (`host1`, 192.168.88.1 on `eth0`); it
+    /// can change nothing but the guests. Prints its output and exits with its status.
     Run {
         script: PathBuf,
+        /// Guests on the LAN: host1 runs the script, host2..hostN (192.168.88.2..N) are there to
+        /// be reached.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        hosts: u8,
+        /// Switch ports reflect frames back out of the port they came in on (VEPA needs this).
+        #[arg(long)]
+        hairpin: bool,
         /// Seconds the script may run.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -37,7 +44,9 @@ pub enum LabCommand {
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
-        Some(LabCommand::Run { script, timeout, provision }) => run_script(script, *timeout, provision),
+        Some(LabCommand::Run { script, hosts, hairpin, timeout, provision }) => {
+            run_script(script, RunOn { hosts: *hosts, hairpin: *hairpin, timeout: *timeout }, provision)
+        }
         None if args.list => {
             for e in lab_scenarios::expectations::EXPECTATIONS {
                 println!("{:<22} {:<46} expects {:<12} | {}", e.scenario, e.check, e.expected, e.claim);
@@ -82,31 +91,52 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         scenarios,
     };
     print!("{}", lab_scenarios::table(&report));
+    // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
+    let json = serde_json::to_vec_pretty(&report)?;
     let path = crate::lab_dir().join("report.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(&path, &json)?;
+    std::fs::write(crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
     eprintln!("lab: report written to {}", path.display());
     let failed: Vec<&str> = report.scenarios.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
     anyhow::ensure!(failed.is_empty(), "observed behaviour differs from expectations in: {}", failed.join(", "));
     Ok(())
 }
 
-fn run_script(script: &PathBuf, timeout: u64, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {
+/// Where `lab run` runs a script.
+struct RunOn {
+    hosts: u8,
+    hairpin: bool,
+    timeout: u64,
+}
+
+fn run_script(script: &PathBuf, on: RunOn, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(script).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", script.display()))?;
     crate::hosttools::ensure_qemu()?;
     let assets = Assets::load(&crate::provision::run(provision)?)?;
     let rt = tokio::runtime::Runtime::new()?;
     let out = rt.block_on(async {
-        let vm = Vm::boot(assets.vm("host1")).await?;
-        eprintln!("lab: {} booted in {:.2?}; running {}", vm.name(), vm.boot_time(), script.display());
-        let out = vm.run(Cmd::script(text).timeout(std::time::Duration::from_secs(timeout))).await;
-        let _ = vm.shutdown().await;
+        let names: Vec<String> = (1..=on.hosts).map(|i| format!("host{i}")).collect();
+        let builder = Lab::builder(&assets, "lab-run").ports(PortPolicy { hairpin: on.hairpin, max_macs: None });
+        let lab = names.iter().fold(builder, |b, n| b.host(n)).boot().await?;
+        lab.number_hosts().await?;
+        let host1 = lab.vm("host1");
+        eprintln!(
+            "lab: {} guest(s) booted in {:.2?} (hairpin {}); running {} on host1 ({})",
+            on.hosts,
+            host1.boot_time(),
+            if on.hairpin { "on" } else { "off" },
+            script.display(),
+            lab.ip("host1")
+        );
+        let out = host1.run(Cmd::script(text).timeout(std::time::Duration::from_secs(on.timeout))).await;
+        lab.shutdown().await?;
         out
     })?;
     use std::io::Write;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     if out.timed_out {
-        anyhow::bail!("the script timed out after {timeout} s");
+        anyhow::bail!("the script timed out after {} s", on.timeout);
     }
     std::process::exit(out.code.unwrap_or(1));
 }

@@ -54,7 +54,8 @@ fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result
     let before = leaks::Snapshot::take();
     let mut cmd = std::process::Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
-        .args(["test", "--workspace", "--"])
+        // Every test binary runs even after one fails, so the tally and the leak check see all.
+        .args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(test_args)
         .env(lab_harness::assets::ENV_ASSETS, &assets_path)
         .env("LAB_ARTIFACTS", lab_dir().join("failed"));

@@ -72,6 +72,21 @@ pub fn is_icmp(frame: &[u8]) -> bool {
     ethertype(frame) == Some(0x0800) && frame.get(23) == Some(&1)
 }
 
+/// The ICMP type of an IPv4 ICMP frame (8 echo request, 0 echo reply).
+pub fn icmp_type(frame: &[u8]) -> Option<u8> {
+    if !is_icmp(frame) {
+        return None;
+    }
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    frame.get(14 + ihl).copied()
+}
+
+/// Source and destination MAC of a frame.
+pub fn macs(frame: &[u8]) -> Option<(crate::vm::MacAddr, crate::vm::MacAddr)> {
+    let mac = |at: usize| -> Option<crate::vm::MacAddr> { Some(crate::vm::MacAddr(frame.get(at..at + 6)?.try_into().ok()?)) };
+    Some((mac(6)?, mac(0)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,7 +97,8 @@ mod tests {
         let path = dir.path().join("x.pcap");
         let mut cap = Capture::create(&path).expect("create");
         let arp = [[0xffu8; 6].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x06], &[0u8; 28]].concat();
-        let mut icmp = [[2u8, 0, 0, 0, 0, 2].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x00], &[0u8; 20]].concat();
+        let mut icmp = [[2u8, 0, 0, 0, 0, 2].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x00], &[0u8; 28]].concat();
+        icmp[14] = 0x45;
         icmp[23] = 1;
         cap.write(&arp);
         cap.write(&icmp);
@@ -91,5 +107,8 @@ mod tests {
         assert_eq!(frames, [arp.clone(), icmp.clone()]);
         assert_eq!(ethertype(&frames[0]), Some(0x0806));
         assert!(is_icmp(&frames[1]) && !is_icmp(&frames[0]));
+        assert_eq!(icmp_type(&frames[1]), Some(0));
+        let (src, dst) = macs(&frames[1]).expect("macs");
+        assert_eq!((src.to_string(), dst.to_string()), ("02:00:00:00:00:01".into(), "02:00:00:00:00:02".into()));
     }
 }

@@ -139,6 +139,30 @@ impl Lab {
         Ok(())
     }
 
+    /// The address [`Lab::number_hosts`] gives `name`: `192.168.88.<port + 1>`.
+    pub fn ip(&self, name: &str) -> String {
+        format!("{LAN_PREFIX}.{}", self.port(name) + 1)
+    }
+
+    /// Gives every guest its [`Lab::ip`] (/24) on `eth0` and waits until the LAN is usable:
+    /// the first guest pings every other, and every `eth0` is operationally UP (the kernel's
+    /// linkwatch applies carrier up to a second after the link is set up, and macvlan children
+    /// only come up once their parent's operstate is UP).
+    pub async fn number_hosts(&self) -> Result<()> {
+        for vm in &self.vms {
+            vm.succeed(format!("ip addr add {}/24 dev eth0 && ip link set eth0 up", self.ip(vm.name()))).await?;
+        }
+        if let Some((first, others)) = self.vms.split_first() {
+            for other in others {
+                first.wait_until_succeeds(format!("ping -c1 -W1 {}", self.ip(other.name())), SETTLE).await?;
+            }
+        }
+        for vm in &self.vms {
+            vm.wait_until_succeeds("ip -br link show eth0 | grep -q ' UP '", SETTLE).await?;
+        }
+        Ok(())
+    }
+
     /// The capture of every frame the switch received.
     pub fn capture(&self) -> PathBuf {
         self.switch.flush_captures()
@@ -218,5 +242,8 @@ impl Drop for Lab {
     }
 }
 
-/// How long tests wait for ARP and the like to settle on the LAN.
-pub const SETTLE: Duration = Duration::from_secs(15);
+/// How long to wait for ARP, carrier and the like to settle on the LAN.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// The /24 every lab LAN numbers its guests in, as the seed does (`192.168.88.0/24`).
+pub const LAN_PREFIX: &str = "192.168.88";
