@@ -6,6 +6,7 @@
 //! needs no root and nothing installed but apt. The image is reproducible (sorted entries, zero
 //! timestamps and owners) and cached under the sha256 of its own bytes' inputs.
 
+pub mod nest;
 mod recipe;
 mod sysroot;
 mod tree;
@@ -16,7 +17,7 @@ use lab_kernels::modules::ModuleTree;
 use lab_kernels::Kernel;
 use serde::{Deserialize, Serialize};
 
-pub use recipe::Recipe;
+pub use recipe::{NestRecipe, Recipe};
 use sysroot::Sysroot;
 use tree::Tree;
 
@@ -71,23 +72,22 @@ pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Re
     tree.file("/etc/lab/packages", sysroot.describe().join("\n").into_bytes(), 0o644);
 
     let bytes = tree.to_cpio().map_err(|e| Error::io(cache, e))?;
-    let sha256 = lab_kernels::deb::sha256_hex(&bytes);
+    let image = store(&bytes, &format!("initramfs-{}", kernel.release), cache)?;
+    Ok(Image { kernel_release: kernel.release.clone(), modules, packages: sysroot.describe(), ..image })
+}
+
+/// Writes `bytes` to `<cache>/images/<stem>-<sha256 prefix>.cpio` unless it is there already.
+fn store(bytes: &[u8], stem: &str, cache: &Path) -> Result<Image> {
+    let sha256 = lab_kernels::deb::sha256_hex(bytes);
     let dir = cache.join("images");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!("initramfs-{}-{}.cpio", kernel.release, &sha256[..16]));
+    let path = dir.join(format!("{stem}-{}.cpio", &sha256[..16]));
     if !path.is_file() {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     }
-    Ok(Image {
-        path,
-        sha256,
-        size: bytes.len() as u64,
-        kernel_release: kernel.release.clone(),
-        modules,
-        packages: sysroot.describe(),
-    })
+    Ok(Image { path, sha256, size: bytes.len() as u64, kernel_release: String::new(), modules: Vec::new(), packages: Vec::new() })
 }
 
 /// Copies the modules (and their dependencies) and writes `/etc/lab/modules`, the load order the

@@ -15,6 +15,19 @@ pub struct Recipe {
     #[serde(default)]
     pub links: Vec<[String; 2]>,
     pub modules: Vec<String>,
+    pub nest: NestRecipe,
+}
+
+/// What a guest that runs VMs of its own carries on top of the base image (see [`crate::nest`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestRecipe {
+    /// Extra kernel modules loaded at boot; ones the CPU cannot use fail to load, harmlessly.
+    pub modules: Vec<String>,
+    /// Files of the host QEMU's data directory (`qemu -L help`) the inner microVMs boot with.
+    pub firmware: Vec<String>,
+    /// QEMU's loadable modules the inner QEMU may need (TCG is one in Debian's build).
+    pub qemu_modules: Vec<String>,
 }
 
 impl Recipe {

@@ -24,6 +24,11 @@ impl Sysroot {
         Ok(Self { packages })
     }
 
+    /// The host's own file system, for programs taken from the host (the nest's QEMU).
+    pub fn host() -> Self {
+        Self { packages: vec![Unpacked { package: "host".into(), version: String::new(), sha256: String::new(), root: "/".into() }] }
+    }
+
     /// `name=version sha256` per package, for the record.
     pub fn describe(&self) -> Vec<String> {
         self.packages.iter().map(|p| format!("{}={} {}", p.package, p.version, p.sha256)).collect()
@@ -52,8 +57,18 @@ impl Sysroot {
 
     /// Copies `path` and, transitively, its dynamic loader and libraries.
     pub fn install_program(&self, tree: &mut Tree, path: &str) -> Result<()> {
+        for (file, bytes) in self.closure(path)? {
+            tree.file(&file, bytes, 0o755);
+        }
+        Ok(())
+    }
+
+    /// `path`, its dynamic loader and every library it needs, transitively: (path as the
+    /// program asks for it, contents), `path` first.
+    pub fn closure(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let mut pending = vec![path.to_string()];
         let mut done = BTreeSet::new();
+        let mut files = Vec::new();
         while let Some(file) = pending.pop() {
             if !done.insert(file.clone()) {
                 continue;
@@ -64,9 +79,9 @@ impl Sysroot {
             for lib in needed {
                 pending.push(self.find_library(&lib, &file)?);
             }
-            tree.file(&file, bytes, 0o755);
+            files.push((file, bytes));
         }
-        Ok(())
+        Ok(files)
     }
 
     fn find_library(&self, soname: &str, wanted_by: &str) -> Result<String> {

@@ -16,6 +16,10 @@ pub const ENV_ASSETS: &str = "LAB_ASSETS";
 pub struct Assets {
     pub kernel: KernelAsset,
     pub image: ImageAsset,
+    /// The image of guests that run VMs of their own (the base image plus QEMU, the inner
+    /// kernel and image, and KVM); absent when no host QEMU was found at provisioning.
+    #[serde(default)]
+    pub nest: Option<ImageAsset>,
     /// The directory the assets file was read from (`target/lab`); runs keep artifacts below it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -72,6 +76,20 @@ impl Assets {
         }
         let json = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         std::fs::write(path, json).map_err(io)
+    }
+
+    /// A guest that can run `inner_vms` VMs of its own ([`crate::nest`]): the nest image and
+    /// room for them in memory.
+    pub fn nest_vm(&self, name: &str, inner_vms: u32) -> Result<VmConfig> {
+        let nest = self.nest.as_ref().ok_or_else(|| Error::Missing {
+            what: "the nest image (QEMU, inner kernel and image) for guests that run VMs".into(),
+            fix: "install QEMU (`sudo apt-get install qemu-system-x86`) and run `cargo xtask provision` again".into(),
+        })?;
+        let mut cfg = self.vm(name);
+        cfg.initrd = nest.path.clone();
+        // The initramfs (~80 MiB unpacked) plus, per inner VM, its memory and its QEMU's.
+        cfg.memory_mib = 384 + 256 * inner_vms;
+        Ok(cfg)
     }
 
     /// A guest configuration booting these assets, checked to run this kernel.

@@ -63,14 +63,19 @@ pub fn version(binary: &Path) -> Result<String> {
 /// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
 /// QEMU exit, which the harness notices at once instead of waiting out a deadline.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &cfg.extra_cmdline)
+}
+
+/// [`kernel_cmdline`] from its parts: the nest's inner VMs boot with it too.
+pub fn cmdline(name: &str, accel: Accel, tsc_khz: Option<u32>, extra: &[String]) -> String {
     let mut args = vec![
         "console=ttyS0".to_string(),
         "rdinit=/init".into(),
         "panic=-1".into(),
         "quiet".into(),
-        format!("lab.hostname={}", cfg.name),
+        format!("lab.hostname={name}"),
     ];
-    if let (Accel::Tcg, Some(khz)) = (cfg.accel, cfg.tsc_khz) {
+    if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
         // Under TCG the guest TSC runs at the host's rate, and calibrating it against the emulated
         // PIT hangs the boot on a loaded host (see `accel::host_tsc_khz`). Telling the kernel the
         // rate skips that calibration; `tsc=reliable` keeps the clocksource watchdog, which
@@ -78,9 +83,12 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         args.push(format!("tsc_early_khz={khz}"));
         args.push("tsc=reliable".into());
     }
-    args.extend(cfg.extra_cmdline.iter().cloned());
+    args.extend(extra.iter().cloned());
     args.join(" ")
 }
+
+/// The machine every lab guest, and every VM inside one, boots as.
+pub const MACHINE: &str = "microvm,pit=on,pic=on,rtc=on,isa-serial=on";
 
 pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
@@ -88,7 +96,7 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     push(&["-name", &format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name)]);
     // microvm: no PCI, no firmware tables to walk, virtio over MMIO. pit/pic/rtc are needed for
     // the stock Debian kernel to calibrate its clocks (without pit=on it hangs at TSC calibration).
-    push(&["-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on"]);
+    push(&["-M", MACHINE]);
     push(&cfg.accel.qemu_args());
     push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);

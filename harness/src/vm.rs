@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use crate::accel::Accel;
 use crate::agent::{AgentClient, AgentError};
 use crate::error::{Error, Phase, Result};
+use crate::guest::Guest;
 use crate::process::QemuProcess;
 use crate::qemu::{self, StatePaths};
 use crate::qmp::Qmp;
@@ -175,7 +176,17 @@ impl Cmd {
         self
     }
 
-    fn describe(&self) -> String {
+    /// The deadline set so far (zero: the guest's default applies).
+    pub fn timeout_or_zero(&self) -> Duration {
+        self.spec.timeout
+    }
+
+    /// The request the agent receives.
+    pub fn spec(&self) -> &RunSpec {
+        &self.spec
+    }
+
+    pub(crate) fn describe(&self) -> String {
         let prefix = self.spec.netns.as_ref().map(|n| format!("[netns {n}] ")).unwrap_or_default();
         match &self.spec.program {
             Program::Script(s) => format!("{prefix}{}", s.trim()),
@@ -296,57 +307,23 @@ impl Vm {
     }
 
     /// Runs a command and returns its result, whatever its exit status.
-    pub async fn run(&self, cmd: impl Into<Cmd>) -> Result<RunOutput> {
-        let mut cmd = cmd.into();
-        if cmd.spec.timeout.is_zero() {
-            cmd.spec.timeout = self.cfg.command_timeout;
-        }
-        // The agent enforces the command's timeout; allow it time to report back.
-        let within = cmd.spec.timeout + Duration::from_secs(10);
-        match self.agent.request(Op::Run(cmd.spec.clone()), within).await {
-            Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
-            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
-            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
-        }
+    pub async fn run(&self, cmd: impl Into<Cmd> + Send) -> Result<RunOutput> {
+        Guest::run(self, cmd).await
     }
 
     /// Runs a command that must exit 0; returns its stdout.
-    pub async fn succeed(&self, cmd: impl Into<Cmd>) -> Result<String> {
-        let cmd = cmd.into();
-        let out = self.run(cmd.clone()).await?;
-        if !out.success() {
-            return Err(self.unexpected(&cmd, "must succeed", out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    pub async fn succeed(&self, cmd: impl Into<Cmd> + Send) -> Result<String> {
+        Guest::succeed(self, cmd).await
     }
 
     /// Runs a command that must exit non-zero (and not time out); returns its result.
-    pub async fn fail(&self, cmd: impl Into<Cmd>) -> Result<RunOutput> {
-        let cmd = cmd.into();
-        let out = self.run(cmd.clone()).await?;
-        if out.success() || out.timed_out {
-            return Err(self.unexpected(&cmd, "must fail", out));
-        }
-        Ok(out)
+    pub async fn fail(&self, cmd: impl Into<Cmd> + Send) -> Result<RunOutput> {
+        Guest::fail(self, cmd).await
     }
 
     /// Runs a command until it succeeds, for at most `within`; returns its stdout.
-    pub async fn wait_until_succeeds(&self, cmd: impl Into<Cmd>, within: Duration) -> Result<String> {
-        let cmd = cmd.into();
-        let deadline = Instant::now() + within;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = cmd.clone().timeout(remaining.clamp(Duration::from_secs(1), self.cfg.command_timeout));
-            let out = self.run(attempt).await?;
-            if out.success() {
-                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-            }
-            if Instant::now() >= deadline {
-                return Err(self.unexpected(&cmd, "did not succeed in time", out));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    pub async fn wait_until_succeeds(&self, cmd: impl Into<Cmd> + Send, within: Duration) -> Result<String> {
+        Guest::wait_until_succeeds(self, cmd, within).await
     }
 
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
@@ -402,10 +379,6 @@ impl Vm {
         Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(&self.paths)))
     }
 
-    fn unexpected(&self, cmd: &Cmd, expected: &'static str, output: RunOutput) -> Error {
-        Error::Unexpected { vm: self.cfg.name.clone(), command: cmd.describe(), expected, output: Box::new(output) }
-    }
-
     fn agent_failure(&self, what: &str, e: AgentError) -> Error {
         self.error(Phase::Command, format!("{what}: {e}"))
     }
@@ -413,6 +386,27 @@ impl Vm {
     /// Marks the guest as failed so its console is kept in the artifacts directory on drop.
     pub fn mark_failed(&mut self) {
         self.failed = true;
+    }
+}
+
+impl Guest for Vm {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.cfg.command_timeout
+    }
+
+    async fn run_cmd(&self, cmd: Cmd) -> Result<RunOutput> {
+        // The agent enforces the command's timeout; allow it time to report back.
+        let within = cmd.spec.timeout + Duration::from_secs(10);
+        match self.agent.request(Op::Run(cmd.spec.clone()), within).await {
+            Ok(Reply::Ran(out)) => Ok(out),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
+        }
     }
 }
 

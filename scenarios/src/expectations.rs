@@ -15,6 +15,8 @@ const fn e(scenario: &'static str, check: &'static str, expected: &'static str, 
 }
 
 pub const REACHABLE: &str = "reachable";
+/// Not a verdict but a fact worth reporting (which accelerator ran, say): any observation passes.
+pub const REPORTED: &str = "(reported)";
 pub const UNREACHABLE: &str = "unreachable";
 
 const CONTAINERS: &str = "模拟容器: macvlan1/2 in bridge mode in ns1/ns2; `ip netns exec ns2 ping 192.168.88.11` works";
@@ -30,6 +32,9 @@ const NIC_LIMIT: &str = "许多 NIC 也会对该物理网卡上的 MAC地址数�
 const SWITCH_LIMIT: &str = "交换机可能会限制同一个物理端口上的 MAC 地址数量 ... 使用 Ipvlan (switches may cap MACs per port; ipvlan is the way out)";
 const IPVLAN: &str = "Ipvlan: children share the parent's MAC, the seed's suggested alternative";
 const IPVLAN_L3: &str = "ipvlan l3: the parent routes for its children, which do no ARP, so the LAN reaches them only through a route via the host";
+const VIRT_INSTALL: &str = "虚机使用macvlan: virt-install --network model=virtio,type=direct,source=eth0,source.mode=bridge; the VMs on two hosts ping each other";
+const DOMIFLIST: &str = "virsh domiflist: Interface macvtap0, Type direct, Source eth0, Model virtio, MAC";
+const VIRSH_CLEANUP: &str = "清理环境: virsh destroy / undefine the VMs";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
@@ -75,6 +80,19 @@ pub const EXPECTATIONS: &[Expectation] = &[
     e("claim/switch-mac-limit", "macvlan children reaching peer, cap of 2 MACs", "1 of 3", SWITCH_LIMIT),
     e("claim/switch-mac-limit", "ipvlan children reaching peer, same cap", "3 of 3", SWITCH_LIMIT),
     e("claim/switch-mac-limit", "ipvlan beside macvlan on one parent", "refused: Device or resource busy", SWITCH_LIMIT),
+    e("nested/macvtap-bridge", "vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL),
+    e("nested/macvtap-bridge", "host1 -> its own vm1", UNREACHABLE, ISOLATION),
+    e("nested/macvtap-bridge", "peer -> vm1", REACHABLE, VIRT_INSTALL),
+    e("nested/macvtap-bridge", "peer -> vm2", REACHABLE, VIRT_INSTALL),
+    e("nested/macvtap-bridge", "domiflist of vm1", "macvtap0 direct eth0 virtio, vm1's MAC", DOMIFLIST),
+    e("nested/macvtap-bridge", "inner accelerator", REPORTED, "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG"),
+    e("nested/macvtap-vepa", "vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA),
+    e("nested/macvtap-vepa", "vm2 -> vm1 on one host, hairpin on", REACHABLE, VEPA),
+    e("nested/macvtap-vepa", "vm1 -> peer", REACHABLE, VIRT_INSTALL),
+    e("nested/cleanup", "vm1 -> peer before", REACHABLE, VIRT_INSTALL),
+    e("nested/cleanup", "QEMU processes left on host1", "none", VIRSH_CLEANUP),
+    e("nested/cleanup", "macvtap links left", "none", VIRSH_CLEANUP),
+    e("nested/cleanup", "tap devices left", "none", VIRSH_CLEANUP),
     e("claim/promisc", "bridge children reach peer with promisc off", REACHABLE, PROMISC),
     e("claim/promisc", "children's MACs in the NIC's unicast filter", "present", PROMISC),
     e("claim/promisc", "verdict for virtio-net", "refuted", PROMISC),

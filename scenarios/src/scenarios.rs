@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lab_harness::lan::capture::{icmp_type, macs, read_frames};
-use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result, Vm};
+use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
 
 use crate::expectations::{REACHABLE, UNREACHABLE};
 use crate::Observed;
@@ -26,6 +26,9 @@ pub async fn run(name: &str, assets: &Assets) -> Result<Observed> {
         "ipvlan/l3" => ipvlan(assets, "l3").await,
         "claim/nic-mac-limit" => nic_mac_limit(assets).await,
         "claim/switch-mac-limit" => switch_mac_limit(assets).await,
+        "nested/macvtap-bridge" => crate::nested::bridge(assets).await,
+        "nested/macvtap-vepa" => crate::nested::vepa(assets).await,
+        "nested/cleanup" => crate::nested::cleanup(assets).await,
         "claim/promisc" => promisc(assets).await,
         "cleanup" => cleanup(assets).await,
         other => Err(lab_harness::Error::Missing { what: format!("scenario {other}"), fix: "see `cargo xtask lab --list`".into() }),
@@ -86,7 +89,7 @@ async fn refusal(vm: &Vm, cmd: &str) -> Result<String> {
 }
 
 /// Can `from` (optionally inside `netns`) ping `ip`? A few probes, any answer counts.
-async fn reach(vm: &Vm, netns: Option<&str>, ip: &str) -> Result<String> {
+pub(crate) async fn reach(vm: &(impl Guest + Sync), netns: Option<&str>, ip: &str) -> Result<String> {
     let mut cmd = Cmd::script(format!("ping -c3 -i0.3 -W1 {ip}"));
     if let Some(ns) = netns {
         cmd = cmd.netns(ns);
@@ -94,7 +97,7 @@ async fn reach(vm: &Vm, netns: Option<&str>, ip: &str) -> Result<String> {
     Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
 }
 
-fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Observed {
+pub(crate) fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Observed {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 

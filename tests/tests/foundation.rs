@@ -18,6 +18,7 @@ async fn guest_runs_the_manifest_kernel_with_the_mac_qemu_was_given() {
     let mac = vm.succeed("cat /sys/class/net/eth0/address").await.check();
     assert_eq!(mac.trim(), vm.mac().to_string());
     assert_eq!(vm.succeed("hostname").await.check().trim(), "basics");
+    vm.succeed("ip link show lo | grep -q 'LOOPBACK,UP' && ping -c1 -W1 127.0.0.1").await.check();
 
     // The real iproute2 answers, not busybox's applet: `-d -j` and `netns` work.
     let link = vm.succeed("ip -d -j link show eth0").await.check();

@@ -18,6 +18,9 @@ use rstest::rstest;
 #[case::claim_nic_mac_limit("claim/nic-mac-limit")]
 #[case::claim_switch_mac_limit("claim/switch-mac-limit")]
 #[case::claim_promisc("claim/promisc")]
+#[case::nested_macvtap_bridge("nested/macvtap-bridge")]
+#[case::nested_macvtap_vepa("nested/macvtap-vepa")]
+#[case::nested_cleanup("nested/cleanup")]
 #[case::cleanup("cleanup")]
 #[tokio::test]
 async fn scenario_behaves_as_expected(#[case] name: &str) {

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: boots guests one after another and reports boot-to-agent-ready time
 //! (median, p95, worst), retried boots, the image size and QEMU's resident memory, so later
-//! changes can be measured against it.
-
+//! changes can be measured against it. Then the switch's throughput, and the time of the
+//! seed's nested-VM experiment from boot to end.
 
 use lab_harness::{Assets, Vm};
 
@@ -16,6 +16,10 @@ pub struct BenchArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     pub memory: u32,
+    /// How many times to run the nested bridge scenario (two hosts, a VM on each), timed from
+    /// the lab guests' boot to its end; 0 skips it.
+    #[arg(long, default_value_t = 1)]
+    pub nested: usize,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -58,6 +62,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("QEMU RSS after boot: median {} MiB, max {} MiB ({} MiB guest RAM)", pct(&rss_kib, 50) / 1024, pct(&rss_kib, 100) / 1024, args.memory);
     rt.block_on(crate::bench_switch::alone(200_000))?;
     rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
+    for _ in 0..args.nested {
+        rt.block_on(nested(&assets))?;
+    }
+    Ok(())
+}
+
+/// The seed's VM part end to end: three lab guests boot (two with the nest image), each host
+/// starts a VM on a macvtap, the VMs ping each other, everything stops.
+async fn nested(assets: &Assets) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let report = lab_scenarios::run("nested/macvtap-bridge", assets).await;
+    let took = started.elapsed();
+    anyhow::ensure!(report.passed, "nested/macvtap-bridge failed: {:?}", report.error.or_else(|| Some(format!("{:?}", report.checks))));
+    let accel = report.checks.iter().find(|c| c.name == "inner accelerator").map(|c| c.observed.clone()).unwrap_or_default();
+    let nest = assets.nest.as_ref().map(|n| n.size as f64 / 1048576.0).unwrap_or_default();
+    println!("nested/macvtap-bridge from boot to end: {took:.1?}; inner VMs: {accel}; nest image {nest:.1} MiB");
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use lab_harness::{Assets, Cmd, Lab, PortPolicy};
+use lab_harness::Assets;
+use lab_scenarios::script::ScriptLan;
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -34,6 +35,10 @@ pub enum LabCommand {
         /// Switch ports reflect frames back out of the port they came in on (VEPA needs this).
         #[arg(long)]
         hairpin: bool,
+        /// host1 boots the nest image: QEMU at /nest/bin/qemu-system-x86_64, an inner kernel and
+        /// image under /nest/inner, KVM loaded where the CPU allows (see examples/seed-vm.sh).
+        #[arg(long)]
+        nest: bool,
         /// Seconds the script may run.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -44,8 +49,9 @@ pub enum LabCommand {
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
-        Some(LabCommand::Run { script, hosts, hairpin, timeout, provision }) => {
-            run_script(script, RunOn { hosts: *hosts, hairpin: *hairpin, timeout: *timeout }, provision)
+        Some(LabCommand::Run { script, hosts, hairpin, nest, timeout, provision }) => {
+            let on = ScriptLan { hosts: *hosts, hairpin: *hairpin, nest: *nest, timeout: std::time::Duration::from_secs(*timeout) };
+            run_script(script, on, provision)
         }
         None if args.list => {
             for e in lab_scenarios::expectations::EXPECTATIONS {
@@ -102,41 +108,25 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `lab run` runs a script.
-struct RunOn {
-    hosts: u8,
-    hairpin: bool,
-    timeout: u64,
-}
-
-fn run_script(script: &PathBuf, on: RunOn, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {
+fn run_script(script: &PathBuf, on: ScriptLan, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(script).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", script.display()))?;
     crate::hosttools::ensure_qemu()?;
     let assets = Assets::load(&crate::provision::run(provision)?)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let out = rt.block_on(async {
-        let names: Vec<String> = (1..=on.hosts).map(|i| format!("host{i}")).collect();
-        let builder = Lab::builder(&assets, "lab-run").ports(PortPolicy { hairpin: on.hairpin, max_macs: None });
-        let lab = names.iter().fold(builder, |b, n| b.host(n)).boot().await?;
-        lab.number_hosts().await?;
-        let host1 = lab.vm("host1");
-        eprintln!(
-            "lab: {} guest(s) booted in {:.2?} (hairpin {}); running {} on host1 ({})",
-            on.hosts,
-            host1.boot_time(),
-            if on.hairpin { "on" } else { "off" },
-            script.display(),
-            lab.ip("host1")
-        );
-        let out = host1.run(Cmd::script(text).timeout(std::time::Duration::from_secs(on.timeout))).await;
-        lab.shutdown().await?;
-        out
-    })?;
+    eprintln!(
+        "lab: running {} on host1 (192.168.88.1) of {} guest(s), hairpin {}{}",
+        script.display(),
+        on.hosts,
+        if on.hairpin { "on" } else { "off" },
+        if on.nest { ", host1 with the nest image" } else { "" }
+    );
+    let timeout = on.timeout;
+    let out = rt.block_on(lab_scenarios::script::run(&assets, &text, &on))?;
     use std::io::Write;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     if out.timed_out {
-        anyhow::bail!("the script timed out after {} s", on.timeout);
+        anyhow::bail!("the script timed out after {timeout:?}");
     }
     std::process::exit(out.code.unwrap_or(1));
 }

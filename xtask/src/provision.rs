@@ -28,6 +28,14 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let kernel = lab_kernels::provide(&manifest, args.kernel.as_deref(), &cache).context("providing the guest kernel")?;
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
     let image = lab_rootfs::build(&recipe, &kernel, &agent, &cache).context("building the guest image")?;
+    let nest = match lab_harness::qemu::find_binary() {
+        Ok(qemu) => Some(lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, &cache).context("building the nest image")?),
+        Err(e) => {
+            eprintln!("xtask: no nest image (guests that run VMs need the host's QEMU): {e}");
+            None
+        }
+    };
+    let asset = |i: &lab_rootfs::Image| ImageAsset { path: i.path.clone(), sha256: i.sha256.clone(), size: i.size, modules: i.modules.clone() };
     let assets = Assets {
         kernel: KernelAsset {
             id: kernel.id.clone(),
@@ -35,19 +43,21 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
             bzimage: kernel.bzimage.clone(),
             origin: describe_origin(&kernel),
         },
-        image: ImageAsset { path: image.path.clone(), sha256: image.sha256.clone(), size: image.size, modules: image.modules.clone() },
+        image: asset(&image),
+        nest: nest.as_ref().map(asset),
         dir: lab_dir(),
     };
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;
     assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
     eprintln!(
-        "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), assets in {}",
+        "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}){}, assets in {}",
         kernel.release,
         assets.kernel.origin,
         image.path.display(),
         image.size as f64 / 1048576.0,
         &image.sha256[..16],
+        nest.as_ref().map(|n| format!(", nest image {:.1} MiB", n.size as f64 / 1048576.0)).unwrap_or_default(),
         path.display()
     );
     Ok(path)
@@ -73,4 +83,16 @@ fn build_agent() -> anyhow::Result<PathBuf> {
     );
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     Ok(target.join(AGENT_TARGET).join("release").join("lab"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_harness_looks_for_the_nest_where_the_image_puts_it() {
+        use lab_harness::nest as harness;
+        use lab_rootfs::nest as image;
+        assert_eq!(harness::QEMU, image::QEMU_WRAPPER);
+        assert_eq!(harness::INNER_KERNEL, image::INNER_KERNEL);
+        assert_eq!(harness::INNER_INITRD, image::INNER_INITRD);
+    }
 }

@@ -1,5 +1,6 @@
 //! PID 1 duties: mount the pseudo file systems, load the kernel modules the image lists, bring up
-//! `lo`, find the agent's virtio-serial port, then supervise the server and reap orphans.
+//! `lo` (and `eth0` with `lab.eth0=ADDR/PREFIX`), find the agent's virtio-serial port, then
+//! supervise the server and reap orphans.
 //!
 //! The server runs as a child process rather than in PID 1 itself so that a bug in request handling
 //! can never panic the kernel ("Attempted to kill init"): init restarts it instead.
@@ -30,7 +31,17 @@ pub fn run() -> ! {
     }
     let loaded = load_modules(&cmdline);
     let _ = fs::write("/run/lab-modules", loaded.join("\n"));
-    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    // The kernel starts PID 1 with no PATH of its own.
+    let ip = |args: &[&str]| Command::new("ip").args(args).env("PATH", crate::exec::PATH).status().is_ok_and(|s| s.success());
+    if !ip(&["link", "set", "lo", "up"]) {
+        log("could not bring lo up");
+    }
+    // `lab.eth0=ADDR/PREFIX`: an address before anyone asks, as a VM's own network config would.
+    if let Some(addr) = cmdline_value(&cmdline, "lab.eth0") {
+        if !(ip(&["addr", "add", addr, "dev", "eth0"]) && ip(&["link", "set", "eth0", "up"])) {
+            log(&format!("could not give eth0 {addr}"));
+        }
+    }
     let port = match wait_for_port(lab_proto::PORT_NAME, PORT_WAIT) {
         Some(p) => p,
         None => {

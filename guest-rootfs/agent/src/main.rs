@@ -1,6 +1,7 @@
 //! The `lab` agent. As PID 1 it sets the guest up ([`init`]) and then supervises itself running as
 //! the server ([`serve`]) that executes the host's requests.
 
+mod call;
 mod exec;
 mod init;
 mod serve;
@@ -18,12 +19,20 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("call") => {
+            let Some(socket) = args.get(2) else { usage() };
+            let seconds = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(600);
+            std::process::exit(call::run(socket, std::time::Duration::from_secs(seconds)));
+        }
         Some("--version") => println!("lab {}", env!("CARGO_PKG_VERSION")),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lab serve /dev/vportNpM   (as PID 1 it sets the guest up and serves by itself)");
+    eprintln!(
+        "usage: lab serve /dev/vportNpM        (as PID 1 it sets the guest up and serves by itself)\n       \
+         lab call SOCKET [SECONDS] <request  (one request to the agent behind SOCKET, e.g. an inner VM's)"
+    );
     std::process::exit(2)
 }

@@ -111,7 +111,7 @@ pub enum Reply {
 }
 
 /// Sent in answer to [`Op::Hello`]: the agent is up and the guest is set up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ready {
     pub protocol: u32,
     pub agent_version: String,

@@ -47,6 +47,12 @@ impl LabBuilder {
         self.host_with(name, |_| {})
     }
 
+    /// Adds a guest configured in full (e.g. [`Assets::nest_vm`]); its name is `cfg.name`.
+    pub fn host_config(mut self, cfg: VmConfig) -> Self {
+        self.hosts.push(cfg);
+        self
+    }
+
     /// Adds a guest and lets `adjust` change its configuration (memory, kernel arguments...).
     pub fn host_with(mut self, name: &str, adjust: impl FnOnce(&mut VmConfig)) -> Self {
         let mut cfg = self.assets.vm(name);

@@ -1,0 +1,141 @@
+//! The nest: what a lab guest needs to run VMs of its own, the seed's `virt-install` part.
+//!
+//! It is a second cpio archive appended to the base image. Linux unpacks concatenated archives in
+//! order, so the nest's files add to the base image's, and its `/etc/lab/modules` (the base list
+//! plus KVM) replaces the base one. It holds:
+//! - `/nest/qemu/`: the host's own QEMU (the harness requires one anyway, so no second download),
+//!   the shared libraries its ELF headers name, its dynamic loader, the firmware microvm boots and
+//!   QEMU's TCG module. `/nest/bin/qemu-system-x86_64` starts it through that loader, so its
+//!   libraries never mix with the guest's Debian ones, whatever distribution the host runs.
+//! - `/nest/inner/`: the inner guest, the same kernel and the base image (its agent included).
+//! - `/nest/nest.json`: what went in, for the harness and for people.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lab_kernels::Kernel;
+use serde::{Deserialize, Serialize};
+
+use crate::recipe::{NestRecipe, Recipe};
+use crate::sysroot::Sysroot;
+use crate::tree::Tree;
+use crate::{Error, Image, Result};
+
+/// Paths inside the guest, known to the harness too.
+pub const QEMU_WRAPPER: &str = "/nest/bin/qemu-system-x86_64";
+pub const INNER_KERNEL: &str = "/nest/inner/vmlinuz";
+pub const INNER_INITRD: &str = "/nest/inner/initrd.cpio";
+const QEMU_DIR: &str = "/nest/qemu";
+
+/// `/nest/nest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NestInfo {
+    pub qemu_version: String,
+    /// The inner QEMU can fall back to TCG (its TCG module, if it has one, was found).
+    pub tcg: bool,
+}
+
+/// Builds (or finds in `cache`) the nest image: `base` with the nest archive appended.
+pub fn build(recipe: &Recipe, kernel: &Kernel, base: &Image, qemu: &Path, cache: &Path) -> Result<Image> {
+    let nest = &recipe.nest;
+    let mut tree = Tree::default();
+    let info = install_qemu(&mut tree, nest, qemu)?;
+    tree.file(INNER_KERNEL, crate::read(&kernel.bzimage)?, 0o644);
+    let base_bytes = crate::read(&base.path)?;
+    tree.file(INNER_INITRD, base_bytes.clone(), 0o644);
+    let wanted: Vec<String> = recipe.modules.iter().chain(&nest.modules).cloned().collect();
+    let modules = crate::install_modules(&mut tree, kernel, &wanted)?;
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Missing(e.to_string()))?;
+    tree.file("/nest/nest.json", json, 0o644);
+
+    let mut bytes = base_bytes;
+    bytes.extend(tree.to_cpio().map_err(|e| Error::io(cache, e))?);
+    let image = crate::store(&bytes, &format!("nest-{}", kernel.release), cache)?;
+    Ok(Image { modules, packages: base.packages.clone(), kernel_release: kernel.release.clone(), ..image })
+}
+
+/// Copies the host's QEMU closure, firmware and modules, and writes the wrapper.
+fn install_qemu(tree: &mut Tree, nest: &NestRecipe, qemu: &Path) -> Result<NestInfo> {
+    let qemu = qemu.canonicalize().map_err(|e| Error::io(qemu, e))?;
+    let host = Sysroot::host();
+    let closure = host.closure(&qemu.to_string_lossy())?;
+    for (i, (path, bytes)) in closure.into_iter().enumerate() {
+        let name = file_name(Path::new(&path));
+        let dest = if i == 0 { format!("{QEMU_DIR}/bin/qemu-system-x86_64") } else { format!("{QEMU_DIR}/lib/{name}") };
+        tree.file(&dest, bytes, 0o755);
+    }
+    let data_dir = data_dirs(&qemu)?.into_iter().find(|d| nest.firmware.iter().all(|f| d.join(f).exists())).ok_or_else(|| {
+        Error::Missing(format!("no data directory of {} holds {:?} (see `{} -L help`)", qemu.display(), nest.firmware, qemu.display()))
+    })?;
+    for f in &nest.firmware {
+        tree.file(&format!("{QEMU_DIR}/share/{f}"), crate::read(&data_dir.join(f))?, 0o644);
+    }
+    let mut tcg = true;
+    for m in &nest.qemu_modules {
+        match module_dirs(&qemu).into_iter().map(|d| d.join(m)).find(|p| p.is_file()) {
+            Some(path) => {
+                for (i, (lib, bytes)) in host.closure(&path.to_string_lossy())?.into_iter().enumerate() {
+                    let dest = if i == 0 { format!("{QEMU_DIR}/modules/{m}") } else { format!("{QEMU_DIR}/lib/{}", file_name(Path::new(&lib))) };
+                    tree.file(&dest, bytes, 0o755);
+                }
+            }
+            // A QEMU built with TCG inside has no such module; one without TCG at all cannot
+            // fall back to it, which the harness reports if it ever needs to.
+            None => tcg = tcg && qemu_has_builtin_tcg(&qemu),
+        }
+    }
+    tree.file(QEMU_WRAPPER, wrapper().into_bytes(), 0o755);
+    Ok(NestInfo { qemu_version: qemu_version(&qemu), tcg })
+}
+
+fn wrapper() -> String {
+    let interp = "ld-linux-x86-64.so.2";
+    format!(
+        "#!/bin/sh\n\
+         # The host's QEMU with the libraries it came with, started through their own loader.\n\
+         export QEMU_MODULE_DIR={QEMU_DIR}/modules\n\
+         exec {QEMU_DIR}/lib/{interp} --library-path {QEMU_DIR}/lib {QEMU_DIR}/bin/qemu-system-x86_64 -L {QEMU_DIR}/share \"$@\"\n"
+    )
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// QEMU's firmware directories, as it lists them itself.
+fn data_dirs(qemu: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new(qemu).args(["-L", "help"]).output().map_err(|e| Error::io(qemu, e))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| PathBuf::from(l.trim())).filter(|p| p.is_dir()).collect())
+}
+
+/// Where distributions put QEMU's loadable modules.
+fn module_dirs(qemu: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["/usr/lib/x86_64-linux-gnu/qemu", "/usr/lib64/qemu", "/usr/lib/qemu"].iter().map(PathBuf::from).collect();
+    if let Some(prefix) = qemu.parent().and_then(Path::parent) {
+        dirs.push(prefix.join("lib/qemu"));
+        dirs.push(prefix.join("lib/x86_64-linux-gnu/qemu"));
+    }
+    dirs
+}
+
+fn qemu_has_builtin_tcg(qemu: &Path) -> bool {
+    Command::new(qemu).args(["-accel", "help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "tcg"))
+}
+
+fn qemu_version(qemu: &Path) -> String {
+    let out = Command::new(qemu).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    out.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapper_runs_the_bundled_loader_with_the_bundled_libraries() {
+        let w = wrapper();
+        assert!(w.starts_with("#!/bin/sh\n"));
+        assert!(w.contains("exec /nest/qemu/lib/ld-linux-x86-64.so.2 --library-path /nest/qemu/lib /nest/qemu/bin/qemu-system-x86_64 -L /nest/qemu/share \"$@\""));
+        assert!(w.contains("QEMU_MODULE_DIR=/nest/qemu/modules"));
+    }
+}

@@ -1,0 +1,363 @@
+//! VMs inside a lab guest, started the way libvirt starts a `type=direct` interface (the seed's
+//! `virt-install --network type=direct,source=eth0,source.mode=bridge`): a macvtap on the guest's
+//! `eth0`, and a QEMU whose NIC is that macvtap's character device passed as fd 3
+//! (`-netdev tap,fd=3 ... 3<>/dev/tapN`), with the macvtap's MAC.
+//!
+//! The lab guest must boot the nest image ([`crate::Assets::nest_vm`]), which carries QEMU, the
+//! inner kernel and image, and KVM. The inner VM runs the `lab` agent too; its port is a unix
+//! socket inside the lab guest, which the guest's agent relays to (`lab call`). So an
+//! [`InnerVm`] is driven like any [`Guest`], and goes when its host goes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lab_proto::{Op, Ready, Reply, Request, Response, RunOutput, MAX_RESPONSE_BYTES};
+
+use crate::accel::Accel;
+use crate::error::{Error, Phase, Result};
+use crate::guest::Guest;
+use crate::vm::{Cmd, MacAddr, Vm};
+
+/// Paths inside a nest guest. `lab_rootfs::nest` puts the files there; a test in xtask, which
+/// sees both crates, keeps the two in step.
+pub const QEMU: &str = "/nest/bin/qemu-system-x86_64";
+pub const INNER_KERNEL: &str = "/nest/inner/vmlinuz";
+pub const INNER_INITRD: &str = "/nest/inner/initrd.cpio";
+/// The agent binary inside every lab guest.
+const AGENT: &str = "/init";
+/// Lines of an inner console an error shows.
+const CONSOLE_TAIL: usize = 30;
+
+/// Which accelerator the inner QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerAccel {
+    /// KVM when the lab guest has `/dev/kvm`, else TCG.
+    Auto,
+    Force(Accel),
+}
+
+/// An inner VM before it starts.
+#[derive(Debug, Clone)]
+pub struct InnerSpec {
+    pub name: String,
+    /// The macvtap's name on the lab guest (`macvtap0`, as libvirt names them).
+    pub interface: String,
+    /// macvtap mode: `bridge`, `vepa` (virt-install's default), `private` or `passthru`.
+    pub mode: String,
+    pub mac: MacAddr,
+    pub memory_mib: u32,
+    pub accel: InnerAccel,
+    pub boot_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Appended to the inner kernel's command line.
+    pub extra_cmdline: Vec<String>,
+}
+
+impl InnerSpec {
+    pub fn new(name: &str, interface: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            interface: interface.to_string(),
+            mode: "bridge".into(),
+            mac: MacAddr::unique(),
+            memory_mib: 128,
+            accel: InnerAccel::Auto,
+            boot_timeout: Duration::from_secs(180),
+            command_timeout: Duration::from_secs(60),
+            extra_cmdline: Vec::new(),
+        }
+    }
+
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.mode = mode.to_string();
+        self
+    }
+}
+
+/// One row of [`domiflist`], as `virsh domiflist` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub interface: String,
+    pub kind: String,
+    pub source: String,
+    pub model: String,
+    pub mac: String,
+}
+
+/// A running VM inside the lab guest `host`.
+#[derive(Debug)]
+pub struct InnerVm<'h> {
+    host: &'h Vm,
+    spec: InnerSpec,
+    accel: Accel,
+    dir: String,
+    boot_time: Duration,
+    ready: Ready,
+    next_id: AtomicU64,
+}
+
+impl<'h> InnerVm<'h> {
+    /// Creates the macvtap, starts QEMU on it and waits for the inner agent.
+    pub async fn start(host: &'h Vm, spec: InnerSpec) -> Result<InnerVm<'h>> {
+        let started = Instant::now();
+        let accel = match spec.accel {
+            InnerAccel::Force(a) => a,
+            InnerAccel::Auto => {
+                let kvm = host.run("test -c /dev/kvm && test -w /dev/kvm").await?.success();
+                if kvm { Accel::Kvm } else { Accel::Tcg }
+            }
+        };
+        let dir = format!("/run/nest/{}", spec.name);
+        host.run(Cmd::script(launch_script(&spec, accel, host.config().tsc_khz, &dir)).timeout(Duration::from_secs(60)))
+            .await
+            .and_then(|out| {
+                if out.success() {
+                    Ok(())
+                } else {
+                    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                    Err(Error::guest(&spec.name, Phase::Launch, format!("starting it in {}: {}", host.name(), err.trim())))
+                }
+            })?;
+        let mut vm = InnerVm { host, spec, accel, dir, boot_time: Duration::ZERO, ready: Ready::default(), next_id: AtomicU64::new(1) };
+        vm.ready = match vm.wait_ready(started).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                // The error holds the console tail already; leave nothing else behind.
+                let _ = vm.stop().await;
+                return Err(e);
+            }
+        };
+        vm.boot_time = started.elapsed();
+        tracing::info!("{}: inner VM on {} ready in {:.2?} ({})", vm.spec.name, host.name(), vm.boot_time, accel);
+        Ok(vm)
+    }
+
+    pub fn host(&self) -> &Vm {
+        self.host
+    }
+
+    pub fn mac(&self) -> MacAddr {
+        self.spec.mac
+    }
+
+    /// The accelerator the inner QEMU was started with.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// From the macvtap's creation to the inner agent's ready message.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn ready_info(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// The inner VM's serial console so far.
+    pub async fn console_log(&self) -> String {
+        let bytes = self.host.read_file(&format!("{}/console.log", self.dir)).await.unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Stops the VM as `virsh destroy` does (SIGTERM to its QEMU, SIGKILL if it lingers) and
+    /// removes its macvtap, as libvirt does when the domain goes.
+    pub async fn stop(self) -> Result<()> {
+        let script = format!(
+            "# QEMU removes its pidfile when it exits: no pidfile, nothing to kill.
+             if pid=$(cat {dir}/qemu.pid 2>/dev/null); then
+               kill $pid 2>/dev/null
+               for i in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+               kill -9 $pid 2>/dev/null || true
+             fi
+             ! ip link show {tap} >/dev/null 2>&1 || ip link delete {tap}
+             rm -rf {dir}",
+            dir = self.dir,
+            tap = self.spec.interface
+        );
+        self.host.succeed(script).await.map(drop)
+    }
+
+    /// Polls the inner agent through the host's until it answers `hello`, failing early (with
+    /// the inner console) if its QEMU dies.
+    async fn wait_ready(&self, started: Instant) -> Result<Ready> {
+        let deadline = started + self.spec.boot_timeout;
+        loop {
+            match self.call(Op::Hello, Duration::from_secs(10)).await {
+                Ok(Reply::Ready(r)) => return Ok(r),
+                Ok(other) => return Err(self.error(Phase::Boot, format!("answered hello with {other:?}")).await),
+                Err(CallError::NotThere | CallError::Deadline) => {}
+                Err(CallError::Failed(e)) => return Err(e),
+            }
+            if !self.host.run(format!("kill -0 $(cat {}/qemu.pid)", self.dir)).await?.success() {
+                return Err(self.error(Phase::Boot, "its QEMU exited before the agent was ready".into()).await);
+            }
+            if Instant::now() >= deadline {
+                let msg = format!("the agent was not ready within {:?} ({} inside {})", self.spec.boot_timeout, self.accel, self.host.name());
+                return Err(self.error(Phase::Boot, msg).await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One request to the inner agent, relayed by the host's (`lab call`).
+    async fn call(&self, op: Op, within: Duration) -> std::result::Result<Reply, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = lab_proto::encode(&Request { id, op });
+        let relay = Cmd::argv([AGENT.to_string(), "call".into(), format!("{}/agent.sock", self.dir), within.as_secs().max(1).to_string()])
+            .stdin(request)
+            .timeout(within + Duration::from_secs(10));
+        let out = self.host.run(relay).await.map_err(CallError::Failed)?;
+        match out.code {
+            Some(0) => {}
+            Some(3) => return Err(CallError::NotThere),
+            Some(4) => return Err(CallError::Deadline),
+            _ => {
+                let msg = format!("relaying to it failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+                return Err(CallError::Failed(Error::guest(&self.spec.name, Phase::Command, msg)));
+            }
+        }
+        let line = out.stdout.trim_ascii();
+        let response: Response = lab_proto::decode(line, MAX_RESPONSE_BYTES)
+            .map_err(|e| CallError::Failed(Error::guest(&self.spec.name, Phase::Command, format!("bad response: {e}"))))?;
+        Ok(response.reply)
+    }
+
+    async fn error(&self, phase: Phase, message: String) -> Error {
+        let console = self.console_log().await;
+        let lines: Vec<&str> = console.lines().collect();
+        let tail = lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n");
+        Error::guest(&format!("{} (in {})", self.spec.name, self.host.name()), phase, message).with_console(Some(tail))
+    }
+}
+
+enum CallError {
+    /// Nobody answered at the socket: the VM is not up yet, or gone.
+    NotThere,
+    Deadline,
+    Failed(Error),
+}
+
+impl Guest for InnerVm<'_> {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.spec.command_timeout
+    }
+
+    async fn run_cmd(&self, cmd: Cmd) -> Result<RunOutput> {
+        let within = cmd.spec().timeout + Duration::from_secs(10);
+        match self.call(Op::Run(cmd.spec().clone()), within).await {
+            Ok(Reply::Ran(out)) => Ok(out),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe())).await),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}")).await),
+            Err(CallError::Failed(e)) => Err(e),
+            Err(CallError::NotThere) => Err(self.error(Phase::Command, format!("`{}`: the VM is gone", cmd.describe())).await),
+            Err(CallError::Deadline) => Err(self.error(Phase::Command, format!("`{}`: no answer within {within:?}", cmd.describe())).await),
+        }
+    }
+}
+
+/// The shell script that creates the macvtap and starts QEMU on it, as libvirt would.
+fn launch_script(spec: &InnerSpec, accel: Accel, tsc_khz: Option<u32>, dir: &str) -> String {
+    let cmdline = crate::qemu::cmdline(&spec.name, accel, tsc_khz, &spec.extra_cmdline);
+    let accel_args = match accel {
+        // Whatever CPU the lab guest has (SVM under TCG's `-cpu max`), the inner one gets.
+        Accel::Kvm => "-accel kvm -cpu host",
+        Accel::Tcg => "-accel tcg",
+    };
+    format!(
+        r#"set -e
+mkdir -p {dir}
+ip link add link eth0 name {tap} address {mac} type macvtap mode {mode}
+ip link set {tap} up
+idx=$(cat /sys/class/net/{tap}/ifindex)
+# The tap's character device appears once the kernel has registered it (devtmpfs, no udev).
+for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
+{qemu} -name {name} -M {machine} {accel_args} -m {mem} -smp 1 \
+  -nodefaults -no-user-config -display none -no-reboot \
+  -kernel {kernel} -initrd {initrd} -append '{cmdline}' \
+  -chardev file,id=console,path={dir}/console.log -serial chardev:console \
+  -device virtio-serial-device,max_ports=2 \
+  -chardev socket,id=agent,path={dir}/agent.sock,server=on,wait=off \
+  -device virtserialport,chardev=agent,name={port} \
+  -netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac={mac} \
+  -pidfile {dir}/qemu.pid -daemonize 3<>/dev/tap$idx 2>{dir}/qemu.log || {{ cat {dir}/qemu.log >&2; ip link delete {tap}; exit 1; }}
+"#,
+        tap = spec.interface,
+        mac = spec.mac,
+        mode = spec.mode,
+        qemu = QEMU,
+        name = spec.name,
+        machine = crate::qemu::MACHINE,
+        mem = spec.memory_mib,
+        kernel = INNER_KERNEL,
+        initrd = INNER_INITRD,
+        port = lab_proto::PORT_NAME,
+    )
+}
+
+/// `virsh domiflist` for the given VMs of one host, read back from the host's kernel: each
+/// VM's macvtap, its parent (`source`), and the MAC the macvtap carries.
+pub async fn domiflist(vms: &[&InnerVm<'_>]) -> Result<Vec<Interface>> {
+    let mut rows = Vec::new();
+    for vm in vms {
+        let json = vm.host.succeed(format!("ip -d -j link show {}", vm.spec.interface)).await?;
+        let link: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| Error::guest(vm.host.name(), Phase::Command, format!("`ip -j` printed no JSON: {e}")))?;
+        let first = &link[0];
+        let kind = first["linkinfo"]["info_kind"].as_str().unwrap_or_default();
+        rows.push(Interface {
+            interface: vm.spec.interface.clone(),
+            kind: if kind == "macvtap" { "direct".into() } else { kind.to_string() },
+            source: first["link"].as_str().unwrap_or_default().to_string(),
+            model: "virtio".into(),
+            mac: first["address"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(rows)
+}
+
+/// `rows` formatted as `virsh domiflist` prints them.
+pub fn format_domiflist(rows: &[Interface]) -> String {
+    let mut out = format!(" {:<11} {:<8} {:<8} {:<8} {}\n", "Interface", "Type", "Source", "Model", "MAC");
+    out.push_str(&format!("{}\n", "-".repeat(61)));
+    for r in rows {
+        out.push_str(&format!(" {:<11} {:<8} {:<8} {:<8} {}\n", r.interface, r.kind, r.source, r.model, r.mac));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_passes_the_macvtap_as_fd_3_with_its_own_mac() {
+        let mut spec = InnerSpec::new("vm1", "macvtap0").mode("vepa");
+        spec.mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let s = launch_script(&spec, Accel::Kvm, None, "/run/nest/vm1");
+        assert!(s.contains("ip link add link eth0 name macvtap0 address 52:54:00:00:00:01 type macvtap mode vepa"), "{s}");
+        assert!(s.contains("-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:01"), "{s}");
+        assert!(s.contains("3<>/dev/tap$idx"), "{s}");
+        assert!(s.contains("-accel kvm"), "{s}");
+        assert!(s.contains("lab.hostname=vm1"), "{s}");
+    }
+
+    #[test]
+    fn domiflist_looks_like_virsh() {
+        let row = Interface {
+            interface: "macvtap0".into(),
+            kind: "direct".into(),
+            source: "eth0".into(),
+            model: "virtio".into(),
+            mac: "52:54:00:00:00:01".into(),
+        };
+        let text = format_domiflist(&[row]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["Interface", "Type", "Source", "Model", "MAC"]);
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["macvtap0", "direct", "eth0", "virtio", "52:54:00:00:00:01"]);
+    }
+}

@@ -1,0 +1,106 @@
+//! The seed's second half, one level down: lab guests are the hosts, and each starts VMs of its
+//! own on a macvtap of its `eth0`, as `virt-install --network type=direct` does.
+
+use lab_harness::nest::{domiflist, InnerSpec, InnerVm};
+use lab_harness::{Assets, Guest, Lab, PortPolicy, Result, Vm};
+
+use crate::scenarios::{observed, reach};
+use crate::{Observed, NOTE};
+
+/// The seed's addresses for the VMs.
+const VM1: &str = "192.168.88.21";
+const VM2: &str = "192.168.88.22";
+
+/// Starts an inner VM on `host` with `ip` on its `eth0`, the host's `eth0` promiscuous first as
+/// the seed does.
+async fn start<'h>(host: &'h Vm, spec: InnerSpec, ip: &str) -> Result<InnerVm<'h>> {
+    host.succeed("ip link set eth0 promisc on").await?;
+    let vm = InnerVm::start(host, spec).await?;
+    vm.succeed(format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up")).await?;
+    Ok(vm)
+}
+
+/// vm1 on host1 and vm2 on host2, both macvtap bridge mode; `peer` is the rest of the LAN.
+pub async fn bridge(assets: &Assets) -> Result<Observed> {
+    let lab = Lab::builder(assets, "nested-macvtap-bridge")
+        .host_config(assets.nest_vm("host1", 1)?)
+        .host_config(assets.nest_vm("host2", 1)?)
+        .host("peer")
+        .boot()
+        .await?;
+    lab.number_hosts().await?;
+    let (host1, host2, peer) = (lab.vm("host1"), lab.vm("host2"), lab.vm("peer"));
+    let (vm1, vm2) = tokio::try_join!(
+        start(host1, InnerSpec::new("vm1", "macvtap0").mode("bridge"), VM1),
+        start(host2, InnerSpec::new("vm2", "macvtap0").mode("bridge"), VM2),
+    )?;
+    let rows = domiflist(&[&vm1]).await?;
+    let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
+    let row = &rows[0];
+    let listing = if (row.interface.as_str(), row.kind.as_str(), row.source.as_str(), row.model.as_str()) == ("macvtap0", "direct", "eth0", "virtio")
+        && row.mac == inside.trim()
+    {
+        "macvtap0 direct eth0 virtio, vm1's MAC".to_string()
+    } else {
+        format!("{} {} {} {} {} (vm1 has {})", row.interface, row.kind, row.source, row.model, row.mac, inside.trim())
+    };
+    let mut o = observed([
+        ("vm2 (on host2) -> vm1 (on host1)", reach(&vm2, None, VM1).await?),
+        ("host1 -> its own vm1", reach(host1, None, VM1).await?),
+        ("peer -> vm1", reach(peer, None, VM1).await?),
+        ("peer -> vm2", reach(peer, None, VM2).await?),
+        ("domiflist of vm1", listing),
+        ("inner accelerator", format!("{} (vm1 ready {:.1?} after its macvtap was made)", vm1.accel(), vm1.boot_time())),
+    ]);
+    let listings = [("host1", domiflist(&[&vm1]).await?), ("host2", domiflist(&[&vm2]).await?)];
+    for (host, rows) in listings {
+        o.insert(format!("{NOTE}virsh domiflist on {host}"), lab_harness::nest::format_domiflist(&rows));
+    }
+    vm1.stop().await?;
+    vm2.stop().await?;
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// Two VMs on host1, both on macvtaps in VEPA mode (virt-install's default): their frames to each
+/// other leave through eth0, so only a hairpinning switch brings them back.
+pub async fn vepa(assets: &Assets) -> Result<Observed> {
+    let lab = Lab::builder(assets, "nested-macvtap-vepa").host_config(assets.nest_vm("host1", 2)?).host("peer").boot().await?;
+    lab.number_hosts().await?;
+    let host1 = lab.vm("host1");
+    let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1).await?;
+    let vm2 = start(host1, InnerSpec::new("vm2", "macvtap1").mode("vepa"), VM2).await?;
+    let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
+    let _ = reach(&vm2, None, &lab.ip("peer")).await?;
+    let off = reach(&vm2, None, VM1).await?;
+    lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
+    let on = reach(&vm2, None, VM1).await?;
+    let o = observed([
+        ("vm2 -> vm1 on one host, hairpin off", off),
+        ("vm2 -> vm1 on one host, hairpin on", on),
+        ("vm1 -> peer", to_peer),
+    ]);
+    vm1.stop().await?;
+    vm2.stop().await?;
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// `virsh destroy` as stopping the VM: nothing of it stays on its host.
+pub async fn cleanup(assets: &Assets) -> Result<Observed> {
+    let lab = Lab::builder(assets, "nested-cleanup").host_config(assets.nest_vm("host1", 1)?).host("peer").boot().await?;
+    lab.number_hosts().await?;
+    let host1 = lab.vm("host1");
+    let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0"), VM1).await?;
+    let before = reach(&vm1, None, &lab.ip("peer")).await?;
+    vm1.stop().await?;
+    let none_or = |s: String| if s.trim().is_empty() { "none".to_string() } else { s.trim().replace('\n', "; ") };
+    let o = observed([
+        ("vm1 -> peer before", before),
+        ("QEMU processes left on host1", none_or(host1.succeed("pgrep -af qemu-system || true").await?)),
+        ("macvtap links left", none_or(host1.succeed("ip -br link show type macvtap").await?)),
+        ("tap devices left", none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?)),
+    ]);
+    lab.shutdown().await?;
+    Ok(o)
+}
