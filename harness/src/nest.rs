@@ -48,6 +48,9 @@ pub struct InnerSpec {
     pub memory_mib: u32,
     pub accel: InnerAccel,
     pub boot_timeout: Duration,
+    /// With [`InnerAccel::Auto`], how long a KVM boot may take before TCG is tried instead:
+    /// KVM-in-TCG boots in ~15 s here, and a nested KVM that hangs guests must not hang the run.
+    pub kvm_boot_limit: Duration,
     pub command_timeout: Duration,
     /// Appended to the inner kernel's command line.
     pub extra_cmdline: Vec<String>,
@@ -63,6 +66,7 @@ impl InnerSpec {
             memory_mib: 128,
             accel: InnerAccel::Auto,
             boot_timeout: Duration::from_secs(180),
+            kvm_boot_limit: Duration::from_secs(90),
             command_timeout: Duration::from_secs(60),
             extra_cmdline: Vec::new(),
         }
@@ -94,42 +98,62 @@ pub struct InnerVm<'h> {
     boot_time: Duration,
     ready: Ready,
     next_id: AtomicU64,
+    fallback: Option<String>,
 }
 
 impl<'h> InnerVm<'h> {
-    /// Creates the macvtap, starts QEMU on it and waits for the inner agent.
+    /// Creates the macvtap, starts QEMU on it and waits for the inner agent. With
+    /// [`InnerAccel::Auto`] a KVM boot that does not finish in time (some nested KVMs hang
+    /// guests) is retried once under TCG; [`InnerVm::fallback`] says so.
     pub async fn start(host: &'h Vm, spec: InnerSpec) -> Result<InnerVm<'h>> {
-        let started = Instant::now();
         let accel = match spec.accel {
             InnerAccel::Force(a) => a,
-            InnerAccel::Auto => {
-                let kvm = host.run("test -c /dev/kvm && test -w /dev/kvm").await?.success();
-                if kvm { Accel::Kvm } else { Accel::Tcg }
-            }
+            InnerAccel::Auto if host.run("test -c /dev/kvm && test -w /dev/kvm").await?.success() => Accel::Kvm,
+            InnerAccel::Auto => Accel::Tcg,
         };
+        if spec.accel != InnerAccel::Auto || accel == Accel::Tcg {
+            return Self::start_with(host, spec.clone(), accel, spec.boot_timeout).await.map_err(|f| f.error);
+        }
+        let limit = spec.kvm_boot_limit.min(spec.boot_timeout);
+        match Self::start_with(host, spec.clone(), Accel::Kvm, limit).await {
+            Err(BootFailure { timed_out: true, error }) => {
+                tracing::warn!("{}: no KVM boot in time, trying TCG: {error}", spec.name);
+                let mut vm = Self::start_with(host, spec.clone(), Accel::Tcg, spec.boot_timeout).await.map_err(|f| f.error)?;
+                vm.fallback = Some(format!("KVM did not boot it within {limit:?}"));
+                Ok(vm)
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
+
+    async fn start_with(host: &'h Vm, spec: InnerSpec, accel: Accel, boot_timeout: Duration) -> Result<InnerVm<'h>, BootFailure> {
+        let started = Instant::now();
+        let fail = |error| BootFailure { error, timed_out: false };
         let dir = format!("/run/nest/{}", spec.name);
-        host.run(Cmd::script(launch_script(&spec, accel, host.config().tsc_khz, &dir)).timeout(Duration::from_secs(60)))
-            .await
-            .and_then(|out| {
-                if out.success() {
-                    Ok(())
-                } else {
-                    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-                    Err(Error::guest(&spec.name, Phase::Launch, format!("starting it in {}: {}", host.name(), err.trim())))
-                }
-            })?;
-        let mut vm = InnerVm { host, spec, accel, dir, boot_time: Duration::ZERO, ready: Ready::default(), next_id: AtomicU64::new(1) };
-        vm.ready = match vm.wait_ready(started).await {
-            Ok(ready) => ready,
-            Err(e) => {
+        let launch = Cmd::script(launch_script(&spec, accel, host.config().tsc_khz, &dir)).timeout(Duration::from_secs(60));
+        let out = host.run(launch).await.map_err(fail)?;
+        if !out.success() {
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(fail(Error::guest(&spec.name, Phase::Launch, format!("starting it in {}: {}", host.name(), err.trim()))));
+        }
+        let mut vm =
+            InnerVm { host, spec, accel, dir, boot_time: Duration::ZERO, ready: Ready::default(), next_id: AtomicU64::new(1), fallback: None };
+        match vm.wait_ready(started, boot_timeout).await {
+            Ok(ready) => vm.ready = ready,
+            Err(failure) => {
                 // The error holds the console tail already; leave nothing else behind.
                 let _ = vm.stop().await;
-                return Err(e);
+                return Err(failure);
             }
-        };
+        }
         vm.boot_time = started.elapsed();
-        tracing::info!("{}: inner VM on {} ready in {:.2?} ({})", vm.spec.name, host.name(), vm.boot_time, accel);
+        tracing::info!("{}: inner VM on {} ready in {:.2?} ({accel})", vm.spec.name, host.name(), vm.boot_time);
         Ok(vm)
+    }
+
+    /// Why the VM runs under TCG although KVM was there, if it does.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn host(&self) -> &Vm {
@@ -180,21 +204,24 @@ impl<'h> InnerVm<'h> {
 
     /// Polls the inner agent through the host's until it answers `hello`, failing early (with
     /// the inner console) if its QEMU dies.
-    async fn wait_ready(&self, started: Instant) -> Result<Ready> {
-        let deadline = started + self.spec.boot_timeout;
+    async fn wait_ready(&self, started: Instant, within: Duration) -> Result<Ready, BootFailure> {
+        let fail = |error| BootFailure { error, timed_out: false };
+        let deadline = started + within;
         loop {
-            match self.call(Op::Hello, Duration::from_secs(10)).await {
+            let left = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            match self.call(Op::Hello, left).await {
                 Ok(Reply::Ready(r)) => return Ok(r),
-                Ok(other) => return Err(self.error(Phase::Boot, format!("answered hello with {other:?}")).await),
+                Ok(other) => return Err(fail(self.error(Phase::Boot, format!("answered hello with {other:?}")).await)),
                 Err(CallError::NotThere | CallError::Deadline) => {}
-                Err(CallError::Failed(e)) => return Err(e),
+                Err(CallError::Failed(e)) => return Err(fail(e)),
             }
-            if !self.host.run(format!("kill -0 $(cat {}/qemu.pid)", self.dir)).await?.success() {
-                return Err(self.error(Phase::Boot, "its QEMU exited before the agent was ready".into()).await);
+            let alive = self.host.run(format!("kill -0 $(cat {}/qemu.pid)", self.dir)).await.map_err(fail)?;
+            if !alive.success() {
+                return Err(fail(self.error(Phase::Boot, "its QEMU exited before the agent was ready".into()).await));
             }
             if Instant::now() >= deadline {
-                let msg = format!("the agent was not ready within {:?} ({} inside {})", self.spec.boot_timeout, self.accel, self.host.name());
-                return Err(self.error(Phase::Boot, msg).await);
+                let msg = format!("the agent was not ready within {within:?} ({} inside {})", self.accel, self.host.name());
+                return Err(BootFailure { error: self.error(Phase::Boot, msg).await, timed_out: true });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -229,6 +256,12 @@ impl<'h> InnerVm<'h> {
         let tail = lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n");
         Error::guest(&format!("{} (in {})", self.spec.name, self.host.name()), phase, message).with_console(Some(tail))
     }
+}
+
+/// A failed start, and whether it failed by running out of time (worth another accelerator).
+struct BootFailure {
+    error: Error,
+    timed_out: bool,
 }
 
 enum CallError {

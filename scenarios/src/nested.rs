@@ -50,7 +50,7 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
         ("peer -> vm1", reach(peer, None, VM1).await?),
         ("peer -> vm2", reach(peer, None, VM2).await?),
         ("domiflist of vm1", listing),
-        ("inner accelerator", format!("{} (vm1 ready {:.1?} after its macvtap was made)", vm1.accel(), vm1.boot_time())),
+        ("inner accelerator", accel_note(&vm1)),
     ]);
     let listings = [("host1", domiflist(&[&vm1]).await?), ("host2", domiflist(&[&vm2]).await?)];
     for (host, rows) in listings {
@@ -103,4 +103,10 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
     ]);
     lab.shutdown().await?;
     Ok(o)
+}
+
+/// Which accelerator ran the VM, and how long it took to be ready.
+fn accel_note(vm: &InnerVm<'_>) -> String {
+    let why = vm.fallback().map(|f| format!(", {f}")).unwrap_or_default();
+    format!("{} ({} ready {:.1?} after its macvtap was made{why})", vm.accel(), lab_harness::Guest::name(vm), vm.boot_time())
 }
