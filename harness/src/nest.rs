@@ -6,7 +6,8 @@
 //! The lab guest must boot the nest image ([`crate::Assets::nest_vm`]), which carries QEMU, the
 //! inner kernel and image, and KVM. The inner VM runs the `lab` agent too; its port is a unix
 //! socket inside the lab guest, which the guest's agent relays to (`lab call`). So an
-//! [`InnerVm`] is driven like any [`Guest`], and goes when its host goes.
+//! [`InnerVm`] is driven like any [`Guest`], and goes when its host goes. QEMU's socket takes one
+//! client at a time, so an inner VM's commands run one after another.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ pub const INNER_KERNEL: &str = "/nest/inner/vmlinuz";
 pub const INNER_INITRD: &str = "/nest/inner/initrd.cpio";
 /// The agent binary inside every lab guest.
 const AGENT: &str = "/init";
+/// A shell command printing how many QEMU processes run in a lab guest. The guest has no
+/// `pgrep` (busybox-static lacks it); the bracket keeps grep and the shell from matching
+/// their own command lines.
+pub const COUNT_QEMU: &str = "grep -l 'qemu-syste[m]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l";
 /// Lines of an inner console an error shows.
 const CONSOLE_TAIL: usize = 30;
 
@@ -309,7 +314,7 @@ ip link set {tap} up
 idx=$(cat /sys/class/net/{tap}/ifindex)
 # The tap's character device appears once the kernel has registered it (devtmpfs, no udev).
 for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
-{qemu} -name {name} -M {machine} {accel_args} -m {mem} -smp 1 \
+{qemu} -name {name},process=qemu-{name} -M {machine} {accel_args} -m {mem} -smp 1 \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel {kernel} -initrd {initrd} -append '{cmdline}' \
   -chardev file,id=console,path={dir}/console.log -serial chardev:console \

@@ -1,7 +1,7 @@
 //! The seed's second half, one level down: lab guests are the hosts, and each starts VMs of its
 //! own on a macvtap of its `eth0`, as `virt-install --network type=direct` does.
 
-use lab_harness::nest::{domiflist, InnerSpec, InnerVm};
+use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Assets, Guest, Lab, PortPolicy, Result, Vm};
 
 use crate::scenarios::{observed, reach};
@@ -93,11 +93,21 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
     let host1 = lab.vm("host1");
     let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0"), VM1).await?;
     let before = reach(&vm1, None, &lab.ip("peer")).await?;
+    // The same probes as after the stop, so a probe that can never see anything cannot pass.
+    let running = host1.succeed(COUNT_QEMU).await?.trim().to_string();
+    let links = host1.succeed("ip -br link show type macvtap | cut -d@ -f1").await?.trim().to_string();
+    let taps = host1.succeed("ls /dev/tap* 2>/dev/null | wc -l").await?.trim().to_string();
     vm1.stop().await?;
     let none_or = |s: String| if s.trim().is_empty() { "none".to_string() } else { s.trim().replace('\n', "; ") };
     let o = observed([
         ("vm1 -> peer before", before),
-        ("QEMU processes left on host1", none_or(host1.succeed("pgrep -af qemu-system || true").await?)),
+        ("QEMU processes on host1 while vm1 runs", running),
+        ("macvtap links while vm1 runs", links),
+        ("tap devices while vm1 runs", taps),
+        ("QEMU processes left on host1", match host1.succeed(COUNT_QEMU).await?.trim() {
+            "0" => "none".to_string(),
+            n => n.to_string(),
+        }),
         ("macvtap links left", none_or(host1.succeed("ip -br link show type macvtap").await?)),
         ("tap devices left", none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?)),
     ]);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lab_harness::nest::{domiflist, InnerSpec, InnerVm};
+use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Accel, Error, Guest, Phase};
 use lab_tests::{assets, boot, Check};
 use rstest::rstest;
@@ -32,8 +32,9 @@ async fn an_inner_vm_runs_our_kernel_on_a_macvtap_and_its_console_is_captured() 
     assert_eq!((rows[0].interface.as_str(), rows[0].kind.as_str(), rows[0].source.as_str()), ("macvtap0", "direct", "eth0"));
     assert_eq!(rows[0].mac, mac.to_string());
 
+    assert_eq!(host.succeed(COUNT_QEMU).await.check().trim(), "1", "the inner QEMU runs, and the probe sees it");
     vm.stop().await.check();
-    assert_eq!(host.succeed("pgrep -f qemu-system || true").await.check().trim(), "", "no inner QEMU left");
+    assert_eq!(host.succeed(COUNT_QEMU).await.check().trim(), "0", "no inner QEMU left");
     assert_eq!(host.succeed("ip -br link show type macvtap").await.check().trim(), "", "no macvtap left");
     host.shutdown().await.check();
 }
@@ -56,7 +57,7 @@ async fn an_inner_vm_whose_kernel_dies_fails_at_once_with_its_console() {
         other => panic!("expected a boot failure with the console, got {other}"),
     }
     // A failed start cleans up after itself, as a failed `virsh start` does.
-    assert_eq!(host.succeed("ip -br link show type macvtap; pgrep -f qemu-system || true").await.check().trim(), "");
+    assert_eq!(host.succeed(format!("ip -br link show type macvtap; {COUNT_QEMU}")).await.check().trim(), "0");
     host.shutdown().await.check();
 }
 
