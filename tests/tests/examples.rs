@@ -13,7 +13,7 @@ fn example(name: &str) -> String {
 #[rstest]
 #[tokio::test]
 async fn seed_containers_ping_each_other_and_clean_up() {
-    let out = script::run(&assets(), &example("seed-containers.sh"), &ScriptLan::default()).await.check();
+    let out = script::run(&assets(), &example("seed-containers.sh"), &ScriptLan::default(), |_| {}).await.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.success(), "exit {:?}\n{stdout}\n{}", out.code, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
@@ -23,7 +23,9 @@ async fn seed_containers_ping_each_other_and_clean_up() {
 #[tokio::test]
 async fn seed_vm_reaches_the_lan_but_not_its_host_until_the_shim() {
     let on = ScriptLan { hosts: 2, nest: true, ..ScriptLan::default() };
-    let out = script::run(&assets(), &example("seed-vm.sh"), &on).await.check();
+    let mut streamed = Vec::new();
+    let out = script::run(&assets(), &example("seed-vm.sh"), &on, |b| streamed.extend_from_slice(b)).await.check();
+    assert_eq!(streamed, out.stdout, "what was shown while it ran is all it printed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.success(), "exit {:?}\n{stdout}\n{}", out.code, String::from_utf8_lossy(&out.stderr));
     for line in ["vm1 -> host2: reachable", "host1 -> vm1: unreachable", "host1 -> vm1 via shim: reachable", " macvtap0    direct   eth0"] {

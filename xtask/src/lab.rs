@@ -121,10 +121,12 @@ fn run_script(script: &PathBuf, on: ScriptLan, provision: &crate::provision::Pro
         if on.nest { ", host1 with the nest image" } else { "" }
     );
     let timeout = on.timeout;
-    let out = rt.block_on(lab_scenarios::script::run(&assets, &text, &on))?;
     use std::io::Write;
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
+    let show = |bytes: &[u8]| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+    };
+    let out = rt.block_on(lab_scenarios::script::run(&assets, &text, &on, show))?;
     if out.timed_out {
         anyhow::bail!("the script timed out after {timeout:?}");
     }
