@@ -1,5 +1,6 @@
 //! Debian packages fetched and unpacked without root: `apt-cache show` to resolve a name to a
-//! version, `apt-get download` (works as any user on Debian and Ubuntu) and `dpkg-deb -x`.
+//! version, `apt-get download` (works as any user on Debian and Ubuntu) and `dpkg-deb -x`. apt
+//! looks at the archive [`crate::archive`] set up, or at the host's sources if none was.
 //!
 //! Each package lands in `<cache>/<package>_<version>/` with a `fetched.json` written last, so an
 //! interrupted fetch is redone rather than trusted.
@@ -156,7 +157,7 @@ fn only_deb(dir: &Path) -> Result<PathBuf> {
         .ok_or_else(|| Error::Invalid(format!("apt-get download left no .deb in {}", dir.display())))
 }
 
-fn tool(name: &'static str) -> Result<PathBuf> {
+pub(crate) fn tool(name: &'static str) -> Result<PathBuf> {
     which::which(name).map_err(|_| Error::MissingTool {
         tool: name,
         fix: "the lab fetches Debian packages with apt on a Debian or Ubuntu host; elsewhere set \
@@ -166,6 +167,9 @@ fn tool(name: &'static str) -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
+    if let Some(conf) = crate::archive::apt_config() {
+        cmd.env("APT_CONFIG", conf);
+    }
     let out = cmd.output().map_err(|e| Error::Command { what: what.into(), stderr: e.to_string(), fix: fix.into() })?;
     if !out.status.success() {
         return Err(Error::Command {

@@ -3,6 +3,7 @@
 //!
 //! The output of this crate is a [`Kernel`]: a bzImage, its module tree, and where it came from.
 
+pub mod archive;
 pub mod deb;
 pub mod manifest;
 pub mod modules;

@@ -10,6 +10,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     pub default: String,
+    /// Where the kernels (and the guest image's packages) come from.
+    pub archive: crate::archive::Archive,
     #[serde(rename = "kernel")]
     pub kernels: BTreeMap<String, KernelSpec>,
 }
@@ -75,7 +77,8 @@ mod tests {
 
     #[test]
     fn default_must_exist() {
-        let err = Manifest::parse("default = \"x\"\n[kernel.y]\ndescription = \"\"\npackage = \"p\"\n").expect_err("bad");
+        let text = "default = \"x\"\n[archive]\nsources = []\nkeyring = \"/k\"\n[kernel.y]\ndescription = \"\"\npackage = \"p\"\n";
+        let err = Manifest::parse(text).expect_err("bad");
         assert!(err.contains("'x'"), "{err}");
     }
 }

@@ -1,25 +1,32 @@
 //! Host tools the lab needs, installed when we may (root with apt-get), otherwise named with the
 //! exact command that installs them.
 
+use std::path::Path;
 use std::process::Command;
 
 use lab_harness::qemu;
 
+/// QEMU, and the Debian archive keys apt checks the guests' packages with.
 pub fn ensure_qemu() -> anyhow::Result<()> {
-    if qemu::find_binary().is_ok() {
-        return Ok(());
+    if qemu::find_binary().is_err() && !apt_install("qemu-system-x86") {
+        anyhow::bail!("{} is missing: {}", qemu::QEMU_BINARY, qemu::install_hint());
     }
-    let root = nix::unistd::geteuid().is_root();
-    if root && which::which("apt-get").is_ok() {
-        eprintln!("xtask: {} is missing; installing qemu-system-x86 with apt-get", qemu::QEMU_BINARY);
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "qemu-system-x86"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?
-            .success();
-        if ok && qemu::find_binary().is_ok() {
-            return Ok(());
-        }
+    let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
+    if !keyring.is_file() && !apt_install("debian-archive-keyring") {
+        anyhow::bail!("{} is missing: `sudo apt-get install debian-archive-keyring` (Ubuntu has it too)", keyring.display());
     }
-    anyhow::bail!("{} is missing: {}", qemu::QEMU_BINARY, qemu::install_hint())
+    Ok(())
+}
+
+/// Installs `package` with apt-get if we are root on an apt system; true if that worked.
+fn apt_install(package: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() || which::which("apt-get").is_err() {
+        return false;
+    }
+    eprintln!("xtask: installing {package} with apt-get");
+    Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -25,6 +25,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = lab_dir().join("cache");
     let agent = build_agent()?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
+    lab_kernels::archive::use_archive(&manifest.archive, &cache).context("pointing apt at Debian's archive")?;
     let kernel = lab_kernels::provide(&manifest, args.kernel.as_deref(), &cache).context("providing the guest kernel")?;
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
     let image = lab_rootfs::build(&recipe, &kernel, &agent, &cache).context("building the guest image")?;

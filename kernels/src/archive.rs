@@ -1,0 +1,141 @@
+//! The Debian archive every package comes from, whatever distribution the host runs.
+//!
+//! apt is pointed at it through a private configuration (`APT_CONFIG`) with its own sources,
+//! package lists and download cache under the lab's cache directory; the host's own apt
+//! settings (proxies, mirrors' quirks) in `/etc/apt/apt.conf.d` still apply. So a GitHub Ubuntu
+//! runner and a Debian laptop build the same guest from the same packages, and nothing of the
+//! host's apt state is read or written. No root is needed: apt does not lock or sandbox for an
+//! ordinary user, and our directories are the user's own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// `[archive]` of `kernels.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// One-line-style apt sources (`deb [signed-by=KEYRING] URI SUITE COMPONENT`).
+    pub sources: Vec<String>,
+    /// The keyring the sources are signed by; it must exist on the host.
+    pub keyring: PathBuf,
+}
+
+/// Package lists older than this are fetched again.
+const FRESH: Duration = Duration::from_secs(24 * 3600);
+
+static CONFIG: OnceLock<PathBuf> = OnceLock::new();
+
+/// The private apt configuration in use, if [`use_archive`] set one up.
+pub(crate) fn apt_config() -> Option<&'static Path> {
+    CONFIG.get().map(PathBuf::as_path)
+}
+
+/// Makes every apt call of this process use `archive`, with its state in `<cache>/apt`, and
+/// fetches its package lists unless fresh ones are there.
+pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
+    if !archive.keyring.is_file() {
+        return Err(Error::MissingTool {
+            tool: "debian-archive-keyring",
+            fix: format!(
+                "{} is missing; install Debian's archive keys (`sudo apt-get install debian-archive-keyring`, on Ubuntu too)",
+                archive.keyring.display()
+            ),
+        });
+    }
+    let root = cache.join("apt");
+    let conf = write_config(archive, &root)?;
+    if !lists_fresh(&root.join("state/lists")) {
+        let out = Command::new(crate::deb::tool("apt-get")?)
+            .arg("update")
+            .env("APT_CONFIG", &conf)
+            .output()
+            .map_err(|e| Error::io(Path::new("apt-get"), e))?;
+        // apt-get update exits 0 even when a source failed; its stderr says so with "E:" or "W:".
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || stderr.lines().any(|l| l.starts_with("E:") || l.starts_with("W: Failed")) {
+            return Err(Error::Command {
+                what: format!("apt-get update (APT_CONFIG={})", conf.display()),
+                stderr: stderr.trim().to_string(),
+                fix: "check that deb.debian.org is reachable (or that the host's apt proxy settings apply), then try again".into(),
+            });
+        }
+    }
+    // Set once per process; a second call with the same root is a no-op.
+    let _ = CONFIG.set(conf);
+    Ok(())
+}
+
+fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
+    for dir in ["state/lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"] {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    let status = root.join("state/status");
+    if !status.exists() {
+        std::fs::write(&status, b"").map_err(|e| Error::io(&status, e))?;
+    }
+    let sources = root.join("sources.list");
+    std::fs::write(&sources, archive.sources.join("\n") + "\n").map_err(|e| Error::io(&sources, e))?;
+    let conf = root.join("apt.conf");
+    let p = |sub: &str| root.join(sub).display().to_string();
+    let text = format!(
+        "Dir::State \"{state}\";\nDir::State::status \"{status}\";\nDir::Cache \"{cache}\";\n\
+         Dir::Etc::SourceList \"{sources}\";\nDir::Etc::SourceParts \"{parts}\";\n\
+         Dir::Etc::Preferences \"{prefs}/none\";\nDir::Etc::PreferencesParts \"{prefs}\";\n\
+         APT::Architecture \"amd64\";\nAPT::Architectures {{ \"amd64\"; }};\n\
+         Debug::NoLocking \"true\";\nAcquire::Languages \"none\";\n",
+        state = p("state"),
+        status = status.display(),
+        cache = p("cache"),
+        sources = sources.display(),
+        parts = p("sources.list.d"),
+        prefs = p("preferences.d"),
+    );
+    std::fs::write(&conf, text).map_err(|e| Error::io(&conf, e))?;
+    Ok(conf)
+}
+
+/// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.
+fn lists_fresh(lists: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(lists) else { return false };
+    let newest = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    newest.is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < FRESH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_points_apt_at_private_state_and_the_given_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive {
+            sources: vec!["deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main".into()],
+            keyring: "/k.gpg".into(),
+        };
+        let conf = write_config(&archive, dir.path()).expect("config");
+        let text = std::fs::read_to_string(&conf).expect("read");
+        assert!(text.contains(&format!("Dir::State \"{}/state\";", dir.path().display())), "{text}");
+        assert!(text.contains("Dir::Etc::SourceList"), "{text}");
+        let sources = std::fs::read_to_string(dir.path().join("sources.list")).expect("sources");
+        assert_eq!(sources, "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n");
+        assert!(!lists_fresh(&dir.path().join("state/lists")), "no lists yet");
+    }
+
+    #[test]
+    fn a_missing_keyring_names_the_package_that_brings_it() {
+        let archive = Archive { sources: vec![], keyring: "/nonexistent/keyring.gpg".into() };
+        let err = use_archive(&archive, Path::new("/tmp")).expect_err("no keyring").to_string();
+        assert!(err.contains("debian-archive-keyring"), "{err}");
+    }
+}
