@@ -24,6 +24,7 @@ const ISOLATION: &str = "当使用macvlan时，宿主机无法和VM或容器直�
 const BRIDGE: &str = "Bridge: all endpoints are connected to each other directly through a simple bridge";
 const PRIVATE: &str = "Private: instances on one parent may not talk to each other, even if the switch does hairpin";
 const VEPA: &str = "VEPA: sibling traffic goes out of the parent; the switch must hairpin it back";
+const HAIRPIN_HOST: &str = "the isolation is the kernel's (eth0's own frames never enter its macvlans); a switch that reflects them back (hairpin) joins host and children";
 const PRIVATE_UNICAST: &str = "Private is enforced on broadcasts the switch reflects (the kernel drops those from a private sibling); \
      unicast with static neighbour entries crosses a hairpinning switch, which qualifies the seed's \"even if the switch does hairpin\"";
 const PASSTHRU: &str = "Passthru: allows a single VM to connect to the physical interface directly";
@@ -42,18 +43,30 @@ pub const EXPECTATIONS: &[Expectation] = &[
     e("seed/host-isolation", "host -> child", UNREACHABLE, ISOLATION),
     e("seed/host-isolation", "child -> host", UNREACHABLE, ISOLATION),
     e("seed/host-isolation", "peer -> child", REACHABLE, "children reach the physical network: other hosts reach them"),
+    e("seed/host-isolation", "host -> child, switch hairpin on", REACHABLE, HAIRPIN_HOST),
     e("shim", "host -> child via shim", REACHABLE, "the usual fix: a bridge-mode macvlan of the host's own, routed to the children"),
     e("mode/bridge", "sibling", REACHABLE, BRIDGE),
+    e("mode/bridge", "ARP broadcast -> sibling", REACHABLE, BRIDGE),
     e("mode/bridge", "child -> peer", REACHABLE, BRIDGE),
+    e("mode/bridge", "ARP broadcast -> peer", REACHABLE, BRIDGE),
     e("mode/bridge", "child -> host", UNREACHABLE, ISOLATION),
-    e("mode/private", "sibling", UNREACHABLE, PRIVATE),
+    e("mode/private", "sibling, hairpin off", UNREACHABLE, PRIVATE),
+    e("mode/private", "ARP broadcast -> sibling, hairpin off", UNREACHABLE, PRIVATE),
     e("mode/private", "sibling, hairpin on", UNREACHABLE, PRIVATE),
+    e("mode/private", "ARP broadcast -> sibling, hairpin on", UNREACHABLE, PRIVATE_UNICAST),
     e("mode/private", "sibling, hairpin on, static neighbours", REACHABLE, PRIVATE_UNICAST),
     e("mode/private", "child -> peer", REACHABLE, PRIVATE),
-    e("mode/private", "child -> host", UNREACHABLE, ISOLATION),
+    e("mode/private", "ARP broadcast -> peer", REACHABLE, PRIVATE),
+    e("mode/private", "child -> host, hairpin off", UNREACHABLE, ISOLATION),
+    e("mode/private", "child -> host, hairpin on", UNREACHABLE, PRIVATE_UNICAST),
     e("mode/vepa", "sibling, hairpin off", UNREACHABLE, VEPA),
+    e("mode/vepa", "ARP broadcast -> sibling, hairpin off", UNREACHABLE, VEPA),
     e("mode/vepa", "sibling, hairpin on", REACHABLE, VEPA),
+    e("mode/vepa", "ARP broadcast -> sibling, hairpin on", REACHABLE, VEPA),
     e("mode/vepa", "child -> peer", REACHABLE, VEPA),
+    e("mode/vepa", "ARP broadcast -> peer", REACHABLE, VEPA),
+    e("mode/vepa", "child -> host, hairpin off", UNREACHABLE, ISOLATION),
+    e("mode/vepa", "child -> host, hairpin on", REACHABLE, HAIRPIN_HOST),
     e("mode/vepa", "sibling echo requests on host1's cable", "twice each (out and back)", VEPA),
     e("mode/vepa", "default mode", "vepa", "ip link add ... type macvlan without `mode` makes a VEPA macvlan (the kernel's default)"),
     e("mode/passthru", "child's MAC", "eth0's", PASSTHRU),
