@@ -79,28 +79,6 @@ fn cpu_has_virtualisation(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const WITH_SVM: &str = "processor\t: 0\nflags\t\t: fpu vme svm lm\n";
-    const WITHOUT: &str = "processor\t: 0\nflags\t\t: fpu vme lm hypervisor\n";
-
-    #[test]
-    fn kvm_needs_both_the_device_and_the_cpu_flag() {
-        assert_eq!(Accel::decide(true, WITH_SVM), Accel::Kvm);
-        assert_eq!(Accel::decide(true, WITHOUT), Accel::Tcg, "a /dev/kvm without vmx/svm hangs stock kernels");
-        assert_eq!(Accel::decide(false, WITH_SVM), Accel::Tcg);
-    }
-
-    #[test]
-    fn parse_accepts_both_and_rejects_others() {
-        assert_eq!(Accel::parse("KVM").ok(), Some(Accel::Kvm));
-        assert_eq!(Accel::parse("tcg").ok(), Some(Accel::Tcg));
-        assert!(Accel::parse("hvf").is_err());
-    }
-}
-
 /// The host's TSC rate in kHz, measured once per process (about 50 ms).
 ///
 /// Under TCG, QEMU hands the guest the host's own TSC ticks, so this is exactly the rate the
@@ -128,4 +106,26 @@ fn measure_tsc_khz() -> Option<u32> {
 #[cfg(not(target_arch = "x86_64"))]
 fn measure_tsc_khz() -> Option<u32> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WITH_SVM: &str = "processor\t: 0\nflags\t\t: fpu vme svm lm\n";
+    const WITHOUT: &str = "processor\t: 0\nflags\t\t: fpu vme lm hypervisor\n";
+
+    #[test]
+    fn kvm_needs_both_the_device_and_the_cpu_flag() {
+        assert_eq!(Accel::decide(true, WITH_SVM), Accel::Kvm);
+        assert_eq!(Accel::decide(true, WITHOUT), Accel::Tcg, "a /dev/kvm without vmx/svm hangs stock kernels");
+        assert_eq!(Accel::decide(false, WITH_SVM), Accel::Tcg);
+    }
+
+    #[test]
+    fn parse_accepts_both_and_rejects_others() {
+        assert_eq!(Accel::parse("KVM").ok(), Some(Accel::Kvm));
+        assert_eq!(Accel::parse("tcg").ok(), Some(Accel::Tcg));
+        assert!(Accel::parse("hvf").is_err());
+    }
 }

@@ -2,10 +2,14 @@
 //! (`host1` is the seed's host, `peer` another machine on its segment), records what it observed
 //! per check, and [`run`] compares that with [`expectations`].
 
+mod claims;
 pub mod expectations;
+mod modes;
 mod nested;
+mod probe;
 mod scenarios;
 pub mod script;
+mod seed;
 
 use std::collections::BTreeMap;
 

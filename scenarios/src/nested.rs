@@ -4,7 +4,7 @@
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Assets, Guest, Lab, PortPolicy, Result, Vm};
 
-use crate::scenarios::{observed, reach};
+use crate::probe::{observed, reach};
 use crate::{Observed, NOTE};
 
 /// The seed's addresses for the VMs.

@@ -47,7 +47,7 @@ async fn an_inner_vm_whose_kernel_dies_fails_at_once_with_its_console() {
     // No init in the initramfs by that name: the kernel panics, and -no-reboot ends QEMU.
     spec.extra_cmdline.push("rdinit=/no/such/init".into());
     let started = Instant::now();
-    let err = InnerVm::start(&host, spec).await.err().expect("the boot must fail");
+    let err = InnerVm::start(&host, spec).await.expect_err("the boot must fail");
     assert!(started.elapsed() < Duration::from_secs(120), "failed at once, not at the deadline: {:?}", started.elapsed());
     match &err {
         Error::Guest { phase: Phase::Boot, message, console_tail: Some(console), .. } => {

@@ -17,19 +17,13 @@ pub const MIN_FRAME: usize = 14;
 pub const MAX_FRAME: usize = 9018;
 
 /// Behaviour of one port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortPolicy {
     /// Reflective relay (802.1Qbg "hairpin"): frames may leave through the port they came in on.
     /// What VEPA needs for siblings to reach each other. Off on ordinary switches.
     pub hairpin: bool,
     /// Port security: at most this many source MACs are learned; frames from others are dropped.
     pub max_macs: Option<usize>,
-}
-
-impl Default for PortPolicy {
-    fn default() -> Self {
-        Self { hairpin: false, max_macs: None }
-    }
 }
 
 /// Frame and drop counts of one port, readable by tests.

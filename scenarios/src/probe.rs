@@ -1,0 +1,99 @@
+//! What the scenarios share: the LAN they start from, the seed's way of making children, and
+//! the probes that turn "can A talk to B" into an observation.
+
+use lab_harness::{Assets, Cmd, Guest, Lab, Result, Vm};
+
+use crate::expectations::{REACHABLE, UNREACHABLE};
+use crate::Observed;
+
+/// host1's address on the LAN, and peer's.
+pub(crate) const HOST: &str = "192.168.88.1";
+pub(crate) const PEER: &str = "192.168.88.2";
+
+/// `host1` (192.168.88.1) and `peer` (.2) on one switch, both up and talking.
+pub(crate) async fn lan(assets: &Assets, run: &str) -> Result<Lab> {
+    lan_of(assets, run, &["host1", "peer"]).await
+}
+
+/// Guests `names` on one switch, numbered in order (.1, .2, ...), the LAN settled.
+pub(crate) async fn lan_of(assets: &Assets, run: &str, names: &[&str]) -> Result<Lab> {
+    let lab = names.iter().fold(Lab::builder(assets, run), |b, n| b.host(n)).boot().await?;
+    lab.number_hosts().await?;
+    debug_assert_eq!((lab.ip("host1"), lab.ip("peer")), (HOST.to_string(), PEER.to_string()));
+    Ok(lab)
+}
+
+/// Children `mv1`, `mv2` of eth0 in `mode`, in ns1 (.11) and ns2 (.12), as the seed makes them.
+pub(crate) fn children(mode: &str) -> String {
+    children_of("macvlan", mode, "mv", 2)
+}
+
+/// `count` children `<prefix>1..` of eth0 of link `kind` (macvlan, ipvlan) in `mode`, child i in
+/// netns `ns<i>` with 192.168.88.1<i>/24.
+pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> String {
+    let mode = if mode.is_empty() { String::new() } else { format!("mode {mode}") };
+    format!(
+        "for i in $(seq 1 {count}); do
+           ip netns add ns$i
+           ip link add link eth0 name {prefix}$i type {kind} {mode}
+           ip link set {prefix}$i netns ns$i
+           ip -n ns$i addr add 192.168.88.1$i/24 dev {prefix}$i
+           ip -n ns$i link set {prefix}$i up
+         done"
+    )
+}
+
+/// The MAC of `dev` (in `netns`, if given).
+pub(crate) async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<String> {
+    let mut cmd = Cmd::script(format!("cat /sys/class/net/{dev}/address"));
+    if let Some(ns) = netns {
+        cmd = cmd.netns(ns);
+    }
+    Ok(vm.succeed(cmd).await?.trim().to_string())
+}
+
+/// What a refused command said, as `refused: <reason>` (`accepted` if it was not refused).
+pub(crate) async fn refusal(vm: &Vm, cmd: &str) -> Result<String> {
+    let out = vm.run(cmd).await?;
+    if out.success() {
+        return Ok("accepted".into());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let reason = err.lines().last().unwrap_or_default().trim_start_matches("RTNETLINK answers: ").trim();
+    Ok(format!("refused: {reason}"))
+}
+
+/// Can `from` (optionally inside `netns`) ping `ip`? A few probes, any answer counts.
+pub(crate) async fn reach(vm: &(impl Guest + Sync), netns: Option<&str>, ip: &str) -> Result<String> {
+    let mut cmd = Cmd::script(format!("ping -c3 -i0.3 -W1 {ip}"));
+    if let Some(ns) = netns {
+        cmd = cmd.netns(ns);
+    }
+    Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
+}
+
+/// Does a broadcast ARP request for `ip`, sent from `dev` in `netns`, get an answer?
+pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<String> {
+    let cmd = Cmd::script(format!("arping -c1 -w2 -I {dev} {ip}")).netns(netns);
+    Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
+}
+
+pub(crate) fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Observed {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+pub(crate) fn none_or(listing: String) -> String {
+    let l = listing.trim();
+    if l.is_empty() { "none".into() } else { l.replace('\n', "; ") }
+}
+
+/// A field of the first object in `ip -j` output, or of its `linkinfo.info_data`.
+pub(crate) fn json_field(json: &str, field: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let first = v.get(0)?;
+    let found = first.get(field).or_else(|| first.get("linkinfo")?.get("info_data")?.get(field))?;
+    Some(match found {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}

@@ -1,0 +1,82 @@
+//! The seed's own sections: its simulated containers, the host that cannot reach its children
+//! (and the shim that fixes it), and its cleanup.
+
+use std::time::Duration;
+
+use lab_harness::{Assets, PortPolicy, Result};
+
+use crate::probe::{children, lan, none_or, observed, reach, HOST};
+use crate::Observed;
+
+pub(crate) async fn containers(assets: &Assets) -> Result<Observed> {
+    let lab = lan(assets, "seed-containers").await?;
+    let host1 = lab.vm("host1");
+    host1.succeed("ip link set eth0 promisc on").await?;
+    host1.succeed(children("bridge")).await?;
+    let o = observed([("ns2 -> ns1", reach(host1, Some("ns2"), "192.168.88.11").await?)]);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+pub(crate) async fn host_isolation(assets: &Assets, shim: bool) -> Result<Observed> {
+    let lab = lan(assets, if shim { "shim" } else { "seed-host-isolation" }).await?;
+    let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
+    host1.succeed(children("bridge")).await?;
+    let o = if shim {
+        host1
+            .succeed(
+                "ip link add link eth0 name shim type macvlan mode bridge && ip addr add 192.168.88.100/32 dev shim \
+                 && ip link set shim up && ip route add 192.168.88.11/32 dev shim",
+            )
+            .await?;
+        observed([("host -> child via shim", reach(host1, None, "192.168.88.11").await?)])
+    } else {
+        observed([
+            ("host -> child", reach(host1, None, "192.168.88.11").await?),
+            ("child -> host", reach(host1, Some("ns1"), HOST).await?),
+            ("peer -> child", reach(peer, None, "192.168.88.11").await?),
+        ])
+    };
+    let mut o = o;
+    if !shim {
+        lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
+        o.insert("host -> child, switch hairpin on".into(), reach(host1, None, "192.168.88.11").await?);
+    }
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
+    let lab = lan(assets, "cleanup").await?;
+    let host1 = lab.vm("host1");
+    // Link flags, promiscuity counter and IPv4 addresses: IPv6 link-local addresses come and go
+    // on their own timetable and say nothing about the cleanup.
+    const STATE: &str = "ip -br link show eth0; ip -d -j link show eth0 | grep -o '\"promiscuity\":[0-9]*'; ip -br -4 addr show eth0";
+    let before = host1.succeed(STATE).await?;
+    host1.succeed("ip link set eth0 promisc on").await?;
+    host1.succeed(children("bridge").replace("mv$i", "macvlan$i")).await?;
+    host1.succeed("ip link set eth0 promisc off; ip netns delete ns1; ip netns delete ns2").await?;
+    let delete = host1.run("ip link delete macvlan1").await?;
+    // `ip netns delete` returns before the kernel has torn the namespace down (a workqueue does
+    // that), so give eth0 a few seconds to return to how it was.
+    let mut restored = false;
+    for _ in 0..20 {
+        if host1.succeed(STATE).await? == before {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = host1.succeed(STATE).await?;
+    let o = observed([
+        ("namespaces left", none_or(host1.succeed("ip netns list").await?)),
+        ("macvlan links left", none_or(host1.succeed("ip -br link show type macvlan").await?)),
+        (
+            "`ip link delete macvlan1` after deleting ns1",
+            if delete.success() { "succeeds".into() } else { "fails: device gone with its namespace".into() },
+        ),
+        ("eth0 as before", if restored { "yes".to_string() } else { format!("no: {} -> {}", before.trim(), after.trim()) }),
+    ]);
+    lab.shutdown().await?;
+    Ok(o)
+}
