@@ -73,6 +73,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         .filter(|n| args.only.as_deref().is_none_or(|o| n.contains(o)))
         .collect();
     anyhow::ensure!(!names.is_empty(), "no scenario matches; `cargo xtask lab --list` shows them");
+    let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
@@ -103,6 +104,9 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     std::fs::write(&path, &json)?;
     std::fs::write(crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
     eprintln!("lab: report written to {}", path.display());
+    let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
+    anyhow::ensure!(leaks.is_empty(), "the lab left things behind:\n  {}", leaks.join("\n  "));
+    eprintln!("lab: no QEMU process, no state directory and no host network change left behind");
     let failed: Vec<&str> = report.scenarios.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
     anyhow::ensure!(failed.is_empty(), "observed behaviour differs from expectations in: {}", failed.join(", "));
     Ok(())
