@@ -135,7 +135,11 @@ impl<'h> InnerVm<'h> {
         let started = Instant::now();
         let fail = |error| BootFailure { error, timed_out: false };
         let dir = format!("/run/nest/{}", spec.name);
-        let launch = Cmd::script(launch_script(&spec, accel, host.config().tsc_khz, &dir)).timeout(Duration::from_secs(60));
+        let tsc_khz = match (accel, host.config().tsc_khz) {
+            (Accel::Tcg, None) => guest_tsc_khz(host).await,
+            (_, known) => known,
+        };
+        let launch = Cmd::script(launch_script(&spec, accel, tsc_khz, &dir)).timeout(Duration::from_secs(60));
         let out = host.run(launch).await.map_err(fail)?;
         if !out.success() {
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -296,6 +300,14 @@ impl Guest for InnerVm<'_> {
             Err(CallError::Deadline) => Err(self.error(Phase::Command, format!("`{}`: no answer within {within:?}", cmd.describe())).await),
         }
     }
+}
+
+/// The TSC rate the lab guest's kernel found, in kHz, from its boot log. An inner TCG guest reads
+/// the lab guest's TSC and, like a lab guest under TCG, must be told its rate or risk hanging in
+/// calibration; the harness knows it only when it measured it itself (the lab guest under TCG).
+pub async fn guest_tsc_khz(host: &Vm) -> Option<u32> {
+    let out = host.run(r"dmesg | sed -n 's/.*tsc: Detected \([0-9]*\)\.\([0-9][0-9][0-9]\) MHz.*/\1\2/p' | head -1").await.ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// The shell script that creates the macvtap and starts QEMU on it, as libvirt would.

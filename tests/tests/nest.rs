@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
+use lab_harness::nest::{domiflist, guest_tsc_khz, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Accel, Error, Guest, Phase};
 use lab_tests::{assets, boot, Check};
 use rstest::rstest;
@@ -16,6 +16,11 @@ async fn an_inner_vm_runs_our_kernel_on_a_macvtap_and_its_console_is_captured() 
     // KVM is in the nest image; one of its vendor modules loads whenever the CPU can nest.
     let modules = &host.ready_info().modules;
     assert!(modules.iter().any(|m| m == "kvm"), "{modules:?}");
+    // What an inner TCG guest is told its TSC runs at when the harness did not measure it.
+    let found = guest_tsc_khz(&host).await.expect("the guest kernel logs its TSC rate");
+    if let Some(measured) = host.config().tsc_khz {
+        assert!(found.abs_diff(measured) < measured / 100, "guest found {found} kHz, host measured {measured} kHz");
+    }
 
     let spec = InnerSpec::new("vm1", "macvtap0");
     let mac = spec.mac;
