@@ -5,7 +5,11 @@ use std::path::Path;
 /// The last `lines` lines of the console log (empty if there is none yet).
 pub fn tail(path: &Path, lines: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
+    tail_of(&String::from_utf8_lossy(&bytes), lines)
+}
+
+/// The last `lines` lines of a console's text (an inner VM's, read through its host).
+pub fn tail_of(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

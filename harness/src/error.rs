@@ -57,6 +57,11 @@ impl Error {
         Self::Guest { vm: vm.to_string(), phase, message: message.into(), console_tail: None }
     }
 
+    /// A QMP command to guest `vm` failed.
+    pub fn qmp(vm: &str, e: &crate::qmp::QmpError) -> Self {
+        Self::guest(vm, Phase::Qmp, e.to_string())
+    }
+
     pub(crate) fn with_console(self, console: Option<String>) -> Self {
         match self {
             Self::Guest { vm, phase, message, console_tail: None } => Self::Guest { vm, phase, message, console_tail: console },

@@ -260,9 +260,7 @@ impl<'h> InnerVm<'h> {
     }
 
     async fn error(&self, phase: Phase, message: String) -> Error {
-        let console = self.console_log().await;
-        let lines: Vec<&str> = console.lines().collect();
-        let tail = lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n");
+        let tail = crate::console::tail_of(&self.console_log().await, CONSOLE_TAIL);
         Error::guest(&format!("{} (in {})", self.spec.name, self.host.name()), phase, message).with_console(Some(tail))
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lab_harness::lan::lab::SETTLE;
-use lab_harness::{Assets, Cmd, PortPolicy, Result, Vm};
+use lab_harness::{Assets, Cmd, Error, PortPolicy, Result, Vm};
 
 use crate::expectations::REACHABLE;
 use crate::probe::{children, children_of, json_field, lan, observed, reach, refusal, PEER};
@@ -18,7 +18,7 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
     // The kernel may still raise promiscuity behind the user's back; the counter tells, the flag does not.
     let promiscuity = host1.succeed("ip -d -j link show eth0").await?;
     let promiscuity = json_field(&promiscuity, "promiscuity").unwrap_or_else(|| "?".into());
-    let filter = lab.vm("host1").qmp().rx_filter().await.map_err(|e| lab_harness::Error::guest("host1", lab_harness::Phase::Qmp, e.to_string()))?;
+    let filter = host1.qmp().rx_filter().await.map_err(|e| Error::qmp("host1", &e))?;
     let mut macs = Vec::new();
     for ns in ["ns1", "ns2"] {
         macs.push(host1.succeed(Cmd::script("cat /sys/class/net/mv*/address").netns(ns)).await?.trim().to_string());
@@ -40,14 +40,13 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     const MOST: u32 = 100;
     let lab = lan(assets, "claim-nic-mac-limit").await?;
     let host1 = lab.vm("host1");
-    let qmp_err = |e: lab_harness::QmpError| lab_harness::Error::guest("host1", lab_harness::Phase::Qmp, e.to_string());
     let mut overflowed_at = None;
     for n in 1..=MOST {
         host1.succeed(format!("ip link add link eth0 name c{n} type macvlan mode bridge && ip link set c{n} up")).await?;
         // Newer kernels program the filter from a work item: wait until it shows this child.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let filter = loop {
-            let f = host1.qmp().rx_filter().await.map_err(qmp_err)?;
+            let f = host1.qmp().rx_filter().await.map_err(|e| Error::qmp("host1", &e))?;
             if f.unicast_overflow || f.unicast_table.len() >= n as usize || std::time::Instant::now() > deadline {
                 break f;
             }

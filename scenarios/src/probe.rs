@@ -45,11 +45,16 @@ pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> St
 
 /// The MAC of `dev` (in `netns`, if given).
 pub(crate) async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<String> {
-    let mut cmd = Cmd::script(format!("cat /sys/class/net/{dev}/address"));
-    if let Some(ns) = netns {
-        cmd = cmd.netns(ns);
+    Ok(vm.succeed(in_netns(format!("cat /sys/class/net/{dev}/address"), netns)).await?.trim().to_string())
+}
+
+/// `script`, run inside `netns` if one is given.
+fn in_netns(script: String, netns: Option<&str>) -> Cmd {
+    let cmd = Cmd::script(script);
+    match netns {
+        Some(ns) => cmd.netns(ns),
+        None => cmd,
     }
-    Ok(vm.succeed(cmd).await?.trim().to_string())
 }
 
 /// What a refused command said, as `refused: <reason>` (`accepted` if it was not refused).
@@ -65,10 +70,7 @@ pub(crate) async fn refusal(vm: &Vm, cmd: &str) -> Result<String> {
 
 /// Can `from` (optionally inside `netns`) ping `ip`? A few probes, any answer counts.
 pub(crate) async fn reach(vm: &(impl Guest + Sync), netns: Option<&str>, ip: &str) -> Result<String> {
-    let mut cmd = Cmd::script(format!("ping -c3 -i0.3 -W1 {ip}"));
-    if let Some(ns) = netns {
-        cmd = cmd.netns(ns);
-    }
+    let cmd = in_netns(format!("ping -c3 -i0.3 -W1 {ip}"), netns);
     Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
 }
 

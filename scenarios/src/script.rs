@@ -40,29 +40,28 @@ pub async fn run(assets: &Assets, script: &str, on: &ScriptLan, mut output: impl
     let host1 = lab.vm("host1");
     host1.write_file(SCRIPT, script.as_bytes().to_vec(), 0o755).await?;
     // The agent answers requests concurrently: the run blocks while the output is read beside it.
-    let mut shown = 0;
+    let mut shown = Vec::new();
     let result = {
         let running = host1.run(Cmd::script(format!("exec sh {SCRIPT} >{OUTPUT} 2>&1")).timeout(on.timeout));
         tokio::pin!(running);
         loop {
             tokio::select! {
                 done = &mut running => break done,
-                () = tokio::time::sleep(POLL) => shown += show_new(host1, shown, &mut output).await,
+                () = tokio::time::sleep(POLL) => show_new(host1, &mut shown, &mut output).await,
             }
         }
     };
-    show_new(host1, shown, &mut output).await;
-    let everything = host1.read_file(OUTPUT).await.unwrap_or_default();
+    show_new(host1, &mut shown, &mut output).await;
     lab.shutdown().await?;
-    result.map(|out| RunOutput { stdout: everything, stderr: Vec::new(), ..out })
+    result.map(|out| RunOutput { stdout: shown, stderr: Vec::new(), ..out })
 }
 
-/// Passes on what the script printed since `shown` bytes; returns how many bytes are new.
-async fn show_new(host: &Vm, shown: usize, output: &mut impl FnMut(&[u8])) -> usize {
+/// Passes on what the script printed beyond what was `shown`, and adds it there.
+async fn show_new(host: &Vm, shown: &mut Vec<u8>, output: &mut impl FnMut(&[u8])) {
     let all = host.read_file(OUTPUT).await.unwrap_or_default();
-    let new = all.get(shown..).unwrap_or_default();
+    let new = all.get(shown.len()..).unwrap_or_default();
     if !new.is_empty() {
         output(new);
+        shown.extend_from_slice(new);
     }
-    new.len()
 }

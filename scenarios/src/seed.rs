@@ -31,17 +31,15 @@ pub(crate) async fn host_isolation(assets: &Assets, shim: bool) -> Result<Observ
             .await?;
         observed([("host -> child via shim", reach(host1, None, "192.168.88.11").await?)])
     } else {
-        observed([
+        let mut o = observed([
             ("host -> child", reach(host1, None, "192.168.88.11").await?),
             ("child -> host", reach(host1, Some("ns1"), HOST).await?),
             ("peer -> child", reach(peer, None, "192.168.88.11").await?),
-        ])
-    };
-    let mut o = o;
-    if !shim {
+        ]);
         lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
         o.insert("host -> child, switch hairpin on".into(), reach(host1, None, "192.168.88.11").await?);
-    }
+        o
+    };
     lab.shutdown().await?;
     Ok(o)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::assets::Assets;
-use crate::error::{Error, Phase, Result};
+use crate::error::{Error, Result};
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
 use crate::vm::{NetBackend, Vm, VmConfig};
 
@@ -140,7 +140,7 @@ impl Lab {
     /// NO-CARRIER) and the switch port down with it.
     pub async fn cable(&self, name: &str, up: bool) -> Result<()> {
         let vm = self.vm(name);
-        vm.qmp().set_link(up).await.map_err(|e| Error::guest(name, Phase::Qmp, e.to_string()))?;
+        vm.qmp().set_link(up).await.map_err(|e| Error::qmp(name, &e))?;
         self.switch.set_up(self.port(name), up);
         Ok(())
     }
