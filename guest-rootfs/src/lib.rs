@@ -1,11 +1,14 @@
 //! Builds the guest image: an uncompressed cpio (newc) initramfs holding the `lab` agent as `/init`,
-//! busybox, the real iproute2, dash and ping with their libraries, and the kernel modules the
-//! experiments need, in the order they must be loaded.
+//! busybox, the real iproute2 (with `tc`), dash, bash, kmod and ping with their libraries, and the
+//! kernel modules needed at boot, in the order they must be loaded. The rest of the kernel's
+//! modules go on a disk of their own ([`modules_disk`]).
 //!
 //! Everything comes from Debian packages unpacked on the host ([`lab_kernels::deb`]), so building
 //! needs no root and nothing installed but apt. The image is reproducible (sorted entries, zero
 //! timestamps and owners) and cached under the sha256 of its own bytes' inputs.
 
+pub mod layers;
+pub mod modules_disk;
 pub mod nest;
 mod recipe;
 mod sysroot;
@@ -67,6 +70,9 @@ pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Re
     }
     for [link, target] in &recipe.links {
         tree.symlink(link, target);
+    }
+    for dir in &recipe.trees {
+        sysroot.install_tree(&mut tree, dir)?;
     }
     let modules = install_modules(&mut tree, kernel, &recipe.modules)?;
     tree.file("/etc/lab/packages", sysroot.describe().join("\n").into_bytes(), 0o644);

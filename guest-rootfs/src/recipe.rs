@@ -14,6 +14,9 @@ pub struct Recipe {
     pub programs: Vec<String>,
     #[serde(default)]
     pub links: Vec<[String; 2]>,
+    /// Directories copied whole from the packages (terminfo, say).
+    #[serde(default)]
+    pub trees: Vec<String>,
     pub modules: Vec<String>,
     pub nest: NestRecipe,
 }
@@ -55,7 +58,7 @@ mod tests {
     fn bundled_recipe_keeps_busybox_away_from_sh_and_ip() {
         let recipe = Recipe::load(&Recipe::bundled_path()).expect("bundled recipe");
         let provided = recipe.provided_names();
-        for name in ["sh", "ip", "ping", "dash"] {
+        for name in ["sh", "ip", "ping", "dash", "bash", "tc", "modprobe", "lsmod"] {
             assert!(provided.iter().any(|p| p == name), "{name} must come from a real program, not busybox");
         }
         assert!(recipe.modules.iter().any(|m| m == "macvlan"));

@@ -9,13 +9,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, MAX_RESPONSE_BYTES};
+use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, Stream, MAX_RESPONSE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// Who waits for a request's answer: the final reply, and for a streaming run its output pieces.
+#[derive(Debug)]
+struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    output: Option<mpsc::UnboundedSender<(Stream, Vec<u8>)>>,
+}
+
+/// A request in flight whose output streams back: its id (to send it input), the pieces of
+/// output as they come, and the final reply.
+#[derive(Debug)]
+pub struct Started {
+    pub id: u64,
+    pub output: mpsc::UnboundedReceiver<(Stream, Vec<u8>)>,
+    pub reply: oneshot::Receiver<Reply>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -79,11 +95,37 @@ impl AgentClient {
     pub async fn request(&self, op: Op, within: Duration) -> Result<Reply, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, Waiter { reply: tx, output: None });
         if let Err(e) = self.write(&Request { id, op }).await {
             lock(&self.pending).remove(&id);
             return Err(e);
         }
+        self.wait(id, rx, within).await
+    }
+
+    /// Sends a request whose output streams back ([`lab_proto::RunSpec::stream`] or `tty`);
+    /// the caller reads [`Started::output`] and then awaits [`Started::reply`] (see [`Self::wait`]).
+    pub async fn start(&self, op: Op) -> Result<Started, AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, reply) = oneshot::channel();
+        let (out_tx, output) = mpsc::unbounded_channel();
+        lock(&self.pending).insert(id, Waiter { reply: tx, output: Some(out_tx) });
+        if let Err(e) = self.write(&Request { id, op }).await {
+            lock(&self.pending).remove(&id);
+            return Err(e);
+        }
+        Ok(Started { id, output, reply })
+    }
+
+    /// Sends a request nobody waits for (input to, or resize of, an interactive run); the agent
+    /// only answers such requests when they fail, and those answers go unattributed.
+    pub async fn notify(&self, op: Op) -> Result<(), AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.write(&Request { id, op }).await
+    }
+
+    /// Waits for the final reply to request `id`, for at most `within`.
+    pub async fn wait(&self, id: u64, rx: oneshot::Receiver<Reply>, within: Duration) -> Result<Reply, AgentError> {
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(AgentError::Closed),
@@ -157,9 +199,16 @@ fn route(resp: Response, pending: &Pending, ready: &watch::Sender<Option<Ready>>
         ready.send_replace(Some(r.clone()));
         return;
     }
+    if let Reply::Output { stream, data } = resp.reply {
+        // Pieces for a request nobody streams (it timed out, say) are dropped.
+        if let Some(out) = resp.id.and_then(|id| lock(pending).get(&id).and_then(|w| w.output.clone())) {
+            let _ = out.send((stream, data));
+        }
+        return;
+    }
     match resp.id.and_then(|id| lock(pending).remove(&id)) {
         Some(waiter) => {
-            let _ = waiter.send(resp.reply);
+            let _ = waiter.reply.send(resp.reply);
         }
         // No caller waits for it: an answer to raw input (whose id, if any, the agent salvaged),
         // or a late reply to a request that timed out.

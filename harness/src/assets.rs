@@ -7,10 +7,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
-use crate::vm::VmConfig;
+use crate::vm::{InitrdLayer, VmConfig};
 
 pub const ENV_ASSETS: &str = "LAB_ASSETS";
+
+/// Where [`Extras::dir`] is copied to in the guest.
+pub use lab_rootfs::layers::DIR_IN_GUEST;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assets {
@@ -20,6 +25,9 @@ pub struct Assets {
     /// kernel and image, and KVM); absent when no host QEMU was found at provisioning.
     #[serde(default)]
     pub nest: Option<ImageAsset>,
+    /// The kernel's whole module tree on an ext4 image, attached read-only to every guest.
+    #[serde(default)]
+    pub modules_disk: Option<PathBuf>,
     /// The directory the assets file was read from (`target/lab`); runs keep artifacts below it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -32,9 +40,31 @@ pub struct KernelAsset {
     /// `uname -r` in the guest.
     pub release: String,
     pub bzimage: PathBuf,
+    /// Its `/lib/modules/<release>` on the host, to check module names before a boot.
+    #[serde(default)]
+    pub modules_dir: PathBuf,
     /// Where it came from, e.g. `linux-image-6.1.0-56-cloud-amd64 6.1.192-2 sha256:...`.
     pub origin: String,
 }
+
+/// What a user adds to a guest beyond the base image. Everything is checked, and packages are
+/// fetched, before any guest boots ([`Assets::vm_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Debian packages (same archive and release as the image), with their dependencies.
+    pub packages: Vec<String>,
+    /// Kernel modules `modprobe`d at boot, with what they depend on.
+    pub modules: Vec<String>,
+    /// A host directory copied to `/lab` in the guest.
+    pub dir: Option<PathBuf>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+}
+
+/// Memory a guest needs beyond twice its image (the archive, then its unpacked files): the
+/// kernel, the agent, page cache. A rule of thumb, not a measured floor: below it a boot is
+/// refused with the size to ask for instead of a kernel panic at unpacking.
+const MEMORY_OVERHEAD_MIB: u64 = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageAsset {
@@ -96,6 +126,87 @@ impl Assets {
     pub fn vm(&self, name: &str) -> VmConfig {
         let mut cfg = VmConfig::new(name, &self.kernel.bzimage, &self.image.path);
         cfg.kernel_release = Some(self.kernel.release.clone());
+        cfg.modules_disk.clone_from(&self.modules_disk);
         cfg
+    }
+
+    /// [`Assets::vm`] with `extras`: packages fetched (or found in the cache), modules and sizes
+    /// checked, the directory archived. Blocks while apt works (seconds, on a cold cache).
+    pub fn vm_with(&self, name: &str, extras: &Extras) -> Result<VmConfig> {
+        let mut cfg = self.vm(name);
+        self.apply(&mut cfg, extras)?;
+        Ok(cfg)
+    }
+
+    /// Adds `extras` to a configuration made from these assets (a nest guest's, say).
+    pub fn apply(&self, cfg: &mut VmConfig, extras: &Extras) -> Result<()> {
+        if let Some(cpus) = extras.cpus {
+            if !(1..=64).contains(&cpus) {
+                return Err(Error::invalid(format!("{cpus} CPUs is not a guest size"), "give --cpus between 1 and 64"));
+            }
+            cfg.cpus = cpus;
+        }
+        self.check_modules(&extras.modules)?;
+        cfg.modprobe.extend(extras.modules.iter().cloned());
+        if !extras.packages.is_empty() {
+            cfg.layers.push(InitrdLayer::File(self.package_layer(&extras.packages)?.path));
+        }
+        if let Some(dir) = &extras.dir {
+            if !dir.is_dir() {
+                let what = format!("--dir {}: no such directory", dir.display());
+                return Err(Error::invalid(what, "give the path of a directory on this machine"));
+            }
+            cfg.layers.push(InitrdLayer::Bytes(Arc::new(lab_rootfs::layers::directory(dir)?)));
+        }
+        if let Some(memory) = extras.memory_mib {
+            cfg.memory_mib = memory;
+        }
+        let needed = self.memory_needed(cfg);
+        if u64::from(cfg.memory_mib) < needed {
+            let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.memory_mib, cfg.name);
+            return Err(Error::invalid(what, format!("give --memory {needed} or more")));
+        }
+        Ok(())
+    }
+
+    /// The cached layer of `packages` and their dependencies.
+    pub fn package_layer(&self, packages: &[String]) -> Result<lab_rootfs::layers::Layer> {
+        let cache = self.dir.join("cache");
+        let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path()).map_err(lab_rootfs::Error::from)?;
+        lab_kernels::archive::use_archive(&manifest.archive, &cache).map_err(lab_rootfs::Error::from)?;
+        Ok(lab_rootfs::layers::packages(packages, &self.image.path, &cache)?)
+    }
+
+    fn check_modules(&self, modules: &[String]) -> Result<()> {
+        if modules.is_empty() {
+            return Ok(());
+        }
+        if self.modules_disk.is_none() {
+            return Err(Error::Missing { what: "the module disk".into(), fix: "run `cargo xtask provision` again".into() });
+        }
+        let tree = lab_kernels::modules::ModuleTree::open(&self.kernel.modules_dir).map_err(lab_rootfs::Error::from)?;
+        for name in modules {
+            if !tree.has(name) {
+                let near = tree.similar(name, 3);
+                let hint = if near.is_empty() { String::new() } else { format!("did you mean {}? ", near.join(", ")) };
+                let what = format!("kernel {} has no module '{name}'", self.kernel.release);
+                return Err(Error::invalid(what, format!("{hint}`ls {}` lists them", self.kernel.modules_dir.join("kernel").display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// MiB a guest needs to boot: twice its image and layers, and the kernel's own.
+    fn memory_needed(&self, cfg: &VmConfig) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let layers: u64 = cfg
+            .layers
+            .iter()
+            .map(|l| match l {
+                InitrdLayer::File(p) => size(p),
+                InitrdLayer::Bytes(b) => b.len() as u64,
+            })
+            .sum();
+        (2 * (size(&cfg.initrd) + layers)).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB
     }
 }

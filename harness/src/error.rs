@@ -14,6 +14,8 @@ pub enum Phase {
     Launch,
     /// From QEMU's start until the agent said it was ready.
     Boot,
+    /// Making the guest what was asked after it booted (loading `--module`s).
+    Setup,
     /// Talking to QEMU over QMP.
     Qmp,
     /// A request to the agent.
@@ -27,6 +29,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Launch => "launch",
             Phase::Boot => "boot",
+            Phase::Setup => "setup",
             Phase::Qmp => "qmp",
             Phase::Command => "command",
             Phase::Shutdown => "shutdown",
@@ -39,6 +42,15 @@ pub enum Error {
     /// Something the host lacks; `fix` says how to get it.
     #[error("{what} is missing: {fix}")]
     Missing { what: String, fix: String },
+
+    /// Something the user asked for cannot be: an unknown package or module, a directory that
+    /// is not there, too little memory. Found before any guest boots.
+    #[error("{what}\n  fix: {fix}")]
+    Invalid { what: String, fix: String },
+
+    /// Building what a guest boots from (packages, the module disk) failed.
+    #[error(transparent)]
+    Image(#[from] lab_rootfs::Error),
 
     /// A guest failed in `phase`.
     #[error("{vm}: {phase} failed: {message}{}", tail(console_tail))]
@@ -53,6 +65,10 @@ pub enum Error {
 }
 
 impl Error {
+    pub fn invalid(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::Invalid { what: what.into(), fix: fix.into() }
+    }
+
     pub fn guest(vm: &str, phase: Phase, message: impl Into<String>) -> Self {
         Self::Guest { vm: vm.to_string(), phase, message: message.into(), console_tail: None }
     }

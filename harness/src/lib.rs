@@ -28,11 +28,11 @@ pub mod qmp;
 pub mod vm;
 
 pub use accel::Accel;
-pub use assets::Assets;
+pub use assets::{Assets, Extras};
 pub use error::{Error, Phase, Result};
 pub use guest::Guest;
 pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy};
-pub use lab_proto::{Reply, RunOutput};
+pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
 pub use qmp::{Qmp, QmpError, RxFilter};
-pub use vm::{Cmd, MacAddr, NetBackend, Vm, VmConfig};
+pub use vm::{Cmd, InitrdLayer, MacAddr, NetBackend, Session, Vm, VmConfig};

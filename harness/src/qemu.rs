@@ -22,6 +22,8 @@ pub struct StatePaths {
     pub agent: PathBuf,
     pub console: PathBuf,
     pub qemu_log: PathBuf,
+    /// The image with its layers appended, when the guest has any.
+    pub initrd: PathBuf,
 }
 
 impl StatePaths {
@@ -32,6 +34,7 @@ impl StatePaths {
             agent: dir.join("agent.sock"),
             console: dir.join("console.log"),
             qemu_log: dir.join("qemu.log"),
+            initrd: dir.join("initrd.cpio"),
         }
     }
 }
@@ -63,7 +66,12 @@ pub fn version(binary: &Path) -> Result<String> {
 /// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
 /// QEMU exit, which the harness notices at once instead of waiting out a deadline.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
-    cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &cfg.extra_cmdline)
+    let mut extra = cfg.extra_cmdline.clone();
+    if cfg.modules_disk.is_some() {
+        // The one virtio-blk device, so the first disk.
+        extra.push("lab.modules_disk=vda".into());
+    }
+    cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &extra)
 }
 
 /// [`kernel_cmdline`] from its parts: the nest's inner VMs boot with it too.
@@ -105,7 +113,7 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
         a.push(path.into());
     };
     file_arg("-kernel", &cfg.kernel);
-    file_arg("-initrd", &cfg.initrd);
+    file_arg("-initrd", if cfg.layers.is_empty() { &cfg.initrd } else { &paths.initrd });
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["-append", &kernel_cmdline(cfg)]);
     // Console to a file we can tail on failure.
@@ -127,6 +135,11 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
         ),
     };
     push(&["-netdev", &netdev]);
+    if let Some(disk) = &cfg.modules_disk {
+        // Read-only and shared by every guest: QEMU takes no write lock on it.
+        let drive = format!("file={},if=none,id=modules,format=raw,readonly=on", disk.display().to_string().replace(',', ",,"));
+        push(&["-drive", &drive, "-device", "virtio-blk-device,drive=modules"]);
+    }
     push(&["-device", &format!("virtio-net-device,netdev=net0,id={},mac={}", crate::qmp::NIC_ID, cfg.mac)]);
     a
 }

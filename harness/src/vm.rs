@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab_proto::{Op, Program, Ready, Reply, RunOutput, RunSpec};
+use std::sync::Arc;
+
+use lab_proto::{Op, Program, Ready, Reply, RunOutput, RunSpec, Stream, TtySize};
 use tokio::net::UnixListener;
 
 use crate::accel::Accel;
@@ -58,12 +60,27 @@ pub enum NetBackend {
     Switch(crate::lan::PortSockets),
 }
 
-/// Everything that defines one guest. Start from [`VmConfig::new`] and adjust fields.
+/// A cpio archive appended to a guest's image ([`lab_rootfs::layers`]): a file (a cached package
+/// layer) or bytes (a user's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitrdLayer {
+    File(PathBuf),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// Everything that defines one guest. Start from [`VmConfig::new`] (or [`crate::Assets::vm`])
+/// and adjust fields.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub name: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// Archives appended to `initrd`, in order; a later one's file replaces an earlier one's.
+    pub layers: Vec<InitrdLayer>,
+    /// The kernel's whole module tree on a read-only disk, mounted on /lib/modules.
+    pub modules_disk: Option<PathBuf>,
+    /// Modules `modprobe`d once the agent is up (the [`Phase::Setup`] of a boot).
+    pub modprobe: Vec<String>,
     /// `uname -r` the guest must report; checked at boot when set.
     pub kernel_release: Option<String>,
     pub memory_mib: u32,
@@ -93,6 +110,9 @@ impl VmConfig {
             name: name.to_string(),
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),
+            layers: Vec::new(),
+            modules_disk: None,
+            modprobe: Vec::new(),
             kernel_release: None,
             memory_mib: 256,
             cpus: 1,
@@ -152,7 +172,13 @@ impl Cmd {
     }
 
     fn from_program(program: Program) -> Self {
-        Self { spec: RunSpec { program, netns: None, stdin: None, env: Default::default(), timeout: Duration::ZERO } }
+        Self { spec: RunSpec::new(program, Duration::ZERO) }
+    }
+
+    /// Runs in directory `dir` of the guest (`/` by default).
+    pub fn cwd(mut self, dir: &str) -> Self {
+        self.spec.cwd = Some(dir.to_string());
+        self
     }
 
     /// Runs inside `ip netns exec NAME`.
@@ -238,6 +264,7 @@ impl Vm {
         }
         let state = state_dir(cfg).map_err(fatal)?;
         let paths = StatePaths::in_dir(state.path());
+        compose_initrd(cfg, &paths).map_err(fatal)?;
         let launch_err = |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
         let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
         let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
@@ -259,7 +286,24 @@ impl Vm {
             }
         }
         tracing::info!("{}: ready in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})", cfg.name, cfg.accel, qmp.version);
-        Ok(Vm { cfg: cfg.clone(), agent, qmp, process, paths, ready, boot_time, attempts: attempt, failed: false, state: Some(state) })
+        let vm = Vm { cfg: cfg.clone(), agent, qmp, process, paths, ready, boot_time, attempts: attempt, failed: false, state: Some(state) };
+        vm.setup().await.map_err(fatal)?;
+        Ok(vm)
+    }
+
+    /// Loads the modules the configuration asks for. A failure keeps the console, like a failed
+    /// boot (dropping the guest on the way out).
+    async fn setup(&self) -> Result<()> {
+        if self.cfg.modprobe.is_empty() {
+            return Ok(());
+        }
+        let out = self.run(Cmd::argv(["modprobe", "-a"].into_iter().map(String::from).chain(self.cfg.modprobe.iter().cloned()))).await?;
+        if !out.success() {
+            keep_console(&self.cfg, &self.paths);
+            let message = format!("modprobe {} failed: {}", self.cfg.modprobe.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            return Err(self.error(Phase::Setup, message));
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -324,6 +368,55 @@ impl Vm {
     /// Runs a command until it succeeds, for at most `within`; returns its stdout.
     pub async fn wait_until_succeeds(&self, cmd: impl Into<Cmd> + Send, within: Duration) -> Result<String> {
         Guest::wait_until_succeeds(self, cmd, within).await
+    }
+
+    /// Runs a command, passing each piece of its output to `on_output` as it comes; returns its
+    /// result with stdout and stderr kept apart (each up to the protocol's cap).
+    pub async fn run_streaming(&self, cmd: impl Into<Cmd>, mut on_output: impl FnMut(Stream, &[u8])) -> Result<RunOutput> {
+        let mut cmd = cmd.into();
+        if cmd.spec.timeout.is_zero() {
+            cmd = cmd.timeout(self.cfg.command_timeout);
+        }
+        cmd.spec.stream = true;
+        let within = cmd.spec.timeout + Duration::from_secs(10);
+        let started = self.agent.start(Op::Run(cmd.spec.clone())).await.map_err(|e| self.agent_failure(&cmd.describe(), e))?;
+        let (id, mut output, reply) = (started.id, started.output, started.reply);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let waiting = self.agent.wait(id, reply, within);
+        tokio::pin!(waiting);
+        let reply = loop {
+            tokio::select! {
+                Some((stream, data)) = output.recv() => {
+                    on_output(stream, &data);
+                    keep(if stream == Stream::Stdout { &mut stdout } else { &mut stderr }, &data);
+                }
+                reply = &mut waiting => break reply,
+            }
+        };
+        // Pieces sent before the reply may still sit in the channel.
+        while let Ok((stream, data)) = output.try_recv() {
+            on_output(stream, &data);
+            keep(if stream == Stream::Stdout { &mut stdout } else { &mut stderr }, &data);
+        }
+        match reply {
+            Ok(Reply::Ran(out)) => Ok(RunOutput { stdout, stderr, ..out }),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
+            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
+        }
+    }
+
+    /// Starts `cmd` on a new terminal of `size` in the guest (an interactive shell, say): what
+    /// is typed goes in with [`Session::input`], what it shows comes out of [`Session::output`].
+    pub async fn interactive(&self, cmd: impl Into<Cmd>, size: TtySize) -> Result<Session<'_>> {
+        let mut cmd = cmd.into();
+        cmd.spec.tty = Some(size);
+        if cmd.spec.timeout.is_zero() {
+            // A person at a shell may take their time: a week.
+            cmd = cmd.timeout(Duration::from_secs(7 * 24 * 3600));
+        }
+        let started = self.agent.start(Op::Run(cmd.spec.clone())).await.map_err(|e| self.agent_failure(&cmd.describe(), e))?;
+        Ok(Session { vm: self, started: Some(started), timeout: cmd.spec.timeout })
     }
 
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
@@ -419,6 +512,75 @@ impl Drop for Vm {
         // TempDir's own drop removes the directory and the sockets in it.
         drop(self.state.take());
     }
+}
+
+/// An interactive program on a terminal in a guest ([`Vm::interactive`]).
+#[derive(Debug)]
+pub struct Session<'a> {
+    vm: &'a Vm,
+    started: Option<crate::agent::Started>,
+    timeout: Duration,
+}
+
+impl Session<'_> {
+    /// The next piece of what the terminal shows; `None` once the program has ended.
+    pub async fn output(&mut self) -> Option<Vec<u8>> {
+        self.started.as_mut()?.output.recv().await.map(|(_, data)| data)
+    }
+
+    /// Types `data` (keys, Ctrl-C as byte 3, ...) into the terminal.
+    pub async fn input(&self, data: &[u8]) -> Result<()> {
+        let Some(started) = &self.started else { return Ok(()) };
+        let op = Op::Input { run: started.id, data: data.to_vec() };
+        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal input", e))
+    }
+
+    /// The terminal changed size.
+    pub async fn resize(&self, size: TtySize) -> Result<()> {
+        let Some(started) = &self.started else { return Ok(()) };
+        let op = Op::Resize { run: started.id, rows: size.rows, cols: size.cols };
+        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal resize", e))
+    }
+
+    /// Waits for the program to end (call once [`Session::output`] says `None`).
+    pub async fn finish(mut self) -> Result<RunOutput> {
+        let Some(started) = self.started.take() else { return Err(self.vm.error(Phase::Command, "session already finished".into())) };
+        match self.vm.agent.wait(started.id, started.reply, self.timeout + Duration::from_secs(10)).await {
+            Ok(Reply::Ran(out)) => Ok(out),
+            Ok(Reply::Error { message }) => Err(self.vm.error(Phase::Command, message)),
+            Ok(other) => Err(self.vm.error(Phase::Command, format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.vm.agent_failure("interactive session", e)),
+        }
+    }
+}
+
+/// Keeps `data` in `buf` up to the protocol's per-stream cap.
+fn keep(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = lab_proto::MAX_OUTPUT_BYTES.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+/// Writes the image the guest boots, `initrd` with its layers appended, into its state directory.
+fn compose_initrd(cfg: &VmConfig, paths: &StatePaths) -> Result<()> {
+    if cfg.layers.is_empty() {
+        return Ok(());
+    }
+    use std::io::Write;
+    let io = |e| Error::Io { path: paths.initrd.clone(), source: e };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&paths.initrd).map_err(io)?);
+    let copy = |path: &Path, out: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        std::io::copy(&mut file, out).map_err(io)?;
+        Ok(())
+    };
+    copy(&cfg.initrd, &mut out)?;
+    for layer in &cfg.layers {
+        match layer {
+            InitrdLayer::File(path) => copy(path, &mut out)?,
+            InitrdLayer::Bytes(bytes) => out.write_all(bytes).map_err(io)?,
+        }
+    }
+    out.flush().map_err(io)
 }
 
 /// A failed boot attempt, and whether trying again could help.

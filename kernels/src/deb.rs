@@ -107,6 +107,35 @@ pub fn follow_meta_package(package: &str) -> Result<String> {
     Err(Error::Invalid(format!("{package}: too many levels of meta-packages")))
 }
 
+/// `packages` and every package they depend on (not the ones they recommend), as apt itself
+/// resolves them against an empty system: `(name, version)` in apt's install order. An unknown
+/// name fails with apt's own reason.
+pub fn closure(packages: &[String]) -> Result<Vec<(String, String)>> {
+    let what = format!("apt-get install --simulate {}", packages.join(" "));
+    let out = run(
+        Command::new(tool("apt-get")?).args(["install", "--simulate", "--no-install-recommends", "-q"]).args(packages),
+        &what,
+        "check the package names: the guests use Debian 12 (bookworm) packages (`apt-cache search WORD`, or packages.debian.org)",
+    )?;
+    Ok(out.lines().filter_map(parse_inst).collect())
+}
+
+/// `Inst bash (5.2.15-2+b13 Debian:12.15/oldstable [amd64])` -> (bash, 5.2.15-2+b13).
+fn parse_inst(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("Inst ")?;
+    let (name, rest) = rest.split_once(' ')?;
+    let version = rest.strip_prefix('(')?.split_whitespace().next()?;
+    Some((name.to_string(), version.to_string()))
+}
+
+/// Fetches the exact versions given (as [`closure`] resolved them) into `cache`.
+pub fn fetch_exact(packages: &[(String, String)], cache: &Path) -> Result<Vec<Unpacked>> {
+    packages
+        .iter()
+        .map(|(package, version)| fetch_info(&PackageInfo { package: package.clone(), version: version.clone(), depends: Vec::new() }, cache))
+        .collect()
+}
+
 /// `apt-cache show` of the candidate version.
 pub fn show(package: &str) -> Result<PackageInfo> {
     let mut infos = show_many(&[package.to_string()])?;
@@ -198,6 +227,15 @@ mod tests {
         assert_eq!(info.package, "linux-image-6.1.0-56-cloud-amd64");
         assert_eq!(info.version, "6.1.192-2");
         assert_eq!(info.depends, ["kmod", "linux-base", "initramfs-tools", "linux-initramfs-tool"]);
+    }
+
+    #[test]
+    fn parses_apt_simulate_lines() {
+        assert_eq!(
+            parse_inst("Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64]) []"),
+            Some(("libc6".into(), "2.36-9+deb12u14".into()))
+        );
+        assert_eq!(parse_inst("Conf libc6 (2.36-9 Debian [amd64])"), None);
     }
 
     #[test]

@@ -33,6 +33,21 @@ impl ModuleTree {
         &self.root
     }
 
+    /// Whether `name` (dashes or underscores) is a module of this kernel, built in or loadable.
+    pub fn has(&self, name: &str) -> bool {
+        let name = normalise(name);
+        self.builtin.contains(&name) || self.files.contains_key(&name)
+    }
+
+    /// Up to `max` module names closest to `name`, for "did you mean" hints.
+    pub fn similar(&self, name: &str, max: usize) -> Vec<String> {
+        let name = normalise(name);
+        let mut scored: Vec<(usize, &String)> =
+            self.files.keys().chain(&self.builtin).map(|k| (edit_distance(&name, k), k)).filter(|(d, _)| *d <= 3).collect();
+        scored.sort();
+        scored.into_iter().take(max).map(|(_, k)| k.clone()).collect()
+    }
+
     /// `names` and everything they need, dependencies first, built-ins left out, each module once.
     /// Paths are relative to the module tree.
     pub fn load_order(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
@@ -84,6 +99,22 @@ fn is_module(path: &Path) -> bool {
 fn name_of(path: &Path) -> String {
     let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     normalise(file.split('.').next().unwrap_or_default())
+}
+
+/// Levenshtein distance, small inputs only.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn normalise(name: &str) -> String {
@@ -145,6 +176,16 @@ mod tests {
         let order = tree.load_order(&["macvtap", "virtio-mmio", "macvlan"]).expect("order");
         let names: Vec<_> = order.iter().map(|p| name_of(p)).collect();
         assert_eq!(names, ["tap", "macvlan", "macvtap", "virtio_mmio"]);
+    }
+
+    #[test]
+    fn has_knows_loadable_and_builtin_and_suggests_near_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fake_module(dir.path(), "kernel/drivers/net/bonding/bonding.ko", "");
+        std::fs::write(dir.path().join("modules.builtin"), "kernel/net/8021q/8021q.ko\n").expect("write");
+        let tree = ModuleTree::open(dir.path()).expect("tree");
+        assert!(tree.has("bonding") && tree.has("8021q") && !tree.has("bondingg"));
+        assert_eq!(tree.similar("bondng", 3), ["bonding"]);
     }
 
     #[test]

@@ -1,67 +1,70 @@
-//! `cargo xtask lab run FILE.sh`: a user's own script, run as root in `host1` of a fresh LAN, its
-//! output shown while it runs.
+//! `cargo xtask lab run` and `lab shell`: a user's own script or program, run as root in `host1`
+//! of a fresh LAN, its output shown while it runs.
 
 use std::time::Duration;
 
-use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result, RunOutput, Vm};
+use lab_harness::assets::DIR_IN_GUEST;
+use lab_harness::{Assets, Cmd, Extras, Lab, PortPolicy, Result, RunOutput, Stream};
 
-/// The LAN a script runs on.
+/// The LAN a job runs on.
 #[derive(Debug, Clone)]
 pub struct ScriptLan {
-    /// Guests host1..hostN, numbered 192.168.88.1..N on `eth0`; the script runs on host1.
+    /// Guests host1..hostN, numbered 192.168.88.1..N on `eth0`; the job runs on host1.
     pub hosts: u8,
     /// Every switch port reflects frames back out of the port they came in on.
     pub hairpin: bool,
     /// host1 boots the nest image (QEMU, inner kernel and image, KVM) to start VMs of its own.
     pub nest: bool,
     pub timeout: Duration,
+    /// What host1 gets beyond the base image: packages, modules, a directory, its size.
+    pub extras: Extras,
 }
 
 impl Default for ScriptLan {
     fn default() -> Self {
-        Self { hosts: 1, hairpin: false, nest: false, timeout: Duration::from_secs(300) }
+        Self { hosts: 1, hairpin: false, nest: false, timeout: Duration::from_secs(300), extras: Extras::default() }
     }
 }
 
-/// Where the script and its output live in host1.
-const SCRIPT: &str = "/run/lab-run.sh";
-const OUTPUT: &str = "/run/lab-run.out";
-/// How often the output is fetched while the script runs.
-const POLL: Duration = Duration::from_millis(250);
+/// What runs on host1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// A script's text: run through its `#!` interpreter if it has one, else by `/bin/sh`.
+    Script(String),
+    /// A program and its arguments, started in [`lab_harness::Extras::dir`]'s copy (`/lab`) when
+    /// there is one: a relative path is taken from there, and its `#!` line is honoured.
+    Program(Vec<String>),
+}
 
-/// Boots the LAN, runs `script` on host1 and powers everything off; returns the script's result.
-/// Its stdout and stderr go to one stream, as on a terminal: `output` is called with each new
-/// piece while the script runs, and the returned result carries all of it as stdout.
-pub async fn run(assets: &Assets, script: &str, on: &ScriptLan, mut output: impl FnMut(&[u8])) -> Result<RunOutput> {
-    let builder = Lab::builder(assets, "lab-run").ports(PortPolicy { hairpin: on.hairpin, max_macs: None });
-    let builder = if on.nest { builder.host_config(assets.nest_vm("host1", 2)?) } else { builder.host("host1") };
+/// Where a script is written in host1.
+const SCRIPT: &str = "/run/lab-run.sh";
+
+/// Boots the LAN `on` describes, every guest numbered, host1 with its extras. Checks the extras
+/// (unknown package or module, missing directory, too little memory) before anything boots.
+pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
+    let mut host1 = if on.nest { assets.nest_vm("host1", 2)? } else { assets.vm("host1") };
+    assets.apply(&mut host1, &on.extras)?;
+    let builder = Lab::builder(assets, run).ports(PortPolicy { hairpin: on.hairpin, max_macs: None }).host_config(host1);
     let lab = (2..=on.hosts.max(1)).fold(builder, |b, i| b.host(&format!("host{i}"))).boot().await?;
     lab.number_hosts().await?;
-    let host1 = lab.vm("host1");
-    host1.write_file(SCRIPT, script.as_bytes().to_vec(), 0o755).await?;
-    // The agent answers requests concurrently: the run blocks while the output is read beside it.
-    let mut shown = Vec::new();
-    let result = {
-        let running = host1.run(Cmd::script(format!("exec sh {SCRIPT} >{OUTPUT} 2>&1")).timeout(on.timeout));
-        tokio::pin!(running);
-        loop {
-            tokio::select! {
-                done = &mut running => break done,
-                () = tokio::time::sleep(POLL) => show_new(host1, &mut shown, &mut output).await,
-            }
-        }
-    };
-    show_new(host1, &mut shown, &mut output).await;
-    lab.shutdown().await?;
-    result.map(|out| RunOutput { stdout: shown, stderr: Vec::new(), ..out })
+    Ok(lab)
 }
 
-/// Passes on what the script printed beyond what was `shown`, and adds it there.
-async fn show_new(host: &Vm, shown: &mut Vec<u8>, output: &mut impl FnMut(&[u8])) {
-    let all = host.read_file(OUTPUT).await.unwrap_or_default();
-    let new = all.get(shown.len()..).unwrap_or_default();
-    if !new.is_empty() {
-        output(new);
-        shown.extend_from_slice(new);
-    }
+/// Boots the LAN, runs `job` on host1 and powers everything off; returns the job's result, its
+/// stdout and stderr apart. `output` is called with each piece of output while the job runs.
+pub async fn run(assets: &Assets, job: &Job, on: &ScriptLan, output: impl FnMut(Stream, &[u8])) -> Result<RunOutput> {
+    let lab = boot(assets, "lab-run", on).await?;
+    let host1 = lab.vm("host1");
+    let cmd = match job {
+        Job::Script(text) => {
+            host1.write_file(SCRIPT, text.as_bytes().to_vec(), 0o755).await?;
+            // The kernel honours a `#!` line; a script without one is the shell's.
+            if text.starts_with("#!") { Cmd::argv([SCRIPT]) } else { Cmd::argv(["/bin/sh", SCRIPT]) }
+        }
+        Job::Program(argv) => Cmd::argv(argv.clone()),
+    };
+    let cwd = if on.extras.dir.is_some() { DIR_IN_GUEST } else { "/root" };
+    let result = host1.run_streaming(cmd.cwd(cwd).timeout(on.timeout), output).await;
+    lab.shutdown().await?;
+    result
 }

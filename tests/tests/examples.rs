@@ -1,7 +1,7 @@
 //! The scripts in `examples/` do what their comments say, run the way `cargo xtask lab run` runs
 //! them: the seed's commands, unchanged, in throwaway guests.
 
-use lab_scenarios::script::{self, ScriptLan};
+use lab_scenarios::script::{self, Job, ScriptLan};
 use lab_tests::{assets, Check};
 use rstest::rstest;
 
@@ -13,7 +13,7 @@ fn example(name: &str) -> String {
 #[rstest]
 #[tokio::test]
 async fn seed_containers_ping_each_other_and_clean_up() {
-    let out = script::run(&assets(), &example("seed-containers.sh"), &ScriptLan::default(), |_| {}).await.check();
+    let out = script::run(&assets(), &Job::Script(example("seed-containers.sh")), &ScriptLan::default(), |_, _| {}).await.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.success(), "exit {:?}\n{stdout}\n{}", out.code, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
@@ -24,7 +24,14 @@ async fn seed_containers_ping_each_other_and_clean_up() {
 async fn seed_vm_reaches_the_lan_but_not_its_host_until_the_shim() {
     let on = ScriptLan { hosts: 2, nest: true, ..ScriptLan::default() };
     let mut streamed = Vec::new();
-    let out = script::run(&assets(), &example("seed-vm.sh"), &on, |b| streamed.extend_from_slice(b)).await.check();
+    let job = Job::Script(example("seed-vm.sh"));
+    let out = script::run(&assets(), &job, &on, |stream, b| {
+        if stream == lab_harness::Stream::Stdout {
+            streamed.extend_from_slice(b)
+        }
+    })
+    .await
+    .check();
     assert_eq!(streamed, out.stdout, "what was shown while it ran is all it printed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.success(), "exit {:?}\n{stdout}\n{}", out.code, String::from_utf8_lossy(&out.stderr));

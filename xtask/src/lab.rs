@@ -1,9 +1,11 @@
 //! `cargo xtask lab`: experiments in throwaway guests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use lab_harness::Assets;
-use lab_scenarios::script::ScriptLan;
+use lab_harness::assets::DIR_IN_GUEST;
+use lab_harness::{Assets, Extras, Stream, Verdict};
+use lab_scenarios::script::{Job, ScriptLan};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -24,35 +26,111 @@ pub struct LabArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCommand {
-    /// Run a shell script as root inside a throwaway guest (`host1`, 192.168.88.1 on `eth0`); it
-    /// can change nothing but the guests. Prints its output and exits with its status.
+    /// Run a script, or a program from --dir, as root in `host1` (192.168.88.1 on `eth0`) of a
+    /// fresh LAN; it can change nothing but the guests. Shows its output (stdout and stderr
+    /// apart) while it runs and exits with its exit code (kselftest's 4 is reported as a skip).
+    ///
+    /// Examples:
+    ///   cargo xtask lab run examples/seed-containers.sh
+    ///   cargo xtask lab run --hosts 2 --package jq,tcpdump my-test.sh
+    ///   cargo xtask lab run --dir ./selftests --module bonding -- drivers/net/bonding/bond_macvlan_ipvlan.sh
+    #[command(verbatim_doc_comment)]
     Run {
-        script: PathBuf,
-        /// Guests on the LAN: host1 runs the script, host2..hostN (192.168.88.2..N) are there to
-        /// be reached.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
-        hosts: u8,
-        /// Switch ports reflect frames back out of the port they came in on (VEPA needs this).
-        #[arg(long)]
-        hairpin: bool,
-        /// host1 boots the nest image: QEMU at /nest/bin/qemu-system-x86_64, an inner kernel and
-        /// image under /nest/inner, KVM loaded where the CPU allows (see examples/seed-vm.sh).
-        #[arg(long)]
-        nest: bool,
-        /// Seconds the script may run.
+        /// A script file (run by its #! interpreter, else /bin/sh). Leave it out to run a program
+        /// given after `--`.
+        script: Option<PathBuf>,
+        /// Seconds the job may run.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
         #[command(flatten)]
-        provision: crate::provision::ProvisionArgs,
+        lan: LanArgs,
+        /// A program and its arguments, started in --dir's copy (/lab) when there is one: a
+        /// relative path is taken from there.
+        #[arg(last = true, value_name = "PROGRAM")]
+        program: Vec<String>,
     },
+    /// A root shell (bash, on a real terminal) on `host1` of a fresh LAN; `exit` tears it down.
+    ///
+    /// Examples:
+    ///   cargo xtask lab shell
+    ///   cargo xtask lab shell --hosts 2 --hairpin --package tcpdump
+    #[command(verbatim_doc_comment)]
+    Shell {
+        #[command(flatten)]
+        lan: LanArgs,
+    },
+}
+
+/// The LAN and what host1 gets beyond the base image; shared by `lab run` and `lab shell`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LanArgs {
+    /// Guests on the LAN: host1 runs the job, host2..hostN (192.168.88.2..N) are there to be
+    /// reached.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub hosts: u8,
+    /// Switch ports reflect frames back out of the port they came in on (VEPA needs this).
+    #[arg(long)]
+    pub hairpin: bool,
+    /// host1 boots the nest image: QEMU at /nest/bin/qemu-system-x86_64, an inner kernel and
+    /// image under /nest/inner, KVM loaded where the CPU allows (see examples/seed-vm.sh).
+    #[arg(long)]
+    pub nest: bool,
+    /// Debian 12 packages for host1, with their dependencies (repeat it, or separate names with
+    /// commas), e.g. `--package jq,tcpdump`.
+    #[arg(long = "package", value_name = "NAME", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// Kernel modules host1 loads at boot, with what they need (repeat it, or use commas), e.g.
+    /// `--module bonding`. Every module can also be `modprobe`d from inside.
+    #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
+    pub modules: Vec<String>,
+    /// A directory of this machine, copied to /lab in host1 (the job's working directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// host1's virtual CPUs (default 1).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// host1's memory in MiB (default 256; 384 and more with --nest).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    #[command(flatten)]
+    pub provision: crate::provision::ProvisionArgs,
+}
+
+impl LanArgs {
+    pub fn lan(&self, timeout: Duration) -> ScriptLan {
+        let extras = Extras {
+            packages: self.packages.clone(),
+            modules: self.modules.clone(),
+            dir: self.dir.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory,
+        };
+        ScriptLan { hosts: self.hosts, hairpin: self.hairpin, nest: self.nest, timeout, extras }
+    }
+
+    /// What a person reads before the guests boot.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("{} guest(s)", self.hosts), format!("hairpin {}", if self.hairpin { "on" } else { "off" })];
+        if self.nest {
+            parts.push("host1 with the nest image".into());
+        }
+        if !self.packages.is_empty() {
+            parts.push(format!("packages {}", self.packages.join(",")));
+        }
+        if !self.modules.is_empty() {
+            parts.push(format!("modules {}", self.modules.join(",")));
+        }
+        if let Some(dir) = &self.dir {
+            parts.push(format!("{} at {DIR_IN_GUEST}", dir.display()));
+        }
+        parts.join(", ")
+    }
 }
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
-        Some(LabCommand::Run { script, hosts, hairpin, nest, timeout, provision }) => {
-            let on = ScriptLan { hosts: *hosts, hairpin: *hairpin, nest: *nest, timeout: std::time::Duration::from_secs(*timeout) };
-            run_script(script, on, provision)
-        }
+        Some(LabCommand::Run { script, timeout, lan, program }) => run_job(script.as_deref(), program, Duration::from_secs(*timeout), lan),
+        Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
         None if args.list => {
             for e in lab_scenarios::expectations::EXPECTATIONS {
                 println!("{:<22} {:<46} expects {:<12} | {}", e.scenario, e.check, e.expected, e.claim);
@@ -66,13 +144,18 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
 /// Runs the scenarios, prints the table, writes `target/lab/report.json`; fails when any
 /// observation differs from its expectation.
 fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
-    crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::run(&args.provision)?)?;
+    // Before provisioning, which takes seconds: a filter that matches nothing is a typo.
     let names: Vec<&str> = lab_scenarios::expectations::scenario_names()
         .into_iter()
         .filter(|n| args.only.as_deref().is_none_or(|o| n.contains(o)))
         .collect();
-    anyhow::ensure!(!names.is_empty(), "no scenario matches; `cargo xtask lab --list` shows them");
+    anyhow::ensure!(
+        !names.is_empty(),
+        "no scenario name contains '{}'; `cargo xtask lab --list` shows them",
+        args.only.as_deref().unwrap_or_default()
+    );
+    crate::hosttools::ensure_qemu()?;
+    let assets = Assets::load(&crate::provision::run(&args.provision)?)?;
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(async {
@@ -112,27 +195,55 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_script(script: &PathBuf, on: ScriptLan, provision: &crate::provision::ProvisionArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(script).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", script.display()))?;
-    crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::run(provision)?)?;
-    let rt = tokio::runtime::Runtime::new()?;
-    eprintln!(
-        "lab: running {} on host1 (192.168.88.1) of {} guest(s), hairpin {}{}",
-        script.display(),
-        on.hosts,
-        if on.hairpin { "on" } else { "off" },
-        if on.nest { ", host1 with the nest image" } else { "" }
-    );
-    let timeout = on.timeout;
-    use std::io::Write;
-    let show = |bytes: &[u8]| {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+/// `lab run`: the job's output goes to our stdout and stderr as it comes; we exit with its code.
+fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &LanArgs) -> anyhow::Result<()> {
+    let job = match (script, program.is_empty()) {
+        (Some(path), true) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            Job::Script(text)
+        }
+        (None, false) => Job::Program(program.to_vec()),
+        (Some(_), false) => anyhow::bail!("give a script or a program after `--`, not both"),
+        (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     };
-    let out = rt.block_on(lab_scenarios::script::run(&assets, &text, &on, show))?;
-    if out.timed_out {
-        anyhow::bail!("the script timed out after {timeout:?}");
+    if let Some(dir) = &lan.dir {
+        anyhow::ensure!(dir.is_dir(), "--dir {}: no such directory on this machine", dir.display());
     }
-    std::process::exit(out.code.unwrap_or(1));
+    crate::hosttools::ensure_qemu()?;
+    let assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    let what = match &job {
+        Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
+        Job::Program(argv) => argv.join(" "),
+    };
+    eprintln!("lab: running {what} on host1 (192.168.88.1): {}", lan.describe());
+    let before = crate::leaks::Snapshot::take();
+    let rt = tokio::runtime::Runtime::new()?;
+    let show = |stream: Stream, bytes: &[u8]| {
+        use std::io::Write;
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()),
+            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+    };
+    let out = rt.block_on(lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show))?;
+    drop(rt);
+    let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
+    anyhow::ensure!(leaks.is_empty(), "the run left things behind:\n  {}", leaks.join("\n  "));
+    if out.timed_out {
+        anyhow::bail!("{what} timed out after {timeout:?} (give more with --timeout SECONDS)");
+    }
+    let code = match (out.code, out.signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => {
+            eprintln!("lab: {what} was killed by signal {signal}");
+            128 + signal
+        }
+        (None, None) => 1,
+    };
+    match out.verdict() {
+        Verdict::Skip => eprintln!("lab: {what} skipped (exit 4, kselftest's KSFT_SKIP): not a pass, not a failure"),
+        Verdict::Fail if out.signal.is_none() => eprintln!("lab: {what} exited with {code}"),
+        _ => {}
+    }
+    std::process::exit(code);
 }

@@ -7,6 +7,8 @@ mod hosttools;
 mod lab;
 mod leaks;
 mod provision;
+mod selftests;
+mod shell;
 mod tally;
 
 use std::path::PathBuf;
@@ -36,21 +38,38 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run lab experiments in throwaway guests.
     Lab(lab::LabArgs),
+    /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
+    /// for `lab run --dir` (see examples/bonding-selftest.sh).
+    Selftests,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A misspelt LAB_ACCEL (`kvmm`, `hvf`) is an error everywhere, before anything is built.
+    lab_harness::Accel::choose()?;
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
         Command::Test { provision, test_args } => test(&provision, &test_args),
         Command::Bench(args) => bench::run(&args),
         Command::Lab(args) => lab::run(&args),
+        Command::Selftests => {
+            println!("{}", selftests::provide()?.display());
+            Ok(())
+        }
     }
 }
 
 fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result<()> {
     hosttools::ensure_qemu()?;
+    // Some tests boot every kernel the manifest knows (assets-<id>.json); the one asked for goes
+    // last, so assets.json is its.
+    let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
+    let chosen = args.kernel.clone().unwrap_or_else(|| manifest.default.clone());
+    for id in manifest.kernels.keys().filter(|id| **id != chosen) {
+        provision::run(&provision::ProvisionArgs { kernel: Some(id.clone()) })?;
+    }
     let assets_path = provision::run(args)?;
+    let selftests = selftests::provide()?;
     let before = leaks::Snapshot::take();
     let mut cmd = std::process::Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
@@ -58,6 +77,7 @@ fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result
         .args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(test_args)
         .env(lab_harness::assets::ENV_ASSETS, &assets_path)
+        .env("LAB_SELFTESTS", &selftests)
         .env("LAB_ARTIFACTS", lab_dir().join("failed"));
     let (status, tally) = tally::run(cmd)?;
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.

@@ -20,6 +20,15 @@ pub struct ProvisionArgs {
 /// build scripts and proc macros of the host build.
 const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// The assets file named by `LAB_ASSETS` (as `cargo xtask test` sets for its tests), or a fresh
+/// provisioning's.
+pub fn assets_path(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
+    match std::env::var_os(lab_harness::assets::ENV_ASSETS) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => run(args),
+    }
+}
+
 /// Provisions and returns the path of the assets file.
 pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = lab_dir().join("cache");
@@ -29,6 +38,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let kernel = lab_kernels::provide(&manifest, args.kernel.as_deref(), &cache).context("providing the guest kernel")?;
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
     let image = lab_rootfs::build(&recipe, &kernel, &agent, &cache).context("building the guest image")?;
+    let modules_disk = lab_rootfs::modules_disk::build(&kernel, &cache).context("building the module disk")?;
     let nest = match lab_harness::qemu::find_binary() {
         Ok(qemu) => Some(lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, &cache).context("building the nest image")?),
         Err(e) => {
@@ -42,22 +52,26 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
             id: kernel.id.clone(),
             release: kernel.release.clone(),
             bzimage: kernel.bzimage.clone(),
+            modules_dir: kernel.modules_dir.clone(),
             origin: describe_origin(&kernel),
         },
         image: asset(&image),
         nest: nest.as_ref().map(asset),
+        modules_disk: Some(modules_disk.path.clone()),
         dir: lab_dir(),
     };
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;
     assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
     eprintln!(
-        "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}){}, assets in {}",
+        "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), module disk of {} modules ({:.0} MiB){}, assets in {}",
         kernel.release,
         assets.kernel.origin,
         image.path.display(),
         image.size as f64 / 1048576.0,
         &image.sha256[..16],
+        modules_disk.modules,
+        modules_disk.size as f64 / 1048576.0,
         nest.as_ref().map(|n| format!(", nest image {:.1} MiB", n.size as f64 / 1048576.0)).unwrap_or_default(),
         path.display()
     );

@@ -1,27 +1,64 @@
-//! Running one [`RunSpec`]: spawn in its own process group, feed stdin, capture capped output,
-//! and kill the whole group when the timeout passes.
+//! Running one [`RunSpec`]: spawn in its own process group (or, on a terminal, its own session),
+//! feed stdin, capture capped output or stream it as it comes, and kill the whole group when the
+//! timeout passes.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use lab_proto::{Program, RunOutput, RunSpec, MAX_OUTPUT_BYTES};
+use lab_proto::{Program, RunOutput, RunSpec, Stream, TtySize, MAX_OUTPUT_BYTES};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-/// iproute2, dash and iputils come first; busybox applets fill in the rest.
+/// Real programs first (iproute2, dash, bash, kmod, and any package the user added in /usr/bin
+/// or /bin); busybox's applet links in /bin fill in the rest.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn run(spec: &RunSpec) -> Result<RunOutput, String> {
-    let started = Instant::now();
-    let mut child = command(spec).spawn().map_err(|e| format!("cannot start {}: {e}", describe(&spec.program)))?;
+/// Where a streaming run's output goes as it comes.
+pub type Sink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
+
+/// What the server keeps of a running interactive program: where its input goes, and its
+/// terminal (to resize).
+#[derive(Debug)]
+pub struct Io {
+    pub input: File,
+    pub tty: Option<OwnedFd>,
+}
+
+/// How long the output of a finished terminal session may still drain: a background job that
+/// keeps the terminal open must not keep the reply from going out.
+const TTY_DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs `spec` to its end. A streaming run's output goes to `sink` instead of the result; an
+/// interactive one (on a terminal) hands its [`Io`] to `started` as soon as it runs.
+pub fn run(spec: &RunSpec, sink: Option<Sink>, started: impl FnOnce(Io)) -> Result<RunOutput, String> {
+    let started_at = Instant::now();
+    let sink = if spec.streams() { sink } else { None };
+    let mut cmd = command(spec);
+    let tty = match spec.tty {
+        Some(size) => Some(attach_tty(&mut cmd, size)?),
+        None => None,
+    };
+    let mut child = cmd.spawn().map_err(|e| spawn_error(spec, &e))?;
     let pgid = Pid::from_raw(child.id() as i32);
-    feed_stdin(&mut child, spec.stdin.clone());
-    let stdout = capture(child.stdout.take());
-    let stderr = capture(child.stderr.take());
+    // Our copy of the terminal's far end must close, or reading the near end never ends.
+    drop(cmd);
+    let (stdout, stderr) = match tty {
+        Some(master) => {
+            let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
+            started(Io { input: File::from(master.try_clone().map_err(|e| e.to_string())?), tty: Some(master) });
+            (capture(Some(reader), Stream::Stdout, sink.clone()), capture(None::<File>, Stream::Stderr, None))
+        }
+        None => {
+            feed_stdin(&mut child, spec.stdin.clone());
+            (capture(child.stdout.take(), Stream::Stdout, sink.clone()), capture(child.stderr.take(), Stream::Stderr, sink))
+        }
+    };
 
     let (done_tx, done_rx) = mpsc::channel();
     let waiter = thread::spawn(move || {
@@ -34,8 +71,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput, String> {
     // still hold the output pipes open, and we must not wait for them.
     let _ = killpg(pgid, Signal::SIGKILL);
     let status = waiter.join().map_err(|_| "waiter thread panicked".to_string())?.map_err(|e| e.to_string())?;
-    let (stdout, out_cut) = stdout.join().unwrap_or_default();
-    let (stderr, err_cut) = stderr.join().unwrap_or_default();
+    let drain = spec.tty.map(|_| TTY_DRAIN);
+    let (stdout, out_cut) = finish(stdout, drain);
+    let (stderr, err_cut) = finish(stderr, drain);
     Ok(RunOutput {
         code: if timed_out { None } else { status.code() },
         signal: status.signal(),
@@ -43,7 +81,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput, String> {
         stdout,
         stderr,
         truncated: out_cut || err_cut,
-        duration: started.elapsed(),
+        duration: started_at.elapsed(),
     })
 }
 
@@ -61,14 +99,75 @@ fn command(spec: &RunSpec) -> Command {
         .env_clear()
         .env("PATH", PATH)
         .env("HOME", "/root")
-        .env("TERM", "dumb")
+        .env("TERM", if spec.tty.is_some() { "xterm-256color" } else { "dumb" })
         .envs(&spec.env)
-        .current_dir("/")
+        .current_dir(spec.cwd.as_deref().unwrap_or("/"))
         .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    if spec.tty.is_none() {
+        cmd.process_group(0);
+    }
     cmd
+}
+
+/// Gives `cmd` a new terminal of `size` as stdin, stdout, stderr and controlling terminal, in a
+/// session of its own; returns the terminal's near end.
+fn attach_tty(cmd: &mut Command, size: TtySize) -> Result<OwnedFd, String> {
+    let winsize = nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&winsize), None).map_err(|e| format!("openpty: {e}"))?;
+    let slave = pty.slave;
+    let io = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| format!("pty: {e}"));
+    cmd.stdin(io(&slave)?).stdout(io(&slave)?).stderr(io(&slave)?);
+    // SAFETY: setsid and ioctl are async-signal-safe and touch only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(pty.master)
+}
+
+/// Sets the terminal's size; the kernel tells its foreground job with SIGWINCH.
+pub fn resize(tty: &OwnedFd, size: TtySize) -> Result<(), String> {
+    let winsize = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
+    match unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &winsize) } {
+        0 => Ok(()),
+        _ => Err(format!("resize: {}", std::io::Error::last_os_error())),
+    }
+}
+
+/// "No such file" from exec of a file that exists means its `#!` interpreter is missing: say so.
+fn spawn_error(spec: &RunSpec, e: &std::io::Error) -> String {
+    let what = describe(&spec.program);
+    if let (Program::Argv(argv), Some(libc::ENOENT)) = (&spec.program, e.raw_os_error()) {
+        if let Some(interpreter) = argv.first().and_then(|p| missing_interpreter(p, spec.cwd.as_deref())) {
+            return format!(
+                "cannot start {what}: its interpreter {interpreter} (its #! line) is not in the guest; \
+                 add the package that has it (e.g. --package bash) or change the #! line"
+            );
+        }
+    }
+    format!("cannot start {what}: {e}")
+}
+
+/// The `#!` interpreter of `program` (relative to `cwd` if it has a slash), if the file exists
+/// and its interpreter does not.
+fn missing_interpreter(program: &str, cwd: Option<&str>) -> Option<String> {
+    if !program.contains('/') {
+        return None;
+    }
+    let path = std::path::Path::new(cwd.unwrap_or("/")).join(program);
+    let mut head = [0u8; 256];
+    let n = File::open(&path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    let interpreter = String::from_utf8_lossy(line).split_whitespace().next()?.to_string();
+    (!std::path::Path::new(&interpreter).exists()).then_some(interpreter)
 }
 
 fn describe(program: &Program) -> String {
@@ -87,24 +186,44 @@ fn feed_stdin(child: &mut Child, data: Option<Vec<u8>>) {
     }
 }
 
-/// Reads a pipe to its end, keeping at most [`MAX_OUTPUT_BYTES`]; returns the bytes and whether
-/// any were dropped. Reading on past the cap keeps the program from blocking on a full pipe.
-fn capture<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<(Vec<u8>, bool)> {
-    thread::spawn(move || {
-        let Some(mut pipe) = pipe else { return (Vec::new(), false) };
+/// A reader thread and the channel its result comes back on.
+type Captured = (mpsc::Receiver<(Vec<u8>, bool)>, thread::JoinHandle<()>);
+
+/// Reads a pipe (or terminal) to its end. Streaming, each piece goes to `sink`; otherwise at most
+/// [`MAX_OUTPUT_BYTES`] are kept. Returns the kept bytes and whether any were dropped. Reading
+/// on past the cap keeps the program from blocking on a full pipe.
+fn capture<R: Read + Send + 'static>(pipe: Option<R>, stream: Stream, sink: Option<Sink>) -> Captured {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
         let mut kept = Vec::new();
         let mut cut = false;
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
-                    kept.extend_from_slice(&chunk[..n.min(room)]);
-                    cut |= n > room;
+        if let Some(mut pipe) = pipe {
+            let mut chunk = [0u8; 64 * 1024];
+            // A terminal whose far end closed reads as EIO: that is its end of file.
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                match &sink {
+                    Some(sink) => sink(stream, &chunk[..n]),
+                    None => {
+                        let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                        cut |= n > room;
+                    }
                 }
             }
         }
-        (kept, cut)
-    })
+        let _ = tx.send((kept, cut));
+    });
+    (rx, handle)
+}
+
+/// What a capture kept, waiting at most `drain` for it (forever when `None`).
+fn finish((rx, handle): Captured, drain: Option<Duration>) -> (Vec<u8>, bool) {
+    let got = match drain {
+        Some(d) => rx.recv_timeout(d).ok(),
+        None => rx.recv().ok(),
+    };
+    if got.is_some() {
+        let _ = handle.join();
+    }
+    got.unwrap_or_default()
 }

@@ -31,6 +31,11 @@ pub fn run() -> ! {
     }
     let loaded = load_modules(&cmdline);
     let _ = fs::write("/run/lab-modules", loaded.join("\n"));
+    // `lab.modules_disk=vda`: the kernel's whole module tree, for modprobe (its driver is among
+    // the modules just loaded).
+    if let Some(disk) = cmdline_value(&cmdline, "lab.modules_disk") {
+        mount_modules_disk(&Path::new("/dev").join(disk));
+    }
     // The kernel starts PID 1 with no PATH of its own.
     let ip = |args: &[&str]| Command::new("ip").args(args).env("PATH", crate::exec::PATH).status().is_ok_and(|s| s.success());
     if !ip(&["link", "set", "lo", "up"]) {
@@ -77,6 +82,18 @@ fn mount_pseudo_fs() {
     // iproute2 keeps named namespaces under /var/run/netns.
     let _ = fs::create_dir_all("/var");
     let _ = symlink("/run", "/var/run");
+}
+
+/// Mounts the module disk read-only on /lib/modules, over the few modules the image carries.
+fn mount_modules_disk(dev: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dev.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if let Err(e) = mount(Some(dev), "/lib/modules", Some("ext4"), flags, None::<&str>) {
+        log(&format!("mount {} on /lib/modules: {e}; modprobe will not find most modules", dev.display()));
+    }
 }
 
 /// `key=value` from the kernel command line.

@@ -2,16 +2,25 @@
 //! so slow commands do not hold up others. Nothing the host sends can end this loop: bad input
 //! gets an error reply.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
+use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, TtySize, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
+
+use crate::exec::{Io, Sink};
 
 type Writer = Arc<Mutex<File>>;
+
+/// Interactive runs still going, by the id of the request that started them.
+fn running() -> &'static Mutex<HashMap<u64, Io>> {
+    static RUNNING: OnceLock<Mutex<HashMap<u64, Io>>> = OnceLock::new();
+    RUNNING.get_or_init(Mutex::default)
+}
 
 pub fn run(port: &str) -> std::io::Result<()> {
     // A virtio-serial port opens once (a second open is EBUSY): one read-write handle, duplicated.
@@ -51,6 +60,17 @@ fn dispatch(writer: &Writer, line: Line) {
         Ok(r) => r,
         Err(e) => return send(writer, lab_proto::salvage_id(&line), Reply::Error { message: e.to_string() }),
     };
+    // Keystrokes are handled in order, on this thread: they must not overtake each other.
+    match request.op {
+        Op::Input { run, data } => return to_running(writer, request.id, run, |io| io.input.write_all(&data).map_err(|e| e.to_string())),
+        Op::Resize { run, rows, cols } => {
+            return to_running(writer, request.id, run, |io| match &io.tty {
+                Some(tty) => crate::exec::resize(tty, TtySize { rows, cols }),
+                None => Err("not running on a terminal".into()),
+            })
+        }
+        _ => {}
+    }
     let writer = Arc::clone(writer);
     thread::spawn(move || {
         let id = Some(request.id);
@@ -58,17 +78,39 @@ fn dispatch(writer: &Writer, line: Line) {
             send(&writer, id, Reply::Done);
             crate::init::power_off();
         }
-        send(&writer, id, handle(request.op));
+        send(&writer, id, handle(request.id, request.op, &writer));
     });
 }
 
-fn handle(op: Op) -> Reply {
+/// Applies `action` to the interactive run `run`; only a failure is answered.
+fn to_running(writer: &Writer, id: u64, run: u64, action: impl FnOnce(&mut Io) -> Result<(), String>) {
+    let mut runs = running().lock().unwrap_or_else(|p| p.into_inner());
+    let result = match runs.get_mut(&run) {
+        Some(io) => action(io),
+        None => Err(format!("no interactive run {run} (it ended, or was never started on a terminal)")),
+    };
+    drop(runs);
+    if let Err(message) = result {
+        send(writer, Some(id), Reply::Error { message });
+    }
+}
+
+fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
     let result = match op {
         Op::Hello => Ok(ready()),
-        Op::Run(spec) => crate::exec::run(&spec).map(Reply::Ran),
+        Op::Run(spec) => {
+            let out = Arc::clone(writer);
+            let sink: Sink = Arc::new(move |stream, data: &[u8]| send(&out, Some(id), Reply::Output { stream, data: data.to_vec() }));
+            let register = |io| {
+                running().lock().unwrap_or_else(|p| p.into_inner()).insert(id, io);
+            };
+            let result = crate::exec::run(&spec, Some(sink), register).map(Reply::Ran);
+            running().lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            result
+        }
         Op::ReadFile { path } => fs::read(&path).map(|data| Reply::File { data }).map_err(|e| format!("read {path}: {e}")),
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
-        Op::PowerOff => unreachable!("handled before dispatch to a thread"),
+        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } => unreachable!("handled before dispatch to a thread"),
     };
     result.unwrap_or_else(|message| Reply::Error { message })
 }

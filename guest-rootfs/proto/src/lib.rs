@@ -57,6 +57,30 @@ pub enum Op {
     },
     /// Sync and power the guest off. Answered with [`Reply::Done`] just before it happens.
     PowerOff,
+    /// Bytes for the stdin (or terminal) of the running request `run`, started with
+    /// [`RunSpec::tty`]. Not answered unless it fails (the run is gone, say).
+    Input {
+        run: u64,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// The terminal of the running request `run` changed size. Not answered unless it fails.
+    Resize { run: u64, rows: u16, cols: u16 },
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Which output stream a piece of [`Reply::Output`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
 /// What to run, where, and for how long.
@@ -74,6 +98,30 @@ pub struct RunSpec {
     /// The agent kills the program's whole process group after this long.
     #[serde(with = "millis")]
     pub timeout: Duration,
+    /// Working directory (`/` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Send output as it comes, in [`Reply::Output`] messages carrying this request's id, before
+    /// the final [`Reply::Ran`] (whose `stdout`/`stderr` are then empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Run on a new pseudo-terminal of this size, as its session leader with it as the
+    /// controlling terminal (line editing, Ctrl-C to the foreground job, job control). Implies
+    /// `stream`; input comes in [`Op::Input`], and stdout and stderr are both the terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+impl RunSpec {
+    /// A spec with no namespace, stdin, environment, directory or terminal.
+    pub fn new(program: Program, timeout: Duration) -> Self {
+        Self { program, netns: None, stdin: None, env: BTreeMap::new(), timeout, cwd: None, stream: false, tty: None }
+    }
+
+    /// Whether output goes out as it comes ([`RunSpec::stream`] or a terminal).
+    pub fn streams(&self) -> bool {
+        self.stream || self.tty.is_some()
+    }
 }
 
 /// A program given either as an argument vector or as a shell script.
@@ -102,6 +150,12 @@ pub struct Response {
 pub enum Reply {
     Ready(Ready),
     Ran(RunOutput),
+    /// A piece of a streaming run's output; more may follow, then [`Reply::Ran`].
+    Output {
+        stream: Stream,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
     File {
         #[serde(with = "b64")]
         data: Vec<u8>,
@@ -145,6 +199,28 @@ impl RunOutput {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// How a kselftest-style program ended: exit 0 passes, 4 (`KSFT_SKIP`) skips, anything else
+    /// (another code, a signal, a timeout) fails.
+    pub fn verdict(&self) -> Verdict {
+        match (self.timed_out, self.code) {
+            (false, Some(0)) => Verdict::Pass,
+            (false, Some(KSFT_SKIP)) => Verdict::Skip,
+            _ => Verdict::Fail,
+        }
+    }
+}
+
+/// The exit code with which kselftest programs say "skipped": not a pass, not a failure.
+pub const KSFT_SKIP: i32 = 4;
+
+/// See [`RunOutput::verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Skip,
+    Fail,
 }
 
 /// Why a line could not be turned into a message.
@@ -294,12 +370,41 @@ mod tests {
                 stdin: Some(b"\x00\xffbinary".to_vec()),
                 env: BTreeMap::from([("A".into(), "b".into())]),
                 timeout: Duration::from_millis(1500),
+                cwd: Some("/lab".into()),
+                stream: true,
+                tty: Some(TtySize { rows: 24, cols: 80 }),
             }),
         };
         let line = encode(&req);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "exactly one newline, at the end");
         let back: Request = decode(&line[..line.len() - 1], MAX_REQUEST_BYTES).expect("decodes");
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn older_run_requests_without_the_new_fields_still_decode() {
+        let line = br#"{"id":3,"op":"run","program":{"argv":["true"]},"timeout":1000}"#;
+        let req: Request = decode(line, MAX_REQUEST_BYTES).expect("decodes");
+        let Op::Run(spec) = req.op else { panic!("not a run") };
+        assert_eq!(spec, RunSpec::new(Program::Argv(vec!["true".into()]), Duration::from_secs(1)));
+        assert!(!spec.streams());
+    }
+
+    #[test]
+    fn kselftest_skip_is_neither_pass_nor_fail() {
+        let out = |code, timed_out| RunOutput {
+            code,
+            signal: None,
+            timed_out,
+            stdout: vec![],
+            stderr: vec![],
+            truncated: false,
+            duration: Duration::ZERO,
+        };
+        assert_eq!(out(Some(0), false).verdict(), Verdict::Pass);
+        assert_eq!(out(Some(4), false).verdict(), Verdict::Skip);
+        assert_eq!(out(Some(1), false).verdict(), Verdict::Fail);
+        assert_eq!(out(None, true).verdict(), Verdict::Fail);
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! `cargo xtask lab shell` on a real terminal: tmux gives it a pty, the test types the seed's
+//! container section key by key and reads the screen, as a person would.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmux session running one command on a 120x40 terminal; killed on drop.
+struct Terminal {
+    name: String,
+}
+
+impl Terminal {
+    fn start(command: &str) -> Self {
+        let name = format!("lab-shell-test-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", command])
+            .status()
+            .unwrap_or_else(|e| panic!("tmux is needed to test the shell on a terminal (`sudo apt-get install tmux`): {e}"));
+        assert!(status.success(), "tmux new-session failed");
+        Self { name }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-J", "-S", "-200", "-t", &self.name]).output().expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().expect("tmux send-keys");
+        assert!(status.success());
+    }
+
+    fn type_line(&self, line: &str) {
+        self.keys(&["-l", line]);
+        self.keys(&["Enter"]);
+    }
+
+    /// Waits until the screen shows `text` `times` times; panics with the screen otherwise.
+    fn wait_for(&self, text: &str, times: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= times {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{text:?} ({times}x) not on the screen within {within:?}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+    }
+}
+
+#[test]
+fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shell() {
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let term = Terminal::start(&format!("{xtask} lab shell --hosts 2; echo SHELL-EXIT=$?; sleep 120"));
+    let banner = term.wait_for("root@host1:", 1, Duration::from_secs(120));
+    assert!(banner.contains("host2  192.168.88.2"), "the banner lists the other hosts:\n{banner}");
+
+    // The seed's 模拟容器 section, one command at a time.
+    for line in [
+        "ip link set eth0 promisc on",
+        "ip link add link eth0 macvlan1 type macvlan mode bridge",
+        "ip link add link eth0 macvlan2 type macvlan mode bridge",
+        "ip netns add ns1; ip link set macvlan1 netns ns1",
+        "ip netns exec ns1 ip addr add 192.168.88.11/24 dev macvlan1; ip netns exec ns1 ip link set dev macvlan1 up",
+        "ip netns add ns2; ip link set macvlan2 netns ns2",
+        "ip netns exec ns2 ip addr add 192.168.88.12/24 dev macvlan2; ip netns exec ns2 ip link set dev macvlan2 up",
+        "ip netns exec ns2 ping -c 3 -W 2 192.168.88.11",
+    ] {
+        term.type_line(line);
+    }
+    term.wait_for("3 packets transmitted, 3 received", 1, Duration::from_secs(60));
+
+    // Ctrl-C reaches the guest's foreground job, not the shell, and not this side.
+    term.type_line("ping 192.168.88.2");
+    term.wait_for("bytes from 192.168.88.2", 2, Duration::from_secs(30));
+    term.keys(&["C-c"]);
+    term.wait_for("192.168.88.2 ping statistics", 1, Duration::from_secs(20));
+    term.type_line("echo alive-$((6*7))");
+    term.wait_for("alive-42", 1, Duration::from_secs(20));
+
+    term.type_line("exit");
+    let end = term.wait_for("SHELL-EXIT=", 1, Duration::from_secs(60));
+    assert!(end.contains("SHELL-EXIT=0"), "the shell's exit is the run's:\n{end}");
+    assert!(end.contains("nothing was left behind"), "{end}");
+}
