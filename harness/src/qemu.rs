@@ -66,11 +66,13 @@ pub fn version(binary: &Path) -> Result<String> {
 /// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
 /// QEMU exit, which the harness notices at once instead of waiting out a deadline.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
-    let mut extra = cfg.extra_cmdline.clone();
+    let mut extra = Vec::new();
     if cfg.modules_disk.is_some() {
-        // The one virtio-blk device, so the first disk.
-        extra.push("lab.modules_disk=vda".into());
+        // The one virtio-blk device, so the first disk. Before the caller's arguments: those may
+        // end with `-- ARGS` for init, and anything after `--` is init's, not the kernel's.
+        extra.push("lab.modules_disk=vda".to_string());
     }
+    extra.extend(cfg.extra_cmdline.iter().cloned());
     cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &extra)
 }
 
@@ -167,6 +169,15 @@ mod tests {
         assert!(joined.contains("name=lab.agent"), "{joined}");
         assert!(joined.contains("mac=52:54:00:01:02:03"), "{joined}");
         assert!(joined.contains("process=macvlan-lab-host1"), "{joined}");
+    }
+
+    #[test]
+    fn the_module_disk_argument_stays_before_arguments_for_init() {
+        let mut c = cfg(Accel::Kvm);
+        c.modules_disk = Some(PathBuf::from("/cache/modules.ext4"));
+        c.extra_cmdline = vec!["rdinit=/bin/sleep".into(), "--".into(), "1000".into()];
+        let line = kernel_cmdline(&c);
+        assert!(line.ends_with("lab.modules_disk=vda rdinit=/bin/sleep -- 1000"), "{line}");
     }
 
     #[test]
