@@ -72,7 +72,7 @@ pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
         let skip = |guest: &str| in_base.contains(guest) || LEFT_OUT.iter().any(|l| guest == *l || guest.starts_with(&format!("{l}/")));
         let mut tree = Tree::default();
         for package in &unpacked {
-            add_host_dir(&mut tree, &package.root, "", &skip)?;
+            tree.add_host_dir(&package.root, "", &skip).map_err(|e| Error::io(&package.root, e))?;
         }
         write_atomically(&path, &tree.to_cpio().map_err(|e| Error::io(&path, e))?)?;
     }
@@ -92,37 +92,8 @@ pub fn directory(dir: &Path) -> Result<Vec<u8>> {
     }
     let mut tree = Tree::default();
     tree.dir(DIR_IN_GUEST);
-    add_host_dir(&mut tree, dir, DIR_IN_GUEST, &|_| false)?;
+    tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false).map_err(|e| Error::io(dir, e))?;
     tree.to_cpio().map_err(|e| Error::io(dir, e))
-}
-
-/// Adds everything under host directory `root` to `tree` below `at`, except guest paths that
-/// `skip` names.
-fn add_host_dir(tree: &mut Tree, root: &Path, at: &str, skip: &dyn Fn(&str) -> bool) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut pending = vec![(root.to_path_buf(), at.to_string())];
-    while let Some((dir, guest)) = pending.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let (from, to) = (entry.path(), format!("{guest}/{}", entry.file_name().to_string_lossy()));
-            if skip(&to) {
-                continue;
-            }
-            let meta = from.symlink_metadata().map_err(|e| Error::io(&from, e))?;
-            if meta.is_dir() {
-                tree.dir(&to);
-                pending.push((from, to));
-            } else if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&from).map_err(|e| Error::io(&from, e))?;
-                tree.symlink(&to, &target.to_string_lossy());
-            } else if meta.is_file() {
-                let data = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
-                tree.file(&to, data, meta.permissions().mode() & 0o7777);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The paths of the regular files in a cpio archive (`/bin/dash`). Links are left out: busybox's

@@ -24,8 +24,6 @@ use crate::{Error, Result};
 const FORMAT: u32 = 1;
 /// Debian packages whose `kmod` binary (as `depmod`) writes the indexes.
 const DEPMOD_PACKAGES: [&str; 6] = ["kmod", "libkmod2", "libc6", "liblzma5", "libssl3", "libzstd1"];
-/// Where the disk is mounted in the guest; it holds `<release>/kernel/...` and the indexes.
-pub const MOUNT_POINT: &str = "/lib/modules";
 
 /// A built module disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -96,23 +96,7 @@ impl Sysroot {
     /// Copies the directory `path` of the packages, files and symlinks as they are.
     pub fn install_tree(&self, tree: &mut Tree, path: &str) -> Result<()> {
         let host = self.resolve(path).ok_or_else(|| Error::Missing(format!("{path} is in no package of the guest recipe")))?;
-        let mut pending = vec![(host, path.to_string())];
-        while let Some((dir, guest)) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
-                let (from, to) = (entry.path(), format!("{guest}/{}", entry.file_name().to_string_lossy()));
-                let meta = from.symlink_metadata().map_err(|e| Error::io(&from, e))?;
-                if meta.is_dir() {
-                    tree.dir(&to);
-                    pending.push((from, to));
-                } else if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(&from).map_err(|e| Error::io(&from, e))?;
-                    tree.symlink(&to, &target.to_string_lossy());
-                } else {
-                    tree.file(&to, std::fs::read(&from).map_err(|e| Error::io(&from, e))?, 0o644);
-                }
-            }
-        }
-        Ok(())
+        tree.add_host_dir(&host, path, &|_| false).map_err(|e| Error::io(&host, e))
     }
 
     /// Copies busybox and links each of its applets into /bin, except names in `keep_out`.

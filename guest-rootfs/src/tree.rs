@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::path::Path;
 
 /// What a path holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,6 +47,34 @@ impl Tree {
     pub fn symlink(&mut self, path: &str, target: &str) {
         self.parents(path);
         self.nodes.insert(path.to_string(), Node::Symlink(target.to_string()));
+    }
+
+    /// Adds everything under host directory `root` below `at` (`""` for `/`): files with their
+    /// modes, symlinks as they are, sockets and devices left out, and no guest path that `skip`
+    /// names.
+    pub fn add_host_dir(&mut self, root: &Path, at: &str, skip: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pending = vec![(root.to_path_buf(), at.to_string())];
+        while let Some((dir, guest)) = pending.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let (from, to) = (entry.path(), format!("{guest}/{}", entry.file_name().to_string_lossy()));
+                if skip(&to) {
+                    continue;
+                }
+                let meta = from.symlink_metadata()?;
+                if meta.is_dir() {
+                    self.dir(&to);
+                    pending.push((from, to));
+                } else if meta.file_type().is_symlink() {
+                    self.symlink(&to, &std::fs::read_link(&from)?.to_string_lossy());
+                } else if meta.is_file() {
+                    self.file(&to, std::fs::read(&from)?, meta.permissions().mode() & 0o7777);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn contains(&self, path: &str) -> bool {

@@ -398,11 +398,16 @@ impl Vm {
             on_output(stream, &data);
             keep(if stream == Stream::Stdout { &mut stdout } else { &mut stderr }, &data);
         }
+        self.ran(&cmd.describe(), reply).map(|out| RunOutput { stdout, stderr, ..out })
+    }
+
+    /// The result of a run from the agent's answer to it; anything else is an error naming `what`.
+    fn ran(&self, what: &str, reply: Result<Reply, AgentError>) -> Result<RunOutput> {
         match reply {
-            Ok(Reply::Ran(out)) => Ok(RunOutput { stdout, stderr, ..out }),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
+            Ok(Reply::Ran(out)) => Ok(out),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{what}`: {message}"))),
             Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
-            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
+            Err(e) => Err(self.agent_failure(what, e)),
         }
     }
 
@@ -494,12 +499,8 @@ impl Guest for Vm {
     async fn run_cmd(&self, cmd: Cmd) -> Result<RunOutput> {
         // The agent enforces the command's timeout; allow it time to report back.
         let within = cmd.spec.timeout + Duration::from_secs(10);
-        match self.agent.request(Op::Run(cmd.spec.clone()), within).await {
-            Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe()))),
-            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
-            Err(e) => Err(self.agent_failure(&cmd.describe(), e)),
-        }
+        let reply = self.agent.request(Op::Run(cmd.spec.clone()), within).await;
+        self.ran(&cmd.describe(), reply)
     }
 }
 
@@ -545,12 +546,8 @@ impl Session<'_> {
     /// Waits for the program to end (call once [`Session::output`] says `None`).
     pub async fn finish(mut self) -> Result<RunOutput> {
         let Some(started) = self.started.take() else { return Err(self.vm.error(Phase::Command, "session already finished".into())) };
-        match self.vm.agent.wait(started.id, started.reply, self.timeout + Duration::from_secs(10)).await {
-            Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self.vm.error(Phase::Command, message)),
-            Ok(other) => Err(self.vm.error(Phase::Command, format!("unexpected reply {other:?}"))),
-            Err(e) => Err(self.vm.agent_failure("interactive session", e)),
-        }
+        let reply = self.vm.agent.wait(started.id, started.reply, self.timeout + Duration::from_secs(10)).await;
+        self.vm.ran("interactive session", reply)
     }
 }
 

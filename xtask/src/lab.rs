@@ -108,6 +108,14 @@ impl LanArgs {
         ScriptLan { hosts: self.hosts, hairpin: self.hairpin, nest: self.nest, timeout, extras }
     }
 
+    /// What can be checked before provisioning, which takes seconds.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.dir {
+            anyhow::ensure!(dir.is_dir(), "--dir {}: no such directory on this machine", dir.display());
+        }
+        Ok(())
+    }
+
     /// What a person reads before the guests boot.
     pub fn describe(&self) -> String {
         let mut parts = vec![format!("{} guest(s)", self.hosts), format!("hairpin {}", if self.hairpin { "on" } else { "off" })];
@@ -206,9 +214,7 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
         (Some(_), false) => anyhow::bail!("give a script or a program after `--`, not both"),
         (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     };
-    if let Some(dir) = &lan.dir {
-        anyhow::ensure!(dir.is_dir(), "--dir {}: no such directory on this machine", dir.display());
-    }
+    lan.check()?;
     crate::hosttools::ensure_qemu()?;
     let assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     let what = match &job {

@@ -17,9 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::lab::LanArgs;
 
 pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
-    if let Some(dir) = &lan.dir {
-        anyhow::ensure!(dir.is_dir(), "--dir {}: no such directory on this machine", dir.display());
-    }
+    lan.check()?;
     crate::hosttools::ensure_qemu()?;
     let assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     let before = crate::leaks::Snapshot::take();
