@@ -51,17 +51,27 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     if let Some(done) = read_marker(&dir) {
         return Ok(done);
     }
-    let staging = cache.join(format!(".staging-{}-{}", info.package, std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    let result = fetch_into(info, &staging);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+    // A staging directory of this call's own: threads of one process (test cases, guests booted
+    // side by side) may fetch the same package at the same time.
+    std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".staging-{}-", info.package))
+        .tempdir_in(cache)
+        .map_err(|e| Error::io(cache, e))?;
+    let unpacked = fetch_into(info, staging.path())?;
+    // Another fetch of the same package may have finished first: its result is as good as ours,
+    // and someone may be reading it, so it stays. A directory without a marker is a leftover.
+    if let Some(done) = read_marker(&dir) {
+        return Ok(done);
     }
-    let unpacked = result?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
-    Ok(Unpacked { root: dir.join("root"), ..unpacked })
+    match std::fs::rename(staging.path(), &dir) {
+        Ok(()) => {
+            let _ = staging.keep();
+            Ok(Unpacked { root: dir.join("root"), ..unpacked })
+        }
+        Err(e) => read_marker(&dir).ok_or_else(|| Error::io(&dir, e)),
+    }
 }
 
 fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
