@@ -42,10 +42,10 @@ impl Accel {
         match s.trim().to_ascii_lowercase().as_str() {
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(Error::Missing {
-                what: format!("accelerator '{other}'"),
-                fix: format!("set {ENV_ACCEL}=kvm or {ENV_ACCEL}=tcg, or unset it to probe"),
-            }),
+            other => Err(Error::invalid(
+                format!("{ENV_ACCEL}={other} is not an accelerator the lab knows (kvm, tcg)"),
+                format!("set {ENV_ACCEL}=kvm or {ENV_ACCEL}=tcg, or unset it to let the lab probe the host"),
+            )),
         }
     }
 

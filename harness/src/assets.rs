@@ -28,9 +28,22 @@ pub struct Assets {
     /// The kernel's whole module tree on an ext4 image, attached read-only to every guest.
     #[serde(default)]
     pub modules_disk: Option<PathBuf>,
-    /// The directory the assets file was read from (`target/lab`); runs keep artifacts below it.
+    /// The directory the assets file was read from (`target/lab`).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// Where labs booted with these assets keep their artifacts; `<dir>/runs`, dropped on
+    /// success, unless the caller says otherwise.
+    #[serde(skip)]
+    pub runs: Runs,
+}
+
+/// Where each lab keeps its captures (pcaps), consoles and `summary.json`: a directory of its
+/// own under `dir`. A failed lab always keeps it; a passed one only when `keep_passed` (the
+/// lab commands keep their latest runs for people to open; tests drop theirs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Runs {
+    pub dir: PathBuf,
+    pub keep_passed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +109,7 @@ impl Assets {
             fix: "run `cargo xtask provision` again".into(),
         })?;
         let dir = path.parent().map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf())).unwrap_or_default();
-        Ok(Assets { dir, ..assets })
+        Ok(Assets { runs: Runs { dir: dir.join("runs"), keep_passed: false }, dir, ..assets })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

@@ -28,7 +28,7 @@ pub mod qmp;
 pub mod vm;
 
 pub use accel::Accel;
-pub use assets::{Assets, Extras};
+pub use assets::{Assets, Extras, Runs};
 pub use error::{Error, Phase, Result};
 pub use guest::Guest;
 pub use lan::lab::{Lab, LabBuilder};

@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub state_parent: Option<PathBuf>,
     /// Where to keep the console log when the guest fails or its test panics.
     pub artifacts: Option<PathBuf>,
+    /// Keep the console log in `artifacts` even when all went well (a kept run).
+    pub keep_console: bool,
 }
 
 impl VmConfig {
@@ -129,6 +131,7 @@ impl VmConfig {
             command_timeout: Duration::from_secs(60),
             state_parent: None,
             artifacts: std::env::var_os("LAB_ARTIFACTS").map(PathBuf::from),
+            keep_console: false,
         }
     }
 }
@@ -299,7 +302,7 @@ impl Vm {
         }
         let out = self.run(Cmd::argv(["modprobe", "-a"].into_iter().map(String::from).chain(self.cfg.modprobe.iter().cloned()))).await?;
         if !out.success() {
-            keep_console(&self.cfg, &self.paths);
+            keep_console(&self.cfg, &self.paths, true);
             let message = format!("modprobe {} failed: {}", self.cfg.modprobe.join(" "), String::from_utf8_lossy(&out.stderr).trim());
             return Err(self.error(Phase::Setup, message));
         }
@@ -507,8 +510,9 @@ impl Guest for Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.process.kill();
-        if self.failed || std::thread::panicking() {
-            keep_console(&self.cfg, &self.paths);
+        let failed = self.failed || std::thread::panicking();
+        if failed || self.cfg.keep_console {
+            keep_console(&self.cfg, &self.paths, failed);
         }
         // TempDir's own drop removes the directory and the sockets in it.
         drop(self.state.take());
@@ -541,6 +545,14 @@ impl Session<'_> {
         let Some(started) = &self.started else { return Ok(()) };
         let op = Op::Resize { run: started.id, rows: size.rows, cols: size.cols };
         self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal resize", e))
+    }
+
+    /// The person at the terminal went away (a closed window): the guest's shell gets SIGHUP.
+    /// Its end still comes through [`Session::output`] and [`Session::finish`].
+    pub async fn hang_up(&self) -> Result<()> {
+        let Some(started) = &self.started else { return Ok(()) };
+        let op = Op::Hangup { run: started.id };
+        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal hangup", e))
     }
 
     /// Waits for the program to end (call once [`Session::output`] says `None`).
@@ -596,7 +608,7 @@ struct Booting<'a> {
 impl Booting<'_> {
     fn fail(&mut self, phase: Phase, message: String, retryable: bool) -> BootFailure {
         self.process.kill();
-        keep_console(self.cfg, self.paths);
+        keep_console(self.cfg, self.paths, true);
         let error = Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(self.paths)));
         BootFailure { error, retryable }
     }
@@ -659,13 +671,14 @@ fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
     dir.map_err(|e| Error::guest(&cfg.name, Phase::Launch, format!("creating its state directory: {e}")))
 }
 
-/// Copies the console log to the artifacts directory, if one is configured.
-fn keep_console(cfg: &VmConfig, paths: &StatePaths) {
+/// Copies the console log to the artifacts directory, if one is configured; says where when the
+/// guest failed.
+fn keep_console(cfg: &VmConfig, paths: &StatePaths, failed: bool) {
     let Some(dir) = &cfg.artifacts else { return };
     if std::fs::create_dir_all(dir).is_ok() {
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let dest = dir.join(format!("{}-{stamp}.console.log", cfg.name));
-        if std::fs::copy(&paths.console, &dest).is_ok() {
+        if std::fs::copy(&paths.console, &dest).is_ok() && failed {
             eprintln!("{}: console log kept at {}", cfg.name, dest.display());
         }
     }

@@ -1,9 +1,12 @@
 //! `cargo xtask bench`: boots guests one after another and reports boot-to-agent-ready time
 //! (median, p95, worst), retried boots, the image size and QEMU's resident memory, so later
-//! changes can be measured against it. Then the switch's throughput, and the time of the
-//! seed's nested-VM experiment from boot to end.
+//! changes can be measured against it. Then the switch's throughput, what `--package` and
+//! `--dir` cost (cold cache against warm, and the boot with them against the boot without), and
+//! the time of the seed's nested-VM experiment from boot to end.
 
-use lab_harness::{Assets, Vm};
+use std::time::{Duration, Instant};
+
+use lab_harness::{Assets, Extras, Vm};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -20,6 +23,10 @@ pub struct BenchArgs {
     /// the lab guests' boot to its end; 0 skips it.
     #[arg(long, default_value_t = 1)]
     pub nested: usize,
+    /// Boots with `--package` and `--dir` extras, each paired with a plain boot; 0 skips the
+    /// extras' measurements.
+    #[arg(long, default_value_t = 3)]
+    pub extras: usize,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -62,6 +69,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("QEMU RSS after boot: median {} MiB, max {} MiB ({} MiB guest RAM)", pct(&rss_kib, 50) / 1024, pct(&rss_kib, 100) / 1024, args.memory);
     rt.block_on(crate::bench_switch::alone(200_000))?;
     rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
+    if args.extras > 0 {
+        extras(&assets, &rt, args.extras)?;
+    }
     for _ in 0..args.nested {
         rt.block_on(nested(&assets))?;
     }
@@ -79,6 +89,70 @@ async fn nested(assets: &Assets) -> anyhow::Result<()> {
     let nest = assets.nest.as_ref().map(|n| n.size as f64 / 1048576.0).unwrap_or_default();
     println!("nested/macvtap-bridge from boot to end: {took:.1?}; inner VMs: {accel}; nest image {nest:.1} MiB");
     Ok(())
+}
+
+/// Packages the upstream bonding selftest needs beyond the base image.
+const BENCH_PACKAGES: [&str; 2] = ["jq", "tcpdump"];
+/// The measured directory: files of a typical test tree's sizes.
+const DIR_FILES: usize = 400;
+const DIR_FILE_BYTES: usize = 16 << 10;
+
+/// What `--package` and `--dir` cost. Packages: their layer built on a cold cache (apt resolves
+/// the closure, downloads and unpacks every .deb, the archive is written) against a warm one (a
+/// file lookup). A directory: archived anew on every run. Then boots with both against plain
+/// boots, paired and timed from before the layers are looked up to the agent's answer.
+fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow::Result<()> {
+    let packages: Vec<String> = BENCH_PACKAGES.map(String::from).to_vec();
+    // Sets apt up on the lab's cache (the package lists stay warm: only layers and .debs go cold).
+    assets.package_layer(&packages)?;
+    let cold_cache = tempfile::tempdir()?;
+    let (layer, cold) = timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
+    let (_, warm) = timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
+    println!(
+        "--package {} ({} packages, {:.1} MiB layer): cold cache {cold:.2?}, warm {warm:.2?} ({:.0}x faster warm)",
+        packages.join(","),
+        layer.contents.len(),
+        layer.size as f64 / 1048576.0,
+        cold.as_secs_f64() / warm.as_secs_f64().max(1e-6)
+    );
+
+    let dir = tempfile::tempdir()?;
+    for i in 0..DIR_FILES {
+        let sub = dir.path().join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(sub.join(format!("f{i}.sh")), vec![b'#'; DIR_FILE_BYTES])?;
+    }
+    let (cpio, took) = timed(|| lab_rootfs::layers::directory(dir.path()))?;
+    println!("--dir of {DIR_FILES} files ({:.1} MiB archived): {took:.2?} per run (not cached: archiving is the lookup)", cpio.len() as f64 / 1048576.0);
+
+    let with = Extras { packages, dir: Some(dir.path().to_path_buf()), ..Extras::default() };
+    let (mut plain, mut extra) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        plain.push(boot_to_ready(rt, || Ok(assets.vm(&format!("plain{i}"))))?);
+        extra.push(boot_to_ready(rt, || Ok(assets.vm_with(&format!("extras{i}"), &with)?))?);
+    }
+    plain.sort();
+    extra.sort();
+    let (p, e) = (pct(&plain, 50), pct(&extra, 50));
+    println!("boot to agent ready with those extras: median {e:.2?} against {p:.2?} plain ({:.2}x), {pairs} pairs", e.as_secs_f64() / p.as_secs_f64());
+    Ok(())
+}
+
+/// Boots the guest `cfg` makes, from before `cfg` runs to the agent's answer, and shuts it down.
+fn boot_to_ready(rt: &tokio::runtime::Runtime, cfg: impl FnOnce() -> anyhow::Result<lab_harness::VmConfig>) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut cfg = cfg()?;
+    cfg.boot_attempts = 1;
+    let vm = rt.block_on(Vm::boot(cfg))?;
+    let took = started.elapsed();
+    rt.block_on(vm.shutdown())?;
+    Ok(took)
+}
+
+fn timed<T, E: Into<anyhow::Error>>(f: impl FnOnce() -> Result<T, E>) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    let out = f().map_err(Into::into)?;
+    Ok((out, started.elapsed()))
 }
 
 fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {

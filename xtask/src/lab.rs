@@ -59,6 +59,20 @@ pub enum LabCommand {
         #[command(flatten)]
         lan: LanArgs,
     },
+    /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
+    /// `exit` detaches; the lab runs on until its `lab shell` exits.
+    ///
+    /// Examples:
+    ///   cargo xtask lab attach host2
+    ///   cargo xtask lab attach host1 --pid 4242
+    #[command(verbatim_doc_comment)]
+    Attach {
+        /// The host to open a shell on: host1..hostN of that lab.
+        host: String,
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 /// The LAN and what host1 gets beyond the base image; shared by `lab run` and `lab shell`.
@@ -139,6 +153,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(LabCommand::Run { script, timeout, lan, program }) => run_job(script.as_deref(), program, Duration::from_secs(*timeout), lan),
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
+        Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
             for e in lab_scenarios::expectations::EXPECTATIONS {
                 println!("{:<22} {:<46} expects {:<12} | {}", e.scenario, e.check, e.expected, e.claim);
@@ -163,7 +178,8 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         args.only.as_deref().unwrap_or_default()
     );
     crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::run(&args.provision)?)?;
+    let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
+    assets.runs = crate::runs::start("lab")?;
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(async {
@@ -195,6 +211,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     std::fs::write(&path, &json)?;
     std::fs::write(crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
     eprintln!("lab: report written to {}", path.display());
+    eprintln!("lab: captures, consoles and summaries of each scenario are in {}", crate::runs::shown(&assets.runs).display());
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
     anyhow::ensure!(leaks.is_empty(), "the lab left things behind:\n  {}", leaks.join("\n  "));
     eprintln!("lab: no QEMU process, no state directory and no host network change left behind");
@@ -216,7 +233,8 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
     };
     lan.check()?;
     crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    assets.runs = crate::runs::start("run")?;
     let what = match &job {
         Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
         Job::Program(argv) => argv.join(" "),
@@ -235,6 +253,7 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
     drop(rt);
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
     anyhow::ensure!(leaks.is_empty(), "the run left things behind:\n  {}", leaks.join("\n  "));
+    eprintln!("lab: captures and consoles of this run are in {}", crate::runs::shown(&assets.runs).display());
     if out.timed_out {
         anyhow::bail!("{what} timed out after {timeout:?} (give more with --timeout SECONDS)");
     }

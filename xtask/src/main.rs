@@ -1,15 +1,18 @@
 //! `cargo xtask`: the project's entry points. `test` provisions everything and runs every test;
 //! `lab` runs experiments; `bench` measures boots; `provision` only prepares kernel and image.
 
+mod attach;
 mod bench;
 mod bench_switch;
 mod hosttools;
 mod lab;
 mod leaks;
 mod provision;
+mod runs;
 mod selftests;
 mod shell;
 mod tally;
+mod terminal;
 
 use std::path::PathBuf;
 

@@ -59,6 +59,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
         nest: nest.as_ref().map(asset),
         modules_disk: Some(modules_disk.path.clone()),
         dir: lab_dir(),
+        runs: lab_harness::Runs::default(),
     };
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;

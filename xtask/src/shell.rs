@@ -4,22 +4,24 @@
 //! Ctrl-C to the foreground job: the guest's terminal does all of that). This end only puts the
 //! local terminal in raw mode, so every key goes through untouched, and passes bytes and window
 //! size changes along. `exit` (or a closed terminal, or SIGTERM) powers the lab off.
+//!
+//! While it runs, `lab attach HOST` in another terminal opens a shell on any host of the same
+//! lab, through this process (see `attach.rs`).
 
 use std::time::Duration;
 
-use anyhow::Context;
 use lab_harness::assets::DIR_IN_GUEST;
-use lab_harness::{Assets, Cmd, Lab, TtySize};
-use nix::sys::termios::{self, SetArg, Termios};
-use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{signal, SignalKind};
+use lab_harness::{Assets, Lab, TtySize};
 
+use crate::attach::{guest_shell, Control};
 use crate::lab::LanArgs;
+use crate::terminal::{self, say, Remote};
 
 pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     lan.check()?;
     crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    assets.runs = crate::runs::start("shell")?;
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let code = rt.block_on(shell(&assets, lan));
@@ -29,31 +31,26 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
     anyhow::ensure!(leaks.is_empty(), "the shell's lab left things behind:\n  {}", leaks.join("\n  "));
     say("lab: the guests are off; nothing was left behind");
+    say(&format!("lab: captures and consoles of this lab are in {}", crate::runs::shown(&assets.runs).display()));
     std::process::exit(code);
 }
 
 async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
     eprintln!("lab: booting {}", lan.describe());
     let lab = lab_scenarios::script::boot(assets, "lab-shell", &lan.lan(Duration::ZERO)).await?;
-    eprint!("{}", banner(&lab, assets, lan));
-    let cwd = if lan.dir.is_some() { DIR_IN_GUEST } else { "/root" };
-    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
-    let bash = Cmd::argv(["/bin/bash", "-i"]).cwd(cwd).env("TERM", &term).env("PS1", "\\u@\\h:\\w\\$ ");
     let code = {
-        let session = lab.vm("host1").interactive(bash, terminal_size()).await?;
-        let _raw = RawMode::enable();
-        relay(session).await?
+        let control = Control::open(&lab)?;
+        eprint!("{}", banner(&lab, assets, lan));
+        let cwd = if lan.dir.is_some() { DIR_IN_GUEST } else { "/root" };
+        let session = lab.vm("host1").interactive(guest_shell(cwd, &terminal::kind()), terminal::size()).await?;
+        tokio::select! {
+            code = terminal::relay(HostShell(session)) => code?,
+            () = control.serve(&lab) => unreachable!("serves until dropped"),
+        }
     };
-    // The terminal may be gone (closed window): saying so must not panic before the shutdown.
     say("\r\nlab: shell ended; powering the guests off");
     lab.shutdown().await?;
     Ok(code)
-}
-
-/// A line on stderr, if there still is one.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// What a person reads before the prompt: each host, its address, how to reach the others.
@@ -66,83 +63,32 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
         text.push_str(&format!("  {} is copied to {DIR_IN_GUEST} (a copy: changes stay in the guest)\n", dir.display()));
     }
     text.push_str("  Every kernel module is a `modprobe` away.\n");
+    match lab.vms().get(1) {
+        Some(other) => text.push_str(&format!("  A shell on another host, from another terminal: cargo xtask lab attach {}\n", other.name())),
+        None => text.push_str("  Another shell on host1, from another terminal: cargo xtask lab attach host1\n"),
+    }
     text.push_str("  `exit` or Ctrl-D powers the lab off.\n\n");
     text
 }
 
-/// Passes keys in and the screen out until the shell ends (its exit code) or this process is
-/// told to stop (SIGHUP: the terminal closed; SIGTERM; SIGINT when stdin is not a terminal).
-async fn relay(mut session: lab_harness::Session<'_>) -> anyhow::Result<i32> {
-    use std::io::Write;
-    let mut stdin = tokio::io::stdin();
-    let mut stdin_open = true;
-    let mut buf = vec![0u8; 4096];
-    let mut winch = signal(SignalKind::window_change())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            out = session.output() => match out {
-                Some(bytes) => {
-                    let mut stdout = std::io::stdout().lock();
-                    stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("writing to the terminal")?;
-                }
-                None => break,
-            },
-            n = stdin.read(&mut buf), if stdin_open => match n {
-                Ok(n @ 1..) => session.input(&buf[..n]).await?,
-                // Our input ended: as if Ctrl-D was typed at the prompt.
-                _ => {
-                    stdin_open = false;
-                    session.input(b"\x04").await?;
-                }
-            },
-            _ = winch.recv() => session.resize(terminal_size()).await?,
-            _ = hup.recv() => return Ok(129),
-            _ = term.recv() => return Ok(143),
-            _ = int.recv() => return Ok(130),
-        }
+/// host1's shell, run from here.
+struct HostShell<'a>(lab_harness::Session<'a>);
+
+impl Remote for HostShell<'_> {
+    async fn output(&mut self) -> Option<Vec<u8>> {
+        self.0.output().await
     }
-    let out = session.finish().await?;
-    Ok(out.code.unwrap_or(1))
-}
 
-/// This terminal's size, or 24x80 when stdout is not one.
-fn terminal_size() -> TtySize {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCGWINSZ writes one winsize into the pointer, which lives across the call.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_row > 0 && ws.ws_col > 0 {
-        TtySize { rows: ws.ws_row, cols: ws.ws_col }
-    } else {
-        TtySize { rows: 24, cols: 80 }
+    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.input(data).await?)
     }
-}
 
-/// The local terminal in raw mode while it lives: keys (Ctrl-C, arrows, Tab) go to the guest's
-/// terminal, which does the line editing and signals. Restored on drop, whatever happens.
-struct RawMode {
-    saved: Option<Termios>,
-}
-
-impl RawMode {
-    fn enable() -> Self {
-        let stdin = std::io::stdin();
-        let Ok(saved) = termios::tcgetattr(&stdin) else { return Self { saved: None } };
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        match termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw) {
-            Ok(()) => Self { saved: Some(saved) },
-            Err(_) => Self { saved: None },
-        }
+    async fn resize(&mut self, size: TtySize) -> anyhow::Result<()> {
+        Ok(self.0.resize(size).await?)
     }
-}
 
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.saved {
-            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
-        }
+    async fn finish(self) -> anyhow::Result<i32> {
+        let out = self.0.finish().await?;
+        Ok(out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(1)))
     }
 }

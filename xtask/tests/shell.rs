@@ -1,5 +1,5 @@
-//! `cargo xtask lab shell` on a real terminal: tmux gives it a pty, the test types the seed's
-//! container section key by key and reads the screen, as a person would.
+//! `cargo xtask lab shell` and `lab attach` on real terminals: tmux gives each a pty, the test
+//! types the seed's container section key by key and reads the screens, as a person would.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn start(command: &str) -> Self {
-        let name = format!("lab-shell-test-{}", std::process::id());
+    fn start(label: &str, command: &str) -> Self {
+        let name = format!("lab-{label}-test-{}", std::process::id());
         let status = Command::new("tmux")
             .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", command])
             .status()
@@ -58,9 +58,23 @@ impl Drop for Terminal {
 #[test]
 fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shell() {
     let xtask = env!("CARGO_BIN_EXE_xtask");
-    let term = Terminal::start(&format!("{xtask} lab shell --hosts 2; echo SHELL-EXIT=$?; sleep 120"));
+    let term = Terminal::start("shell", &format!("{xtask} lab shell --hosts 2; echo SHELL-EXIT=$?; sleep 120"));
     let banner = term.wait_for("root@host1:", 1, Duration::from_secs(120));
     assert!(banner.contains("host2  192.168.88.2"), "the banner lists the other hosts:\n{banner}");
+    assert!(banner.contains("lab attach host2"), "the banner says how to reach host2's shell:\n{banner}");
+
+    // A second terminal into host2 of the same lab; its exit code is its shell's.
+    let second = Terminal::start("attach", &format!("{xtask} lab attach host2; echo ATTACH-EXIT=$?; sleep 120"));
+    second.wait_for("root@host2:", 1, Duration::from_secs(30));
+    second.type_line("hostname; ping -c 2 -W 2 192.168.88.1");
+    second.wait_for("2 packets transmitted, 2 received", 1, Duration::from_secs(30));
+    second.type_line("exit 7");
+    second.wait_for("ATTACH-EXIT=7", 1, Duration::from_secs(20));
+    let wrong = Terminal::start("attach-wrong", &format!("RUST_BACKTRACE=0 {xtask} lab attach host9; sleep 120"));
+    wrong.wait_for("this lab has no \"host9\"; its hosts are host1, host2", 1, Duration::from_secs(20));
+    // One more, left open: it must hear that the lab ended with the shell.
+    let left_open = Terminal::start("attach-open", &format!("RUST_BACKTRACE=0 {xtask} lab attach host2; sleep 120"));
+    left_open.wait_for("root@host2:", 1, Duration::from_secs(30));
 
     // The seed's 模拟容器 section, one command at a time.
     for line in [
@@ -89,4 +103,16 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
     let end = term.wait_for("SHELL-EXIT=", 1, Duration::from_secs(60));
     assert!(end.contains("SHELL-EXIT=0"), "the shell's exit is the run's:\n{end}");
     assert!(end.contains("nothing was left behind"), "{end}");
+    left_open.wait_for("the lab shell (pid", 1, Duration::from_secs(20));
+
+    // The lab's captures and consoles stay for a person to open, although it passed.
+    let kept = end.lines().find_map(|l| l.split("captures and consoles of this lab are in ").nth(1)).unwrap_or_else(|| panic!("no kept run named:\n{end}"));
+    let lans: Vec<_> = std::fs::read_dir(kept.trim()).expect("the kept run's directory").flatten().map(|e| e.path()).collect();
+    assert_eq!(lans.len(), 1, "one LAN: {lans:?}");
+    let files: Vec<String> = std::fs::read_dir(&lans[0]).expect("the LAN's directory").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    for wanted in ["switch.pcap", "port0.pcap", "port1.pcap", "summary.json", "host1-", "host2-"] {
+        assert!(files.iter().any(|f| f.starts_with(wanted)), "{wanted} kept in {}: {files:?}", lans[0].display());
+    }
+    let switch = std::fs::metadata(lans[0].join("switch.pcap")).expect("switch.pcap").len();
+    assert!(switch > 1000, "the pings are in the capture ({switch} bytes)");
 }

@@ -22,12 +22,13 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 /// Where a streaming run's output goes as it comes.
 pub type Sink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
 
-/// What the server keeps of a running interactive program: where its input goes, and its
-/// terminal (to resize).
+/// What the server keeps of a running interactive program: where its input goes, its
+/// terminal (to resize), and its process group (to hang up).
 #[derive(Debug)]
 pub struct Io {
     pub input: File,
     pub tty: Option<OwnedFd>,
+    pub group: Pid,
 }
 
 /// How long the output of a finished terminal session may still drain: a background job that
@@ -51,7 +52,7 @@ pub fn run(spec: &RunSpec, sink: Option<Sink>, started: impl FnOnce(Io)) -> Resu
     let (stdout, stderr) = match tty {
         Some(master) => {
             let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
-            started(Io { input: File::from(master.try_clone().map_err(|e| e.to_string())?), tty: Some(master) });
+            started(Io { input: File::from(master.try_clone().map_err(|e| e.to_string())?), tty: Some(master), group: pgid });
             (capture(Some(reader), Stream::Stdout, sink.clone()), capture(None::<File>, Stream::Stderr, None))
         }
         None => {
@@ -140,6 +141,14 @@ pub fn resize(tty: &OwnedFd, size: TtySize) -> Result<(), String> {
         0 => Ok(()),
         _ => Err(format!("resize: {}", std::io::Error::last_os_error())),
     }
+}
+
+/// The terminal's far side went away: SIGHUP to the group (an interactive bash passes it on to
+/// its jobs, then exits), and SIGCONT so that a stopped job hears it too.
+pub fn hang_up(io: &mut Io) -> Result<(), String> {
+    killpg(io.group, Signal::SIGHUP).map_err(|e| format!("hang up: {e}"))?;
+    let _ = killpg(io.group, Signal::SIGCONT);
+    Ok(())
 }
 
 /// "No such file" from exec of a file that exists means its `#!` interpreter is missing: say so.

@@ -69,6 +69,7 @@ fn dispatch(writer: &Writer, line: Line) {
                 None => Err("not running on a terminal".into()),
             })
         }
+        Op::Hangup { run } => return to_running(writer, request.id, run, crate::exec::hang_up),
         _ => {}
     }
     let writer = Arc::clone(writer);
@@ -110,7 +111,7 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
         }
         Op::ReadFile { path } => fs::read(&path).map(|data| Reply::File { data }).map_err(|e| format!("read {path}: {e}")),
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
-        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } => unreachable!("handled before dispatch to a thread"),
+        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } | Op::Hangup { .. } => unreachable!("handled before dispatch to a thread"),
     };
     result.unwrap_or_else(|message| Reply::Error { message })
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod attach;
+
 /// Name of the virtio-serial port the agent listens on (`-device virtserialport,name=...`).
 /// The agent finds it through `/sys/class/virtio-ports/*/name`: there is no udev in the guest.
 pub const PORT_NAME: &str = "lab.agent";
@@ -66,6 +68,9 @@ pub enum Op {
     },
     /// The terminal of the running request `run` changed size. Not answered unless it fails.
     Resize { run: u64, rows: u16, cols: u16 },
+    /// The person at the running request `run`'s terminal went away: its process group gets
+    /// SIGHUP, as when a terminal window closes. Not answered unless it fails.
+    Hangup { run: u64 },
 }
 
 /// A terminal's size, in characters.
@@ -311,7 +316,7 @@ impl LineSplitter {
     }
 }
 
-mod b64 {
+pub(crate) mod b64 {
     use base64::{engine::general_purpose::STANDARD, Engine};
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -33,6 +33,8 @@ pub struct Lab {
     /// Holds the switch's socket directory until the switch is gone; never read.
     _sockets: tempfile::TempDir,
     artifacts: PathBuf,
+    /// Whether a lab that passes keeps its artifacts ([`crate::assets::Runs::keep_passed`]).
+    keep_passed: bool,
     finished: bool,
 }
 
@@ -71,7 +73,8 @@ impl LabBuilder {
     /// Starts the switch and boots every guest in parallel.
     pub async fn boot(self) -> Result<Lab> {
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let artifacts = self.assets.dir.join("runs").join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
+        let artifacts = self.assets.runs.dir.join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
+        let keep_passed = self.assets.runs.keep_passed;
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |e: std::io::Error| Error::Io { path, source: e }
@@ -84,6 +87,7 @@ impl LabBuilder {
         for (port, mut cfg) in self.hosts.into_iter().enumerate() {
             cfg.net = NetBackend::Switch(switch.sockets(port).clone());
             cfg.artifacts = Some(artifacts.clone());
+            cfg.keep_console |= keep_passed;
             set.spawn(async move { (port, Vm::boot(cfg).await) });
         }
         let mut booted: Vec<(usize, Result<Vm>)> = set.join_all().await;
@@ -96,7 +100,7 @@ impl LabBuilder {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        let lab = Lab { vms, switch, _sockets: sockets, artifacts, finished: false };
+        let lab = Lab { vms, switch, _sockets: sockets, artifacts, keep_passed, finished: false };
         match first_error {
             // Dropping `lab` kills the guests that did boot and keeps the artifacts.
             Some(e) => Err(e),
@@ -183,7 +187,8 @@ impl Lab {
         &self.artifacts
     }
 
-    /// Powers every guest off; on success the run's artifacts are removed.
+    /// Powers every guest off; on success the run's artifacts are removed, unless they are kept
+    /// ([`crate::assets::Runs::keep_passed`]).
     pub async fn shutdown(mut self) -> Result<()> {
         self.write_summary();
         let vms = std::mem::take(&mut self.vms);
@@ -235,7 +240,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.finished && !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.artifacts);
+            if !self.keep_passed {
+                let _ = std::fs::remove_dir_all(&self.artifacts);
+            }
             return;
         }
         if !self.vms.is_empty() {

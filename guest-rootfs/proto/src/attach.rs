@@ -1,0 +1,68 @@
+//! The wire format between `cargo xtask lab attach` and the `lab shell` whose lab it joins:
+//! the same JSON lines as the agent's ([`crate::encode`], [`crate::decode`]), over the shell's
+//! control socket (a Unix socket in a directory only its user can enter).
+//!
+//! The attaching side sends [`ToShell::Attach`] first, then keys and window sizes; the shell
+//! answers [`ToAttach::Attached`] or [`ToAttach::Refused`], then what the terminal shows, then
+//! [`ToAttach::Ended`] with the guest shell's exit code. A closed socket on either side ends it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::TtySize;
+
+/// Largest line either side sends: a screenful of output, base64-encoded, is far below it.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// From `lab attach` to the running shell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToShell {
+    /// Open a shell on `host` (`host2`), on a terminal of `size` of kind `term` (`$TERM`).
+    Attach { host: String, size: TtySize, term: String },
+    /// Keys typed.
+    Input {
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// The terminal changed size.
+    Resize { size: TtySize },
+}
+
+/// From the running shell to `lab attach`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToAttach {
+    /// The shell on `host` (address `ip`) is running.
+    Attached { host: String, ip: String },
+    /// No shell was started, and why (an unknown host, say, with the ones there are).
+    Refused { reason: String },
+    /// What the terminal shows.
+    Output {
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// The guest's shell exited with `code`.
+    Ended { code: i32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_survive_a_round_trip_on_one_line() {
+        let sent = [
+            ToShell::Attach { host: "host2".into(), size: TtySize { rows: 40, cols: 120 }, term: "xterm".into() },
+            ToShell::Input { data: b"ping -c1 host1\r\x03\n".to_vec() },
+            ToShell::Resize { size: TtySize { rows: 1, cols: 2 } },
+        ];
+        for msg in sent {
+            let line = crate::encode(&msg);
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {line:?}");
+            assert_eq!(crate::decode::<ToShell>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"), msg);
+        }
+        let back = ToAttach::Output { data: vec![0, 255, b'\n'] };
+        let line = crate::encode(&back);
+        assert_eq!(crate::decode::<ToAttach>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"), back);
+    }
+}

@@ -1,0 +1,271 @@
+//! `cargo xtask lab attach HOST`: a second terminal into a lab that `lab shell` is running.
+//!
+//! The running shell is the only process that can talk to its guests (it holds their agents'
+//! sockets), so it serves a control socket and starts each attached shell itself; `lab attach`
+//! is a terminal relay to that socket. The socket lives in a fresh directory under the temp dir
+//! that only its user may enter (0700), named like the guests' state directories so that the
+//! leak check would see it left behind; `lab.json` beside it says which process and hosts it
+//! serves. Messages are `lab_proto::attach`'s.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::stream::{FuturesUnordered, StreamExt};
+use lab_harness::qemu::PROCESS_MARKER;
+use lab_harness::{Cmd, Lab, TtySize};
+use lab_proto::attach::{ToAttach, ToShell, MAX_LINE_BYTES};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::terminal::{self, say, Remote};
+
+const SOCKET: &str = "control.sock";
+const ABOUT: &str = "lab.json";
+
+/// How long a hung-up guest shell may take to end before its connection is let go.
+const HANGUP_GRACE: Duration = Duration::from_secs(10);
+
+fn dir_prefix() -> String {
+    format!("{PROCESS_MARKER}-shell-")
+}
+
+/// A root bash on a guest's terminal, the same for `lab shell` and `lab attach`.
+pub(crate) fn guest_shell(cwd: &str, term: &str) -> Cmd {
+    Cmd::argv(["/bin/bash", "-i"]).cwd(cwd).env("TERM", term).env("PS1", "\\u@\\h:\\w\\$ ")
+}
+
+/// The running shell's side: the control socket, removed with its directory on drop.
+pub(crate) struct Control {
+    // Held for its drop, which removes the socket and lab.json.
+    _dir: tempfile::TempDir,
+    listener: UnixListener,
+}
+
+impl Control {
+    /// Opens the control socket for `lab` (call inside the runtime).
+    pub(crate) fn open(lab: &Lab) -> anyhow::Result<Self> {
+        // tempfile makes the directory 0700: nobody else can reach the socket, whatever the umask.
+        let dir = tempfile::Builder::new().prefix(&dir_prefix()).tempdir().context("creating the shell's control directory")?;
+        let listener = UnixListener::bind(dir.path().join(SOCKET)).context("opening the shell's control socket")?;
+        let hosts: Vec<_> = lab.vms().iter().map(|vm| serde_json::json!({ "name": vm.name(), "ip": lab.ip(vm.name()) })).collect();
+        let about = serde_json::json!({ "pid": std::process::id(), "hosts": hosts });
+        std::fs::write(dir.path().join(ABOUT), about.to_string()).context("writing the shell's lab.json")?;
+        Ok(Self { _dir: dir, listener })
+    }
+
+    /// Serves `lab attach` connections, each on a shell of its own, until dropped (when the lab
+    /// shell ends: the attached terminals then see their connection close).
+    pub(crate) async fn serve(&self, lab: &Lab) {
+        let mut attached = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                conn = self.listener.accept() => {
+                    if let Ok((stream, _)) = conn {
+                        // Errors go to the attached terminal, if it is still there: this one is
+                        // in raw mode, showing host1's shell.
+                        attached.push(async move { let _ = serve_one(lab, stream).await; });
+                    }
+                }
+                Some(()) = attached.next(), if !attached.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// One attached terminal: a shell on the host it asks for, until either side ends.
+async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut from = Lines::new(read);
+    let mut to = Sender(write);
+    let Some(ToShell::Attach { host, size, term }) = from.next::<ToShell>().await? else {
+        return to.send(&ToAttach::Refused { reason: "the first message must say which host to attach to".into() }).await;
+    };
+    let Some(vm) = lab.vms().iter().find(|vm| vm.name() == host) else {
+        let names: Vec<_> = lab.vms().iter().map(|vm| vm.name()).collect();
+        let reason = format!("this lab has no {host:?}; its hosts are {} (start one with more: `lab shell --hosts N`)", names.join(", "));
+        return to.send(&ToAttach::Refused { reason }).await;
+    };
+    let mut session = match vm.interactive(guest_shell("/root", &term), size).await {
+        Ok(session) => session,
+        Err(e) => return to.send(&ToAttach::Refused { reason: format!("could not start a shell on {host}: {e}") }).await,
+    };
+    to.send(&ToAttach::Attached { ip: lab.ip(&host), host }).await?;
+    loop {
+        tokio::select! {
+            out = session.output() => match out {
+                Some(data) => to.send(&ToAttach::Output { data }).await?,
+                None => break,
+            },
+            msg = from.next::<ToShell>() => match msg {
+                Ok(Some(ToShell::Input { data })) => session.input(&data).await?,
+                Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
+                Ok(Some(ToShell::Attach { .. })) => {}
+                // The attached terminal went away: hang its shell up, as a closed window does.
+                Ok(None) | Err(_) => {
+                    session.hang_up().await?;
+                    let drained = tokio::time::timeout(HANGUP_GRACE, async { while session.output().await.is_some() {} });
+                    if drained.await.is_ok() {
+                        session.finish().await?;
+                    }
+                    return Ok(());
+                }
+            },
+        }
+    }
+    let out = session.finish().await?;
+    to.send(&ToAttach::Ended { code: out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(1)) }).await
+}
+
+/// `lab attach`: finds the running shell, joins it, relays this terminal until the attached
+/// shell ends; exits with its exit code.
+pub fn run(host: &str, pid: Option<u32>) -> anyhow::Result<()> {
+    let shell = find(pid)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let code = rt.block_on(attach(&shell, host));
+    // The thread reading our stdin may still be blocked in a read: do not wait for it.
+    rt.shutdown_background();
+    let code = code?;
+    say(&format!("\r\nlab: detached from {host}; the lab runs on in its shell (pid {})", shell.pid));
+    std::process::exit(code);
+}
+
+async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
+    let socket = shell.dir.join(SOCKET);
+    let stream = UnixStream::connect(&socket).await.with_context(|| format!("connecting to the lab shell of pid {} at {}", shell.pid, socket.display()))?;
+    let (read, write) = stream.into_split();
+    let mut remote = Attached { from: Lines::new(read), to: Sender(write), ended: None, shell_pid: shell.pid };
+    remote.to.send(&ToShell::Attach { host: host.into(), size: terminal::size(), term: terminal::kind() }).await?;
+    match remote.from.next::<ToAttach>().await? {
+        Some(ToAttach::Attached { host, ip }) => {
+            say(&format!("lab: attached to {host} ({ip}/24 on eth0) of the lab shell of pid {}; `exit` detaches", shell.pid));
+        }
+        Some(ToAttach::Refused { reason }) => bail!("{reason}"),
+        Some(other) => bail!("the lab shell answered {other:?} instead of attaching"),
+        None => bail!("the lab shell of pid {} closed the connection (is it ending?)", shell.pid),
+    }
+    terminal::relay(remote).await
+}
+
+/// The attached shell, seen from `lab attach`.
+struct Attached {
+    from: Lines,
+    to: Sender,
+    ended: Option<i32>,
+    shell_pid: u32,
+}
+
+impl Remote for Attached {
+    async fn output(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.from.next::<ToAttach>().await {
+                Ok(Some(ToAttach::Output { data })) => return Some(data),
+                Ok(Some(ToAttach::Ended { code })) => {
+                    self.ended = Some(code);
+                    return None;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.to.send(&ToShell::Input { data: data.to_vec() }).await
+    }
+
+    async fn resize(&mut self, size: TtySize) -> anyhow::Result<()> {
+        self.to.send(&ToShell::Resize { size }).await
+    }
+
+    async fn finish(self) -> anyhow::Result<i32> {
+        self.ended.with_context(|| format!("the lab shell (pid {}) ended, and its guests with it", self.shell_pid))
+    }
+}
+
+/// A running lab shell's control directory.
+#[derive(Debug)]
+struct Found {
+    dir: PathBuf,
+    pid: u32,
+    hosts: Vec<String>,
+}
+
+/// The running lab shell to attach to: the one there is, or the one of `pid`.
+fn find(pid: Option<u32>) -> anyhow::Result<Found> {
+    let mut shells = running_shells();
+    if let Some(pid) = pid {
+        return shells
+            .into_iter()
+            .find(|s| s.pid == pid)
+            .with_context(|| format!("no lab shell of pid {pid} is running (leave out --pid to pick the only one)"));
+    }
+    match shells.len() {
+        0 => bail!("no lab shell is running: start one in another terminal with `cargo xtask lab shell --hosts 2`, then attach to it"),
+        1 => Ok(shells.remove(0)),
+        _ => {
+            let list: Vec<_> = shells.iter().map(|s| format!("  --pid {}  ({})", s.pid, s.hosts.join(", "))).collect();
+            bail!("{} lab shells are running; say which with one of:\n{}", shells.len(), list.join("\n"))
+        }
+    }
+}
+
+/// This user's control directories whose shell process is alive, by pid.
+fn running_shells() -> Vec<Found> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
+    let uid = nix::unistd::getuid().as_raw();
+    let mut found: Vec<Found> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&dir_prefix()))
+        .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid))
+        .filter_map(|e| about(&e.path()))
+        .filter(|s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok())
+        .collect();
+    found.sort_by_key(|s| s.pid);
+    found
+}
+
+/// What `lab.json` in `dir` says, if it says it.
+fn about(dir: &Path) -> Option<Found> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(ABOUT)).ok()?).ok()?;
+    let pid = u32::try_from(json["pid"].as_u64()?).ok()?;
+    let hosts = json["hosts"].as_array()?.iter().filter_map(|h| h["name"].as_str().map(String::from)).collect();
+    Some(Found { dir: dir.to_path_buf(), pid, hosts })
+}
+
+/// Messages in, one JSON line each. Keeps a partly read line across calls, so that reading can
+/// be one branch of a `select!` and lose nothing when another branch wins.
+struct Lines {
+    reader: BufReader<OwnedReadHalf>,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(read: OwnedReadHalf) -> Self {
+        Self { reader: BufReader::new(read), buf: Vec::new() }
+    }
+
+    /// The next message; `None` when the other side closed the connection.
+    async fn next<T: DeserializeOwned>(&mut self) -> anyhow::Result<Option<T>> {
+        // read_until appends what it has read even when cancelled, so a retry resumes the line.
+        let n = (&mut self.reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut self.buf).await?;
+        if n == 0 && self.buf.is_empty() {
+            return Ok(None);
+        }
+        let line = std::mem::take(&mut self.buf);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        Ok(Some(lab_proto::decode(line, MAX_LINE_BYTES)?))
+    }
+}
+
+/// Messages out.
+struct Sender(OwnedWriteHalf);
+
+impl Sender {
+    async fn send<T: serde::Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
+        self.0.write_all(&lab_proto::encode(msg)).await.context("writing to the control socket")
+    }
+}

@@ -1,0 +1,111 @@
+//! This side of a remote terminal: the local terminal in raw mode, its size, and the loop that
+//! passes keys to a remote shell and its screen back. `lab shell` runs it against a guest
+//! session directly; `lab attach` against the running shell's control socket.
+
+use std::io::Write;
+
+use anyhow::Context;
+use lab_harness::TtySize;
+use nix::sys::termios::{self, SetArg, Termios};
+use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// A shell running on a terminal somewhere else.
+pub(crate) trait Remote {
+    /// The next piece of what its terminal shows; `None` once it has ended.
+    async fn output(&mut self) -> Option<Vec<u8>>;
+    /// Keys typed here.
+    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()>;
+    /// This terminal changed size.
+    async fn resize(&mut self, size: TtySize) -> anyhow::Result<()>;
+    /// Its exit code, once [`Remote::output`] has said `None`.
+    async fn finish(self) -> anyhow::Result<i32>;
+}
+
+/// Passes keys in and the screen out until the remote shell ends (its exit code) or this
+/// process is told to stop (SIGHUP: the terminal closed; SIGTERM; SIGINT when stdin is not a
+/// terminal), which returns 128 + the signal's number.
+pub(crate) async fn relay(mut remote: impl Remote) -> anyhow::Result<i32> {
+    let _raw = RawMode::enable();
+    let mut stdin = tokio::io::stdin();
+    let mut stdin_open = true;
+    let mut buf = vec![0u8; 4096];
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            out = remote.output() => match out {
+                Some(bytes) => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("writing to the terminal")?;
+                }
+                None => break,
+            },
+            n = stdin.read(&mut buf), if stdin_open => match n {
+                Ok(n @ 1..) => remote.input(&buf[..n]).await?,
+                // Our input ended: as if Ctrl-D was typed at the prompt.
+                _ => {
+                    stdin_open = false;
+                    remote.input(b"\x04").await?;
+                }
+            },
+            _ = winch.recv() => remote.resize(size()).await?,
+            _ = hup.recv() => return Ok(129),
+            _ = term.recv() => return Ok(143),
+            _ = int.recv() => return Ok(130),
+        }
+    }
+    remote.finish().await
+}
+
+/// A line on stderr, if there still is one: the terminal may be gone (a closed window), and
+/// saying so must not panic before the guests are shut down.
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// This terminal's size, or 24x80 when stdout is not one.
+pub(crate) fn size() -> TtySize {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into the pointer, which lives across the call.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_row > 0 && ws.ws_col > 0 {
+        TtySize { rows: ws.ws_row, cols: ws.ws_col }
+    } else {
+        TtySize { rows: 24, cols: 80 }
+    }
+}
+
+/// `$TERM` here, for the guest's shell.
+pub(crate) fn kind() -> String {
+    std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into())
+}
+
+/// The local terminal in raw mode while it lives: keys (Ctrl-C, arrows, Tab) go to the guest's
+/// terminal, which does the line editing and signals. Restored on drop, whatever happens.
+struct RawMode {
+    saved: Option<Termios>,
+}
+
+impl RawMode {
+    fn enable() -> Self {
+        let stdin = std::io::stdin();
+        let Ok(saved) = termios::tcgetattr(&stdin) else { return Self { saved: None } };
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        match termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw) {
+            Ok(()) => Self { saved: Some(saved) },
+            Err(_) => Self { saved: None },
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
+        }
+    }
+}
