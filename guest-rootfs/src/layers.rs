@@ -117,7 +117,8 @@ fn archive_files(path: &Path) -> Result<BTreeSet<String>> {
 
 /// Names and sizes of apt's package lists: a new download changes it, so a cached resolution is
 /// redone against the new lists (and usually finds the same layer).
-fn lists_fingerprint(cache: &Path) -> String {
+/// What apt's package lists in `cache` are: a refresh that brings new versions changes it.
+pub fn lists_fingerprint(cache: &Path) -> String {
     let lists = cache.join("apt/state/lists");
     let mut parts: Vec<String> = std::fs::read_dir(&lists)
         .map(|entries| {

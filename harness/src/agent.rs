@@ -71,9 +71,9 @@ impl AgentClient {
         }
     }
 
-    /// Waits until the agent announces itself, nudging it with `hello` in case its first
-    /// announcement was sent before anyone listened.
-    pub async fn wait_ready(&self, within: Duration) -> Result<Ready, AgentError> {
+    /// Waits until the agent announces itself, nudging it with `hello` every `nudge` in case its
+    /// first announcement was sent before anyone listened (or, restored from a snapshot, long ago).
+    pub async fn wait_ready(&self, within: Duration, nudge: Duration) -> Result<Ready, AgentError> {
         let mut ready = self.ready.clone();
         let wait = async {
             loop {
@@ -83,7 +83,7 @@ impl AgentClient {
                 // Fire and forget: the reply, if any, lands in the watch as well.
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 self.write(&Request { id, op: Op::Hello }).await?;
-                match tokio::time::timeout(Duration::from_secs(1), ready.changed()).await {
+                match tokio::time::timeout(nudge, ready.changed()).await {
                     Ok(Err(_)) => return Err(AgentError::Closed),
                     _ => continue,
                 }

@@ -118,7 +118,10 @@ impl Assets {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let json = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        std::fs::write(path, json).map_err(io)
+        // A reader (another run starting) sees the old file or the new one, never half of one.
+        let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        std::fs::write(&temp, json).map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)
     }
 
     /// A guest that can run `inner_vms` VMs of its own ([`crate::nest`]): the nest image and
@@ -140,6 +143,7 @@ impl Assets {
         let mut cfg = VmConfig::new(name, &self.kernel.bzimage, &self.image.path);
         cfg.kernel_release = Some(self.kernel.release.clone());
         cfg.modules_disk.clone_from(&self.modules_disk);
+        cfg.snapshots = Some(self.dir.join("cache").join("snapshots"));
         cfg
     }
 

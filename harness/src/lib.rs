@@ -25,6 +25,7 @@ pub mod nest;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod snapshot;
 pub mod vm;
 
 pub use accel::Accel;
@@ -35,4 +36,5 @@ pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy};
 pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
 pub use qmp::{Qmp, QmpError, RxFilter};
+pub use snapshot::BootKind;
 pub use vm::{Cmd, InitrdLayer, MacAddr, NetBackend, Session, Vm, VmConfig};

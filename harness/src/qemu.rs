@@ -66,7 +66,10 @@ pub fn version(binary: &Path) -> Result<String> {
 /// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
 /// QEMU exit, which the harness notices at once instead of waiting out a deadline.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
-    let mut extra = Vec::new();
+    // Freed pages are zeroed, so that a snapshot ([`crate::snapshot`]) holds only the memory
+    // the guest uses: QEMU saves a zero page as a few bytes. Without it the freed kernel and
+    // initramfs copies of the boot stay in it.
+    let mut extra = vec!["init_on_free=1".to_string()];
     if cfg.modules_disk.is_some() {
         // The one virtio-blk device, so the first disk. Before the caller's arguments: those may
         // end with `-- ARGS` for init, and anything after `--` is init's, not the kernel's.
@@ -144,6 +147,12 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     }
     push(&["-device", &format!("virtio-net-device,netdev=net0,id={},mac={}", crate::qmp::NIC_ID, cfg.mac)]);
     a
+}
+
+/// What makes QEMU start from a saved state instead of booting: `-incoming "exec:cat STATE"`.
+/// The rest of the command line must describe the same machine ([`crate::snapshot::key`]).
+pub fn incoming_args(state: &Path) -> Vec<OsString> {
+    vec!["-incoming".into(), format!("exec:cat {}", crate::qmp::shell_quote(&state.display().to_string())).into()]
 }
 
 #[cfg(test)]

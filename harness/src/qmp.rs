@@ -72,6 +72,25 @@ impl qapi::Command for QueryRxFilter {
 }
 impl qapi::qmp::QmpCommand for QueryRxFilter {}
 
+#[derive(Debug, Serialize)]
+struct QueryMigrate {}
+impl qapi::Command for QueryMigrate {
+    type Ok = MigrationState;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+impl qapi::qmp::QmpCommand for QueryMigrate {}
+
+/// The part of `query-migrate`'s answer the harness reads. Declared here rather than taken from
+/// qapi's schema, whose newer statistics fields older QEMUs do not send.
+#[derive(Debug, Deserialize)]
+struct MigrationState {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(rename = "error-desc", default)]
+    error_desc: Option<String>,
+}
+
 /// A QMP connection. Cheap to share by reference; every call has a deadline.
 pub struct Qmp {
     service: QapiService<Writer>,
@@ -153,6 +172,56 @@ impl Qmp {
     /// `set_link`: plug (`true`) or pull (`false`) the guest NIC's cable.
     pub async fn set_link(&self, up: bool) -> Result<(), QmpError> {
         self.execute(qapi::qmp::set_link { name: NIC_ID.into(), up }).await.map(drop)
+    }
+
+    /// `stop`: the guest's CPUs pause.
+    pub async fn stop(&self) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::stop {}).await.map(drop)
+    }
+
+    /// `cont`: the guest runs again (also after its state was saved).
+    pub async fn cont(&self) -> Result<(), QmpError> {
+        self.execute(qapi::qmp::cont {}).await.map(drop)
+    }
+
+    /// Writes the (stopped) guest's whole state to `path` with `migrate "exec:cat > PATH"` and
+    /// waits until QEMU says the migration completed. The guest stays paused afterwards.
+    pub async fn save_state(&self, path: &std::path::Path, within: Duration) -> Result<(), QmpError> {
+        let fail = |message: String| QmpError::Command { command: "migrate", message };
+        // The default bandwidth cap (32 MiB/s before QEMU 9) is for live migration over a
+        // network; a file on this host takes what it can.
+        let fast = qapi::qmp::MigrateSetParameters { max_bandwidth: Some(u64::MAX >> 2), ..Default::default() };
+        self.execute(qapi::qmp::migrate_set_parameters(fast)).await?;
+        let uri = format!("exec:cat > {}", shell_quote(&path.display().to_string()));
+        self.execute(qapi::qmp::migrate { uri: Some(uri), channels: None, detach: None, resume: None }).await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let state = self.execute(QueryMigrate {}).await?;
+            match state.status.as_deref() {
+                Some("completed") => return Ok(()),
+                Some(status @ ("failed" | "cancelled")) => return Err(fail(format!("{status}: {}", state.error_desc.unwrap_or_default()))),
+                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command: "migrate", within }),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Waits until QEMU, started with `-incoming`, has loaded the saved state, then starts the
+    /// guest: the state was saved from a stopped guest, and QEMU keeps it stopped.
+    pub async fn resume_incoming(&self, within: Duration) -> Result<(), QmpError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let state = self.execute(QueryMigrate {}).await?;
+            match state.status.as_deref() {
+                Some("completed") => return self.cont().await,
+                Some(status @ ("failed" | "cancelled")) => {
+                    let message = format!("loading the saved state {status}: {}", state.error_desc.unwrap_or_default());
+                    return Err(QmpError::Command { command: "migrate-incoming", message });
+                }
+                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command: "migrate-incoming", within }),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// `system_powerdown`: press the ACPI power button.
@@ -239,4 +308,9 @@ async fn pump(read: tokio::net::unix::OwnedReadHalf, mut to_qapi: DuplexStream, 
             break;
         }
     }
+}
+
+/// `path` as one word for `/bin/sh`, which runs QEMU's `exec:` migration commands.
+pub(crate) fn shell_quote(path: &str) -> String {
+    format!("'{}'", path.replace('\'', "'\\''"))
 }

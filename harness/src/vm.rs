@@ -18,6 +18,7 @@ use crate::guest::Guest;
 use crate::process::QemuProcess;
 use crate::qemu::{self, StatePaths};
 use crate::qmp::Qmp;
+use crate::snapshot::BootKind;
 
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 40;
@@ -103,6 +104,8 @@ pub struct VmConfig {
     pub artifacts: Option<PathBuf>,
     /// Keep the console log in `artifacts` even when all went well (a kept run).
     pub keep_console: bool,
+    /// Where snapshots of guest shapes are kept ([`crate::snapshot`]); `None` boots cold.
+    pub snapshots: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -132,6 +135,7 @@ impl VmConfig {
             state_parent: None,
             artifacts: std::env::var_os("LAB_ARTIFACTS").map(PathBuf::from),
             keep_console: false,
+            snapshots: None,
         }
     }
 }
@@ -147,6 +151,7 @@ pub struct Vm {
     ready: Ready,
     boot_time: Duration,
     attempts: u32,
+    boot_kind: BootKind,
     failed: bool,
     state: Option<tempfile::TempDir>,
 }
@@ -237,13 +242,26 @@ impl From<String> for Cmd {
 }
 
 impl Vm {
-    /// Boots a guest and waits for its agent. A boot that times out is retried up to
-    /// `cfg.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
+    /// Boots a guest and waits for its agent: from its shape's snapshot when there is one
+    /// ([`crate::snapshot`], unless `cfg.snapshots` is `None` or `LAB_SNAPSHOT=off`), else its
+    /// kernel from scratch. Then loads `cfg.modprobe` ([`Phase::Setup`]).
     pub async fn boot(cfg: VmConfig) -> Result<Vm> {
+        let vm = match &cfg.snapshots {
+            Some(store) if crate::snapshot::enabled()? => crate::snapshot::boot(&cfg, store).await?,
+            _ => Self::boot_cold(&cfg).await?,
+        };
+        crate::snapshot::count(&vm.boot_kind);
+        vm.setup().await?;
+        Ok(vm)
+    }
+
+    /// Boots the kernel from scratch. A boot that times out is retried up to
+    /// `cfg.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
+    pub(crate) async fn boot_cold(cfg: &VmConfig) -> Result<Vm> {
         let attempts = cfg.boot_attempts.max(1);
         let mut attempt = 1;
         loop {
-            match Self::boot_once(&cfg, attempt).await {
+            match Self::launch(cfg, attempt, None).await {
                 Ok(vm) => return Ok(vm),
                 Err(BootFailure { error, retryable: true }) if attempt < attempts => {
                     tracing::warn!("{}: boot attempt {attempt} timed out, retrying: {error}", cfg.name);
@@ -254,7 +272,17 @@ impl Vm {
         }
     }
 
-    async fn boot_once(cfg: &VmConfig, attempt: u32) -> Result<Vm, BootFailure> {
+    /// Starts QEMU on the saved state at `state` and makes the guest its own (`resume`). One
+    /// attempt: the caller falls back to a cold boot.
+    pub(crate) async fn restore(cfg: &VmConfig, state: &Path, resume: lab_proto::Resume) -> Result<Vm> {
+        let mut vm = Self::launch(cfg, 1, Some((state, resume))).await.map_err(|f| f.error)?;
+        vm.boot_kind = BootKind::Restored;
+        Ok(vm)
+    }
+
+    /// Starts QEMU and waits for the agent; with `incoming`, on that saved state, and the agent
+    /// makes the guest its own with the `Resume` given.
+    async fn launch(cfg: &VmConfig, attempt: u32, incoming: Option<(&Path, lab_proto::Resume)>) -> Result<Vm, BootFailure> {
         let fatal = |error| BootFailure { error, retryable: false };
         let binary = qemu::find_binary().map_err(fatal)?;
         for (what, path) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
@@ -267,20 +295,57 @@ impl Vm {
         }
         let state = state_dir(cfg).map_err(fatal)?;
         let paths = StatePaths::in_dir(state.path());
-        compose_initrd(cfg, &paths).map_err(fatal)?;
+        let (incoming, resume) = incoming.unzip();
+        let args = match incoming {
+            // The saved state holds the guest's memory, image and all: what QEMU loads before
+            // the state replaces it is never read, so the layers need not be put together.
+            Some(saved) => {
+                let bare = VmConfig { layers: Vec::new(), ..cfg.clone() };
+                let mut args = qemu::args(&bare, &paths);
+                args.extend(qemu::incoming_args(saved));
+                args
+            }
+            None => {
+                compose_initrd(cfg, &paths).map_err(fatal)?;
+                qemu::args(cfg, &paths)
+            }
+        };
         let launch_err = |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
         let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
         let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
         let started = Instant::now();
-        let mut process = QemuProcess::spawn(&binary, &qemu::args(cfg, &paths), &paths.qemu_log).map_err(launch_err)?;
+        let mut process = QemuProcess::spawn(&binary, &args, &paths.qemu_log).map_err(launch_err)?;
 
+        let step = |what: &str| tracing::debug!("{}: {what} at {:.0?}", cfg.name, started.elapsed());
         let mut booting = Booting { cfg, paths: &paths, process: &mut process };
         let qmp_stream = booting.accept(&qmp_listener, Duration::from_secs(10)).await?;
         let qmp = Qmp::connect(qmp_stream, Duration::from_secs(10))
             .await
             .map_err(|e| booting.fail(Phase::Qmp, e.to_string(), false))?;
+        step("QMP connected");
         let agent = AgentClient::new(booting.accept(&agent_listener, Duration::from_secs(10)).await?);
-        let ready = booting.wait_ready(&agent, started).await?;
+        if incoming.is_some() {
+            let within = cfg.boot_timeout.saturating_sub(started.elapsed());
+            qmp.resume_incoming(within).await.map_err(|e| booting.fail(Phase::Boot, e.to_string(), false))?;
+            step("saved state loaded, guest running");
+        }
+        let ready = match resume {
+            None => booting.wait_ready(&agent, started, Duration::from_secs(1)).await?,
+            // A restored agent does not announce itself again: ask often. Its first answer may
+            // as well be to `resume`, sent at once rather than after the hello.
+            Some(resume) => {
+                let resumed = agent.request(Op::Resume(resume), cfg.command_timeout);
+                let (ready, resumed) = tokio::join!(booting.wait_ready(&agent, started, Duration::from_millis(50)), resumed);
+                let ready = ready?;
+                match resumed {
+                    Ok(Reply::Done) => step("resumed as its own guest"),
+                    Ok(Reply::Error { message }) => return Err(booting.fail(Phase::Boot, format!("resume: {message}"), false)),
+                    Ok(other) => return Err(booting.fail(Phase::Boot, format!("resume: unexpected reply {other:?}"), false)),
+                    Err(e) => return Err(booting.fail(Phase::Boot, format!("resume: {e}"), false)),
+                }
+                ready
+            }
+        };
         let boot_time = started.elapsed();
         if let Some(want) = &cfg.kernel_release {
             if &ready.kernel_release != want {
@@ -288,10 +353,21 @@ impl Vm {
                 return Err(booting.fail(Phase::Boot, msg, false));
             }
         }
-        tracing::info!("{}: ready in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})", cfg.name, cfg.accel, qmp.version);
-        let vm = Vm { cfg: cfg.clone(), agent, qmp, process, paths, ready, boot_time, attempts: attempt, failed: false, state: Some(state) };
-        vm.setup().await.map_err(fatal)?;
-        Ok(vm)
+        let how = if incoming.is_some() { "restored" } else { "booted" };
+        tracing::info!("{}: {how} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})", cfg.name, cfg.accel, qmp.version);
+        Ok(Vm {
+            cfg: cfg.clone(),
+            agent,
+            qmp,
+            process,
+            paths,
+            ready,
+            boot_time,
+            attempts: attempt,
+            boot_kind: BootKind::Cold,
+            failed: false,
+            state: Some(state),
+        })
     }
 
     /// Loads the modules the configuration asks for. A failure keeps the console, like a failed
@@ -334,6 +410,31 @@ impl Vm {
     /// Which boot attempt succeeded (1 unless a boot timed out and was retried).
     pub fn boot_attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Whether the guest was restored from a snapshot, booted cold, or fell back to a cold boot
+    /// (and why).
+    pub fn boot_kind(&self) -> &BootKind {
+        &self.boot_kind
+    }
+
+    pub(crate) fn set_boot_kind(&mut self, kind: BootKind) {
+        self.boot_kind = kind;
+    }
+
+    /// What [`Vm::config`] says the guest's layers are, once they were put in another way.
+    pub(crate) fn set_layers(&mut self, layers: Vec<InitrdLayer>) {
+        self.cfg.layers = layers;
+    }
+
+    /// Unpacks a cpio archive at the guest's `/`, as the kernel does with the image's layers.
+    pub(crate) async fn unpack(&self, archive: &[u8]) -> Result<()> {
+        match self.agent.request(Op::Unpack { archive: archive.to_vec() }, self.cfg.command_timeout).await {
+            Ok(Reply::Done) => Ok(()),
+            Ok(Reply::Error { message }) => Err(self.error(Phase::Setup, format!("unpacking a layer: {message}"))),
+            Ok(other) => Err(self.error(Phase::Setup, format!("unpacking a layer: unexpected reply {other:?}"))),
+            Err(e) => Err(self.agent_failure("unpacking a layer", e)),
+        }
     }
 
     pub fn qmp(&self) -> &Qmp {
@@ -476,7 +577,7 @@ impl Vm {
         tokio::time::timeout(within, self.process.wait()).await.is_ok()
     }
 
-    fn error(&self, phase: Phase, message: String) -> Error {
+    pub(crate) fn error(&self, phase: Phase, message: String) -> Error {
         Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(&self.paths)))
     }
 
@@ -630,10 +731,10 @@ impl Booting<'_> {
 
     /// Waits for the agent, failing at once if QEMU exits (a panicking kernel with `panic=-1`
     /// and `-no-reboot` makes QEMU exit) and after the boot timeout otherwise.
-    async fn wait_ready(&mut self, agent: &AgentClient, started: Instant) -> Result<Ready, BootFailure> {
+    async fn wait_ready(&mut self, agent: &AgentClient, started: Instant, nudge: Duration) -> Result<Ready, BootFailure> {
         let remaining = self.cfg.boot_timeout.saturating_sub(started.elapsed());
         tokio::select! {
-            ready = agent.wait_ready(remaining) => match ready {
+            ready = agent.wait_ready(remaining, nudge) => match ready {
                 Ok(r) => Ok(r),
                 Err(AgentError::Timeout(_)) => {
                     let msg = format!("the agent was not ready within {:?} ({} accel)", self.cfg.boot_timeout, self.cfg.accel);

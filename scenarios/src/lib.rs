@@ -46,6 +46,9 @@ pub struct Report {
     pub qemu: String,
     pub accel: String,
     pub scenarios: Vec<ScenarioReport>,
+    /// How the run's guests came up: restored from snapshots, cold, or cold after a restore
+    /// failed (and why).
+    pub boots: lab_harness::snapshot::Tally,
 }
 
 /// What a scenario saw: check name -> observation. Keys starting with [`NOTE`] are not checks
@@ -130,6 +133,7 @@ mod tests {
             kernel: "6.1".into(),
             qemu: "7.2".into(),
             accel: "tcg".into(),
+            boots: Default::default(),
             scenarios: vec![
                 ScenarioReport {
                     name: "mode/bridge".into(),

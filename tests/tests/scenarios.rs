@@ -30,6 +30,7 @@ async fn scenario_behaves_as_expected(#[case] name: &str) {
         qemu: String::new(),
         accel: String::new(),
         scenarios: vec![report.clone()],
+        boots: Default::default(),
     });
     assert!(report.passed, "{name} did not behave as expected:\n{table}{}", report.error.unwrap_or_default());
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: boots guests one after another and reports boot-to-agent-ready time
-//! (median, p95, worst), retried boots, the image size and QEMU's resident memory, so later
-//! changes can be measured against it. Then the switch's throughput, what `--package` and
+//! `cargo xtask bench`: boots guests cold and restores them from a snapshot in the same run, and
+//! reports each's time to agent ready (median, p95, worst), retried boots, fallbacks to a cold
+//! boot, the image size and QEMU's resident memory, so later changes can be measured against it;
+//! also a nest guest's restore and `lab run` end to end, restoring against booting cold. Then the switch's throughput, what `--package` and
 //! `--dir` cost (cold cache against warm, and the boot with them against the boot without), and
 //! the time of the seed's nested-VM experiment from boot to end.
 
@@ -10,9 +11,12 @@ use lab_harness::{Assets, Extras, Vm};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// How many guests to boot.
-    #[arg(long, default_value_t = 10)]
+    /// How many guests to boot cold.
+    #[arg(long, default_value_t = 5)]
     pub boots: usize,
+    /// How many guests to restore from a snapshot (after its first guest took it).
+    #[arg(long, default_value_t = 20)]
+    pub restores: usize,
     /// How many guests boot at the same time (the host's cores are shared among them).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
@@ -33,40 +37,46 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     crate::hosttools::ensure_qemu()?;
-    let assets = Assets::load(&crate::provision::run(&args.provision)?)?;
+    let assets_path = crate::provision::run(&args.provision)?;
+    let assets = Assets::load(&assets_path)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let mut boots = Vec::new();
-    let mut rss_kib = Vec::new();
-    let mut retried = 0;
-    let parallel = args.parallel.max(1);
-    for round in 0..args.boots.div_ceil(parallel) {
-        let vms = rt.block_on(async {
-            let mut set = tokio::task::JoinSet::new();
-            for i in round * parallel..((round + 1) * parallel).min(args.boots) {
-                let mut cfg = assets.vm(&format!("bench{i}"));
-                cfg.memory_mib = args.memory;
-                // One attempt: a hang must show up in the numbers, not be retried away.
-                cfg.boot_attempts = 1;
-                set.spawn(Vm::boot(cfg));
-            }
-            set.join_all().await
-        });
-        for vm in vms {
-            let vm = vm?;
-            retried += usize::from(vm.boot_attempts() > 1);
-            boots.push(vm.boot_time());
-            rss_kib.push(rss(vm.qemu_pid()));
-            eprintln!("  {}: {:.2?} (guest uptime at ready {:.2}s)", vm.name(), vm.boot_time(), vm.ready_info().uptime_secs);
-            rt.block_on(vm.shutdown())?;
-        }
-    }
-    boots.sort();
-    rss_kib.sort();
     let accel = lab_harness::Accel::choose()?;
-    println!("boots: {} ({accel}, {parallel} at a time), retried after a hang: {retried}", boots.len());
-    println!("boot to agent ready: median {:.2?}, p95 {:.2?}, max {:.2?}", pct(&boots, 50), pct(&boots, 95), pct(&boots, 100));
+    let parallel = args.parallel.max(1);
+    println!("guests: {accel}, {} MiB, {parallel} at a time; times from before Vm::boot to the agent's answer", args.memory);
+
+    let cold = boots(&rt, &assets, args, "cold", args.boots, parallel, None)?;
+    report("cold boot", &cold);
+    // A store of this bench's own: its first guest takes the snapshot, the rest restore it.
+    let store = tempfile::tempdir()?;
+    let first = boots(&rt, &assets, args, "first", 1, 1, Some(store.path()))?;
+    let restored = boots(&rt, &assets, args, "restore", args.restores, parallel, Some(store.path()))?;
+    report("restore", &restored);
+    let eight = boots(&rt, &assets, args, "eight", 8, 8, Some(store.path()))?;
+    report("restore, 8 at once", &eight);
+    let snapshot = std::fs::read_dir(store.path())?.flatten().find(|e| e.path().is_dir()).map(|e| e.path().join("state"));
+    let size = snapshot.and_then(|s| std::fs::metadata(s).ok()).map_or(0, |m| m.len());
+    println!(
+        "restore vs cold boot: {:.1}x faster (median {:.2?} against {:.2?}); first guest of the shape (boots cold, takes the {:.0} MiB snapshot): {:.2?}",
+        pct(&cold.times, 50).as_secs_f64() / pct(&restored.times, 50).as_secs_f64().max(1e-6),
+        pct(&restored.times, 50),
+        pct(&cold.times, 50),
+        size as f64 / 1048576.0,
+        first.times.first().copied().unwrap_or_default(),
+    );
     println!("image: {:.1} MiB ({})", assets.image.size as f64 / 1048576.0, assets.image.path.display());
-    println!("QEMU RSS after boot: median {} MiB, max {} MiB ({} MiB guest RAM)", pct(&rss_kib, 50) / 1024, pct(&rss_kib, 100) / 1024, args.memory);
+    if let Ok(nest) = assets.nest_vm("nest", 1) {
+        let nest_store = tempfile::tempdir()?;
+        let timed_nest = |name: &str| -> anyhow::Result<(Duration, lab_harness::BootKind)> {
+            let mut cfg = nest.clone();
+            cfg.name = name.into();
+            cfg.snapshots = Some(nest_store.path().to_path_buf());
+            boot_to_ready(&rt, || Ok(cfg))
+        };
+        let (cold_nest, _) = timed_nest("nest-cold")?;
+        let (restored_nest, kind) = timed_nest("nest-restore")?;
+        println!("nest guest ({} MiB): cold {cold_nest:.2?}, restored {restored_nest:.2?} ({kind:?})", nest.memory_mib);
+    }
+    lab_run(&assets_path)?;
     rt.block_on(crate::bench_switch::alone(200_000))?;
     rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
     if args.extras > 0 {
@@ -75,6 +85,95 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for _ in 0..args.nested {
         rt.block_on(nested(&assets))?;
     }
+    Ok(())
+}
+
+/// What a series of boots measured.
+struct Boots {
+    times: Vec<Duration>,
+    rss_kib: Vec<u64>,
+    retried: usize,
+    /// Guests that should have restored and booted cold instead, with why.
+    fallbacks: Vec<String>,
+}
+
+/// Boots `n` guests, `parallel` at a time, from `store`'s snapshots or (`None`) cold.
+fn boots(rt: &tokio::runtime::Runtime, assets: &Assets, args: &BenchArgs, label: &str, n: usize, parallel: usize, store: Option<&std::path::Path>) -> anyhow::Result<Boots> {
+    let mut out = Boots { times: Vec::new(), rss_kib: Vec::new(), retried: 0, fallbacks: Vec::new() };
+    for round in 0..n.div_ceil(parallel) {
+        let vms = rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in round * parallel..((round + 1) * parallel).min(n) {
+                let mut cfg = assets.vm(&format!("{label}{i}"));
+                cfg.memory_mib = args.memory;
+                cfg.snapshots = store.map(std::path::Path::to_path_buf);
+                // One attempt: a hang must show up in the numbers, not be retried away.
+                cfg.boot_attempts = 1;
+                set.spawn(async move {
+                    let started = Instant::now();
+                    let vm = Vm::boot(cfg).await;
+                    (vm, started.elapsed())
+                });
+            }
+            set.join_all().await
+        });
+        for (vm, took) in vms {
+            let vm = vm?;
+            out.retried += usize::from(vm.boot_attempts() > 1);
+            if let lab_harness::BootKind::Fallback(why) = vm.boot_kind() {
+                out.fallbacks.push(why.clone());
+            }
+            out.times.push(took);
+            out.rss_kib.push(rss(vm.qemu_pid()));
+            rt.block_on(vm.shutdown())?;
+        }
+    }
+    out.times.sort();
+    out.rss_kib.sort();
+    Ok(out)
+}
+
+fn report(what: &str, b: &Boots) {
+    println!(
+        "{what}: {} guests, median {:.2?}, p95 {:.2?}, max {:.2?}; QEMU RSS median {} MiB; retried after a hang {}; fell back to a cold boot {}{}",
+        b.times.len(),
+        pct(&b.times, 50),
+        pct(&b.times, 95),
+        pct(&b.times, 100),
+        pct(&b.rss_kib, 50) / 1024,
+        b.retried,
+        b.fallbacks.len(),
+        b.fallbacks.first().map(|w| format!(" (first: {w})")).unwrap_or_default(),
+    );
+}
+
+/// `cargo xtask lab run` of `uname -r`, end to end as a user runs it, restoring against
+/// `LAB_SNAPSHOT=off`, paired.
+fn lab_run(assets_path: &std::path::Path) -> anyhow::Result<()> {
+    let script = tempfile::NamedTempFile::new()?;
+    std::fs::write(script.path(), "uname -r\n")?;
+    let exe = std::env::current_exe()?;
+    let time = |snapshot: &str| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let out = std::process::Command::new(&exe)
+            .args(["lab", "run"])
+            .arg(script.path())
+            .env(lab_harness::assets::ENV_ASSETS, assets_path)
+            .env(lab_harness::snapshot::ENV_SNAPSHOT, snapshot)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "lab run failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(started.elapsed())
+    };
+    time("on")?; // the shape's snapshot exists from here on
+    let (mut warm, mut cold) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        warm.push(time("on")?);
+        cold.push(time("off")?);
+    }
+    warm.sort();
+    cold.sort();
+    let (w, c) = (pct(&warm, 50), pct(&cold, 50));
+    println!("lab run of `uname -r`, end to end: median {w:.2?} restoring, {c:.2?} booting cold ({:.1}x), 3 pairs", c.as_secs_f64() / w.as_secs_f64());
     Ok(())
 }
 
@@ -128,8 +227,8 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
     let with = Extras { packages, dir: Some(dir.path().to_path_buf()), ..Extras::default() };
     let (mut plain, mut extra) = (Vec::new(), Vec::new());
     for i in 0..pairs {
-        plain.push(boot_to_ready(rt, || Ok(assets.vm(&format!("plain{i}"))))?);
-        extra.push(boot_to_ready(rt, || Ok(assets.vm_with(&format!("extras{i}"), &with)?))?);
+        plain.push(boot_to_ready(rt, || Ok(assets.vm(&format!("plain{i}"))))?.0);
+        extra.push(boot_to_ready(rt, || Ok(assets.vm_with(&format!("extras{i}"), &with)?))?.0);
     }
     plain.sort();
     extra.sort();
@@ -138,15 +237,17 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
     Ok(())
 }
 
-/// Boots the guest `cfg` makes, from before `cfg` runs to the agent's answer, and shuts it down.
-fn boot_to_ready(rt: &tokio::runtime::Runtime, cfg: impl FnOnce() -> anyhow::Result<lab_harness::VmConfig>) -> anyhow::Result<Duration> {
+/// Boots the guest `cfg` makes, from before `cfg` runs to the agent's answer, and shuts it
+/// down; how long it took and how it came up.
+fn boot_to_ready(rt: &tokio::runtime::Runtime, cfg: impl FnOnce() -> anyhow::Result<lab_harness::VmConfig>) -> anyhow::Result<(Duration, lab_harness::BootKind)> {
     let started = Instant::now();
     let mut cfg = cfg()?;
     cfg.boot_attempts = 1;
     let vm = rt.block_on(Vm::boot(cfg))?;
     let took = started.elapsed();
+    let kind = vm.boot_kind().clone();
     rt.block_on(vm.shutdown())?;
-    Ok(took)
+    Ok((took, kind))
 }
 
 fn timed<T, E: Into<anyhow::Error>>(f: impl FnOnce() -> Result<T, E>) -> anyhow::Result<(T, Duration)> {

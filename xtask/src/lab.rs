@@ -189,8 +189,11 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
             let (name, assets, permits) = (name.to_string(), assets.clone(), permits.clone());
             set.spawn(async move {
                 let _permit = permits.acquire().await;
-                eprintln!("lab: running {name}");
-                (i, lab_scenarios::run(&name, &assets).await)
+                let started = std::time::Instant::now();
+                let report = lab_scenarios::run(&name, &assets).await;
+                let verdict = if report.passed { "as expected" } else { "NOT as expected" };
+                eprintln!("lab: {name} behaved {verdict} ({:.1} s)", started.elapsed().as_secs_f64());
+                (i, report)
             });
         }
         let mut done = set.join_all().await;
@@ -203,8 +206,10 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         qemu,
         accel: lab_harness::Accel::choose()?.to_string(),
         scenarios,
+        boots: lab_harness::snapshot::tally(),
     };
     print!("{}", lab_scenarios::table(&report));
+    println!("guests: {}", report.boots);
     // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
     let json = serde_json::to_vec_pretty(&report)?;
     let path = crate::lab_dir().join("report.json");

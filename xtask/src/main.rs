@@ -48,8 +48,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // A misspelt LAB_ACCEL (`kvmm`, `hvf`) is an error everywhere, before anything is built.
+    // The harness's warnings (a snapshot that could not be used, a boot retried) by default;
+    // RUST_LOG=lab_harness=debug shows where a guest's start-up time goes.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // A misspelt LAB_ACCEL (`kvmm`, `hvf`) or LAB_SNAPSHOT is an error everywhere, before
+    // anything is built.
     lab_harness::Accel::choose()?;
+    lab_harness::snapshot::enabled()?;
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
         Command::Test { provision, test_args } => test(&provision, &test_args),

@@ -4,7 +4,9 @@
 mod call;
 mod exec;
 mod init;
+mod resume;
 mod serve;
+mod unpack;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

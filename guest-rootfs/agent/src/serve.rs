@@ -111,6 +111,8 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
         }
         Op::ReadFile { path } => fs::read(&path).map(|data| Reply::File { data }).map_err(|e| format!("read {path}: {e}")),
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
+        Op::Resume(resume) => crate::resume::resume(&resume).map(|()| Reply::Done),
+        Op::Unpack { archive } => crate::unpack::unpack(&archive).map(|()| Reply::Done),
         Op::PowerOff | Op::Input { .. } | Op::Resize { .. } | Op::Hangup { .. } => unreachable!("handled before dispatch to a thread"),
     };
     result.unwrap_or_else(|message| Reply::Error { message })

@@ -71,6 +71,31 @@ pub enum Op {
     /// The person at the running request `run`'s terminal went away: its process group gets
     /// SIGHUP, as when a terminal window closes. Not answered unless it fails.
     Hangup { run: u64 },
+    /// Unpack a newc cpio archive (a user's directory, [`crate`]'s callers build it) at `/`, as
+    /// the kernel unpacks the image's layers at boot: for guests restored from a snapshot that
+    /// holds the image without it. Answered with [`Reply::Done`].
+    Unpack {
+        #[serde(with = "b64")]
+        archive: Vec<u8>,
+    },
+    /// This guest was just restored from a snapshot that other guests restore too: make it its
+    /// own. Answered with [`Reply::Done`], or an error naming the step that failed.
+    Resume(Resume),
+}
+
+/// What makes a restored guest different from every other clone of its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub hostname: String,
+    /// `eth0`'s address (`52:54:00:..`); QEMU's NIC follows when the guest sets it.
+    pub mac: String,
+    /// The host's wall clock, nanoseconds since 1970: the snapshot's clock is stale.
+    pub unix_nanos: u64,
+    /// Host randomness, credited to the kernel's pool and used to reseed its generator at once:
+    /// a snapshot copies the generator's state, so every clone would read the same
+    /// `/dev/urandom` bytes, UUIDs and MACs until it reseeded by itself.
+    #[serde(with = "b64")]
+    pub entropy: Vec<u8>,
 }
 
 /// A terminal's size, in characters.

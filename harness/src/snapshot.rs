@@ -1,0 +1,432 @@
+//! Snapshots: the first guest of a shape boots its kernel; every later one restores QEMU's saved
+//! state of it, ready in a fraction of the time (`cargo xtask bench` measures both).
+//!
+//! A *shape* is everything the saved state depends on: QEMU's binary, the accelerator, the
+//! machine and device arguments, memory and CPUs, the kernel command line (less the hostname),
+//! and the identity of every file the guest boots from (kernel, image, layers, module disk). Its
+//! hash names the snapshot's directory in the store, `<store>/<key>/{state, meta.json}`.
+//!
+//! - **Taken** right after a cold boot's agent is ready: `stop`, `migrate "exec:cat > state"`,
+//!   `cont`, so the guest that was snapshotted carries on as if nothing happened.
+//! - **Race-free**: a snapshot is written into a directory of its own and renamed into place
+//!   whole; a file lock per shape makes guests of one shape, in any process, wait for the one
+//!   taking it instead of each booting cold.
+//! - **Checked**: `meta.json` records the shape's key and the state's size, so a file cut short
+//!   (a killed run, a full disk) or made for another shape is found, named, and taken again. A
+//!   restore that fails anyway falls back to a cold boot, which takes the snapshot anew; the
+//!   guest's [`BootKind`] says which happened.
+//! - **Clones are not twins**: a restored guest gets its own MAC, hostname, wall clock and fresh
+//!   kernel randomness at once ([`lab_proto::Op::Resume`]).
+//!
+//! `LAB_SNAPSHOT=off` boots every guest cold.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::qemu::{self, StatePaths};
+use crate::vm::{InitrdLayer, MacAddr, NetBackend, Vm, VmConfig};
+
+pub const ENV_SNAPSHOT: &str = "LAB_SNAPSHOT";
+/// Bumped when what a snapshot holds or how it is keyed changes.
+const FORMAT: u32 = 1;
+const STATE: &str = "state";
+const META: &str = "meta.json";
+/// Saving a guest's state: ~0.7 s for 100 MiB here; a loaded host may take far longer.
+const SAVE_WITHIN: Duration = Duration::from_secs(120);
+/// Snapshots a store keeps (70–150 MiB each); the least recently restored go first.
+pub const KEEP: usize = 12;
+/// Touched at every restore: its modification time says when the snapshot was last used.
+const USED: &str = "used";
+
+/// How a guest came up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "why", rename_all = "snake_case")]
+pub enum BootKind {
+    /// Its kernel booted from scratch: snapshots are off, or this was its shape's first guest
+    /// (which then took the snapshot).
+    Cold,
+    /// Restored from its shape's snapshot.
+    Restored,
+    /// Its shape's snapshot could not be used (the reason); it booted cold and took a new one.
+    Fallback(String),
+}
+
+/// How the guests of this process came up so far (for reports).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub restored: usize,
+    pub cold: usize,
+    /// Why each guest that should have restored booted cold instead.
+    pub fallbacks: Vec<String>,
+}
+
+fn tally_cell() -> &'static std::sync::Mutex<Tally> {
+    static TALLY: std::sync::OnceLock<std::sync::Mutex<Tally>> = std::sync::OnceLock::new();
+    TALLY.get_or_init(Default::default)
+}
+
+/// How the guests of this process came up so far.
+pub fn tally() -> Tally {
+    tally_cell().lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+pub(crate) fn count(kind: &BootKind) {
+    let mut tally = tally_cell().lock().unwrap_or_else(|p| p.into_inner());
+    match kind {
+        BootKind::Restored => tally.restored += 1,
+        BootKind::Cold => tally.cold += 1,
+        BootKind::Fallback(why) => tally.fallbacks.push(why.clone()),
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} guests restored from snapshots, {} booted cold, {} fell back to a cold boot", self.restored, self.cold, self.fallbacks.len())?;
+        if let Some(why) = self.fallbacks.first() {
+            write!(f, " (first: {why})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether guests start from snapshots: `LAB_SNAPSHOT` unset or `on`, not `off`.
+pub fn enabled() -> Result<bool> {
+    switch(std::env::var(ENV_SNAPSHOT).ok().as_deref())
+}
+
+fn switch(value: Option<&str>) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("" | "on" | "1") => Ok(true),
+        Some("off" | "0") => Ok(false),
+        Some(other) => Err(Error::invalid(
+            format!("{ENV_SNAPSHOT}={other} is neither on nor off"),
+            format!("set {ENV_SNAPSHOT}=off to boot every guest cold, or unset it"),
+        )),
+    }
+}
+
+/// What `meta.json` says of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The shape's key: a snapshot found under another shape's name is not used.
+    pub key: String,
+    /// Bytes in `state`: fewer means the file was cut short.
+    pub size: u64,
+    /// Unique per snapshot taken, so a guest that failed to restore one does not throw away
+    /// another that replaced it in the meantime.
+    pub id: String,
+    pub taken_from: String,
+    pub qemu: String,
+}
+
+/// A snapshot that looked whole when found.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+impl Snapshot {
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+}
+
+enum Found {
+    Ready(Snapshot),
+    Missing,
+    /// There, but not usable: why.
+    Broken(String),
+}
+
+/// Largest user directory (an [`InitrdLayer::Bytes`]) sent to a restored guest to unpack; a
+/// bigger one boots cold with it in its image. Requests are capped at 32 MiB of base64.
+const MAX_UNPACK: usize = 16 << 20;
+
+/// Boots `cfg` from its shape's snapshot in `store`, or cold (taking the snapshot) when there
+/// is none or it cannot be used. A user's directory is not part of the shape: it differs from
+/// run to run, so it is unpacked into the guest after the restore rather than snapshotted.
+pub(crate) async fn boot(cfg: &VmConfig, store: &Path) -> Result<Vm> {
+    let (shape, archives) = without_archives(cfg);
+    if archives.iter().map(|a| a.len()).sum::<usize>() > MAX_UNPACK {
+        return Vm::boot_cold(cfg).await;
+    }
+    let mut vm = boot_shape(&shape, store).await?;
+    for archive in archives {
+        vm.unpack(&archive).await?;
+    }
+    vm.set_layers(cfg.layers.clone());
+    Ok(vm)
+}
+
+/// `cfg` without its in-memory layers, and those layers.
+fn without_archives(cfg: &VmConfig) -> (VmConfig, Vec<std::sync::Arc<Vec<u8>>>) {
+    let mut shape = cfg.clone();
+    let mut archives = Vec::new();
+    shape.layers.retain(|layer| match layer {
+        InitrdLayer::File(_) => true,
+        InitrdLayer::Bytes(bytes) => {
+            archives.push(std::sync::Arc::clone(bytes));
+            false
+        }
+    });
+    (shape, archives)
+}
+
+async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
+    let key = key(cfg)?;
+    let dir = store.join(&key[..24]);
+    let mut fallback: Option<String> = None;
+    let mut failed_id = None;
+    // Without the lock first: once a shape's snapshot exists, guests restore side by side.
+    match find(&dir, &key) {
+        Found::Ready(snap) => match restore(cfg, &snap).await {
+            Ok(vm) => return Ok(vm),
+            Err(reason) => {
+                fallback = Some(reason);
+                failed_id = Some(snap.meta.id);
+            }
+        },
+        Found::Broken(reason) => fallback = Some(reason),
+        Found::Missing => {}
+    }
+    let _lock = lock(store, &key).await?;
+    match find(&dir, &key) {
+        // Taken by another guest while we waited for the lock, or replaced since ours failed.
+        Found::Ready(snap) if failed_id.as_ref() != Some(&snap.meta.id) => match restore(cfg, &snap).await {
+            Ok(vm) => return Ok(vm),
+            Err(reason) => {
+                fallback = Some(reason);
+                discard(&dir);
+            }
+        },
+        Found::Ready(_) => discard(&dir),
+        Found::Broken(reason) => {
+            fallback = Some(reason);
+            discard(&dir);
+        }
+        Found::Missing => {}
+    }
+    if let Some(reason) = &fallback {
+        tracing::warn!("{}: {reason}; booting cold and taking the snapshot again", cfg.name);
+    }
+    let mut vm = Vm::boot_cold(cfg).await?;
+    if let Err(e) = take(&vm, store, &dir, &key).await {
+        // The guest itself is fine; the next guest of this shape tries again.
+        tracing::warn!("{}: no snapshot taken: {e}", cfg.name);
+    }
+    vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
+    Ok(vm)
+}
+
+/// Restores `snap`; on failure, why, naming the file.
+async fn restore(cfg: &VmConfig, snap: &Snapshot) -> std::result::Result<Vm, String> {
+    let vm = Vm::restore(cfg, &snap.state(), resume(cfg)).await.map_err(|e| format!("restoring snapshot {} failed: {e}", snap.dir.display()))?;
+    let _ = std::fs::write(snap.dir.join(USED), b"");
+    Ok(vm)
+}
+
+/// Removes all but the `keep` most recently used snapshots of `store`. A guest restoring one
+/// at that moment keeps reading it (its file stays open); one about to start on it falls back
+/// to a cold boot.
+fn prune(store: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(store) else { return };
+    let last_use = |dir: &Path| {
+        [dir.join(USED), dir.join(META)].iter().filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).max().unwrap_or(UNIX_EPOCH)
+    };
+    let mut snapshots: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .map(|p| (last_use(&p), p))
+        .collect();
+    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (_, dir) in snapshots.into_iter().skip(keep) {
+        tracing::info!("removing snapshot {}: the store keeps the {keep} most recently used", dir.display());
+        discard(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("lock"));
+    }
+}
+
+/// What makes the restored `cfg` its own guest.
+fn resume(cfg: &VmConfig) -> lab_proto::Resume {
+    let mut entropy = vec![0u8; 64];
+    // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
+    // the guest if it did (fewer than 32 bytes read).
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
+    if read.is_err() {
+        entropy.clear();
+    }
+    let unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    lab_proto::Resume { hostname: cfg.name.clone(), mac: cfg.mac.to_string(), unix_nanos, entropy }
+}
+
+/// The hash of everything a saved state depends on (see the module's documentation).
+pub fn key(cfg: &VmConfig) -> Result<String> {
+    let binary = qemu::find_binary()?;
+    let mut text = format!("format {FORMAT}\nqemu {}\naccel {}\n", identity(&binary)?, cfg.accel);
+    // The command line of a guest of this shape, with what differs per guest made the same:
+    // name (and so hostname), MAC, socket paths. The TSC rate is measured anew by every
+    // process, so only its first digits count: a restored guest keeps its snapshot's rate.
+    let mut shape = cfg.clone();
+    shape.name = "snapshot".into();
+    shape.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
+    shape.tsc_khz = cfg.tsc_khz.map(|khz| khz / 10_000 * 10_000);
+    if let NetBackend::Switch(_) = &shape.net {
+        shape.net = NetBackend::Switch(crate::lan::PortSockets { guest: "/port.guest".into(), switch: "/port".into() });
+    }
+    for arg in qemu::args(&shape, &StatePaths::in_dir(Path::new("/state"))) {
+        text.push_str(&arg.to_string_lossy());
+        text.push('\n');
+    }
+    for file in [&cfg.kernel, &cfg.initrd].into_iter().chain(cfg.modules_disk.as_ref()) {
+        text.push_str(&format!("file {}\n", identity(file)?));
+    }
+    for layer in &cfg.layers {
+        match layer {
+            InitrdLayer::File(path) => text.push_str(&format!("layer {}\n", identity(path)?)),
+            InitrdLayer::Bytes(bytes) => text.push_str(&format!("layer sha256 {}\n", lab_kernels::deb::sha256_hex(bytes))),
+        }
+    }
+    Ok(lab_kernels::deb::sha256_hex(text.as_bytes()))
+}
+
+/// A file's path, size and modification time: what changes when a cache file or a binary is
+/// replaced (they are never edited in place), without reading it.
+pub fn identity(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let mtime = meta.modified().ok().and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    Ok(format!("{} {} {mtime}", path.display(), meta.len()))
+}
+
+fn find(dir: &Path, key: &str) -> Found {
+    let meta_path = dir.join(META);
+    let text = match std::fs::read(&meta_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Found::Missing,
+        Err(e) => return Found::Broken(format!("snapshot {} has no readable {META} ({e})", dir.display())),
+    };
+    let meta: Meta = match serde_json::from_slice(&text) {
+        Ok(meta) => meta,
+        Err(e) => return Found::Broken(format!("snapshot {} has a damaged {META} ({e})", dir.display())),
+    };
+    if meta.key != key {
+        return Found::Broken(format!("snapshot {} was made for another guest shape", dir.display()));
+    }
+    let state = dir.join(STATE);
+    match std::fs::metadata(&state) {
+        Ok(m) if m.len() == meta.size => Found::Ready(Snapshot { dir: dir.to_path_buf(), meta }),
+        Ok(m) => Found::Broken(format!("snapshot {} is cut short: {} of {} bytes", state.display(), m.len(), meta.size)),
+        Err(e) => Found::Broken(format!("snapshot {} is missing its state ({e})", dir.display())),
+    }
+}
+
+fn discard(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Saves `vm` (just booted cold, nothing run in it yet) as the snapshot of its shape.
+async fn take(vm: &Vm, store: &Path, dir: &Path, key: &str) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| Error::Io { path, source: e }
+    };
+    let taking = tempfile::Builder::new().prefix(".taking-").tempdir_in(store).map_err(io(store))?;
+    let state = taking.path().join(STATE);
+    // The page cache (module disk reads) is not worth saving; with `init_on_free` what is
+    // dropped becomes zero pages.
+    let _ = vm.run(crate::vm::Cmd::script("sync; echo 3 > /proc/sys/vm/drop_caches")).await;
+    let qmp = vm.qmp();
+    qmp.stop().await.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
+    let saved = qmp.save_state(&state, SAVE_WITHIN).await;
+    // Whatever the save did, the guest runs on.
+    let resumed = qmp.cont().await;
+    saved.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
+    resumed.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
+    let size = std::fs::metadata(&state).map_err(io(&state))?.len();
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let meta = Meta { key: key.to_string(), size, id: format!("{stamp}-{}", std::process::id()), taken_from: vm.name().to_string(), qemu: qmp.version.clone() };
+    let meta_path = taking.path().join(META);
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io(&meta_path))?;
+    // Whole or not at all. Another process holding no lock (an older run) may have put one
+    // there first: then that one stays, and ours goes with the temp dir.
+    if std::fs::rename(taking.path(), dir).is_ok() {
+        let _ = taking.keep();
+        prune(store, KEEP);
+    }
+    tracing::info!("{}: snapshot of its shape taken ({:.0} MiB) in {}", vm.name(), size as f64 / 1048576.0, dir.display());
+    Ok(())
+}
+
+/// The per-shape lock: one guest at a time takes (or replaces) a shape's snapshot, across
+/// threads and processes. Released when dropped.
+async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(store).map_err(|e| Error::Io { path: store.to_path_buf(), source: e })?;
+    let path = store.join(format!("{}.lock", &key[..24]));
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    let locked = tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)).await;
+    match locked {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err((_, errno))) => Err(Error::Io { path, source: errno.into() }),
+        Err(e) => Err(Error::Io { path, source: std::io::Error::other(e) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_cut_short_or_of_another_shape_is_named_and_not_used() {
+        let store = tempfile::tempdir().expect("tempdir");
+        let dir = store.path().join("shape");
+        assert!(matches!(find(&dir, "k"), Found::Missing));
+        std::fs::create_dir(&dir).expect("mkdir");
+        let meta = Meta { key: "k".into(), size: 10, id: "1".into(), taken_from: "host1".into(), qemu: "7.2.22".into() };
+        std::fs::write(dir.join(META), serde_json::to_vec(&meta).expect("json")).expect("write meta");
+        std::fs::write(dir.join(STATE), [0u8; 10]).expect("write state");
+        assert!(matches!(find(&dir, "k"), Found::Ready(_)));
+        match find(&dir, "other") {
+            Found::Broken(why) => assert!(why.contains("another guest shape"), "{why}"),
+            _ => panic!("a snapshot of another shape was taken as good"),
+        }
+        std::fs::write(dir.join(STATE), [0u8; 4]).expect("cut short");
+        match find(&dir, "k") {
+            Found::Broken(why) => assert!(why.contains("cut short: 4 of 10 bytes") && why.contains("state"), "{why}"),
+            _ => panic!("a cut-short snapshot was taken as good"),
+        }
+        std::fs::write(dir.join(META), b"{").expect("damage meta");
+        assert!(matches!(find(&dir, "k"), Found::Broken(why) if why.contains("damaged")));
+    }
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used() {
+        let store = tempfile::tempdir().expect("tempdir");
+        for (i, name) in ["old", "used", "new"].iter().enumerate() {
+            let dir = store.path().join(name);
+            std::fs::create_dir(&dir).expect("mkdir");
+            std::fs::write(dir.join(META), b"{}").expect("meta");
+            let at = std::fs::File::options().write(true).open(dir.join(META)).expect("open");
+            at.set_modified(UNIX_EPOCH + Duration::from_secs(1000 + i as u64)).expect("mtime");
+        }
+        std::fs::write(store.path().join("old").join(USED), b"").expect("restored just now");
+        std::fs::create_dir(store.path().join(".taking-x")).expect("in the making");
+        prune(store.path(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(store.path()).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".taking-x", "old"]);
+    }
+
+    #[test]
+    fn the_switch_is_on_off_or_refused() {
+        assert!(switch(None).expect("unset"));
+        assert!(switch(Some("on")).expect("on"));
+        assert!(!switch(Some("off")).expect("off"));
+        let err = switch(Some("of")).expect_err("a typo is refused");
+        assert!(err.to_string().contains("LAB_SNAPSHOT=of is neither on nor off"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Snapshots: guests of one shape restored from one saved state are ready fast, and are not
+//! twins: their own MAC (in the guest and in QEMU), hostname, clock and kernel randomness.
+
+use lab_harness::{BootKind, Cmd, Vm};
+use lab_tests::{assets, Check};
+
+/// What a clone reads from its kernel's generator and how it names itself.
+async fn identity(vm: &Vm) -> Vec<String> {
+    let script = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; \
+                  ip link add link eth0 mv0 type macvlan mode bridge; cat /sys/class/net/mv0/address; \
+                  cat /sys/class/net/eth0/address; hostname";
+    let out = vm.succeed(Cmd::script(script)).await.check();
+    out.lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clones_of_one_snapshot_restore_fast_and_are_not_twins() {
+    let assets = assets();
+    // The first guest of a fresh store boots cold and takes the snapshot.
+    let store = tempfile::tempdir().expect("tempdir");
+    let shaped = |name: &str| {
+        let mut cfg = assets.vm(name);
+        cfg.snapshots = Some(store.path().to_path_buf());
+        cfg
+    };
+    let first = Vm::boot(shaped("first")).await.check();
+    assert_eq!(first.boot_kind(), &BootKind::Cold);
+    let (a, b) = tokio::join!(Vm::boot(shaped("clone-a")), Vm::boot(shaped("clone-b")));
+    let (a, b) = (a.check(), b.check());
+    for vm in [&a, &b] {
+        assert_eq!(vm.boot_kind(), &BootKind::Restored, "{} restored", vm.name());
+    }
+    let (ia, ib) = (identity(&a).await, identity(&b).await);
+    assert_ne!(ia[0], ib[0], "/dev/urandom differs between clones");
+    assert_ne!(ia[1], ib[1], "UUIDs differ");
+    assert_ne!(ia[2], ib[2], "new macvlans get different MACs");
+    for (vm, id) in [(&a, &ia), (&b, &ib)] {
+        assert_eq!(id[3], vm.mac().to_string(), "{}'s eth0 has its own MAC", vm.name());
+        let filter = vm.qmp().rx_filter().await.check();
+        assert_eq!(filter.main_mac, vm.mac().to_string(), "QEMU agrees with {}'s eth0", vm.name());
+        assert_eq!(id[4], vm.name(), "its own hostname");
+    }
+    let skew = a.succeed("date +%s").await.check().trim().parse::<i64>().expect("seconds");
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    assert!((skew - host).abs() <= 2, "the clone has the host's time: {skew} vs {host}");
+    for vm in [first, a, b] {
+        vm.shutdown().await.check();
+    }
+}
+
+/// The snapshot directory of the one shape in `store`.
+fn only_snapshot(store: &std::path::Path) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(store).expect("store").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "one shape, one snapshot: {dirs:?}");
+    dirs[0].clone()
+}
+
+#[rstest::rstest]
+#[case::cut_short("cut short")]
+#[case::damaged("restoring snapshot")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_snapshot_is_named_booted_around_and_taken_again(#[case] damage: &str) {
+    let assets = assets();
+    let store = tempfile::tempdir().expect("tempdir");
+    let shaped = |name: &str| {
+        let mut cfg = assets.vm(name);
+        cfg.snapshots = Some(store.path().to_path_buf());
+        cfg
+    };
+    Vm::boot(shaped("taker")).await.check().shutdown().await.check();
+    let state = only_snapshot(store.path()).join("state");
+    let len = std::fs::metadata(&state).expect("state").len();
+    if damage == "cut short" {
+        // An earlier run killed while writing it, or a full disk.
+        std::fs::OpenOptions::new().write(true).open(&state).expect("open").set_len(len / 2).expect("truncate");
+    } else {
+        // The right size, wrong contents: only QEMU can tell, by failing to load it.
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&state).expect("open");
+        f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        f.write_all(&[0xff; 4096]).expect("scribble");
+    }
+    let survivor = Vm::boot(shaped("survivor")).await.check();
+    match survivor.boot_kind() {
+        BootKind::Fallback(why) => {
+            assert!(why.contains(damage), "the reason names the damage: {why}");
+            assert!(why.contains(&only_snapshot(store.path()).display().to_string()), "and the file: {why}");
+        }
+        other => panic!("a broken snapshot was not noticed: {other:?}"),
+    }
+    assert_eq!(survivor.succeed("hostname").await.check().trim(), "survivor");
+    survivor.shutdown().await.check();
+    // Taken again whole (its size as recorded), and the next guest restores it.
+    let snapshot = only_snapshot(store.path());
+    let meta: lab_harness::snapshot::Meta = serde_json::from_slice(&std::fs::read(snapshot.join("meta.json")).expect("meta")).expect("meta json");
+    assert_eq!(std::fs::metadata(snapshot.join("state")).expect("state").len(), meta.size, "retaken whole");
+    assert_eq!(meta.taken_from, "survivor");
+    let next = Vm::boot(shaped("next")).await.check();
+    assert_eq!(next.boot_kind(), &BootKind::Restored);
+    next.shutdown().await.check();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_store_every_guest_boots_its_kernel() {
+    let mut cfg = assets().vm("cold");
+    cfg.snapshots = None;
+    let vm = Vm::boot(cfg).await.check();
+    assert_eq!(vm.boot_kind(), &BootKind::Cold);
+    let dmesg = vm.succeed("dmesg | head -1").await.check();
+    assert!(dmesg.contains("Linux version"), "a kernel that booted here: {dmesg}");
+    vm.shutdown().await.check();
+}
