@@ -25,6 +25,7 @@ pub mod nest;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod rundirs;
 pub mod snapshot;
 pub mod vm;
 

@@ -445,6 +445,7 @@ impl Vm {
         self.process.pid()
     }
 
+    /// The guest's private state directory: its QMP and agent sockets, console, QEMU log.
     pub fn state_dir(&self) -> &Path {
         &self.paths.dir
     }
@@ -762,14 +763,8 @@ fn qemu_console_tail(paths: &StatePaths) -> String {
 }
 
 fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
-    let prefix = format!("{}-{}-", qemu::PROCESS_MARKER, cfg.name);
-    let mut b = tempfile::Builder::new();
-    b.prefix(&prefix);
-    let dir = match &cfg.state_parent {
-        Some(parent) => b.tempdir_in(parent),
-        None => b.tempdir(),
-    };
-    dir.map_err(|e| Error::guest(&cfg.name, Phase::Launch, format!("creating its state directory: {e}")))
+    crate::rundirs::create(&cfg.name, cfg.state_parent.as_deref())
+        .map_err(|e| Error::guest(&cfg.name, Phase::Launch, format!("creating its state directory: {e}")))
 }
 
 /// Copies the console log to the artifacts directory, if one is configured; says where when the

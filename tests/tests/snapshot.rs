@@ -4,6 +4,13 @@
 use lab_harness::{BootKind, Cmd, Vm};
 use lab_tests::{assets, Check};
 
+/// A guest of the base shape whose snapshots live in `store` (a test's own, empty at first).
+fn in_store(assets: &lab_harness::Assets, store: &std::path::Path, name: &str) -> lab_harness::VmConfig {
+    let mut cfg = assets.vm(name);
+    cfg.snapshots = Some(store.to_path_buf());
+    cfg
+}
+
 /// What a clone reads from its kernel's generator and how it names itself.
 async fn identity(vm: &Vm) -> Vec<String> {
     let script = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; \
@@ -18,11 +25,7 @@ async fn clones_of_one_snapshot_restore_fast_and_are_not_twins() {
     let assets = assets();
     // The first guest of a fresh store boots cold and takes the snapshot.
     let store = tempfile::tempdir().expect("tempdir");
-    let shaped = |name: &str| {
-        let mut cfg = assets.vm(name);
-        cfg.snapshots = Some(store.path().to_path_buf());
-        cfg
-    };
+    let shaped = |name: &str| in_store(&assets, store.path(), name);
     let first = Vm::boot(shaped("first")).await.check();
     assert_eq!(first.boot_kind(), &BootKind::Cold);
     let (a, b) = tokio::join!(Vm::boot(shaped("clone-a")), Vm::boot(shaped("clone-b")));
@@ -62,11 +65,7 @@ fn only_snapshot(store: &std::path::Path) -> std::path::PathBuf {
 async fn a_broken_snapshot_is_named_booted_around_and_taken_again(#[case] damage: &str) {
     let assets = assets();
     let store = tempfile::tempdir().expect("tempdir");
-    let shaped = |name: &str| {
-        let mut cfg = assets.vm(name);
-        cfg.snapshots = Some(store.path().to_path_buf());
-        cfg
-    };
+    let shaped = |name: &str| in_store(&assets, store.path(), name);
     Vm::boot(shaped("taker")).await.check().shutdown().await.check();
     let state = only_snapshot(store.path()).join("state");
     let len = std::fs::metadata(&state).expect("state").len();
@@ -109,4 +108,24 @@ async fn without_a_store_every_guest_boots_its_kernel() {
     let dmesg = vm.succeed("dmesg | head -1").await.check();
     assert!(dmesg.contains("Linux version"), "a kernel that booted here: {dmesg}");
     vm.shutdown().await.check();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guests_of_a_new_shape_booting_together_make_one_snapshot() {
+    let assets = assets();
+    let store = tempfile::tempdir().expect("tempdir");
+    let shaped = |name: &str| in_store(&assets, store.path(), name);
+    // Each takes the shape's lock on a file descriptor of its own, as separate processes do.
+    let (a, b, c) = tokio::join!(Vm::boot(shaped("a")), Vm::boot(shaped("b")), Vm::boot(shaped("c")));
+    let vms = [a.check(), b.check(), c.check()];
+    let mut kinds: Vec<String> = vms.iter().map(|vm| format!("{:?}", vm.boot_kind())).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["Cold", "Restored", "Restored"], "one guest took the snapshot, the others waited for it");
+    let snapshot = only_snapshot(store.path());
+    let leftovers: Vec<_> = std::fs::read_dir(store.path()).expect("store").flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with(".taking")).collect();
+    assert!(leftovers.is_empty(), "no half-made snapshot left: {leftovers:?}");
+    assert!(snapshot.join("meta.json").is_file());
+    for vm in vms {
+        vm.shutdown().await.check();
+    }
 }

@@ -47,8 +47,8 @@ pub(crate) struct Control {
 impl Control {
     /// Opens the control socket for `lab` (call inside the runtime).
     pub(crate) fn open(lab: &Lab) -> anyhow::Result<Self> {
-        // tempfile makes the directory 0700: nobody else can reach the socket, whatever the umask.
-        let dir = tempfile::Builder::new().prefix(&dir_prefix()).tempdir().context("creating the shell's control directory")?;
+        // 0700: nobody else can reach the socket, whatever the umask.
+        let dir = lab_harness::rundirs::create("shell", None).context("creating the shell's control directory")?;
         let listener = UnixListener::bind(dir.path().join(SOCKET)).context("opening the shell's control socket")?;
         let hosts: Vec<_> = lab.vms().iter().map(|vm| serde_json::json!({ "name": vm.name(), "ip": lab.ip(vm.name()) })).collect();
         let about = serde_json::json!({ "pid": std::process::id(), "hosts": hosts });

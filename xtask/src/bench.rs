@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// extras' measurements.
     #[arg(long, default_value_t = 3)]
     pub extras: usize,
+    /// Soak: this many guests restored, then this many cold, 8 at a time, each running a
+    /// command; counts hangs, fallbacks and leftovers. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub soak: usize,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -46,6 +50,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let cold = boots(&rt, &assets, args, "cold", args.boots, parallel, None)?;
     report("cold boot", &cold);
+    crate::bench_soak::cold_boot_breakdown(&rt, &assets)?;
     // A store of this bench's own: its first guest takes the snapshot, the rest restore it.
     let store = tempfile::tempdir()?;
     let first = boots(&rt, &assets, args, "first", 1, 1, Some(store.path()))?;
@@ -84,6 +89,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     for _ in 0..args.nested {
         rt.block_on(nested(&assets))?;
+    }
+    if args.soak > 0 {
+        crate::bench_soak::soak(&rt, &assets, args.soak, Some(store.path()))?;
+        crate::bench_soak::soak(&rt, &assets, args.soak, None)?;
     }
     Ok(())
 }

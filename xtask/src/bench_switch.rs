@@ -11,7 +11,7 @@ use tokio::net::UnixDatagram;
 const FRAME: usize = 1514;
 
 pub async fn alone(frames: usize) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("macvlan-lab-bench-").tempdir()?;
+    let dir = lab_harness::rundirs::create("bench", None)?;
     let switch = SwitchHandle::start(&[PortPolicy::default(); 2], dir.path(), &dir.path().join("captures"))?;
     let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
     let b = UnixDatagram::bind(&switch.sockets(1).guest)?;

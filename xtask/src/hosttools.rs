@@ -18,15 +18,24 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs `package` with apt-get if we are root on an apt system; true if that worked.
+/// Installs `package` with apt-get if we are root on an apt system; true if that worked. Never
+/// removes a host package to make room (`--no-remove`: apt stops instead, and we say so).
 fn apt_install(package: &str) -> bool {
     if !nix::unistd::geteuid().is_root() || which::which("apt-get").is_err() {
         return false;
     }
-    eprintln!("xtask: installing {package} with apt-get");
-    Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", package])
+    eprintln!("xtask: installing {package} with `apt-get install --no-remove --no-install-recommends {package}`");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-remove", "--no-install-recommends", package])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "xtask: apt-get did not install {package} without removing anything (see above); nothing was changed. \
+             Install it yourself, from the release your other QEMU packages come from if there are any \
+             (e.g. `sudo apt-get install -t bookworm-backports {package}`)"
+        );
+    }
+    ok
 }

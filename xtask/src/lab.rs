@@ -182,7 +182,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     assets.runs = crate::runs::start("lab")?;
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
-    let scenarios = rt.block_on(async {
+    let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
         let mut set = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
@@ -199,7 +199,10 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         let mut done = set.join_all().await;
         done.sort_by_key(|(i, _)| *i);
         done.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
-    });
+    }));
+    // Interrupted: the scenarios' tasks go with the runtime, and their guests with them.
+    drop(rt);
+    let scenarios = scenarios?;
     let qemu = lab_harness::qemu::find_binary().and_then(|q| lab_harness::qemu::version(&q)).unwrap_or_default();
     let report = lab_scenarios::Report {
         kernel: format!("{} ({})", assets.kernel.release, assets.kernel.origin),
@@ -254,8 +257,9 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
             Stream::Stderr => std::io::stderr().lock().write_all(bytes),
         };
     };
-    let out = rt.block_on(lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show))?;
+    let out = rt.block_on(crate::interrupt::unless_interrupted(lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show)));
     drop(rt);
+    let out = out??;
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
     anyhow::ensure!(leaks.is_empty(), "the run left things behind:\n  {}", leaks.join("\n  "));
     eprintln!("lab: captures and consoles of this run are in {}", crate::runs::shown(&assets.runs).display());

@@ -1,8 +1,28 @@
 //! What a run must not leave behind: QEMU processes, guest state directories, host interfaces.
+//!
+//! A run judges only what it started: QEMUs whose environment carries its `LAB_RUN`, and
+//! directories whose `.owner` names it (see `lab_harness::rundirs`). Another run going on beside
+//! it, or the leftovers of a killed one, are not its leaks; the latter are swept at start.
 
 use std::collections::BTreeSet;
 
 use lab_harness::qemu::PROCESS_MARKER;
+use lab_harness::rundirs;
+
+/// Names this process's run (`LAB_RUN`) for everything it starts, unless a run that started
+/// this process already did, and removes what dead runs left in the temp dir. Call first thing,
+/// while the process has a single thread.
+pub fn start_run() {
+    if std::env::var_os(rundirs::ENV_RUN).is_none() {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
+        std::env::set_var(rundirs::ENV_RUN, format!("xtask{}-{stamp}", std::process::id()));
+    }
+    let swept = rundirs::sweep_stale();
+    if !swept.is_empty() {
+        eprintln!("xtask: removed {} director{} that killed runs left in {}", swept.len(), if swept.len() == 1 { "y" } else { "ies" }, std::env::temp_dir().display());
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -27,8 +47,10 @@ impl Snapshot {
     }
 }
 
-/// `pid: cmdline` of every QEMU whose `-name` carries our marker.
+/// `pid: cmdline` of every QEMU of this run: its `-name` carries our marker and its environment
+/// this run's `LAB_RUN`.
 fn lab_qemus() -> BTreeSet<String> {
+    let ours = format!("{}={}", rundirs::ENV_RUN, rundirs::run_id());
     let Ok(entries) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
     entries
         .flatten()
@@ -36,20 +58,21 @@ fn lab_qemus() -> BTreeSet<String> {
         .filter_map(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("qemu-system") && cmdline.contains(PROCESS_MARKER))
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            let this_run = environ.split(|b| *b == 0).any(|var| var == ours.as_bytes());
+            (cmdline.contains("qemu-system") && cmdline.contains(PROCESS_MARKER) && this_run)
                 .then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.chars().take(120).collect::<String>()))
         })
         .collect()
 }
 
+/// This run's directories in the temp dir.
 fn state_dirs() -> BTreeSet<String> {
-    let tmp = std::env::temp_dir();
-    let Ok(entries) = std::fs::read_dir(&tmp) else { return BTreeSet::new() };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(PROCESS_MARKER))
-        .map(|n| tmp.join(n).display().to_string())
+    let run = rundirs::run_id();
+    rundirs::ours()
+        .into_iter()
+        .filter(|dir| rundirs::owner(dir).is_some_and(|o| o.run == run))
+        .map(|dir| dir.display().to_string())
         .collect()
 }
 

@@ -3,8 +3,10 @@
 
 mod attach;
 mod bench;
+mod bench_soak;
 mod bench_switch;
 mod hosttools;
+mod interrupt;
 mod lab;
 mod leaks;
 mod provision;
@@ -46,8 +48,15 @@ enum Command {
     Selftests,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("Error: {e:?}");
+        std::process::exit(interrupt::exit_code(&e));
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    leaks::start_run();
     // The harness's warnings (a snapshot that could not be used, a boot retried) by default;
     // RUST_LOG=lab_harness=debug shows where a guest's start-up time goes.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -149,11 +149,30 @@ fn describe_origin(kernel: &Kernel) -> String {
     }
 }
 
+/// Static, and with the paths of this checkout and of cargo's registry written as fixed
+/// names: panic messages embed source paths, and the image must not depend on who built it
+/// where (root's `/root/.cargo` against a user's `~/.cargo`).
+fn agent_rustflags() -> String {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    let mut flags = "-C target-feature=+crt-static".to_string();
+    // The variable is split at spaces: a path with one cannot be passed, and is left as it is.
+    for (path, name) in [(cargo_home, "/cargo"), (workspace_root(), "/src")] {
+        let path = path.display().to_string();
+        if !path.is_empty() && !path.contains(char::is_whitespace) {
+            flags.push_str(&format!(" --remap-path-prefix={path}={name}"));
+        }
+    }
+    flags
+}
+
 fn build_agent() -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
         .args(["build", "--quiet", "--release", "--package", "lab-agent", "--target", AGENT_TARGET])
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", agent_rustflags())
         .status()
         .context("running cargo to build the agent")?;
     anyhow::ensure!(

@@ -30,8 +30,8 @@ pub struct Lab {
     // Guests go before the switch, the switch before the directories its sockets are in.
     vms: Vec<Vm>,
     switch: SwitchHandle,
-    /// Holds the switch's socket directory until the switch is gone; never read.
-    _sockets: tempfile::TempDir,
+    /// The switch's socket directory, held until the switch is gone.
+    sockets: tempfile::TempDir,
     artifacts: PathBuf,
     /// Whether a lab that passes keeps its artifacts ([`crate::assets::Runs::keep_passed`]).
     keep_passed: bool,
@@ -79,7 +79,7 @@ impl LabBuilder {
             let path = path.to_path_buf();
             move |e: std::io::Error| Error::Io { path, source: e }
         };
-        let sockets = tempfile::Builder::new().prefix(&format!("{}-lan-", crate::qemu::PROCESS_MARKER)).tempdir().map_err(io(Path::new("temp dir")))?;
+        let sockets = crate::rundirs::create("lan", None).map_err(io(Path::new("temp dir")))?;
         let policies = vec![self.policy; self.hosts.len()];
         let switch = SwitchHandle::start(&policies, sockets.path(), &artifacts).map_err(io(&artifacts))?;
 
@@ -100,7 +100,7 @@ impl LabBuilder {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        let lab = Lab { vms, switch, _sockets: sockets, artifacts, keep_passed, finished: false };
+        let lab = Lab { vms, switch, sockets, artifacts, keep_passed, finished: false };
         match first_error {
             // Dropping `lab` kills the guests that did boot and keeps the artifacts.
             Some(e) => Err(e),
@@ -196,6 +196,11 @@ impl Lab {
 
     pub fn artifacts(&self) -> &Path {
         &self.artifacts
+    }
+
+    /// The private directory of the switch's sockets.
+    pub fn sockets_dir(&self) -> &Path {
+        self.sockets.path()
     }
 
     /// Powers every guest off; on success the run's artifacts are removed, unless they are kept

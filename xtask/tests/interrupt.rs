@@ -1,0 +1,82 @@
+//! Ctrl-C or SIGTERM in the middle of `lab run`: it stops within seconds, says so, exits 128+N,
+//! and leaves no QEMU and no directory behind. SIGKILL leaves directories (nothing can run on
+//! SIGKILL) but no QEMU, and the next run sweeps them.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn xtask() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+/// This user's lab directories in `tmp`, and QEMUs whose command line names `tmp`.
+fn leftovers(tmp: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let dirs = std::fs::read_dir(tmp).expect("tmp").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("macvlan-lab-")).collect();
+    let needle = tmp.display().to_string();
+    let qemus = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
+        .collect();
+    (dirs, qemus)
+}
+
+fn wait_for_leftovers_to_clear(tmp: &std::path::Path, dirs_too: bool) -> (Vec<String>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (dirs, qemus) = leftovers(tmp);
+        if (qemus.is_empty() && (dirs.is_empty() || !dirs_too)) || Instant::now() > deadline {
+            return (dirs, qemus);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[rstest::rstest]
+#[case::sigint(nix::sys::signal::Signal::SIGINT)]
+#[case::sigterm(nix::sys::signal::Signal::SIGTERM)]
+#[case::sigkill(nix::sys::signal::Signal::SIGKILL)]
+fn a_signal_mid_run_stops_it_and_leaves_nothing(#[case] signal: nix::sys::signal::Signal) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let script = tmp.path().join("long.sh");
+    std::fs::write(&script, "echo started; sleep 60; echo never\n").expect("script");
+    let mut run = xtask()
+        .args(["lab", "run", "--hosts", "2"])
+        .arg(&script)
+        .env("TMPDIR", tmp.path())
+        .env_remove("LAB_RUN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtask runs");
+    // Wait until the script runs in the guest: the guests are up, mid-command.
+    let mut stdout = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line.trim(), "started", "the script runs");
+    let sent = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), signal).expect("signal");
+    let out = run.wait_with_output().expect("wait");
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (dirs, qemus) = wait_for_leftovers_to_clear(tmp.path(), signal != nix::sys::signal::Signal::SIGKILL);
+    assert!(qemus.is_empty(), "QEMU still running after {signal}: {qemus:?}");
+    if signal == nix::sys::signal::Signal::SIGKILL {
+        // Nothing runs on SIGKILL: the next run sweeps what it left, by its dead owner.
+        let sweep = xtask().args(["lab", "--only", "no-such-scenario"]).env("TMPDIR", tmp.path()).output().expect("xtask runs");
+        let said = String::from_utf8_lossy(&sweep.stderr);
+        assert!(!dirs.is_empty(), "SIGKILL leaves the directories (nothing of the run runs after it)");
+        assert!(said.contains(&format!("removed {} directories that killed runs left in", dirs.len())), "the next run says it swept them: {said}");
+        let (dirs, _) = leftovers(tmp.path());
+        assert!(dirs.is_empty(), "swept: {dirs:?}");
+        return;
+    }
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    assert_eq!(out.status.code(), Some(128 + signal as i32), "exit code for {signal}; stderr:\n{stderr}");
+    assert!(stderr.contains("interrupted by"), "it says it was interrupted:\n{stderr}");
+    assert!(dirs.is_empty(), "directories left after {signal}: {dirs:?}");
+}
