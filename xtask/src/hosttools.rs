@@ -18,6 +18,22 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// cargo-nextest, the test runner behind `cargo xtask test`: installed once with
+/// `cargo install --locked cargo-nextest` (a few minutes) when missing.
+pub fn ensure_nextest() -> anyhow::Result<()> {
+    let present = || Command::new(env!("CARGO")).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: cargo-nextest runs the tests; installing it once with `cargo install --locked cargo-nextest` (a few minutes)");
+    let installed = Command::new(env!("CARGO")).args(["install", "--locked", "cargo-nextest"]).status().is_ok_and(|s| s.success());
+    anyhow::ensure!(
+        installed && present(),
+        "cargo-nextest could not be installed; install it yourself (`cargo install --locked cargo-nextest`, or a prebuilt one from https://nexte.st) and run again"
+    );
+    Ok(())
+}
+
 /// Installs `package` with apt-get if we are root on an apt system; true if that worked. Never
 /// removes a host package to make room (`--no-remove`: apt stops instead, and we say so).
 fn apt_install(package: &str) -> bool {

@@ -35,7 +35,11 @@ enum Command {
     Test {
         #[command(flatten)]
         provision: provision::ProvisionArgs,
-        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        /// Run only shard K of N (`2/3`), for spreading the suite over CI machines: nextest's
+        /// `--partition count:K/N`. The doctests run in shard 1.
+        #[arg(long, value_name = "K/N", value_parser = parse_partition)]
+        partition: Option<(u32, u32)>,
+        /// Extra arguments for cargo nextest (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         test_args: Vec<String>,
     },
@@ -67,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     lab_harness::snapshot::enabled()?;
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
-        Command::Test { provision, test_args } => test(&provision, &test_args),
+        Command::Test { provision, partition, test_args } => test(&provision, partition, &test_args),
         Command::Bench(args) => bench::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Selftests => {
@@ -77,8 +81,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result<()> {
+/// `2/3` -> (2, 3), with 1 <= K <= N.
+fn parse_partition(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not a shard: give K/N with 1 <= K <= N, e.g. 1/2");
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u32, u32) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+fn test(args: &provision::ProvisionArgs, partition: Option<(u32, u32)>, test_args: &[String]) -> anyhow::Result<()> {
     hosttools::ensure_qemu()?;
+    hosttools::ensure_nextest()?;
     // Some tests boot every kernel the manifest knows (assets-<id>.json); the one asked for goes
     // last, so assets.json is its.
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
@@ -89,15 +105,33 @@ fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result
     let assets_path = provision::run(args)?;
     let selftests = selftests::provide()?;
     let before = leaks::Snapshot::take();
-    let mut cmd = std::process::Command::new(env!("CARGO"));
-    cmd.current_dir(workspace_root())
-        // Every test binary runs even after one fails, so the tally and the leak check see all.
-        .args(["test", "--workspace", "--no-fail-fast", "--"])
-        .args(test_args)
-        .env(lab_harness::assets::ENV_ASSETS, &assets_path)
-        .env("LAB_SELFTESTS", &selftests)
-        .env("LAB_ARTIFACTS", lab_dir().join("failed"));
-    let (status, tally) = tally::run(cmd)?;
+    let with_env = |cmd: &mut std::process::Command| {
+        cmd.current_dir(workspace_root())
+            .env(lab_harness::assets::ENV_ASSETS, &assets_path)
+            .env("LAB_SELFTESTS", &selftests)
+            .env("LAB_ARTIFACTS", lab_dir().join("failed"));
+    };
+    // nextest: every test in a process of its own, as many at once as there are cores, across
+    // test binaries; a stuck one is killed (`.config/nextest.toml`); JUnit in target/nextest.
+    let mut nextest = std::process::Command::new(env!("CARGO"));
+    nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    if let Some((k, n)) = partition {
+        nextest.arg("--partition").arg(format!("count:{k}/{n}"));
+    }
+    nextest.args(test_args);
+    with_env(&mut nextest);
+    let (status, mut tally) = tally::run(nextest)?;
+    let mut ok = status.success();
+    // nextest does not run doctests (the README's examples among them): cargo test does, once.
+    if partition.is_none_or(|(k, _)| k == 1) && test_args.is_empty() {
+        let mut doc = std::process::Command::new(env!("CARGO"));
+        doc.args(["test", "--workspace", "--doc"]);
+        with_env(&mut doc);
+        let (doc_status, doc_tally) = tally::run(doc)?;
+        ok &= doc_status.success();
+        tally.passed += doc_tally.passed;
+        tally.failed += doc_tally.failed;
+    }
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.
     let leaks = leaks::Snapshot::take().leaked_since(&before);
     if leaks.is_empty() {
@@ -106,8 +140,9 @@ fn test(args: &provision::ProvisionArgs, test_args: &[String]) -> anyhow::Result
         eprintln!("xtask: the test suite left things behind:\n  {}", leaks.join("\n  "));
     }
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed + usize::from(!leaks.is_empty()));
-    if !status.success() {
-        anyhow::bail!("tests failed ({status}); consoles of failed guests are in {}", lab_dir().join("failed").display());
+    println!("xtask: JUnit report in {}", workspace_target().join("nextest/default/junit.xml").display());
+    if !ok {
+        anyhow::bail!("tests failed; consoles of failed guests are in {}", lab_dir().join("failed").display());
     }
     anyhow::ensure!(leaks.is_empty(), "the test suite left things behind");
     anyhow::ensure!(tally.passed > 0, "no test ran");
@@ -118,8 +153,12 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
+/// `target` (or `CARGO_TARGET_DIR`).
+pub fn workspace_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// `target/lab`: cache, assets, artifacts.
 pub fn lab_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    target.join("lab")
+    workspace_target().join("lab")
 }

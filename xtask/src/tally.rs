@@ -1,5 +1,6 @@
-//! Runs `cargo test`, passing its output through, and adds up its `test result:` lines so that
-//! `cargo xtask test` can end with one line saying how many tests passed and failed in all.
+//! Runs the test runners, passing their output through, and adds up what they report so that
+//! `cargo xtask test` can end with one line saying how many tests passed and failed in all:
+//! cargo test's `test result:` lines (the doctests) and cargo nextest's `Summary` line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitStatus, Stdio};
@@ -11,30 +12,47 @@ pub struct Tally {
 }
 
 pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, Tally)> {
-    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
-    let mut tally = Tally::default();
-    if let Some(out) = child.stdout.take() {
-        let mut stdout = std::io::stdout();
-        for line in BufReader::new(out).lines() {
-            let line = line?;
-            writeln!(stdout, "{line}")?;
-            tally.add(&line);
-        }
-    }
+    // nextest reports on stderr, cargo test on stdout: read both, each passed through as is.
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let stderr_tally = std::thread::spawn(move || pass_through(err, std::io::stderr()));
+    let mut tally = pass_through(out, std::io::stdout())?;
+    let from_stderr = stderr_tally.join().map_err(|_| anyhow::anyhow!("the stderr reader panicked"))??;
+    tally.passed += from_stderr.passed;
+    tally.failed += from_stderr.failed;
     Ok((child.wait()?, tally))
 }
 
+fn pass_through(from: Option<impl std::io::Read>, mut to: impl Write) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    if let Some(from) = from {
+        for line in BufReader::new(from).lines() {
+            let line = line?;
+            writeln!(to, "{line}")?;
+            tally.add(&line);
+        }
+    }
+    Ok(tally)
+}
+
 impl Tally {
-    /// `test result: ok. 12 passed; 0 failed; 0 ignored; ...`
+    /// `test result: ok. 12 passed; 0 failed; 0 ignored; ...` (cargo test) or
+    /// `Summary [ 12.3s] 14 tests run: 12 passed, 2 failed, 0 skipped` (nextest).
     fn add(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else { return };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
-            let n: usize = n.parse().unwrap_or(0);
-            match kind {
+        let rest = if let Some(rest) = line.strip_prefix("test result: ") {
+            rest
+        } else if line.trim_start().starts_with("Summary [") {
+            line.split_once("tests run:").or_else(|| line.split_once("test run:")).map_or("", |(_, counts)| counts)
+        } else {
+            return;
+        };
+        for part in rest.split([';', ',']) {
+            // `ok. 12 passed`, ` 2 failed`, ` 1 timed out`: a count, then what it counts.
+            let mut words = part.split_whitespace().skip_while(|w| w.parse::<usize>().is_err());
+            let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else { continue };
+            match words.collect::<Vec<_>>().join(" ").as_str() {
                 "passed" => self.passed += n,
-                "failed" => self.failed += n,
+                "failed" | "timed out" => self.failed += n,
                 _ => {}
             }
         }
@@ -51,6 +69,9 @@ mod tests {
         t.add("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 24.19s");
         t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s");
         t.add("running 3 tests");
-        assert_eq!(t, Tally { passed: 13, failed: 2 });
+        t.add("     Summary [ 431.8s] 121 tests run: 119 passed, 2 failed, 0 skipped");
+        t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
+        t.add("        PASS [   0.1s] xtask::bin/xtask tally::tests::adds");
+        assert_eq!(t, Tally { passed: 134, failed: 5 });
     }
 }
