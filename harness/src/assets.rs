@@ -119,9 +119,7 @@ impl Assets {
         }
         let json = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         // A reader (another run starting) sees the old file or the new one, never half of one.
-        let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&temp, json).map_err(io)?;
-        std::fs::rename(&temp, path).map_err(io)
+        Ok(lab_rootfs::layers::write_atomically(path, json.as_bytes())?)
     }
 
     /// A guest that can run `inner_vms` VMs of its own ([`crate::nest`]): the nest image and

@@ -216,8 +216,9 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
     let json = serde_json::to_vec_pretty(&report)?;
     let path = crate::lab_dir().join("report.json");
-    std::fs::write(&path, &json)?;
-    std::fs::write(crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
+    // Whole files only: another lab run may be writing its report at the same moment.
+    lab_rootfs::layers::write_atomically(&path, &json)?;
+    lab_rootfs::layers::write_atomically(&crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
     eprintln!("lab: report written to {}", path.display());
     eprintln!("lab: captures, consoles and summaries of each scenario are in {}", crate::runs::shown(&assets.runs).display());
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);

@@ -50,10 +50,12 @@ impl Tally {
             // `ok. 12 passed`, ` 2 failed`, ` 1 timed out`: a count, then what it counts.
             let mut words = part.split_whitespace().skip_while(|w| w.parse::<usize>().is_err());
             let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else { continue };
-            match words.collect::<Vec<_>>().join(" ").as_str() {
-                "passed" => self.passed += n,
-                "failed" | "timed out" => self.failed += n,
-                _ => {}
+            // nextest may add a remark: `127 passed (3 slow)`.
+            let kind = words.collect::<Vec<_>>().join(" ");
+            if kind.starts_with("passed") {
+                self.passed += n;
+            } else if kind.starts_with("failed") || kind.starts_with("timed out") {
+                self.failed += n;
             }
         }
     }
@@ -71,7 +73,8 @@ mod tests {
         t.add("running 3 tests");
         t.add("     Summary [ 431.8s] 121 tests run: 119 passed, 2 failed, 0 skipped");
         t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
+        t.add("     Summary [ 387.7s] 127 tests run: 127 passed (3 slow), 0 skipped");
         t.add("        PASS [   0.1s] xtask::bin/xtask tally::tests::adds");
-        assert_eq!(t, Tally { passed: 134, failed: 5 });
+        assert_eq!(t, Tally { passed: 261, failed: 5 });
     }
 }
