@@ -43,7 +43,8 @@ enum Command {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Boot guests N times and report boot-to-agent time, image size and QEMU memory.
+    /// Measure: cold boots against restores from a snapshot (alone and 8 at once), a nest guest,
+    /// `lab run` end to end, the switch, `--package`/`--dir`, the nested scenario; `--soak N`.
     Bench(bench::BenchArgs),
     /// Run lab experiments in throwaway guests.
     Lab(lab::LabArgs),
