@@ -85,6 +85,9 @@ pub struct ImageAsset {
     pub sha256: String,
     pub size: u64,
     pub modules: Vec<String>,
+    /// The Debian packages it was built from, `name=version sha256`: what reproduces it.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 impl Assets {

@@ -49,6 +49,10 @@ pub struct Report {
     /// How the run's guests came up: restored from snapshots, cold, or cold after a restore
     /// failed (and why).
     pub boots: lab_harness::snapshot::Tally,
+    /// The guest image's sha256 and the Debian packages it was built from (`name=version
+    /// sha256`), so that a result can be reproduced.
+    pub image: String,
+    pub packages: Vec<String>,
 }
 
 /// What a scenario saw: check name -> observation. Keys starting with [`NOTE`] are not checks
@@ -134,6 +138,8 @@ mod tests {
             qemu: "7.2".into(),
             accel: "tcg".into(),
             boots: Default::default(),
+            image: String::new(),
+            packages: Vec::new(),
             scenarios: vec![
                 ScenarioReport {
                     name: "mode/bridge".into(),

@@ -31,6 +31,8 @@ async fn scenario_behaves_as_expected(#[case] name: &str) {
         accel: String::new(),
         scenarios: vec![report.clone()],
         boots: Default::default(),
+        image: String::new(),
+        packages: Vec::new(),
     });
     assert!(report.passed, "{name} did not behave as expected:\n{table}{}", report.error.unwrap_or_default());
 }

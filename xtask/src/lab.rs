@@ -210,6 +210,8 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         accel: lab_harness::Accel::choose()?.to_string(),
         scenarios,
         boots: lab_harness::snapshot::tally(),
+        image: format!("{} sha256:{}", assets.image.path.display(), assets.image.sha256),
+        packages: assets.image.packages.clone(),
     };
     print!("{}", lab_scenarios::table(&report));
     println!("guests: {}", report.boots);

@@ -109,7 +109,13 @@ fn provision(args: &ProvisionArgs, manifest: &Manifest, agent: &std::path::Path,
             None
         }
     };
-    let asset = |i: &lab_rootfs::Image| ImageAsset { path: i.path.clone(), sha256: i.sha256.clone(), size: i.size, modules: i.modules.clone() };
+    let asset = |i: &lab_rootfs::Image| ImageAsset {
+        path: i.path.clone(),
+        sha256: i.sha256.clone(),
+        size: i.size,
+        modules: i.modules.clone(),
+        packages: i.packages.clone(),
+    };
     let assets = Assets {
         kernel: KernelAsset {
             id: kernel.id.clone(),
