@@ -187,39 +187,36 @@ impl Qmp {
     /// Writes the (stopped) guest's whole state to `path` with `migrate "exec:cat > PATH"` and
     /// waits until QEMU says the migration completed. The guest stays paused afterwards.
     pub async fn save_state(&self, path: &std::path::Path, within: Duration) -> Result<(), QmpError> {
-        let fail = |message: String| QmpError::Command { command: "migrate", message };
         // The default bandwidth cap (32 MiB/s before QEMU 9) is for live migration over a
         // network; a file on this host takes what it can.
         let fast = qapi::qmp::MigrateSetParameters { max_bandwidth: Some(u64::MAX >> 2), ..Default::default() };
         self.execute(qapi::qmp::migrate_set_parameters(fast)).await?;
         let uri = format!("exec:cat > {}", shell_quote(&path.display().to_string()));
         self.execute(qapi::qmp::migrate { uri: Some(uri), channels: None, detach: None, resume: None }).await?;
-        let deadline = Instant::now() + within;
-        loop {
-            let state = self.execute(QueryMigrate {}).await?;
-            match state.status.as_deref() {
-                Some("completed") => return Ok(()),
-                Some(status @ ("failed" | "cancelled")) => return Err(fail(format!("{status}: {}", state.error_desc.unwrap_or_default()))),
-                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command: "migrate", within }),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        self.migration_done("migrate", within, Duration::from_millis(20)).await
     }
 
     /// Waits until QEMU, started with `-incoming`, has loaded the saved state, then starts the
     /// guest: the state was saved from a stopped guest, and QEMU keeps it stopped.
     pub async fn resume_incoming(&self, within: Duration) -> Result<(), QmpError> {
+        self.migration_done("migrate-incoming", within, Duration::from_millis(10)).await?;
+        self.cont().await
+    }
+
+    /// Polls `query-migrate` every `poll` until the migration (out to a file, or in from one)
+    /// completed; a failed or cancelled one is an error with QEMU's reason, named `command`.
+    async fn migration_done(&self, command: &'static str, within: Duration, poll: Duration) -> Result<(), QmpError> {
         let deadline = Instant::now() + within;
         loop {
             let state = self.execute(QueryMigrate {}).await?;
             match state.status.as_deref() {
-                Some("completed") => return self.cont().await,
+                Some("completed") => return Ok(()),
                 Some(status @ ("failed" | "cancelled")) => {
-                    let message = format!("loading the saved state {status}: {}", state.error_desc.unwrap_or_default());
-                    return Err(QmpError::Command { command: "migrate-incoming", message });
+                    let message = format!("query-migrate says {status}: {}", state.error_desc.unwrap_or_default());
+                    return Err(QmpError::Command { command, message });
                 }
-                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command: "migrate-incoming", within }),
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command, within }),
+                _ => tokio::time::sleep(poll).await,
             }
         }
     }

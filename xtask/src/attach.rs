@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::stream::{FuturesUnordered, StreamExt};
-use lab_harness::qemu::PROCESS_MARKER;
 use lab_harness::{Cmd, Lab, TtySize};
 use lab_proto::attach::{ToAttach, ToShell, MAX_LINE_BYTES};
 use serde::de::DeserializeOwned;
@@ -28,8 +27,10 @@ const ABOUT: &str = "lab.json";
 /// How long a hung-up guest shell may take to end before its connection is let go.
 const HANGUP_GRACE: Duration = Duration::from_secs(10);
 
-fn dir_prefix() -> String {
-    format!("{PROCESS_MARKER}-shell-")
+/// A guest shell's exit code as a local shell gives it: its own, or 128 + the signal that
+/// ended it.
+pub(crate) fn exit_code(out: &lab_harness::RunOutput) -> i32 {
+    out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(1))
 }
 
 /// A root bash on a guest's terminal, the same for `lab shell` and `lab attach`.
@@ -116,7 +117,7 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
         }
     }
     let out = session.finish().await?;
-    to.send(&ToAttach::Ended { code: out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(1)) }).await
+    to.send(&ToAttach::Ended { code: exit_code(&out) }).await
 }
 
 /// `lab attach`: finds the running shell, joins it, relays this terminal until the attached
@@ -212,18 +213,10 @@ fn find(pid: Option<u32>) -> anyhow::Result<Found> {
     }
 }
 
-/// This user's control directories whose shell process is alive, by pid.
+/// This user's control directories whose shell process is alive, by pid: the lab directories
+/// that hold a `lab.json`.
 fn running_shells() -> Vec<Found> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
-    let uid = nix::unistd::getuid().as_raw();
-    let mut found: Vec<Found> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&dir_prefix()))
-        .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid))
-        .filter_map(|e| about(&e.path()))
-        .filter(|s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok())
-        .collect();
+    let mut found: Vec<Found> = lab_harness::rundirs::ours().iter().filter_map(|dir| about(dir)).filter(|s| lab_harness::rundirs::alive(s.pid)).collect();
     found.sort_by_key(|s| s.pid);
     found
 }

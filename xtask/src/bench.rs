@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: boots guests cold and restores them from a snapshot in the same run, and
 //! reports each's time to agent ready (median, p95, worst), retried boots, fallbacks to a cold
 //! boot, the image size and QEMU's resident memory, so later changes can be measured against it;
-//! also a nest guest's restore and `lab run` end to end, restoring against booting cold. Then the switch's throughput, what `--package` and
-//! `--dir` cost (cold cache against warm, and the boot with them against the boot without), and
-//! the time of the seed's nested-VM experiment from boot to end.
+//! also a nest guest's restore and `lab run` end to end, restoring against booting cold. Then
+//! the switch's throughput, what `--package` and `--dir` cost (cold cache against warm, and the
+//! boot with them against the boot without), and the time of the seed's nested-VM experiment
+//! from boot to end.
 
 use std::time::{Duration, Instant};
 

@@ -58,7 +58,7 @@ fn prune(root: &Path, keep: usize) {
     runs.sort();
     let old = runs.len().saturating_sub(keep);
     for (name, pid) in runs.into_iter().take(old) {
-        if pid.is_some_and(alive) {
+        if pid.is_some_and(lab_harness::rundirs::alive) {
             continue;
         }
         let _ = std::fs::remove_dir_all(root.join(name));
@@ -71,10 +71,6 @@ fn run_pid(name: &str) -> Option<u32> {
     let ok = stamp.bytes().enumerate().all(|(i, b)| if i == 8 { b == b'-' } else { b.is_ascii_digit() });
     let (_, pid) = rest.rsplit_once('-')?;
     if ok && rest.starts_with('-') { pid.parse().ok() } else { None }
-}
-
-fn alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.

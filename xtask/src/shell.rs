@@ -89,6 +89,6 @@ impl Remote for HostShell<'_> {
 
     async fn finish(self) -> anyhow::Result<i32> {
         let out = self.0.finish().await?;
-        Ok(out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(1)))
+        Ok(crate::attach::exit_code(&out))
     }
 }
