@@ -54,30 +54,61 @@ pub struct Layer {
 pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
     let dir = cache.join("layers");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut names: Vec<String> = wanted.iter().map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
+    let mut names: Vec<String> = wanted
+        .iter()
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
     names.sort();
     names.dedup();
-    let request = format!("format {FORMAT}\nwanted {}\nbase {}\nlists {}\n", names.join(" "), base.display(), lists_fingerprint(cache));
-    let resolved = dir.join(format!("request-{}.json", &lab_kernels::deb::sha256_hex(request.as_bytes())[..16]));
+    let request = format!(
+        "format {FORMAT}\nwanted {}\nbase {}\nlists {}\n",
+        names.join(" "),
+        base.display(),
+        lists_fingerprint(cache)
+    );
+    let resolved = dir.join(format!(
+        "request-{}.json",
+        &lab_kernels::deb::sha256_hex(request.as_bytes())[..16]
+    ));
     if let Some(layer) = read_json::<Layer>(&resolved).filter(|l| l.path.is_file()) {
         return Ok(layer);
     }
     let closure = lab_kernels::deb::closure(&names)?;
     let contents: Vec<String> = closure.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    let key = lab_kernels::deb::sha256_hex(format!("format {FORMAT}\nbase {}\n{}", base.display(), contents.join("\n")).as_bytes());
+    let key = lab_kernels::deb::sha256_hex(
+        format!(
+            "format {FORMAT}\nbase {}\n{}",
+            base.display(),
+            contents.join("\n")
+        )
+        .as_bytes(),
+    );
     let path = dir.join(format!("packages-{}.cpio", &key[..16]));
     if !path.is_file() {
         let unpacked = lab_kernels::deb::fetch_exact(&closure, &cache.join("debs"))?;
         let in_base = archive_files(base)?;
-        let skip = |guest: &str| in_base.contains(guest) || LEFT_OUT.iter().any(|l| guest == *l || guest.starts_with(&format!("{l}/")));
+        let skip = |guest: &str| {
+            in_base.contains(guest)
+                || LEFT_OUT
+                    .iter()
+                    .any(|l| guest == *l || guest.starts_with(&format!("{l}/")))
+        };
         let mut tree = Tree::default();
         for package in &unpacked {
-            tree.add_host_dir(&package.root, "", &skip).map_err(|e| Error::io(&package.root, e))?;
+            tree.add_host_dir(&package.root, "", &skip)
+                .map_err(|e| Error::io(&package.root, e))?;
         }
         write_atomically(&path, &tree.to_cpio().map_err(|e| Error::io(&path, e))?)?;
     }
-    let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-    let layer = Layer { path, size, contents };
+    let size = std::fs::metadata(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .len();
+    let layer = Layer {
+        path,
+        size,
+        contents,
+    };
     let json = serde_json::to_vec_pretty(&layer).map_err(|e| Error::Missing(e.to_string()))?;
     write_atomically(&resolved, &json)?;
     Ok(layer)
@@ -88,11 +119,15 @@ pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
 pub fn directory(dir: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(Error::Missing(format!("{} is not a directory", dir.display())));
+        return Err(Error::Missing(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let mut tree = Tree::default();
     tree.dir(DIR_IN_GUEST);
-    tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false).map_err(|e| Error::io(dir, e))?;
+    tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false)
+        .map_err(|e| Error::io(dir, e))?;
     tree.to_cpio().map_err(|e| Error::io(dir, e))
 }
 
@@ -125,7 +160,13 @@ pub fn lists_fingerprint(cache: &Path) -> String {
             entries
                 .flatten()
                 .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
-                .map(|e| format!("{}:{}", e.file_name().to_string_lossy(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .map(|e| {
+                    format!(
+                        "{}:{}",
+                        e.file_name().to_string_lossy(),
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -158,7 +199,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("net")).expect("mkdir");
         std::fs::write(dir.path().join("net/lib.sh"), b"x=1\n").expect("write");
         std::fs::write(dir.path().join("run.sh"), b"#!/bin/bash\n").expect("write");
-        std::fs::set_permissions(dir.path().join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(
+            dir.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
         std::os::unix::fs::symlink("net/lib.sh", dir.path().join("lib.sh")).expect("link");
         let bytes = directory(dir.path()).expect("archive");
         let mut entries = Vec::new();
@@ -168,23 +213,41 @@ mod tests {
             if reader.entry().is_trailer() {
                 break;
             }
-            entries.push((reader.entry().name().to_string(), reader.entry().mode() & 0o170777));
+            entries.push((
+                reader.entry().name().to_string(),
+                reader.entry().mode() & 0o170777,
+            ));
             rest = reader.finish().expect("finish");
         }
-        assert!(entries.contains(&("lab/run.sh".into(), 0o100755)), "{entries:?}");
-        assert!(entries.contains(&("lab/net/lib.sh".into(), 0o100644)), "{entries:?}");
-        assert!(entries.contains(&("lab/lib.sh".into(), 0o120777)), "{entries:?}");
+        assert!(
+            entries.contains(&("lab/run.sh".into(), 0o100755)),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("lab/net/lib.sh".into(), 0o100644)),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("lab/lib.sh".into(), 0o120777)),
+            "{entries:?}"
+        );
     }
 
     #[test]
     fn a_missing_directory_is_named() {
-        let err = directory(Path::new("/nonexistent/selftests")).expect_err("missing").to_string();
+        let err = directory(Path::new("/nonexistent/selftests"))
+            .expect_err("missing")
+            .to_string();
         assert!(err.contains("/nonexistent/selftests"), "{err}");
     }
 
     #[test]
     fn left_out_paths_match_whole_components() {
-        let skip = |g: &str| LEFT_OUT.iter().any(|l| g == *l || g.starts_with(&format!("{l}/")));
+        let skip = |g: &str| {
+            LEFT_OUT
+                .iter()
+                .any(|l| g == *l || g.starts_with(&format!("{l}/")))
+        };
         assert!(skip("/usr/share/doc/bash/copyright") && skip("/etc/passwd"));
         assert!(!skip("/usr/share/docs") && !skip("/etc/passwd.d"));
     }

@@ -45,14 +45,20 @@ pub enum Error {
     #[error("guest image recipe {path}: {message}")]
     Recipe { path: PathBuf, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Missing(String),
 }
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -75,11 +81,20 @@ pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Re
         sysroot.install_tree(&mut tree, dir)?;
     }
     let modules = install_modules(&mut tree, kernel, &recipe.modules)?;
-    tree.file("/etc/lab/packages", sysroot.describe().join("\n").into_bytes(), 0o644);
+    tree.file(
+        "/etc/lab/packages",
+        sysroot.describe().join("\n").into_bytes(),
+        0o644,
+    );
 
     let bytes = tree.to_cpio().map_err(|e| Error::io(cache, e))?;
     let image = store(&bytes, &format!("initramfs-{}", kernel.release), cache)?;
-    Ok(Image { kernel_release: kernel.release.clone(), modules, packages: sysroot.describe(), ..image })
+    Ok(Image {
+        kernel_release: kernel.release.clone(),
+        modules,
+        packages: sysroot.describe(),
+        ..image
+    })
 }
 
 /// Writes `bytes` to `<cache>/images/<stem>-<sha256 prefix>.cpio` unless it is there already.
@@ -93,7 +108,14 @@ fn store(bytes: &[u8], stem: &str, cache: &Path) -> Result<Image> {
         std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     }
-    Ok(Image { path, sha256, size: bytes.len() as u64, kernel_release: String::new(), modules: Vec::new(), packages: Vec::new() })
+    Ok(Image {
+        path,
+        sha256,
+        size: bytes.len() as u64,
+        kernel_release: String::new(),
+        modules: Vec::new(),
+        packages: Vec::new(),
+    })
 }
 
 /// Copies the modules (and their dependencies) and writes `/etc/lab/modules`, the load order the

@@ -23,7 +23,9 @@ use crate::{Error, Result};
 /// Bumped whenever the disk's layout changes, so cached disks of the old layout are rebuilt.
 const FORMAT: u32 = 1;
 /// Debian packages whose `kmod` binary (as `depmod`) writes the indexes.
-const DEPMOD_PACKAGES: [&str; 6] = ["kmod", "libkmod2", "libc6", "liblzma5", "libssl3", "libzstd1"];
+const DEPMOD_PACKAGES: [&str; 6] = [
+    "kmod", "libkmod2", "libc6", "liblzma5", "libssl3", "libzstd1",
+];
 
 /// A built module disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,17 +46,37 @@ pub fn build(kernel: &Kernel, cache: &Path) -> Result<ModulesDisk> {
     let path = dir.join(format!("{}-{}.ext4", kernel.release, &key[..16]));
     let modules = files.iter().filter(|(p, _)| is_module(p)).count();
     if let Ok(meta) = std::fs::metadata(&path) {
-        return Ok(ModulesDisk { path, release: kernel.release.clone(), size: meta.len(), modules });
+        return Ok(ModulesDisk {
+            path,
+            release: kernel.release.clone(),
+            size: meta.len(),
+            modules,
+        });
     }
-    let staging = tempfile::Builder::new().prefix(".staging-modules-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-modules-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
     let tree = staging.path().join("lib/modules").join(&kernel.release);
     copy_tree(&kernel.modules_dir, &tree, &files)?;
-    depmod(staging.path(), &kernel.release, &cache.join("debs"), staging.path())?;
+    depmod(
+        staging.path(),
+        &kernel.release,
+        &cache.join("debs"),
+        staging.path(),
+    )?;
     let image = staging.path().join("disk.ext4");
     mkfs(&staging.path().join("lib/modules"), &image)?;
     std::fs::rename(&image, &path).map_err(|e| Error::io(&path, e))?;
-    let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-    Ok(ModulesDisk { path, release: kernel.release.clone(), size, modules })
+    let size = std::fs::metadata(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .len();
+    Ok(ModulesDisk {
+        path,
+        release: kernel.release.clone(),
+        size,
+        modules,
+    })
 }
 
 fn is_module(path: &Path) -> bool {
@@ -67,13 +89,19 @@ fn module_files(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let mut out = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+        {
             let path = entry.path();
             let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
             if meta.is_dir() {
                 pending.push(path);
             } else if meta.is_file() {
-                out.push((path.strip_prefix(root).unwrap_or(&path).to_path_buf(), meta.len()));
+                out.push((
+                    path.strip_prefix(root).unwrap_or(&path).to_path_buf(),
+                    meta.len(),
+                ));
             }
         }
     }
@@ -83,7 +111,10 @@ fn module_files(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
 
 /// What the disk depends on: the release, every file's path and size, and the layout.
 fn cache_key(release: &str, files: &[(PathBuf, u64)]) -> String {
-    let mut text = format!("format {FORMAT}\nrelease {release}\ndepmod {}\n", DEPMOD_PACKAGES.join(","));
+    let mut text = format!(
+        "format {FORMAT}\nrelease {release}\ndepmod {}\n",
+        DEPMOD_PACKAGES.join(",")
+    );
     for (path, size) in files {
         text.push_str(&format!("{} {size}\n", path.display()));
     }
@@ -115,8 +146,15 @@ fn depmod(base: &Path, release: &str, debs: &Path, scratch: &Path) -> Result<()>
     let mut kmod = PathBuf::new();
     let mut loader = PathBuf::new();
     for (i, (path, bytes)) in sysroot.closure("/bin/kmod")?.into_iter().enumerate() {
-        let name = Path::new(&path).file_name().map(|n| n.to_owned()).unwrap_or_default();
-        let dest = if i == 0 { tools.join("kmod") } else { lib.join(&name) };
+        let name = Path::new(&path)
+            .file_name()
+            .map(|n| n.to_owned())
+            .unwrap_or_default();
+        let dest = if i == 0 {
+            tools.join("kmod")
+        } else {
+            lib.join(&name)
+        };
         std::fs::write(&dest, bytes).map_err(|e| Error::io(&dest, e))?;
         set_executable(&dest)?;
         if i == 0 {
@@ -137,7 +175,10 @@ fn depmod(base: &Path, release: &str, debs: &Path, scratch: &Path) -> Result<()>
         .output()
         .map_err(|e| Error::io(&loader, e))?;
     if !out.status.success() {
-        return Err(Error::Missing(format!("depmod for {release} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::Missing(format!(
+            "depmod for {release} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let _ = std::fs::remove_dir_all(&tools);
     Ok(())
@@ -145,7 +186,8 @@ fn depmod(base: &Path, release: &str, debs: &Path, scratch: &Path) -> Result<()>
 
 fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(path, e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// `mkfs.ext4 -d DIR` into a new image sized for DIR, with a fixed UUID and hash seed so the
@@ -156,8 +198,26 @@ fn mkfs(dir: &Path, image: &Path) -> Result<()> {
     // ext4 metadata (inode tables, bitmaps) on top of the data, and room to spare.
     let kib = bytes / 1024 * 5 / 4 + 32 * 1024;
     let out = Command::new(&mkfs)
-        .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "lab-modules", "-m", "0", "-N", "8192"])
-        .args(["-U", "6c61622d-6d6f-6475-6c65-730000000001", "-E", "root_owner=0:0,hash_seed=6c61622d-6d6f-6475-6c65-730000000002"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-L",
+            "lab-modules",
+            "-m",
+            "0",
+            "-N",
+            "8192",
+        ])
+        .args([
+            "-U",
+            "6c61622d-6d6f-6475-6c65-730000000001",
+            "-E",
+            "root_owner=0:0,hash_seed=6c61622d-6d6f-6475-6c65-730000000002",
+        ])
         .arg("-d")
         .arg(dir)
         .arg(image)
@@ -166,7 +226,11 @@ fn mkfs(dir: &Path, image: &Path) -> Result<()> {
         .output()
         .map_err(|e| Error::io(&mkfs, e))?;
     if !out.status.success() {
-        return Err(Error::Missing(format!("{} failed: {}", mkfs.display(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::Missing(format!(
+            "{} failed: {}",
+            mkfs.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -193,7 +257,10 @@ mod tests {
 
     #[test]
     fn key_changes_with_any_file_and_with_the_release() {
-        let files = vec![(PathBuf::from("kernel/net/bonding.ko"), 10), (PathBuf::from("modules.order"), 3)];
+        let files = vec![
+            (PathBuf::from("kernel/net/bonding.ko"), 10),
+            (PathBuf::from("modules.order"), 3),
+        ];
         let a = cache_key("6.1.0-1", &files);
         assert_eq!(a, cache_key("6.1.0-1", &files));
         assert_ne!(a, cache_key("6.1.0-2", &files));

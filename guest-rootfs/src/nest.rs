@@ -36,14 +36,25 @@ pub struct NestInfo {
 }
 
 /// Builds (or finds in `cache`) the nest image: `base` with the nest archive appended.
-pub fn build(recipe: &Recipe, kernel: &Kernel, base: &Image, qemu: &Path, cache: &Path) -> Result<Image> {
+pub fn build(
+    recipe: &Recipe,
+    kernel: &Kernel,
+    base: &Image,
+    qemu: &Path,
+    cache: &Path,
+) -> Result<Image> {
     let nest = &recipe.nest;
     let mut tree = Tree::default();
     let info = install_qemu(&mut tree, nest, qemu)?;
     tree.file(INNER_KERNEL, crate::read(&kernel.bzimage)?, 0o644);
     let base_bytes = crate::read(&base.path)?;
     tree.file(INNER_INITRD, base_bytes.clone(), 0o644);
-    let wanted: Vec<String> = recipe.modules.iter().chain(&nest.modules).cloned().collect();
+    let wanted: Vec<String> = recipe
+        .modules
+        .iter()
+        .chain(&nest.modules)
+        .cloned()
+        .collect();
     let modules = crate::install_modules(&mut tree, kernel, &wanted)?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Missing(e.to_string()))?;
     tree.file("/nest/nest.json", json, 0o644);
@@ -51,7 +62,12 @@ pub fn build(recipe: &Recipe, kernel: &Kernel, base: &Image, qemu: &Path, cache:
     let mut bytes = base_bytes;
     bytes.extend(tree.to_cpio().map_err(|e| Error::io(cache, e))?);
     let image = crate::store(&bytes, &format!("nest-{}", kernel.release), cache)?;
-    Ok(Image { modules, packages: base.packages.clone(), kernel_release: kernel.release.clone(), ..image })
+    Ok(Image {
+        modules,
+        packages: base.packages.clone(),
+        kernel_release: kernel.release.clone(),
+        ..image
+    })
 }
 
 /// Copies the host's QEMU closure, firmware and modules, and writes the wrapper.
@@ -61,21 +77,49 @@ fn install_qemu(tree: &mut Tree, nest: &NestRecipe, qemu: &Path) -> Result<NestI
     let closure = host.closure(&qemu.to_string_lossy())?;
     for (i, (path, bytes)) in closure.into_iter().enumerate() {
         let name = file_name(Path::new(&path));
-        let dest = if i == 0 { format!("{QEMU_DIR}/bin/qemu-system-x86_64") } else { format!("{QEMU_DIR}/lib/{name}") };
+        let dest = if i == 0 {
+            format!("{QEMU_DIR}/bin/qemu-system-x86_64")
+        } else {
+            format!("{QEMU_DIR}/lib/{name}")
+        };
         tree.file(&dest, bytes, 0o755);
     }
-    let data_dir = data_dirs(&qemu)?.into_iter().find(|d| nest.firmware.iter().all(|f| d.join(f).exists())).ok_or_else(|| {
-        Error::Missing(format!("no data directory of {} holds {:?} (see `{} -L help`)", qemu.display(), nest.firmware, qemu.display()))
-    })?;
+    let data_dir = data_dirs(&qemu)?
+        .into_iter()
+        .find(|d| nest.firmware.iter().all(|f| d.join(f).exists()))
+        .ok_or_else(|| {
+            Error::Missing(format!(
+                "no data directory of {} holds {:?} (see `{} -L help`)",
+                qemu.display(),
+                nest.firmware,
+                qemu.display()
+            ))
+        })?;
     for f in &nest.firmware {
-        tree.file(&format!("{QEMU_DIR}/share/{f}"), crate::read(&data_dir.join(f))?, 0o644);
+        tree.file(
+            &format!("{QEMU_DIR}/share/{f}"),
+            crate::read(&data_dir.join(f))?,
+            0o644,
+        );
     }
     let mut tcg = true;
     for m in &nest.qemu_modules {
-        match module_dirs(&qemu).into_iter().map(|d| d.join(m)).find(|p| p.is_file()) {
+        match module_dirs(&qemu)
+            .into_iter()
+            .map(|d| d.join(m))
+            .find(|p| p.is_file())
+        {
             Some(path) => {
-                for (i, (lib, bytes)) in host.closure(&path.to_string_lossy())?.into_iter().enumerate() {
-                    let dest = if i == 0 { format!("{QEMU_DIR}/modules/{m}") } else { format!("{QEMU_DIR}/lib/{}", file_name(Path::new(&lib))) };
+                for (i, (lib, bytes)) in host
+                    .closure(&path.to_string_lossy())?
+                    .into_iter()
+                    .enumerate()
+                {
+                    let dest = if i == 0 {
+                        format!("{QEMU_DIR}/modules/{m}")
+                    } else {
+                        format!("{QEMU_DIR}/lib/{}", file_name(Path::new(&lib)))
+                    };
                     tree.file(&dest, bytes, 0o755);
                 }
             }
@@ -85,7 +129,10 @@ fn install_qemu(tree: &mut Tree, nest: &NestRecipe, qemu: &Path) -> Result<NestI
         }
     }
     tree.file(QEMU_WRAPPER, wrapper().into_bytes(), 0o755);
-    Ok(NestInfo { qemu_version: qemu_version(&qemu), tcg })
+    Ok(NestInfo {
+        qemu_version: qemu_version(&qemu),
+        tcg,
+    })
 }
 
 fn wrapper() -> String {
@@ -99,18 +146,34 @@ fn wrapper() -> String {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// QEMU's firmware directories, as it lists them itself.
 fn data_dirs(qemu: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new(qemu).args(["-L", "help"]).output().map_err(|e| Error::io(qemu, e))?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| PathBuf::from(l.trim())).filter(|p| p.is_dir()).collect())
+    let out = Command::new(qemu)
+        .args(["-L", "help"])
+        .output()
+        .map_err(|e| Error::io(qemu, e))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|p| p.is_dir())
+        .collect())
 }
 
 /// Where distributions put QEMU's loadable modules.
 fn module_dirs(qemu: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["/usr/lib/x86_64-linux-gnu/qemu", "/usr/lib64/qemu", "/usr/lib/qemu"].iter().map(PathBuf::from).collect();
+    let mut dirs: Vec<PathBuf> = [
+        "/usr/lib/x86_64-linux-gnu/qemu",
+        "/usr/lib64/qemu",
+        "/usr/lib/qemu",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
     if let Some(prefix) = qemu.parent().and_then(Path::parent) {
         dirs.push(prefix.join("lib/qemu"));
         dirs.push(prefix.join("lib/x86_64-linux-gnu/qemu"));
@@ -119,12 +182,27 @@ fn module_dirs(qemu: &Path) -> Vec<PathBuf> {
 }
 
 fn qemu_has_builtin_tcg(qemu: &Path) -> bool {
-    Command::new(qemu).args(["-accel", "help"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "tcg"))
+    Command::new(qemu)
+        .args(["-accel", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "tcg")
+        })
 }
 
 fn qemu_version(qemu: &Path) -> String {
-    let out = Command::new(qemu).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    out.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_string()
+    let out = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -40,13 +40,25 @@ impl Recipe {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Recipe { path: path.to_path_buf(), message: e.to_string() })
+        toml::from_str(&text).map_err(|e| Error::Recipe {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// File names that real programs provide, so busybox must not shadow them in /bin.
     pub fn provided_names(&self) -> Vec<String> {
-        let names = self.programs.iter().chain(self.links.iter().map(|[link, _]| link));
-        names.filter_map(|p| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned())).collect()
+        let names = self
+            .programs
+            .iter()
+            .chain(self.links.iter().map(|[link, _]| link));
+        names
+            .filter_map(|p| {
+                Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .collect()
     }
 }
 
@@ -58,8 +70,13 @@ mod tests {
     fn bundled_recipe_keeps_busybox_away_from_sh_and_ip() {
         let recipe = Recipe::load(&Recipe::bundled_path()).expect("bundled recipe");
         let provided = recipe.provided_names();
-        for name in ["sh", "ip", "ping", "dash", "bash", "tc", "modprobe", "lsmod"] {
-            assert!(provided.iter().any(|p| p == name), "{name} must come from a real program, not busybox");
+        for name in [
+            "sh", "ip", "ping", "dash", "bash", "tc", "modprobe", "lsmod",
+        ] {
+            assert!(
+                provided.iter().any(|p| p == name),
+                "{name} must come from a real program, not busybox"
+            );
         }
         assert!(recipe.modules.iter().any(|m| m == "macvlan"));
     }

@@ -11,7 +11,13 @@ use crate::tree::Tree;
 use crate::{Error, Result};
 
 /// Where the dynamic loader of a Debian amd64 system looks for libraries.
-const LIBRARY_DIRS: [&str; 5] = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/lib", "/usr/lib"];
+const LIBRARY_DIRS: [&str; 5] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/lib",
+    "/usr/lib",
+];
 
 #[derive(Debug)]
 pub struct Sysroot {
@@ -26,22 +32,38 @@ impl Sysroot {
 
     /// The host's own file system, for programs taken from the host (the nest's QEMU).
     pub fn host() -> Self {
-        Self { packages: vec![Unpacked { package: "host".into(), version: String::new(), sha256: String::new(), root: "/".into() }] }
+        Self {
+            packages: vec![Unpacked {
+                package: "host".into(),
+                version: String::new(),
+                sha256: String::new(),
+                root: "/".into(),
+            }],
+        }
     }
 
     /// `name=version sha256` per package, for the record.
     pub fn describe(&self) -> Vec<String> {
-        self.packages.iter().map(|p| format!("{}={} {}", p.package, p.version, p.sha256)).collect()
+        self.packages
+            .iter()
+            .map(|p| format!("{}={} {}", p.package, p.version, p.sha256))
+            .collect()
     }
 
     /// The host path of `path` inside the sysroot, following symlinks as the guest would.
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         let mut path = PathBuf::from(path);
         for _ in 0..16 {
-            let host = self.packages.iter().map(|p| p.root.join(relative(&path))).find(|h| h.symlink_metadata().is_ok())?;
+            let host = self
+                .packages
+                .iter()
+                .map(|p| p.root.join(relative(&path)))
+                .find(|h| h.symlink_metadata().is_ok())?;
             match std::fs::read_link(&host) {
                 Ok(target) if target.is_absolute() => path = target,
-                Ok(target) => path = normalise(&path.parent().unwrap_or(Path::new("/")).join(target)),
+                Ok(target) => {
+                    path = normalise(&path.parent().unwrap_or(Path::new("/")).join(target))
+                }
                 Err(_) => return Some(host),
             }
         }
@@ -95,22 +117,42 @@ impl Sysroot {
 
     /// Copies the directory `path` of the packages, files and symlinks as they are.
     pub fn install_tree(&self, tree: &mut Tree, path: &str) -> Result<()> {
-        let host = self.resolve(path).ok_or_else(|| Error::Missing(format!("{path} is in no package of the guest recipe")))?;
-        tree.add_host_dir(&host, path, &|_| false).map_err(|e| Error::io(&host, e))
+        let host = self.resolve(path).ok_or_else(|| {
+            Error::Missing(format!("{path} is in no package of the guest recipe"))
+        })?;
+        tree.add_host_dir(&host, path, &|_| false)
+            .map_err(|e| Error::io(&host, e))
     }
 
     /// Copies busybox and links each of its applets into /bin, except names in `keep_out`.
-    pub fn install_busybox(&self, tree: &mut Tree, busybox: &str, keep_out: &[String]) -> Result<()> {
-        let host = self.resolve(busybox).ok_or_else(|| Error::Missing(format!("{busybox} not found in the packages")))?;
+    pub fn install_busybox(
+        &self,
+        tree: &mut Tree,
+        busybox: &str,
+        keep_out: &[String],
+    ) -> Result<()> {
+        let host = self
+            .resolve(busybox)
+            .ok_or_else(|| Error::Missing(format!("{busybox} not found in the packages")))?;
         // busybox-static is a static x86_64 binary: asking it for its applets is the only list
         // that is always right for the version we ship.
-        let out = Command::new(&host).arg("--list").output().map_err(|e| Error::io(&host, e))?;
+        let out = Command::new(&host)
+            .arg("--list")
+            .output()
+            .map_err(|e| Error::io(&host, e))?;
         let applets = String::from_utf8_lossy(&out.stdout).into_owned();
         if applets.trim().is_empty() {
-            return Err(Error::Missing(format!("{} --list printed no applets", host.display())));
+            return Err(Error::Missing(format!(
+                "{} --list printed no applets",
+                host.display()
+            )));
         }
         tree.file("/bin/busybox", self.read(busybox)?, 0o755);
-        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        for applet in applets
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "busybox")
+        {
             let link = format!("/bin/{applet}");
             if !keep_out.iter().any(|k| k == applet) && !tree.contains(&link) {
                 tree.symlink(&link, "busybox");
@@ -122,12 +164,18 @@ impl Sysroot {
 
 /// The ELF interpreter (`PT_INTERP`) and `DT_NEEDED` names of a binary; none for a static one.
 fn dynamic_deps(bytes: &[u8], path: &str) -> Result<(Option<String>, Vec<String>)> {
-    let elf = goblin::elf::Elf::parse(bytes).map_err(|e| Error::Missing(format!("{path} is not an ELF file: {e}")))?;
-    Ok((elf.interpreter.map(String::from), elf.libraries.iter().map(|s| s.to_string()).collect()))
+    let elf = goblin::elf::Elf::parse(bytes)
+        .map_err(|e| Error::Missing(format!("{path} is not an ELF file: {e}")))?;
+    Ok((
+        elf.interpreter.map(String::from),
+        elf.libraries.iter().map(|s| s.to_string()).collect(),
+    ))
 }
 
 fn relative(path: &Path) -> PathBuf {
-    path.components().filter(|c| matches!(c, Component::Normal(_))).collect()
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
 }
 
 /// Resolves `.` and `..` lexically, as a symlink target inside the sysroot must be.
@@ -151,7 +199,10 @@ mod tests {
 
     #[test]
     fn normalise_resolves_dotdot() {
-        assert_eq!(normalise(Path::new("/lib/x86_64-linux-gnu/../../usr/lib/./libz.so.1")), Path::new("/usr/lib/libz.so.1"));
+        assert_eq!(
+            normalise(Path::new("/lib/x86_64-linux-gnu/../../usr/lib/./libz.so.1")),
+            Path::new("/usr/lib/libz.so.1")
+        );
         assert_eq!(normalise(Path::new("/../x")), Path::new("/x"));
     }
 
@@ -162,11 +213,22 @@ mod tests {
         let b = dir.path().join("b");
         std::fs::create_dir_all(a.join("lib")).expect("mkdir");
         std::fs::create_dir_all(b.join("usr/lib")).expect("mkdir");
-        std::os::unix::fs::symlink("../usr/lib/libz.so.1.2", a.join("lib/libz.so.1")).expect("link");
+        std::os::unix::fs::symlink("../usr/lib/libz.so.1.2", a.join("lib/libz.so.1"))
+            .expect("link");
         std::fs::write(b.join("usr/lib/libz.so.1.2"), b"z").expect("write");
-        let unpacked = |root: PathBuf| Unpacked { package: "p".into(), version: "1".into(), sha256: String::new(), root };
-        let sysroot = Sysroot { packages: vec![unpacked(a), unpacked(b.clone())] };
-        assert_eq!(sysroot.resolve("/lib/libz.so.1"), Some(b.join("usr/lib/libz.so.1.2")));
+        let unpacked = |root: PathBuf| Unpacked {
+            package: "p".into(),
+            version: "1".into(),
+            sha256: String::new(),
+            root,
+        };
+        let sysroot = Sysroot {
+            packages: vec![unpacked(a), unpacked(b.clone())],
+        };
+        assert_eq!(
+            sysroot.resolve("/lib/libz.so.1"),
+            Some(b.join("usr/lib/libz.so.1.2"))
+        );
         assert_eq!(sysroot.resolve("/lib/nope"), None);
     }
 }

@@ -25,13 +25,39 @@ const S_IFLNK: u32 = 0o120000;
 impl Tree {
     /// Mount points and directories every guest needs.
     pub fn skeleton(&mut self) {
-        for dir in ["/dev", "/proc", "/sys", "/run", "/tmp", "/root", "/etc", "/mnt", "/var", "/usr/bin", "/usr/sbin", "/sbin", "/bin"] {
+        for dir in [
+            "/dev",
+            "/proc",
+            "/sys",
+            "/run",
+            "/tmp",
+            "/root",
+            "/etc",
+            "/mnt",
+            "/var",
+            "/usr/bin",
+            "/usr/sbin",
+            "/sbin",
+            "/bin",
+        ] {
             self.dir(dir);
         }
-        self.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec(), 0o644);
+        self.file(
+            "/etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+            0o644,
+        );
         self.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644);
-        self.file("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n".to_vec(), 0o644);
-        self.file("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files\n".to_vec(), 0o644);
+        self.file(
+            "/etc/hosts",
+            b"127.0.0.1 localhost\n::1 localhost\n".to_vec(),
+            0o644,
+        );
+        self.file(
+            "/etc/nsswitch.conf",
+            b"passwd: files\ngroup: files\nhosts: files\n".to_vec(),
+            0o644,
+        );
     }
 
     pub fn dir(&mut self, path: &str) {
@@ -41,25 +67,35 @@ impl Tree {
 
     pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) {
         self.parents(path);
-        self.nodes.insert(path.to_string(), Node::File { data, mode });
+        self.nodes
+            .insert(path.to_string(), Node::File { data, mode });
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
         self.parents(path);
-        self.nodes.insert(path.to_string(), Node::Symlink(target.to_string()));
+        self.nodes
+            .insert(path.to_string(), Node::Symlink(target.to_string()));
     }
 
     /// Adds everything under host directory `root` below `at` (`""` for `/`): files with their
     /// modes, symlinks as they are, sockets and devices left out, and no guest path that `skip`
     /// names.
-    pub fn add_host_dir(&mut self, root: &Path, at: &str, skip: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+    pub fn add_host_dir(
+        &mut self,
+        root: &Path,
+        at: &str,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mut pending = vec![(root.to_path_buf(), at.to_string())];
         while let Some((dir, guest)) = pending.pop() {
             let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
-                let (from, to) = (entry.path(), format!("{guest}/{}", entry.file_name().to_string_lossy()));
+                let (from, to) = (
+                    entry.path(),
+                    format!("{guest}/{}", entry.file_name().to_string_lossy()),
+                );
                 if skip(&to) {
                     continue;
                 }
@@ -70,7 +106,11 @@ impl Tree {
                 } else if meta.file_type().is_symlink() {
                     self.symlink(&to, &std::fs::read_link(&from)?.to_string_lossy());
                 } else if meta.is_file() {
-                    self.file(&to, std::fs::read(&from)?, meta.permissions().mode() & 0o7777);
+                    self.file(
+                        &to,
+                        std::fs::read(&from)?,
+                        meta.permissions().mode() & 0o7777,
+                    );
                 }
             }
         }
@@ -85,7 +125,9 @@ impl Tree {
         let mut at = 0;
         while let Some(i) = path[at + 1..].find('/') {
             at += i + 1;
-            self.nodes.entry(path[..at].to_string()).or_insert(Node::Dir);
+            self.nodes
+                .entry(path[..at].to_string())
+                .or_insert(Node::Dir);
         }
     }
 
@@ -98,7 +140,12 @@ impl Tree {
                 Node::Symlink(target) => (S_IFLNK | 0o777, 1, target.clone().into_bytes()),
             };
             let name = path.trim_start_matches('/');
-            let builder = cpio::NewcBuilder::new(name).mode(mode).uid(0).gid(0).nlink(nlink).mtime(0);
+            let builder = cpio::NewcBuilder::new(name)
+                .mode(mode)
+                .uid(0)
+                .gid(0)
+                .nlink(nlink)
+                .mtime(0);
             (builder, Cursor::new(data))
         });
         cpio::write_cpio(entries, Vec::new())
@@ -118,7 +165,11 @@ mod tests {
         let mut b = Tree::default();
         b.symlink("/bin/sh", "/bin/dash");
         b.file("/usr/sbin/ip", b"elf".to_vec(), 0o755);
-        assert_eq!(a.to_cpio().expect("cpio"), b.to_cpio().expect("cpio"), "insertion order must not matter");
+        assert_eq!(
+            a.to_cpio().expect("cpio"),
+            b.to_cpio().expect("cpio"),
+            "insertion order must not matter"
+        );
     }
 
     #[test]
@@ -137,6 +188,13 @@ mod tests {
             names.push((reader.entry().name().to_string(), reader.entry().mode()));
             rest = reader.finish().expect("finish");
         }
-        assert_eq!(names, [("bin".into(), S_IFDIR | 0o755), ("bin/sh".into(), S_IFLNK | 0o777), ("init".into(), S_IFREG | 0o755)]);
+        assert_eq!(
+            names,
+            [
+                ("bin".into(), S_IFDIR | 0o755),
+                ("bin/sh".into(), S_IFLNK | 0o777),
+                ("init".into(), S_IFREG | 0o755)
+            ]
+        );
     }
 }

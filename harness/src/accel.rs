@@ -55,7 +55,11 @@ impl Accel {
     }
 
     fn decide(kvm_opens: bool, cpuinfo: &str) -> Accel {
-        if kvm_opens && cpu_has_virtualisation(cpuinfo) { Accel::Kvm } else { Accel::Tcg }
+        if kvm_opens && cpu_has_virtualisation(cpuinfo) {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
     }
 
     /// QEMU's `-accel` and `-cpu` for this accelerator. Under TCG, `max` gives the guest SVM,
@@ -69,7 +73,11 @@ impl Accel {
 }
 
 fn kvm_opens() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
 }
 
 fn cpu_has_virtualisation(cpuinfo: &str) -> bool {
@@ -100,7 +108,9 @@ fn measure_tsc_khz() -> Option<u32> {
     std::thread::sleep(Duration::from_millis(50));
     let (c1, elapsed) = (ticks(), t0.elapsed());
     let khz = (c1.wrapping_sub(c0) as f64 / elapsed.as_secs_f64() / 1000.0).round();
-    (100_000.0..20_000_000.0).contains(&khz).then_some(khz as u32)
+    (100_000.0..20_000_000.0)
+        .contains(&khz)
+        .then_some(khz as u32)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -118,7 +128,11 @@ mod tests {
     #[test]
     fn kvm_needs_both_the_device_and_the_cpu_flag() {
         assert_eq!(Accel::decide(true, WITH_SVM), Accel::Kvm);
-        assert_eq!(Accel::decide(true, WITHOUT), Accel::Tcg, "a /dev/kvm without vmx/svm hangs stock kernels");
+        assert_eq!(
+            Accel::decide(true, WITHOUT),
+            Accel::Tcg,
+            "a /dev/kvm without vmx/svm hangs stock kernels"
+        );
         assert_eq!(Accel::decide(false, WITH_SVM), Accel::Tcg);
     }
 

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, Stream, MAX_RESPONSE_BYTES};
+use lab_proto::{
+    Line, LineSplitter, Op, Ready, Reply, Request, Response, Stream, MAX_RESPONSE_BYTES,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
@@ -60,7 +62,12 @@ impl AgentClient {
         let pending: Pending = Arc::default();
         let (ready_tx, ready) = watch::channel(None);
         let (unattributed_tx, unattributed) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(read, Arc::clone(&pending), ready_tx, unattributed_tx));
+        let reader = tokio::spawn(read_loop(
+            read,
+            Arc::clone(&pending),
+            ready_tx,
+            unattributed_tx,
+        ));
         Self {
             writer: tokio::sync::Mutex::new(writer),
             pending,
@@ -89,13 +96,21 @@ impl AgentClient {
                 }
             }
         };
-        tokio::time::timeout(within, wait).await.map_err(|_| AgentError::Timeout(within))?
+        tokio::time::timeout(within, wait)
+            .await
+            .map_err(|_| AgentError::Timeout(within))?
     }
 
     pub async fn request(&self, op: Op, within: Duration) -> Result<Reply, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, Waiter { reply: tx, output: None });
+        lock(&self.pending).insert(
+            id,
+            Waiter {
+                reply: tx,
+                output: None,
+            },
+        );
         if let Err(e) = self.write(&Request { id, op }).await {
             lock(&self.pending).remove(&id);
             return Err(e);
@@ -109,7 +124,13 @@ impl AgentClient {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, reply) = oneshot::channel();
         let (out_tx, output) = mpsc::unbounded_channel();
-        lock(&self.pending).insert(id, Waiter { reply: tx, output: Some(out_tx) });
+        lock(&self.pending).insert(
+            id,
+            Waiter {
+                reply: tx,
+                output: Some(out_tx),
+            },
+        );
         if let Err(e) = self.write(&Request { id, op }).await {
             lock(&self.pending).remove(&id);
             return Err(e);
@@ -125,7 +146,12 @@ impl AgentClient {
     }
 
     /// Waits for the final reply to request `id`, for at most `within`.
-    pub async fn wait(&self, id: u64, rx: oneshot::Receiver<Reply>, within: Duration) -> Result<Reply, AgentError> {
+    pub async fn wait(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Reply>,
+        within: Duration,
+    ) -> Result<Reply, AgentError> {
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(AgentError::Closed),
@@ -142,7 +168,12 @@ impl AgentClient {
         let mut unattributed = self.unattributed.lock().await;
         // Forget stale replies (late answers to timed-out requests) before asking.
         while unattributed.try_recv().is_ok() {}
-        self.writer.lock().await.write_all(bytes).await.map_err(AgentError::Write)?;
+        self.writer
+            .lock()
+            .await
+            .write_all(bytes)
+            .await
+            .map_err(AgentError::Write)?;
         match tokio::time::timeout(within, unattributed.recv()).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(AgentError::Closed),
@@ -152,7 +183,12 @@ impl AgentClient {
 
     async fn write(&self, req: &Request) -> Result<(), AgentError> {
         let line = lab_proto::encode(req);
-        self.writer.lock().await.write_all(&line).await.map_err(AgentError::Write)
+        self.writer
+            .lock()
+            .await
+            .write_all(&line)
+            .await
+            .map_err(AgentError::Write)
     }
 }
 
@@ -194,14 +230,22 @@ async fn read_loop(
     lock(&pending).clear();
 }
 
-fn route(resp: Response, pending: &Pending, ready: &watch::Sender<Option<Ready>>, unattributed: &mpsc::UnboundedSender<Reply>) {
+fn route(
+    resp: Response,
+    pending: &Pending,
+    ready: &watch::Sender<Option<Ready>>,
+    unattributed: &mpsc::UnboundedSender<Reply>,
+) {
     if let Reply::Ready(r) = &resp.reply {
         ready.send_replace(Some(r.clone()));
         return;
     }
     if let Reply::Output { stream, data } = resp.reply {
         // Pieces for a request nobody streams (it timed out, say) are dropped.
-        if let Some(out) = resp.id.and_then(|id| lock(pending).get(&id).and_then(|w| w.output.clone())) {
+        if let Some(out) = resp
+            .id
+            .and_then(|id| lock(pending).get(&id).and_then(|w| w.output.clone()))
+        {
             let _ = out.send((stream, data));
         }
         return;

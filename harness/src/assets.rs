@@ -98,7 +98,9 @@ impl Assets {
 
     /// `LAB_ASSETS`, else the workspace default.
     pub fn from_env() -> Result<Self> {
-        let path = std::env::var_os(ENV_ASSETS).map(PathBuf::from).unwrap_or_else(Self::default_path);
+        let path = std::env::var_os(ENV_ASSETS)
+            .map(PathBuf::from)
+            .unwrap_or_else(Self::default_path);
         Self::load(&path)
     }
 
@@ -111,12 +113,25 @@ impl Assets {
             what: format!("valid guest assets in {}: {e}", path.display()),
             fix: "run `cargo xtask provision` again".into(),
         })?;
-        let dir = path.parent().map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf())).unwrap_or_default();
-        Ok(Assets { runs: Runs { dir: dir.join("runs"), keep_passed: false }, dir, ..assets })
+        let dir = path
+            .parent()
+            .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()))
+            .unwrap_or_default();
+        Ok(Assets {
+            runs: Runs {
+                dir: dir.join("runs"),
+                keep_passed: false,
+            },
+            dir,
+            ..assets
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+        let io = |e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -160,21 +175,32 @@ impl Assets {
     pub fn apply(&self, cfg: &mut VmConfig, extras: &Extras) -> Result<()> {
         if let Some(cpus) = extras.cpus {
             if !(1..=64).contains(&cpus) {
-                return Err(Error::invalid(format!("{cpus} CPUs is not a guest size"), "give --cpus between 1 and 64"));
+                return Err(Error::invalid(
+                    format!("{cpus} CPUs is not a guest size"),
+                    "give --cpus between 1 and 64",
+                ));
             }
             cfg.cpus = cpus;
         }
         self.check_modules(&extras.modules)?;
         cfg.modprobe.extend(extras.modules.iter().cloned());
         if !extras.packages.is_empty() {
-            cfg.layers.push(InitrdLayer::File(self.package_layer(&extras.packages)?.path));
+            cfg.layers.push(InitrdLayer::File(
+                self.package_layer(&extras.packages)?.path,
+            ));
         }
         if let Some(dir) = &extras.dir {
             if !dir.is_dir() {
                 let what = format!("--dir {}: no such directory", dir.display());
-                return Err(Error::invalid(what, "give the path of a directory on this machine"));
+                return Err(Error::invalid(
+                    what,
+                    "give the path of a directory on this machine",
+                ));
             }
-            cfg.layers.push(InitrdLayer::Bytes(Arc::new(lab_rootfs::layers::directory(dir)?)));
+            cfg.layers
+                .push(InitrdLayer::Bytes(Arc::new(lab_rootfs::layers::directory(
+                    dir,
+                )?)));
         }
         if let Some(memory) = extras.memory_mib {
             cfg.memory_mib = memory;
@@ -182,7 +208,10 @@ impl Assets {
         let needed = self.memory_needed(cfg);
         if u64::from(cfg.memory_mib) < needed {
             let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.memory_mib, cfg.name);
-            return Err(Error::invalid(what, format!("give --memory {needed} or more")));
+            return Err(Error::invalid(
+                what,
+                format!("give --memory {needed} or more"),
+            ));
         }
         Ok(())
     }
@@ -190,9 +219,15 @@ impl Assets {
     /// The cached layer of `packages` and their dependencies.
     pub fn package_layer(&self, packages: &[String]) -> Result<lab_rootfs::layers::Layer> {
         let cache = self.dir.join("cache");
-        let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path()).map_err(lab_rootfs::Error::from)?;
-        lab_kernels::archive::use_archive(&manifest.archive, &cache).map_err(lab_rootfs::Error::from)?;
-        Ok(lab_rootfs::layers::packages(packages, &self.image.path, &cache)?)
+        let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())
+            .map_err(lab_rootfs::Error::from)?;
+        lab_kernels::archive::use_archive(&manifest.archive, &cache)
+            .map_err(lab_rootfs::Error::from)?;
+        Ok(lab_rootfs::layers::packages(
+            packages,
+            &self.image.path,
+            &cache,
+        )?)
     }
 
     fn check_modules(&self, modules: &[String]) -> Result<()> {
@@ -200,15 +235,29 @@ impl Assets {
             return Ok(());
         }
         if self.modules_disk.is_none() {
-            return Err(Error::Missing { what: "the module disk".into(), fix: "run `cargo xtask provision` again".into() });
+            return Err(Error::Missing {
+                what: "the module disk".into(),
+                fix: "run `cargo xtask provision` again".into(),
+            });
         }
-        let tree = lab_kernels::modules::ModuleTree::open(&self.kernel.modules_dir).map_err(lab_rootfs::Error::from)?;
+        let tree = lab_kernels::modules::ModuleTree::open(&self.kernel.modules_dir)
+            .map_err(lab_rootfs::Error::from)?;
         for name in modules {
             if !tree.has(name) {
                 let near = tree.similar(name, 3);
-                let hint = if near.is_empty() { String::new() } else { format!("did you mean {}? ", near.join(", ")) };
+                let hint = if near.is_empty() {
+                    String::new()
+                } else {
+                    format!("did you mean {}? ", near.join(", "))
+                };
                 let what = format!("kernel {} has no module '{name}'", self.kernel.release);
-                return Err(Error::invalid(what, format!("{hint}`ls {}` lists them", self.kernel.modules_dir.join("kernel").display())));
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "{hint}`ls {}` lists them",
+                        self.kernel.modules_dir.join("kernel").display()
+                    ),
+                ));
             }
         }
         Ok(())

@@ -27,6 +27,10 @@ mod tests {
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        tempfile::Builder::new().prefix("console-test").tempdir().expect("tempdir").keep()
+        tempfile::Builder::new()
+            .prefix("console-test")
+            .tempdir()
+            .expect("tempdir")
+            .keep()
     }
 }

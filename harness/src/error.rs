@@ -54,23 +54,48 @@ pub enum Error {
 
     /// A guest failed in `phase`.
     #[error("{vm}: {phase} failed: {message}{}", tail(console_tail))]
-    Guest { vm: String, phase: Phase, message: String, console_tail: Option<String> },
+    Guest {
+        vm: String,
+        phase: Phase,
+        message: String,
+        console_tail: Option<String>,
+    },
 
     /// A command ran, but did not end the way the caller required.
-    #[error("{vm}: `{command}` {expected}, but {}\n{}", describe_exit(output), show_output(output))]
-    Unexpected { vm: String, command: String, expected: &'static str, output: Box<RunOutput> },
+    #[error(
+        "{vm}: `{command}` {expected}, but {}\n{}",
+        describe_exit(output),
+        show_output(output)
+    )]
+    Unexpected {
+        vm: String,
+        command: String,
+        expected: &'static str,
+        output: Box<RunOutput>,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     pub fn invalid(what: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self::Invalid { what: what.into(), fix: fix.into() }
+        Self::Invalid {
+            what: what.into(),
+            fix: fix.into(),
+        }
     }
 
     pub fn guest(vm: &str, phase: Phase, message: impl Into<String>) -> Self {
-        Self::Guest { vm: vm.to_string(), phase, message: message.into(), console_tail: None }
+        Self::Guest {
+            vm: vm.to_string(),
+            phase,
+            message: message.into(),
+            console_tail: None,
+        }
     }
 
     /// A QMP command to guest `vm` failed.
@@ -80,7 +105,17 @@ impl Error {
 
     pub(crate) fn with_console(self, console: Option<String>) -> Self {
         match self {
-            Self::Guest { vm, phase, message, console_tail: None } => Self::Guest { vm, phase, message, console_tail: console },
+            Self::Guest {
+                vm,
+                phase,
+                message,
+                console_tail: None,
+            } => Self::Guest {
+                vm,
+                phase,
+                message,
+                console_tail: console,
+            },
             other => other,
         }
     }
@@ -96,7 +131,10 @@ impl Error {
 
 fn tail(console: &Option<String>) -> String {
     match console {
-        Some(c) if !c.trim().is_empty() => format!("\n--- last console lines ---\n{}\n--- end of console ---", c.trim_end()),
+        Some(c) if !c.trim().is_empty() => format!(
+            "\n--- last console lines ---\n{}\n--- end of console ---",
+            c.trim_end()
+        ),
         _ => String::new(),
     }
 }
@@ -114,9 +152,17 @@ fn show_output(out: &RunOutput) -> String {
     let clip = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
         let s = s.trim_end();
-        if s.len() > 4000 { format!("...{}", &s[s.len() - 4000..]) } else { s.to_string() }
+        if s.len() > 4000 {
+            format!("...{}", &s[s.len() - 4000..])
+        } else {
+            s.to_string()
+        }
     };
-    format!("--- stdout ---\n{}\n--- stderr ---\n{}", clip(&out.stdout), clip(&out.stderr))
+    format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        clip(&out.stdout),
+        clip(&out.stderr)
+    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

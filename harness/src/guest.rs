@@ -65,7 +65,11 @@ pub trait Guest {
     }
 
     /// Runs a command until it succeeds, for at most `within`; returns its stdout.
-    fn wait_until_succeeds(&self, cmd: impl Into<Cmd> + Send, within: Duration) -> impl Future<Output = Result<String>> + Send
+    fn wait_until_succeeds(
+        &self,
+        cmd: impl Into<Cmd> + Send,
+        within: Duration,
+    ) -> impl Future<Output = Result<String>> + Send
     where
         Self: Sync,
     {
@@ -74,13 +78,20 @@ pub trait Guest {
             let deadline = Instant::now() + within;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let attempt = cmd.clone().timeout(remaining.clamp(Duration::from_secs(1), self.command_timeout()));
+                let attempt = cmd
+                    .clone()
+                    .timeout(remaining.clamp(Duration::from_secs(1), self.command_timeout()));
                 let out = self.run(attempt).await?;
                 if out.success() {
                     return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
                 }
                 if Instant::now() >= deadline {
-                    return Err(unexpected(self.name(), &cmd, "did not succeed in time", out));
+                    return Err(unexpected(
+                        self.name(),
+                        &cmd,
+                        "did not succeed in time",
+                        out,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -89,5 +100,10 @@ pub trait Guest {
 }
 
 fn unexpected(name: &str, cmd: &Cmd, expected: &'static str, output: RunOutput) -> Error {
-    Error::Unexpected { vm: name.to_string(), command: cmd.describe(), expected, output: Box::new(output) }
+    Error::Unexpected {
+        vm: name.to_string(),
+        command: cmd.describe(),
+        expected,
+        output: Box::new(output),
+    }
 }

@@ -113,17 +113,31 @@ impl<'h> InnerVm<'h> {
     pub async fn start(host: &'h Vm, spec: InnerSpec) -> Result<InnerVm<'h>> {
         let accel = match spec.accel {
             InnerAccel::Force(a) => a,
-            InnerAccel::Auto if host.run("test -c /dev/kvm && test -w /dev/kvm").await?.success() => Accel::Kvm,
+            InnerAccel::Auto
+                if host
+                    .run("test -c /dev/kvm && test -w /dev/kvm")
+                    .await?
+                    .success() =>
+            {
+                Accel::Kvm
+            }
             InnerAccel::Auto => Accel::Tcg,
         };
         if spec.accel != InnerAccel::Auto || accel == Accel::Tcg {
-            return Self::start_with(host, spec.clone(), accel, spec.boot_timeout).await.map_err(|f| f.error);
+            return Self::start_with(host, spec.clone(), accel, spec.boot_timeout)
+                .await
+                .map_err(|f| f.error);
         }
         let limit = spec.kvm_boot_limit.min(spec.boot_timeout);
         match Self::start_with(host, spec.clone(), Accel::Kvm, limit).await {
-            Err(BootFailure { timed_out: true, error }) => {
+            Err(BootFailure {
+                timed_out: true,
+                error,
+            }) => {
                 tracing::warn!("{}: no KVM boot in time, trying TCG: {error}", spec.name);
-                let mut vm = Self::start_with(host, spec.clone(), Accel::Tcg, spec.boot_timeout).await.map_err(|f| f.error)?;
+                let mut vm = Self::start_with(host, spec.clone(), Accel::Tcg, spec.boot_timeout)
+                    .await
+                    .map_err(|f| f.error)?;
                 vm.fallback = Some(format!("KVM did not boot it within {limit:?}"));
                 Ok(vm)
             }
@@ -131,22 +145,43 @@ impl<'h> InnerVm<'h> {
         }
     }
 
-    async fn start_with(host: &'h Vm, spec: InnerSpec, accel: Accel, boot_timeout: Duration) -> Result<InnerVm<'h>, BootFailure> {
+    async fn start_with(
+        host: &'h Vm,
+        spec: InnerSpec,
+        accel: Accel,
+        boot_timeout: Duration,
+    ) -> Result<InnerVm<'h>, BootFailure> {
         let started = Instant::now();
-        let fail = |error| BootFailure { error, timed_out: false };
+        let fail = |error| BootFailure {
+            error,
+            timed_out: false,
+        };
         let dir = format!("/run/nest/{}", spec.name);
         let tsc_khz = match (accel, host.config().tsc_khz) {
             (Accel::Tcg, None) => guest_tsc_khz(host).await,
             (_, known) => known,
         };
-        let launch = Cmd::script(launch_script(&spec, accel, tsc_khz, &dir)).timeout(Duration::from_secs(60));
+        let launch = Cmd::script(launch_script(&spec, accel, tsc_khz, &dir))
+            .timeout(Duration::from_secs(60));
         let out = host.run(launch).await.map_err(fail)?;
         if !out.success() {
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            return Err(fail(Error::guest(&spec.name, Phase::Launch, format!("starting it in {}: {}", host.name(), err.trim()))));
+            return Err(fail(Error::guest(
+                &spec.name,
+                Phase::Launch,
+                format!("starting it in {}: {}", host.name(), err.trim()),
+            )));
         }
-        let mut vm =
-            InnerVm { host, spec, accel, dir, boot_time: Duration::ZERO, ready: Ready::default(), next_id: AtomicU64::new(1), fallback: None };
+        let mut vm = InnerVm {
+            host,
+            spec,
+            accel,
+            dir,
+            boot_time: Duration::ZERO,
+            ready: Ready::default(),
+            next_id: AtomicU64::new(1),
+            fallback: None,
+        };
         match vm.wait_ready(started, boot_timeout).await {
             Ok(ready) => vm.ready = ready,
             Err(failure) => {
@@ -156,7 +191,12 @@ impl<'h> InnerVm<'h> {
             }
         }
         vm.boot_time = started.elapsed();
-        tracing::info!("{}: inner VM on {} ready in {:.2?} ({accel})", vm.spec.name, host.name(), vm.boot_time);
+        tracing::info!(
+            "{}: inner VM on {} ready in {:.2?} ({accel})",
+            vm.spec.name,
+            host.name(),
+            vm.boot_time
+        );
         Ok(vm)
     }
 
@@ -189,7 +229,11 @@ impl<'h> InnerVm<'h> {
 
     /// The inner VM's serial console so far.
     pub async fn console_log(&self) -> String {
-        let bytes = self.host.read_file(&format!("{}/console.log", self.dir)).await.unwrap_or_default();
+        let bytes = self
+            .host
+            .read_file(&format!("{}/console.log", self.dir))
+            .await
+            .unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -214,23 +258,50 @@ impl<'h> InnerVm<'h> {
     /// Polls the inner agent through the host's until it answers `hello`, failing early (with
     /// the inner console) if its QEMU dies.
     async fn wait_ready(&self, started: Instant, within: Duration) -> Result<Ready, BootFailure> {
-        let fail = |error| BootFailure { error, timed_out: false };
+        let fail = |error| BootFailure {
+            error,
+            timed_out: false,
+        };
         let deadline = started + within;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
             match self.call(Op::Hello, left).await {
                 Ok(Reply::Ready(r)) => return Ok(r),
-                Ok(other) => return Err(fail(self.error(Phase::Boot, format!("answered hello with {other:?}")).await)),
+                Ok(other) => {
+                    return Err(fail(
+                        self.error(Phase::Boot, format!("answered hello with {other:?}"))
+                            .await,
+                    ))
+                }
                 Err(CallError::NotThere | CallError::Deadline) => {}
                 Err(CallError::Failed(e)) => return Err(fail(e)),
             }
-            let alive = self.host.run(format!("kill -0 $(cat {}/qemu.pid)", self.dir)).await.map_err(fail)?;
+            let alive = self
+                .host
+                .run(format!("kill -0 $(cat {}/qemu.pid)", self.dir))
+                .await
+                .map_err(fail)?;
             if !alive.success() {
-                return Err(fail(self.error(Phase::Boot, "its QEMU exited before the agent was ready".into()).await));
+                return Err(fail(
+                    self.error(
+                        Phase::Boot,
+                        "its QEMU exited before the agent was ready".into(),
+                    )
+                    .await,
+                ));
             }
             if Instant::now() >= deadline {
-                let msg = format!("the agent was not ready within {within:?} ({} inside {})", self.accel, self.host.name());
-                return Err(BootFailure { error: self.error(Phase::Boot, msg).await, timed_out: true });
+                let msg = format!(
+                    "the agent was not ready within {within:?} ({} inside {})",
+                    self.accel,
+                    self.host.name()
+                );
+                return Err(BootFailure {
+                    error: self.error(Phase::Boot, msg).await,
+                    timed_out: true,
+                });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -240,28 +311,50 @@ impl<'h> InnerVm<'h> {
     async fn call(&self, op: Op, within: Duration) -> std::result::Result<Reply, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = lab_proto::encode(&Request { id, op });
-        let relay = Cmd::argv([AGENT.to_string(), "call".into(), format!("{}/agent.sock", self.dir), within.as_secs().max(1).to_string()])
-            .stdin(request)
-            .timeout(within + Duration::from_secs(10));
+        let relay = Cmd::argv([
+            AGENT.to_string(),
+            "call".into(),
+            format!("{}/agent.sock", self.dir),
+            within.as_secs().max(1).to_string(),
+        ])
+        .stdin(request)
+        .timeout(within + Duration::from_secs(10));
         let out = self.host.run(relay).await.map_err(CallError::Failed)?;
         match out.code {
             Some(0) => {}
             Some(3) => return Err(CallError::NotThere),
             Some(4) => return Err(CallError::Deadline),
             _ => {
-                let msg = format!("relaying to it failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-                return Err(CallError::Failed(Error::guest(&self.spec.name, Phase::Command, msg)));
+                let msg = format!(
+                    "relaying to it failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return Err(CallError::Failed(Error::guest(
+                    &self.spec.name,
+                    Phase::Command,
+                    msg,
+                )));
             }
         }
         let line = out.stdout.trim_ascii();
-        let response: Response = lab_proto::decode(line, MAX_RESPONSE_BYTES)
-            .map_err(|e| CallError::Failed(Error::guest(&self.spec.name, Phase::Command, format!("bad response: {e}"))))?;
+        let response: Response = lab_proto::decode(line, MAX_RESPONSE_BYTES).map_err(|e| {
+            CallError::Failed(Error::guest(
+                &self.spec.name,
+                Phase::Command,
+                format!("bad response: {e}"),
+            ))
+        })?;
         Ok(response.reply)
     }
 
     async fn error(&self, phase: Phase, message: String) -> Error {
         let tail = crate::console::tail_of(&self.console_log().await, CONSOLE_TAIL);
-        Error::guest(&format!("{} (in {})", self.spec.name, self.host.name()), phase, message).with_console(Some(tail))
+        Error::guest(
+            &format!("{} (in {})", self.spec.name, self.host.name()),
+            phase,
+            message,
+        )
+        .with_console(Some(tail))
     }
 }
 
@@ -291,11 +384,25 @@ impl Guest for InnerVm<'_> {
         let within = cmd.spec().timeout + Duration::from_secs(10);
         match self.call(Op::Run(cmd.spec().clone()), within).await {
             Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{}`: {message}", cmd.describe())).await),
-            Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}")).await),
+            Ok(Reply::Error { message }) => Err(self
+                .error(Phase::Command, format!("`{}`: {message}", cmd.describe()))
+                .await),
+            Ok(other) => Err(self
+                .error(Phase::Command, format!("unexpected reply {other:?}"))
+                .await),
             Err(CallError::Failed(e)) => Err(e),
-            Err(CallError::NotThere) => Err(self.error(Phase::Command, format!("`{}`: the VM is gone", cmd.describe())).await),
-            Err(CallError::Deadline) => Err(self.error(Phase::Command, format!("`{}`: no answer within {within:?}", cmd.describe())).await),
+            Err(CallError::NotThere) => Err(self
+                .error(
+                    Phase::Command,
+                    format!("`{}`: the VM is gone", cmd.describe()),
+                )
+                .await),
+            Err(CallError::Deadline) => Err(self
+                .error(
+                    Phase::Command,
+                    format!("`{}`: no answer within {within:?}", cmd.describe()),
+                )
+                .await),
         }
     }
 }
@@ -352,14 +459,26 @@ for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
 pub async fn domiflist(vms: &[&InnerVm<'_>]) -> Result<Vec<Interface>> {
     let mut rows = Vec::new();
     for vm in vms {
-        let json = vm.host.succeed(format!("ip -d -j link show {}", vm.spec.interface)).await?;
-        let link: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| Error::guest(vm.host.name(), Phase::Command, format!("`ip -j` printed no JSON: {e}")))?;
+        let json = vm
+            .host
+            .succeed(format!("ip -d -j link show {}", vm.spec.interface))
+            .await?;
+        let link: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+            Error::guest(
+                vm.host.name(),
+                Phase::Command,
+                format!("`ip -j` printed no JSON: {e}"),
+            )
+        })?;
         let first = &link[0];
         let kind = first["linkinfo"]["info_kind"].as_str().unwrap_or_default();
         rows.push(Interface {
             interface: vm.spec.interface.clone(),
-            kind: if kind == "macvtap" { "direct".into() } else { kind.to_string() },
+            kind: if kind == "macvtap" {
+                "direct".into()
+            } else {
+                kind.to_string()
+            },
             source: first["link"].as_str().unwrap_or_default().to_string(),
             model: "virtio".into(),
             mac: first["address"].as_str().unwrap_or_default().to_string(),
@@ -370,10 +489,16 @@ pub async fn domiflist(vms: &[&InnerVm<'_>]) -> Result<Vec<Interface>> {
 
 /// `rows` formatted as `virsh domiflist` prints them.
 pub fn format_domiflist(rows: &[Interface]) -> String {
-    let mut out = format!(" {:<11} {:<8} {:<8} {:<8} {}\n", "Interface", "Type", "Source", "Model", "MAC");
+    let mut out = format!(
+        " {:<11} {:<8} {:<8} {:<8} {}\n",
+        "Interface", "Type", "Source", "Model", "MAC"
+    );
     out.push_str(&format!("{}\n", "-".repeat(61)));
     for r in rows {
-        out.push_str(&format!(" {:<11} {:<8} {:<8} {:<8} {}\n", r.interface, r.kind, r.source, r.model, r.mac));
+        out.push_str(&format!(
+            " {:<11} {:<8} {:<8} {:<8} {}\n",
+            r.interface, r.kind, r.source, r.model, r.mac
+        ));
     }
     out
 }
@@ -405,7 +530,13 @@ mod tests {
         };
         let text = format_domiflist(&[row]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["Interface", "Type", "Source", "Model", "MAC"]);
-        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["macvtap0", "direct", "eth0", "virtio", "52:54:00:00:00:01"]);
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["Interface", "Type", "Source", "Model", "MAC"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["macvtap0", "direct", "eth0", "virtio", "52:54:00:00:00:01"]
+        );
     }
 }

@@ -37,7 +37,9 @@ impl QemuProcess {
             });
         }
         let child = cmd.spawn()?;
-        let pid = child.id().ok_or_else(|| std::io::Error::other("QEMU exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("QEMU exited at once"))?;
         Ok(Self { child, pid })
     }
 

@@ -44,7 +44,10 @@ pub fn find_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("LAB_QEMU") {
         return Ok(PathBuf::from(p));
     }
-    which::which(QEMU_BINARY).map_err(|_| Error::Missing { what: QEMU_BINARY.into(), fix: install_hint() })
+    which::which(QEMU_BINARY).map_err(|_| Error::Missing {
+        what: QEMU_BINARY.into(),
+        fix: install_hint(),
+    })
 }
 
 pub fn install_hint() -> String {
@@ -58,17 +61,25 @@ pub fn version(binary: &Path) -> Result<String> {
     let out = Command::new(binary)
         .arg("--version")
         .output()
-        .map_err(|e| Error::Io { path: binary.to_path_buf(), source: e })?;
+        .map_err(|e| Error::Io {
+            path: binary.to_path_buf(),
+            source: e,
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_string())
+    Ok(text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or("unknown")
+        .to_string())
 }
 
 /// The kernel command line. `panic=-1` plus QEMU's `-no-reboot` turns a guest kernel panic into a
 /// QEMU exit, which the harness notices at once instead of waiting out a deadline.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     // Freed pages are zeroed, so that a snapshot ([`crate::snapshot`]) holds only the memory
-    // the guest uses: QEMU saves a zero page as a few bytes. Without it the freed kernel and
-    // initramfs copies of the boot stay in it.
+    // the guest uses: its zero pages are holes in the memory file. Without it the freed kernel
+    // and initramfs copies of the boot stay in it.
     let mut extra = vec!["init_on_free=1".to_string()];
     if cfg.modules_disk.is_some() {
         // The one virtio-blk device, so the first disk. Before the caller's arguments: those may
@@ -106,29 +117,66 @@ pub const MACHINE: &str = "microvm,pit=on,pic=on,rtc=on,isa-serial=on";
 pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-name", &format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name)]);
+    push(&[
+        "-name",
+        &format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name),
+    ]);
     // microvm: no PCI, no firmware tables to walk, virtio over MMIO. pit/pic/rtc are needed for
     // the stock Debian kernel to calibrate its clocks (without pit=on it hangs at TSC calibration).
     push(&["-M", MACHINE]);
     push(&cfg.accel.qemu_args());
-    push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-m",
+        &cfg.memory_mib.to_string(),
+        "-smp",
+        &cfg.cpus.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     let mut file_arg = |flag: &str, path: &Path| {
         a.push(flag.into());
         a.push(path.into());
     };
     file_arg("-kernel", &cfg.kernel);
-    file_arg("-initrd", if cfg.layers.is_empty() { &cfg.initrd } else { &paths.initrd });
+    file_arg(
+        "-initrd",
+        if cfg.layers.is_empty() {
+            &cfg.initrd
+        } else {
+            &paths.initrd
+        },
+    );
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["-append", &kernel_cmdline(cfg)]);
     // Console to a file we can tail on failure.
-    push(&["-chardev", &format!("file,id=console,path={}", paths.console.display()), "-serial", "chardev:console"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", paths.console.display()),
+        "-serial",
+        "chardev:console",
+    ]);
     // QMP and the agent port are unix sockets the harness listens on; QEMU connects at start-up,
     // so there is no polling for socket files and no window in which output is lost.
-    push(&["-chardev", &format!("socket,id=qmp,path={}", paths.qmp.display()), "-mon", "chardev=qmp,mode=control"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,path={}", paths.qmp.display()),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
     push(&["-device", "virtio-serial-device,max_ports=2"]);
-    push(&["-chardev", &format!("socket,id=agent,path={}", paths.agent.display())]);
-    push(&["-device", &format!("virtserialport,chardev=agent,name={}", lab_proto::PORT_NAME)]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,path={}", paths.agent.display()),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=agent,name={}", lab_proto::PORT_NAME),
+    ]);
     let netdev = match &cfg.net {
         // A hub with one port: frames leave eth0 and go nowhere. No host interface, no root.
         NetBackend::Isolated => "hubport,id=net0,hubid=0".to_string(),
@@ -142,17 +190,68 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     push(&["-netdev", &netdev]);
     if let Some(disk) = &cfg.modules_disk {
         // Read-only and shared by every guest: QEMU takes no write lock on it.
-        let drive = format!("file={},if=none,id=modules,format=raw,readonly=on", disk.display().to_string().replace(',', ",,"));
-        push(&["-drive", &drive, "-device", "virtio-blk-device,drive=modules"]);
+        let drive = format!(
+            "file={},if=none,id=modules,format=raw,readonly=on",
+            disk.display().to_string().replace(',', ",,")
+        );
+        push(&[
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-device,drive=modules",
+        ]);
     }
-    push(&["-device", &format!("virtio-net-device,netdev=net0,id={},mac={}", crate::qmp::NIC_ID, cfg.mac)]);
+    push(&[
+        "-device",
+        &format!(
+            "virtio-net-device,netdev=net0,id={},mac={}",
+            crate::qmp::NIC_ID,
+            cfg.mac
+        ),
+    ]);
     a
 }
 
-/// What makes QEMU start from a saved state instead of booting: `-incoming "exec:cat STATE"`.
-/// The rest of the command line must describe the same machine ([`crate::snapshot::key`]).
-pub fn incoming_args(state: &Path) -> Vec<OsString> {
-    vec!["-incoming".into(), format!("exec:cat {}", crate::qmp::shell_quote(&state.display().to_string())).into()]
+/// Where a guest's memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory<'a> {
+    /// QEMU's own anonymous memory (`-m`): a guest nobody snapshots.
+    Anonymous,
+    /// A file the guest's memory is written through to as it runs (`share=on`), sized at
+    /// launch. The guest that takes its shape's snapshot boots this way (on a memfd), so that
+    /// the saved state need not carry its memory ([`crate::snapshot`]).
+    SavedTo(&'a Path),
+    /// A snapshot's memory file, mapped copy-on-write (`share=off`): every guest restored from
+    /// one snapshot reads the same page-cache pages, and only the pages it writes are its own.
+    RestoredFrom(&'a Path),
+}
+
+/// The arguments that put a guest's memory where `memory` says; none for anonymous memory,
+/// which `-m` in [`args`] describes.
+pub fn memory_args(cfg: &VmConfig, memory: Memory<'_>) -> Vec<OsString> {
+    let (path, share) = match memory {
+        Memory::Anonymous => return Vec::new(),
+        Memory::SavedTo(path) => (path, "on"),
+        Memory::RestoredFrom(path) => (path, "off"),
+    };
+    let backend = format!(
+        "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+        cfg.memory_mib,
+        path.display().to_string().replace(',', ",,")
+    );
+    // `-machine` options merge with the `-M` in [`args`].
+    ["-object", &backend, "-machine", "memory-backend=ram"]
+        .iter()
+        .map(OsString::from)
+        .collect()
+}
+
+/// What makes QEMU wait for a saved state instead of booting: `-incoming defer`. The state is
+/// loaded over QMP ([`crate::qmp::Qmp::load_state`]) once the migration capability it was saved
+/// with is set, which QEMU 7.2 takes only over QMP. The rest of the command line must describe
+/// the same machine ([`crate::snapshot::key`]).
+pub fn incoming_args() -> Vec<OsString> {
+    vec!["-incoming".into(), "defer".into()]
 }
 
 #[cfg(test)]
@@ -161,7 +260,11 @@ mod tests {
     use crate::vm::MacAddr;
 
     fn cfg(accel: Accel) -> VmConfig {
-        let mut c = VmConfig::new("host1", Path::new("/k/vmlinuz"), Path::new("/k/initrd.cpio"));
+        let mut c = VmConfig::new(
+            "host1",
+            Path::new("/k/vmlinuz"),
+            Path::new("/k/initrd.cpio"),
+        );
         c.accel = accel;
         c.mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
         c
@@ -170,11 +273,20 @@ mod tests {
     #[test]
     fn command_line_has_microvm_sockets_and_mac() {
         let paths = StatePaths::in_dir(Path::new("/tmp/x"));
-        let line: Vec<String> = args(&cfg(Accel::Tcg), &paths).iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        let line: Vec<String> = args(&cfg(Accel::Tcg), &paths)
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
         let joined = line.join(" ");
-        assert!(joined.contains("-M microvm,pit=on,pic=on,rtc=on"), "{joined}");
+        assert!(
+            joined.contains("-M microvm,pit=on,pic=on,rtc=on"),
+            "{joined}"
+        );
         assert!(joined.contains("-accel tcg -cpu max"), "{joined}");
-        assert!(joined.contains("socket,id=qmp,path=/tmp/x/qmp.sock"), "{joined}");
+        assert!(
+            joined.contains("socket,id=qmp,path=/tmp/x/qmp.sock"),
+            "{joined}"
+        );
         assert!(joined.contains("name=lab.agent"), "{joined}");
         assert!(joined.contains("mac=52:54:00:01:02:03"), "{joined}");
         assert!(joined.contains("process=macvlan-lab-host1"), "{joined}");
@@ -186,7 +298,10 @@ mod tests {
         c.modules_disk = Some(PathBuf::from("/cache/modules.ext4"));
         c.extra_cmdline = vec!["rdinit=/bin/sleep".into(), "--".into(), "1000".into()];
         let line = kernel_cmdline(&c);
-        assert!(line.ends_with("lab.modules_disk=vda rdinit=/bin/sleep -- 1000"), "{line}");
+        assert!(
+            line.ends_with("lab.modules_disk=vda rdinit=/bin/sleep -- 1000"),
+            "{line}"
+        );
     }
 
     #[test]

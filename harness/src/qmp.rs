@@ -28,9 +28,15 @@ pub enum QmpError {
     #[error("QMP greeting/negotiation failed: {0}")]
     Handshake(std::io::Error),
     #[error("`{command}` got no reply within {within:?}")]
-    Timeout { command: &'static str, within: Duration },
+    Timeout {
+        command: &'static str,
+        within: Duration,
+    },
     #[error("`{command}` failed: {message}")]
-    Command { command: &'static str, message: String },
+    Command {
+        command: &'static str,
+        message: String,
+    },
 }
 
 /// One QMP event as QEMU sent it.
@@ -104,7 +110,9 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Qmp")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +142,14 @@ impl Qmp {
             .map_err(|_| QmpError::Handshake(std::io::Error::other("no greeting")))?
             .map_err(QmpError::Handshake)?;
         let (service, driver) = stream.spawn_tokio();
-        Ok(Self { service, shared, timeout, pump, driver, version })
+        Ok(Self {
+            service,
+            shared,
+            timeout,
+            pump,
+            driver,
+            version,
+        })
     }
 
     async fn execute<C>(&self, command: C) -> Result<C::Ok, QmpError>
@@ -145,8 +160,14 @@ impl Qmp {
         let name = C::NAME;
         self.note(format!("-> {name}"));
         match tokio::time::timeout(self.timeout, self.service.execute(command)).await {
-            Err(_) => Err(QmpError::Timeout { command: name, within: self.timeout }),
-            Ok(Err(e)) => Err(QmpError::Command { command: name, message: e.to_string() }),
+            Err(_) => Err(QmpError::Timeout {
+                command: name,
+                within: self.timeout,
+            }),
+            Ok(Err(e)) => Err(QmpError::Command {
+                command: name,
+                message: e.to_string(),
+            }),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -160,18 +181,29 @@ impl Qmp {
     /// `query-version`, as `major.minor.micro`.
     pub async fn query_version(&self) -> Result<String, QmpError> {
         let v = self.execute(qapi::qmp::query_version {}).await?;
-        Ok(format!("{}.{}.{}", v.qemu.major, v.qemu.minor, v.qemu.micro))
+        Ok(format!(
+            "{}.{}.{}",
+            v.qemu.major, v.qemu.minor, v.qemu.micro
+        ))
     }
 
     /// `query-rx-filter` of the guest NIC.
     pub async fn rx_filter(&self) -> Result<RxFilter, QmpError> {
         let mut all = self.execute(QueryRxFilter { name: NIC_ID }).await?;
-        all.pop().ok_or(QmpError::Command { command: "query-rx-filter", message: "no NIC in the reply".into() })
+        all.pop().ok_or(QmpError::Command {
+            command: "query-rx-filter",
+            message: "no NIC in the reply".into(),
+        })
     }
 
     /// `set_link`: plug (`true`) or pull (`false`) the guest NIC's cable.
     pub async fn set_link(&self, up: bool) -> Result<(), QmpError> {
-        self.execute(qapi::qmp::set_link { name: NIC_ID.into(), up }).await.map(drop)
+        self.execute(qapi::qmp::set_link {
+            name: NIC_ID.into(),
+            up,
+        })
+        .await
+        .map(drop)
     }
 
     /// `stop`: the guest's CPUs pause.
@@ -184,38 +216,95 @@ impl Qmp {
         self.execute(qapi::qmp::cont {}).await.map(drop)
     }
 
-    /// Writes the (stopped) guest's whole state to `path` with `migrate "exec:cat > PATH"` and
-    /// waits until QEMU says the migration completed. The guest stays paused afterwards.
-    pub async fn save_state(&self, path: &std::path::Path, within: Duration) -> Result<(), QmpError> {
+    /// Writes the (stopped) guest's state to `path` with `migrate "exec:cat > PATH"` and waits
+    /// until QEMU says the migration completed. The guest stays paused afterwards. Memory in a
+    /// shared file ([`crate::qemu::Memory::SavedTo`]) is left out (`x-ignore-shared`): the file
+    /// already holds it, so the state is device state only, a few dozen KiB.
+    pub async fn save_state(
+        &self,
+        path: &std::path::Path,
+        within: Duration,
+    ) -> Result<(), QmpError> {
+        self.ignore_shared_memory().await?;
         // The default bandwidth cap (32 MiB/s before QEMU 9) is for live migration over a
         // network; a file on this host takes what it can.
-        let fast = qapi::qmp::MigrateSetParameters { max_bandwidth: Some(u64::MAX >> 2), ..Default::default() };
-        self.execute(qapi::qmp::migrate_set_parameters(fast)).await?;
+        let fast = qapi::qmp::MigrateSetParameters {
+            max_bandwidth: Some(u64::MAX >> 2),
+            ..Default::default()
+        };
+        self.execute(qapi::qmp::migrate_set_parameters(fast))
+            .await?;
         let uri = format!("exec:cat > {}", shell_quote(&path.display().to_string()));
-        self.execute(qapi::qmp::migrate { uri: Some(uri), channels: None, detach: None, resume: None }).await?;
-        self.migration_done("migrate", within, Duration::from_millis(20)).await
+        self.execute(qapi::qmp::migrate {
+            uri: Some(uri),
+            channels: None,
+            detach: None,
+            resume: None,
+        })
+        .await?;
+        self.migration_done("migrate", within, Duration::from_millis(20))
+            .await
     }
 
-    /// Waits until QEMU, started with `-incoming`, has loaded the saved state, then starts the
-    /// guest: the state was saved from a stopped guest, and QEMU keeps it stopped.
-    pub async fn resume_incoming(&self, within: Duration) -> Result<(), QmpError> {
-        self.migration_done("migrate-incoming", within, Duration::from_millis(10)).await?;
+    /// Loads the state [`Qmp::save_state`] wrote into QEMU started with `-incoming defer`, then
+    /// starts the guest: the state was saved from a stopped guest, and QEMU keeps it stopped.
+    /// The memory is not in the state: QEMU was started on the snapshot's memory file.
+    pub async fn load_state(
+        &self,
+        path: &std::path::Path,
+        within: Duration,
+    ) -> Result<(), QmpError> {
+        // Both ends must agree: with the capability, the stream carries each memory block's
+        // address and none of its pages.
+        self.ignore_shared_memory().await?;
+        let uri = format!("exec:cat {}", shell_quote(&path.display().to_string()));
+        self.execute(qapi::qmp::migrate_incoming {
+            uri: Some(uri),
+            channels: None,
+            exit_on_error: None,
+        })
+        .await?;
+        self.migration_done("migrate-incoming", within, Duration::from_millis(5))
+            .await?;
         self.cont().await
+    }
+
+    /// Migration capability `x-ignore-shared`: memory the guest shares with a file is not sent.
+    async fn ignore_shared_memory(&self) -> Result<(), QmpError> {
+        let ignore_shared = qapi::qmp::MigrationCapabilityStatus {
+            capability: qapi::qmp::MigrationCapability::x_ignore_shared,
+            state: true,
+        };
+        self.execute(qapi::qmp::migrate_set_capabilities {
+            capabilities: vec![ignore_shared],
+        })
+        .await
+        .map(drop)
     }
 
     /// Polls `query-migrate` every `poll` until the migration (out to a file, or in from one)
     /// completed; a failed or cancelled one is an error with QEMU's reason, named `command`.
-    async fn migration_done(&self, command: &'static str, within: Duration, poll: Duration) -> Result<(), QmpError> {
+    async fn migration_done(
+        &self,
+        command: &'static str,
+        within: Duration,
+        poll: Duration,
+    ) -> Result<(), QmpError> {
         let deadline = Instant::now() + within;
         loop {
             let state = self.execute(QueryMigrate {}).await?;
             match state.status.as_deref() {
                 Some("completed") => return Ok(()),
                 Some(status @ ("failed" | "cancelled")) => {
-                    let message = format!("query-migrate says {status}: {}", state.error_desc.unwrap_or_default());
+                    let message = format!(
+                        "query-migrate says {status}: {}",
+                        state.error_desc.unwrap_or_default()
+                    );
                     return Err(QmpError::Command { command, message });
                 }
-                _ if Instant::now() >= deadline => return Err(QmpError::Timeout { command, within }),
+                _ if Instant::now() >= deadline => {
+                    return Err(QmpError::Timeout { command, within })
+                }
                 _ => tokio::time::sleep(poll).await,
             }
         }
@@ -277,7 +366,10 @@ impl Drop for Qmp {
 
 fn is_disconnect(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("disconnected") || m.contains("eof") || m.contains("broken pipe") || m.contains("reset")
+    m.contains("disconnected")
+        || m.contains("eof")
+        || m.contains("broken pipe")
+        || m.contains("reset")
 }
 
 fn push_raw(logs: &mut Logs, line: String) {
@@ -288,20 +380,33 @@ fn push_raw(logs: &mut Logs, line: String) {
 }
 
 /// Reads QEMU's lines; events go to our log, everything else to `qapi`.
-async fn pump(read: tokio::net::unix::OwnedReadHalf, mut to_qapi: DuplexStream, shared: Arc<Mutex<Logs>>) {
+async fn pump(
+    read: tokio::net::unix::OwnedReadHalf,
+    mut to_qapi: DuplexStream,
+    shared: Arc<Mutex<Logs>>,
+) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
         {
             let mut logs = shared.lock().unwrap_or_else(|p| p.into_inner());
             push_raw(&mut logs, format!("<- {line}"));
             if let Some(name) = value.get("event").and_then(|e| e.as_str()) {
                 let data = value.get("data").cloned().unwrap_or_default();
-                logs.events.push(QmpEvent { name: name.to_string(), data, received: Instant::now() });
+                logs.events.push(QmpEvent {
+                    name: name.to_string(),
+                    data,
+                    received: Instant::now(),
+                });
                 continue;
             }
         }
-        if to_qapi.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+        if to_qapi
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
             break;
         }
     }

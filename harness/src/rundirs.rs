@@ -28,12 +28,17 @@ pub fn run_id() -> String {
 pub fn create(what: &str, parent: Option<&Path>) -> std::io::Result<tempfile::TempDir> {
     let prefix = format!("{PROCESS_MARKER}-{what}-");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).permissions(std::fs::Permissions::from_mode(0o700));
+    builder
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700));
     let dir = match parent {
         Some(parent) => builder.tempdir_in(parent)?,
         None => builder.tempdir()?,
     };
-    std::fs::write(dir.path().join(OWNER), format!("{} {}\n", run_id(), std::process::id()))?;
+    std::fs::write(
+        dir.path().join(OWNER),
+        format!("{} {}\n", run_id(), std::process::id()),
+    )?;
     Ok(dir)
 }
 
@@ -47,16 +52,25 @@ pub struct Owner {
 pub fn owner(dir: &Path) -> Option<Owner> {
     let text = std::fs::read_to_string(dir.join(OWNER)).ok()?;
     let (run, pid) = text.trim().split_once(' ')?;
-    Some(Owner { run: run.to_string(), pid: pid.parse().ok()? })
+    Some(Owner {
+        run: run.to_string(),
+        pid: pid.parse().ok()?,
+    })
 }
 
 /// This user's lab directories in the temp dir.
 pub fn ours() -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
     let uid = nix::unistd::getuid().as_raw();
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{PROCESS_MARKER}-")))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{PROCESS_MARKER}-"))
+        })
         .filter(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid))
         .map(|e| e.path())
         .collect()
@@ -77,13 +91,17 @@ pub fn sweep_stale() -> Vec<PathBuf> {
 
 /// Whether process `pid` exists (a zombie counts as gone: it made nothing new since).
 pub fn alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else { return false };
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
     if nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None).is_err() {
         return false;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the command name in parentheses: `pid (comm) S ...`.
-    !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    !stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
 }
 
 #[cfg(test)]
@@ -94,9 +112,19 @@ mod tests {
     fn directories_are_private_and_name_their_owner() {
         let parent = tempfile::tempdir().expect("tempdir");
         let dir = create("unit", Some(parent.path())).expect("create");
-        let mode = std::fs::metadata(dir.path()).expect("meta").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path())
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700, "mode {mode:o}");
-        assert_eq!(owner(dir.path()), Some(Owner { run: run_id(), pid: std::process::id() }));
+        assert_eq!(
+            owner(dir.path()),
+            Some(Owner {
+                run: run_id(),
+                pid: std::process::id()
+            })
+        );
         assert!(alive(std::process::id()));
         assert!(!alive(999_999_999));
     }

@@ -4,15 +4,23 @@
 //! A *shape* is everything the saved state depends on: QEMU's binary, the accelerator, the
 //! machine and device arguments, memory and CPUs, the kernel command line (less the hostname),
 //! and the identity of every file the guest boots from (kernel, image, layers, module disk). Its
-//! hash names the snapshot's directory in the store, `<store>/<key>/{state, meta.json}`.
+//! hash names the snapshot's directory in the store, `<store>/<key>/{memory, state, meta.json}`.
 //!
-//! - **Taken** right after a cold boot's agent is ready: `stop`, `migrate "exec:cat > state"`,
-//!   `cont`, so the guest that was snapshotted carries on as if nothing happened.
+//! - **Memory apart from state**: the guest that takes a snapshot boots with its memory in a
+//!   memfd of ours (`memory-backend-file,share=on` on `/proc/<pid>/fd/<n>`); `stop` and
+//!   `migrate "exec:cat > state"` with `x-ignore-shared` then save only device state
+//!   (~70 KiB), and that QEMU quits. Its memory's non-zero pages, copied into a sparse file,
+//!   are the snapshot's memory. A memfd is gone with the last process holding it: a killed
+//!   run leaves no guest memory behind.
+//! - **Restored guests share pages**: each maps `memory` copy-on-write (`share=off`) and loads
+//!   `state`. Eight guests of one shape read one copy of it from the page cache, and each owns
+//!   only the pages it writes; nothing is copied through a pipe at start.
 //! - **Race-free**: a snapshot is written into a directory of its own and renamed into place
 //!   whole; a file lock per shape makes guests of one shape, in any process, wait for the one
 //!   taking it instead of each booting cold.
 //! - **Checked**: `meta.json` records the shape's key and the state's size, so a file cut short
-//!   (a killed run, a full disk) or made for another shape is found, named, and taken again. A
+//!   (a killed run, a full disk) or made for another shape is found, named, and taken again;
+//!   `memory` is never written after it is published, only mapped privately. A
 //!   restore that fails anyway falls back to a cold boot, which takes the snapshot anew; the
 //!   guest's [`BootKind`] says which happened.
 //! - **Clones are not twins**: a restored guest gets its own MAC, hostname, wall clock and fresh
@@ -27,17 +35,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::qemu::{self, StatePaths};
+use crate::qemu::{self, Memory, StatePaths};
 use crate::vm::{InitrdLayer, MacAddr, NetBackend, Vm, VmConfig};
 
 pub const ENV_SNAPSHOT: &str = "LAB_SNAPSHOT";
 /// Bumped when what a snapshot holds or how it is keyed changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const STATE: &str = "state";
+const MEMORY: &str = "memory";
 const META: &str = "meta.json";
-/// Saving a guest's state: ~0.7 s for 100 MiB here; a loaded host may take far longer.
+/// Saving a guest's device state takes milliseconds; a loaded host may take far longer.
 const SAVE_WITHIN: Duration = Duration::from_secs(120);
-/// Snapshots a store keeps (70–150 MiB each); the least recently restored go first.
+/// Snapshots a store keeps (70–150 MiB of memory each on disk); the least recently restored go
+/// first.
 pub const KEEP: usize = 12;
 /// Touched at every restore: its modification time says when the snapshot was last used.
 const USED: &str = "used";
@@ -71,7 +81,10 @@ fn tally_cell() -> &'static std::sync::Mutex<Tally> {
 
 /// How the guests of this process came up so far.
 pub fn tally() -> Tally {
-    tally_cell().lock().unwrap_or_else(|p| p.into_inner()).clone()
+    tally_cell()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 pub(crate) fn count(kind: &BootKind) {
@@ -85,7 +98,13 @@ pub(crate) fn count(kind: &BootKind) {
 
 impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} guests restored from snapshots, {} booted cold, {} fell back to a cold boot", self.restored, self.cold, self.fallbacks.len())?;
+        write!(
+            f,
+            "{} guests restored from snapshots, {} booted cold, {} fell back to a cold boot",
+            self.restored,
+            self.cold,
+            self.fallbacks.len()
+        )?;
         if let Some(why) = self.fallbacks.first() {
             write!(f, " (first: {why})")?;
         }
@@ -116,6 +135,8 @@ pub struct Meta {
     pub key: String,
     /// Bytes in `state`: fewer means the file was cut short.
     pub size: u64,
+    /// Bytes in `memory` (the guest's memory size; zero pages are holes).
+    pub memory: u64,
     /// Unique per snapshot taken, so a guest that failed to restore one does not throw away
     /// another that replaced it in the meantime.
     pub id: String,
@@ -133,6 +154,10 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE)
+    }
+
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join(MEMORY)
     }
 }
 
@@ -153,7 +178,7 @@ const MAX_UNPACK: usize = 16 << 20;
 pub(crate) async fn boot(cfg: &VmConfig, store: &Path) -> Result<Vm> {
     let (shape, archives) = without_archives(cfg);
     if archives.iter().map(|a| a.len()).sum::<usize>() > MAX_UNPACK {
-        return Vm::boot_cold(cfg).await;
+        return Vm::boot_cold(cfg, Memory::Anonymous).await;
     }
     let mut vm = boot_shape(&shape, store).await?;
     for archive in archives {
@@ -195,15 +220,20 @@ async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
         Found::Missing => {}
     }
     let _lock = lock(store, &key).await?;
+    // Only the lock's holder takes this shape's snapshot: one in the making now was left by a
+    // process killed while taking it.
+    remove_takings(store, &key[..24]);
     match find(&dir, &key) {
         // Taken by another guest while we waited for the lock, or replaced since ours failed.
-        Found::Ready(snap) if failed_id.as_ref() != Some(&snap.meta.id) => match restore(cfg, &snap).await {
-            Ok(vm) => return Ok(vm),
-            Err(reason) => {
-                fallback = Some(reason);
-                discard(&dir);
+        Found::Ready(snap) if failed_id.as_ref() != Some(&snap.meta.id) => {
+            match restore(cfg, &snap).await {
+                Ok(vm) => return Ok(vm),
+                Err(reason) => {
+                    fallback = Some(reason);
+                    discard(&dir);
+                }
             }
-        },
+        }
         Found::Ready(_) => discard(&dir),
         Found::Broken(reason) => {
             fallback = Some(reason);
@@ -212,20 +242,34 @@ async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
         Found::Missing => {}
     }
     if let Some(reason) = &fallback {
-        tracing::warn!("{}: {reason}; booting cold and taking the snapshot again", cfg.name);
+        tracing::warn!(
+            "{}: {reason}; booting cold and taking the snapshot again",
+            cfg.name
+        );
     }
-    let mut vm = Vm::boot_cold(cfg).await?;
-    if let Err(e) = take(&vm, store, &dir, &key).await {
-        // The guest itself is fine; the next guest of this shape tries again.
-        tracing::warn!("{}: no snapshot taken: {e}", cfg.name);
-    }
+    let mut vm = match take(cfg, store, &dir, &key).await? {
+        Taken::Snapshot(snap) => match restore(cfg, &snap).await {
+            Ok(vm) => vm,
+            Err(reason) => {
+                tracing::warn!(
+                    "{}: {reason}, right after taking it; removed, booting cold",
+                    cfg.name
+                );
+                discard(&dir);
+                Vm::boot_cold(cfg, Memory::Anonymous).await?
+            }
+        },
+        Taken::Not(vm) => *vm,
+    };
     vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
     Ok(vm)
 }
 
 /// Restores `snap`; on failure, why, naming the file.
 async fn restore(cfg: &VmConfig, snap: &Snapshot) -> std::result::Result<Vm, String> {
-    let vm = Vm::restore(cfg, &snap.state(), resume(cfg)).await.map_err(|e| format!("restoring snapshot {} failed: {e}", snap.dir.display()))?;
+    let vm = Vm::restore(cfg, &snap.state(), &snap.memory(), resume(cfg))
+        .await
+        .map_err(|e| format!("restoring snapshot {} failed: {e}", snap.dir.display()))?;
     let _ = std::fs::write(snap.dir.join(USED), b"");
     Ok(vm)
 }
@@ -234,19 +278,33 @@ async fn restore(cfg: &VmConfig, snap: &Snapshot) -> std::result::Result<Vm, Str
 /// at that moment keeps reading it (its file stays open); one about to start on it falls back
 /// to a cold boot.
 fn prune(store: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(store) else { return };
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
     let last_use = |dir: &Path| {
-        [dir.join(USED), dir.join(META)].iter().filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).max().unwrap_or(UNIX_EPOCH)
+        [dir.join(USED), dir.join(META)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .max()
+            .unwrap_or(UNIX_EPOCH)
     };
     let mut snapshots: Vec<(SystemTime, PathBuf)> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .map(|p| (last_use(&p), p))
         .collect();
     snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (_, dir) in snapshots.into_iter().skip(keep) {
-        tracing::info!("removing snapshot {}: the store keeps the {keep} most recently used", dir.display());
+        tracing::info!(
+            "removing snapshot {}: the store keeps the {keep} most recently used",
+            dir.display()
+        );
         discard(&dir);
         let _ = std::fs::remove_file(dir.with_extension("lock"));
     }
@@ -261,14 +319,26 @@ fn resume(cfg: &VmConfig) -> lab_proto::Resume {
     if read.is_err() {
         entropy.clear();
     }
-    let unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    lab_proto::Resume { hostname: cfg.name.clone(), mac: cfg.mac.to_string(), unix_nanos, entropy }
+    let unix_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    lab_proto::Resume {
+        hostname: cfg.name.clone(),
+        mac: cfg.mac.to_string(),
+        unix_nanos,
+        entropy,
+    }
 }
 
 /// The hash of everything a saved state depends on (see the module's documentation).
 pub fn key(cfg: &VmConfig) -> Result<String> {
     let binary = qemu::find_binary()?;
-    let mut text = format!("format {FORMAT}\nqemu {}\naccel {}\n", identity(&binary)?, cfg.accel);
+    let mut text = format!(
+        "format {FORMAT}\nqemu {}\naccel {}\n",
+        identity(&binary)?,
+        cfg.accel
+    );
     // The command line of a guest of this shape, with what differs per guest made the same:
     // name (and so hostname), MAC, socket paths. The TSC rate is measured anew by every
     // process, so only its first digits count: a restored guest keeps its snapshot's rate.
@@ -277,19 +347,28 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
     shape.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
     shape.tsc_khz = cfg.tsc_khz.map(|khz| khz / 10_000 * 10_000);
     if let NetBackend::Switch(_) = &shape.net {
-        shape.net = NetBackend::Switch(crate::lan::PortSockets { guest: "/port.guest".into(), switch: "/port".into() });
+        shape.net = NetBackend::Switch(crate::lan::PortSockets {
+            guest: "/port.guest".into(),
+            switch: "/port".into(),
+        });
     }
     for arg in qemu::args(&shape, &StatePaths::in_dir(Path::new("/state"))) {
         text.push_str(&arg.to_string_lossy());
         text.push('\n');
     }
-    for file in [&cfg.kernel, &cfg.initrd].into_iter().chain(cfg.modules_disk.as_ref()) {
+    for file in [&cfg.kernel, &cfg.initrd]
+        .into_iter()
+        .chain(cfg.modules_disk.as_ref())
+    {
         text.push_str(&format!("file {}\n", identity(file)?));
     }
     for layer in &cfg.layers {
         match layer {
             InitrdLayer::File(path) => text.push_str(&format!("layer {}\n", identity(path)?)),
-            InitrdLayer::Bytes(bytes) => text.push_str(&format!("layer sha256 {}\n", lab_kernels::deb::sha256_hex(bytes))),
+            InitrdLayer::Bytes(bytes) => text.push_str(&format!(
+                "layer sha256 {}\n",
+                lab_kernels::deb::sha256_hex(bytes)
+            )),
         }
     }
     Ok(lab_kernels::deb::sha256_hex(text.as_bytes()))
@@ -298,8 +377,16 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
 /// A file's path, size and modification time: what changes when a cache file or a binary is
 /// replaced (they are never edited in place), without reading it.
 pub fn identity(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    let mtime = meta.modified().ok().and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     Ok(format!("{} {} {mtime}", path.display(), meta.len()))
 }
 
@@ -307,72 +394,310 @@ fn find(dir: &Path, key: &str) -> Found {
     let meta_path = dir.join(META);
     let text = match std::fs::read(&meta_path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Found::Missing,
-        Err(e) => return Found::Broken(format!("snapshot {} has no readable {META} ({e})", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+            return Found::Missing
+        }
+        Err(e) => {
+            return Found::Broken(format!(
+                "snapshot {} has no readable {META} ({e})",
+                dir.display()
+            ))
+        }
     };
     let meta: Meta = match serde_json::from_slice(&text) {
         Ok(meta) => meta,
-        Err(e) => return Found::Broken(format!("snapshot {} has a damaged {META} ({e})", dir.display())),
+        Err(e) => {
+            return Found::Broken(format!(
+                "snapshot {} has a damaged {META} ({e})",
+                dir.display()
+            ))
+        }
     };
     if meta.key != key {
-        return Found::Broken(format!("snapshot {} was made for another guest shape", dir.display()));
+        return Found::Broken(format!(
+            "snapshot {} was made for another guest shape",
+            dir.display()
+        ));
     }
-    let state = dir.join(STATE);
-    match std::fs::metadata(&state) {
-        Ok(m) if m.len() == meta.size => Found::Ready(Snapshot { dir: dir.to_path_buf(), meta }),
-        Ok(m) => Found::Broken(format!("snapshot {} is cut short: {} of {} bytes", state.display(), m.len(), meta.size)),
-        Err(e) => Found::Broken(format!("snapshot {} is missing its state ({e})", dir.display())),
+    for (file, size) in [(STATE, meta.size), (MEMORY, meta.memory)] {
+        let path = dir.join(file);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == size => {}
+            Ok(m) => {
+                return Found::Broken(format!(
+                    "snapshot {} is cut short: {} of {size} bytes",
+                    path.display(),
+                    m.len()
+                ))
+            }
+            Err(e) => {
+                return Found::Broken(format!(
+                    "snapshot {} is missing its {file} ({e})",
+                    dir.display()
+                ))
+            }
+        }
     }
+    Found::Ready(Snapshot {
+        dir: dir.to_path_buf(),
+        meta,
+    })
 }
 
 fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Saves `vm` (just booted cold, nothing run in it yet) as the snapshot of its shape.
-async fn take(vm: &Vm, store: &Path, dir: &Path, key: &str) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e| Error::Io { path, source: e }
-    };
-    let taking = tempfile::Builder::new().prefix(".taking-").tempdir_in(store).map_err(io(store))?;
-    let state = taking.path().join(STATE);
+/// What [`take`] ended with.
+enum Taken {
+    /// The shape's snapshot, in place: the caller restores its guest from it.
+    Snapshot(Snapshot),
+    /// No snapshot (why was logged), but a guest booted cold all the same.
+    Not(Box<Vm>),
+}
+
+/// Boots `cfg` cold with its memory in a memfd, saves it as the snapshot of its shape, and
+/// publishes it at `dir`. Only a failed cold boot is an error: a guest whose snapshot could
+/// not be saved carries on as a cold-booted one.
+async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Taken> {
+    let taking = tempfile::Builder::new()
+        .prefix(&taking_prefix(&key[..24]))
+        .tempdir_in(store)
+        .map_err(io_error(store))?;
+    let memory = GuestMemory::new(&cfg.name)?;
+    let vm = Vm::boot_cold(cfg, Memory::SavedTo(&memory.path)).await?;
+    let started = std::time::Instant::now();
+    if let Err(e) = save(&vm, &taking.path().join(STATE)).await {
+        tracing::warn!("{}: no snapshot taken: {e}", cfg.name);
+        // It runs on, on the memfd QEMU keeps mapped.
+        return match vm.qmp().cont().await {
+            Ok(()) => Ok(Taken::Not(Box::new(vm))),
+            Err(e) => Err(vm.error(crate::Phase::Qmp, format!("cont after a failed save: {e}"))),
+        };
+    }
+    tracing::debug!("{}: state saved at {:.0?}", cfg.name, started.elapsed());
+    let taken_from = vm.name().to_string();
+    let qemu = vm.qmp().version.clone();
+    vm.quit().await;
+    tracing::debug!("{}: QEMU quit at {:.0?}", cfg.name, started.elapsed());
+    let memory_file = taking.path().join(MEMORY);
+    let published = memory
+        .copy_sparse(&memory_file)
+        .map_err(io_error(&memory_file))
+        .and_then(|()| publish(taking, dir, key, taken_from, qemu));
+    match published {
+        Ok(snap) => {
+            prune(store, KEEP);
+            let on_disk = disk_usage(&snap.memory()) + snap.meta.size;
+            tracing::info!(
+                "{}: snapshot of its shape taken ({:.0} MiB on disk) in {:.2?}: {}",
+                cfg.name,
+                on_disk as f64 / 1048576.0,
+                started.elapsed(),
+                dir.display()
+            );
+            Ok(Taken::Snapshot(snap))
+        }
+        Err(e) => {
+            tracing::warn!("{}: no snapshot taken: {e}; booting cold", cfg.name);
+            Ok(Taken::Not(Box::new(
+                Vm::boot_cold(cfg, Memory::Anonymous).await?,
+            )))
+        }
+    }
+}
+
+/// A guest's memory while it boots to be snapshotted: a memfd that QEMU opens by its
+/// `/proc/<our pid>/fd/<n>` path, as a file it shares (QEMU sizes nothing: [`Vm::launch`]
+/// does). Our descriptor outlives QEMU, so the memory can be read once QEMU has quit.
+struct GuestMemory {
+    fd: std::fs::File,
+    path: PathBuf,
+}
+
+impl GuestMemory {
+    fn new(name: &str) -> Result<Self> {
+        let flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
+        let fd =
+            nix::sys::memfd::memfd_create(format!("macvlan-lab-{name}-memory").as_str(), flags)
+                .map_err(|e| Error::Io {
+                    path: PathBuf::from("memfd"),
+                    source: e.into(),
+                })?;
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        Ok(Self {
+            fd: fd.into(),
+            path,
+        })
+    }
+
+    /// Writes the memory's non-zero pages into a new file at `to`, of the memory's length: the
+    /// zero pages stay holes, which read as zeros and take no disk or page cache.
+    fn copy_sparse(&self, to: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        const PAGE: usize = 4096;
+        static ZERO: [u8; PAGE] = [0; PAGE];
+        let len = self.fd.metadata()?.len();
+        let out = std::fs::File::create(to)?;
+        out.set_len(len)?;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        while offset < len {
+            let n = chunk.len().min((len - offset) as usize);
+            self.fd.read_exact_at(&mut chunk[..n], offset)?;
+            for (i, page) in chunk[..n].chunks(PAGE).enumerate() {
+                // A slice comparison is a `memcmp`: fast in a debug build too.
+                if page != &ZERO[..page.len()] {
+                    out.write_all_at(page, offset + (i * PAGE) as u64)?;
+                }
+            }
+            offset += n as u64;
+        }
+        // On disk before `meta.json` says the snapshot is whole.
+        out.sync_all()
+    }
+}
+
+/// Saves the device state of `vm` (just booted cold, nothing run in it yet) to `state`, and
+/// leaves it stopped: its memory file is then the rest of the snapshot.
+async fn save(vm: &Vm, state: &Path) -> Result<()> {
     // The page cache (module disk reads) is not worth saving; with `init_on_free` what is
-    // dropped becomes zero pages.
-    let _ = vm.run(crate::vm::Cmd::script("sync; echo 3 > /proc/sys/vm/drop_caches")).await;
+    // dropped becomes zero pages, punched out of the memory file.
+    let _ = vm
+        .run(crate::vm::Cmd::script(
+            "sync; echo 3 > /proc/sys/vm/drop_caches",
+        ))
+        .await;
+    tracing::debug!("{}: page cache dropped", vm.name());
     let qmp = vm.qmp();
-    qmp.stop().await.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
-    let saved = qmp.save_state(&state, SAVE_WITHIN).await;
-    // Whatever the save did, the guest runs on.
-    let resumed = qmp.cont().await;
-    saved.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
-    resumed.map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
-    let size = std::fs::metadata(&state).map_err(io(&state))?.len();
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let meta = Meta { key: key.to_string(), size, id: format!("{stamp}-{}", std::process::id()), taken_from: vm.name().to_string(), qemu: qmp.version.clone() };
+    qmp.stop()
+        .await
+        .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
+    qmp.save_state(state, SAVE_WITHIN)
+        .await
+        .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))
+}
+
+/// Makes the saved `taking` directory the shape's snapshot at `dir`: `meta.json` written last,
+/// and the directory renamed into place whole.
+fn publish(
+    taking: tempfile::TempDir,
+    dir: &Path,
+    key: &str,
+    taken_from: String,
+    qemu: String,
+) -> Result<Snapshot> {
+    let state = taking.path().join(STATE);
+    let memory = taking.path().join(MEMORY);
+    let size = std::fs::metadata(&state).map_err(io_error(&state))?.len();
+    let memory_size = std::fs::metadata(&memory).map_err(io_error(&memory))?.len();
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let meta = Meta {
+        key: key.to_string(),
+        size,
+        memory: memory_size,
+        id: format!("{stamp}-{}", std::process::id()),
+        taken_from,
+        qemu,
+    };
     let meta_path = taking.path().join(META);
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io(&meta_path))?;
+    std::fs::write(
+        &meta_path,
+        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+    )
+    .map_err(io_error(&meta_path))?;
     // Whole or not at all. Another process holding no lock (an older run) may have put one
     // there first: then that one stays, and ours goes with the temp dir.
     if std::fs::rename(taking.path(), dir).is_ok() {
         let _ = taking.keep();
-        prune(store, KEEP);
+        return Ok(Snapshot {
+            dir: dir.to_path_buf(),
+            meta,
+        });
     }
-    tracing::info!("{}: snapshot of its shape taken ({:.0} MiB) in {}", vm.name(), size as f64 / 1048576.0, dir.display());
-    Ok(())
+    match find(dir, key) {
+        Found::Ready(snap) => Ok(snap),
+        Found::Broken(why) => Err(Error::invalid(
+            why,
+            "remove the directory; the next guest takes the snapshot again",
+        )),
+        Found::Missing => Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("the snapshot could not be moved into place"),
+        }),
+    }
+}
+
+/// What the directory a snapshot is made in is named with: its shape's short key.
+fn taking_prefix(short_key: &str) -> String {
+    format!(".taking-{short_key}-")
+}
+
+/// Removes the half-made snapshots of a shape; call with its lock held.
+fn remove_takings(store: &Path, short_key: &str) {
+    let prefix = taking_prefix(short_key);
+    for entry in std::fs::read_dir(store).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::info!(
+                "removing {}: a snapshot left half-made by a killed run",
+                entry.path().display()
+            );
+            discard(&entry.path());
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// Bytes a file takes on disk (holes take none).
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// The per-shape lock: one guest at a time takes (or replaces) a shape's snapshot, across
 /// threads and processes. Released when dropped.
 async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(store).map_err(|e| Error::Io { path: store.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(store).map_err(|e| Error::Io {
+        path: store.to_path_buf(),
+        source: e,
+    })?;
     let path = store.join(format!("{}.lock", &key[..24]));
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-    let locked = tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)).await;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    let locked = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+    })
+    .await;
     match locked {
         Ok(Ok(lock)) => Ok(lock),
-        Ok(Err((_, errno))) => Err(Error::Io { path, source: errno.into() }),
-        Err(e) => Err(Error::Io { path, source: std::io::Error::other(e) }),
+        Ok(Err((_, errno))) => Err(Error::Io {
+            path,
+            source: errno.into(),
+        }),
+        Err(e) => Err(Error::Io {
+            path,
+            source: std::io::Error::other(e),
+        }),
     }
 }
 
@@ -386,9 +711,21 @@ mod tests {
         let dir = store.path().join("shape");
         assert!(matches!(find(&dir, "k"), Found::Missing));
         std::fs::create_dir(&dir).expect("mkdir");
-        let meta = Meta { key: "k".into(), size: 10, id: "1".into(), taken_from: "host1".into(), qemu: "7.2.22".into() };
-        std::fs::write(dir.join(META), serde_json::to_vec(&meta).expect("json")).expect("write meta");
+        let meta = Meta {
+            key: "k".into(),
+            size: 10,
+            memory: 8,
+            id: "1".into(),
+            taken_from: "host1".into(),
+            qemu: "7.2.22".into(),
+        };
+        std::fs::write(dir.join(META), serde_json::to_vec(&meta).expect("json"))
+            .expect("write meta");
         std::fs::write(dir.join(STATE), [0u8; 10]).expect("write state");
+        assert!(
+            matches!(find(&dir, "k"), Found::Broken(why) if why.contains("missing its memory"))
+        );
+        std::fs::write(dir.join(MEMORY), [0u8; 8]).expect("write memory");
         assert!(matches!(find(&dir, "k"), Found::Ready(_)));
         match find(&dir, "other") {
             Found::Broken(why) => assert!(why.contains("another guest shape"), "{why}"),
@@ -396,7 +733,10 @@ mod tests {
         }
         std::fs::write(dir.join(STATE), [0u8; 4]).expect("cut short");
         match find(&dir, "k") {
-            Found::Broken(why) => assert!(why.contains("cut short: 4 of 10 bytes") && why.contains("state"), "{why}"),
+            Found::Broken(why) => assert!(
+                why.contains("cut short: 4 of 10 bytes") && why.contains("state"),
+                "{why}"
+            ),
             _ => panic!("a cut-short snapshot was taken as good"),
         }
         std::fs::write(dir.join(META), b"{").expect("damage meta");
@@ -410,15 +750,79 @@ mod tests {
             let dir = store.path().join(name);
             std::fs::create_dir(&dir).expect("mkdir");
             std::fs::write(dir.join(META), b"{}").expect("meta");
-            let at = std::fs::File::options().write(true).open(dir.join(META)).expect("open");
-            at.set_modified(UNIX_EPOCH + Duration::from_secs(1000 + i as u64)).expect("mtime");
+            let at = std::fs::File::options()
+                .write(true)
+                .open(dir.join(META))
+                .expect("open");
+            at.set_modified(UNIX_EPOCH + Duration::from_secs(1000 + i as u64))
+                .expect("mtime");
         }
         std::fs::write(store.path().join("old").join(USED), b"").expect("restored just now");
         std::fs::create_dir(store.path().join(".taking-x")).expect("in the making");
         prune(store.path(), 1);
-        let mut left: Vec<String> = std::fs::read_dir(store.path()).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(store.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
         assert_eq!(left, [".taking-x", "old"]);
+    }
+
+    #[test]
+    fn half_made_snapshots_of_a_shape_are_removed_and_no_others() {
+        let store = tempfile::tempdir().expect("tempdir");
+        for name in [".taking-aaaa-1", ".taking-aaaa-2", ".taking-bbbb-1", "aaaa"] {
+            std::fs::create_dir(store.path().join(name)).expect("mkdir");
+        }
+        std::fs::write(store.path().join(".taking-aaaa-1").join(MEMORY), [1u8; 16])
+            .expect("memory");
+        remove_takings(store.path(), "aaaa");
+        let mut left: Vec<String> = std::fs::read_dir(store.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".taking-bbbb-1", "aaaa"],
+            "another shape's, being taken under its own lock, stays"
+        );
+    }
+
+    #[test]
+    fn guest_memory_is_copied_with_its_zero_pages_as_holes() {
+        use std::os::unix::fs::FileExt;
+        let memory = GuestMemory::new("test").expect("memfd");
+        // What QEMU does: open the memfd by its path.
+        let by_path = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&memory.path)
+            .expect("open by path");
+        by_path.set_len(8 << 20).expect("size");
+        by_path
+            .write_all_at(&[1], 5 * 4096 + 7)
+            .expect("a page in use at the start");
+        by_path
+            .write_all_at(&[2], (8 << 20) - 1)
+            .expect("and one at the end");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join(MEMORY);
+        memory.copy_sparse(&copy).expect("copy");
+        let data = std::fs::read(&copy).expect("read");
+        assert_eq!(data.len(), 8 << 20);
+        assert_eq!((data[5 * 4096 + 7], data[(8 << 20) - 1]), (1, 2));
+        assert_eq!(
+            data.iter().filter(|b| **b != 0).count(),
+            2,
+            "holes read as zeros"
+        );
+        assert!(
+            disk_usage(&copy) < 1 << 20,
+            "{} bytes on disk for two pages in use",
+            disk_usage(&copy)
+        );
     }
 
     #[test]
@@ -427,6 +831,10 @@ mod tests {
         assert!(switch(Some("on")).expect("on"));
         assert!(!switch(Some("off")).expect("off"));
         let err = switch(Some("of")).expect_err("a typo is refused");
-        assert!(err.to_string().contains("LAB_SNAPSHOT=of is neither on nor off"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("LAB_SNAPSHOT=of is neither on nor off"),
+            "{err}"
+        );
     }
 }

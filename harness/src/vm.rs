@@ -16,7 +16,7 @@ use crate::agent::{AgentClient, AgentError};
 use crate::error::{Error, Phase, Result};
 use crate::guest::Guest;
 use crate::process::QemuProcess;
-use crate::qemu::{self, StatePaths};
+use crate::qemu::{self, Memory, StatePaths};
 use crate::qmp::Qmp;
 use crate::snapshot::BootKind;
 
@@ -124,7 +124,11 @@ impl VmConfig {
             mac: MacAddr::unique(),
             net: NetBackend::Isolated,
             accel,
-            tsc_khz: if accel == Accel::Tcg { crate::accel::host_tsc_khz() } else { None },
+            tsc_khz: if accel == Accel::Tcg {
+                crate::accel::host_tsc_khz()
+            } else {
+                None
+            },
             extra_cmdline: Vec::new(),
             boot_timeout: match accel {
                 Accel::Kvm => Duration::from_secs(20),
@@ -158,7 +162,10 @@ pub struct Vm {
 
 impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vm").field("name", &self.cfg.name).field("pid", &self.process.pid()).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("name", &self.cfg.name)
+            .field("pid", &self.process.pid())
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +187,9 @@ impl Cmd {
     }
 
     fn from_program(program: Program) -> Self {
-        Self { spec: RunSpec::new(program, Duration::ZERO) }
+        Self {
+            spec: RunSpec::new(program, Duration::ZERO),
+        }
     }
 
     /// Runs in directory `dir` of the guest (`/` by default).
@@ -221,7 +230,12 @@ impl Cmd {
     }
 
     pub(crate) fn describe(&self) -> String {
-        let prefix = self.spec.netns.as_ref().map(|n| format!("[netns {n}] ")).unwrap_or_default();
+        let prefix = self
+            .spec
+            .netns
+            .as_ref()
+            .map(|n| format!("[netns {n}] "))
+            .unwrap_or_default();
         match &self.spec.program {
             Program::Script(s) => format!("{prefix}{}", s.trim()),
             Program::Argv(a) => format!("{prefix}{}", a.join(" ")),
@@ -247,8 +261,10 @@ impl Vm {
     /// kernel from scratch. Then loads `cfg.modprobe` ([`Phase::Setup`]).
     pub async fn boot(cfg: VmConfig) -> Result<Vm> {
         let vm = match &cfg.snapshots {
-            Some(store) if crate::snapshot::enabled()? => crate::snapshot::boot(&cfg, store).await?,
-            _ => Self::boot_cold(&cfg).await?,
+            Some(store) if crate::snapshot::enabled()? => {
+                crate::snapshot::boot(&cfg, store).await?
+            }
+            _ => Self::boot_cold(&cfg, Memory::Anonymous).await?,
         };
         crate::snapshot::count(&vm.boot_kind);
         vm.setup().await?;
@@ -257,14 +273,20 @@ impl Vm {
 
     /// Boots the kernel from scratch. A boot that times out is retried up to
     /// `cfg.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
-    pub(crate) async fn boot_cold(cfg: &VmConfig) -> Result<Vm> {
+    pub(crate) async fn boot_cold(cfg: &VmConfig, memory: Memory<'_>) -> Result<Vm> {
         let attempts = cfg.boot_attempts.max(1);
         let mut attempt = 1;
         loop {
-            match Self::launch(cfg, attempt, None).await {
+            match Self::launch(cfg, attempt, Start::Boot(memory)).await {
                 Ok(vm) => return Ok(vm),
-                Err(BootFailure { error, retryable: true }) if attempt < attempts => {
-                    tracing::warn!("{}: boot attempt {attempt} timed out, retrying: {error}", cfg.name);
+                Err(BootFailure {
+                    error,
+                    retryable: true,
+                }) if attempt < attempts => {
+                    tracing::warn!(
+                        "{}: boot attempt {attempt} timed out, retrying: {error}",
+                        cfg.name
+                    );
                     attempt += 1;
                 }
                 Err(BootFailure { error, .. }) => return Err(error),
@@ -272,18 +294,36 @@ impl Vm {
         }
     }
 
-    /// Starts QEMU on the saved state at `state` and makes the guest its own (`resume`). One
-    /// attempt: the caller falls back to a cold boot.
-    pub(crate) async fn restore(cfg: &VmConfig, state: &Path, resume: lab_proto::Resume) -> Result<Vm> {
-        let mut vm = Self::launch(cfg, 1, Some((state, resume))).await.map_err(|f| f.error)?;
+    /// Starts QEMU on a saved state and its memory file and makes the guest its own
+    /// (`resume`). One attempt: the caller falls back to a cold boot.
+    pub(crate) async fn restore(
+        cfg: &VmConfig,
+        state: &Path,
+        memory: &Path,
+        resume: lab_proto::Resume,
+    ) -> Result<Vm> {
+        let mut vm = Self::launch(
+            cfg,
+            1,
+            Start::Restore {
+                state,
+                memory,
+                resume,
+            },
+        )
+        .await
+        .map_err(|f| f.error)?;
         vm.boot_kind = BootKind::Restored;
         Ok(vm)
     }
 
-    /// Starts QEMU and waits for the agent; with `incoming`, on that saved state, and the agent
-    /// makes the guest its own with the `Resume` given.
-    async fn launch(cfg: &VmConfig, attempt: u32, incoming: Option<(&Path, lab_proto::Resume)>) -> Result<Vm, BootFailure> {
-        let fatal = |error| BootFailure { error, retryable: false };
+    /// Starts QEMU and waits for the agent: booting the kernel, or on a saved state, where the
+    /// agent makes the guest its own with the `Resume` given.
+    async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, BootFailure> {
+        let fatal = |error| BootFailure {
+            error,
+            retryable: false,
+        };
         let binary = qemu::find_binary().map_err(fatal)?;
         for (what, path) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
             if !path.is_file() {
@@ -295,52 +335,109 @@ impl Vm {
         }
         let state = state_dir(cfg).map_err(fatal)?;
         let paths = StatePaths::in_dir(state.path());
-        let (incoming, resume) = incoming.unzip();
-        let args = match incoming {
-            // The saved state holds the guest's memory, image and all: what QEMU loads before
-            // the state replaces it is never read, so the layers need not be put together.
-            Some(saved) => {
-                let bare = VmConfig { layers: Vec::new(), ..cfg.clone() };
-                let mut args = qemu::args(&bare, &paths);
-                args.extend(qemu::incoming_args(saved));
-                args
-            }
-            None => {
+        let (args, incoming) = match start {
+            Start::Boot(memory) => {
+                if let Memory::SavedTo(file) = memory {
+                    // Emptied, then sized: a retried boot starts on fresh memory, not on what
+                    // the last attempt left.
+                    let sized = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(file)
+                        .and_then(|f| {
+                            f.set_len(0)?;
+                            f.set_len(u64::from(cfg.memory_mib) << 20)
+                        });
+                    sized.map_err(|e| {
+                        fatal(Error::Io {
+                            path: file.to_path_buf(),
+                            source: e,
+                        })
+                    })?;
+                }
                 compose_initrd(cfg, &paths).map_err(fatal)?;
-                qemu::args(cfg, &paths)
+                let mut args = qemu::args(cfg, &paths);
+                args.extend(qemu::memory_args(cfg, memory));
+                (args, None)
+            }
+            // The saved state and memory hold the guest, image and all: what QEMU loads before
+            // the state replaces it is never read, so the layers need not be put together.
+            Start::Restore {
+                state,
+                memory,
+                resume,
+            } => {
+                let bare = VmConfig {
+                    layers: Vec::new(),
+                    ..cfg.clone()
+                };
+                let mut args = qemu::args(&bare, &paths);
+                args.extend(qemu::memory_args(cfg, Memory::RestoredFrom(memory)));
+                args.extend(qemu::incoming_args());
+                (args, Some((state, resume)))
             }
         };
-        let launch_err = |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
+        let (incoming, resume) = incoming.unzip();
+        let launch_err =
+            |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
         let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
         let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
         let started = Instant::now();
-        let mut process = QemuProcess::spawn(&binary, &args, &paths.qemu_log).map_err(launch_err)?;
+        let mut process =
+            QemuProcess::spawn(&binary, &args, &paths.qemu_log).map_err(launch_err)?;
 
-        let step = |what: &str| tracing::debug!("{}: {what} at {:.0?}", cfg.name, started.elapsed());
-        let mut booting = Booting { cfg, paths: &paths, process: &mut process };
-        let qmp_stream = booting.accept(&qmp_listener, Duration::from_secs(10)).await?;
+        let step =
+            |what: &str| tracing::debug!("{}: {what} at {:.0?}", cfg.name, started.elapsed());
+        let mut booting = Booting {
+            cfg,
+            paths: &paths,
+            process: &mut process,
+        };
+        let qmp_stream = booting
+            .accept(&qmp_listener, Duration::from_secs(10))
+            .await?;
         let qmp = Qmp::connect(qmp_stream, Duration::from_secs(10))
             .await
             .map_err(|e| booting.fail(Phase::Qmp, e.to_string(), false))?;
         step("QMP connected");
-        let agent = AgentClient::new(booting.accept(&agent_listener, Duration::from_secs(10)).await?);
-        if incoming.is_some() {
+        let agent = AgentClient::new(
+            booting
+                .accept(&agent_listener, Duration::from_secs(10))
+                .await?,
+        );
+        if let Some(saved) = incoming {
             let within = cfg.boot_timeout.saturating_sub(started.elapsed());
-            qmp.resume_incoming(within).await.map_err(|e| booting.fail(Phase::Boot, e.to_string(), false))?;
+            qmp.load_state(saved, within)
+                .await
+                .map_err(|e| booting.fail(Phase::Boot, e.to_string(), false))?;
             step("saved state loaded, guest running");
         }
         let ready = match resume {
-            None => booting.wait_ready(&agent, started, Duration::from_secs(1)).await?,
+            None => {
+                booting
+                    .wait_ready(&agent, started, Duration::from_secs(1))
+                    .await?
+            }
             // A restored agent does not announce itself again: ask often. Its first answer may
             // as well be to `resume`, sent at once rather than after the hello.
             Some(resume) => {
                 let resumed = agent.request(Op::Resume(resume), cfg.command_timeout);
-                let (ready, resumed) = tokio::join!(booting.wait_ready(&agent, started, Duration::from_millis(50)), resumed);
+                let (ready, resumed) = tokio::join!(
+                    booting.wait_ready(&agent, started, Duration::from_millis(50)),
+                    resumed
+                );
                 let ready = ready?;
                 match resumed {
                     Ok(Reply::Done) => step("resumed as its own guest"),
-                    Ok(Reply::Error { message }) => return Err(booting.fail(Phase::Boot, format!("resume: {message}"), false)),
-                    Ok(other) => return Err(booting.fail(Phase::Boot, format!("resume: unexpected reply {other:?}"), false)),
+                    Ok(Reply::Error { message }) => {
+                        return Err(booting.fail(Phase::Boot, format!("resume: {message}"), false))
+                    }
+                    Ok(other) => {
+                        return Err(booting.fail(
+                            Phase::Boot,
+                            format!("resume: unexpected reply {other:?}"),
+                            false,
+                        ))
+                    }
                     Err(e) => return Err(booting.fail(Phase::Boot, format!("resume: {e}"), false)),
                 }
                 ready
@@ -349,12 +446,24 @@ impl Vm {
         let boot_time = started.elapsed();
         if let Some(want) = &cfg.kernel_release {
             if &ready.kernel_release != want {
-                let msg = format!("guest runs kernel {} but {want} was asked for", ready.kernel_release);
+                let msg = format!(
+                    "guest runs kernel {} but {want} was asked for",
+                    ready.kernel_release
+                );
                 return Err(booting.fail(Phase::Boot, msg, false));
             }
         }
-        let how = if incoming.is_some() { "restored" } else { "booted" };
-        tracing::info!("{}: {how} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})", cfg.name, cfg.accel, qmp.version);
+        let how = if incoming.is_some() {
+            "restored"
+        } else {
+            "booted"
+        };
+        tracing::info!(
+            "{}: {how} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})",
+            cfg.name,
+            cfg.accel,
+            qmp.version
+        );
         Ok(Vm {
             cfg: cfg.clone(),
             agent,
@@ -376,10 +485,21 @@ impl Vm {
         if self.cfg.modprobe.is_empty() {
             return Ok(());
         }
-        let out = self.run(Cmd::argv(["modprobe", "-a"].into_iter().map(String::from).chain(self.cfg.modprobe.iter().cloned()))).await?;
+        let out = self
+            .run(Cmd::argv(
+                ["modprobe", "-a"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(self.cfg.modprobe.iter().cloned()),
+            ))
+            .await?;
         if !out.success() {
             keep_console(&self.cfg, &self.paths, true);
-            let message = format!("modprobe {} failed: {}", self.cfg.modprobe.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            let message = format!(
+                "modprobe {} failed: {}",
+                self.cfg.modprobe.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             return Err(self.error(Phase::Setup, message));
         }
         Ok(())
@@ -429,10 +549,24 @@ impl Vm {
 
     /// Unpacks a cpio archive at the guest's `/`, as the kernel does with the image's layers.
     pub(crate) async fn unpack(&self, archive: &[u8]) -> Result<()> {
-        match self.agent.request(Op::Unpack { archive: archive.to_vec() }, self.cfg.command_timeout).await {
+        match self
+            .agent
+            .request(
+                Op::Unpack {
+                    archive: archive.to_vec(),
+                },
+                self.cfg.command_timeout,
+            )
+            .await
+        {
             Ok(Reply::Done) => Ok(()),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Setup, format!("unpacking a layer: {message}"))),
-            Ok(other) => Err(self.error(Phase::Setup, format!("unpacking a layer: unexpected reply {other:?}"))),
+            Ok(Reply::Error { message }) => {
+                Err(self.error(Phase::Setup, format!("unpacking a layer: {message}")))
+            }
+            Ok(other) => Err(self.error(
+                Phase::Setup,
+                format!("unpacking a layer: unexpected reply {other:?}"),
+            )),
             Err(e) => Err(self.agent_failure("unpacking a layer", e)),
         }
     }
@@ -452,7 +586,8 @@ impl Vm {
 
     /// Everything the guest printed on its serial console so far.
     pub fn console_log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.paths.console).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&std::fs::read(&self.paths.console).unwrap_or_default())
+            .into_owned()
     }
 
     /// Runs a command and returns its result, whatever its exit status.
@@ -471,20 +606,32 @@ impl Vm {
     }
 
     /// Runs a command until it succeeds, for at most `within`; returns its stdout.
-    pub async fn wait_until_succeeds(&self, cmd: impl Into<Cmd> + Send, within: Duration) -> Result<String> {
+    pub async fn wait_until_succeeds(
+        &self,
+        cmd: impl Into<Cmd> + Send,
+        within: Duration,
+    ) -> Result<String> {
         Guest::wait_until_succeeds(self, cmd, within).await
     }
 
     /// Runs a command, passing each piece of its output to `on_output` as it comes; returns its
     /// result with stdout and stderr kept apart (each up to the protocol's cap).
-    pub async fn run_streaming(&self, cmd: impl Into<Cmd>, mut on_output: impl FnMut(Stream, &[u8])) -> Result<RunOutput> {
+    pub async fn run_streaming(
+        &self,
+        cmd: impl Into<Cmd>,
+        mut on_output: impl FnMut(Stream, &[u8]),
+    ) -> Result<RunOutput> {
         let mut cmd = cmd.into();
         if cmd.spec.timeout.is_zero() {
             cmd = cmd.timeout(self.cfg.command_timeout);
         }
         cmd.spec.stream = true;
         let within = cmd.spec.timeout + Duration::from_secs(10);
-        let started = self.agent.start(Op::Run(cmd.spec.clone())).await.map_err(|e| self.agent_failure(&cmd.describe(), e))?;
+        let started = self
+            .agent
+            .start(Op::Run(cmd.spec.clone()))
+            .await
+            .map_err(|e| self.agent_failure(&cmd.describe(), e))?;
         let (id, mut output, reply) = (started.id, started.output, started.reply);
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let waiting = self.agent.wait(id, reply, within);
@@ -501,16 +648,29 @@ impl Vm {
         // Pieces sent before the reply may still sit in the channel.
         while let Ok((stream, data)) = output.try_recv() {
             on_output(stream, &data);
-            keep(if stream == Stream::Stdout { &mut stdout } else { &mut stderr }, &data);
+            keep(
+                if stream == Stream::Stdout {
+                    &mut stdout
+                } else {
+                    &mut stderr
+                },
+                &data,
+            );
         }
-        self.ran(&cmd.describe(), reply).map(|out| RunOutput { stdout, stderr, ..out })
+        self.ran(&cmd.describe(), reply).map(|out| RunOutput {
+            stdout,
+            stderr,
+            ..out
+        })
     }
 
     /// The result of a run from the agent's answer to it; anything else is an error naming `what`.
     fn ran(&self, what: &str, reply: Result<Reply, AgentError>) -> Result<RunOutput> {
         match reply {
             Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self.error(Phase::Command, format!("`{what}`: {message}"))),
+            Ok(Reply::Error { message }) => {
+                Err(self.error(Phase::Command, format!("`{what}`: {message}")))
+            }
             Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
             Err(e) => Err(self.agent_failure(what, e)),
         }
@@ -525,12 +685,24 @@ impl Vm {
             // A person at a shell may take their time: a week.
             cmd = cmd.timeout(Duration::from_secs(7 * 24 * 3600));
         }
-        let started = self.agent.start(Op::Run(cmd.spec.clone())).await.map_err(|e| self.agent_failure(&cmd.describe(), e))?;
-        Ok(Session { vm: self, started: Some(started), timeout: cmd.spec.timeout })
+        let started = self
+            .agent
+            .start(Op::Run(cmd.spec.clone()))
+            .await
+            .map_err(|e| self.agent_failure(&cmd.describe(), e))?;
+        Ok(Session {
+            vm: self,
+            started: Some(started),
+            timeout: cmd.spec.timeout,
+        })
     }
 
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        match self.agent.request(Op::ReadFile { path: path.into() }, self.cfg.command_timeout).await {
+        match self
+            .agent
+            .request(Op::ReadFile { path: path.into() }, self.cfg.command_timeout)
+            .await
+        {
             Ok(Reply::File { data }) => Ok(data),
             Ok(Reply::Error { message }) => Err(self.error(Phase::Command, message)),
             Ok(other) => Err(self.error(Phase::Command, format!("unexpected reply {other:?}"))),
@@ -539,7 +711,11 @@ impl Vm {
     }
 
     pub async fn write_file(&self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Result<()> {
-        let op = Op::WriteFile { path: path.into(), data: data.into(), mode };
+        let op = Op::WriteFile {
+            path: path.into(),
+            data: data.into(),
+            mode,
+        };
         match self.agent.request(op, self.cfg.command_timeout).await {
             Ok(Reply::Done) => Ok(()),
             Ok(Reply::Error { message }) => Err(self.error(Phase::Command, message)),
@@ -551,13 +727,19 @@ impl Vm {
     /// Sends raw bytes to the agent and returns its answer to input it cannot attribute
     /// (for testing that bad input gets an error and not a dead agent).
     pub async fn send_raw_to_agent(&self, bytes: &[u8]) -> Result<Reply> {
-        self.agent.send_raw(bytes, Duration::from_secs(10)).await.map_err(|e| self.agent_failure("raw input", e))
+        self.agent
+            .send_raw(bytes, Duration::from_secs(10))
+            .await
+            .map_err(|e| self.agent_failure("raw input", e))
     }
 
     /// Powers the guest off: through the agent, then ACPI `system_powerdown`, then QMP `quit`,
     /// then SIGKILL, each step only if the one before did not end QEMU in time.
     pub async fn shutdown(mut self) -> Result<()> {
-        let _ = self.agent.request(Op::PowerOff, Duration::from_secs(5)).await;
+        let _ = self
+            .agent
+            .request(Op::PowerOff, Duration::from_secs(5))
+            .await;
         if self.exited_within(Duration::from_secs(10)).await {
             return Ok(());
         }
@@ -570,16 +752,31 @@ impl Vm {
             return Ok(());
         }
         self.process.kill();
-        let message = format!("QEMU did not exit after power-off, system_powerdown and quit ({quit:?}); killed");
+        let message = format!(
+            "QEMU did not exit after power-off, system_powerdown and quit ({quit:?}); killed"
+        );
         Err(self.error(Phase::Shutdown, message))
     }
 
+    /// Ends QEMU at once with QMP `quit`, the guest as it is (a stopped guest whose state was
+    /// just saved); SIGKILL if that does not end it in time.
+    pub(crate) async fn quit(mut self) {
+        let _ = self.qmp.quit().await;
+        if !self.exited_within(Duration::from_secs(5)).await {
+            self.process.kill();
+            let _ = self.process.wait().await;
+        }
+    }
+
     async fn exited_within(&mut self, within: Duration) -> bool {
-        tokio::time::timeout(within, self.process.wait()).await.is_ok()
+        tokio::time::timeout(within, self.process.wait())
+            .await
+            .is_ok()
     }
 
     pub(crate) fn error(&self, phase: Phase, message: String) -> Error {
-        Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(&self.paths)))
+        Error::guest(&self.cfg.name, phase, message)
+            .with_console(Some(qemu_console_tail(&self.paths)))
     }
 
     fn agent_failure(&self, what: &str, e: AgentError) -> Error {
@@ -632,35 +829,77 @@ pub struct Session<'a> {
 impl Session<'_> {
     /// The next piece of what the terminal shows; `None` once the program has ended.
     pub async fn output(&mut self) -> Option<Vec<u8>> {
-        self.started.as_mut()?.output.recv().await.map(|(_, data)| data)
+        self.started
+            .as_mut()?
+            .output
+            .recv()
+            .await
+            .map(|(_, data)| data)
     }
 
     /// Types `data` (keys, Ctrl-C as byte 3, ...) into the terminal.
     pub async fn input(&self, data: &[u8]) -> Result<()> {
-        let Some(started) = &self.started else { return Ok(()) };
-        let op = Op::Input { run: started.id, data: data.to_vec() };
-        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal input", e))
+        let Some(started) = &self.started else {
+            return Ok(());
+        };
+        let op = Op::Input {
+            run: started.id,
+            data: data.to_vec(),
+        };
+        self.vm
+            .agent
+            .notify(op)
+            .await
+            .map_err(|e| self.vm.agent_failure("terminal input", e))
     }
 
     /// The terminal changed size.
     pub async fn resize(&self, size: TtySize) -> Result<()> {
-        let Some(started) = &self.started else { return Ok(()) };
-        let op = Op::Resize { run: started.id, rows: size.rows, cols: size.cols };
-        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal resize", e))
+        let Some(started) = &self.started else {
+            return Ok(());
+        };
+        let op = Op::Resize {
+            run: started.id,
+            rows: size.rows,
+            cols: size.cols,
+        };
+        self.vm
+            .agent
+            .notify(op)
+            .await
+            .map_err(|e| self.vm.agent_failure("terminal resize", e))
     }
 
     /// The person at the terminal went away (a closed window): the guest's shell gets SIGHUP.
     /// Its end still comes through [`Session::output`] and [`Session::finish`].
     pub async fn hang_up(&self) -> Result<()> {
-        let Some(started) = &self.started else { return Ok(()) };
+        let Some(started) = &self.started else {
+            return Ok(());
+        };
         let op = Op::Hangup { run: started.id };
-        self.vm.agent.notify(op).await.map_err(|e| self.vm.agent_failure("terminal hangup", e))
+        self.vm
+            .agent
+            .notify(op)
+            .await
+            .map_err(|e| self.vm.agent_failure("terminal hangup", e))
     }
 
     /// Waits for the program to end (call once [`Session::output`] says `None`).
     pub async fn finish(mut self) -> Result<RunOutput> {
-        let Some(started) = self.started.take() else { return Err(self.vm.error(Phase::Command, "session already finished".into())) };
-        let reply = self.vm.agent.wait(started.id, started.reply, self.timeout + Duration::from_secs(10)).await;
+        let Some(started) = self.started.take() else {
+            return Err(self
+                .vm
+                .error(Phase::Command, "session already finished".into()));
+        };
+        let reply = self
+            .vm
+            .agent
+            .wait(
+                started.id,
+                started.reply,
+                self.timeout + Duration::from_secs(10),
+            )
+            .await;
         self.vm.ran("interactive session", reply)
     }
 }
@@ -677,10 +916,16 @@ fn compose_initrd(cfg: &VmConfig, paths: &StatePaths) -> Result<()> {
         return Ok(());
     }
     use std::io::Write;
-    let io = |e| Error::Io { path: paths.initrd.clone(), source: e };
+    let io = |e| Error::Io {
+        path: paths.initrd.clone(),
+        source: e,
+    };
     let mut out = std::io::BufWriter::new(std::fs::File::create(&paths.initrd).map_err(io)?);
     let copy = |path: &Path, out: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         std::io::copy(&mut file, out).map_err(io)?;
         Ok(())
     };
@@ -692,6 +937,18 @@ fn compose_initrd(cfg: &VmConfig, paths: &StatePaths) -> Result<()> {
         }
     }
     out.flush().map_err(io)
+}
+
+/// How [`Vm::launch`] starts a guest.
+enum Start<'a> {
+    /// Boot the kernel, its memory where [`Memory`] says.
+    Boot(Memory<'a>),
+    /// Load a snapshot's device state, on its memory file, and make the guest its own.
+    Restore {
+        state: &'a Path,
+        memory: &'a Path,
+        resume: lab_proto::Resume,
+    },
 }
 
 /// A failed boot attempt, and whether trying again could help.
@@ -711,12 +968,17 @@ impl Booting<'_> {
     fn fail(&mut self, phase: Phase, message: String, retryable: bool) -> BootFailure {
         self.process.kill();
         keep_console(self.cfg, self.paths, true);
-        let error = Error::guest(&self.cfg.name, phase, message).with_console(Some(qemu_console_tail(self.paths)));
+        let error = Error::guest(&self.cfg.name, phase, message)
+            .with_console(Some(qemu_console_tail(self.paths)));
         BootFailure { error, retryable }
     }
 
     /// Accepts QEMU's connection to one of our sockets, unless QEMU dies first.
-    async fn accept(&mut self, listener: &UnixListener, within: Duration) -> Result<tokio::net::UnixStream, BootFailure> {
+    async fn accept(
+        &mut self,
+        listener: &UnixListener,
+        within: Duration,
+    ) -> Result<tokio::net::UnixStream, BootFailure> {
         tokio::select! {
             conn = tokio::time::timeout(within, listener.accept()) => match conn {
                 Ok(Ok((stream, _))) => Ok(stream),
@@ -732,7 +994,12 @@ impl Booting<'_> {
 
     /// Waits for the agent, failing at once if QEMU exits (a panicking kernel with `panic=-1`
     /// and `-no-reboot` makes QEMU exit) and after the boot timeout otherwise.
-    async fn wait_ready(&mut self, agent: &AgentClient, started: Instant, nudge: Duration) -> Result<Ready, BootFailure> {
+    async fn wait_ready(
+        &mut self,
+        agent: &AgentClient,
+        started: Instant,
+        nudge: Duration,
+    ) -> Result<Ready, BootFailure> {
         let remaining = self.cfg.boot_timeout.saturating_sub(started.elapsed());
         tokio::select! {
             ready = agent.wait_ready(remaining, nudge) => match ready {
@@ -763,8 +1030,13 @@ fn qemu_console_tail(paths: &StatePaths) -> String {
 }
 
 fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
-    crate::rundirs::create(&cfg.name, cfg.state_parent.as_deref())
-        .map_err(|e| Error::guest(&cfg.name, Phase::Launch, format!("creating its state directory: {e}")))
+    crate::rundirs::create(&cfg.name, cfg.state_parent.as_deref()).map_err(|e| {
+        Error::guest(
+            &cfg.name,
+            Phase::Launch,
+            format!("creating its state directory: {e}"),
+        )
+    })
 }
 
 /// Copies the console log to the artifacts directory, if one is configured; says where when the
@@ -772,7 +1044,10 @@ fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
 fn keep_console(cfg: &VmConfig, paths: &StatePaths, failed: bool) {
     let Some(dir) = &cfg.artifacts else { return };
     if std::fs::create_dir_all(dir).is_ok() {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         let dest = dir.join(format!("{}-{stamp}.console.log", cfg.name));
         if std::fs::copy(&paths.console, &dest).is_ok() && failed {
             eprintln!("{}: console log kept at {}", cfg.name, dest.display());
@@ -791,6 +1066,9 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.0[0] & 0x01, 0, "unicast");
         assert_eq!(a.0[0] & 0x02, 0x02, "locally administered");
-        assert_eq!(MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(), "52:54:00:ab:01:02");
+        assert_eq!(
+            MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(),
+            "52:54:00:ab:01:02"
+        );
     }
 }

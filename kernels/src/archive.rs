@@ -58,7 +58,11 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
             .map_err(|e| Error::io(Path::new("apt-get"), e))?;
         // apt-get update exits 0 even when a source failed; its stderr says so with "E:" or "W:".
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || stderr.lines().any(|l| l.starts_with("E:") || l.starts_with("W: Failed")) {
+        if !out.status.success()
+            || stderr
+                .lines()
+                .any(|l| l.starts_with("E:") || l.starts_with("W: Failed"))
+        {
             return Err(Error::Command {
                 what: format!("apt-get update (APT_CONFIG={})", conf.display()),
                 stderr: stderr.trim().to_string(),
@@ -72,7 +76,12 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
 }
 
 fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
-    for dir in ["state/lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"] {
+    for dir in [
+        "state/lists/partial",
+        "cache/archives/partial",
+        "sources.list.d",
+        "preferences.d",
+    ] {
         let d = root.join(dir);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
@@ -81,7 +90,8 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
         std::fs::write(&status, b"").map_err(|e| Error::io(&status, e))?;
     }
     let sources = root.join("sources.list");
-    std::fs::write(&sources, archive.sources.join("\n") + "\n").map_err(|e| Error::io(&sources, e))?;
+    std::fs::write(&sources, archive.sources.join("\n") + "\n")
+        .map_err(|e| Error::io(&sources, e))?;
     let conf = root.join("apt.conf");
     let p = |sub: &str| root.join(sub).display().to_string();
     let text = format!(
@@ -103,7 +113,9 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
 
 /// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.
 fn lists_fresh(lists: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(lists) else { return false };
+    let Ok(entries) = std::fs::read_dir(lists) else {
+        return false;
+    };
     let newest = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
@@ -120,22 +132,38 @@ mod tests {
     fn config_points_apt_at_private_state_and_the_given_sources() {
         let dir = tempfile::tempdir().expect("tempdir");
         let archive = Archive {
-            sources: vec!["deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main".into()],
+            sources: vec![
+                "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main".into(),
+            ],
             keyring: "/k.gpg".into(),
         };
         let conf = write_config(&archive, dir.path()).expect("config");
         let text = std::fs::read_to_string(&conf).expect("read");
-        assert!(text.contains(&format!("Dir::State \"{}/state\";", dir.path().display())), "{text}");
+        assert!(
+            text.contains(&format!("Dir::State \"{}/state\";", dir.path().display())),
+            "{text}"
+        );
         assert!(text.contains("Dir::Etc::SourceList"), "{text}");
         let sources = std::fs::read_to_string(dir.path().join("sources.list")).expect("sources");
-        assert_eq!(sources, "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n");
-        assert!(!lists_fresh(&dir.path().join("state/lists")), "no lists yet");
+        assert_eq!(
+            sources,
+            "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n"
+        );
+        assert!(
+            !lists_fresh(&dir.path().join("state/lists")),
+            "no lists yet"
+        );
     }
 
     #[test]
     fn a_missing_keyring_names_the_package_that_brings_it() {
-        let archive = Archive { sources: vec![], keyring: "/nonexistent/keyring.gpg".into() };
-        let err = use_archive(&archive, Path::new("/tmp")).expect_err("no keyring").to_string();
+        let archive = Archive {
+            sources: vec![],
+            keyring: "/nonexistent/keyring.gpg".into(),
+        };
+        let err = use_archive(&archive, Path::new("/tmp"))
+            .expect_err("no keyring")
+            .to_string();
         assert!(err.contains("debian-archive-keyring"), "{err}");
     }
 }

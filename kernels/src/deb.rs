@@ -43,11 +43,18 @@ pub fn fetch_and_unpack(package: &str, cache: &Path) -> Result<Unpacked> {
 /// Fetches several packages, asking apt about all of them at once (each `apt-cache` call reads
 /// the whole package index: about a second on a Debian host).
 pub fn fetch_all(packages: &[String], cache: &Path) -> Result<Vec<Unpacked>> {
-    show_many(packages)?.iter().map(|info| fetch_info(info, cache)).collect()
+    show_many(packages)?
+        .iter()
+        .map(|info| fetch_info(info, cache))
+        .collect()
 }
 
 fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
-    let dir = cache.join(format!("{}_{}", info.package, info.version.replace(':', "%3a")));
+    let dir = cache.join(format!(
+        "{}_{}",
+        info.package,
+        info.version.replace(':', "%3a")
+    ));
     if let Some(done) = read_marker(&dir) {
         return Ok(done);
     }
@@ -68,7 +75,10 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     match std::fs::rename(staging.path(), &dir) {
         Ok(()) => {
             let _ = staging.keep();
-            Ok(Unpacked { root: dir.join("root"), ..unpacked })
+            Ok(Unpacked {
+                root: dir.join("root"),
+                ..unpacked
+            })
         }
         Err(e) => read_marker(&dir).ok_or_else(|| Error::io(&dir, e)),
     }
@@ -77,7 +87,10 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
 fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
     let spec = format!("{}={}", info.package, info.version);
     run(
-        Command::new(tool("apt-get")?).arg("download").arg(&spec).current_dir(staging),
+        Command::new(tool("apt-get")?)
+            .arg("download")
+            .arg(&spec)
+            .current_dir(staging),
         &format!("apt-get download {spec}"),
         "run `sudo apt-get update` so apt knows the package, then try again",
     )?;
@@ -86,11 +99,19 @@ fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
     let sha256 = sha256_hex(&bytes);
     let root = staging.join("root");
     run(
-        Command::new(tool("dpkg-deb")?).arg("-x").arg(&deb).arg(&root),
+        Command::new(tool("dpkg-deb")?)
+            .arg("-x")
+            .arg(&deb)
+            .arg(&root),
         &format!("dpkg-deb -x {}", deb.display()),
         "the download may be damaged: delete the cache directory and try again",
     )?;
-    let unpacked = Unpacked { package: info.package.clone(), version: info.version.clone(), sha256, root };
+    let unpacked = Unpacked {
+        package: info.package.clone(),
+        version: info.version.clone(),
+        sha256,
+        root,
+    };
     let marker = staging.join(MARKER);
     let json = serde_json::to_vec_pretty(&unpacked).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(&marker, json).map_err(|e| Error::io(&marker, e))?;
@@ -100,7 +121,10 @@ fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
 fn read_marker(dir: &Path) -> Option<Unpacked> {
     let text = std::fs::read(dir.join(MARKER)).ok()?;
     let done: Unpacked = serde_json::from_slice(&text).ok()?;
-    Some(Unpacked { root: dir.join("root"), ..done })
+    Some(Unpacked {
+        root: dir.join("root"),
+        ..done
+    })
 }
 
 /// Kernel meta-packages (`linux-image-cloud-amd64`) hold no kernel: follow their one
@@ -114,7 +138,9 @@ pub fn follow_meta_package(package: &str) -> Result<String> {
             None => return Ok(name),
         }
     }
-    Err(Error::Invalid(format!("{package}: too many levels of meta-packages")))
+    Err(Error::Invalid(format!(
+        "{package}: too many levels of meta-packages"
+    )))
 }
 
 /// `packages` and every package they depend on (not the ones they recommend), as apt itself
@@ -142,7 +168,16 @@ fn parse_inst(line: &str) -> Option<(String, String)> {
 pub fn fetch_exact(packages: &[(String, String)], cache: &Path) -> Result<Vec<Unpacked>> {
     packages
         .iter()
-        .map(|(package, version)| fetch_info(&PackageInfo { package: package.clone(), version: version.clone(), depends: Vec::new() }, cache))
+        .map(|(package, version)| {
+            fetch_info(
+                &PackageInfo {
+                    package: package.clone(),
+                    version: version.clone(),
+                    depends: Vec::new(),
+                },
+                cache,
+            )
+        })
         .collect()
 }
 
@@ -164,11 +199,15 @@ pub fn show_many(packages: &[String]) -> Result<Vec<PackageInfo>> {
     packages
         .iter()
         .map(|name| {
-            stanzas.iter().find(|s| &s.package == name).cloned().ok_or_else(|| Error::Command {
-                what: what.clone(),
-                stderr: format!("no stanza for {name}"),
-                fix: "run `sudo apt-get update` so apt knows the package".into(),
-            })
+            stanzas
+                .iter()
+                .find(|s| &s.package == name)
+                .cloned()
+                .ok_or_else(|| Error::Command {
+                    what: what.clone(),
+                    stderr: format!("no stanza for {name}"),
+                    fix: "run `sudo apt-get update` so apt knows the package".into(),
+                })
         })
         .collect()
 }
@@ -176,7 +215,9 @@ pub fn show_many(packages: &[String]) -> Result<Vec<PackageInfo>> {
 fn parse_stanza(text: &str) -> Option<PackageInfo> {
     let text = text.trim_start_matches('\n');
     let field = |name: &str| {
-        text.lines().take_while(|l| !l.is_empty()).find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+        text.lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
     };
     let depends = field("Depends")
         .unwrap_or_default()
@@ -184,7 +225,11 @@ fn parse_stanza(text: &str) -> Option<PackageInfo> {
         .filter_map(|d| d.split_whitespace().next())
         .map(|d| d.split(':').next().unwrap_or(d).to_string())
         .collect();
-    Some(PackageInfo { package: field("Package")?.to_string(), version: field("Version")?.to_string(), depends })
+    Some(PackageInfo {
+        package: field("Package")?.to_string(),
+        version: field("Version")?.to_string(),
+        depends,
+    })
 }
 
 fn only_deb(dir: &Path) -> Result<PathBuf> {
@@ -193,7 +238,12 @@ fn only_deb(dir: &Path) -> Result<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| Error::Invalid(format!("apt-get download left no .deb in {}", dir.display())))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "apt-get download left no .deb in {}",
+                dir.display()
+            ))
+        })
 }
 
 pub(crate) fn tool(name: &'static str) -> Result<PathBuf> {
@@ -209,7 +259,11 @@ fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
     if let Some(conf) = crate::archive::apt_config() {
         cmd.env("APT_CONFIG", conf);
     }
-    let out = cmd.output().map_err(|e| Error::Command { what: what.into(), stderr: e.to_string(), fix: fix.into() })?;
+    let out = cmd.output().map_err(|e| Error::Command {
+        what: what.into(),
+        stderr: e.to_string(),
+        fix: fix.into(),
+    })?;
     if !out.status.success() {
         return Err(Error::Command {
             what: what.into(),
@@ -221,7 +275,10 @@ fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -236,7 +293,15 @@ mod tests {
         let info = parse_stanza(text).expect("stanza");
         assert_eq!(info.package, "linux-image-6.1.0-56-cloud-amd64");
         assert_eq!(info.version, "6.1.192-2");
-        assert_eq!(info.depends, ["kmod", "linux-base", "initramfs-tools", "linux-initramfs-tool"]);
+        assert_eq!(
+            info.depends,
+            [
+                "kmod",
+                "linux-base",
+                "initramfs-tools",
+                "linux-initramfs-tool"
+            ]
+        );
     }
 
     #[test]
@@ -250,6 +315,9 @@ mod tests {
 
     #[test]
     fn sha256_is_hex_of_the_bytes() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -31,8 +31,14 @@ pub struct Kernel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
-    Debian { package: String, version: String, sha256: String },
-    Override { bzimage_sha256: String },
+    Debian {
+        package: String,
+        version: String,
+        sha256: String,
+    },
+    Override {
+        bzimage_sha256: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +50,26 @@ pub enum Error {
     #[error("`{tool}` was not found on PATH; {fix}")]
     MissingTool { tool: &'static str, fix: String },
     #[error("{what} failed: {stderr}\n  fix: {fix}")]
-    Command { what: String, stderr: String, fix: String },
+    Command {
+        what: String,
+        stderr: String,
+        fix: String,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -67,22 +83,38 @@ pub const ENV_KERNEL_MODULES: &str = "LAB_KERNEL_MODULES";
 /// unpacking it into `cache` when it is not there yet.
 pub fn provide(manifest: &Manifest, id: Option<&str>, cache: &Path) -> Result<Kernel> {
     if let Some(bzimage) = std::env::var_os(ENV_KERNEL) {
-        return from_override(Path::new(&bzimage), std::env::var_os(ENV_KERNEL_MODULES).as_deref().map(Path::new));
+        return from_override(
+            Path::new(&bzimage),
+            std::env::var_os(ENV_KERNEL_MODULES)
+                .as_deref()
+                .map(Path::new),
+        );
     }
     let spec = manifest.get(id)?;
     let unpacked = deb::fetch_and_unpack(&spec.package, &cache.join("kernels"))?;
     let modules_root = unpacked.root.join("lib/modules");
     let release = only_subdir(&modules_root)?;
-    let bzimage = unpacked.root.join("boot").join(format!("vmlinuz-{release}"));
+    let bzimage = unpacked
+        .root
+        .join("boot")
+        .join(format!("vmlinuz-{release}"));
     if !bzimage.is_file() {
-        return Err(Error::Invalid(format!("package {} has no {}", unpacked.package, bzimage.display())));
+        return Err(Error::Invalid(format!(
+            "package {} has no {}",
+            unpacked.package,
+            bzimage.display()
+        )));
     }
     Ok(Kernel {
         id: spec.id.clone(),
         modules_dir: modules_root.join(&release),
         release,
         bzimage,
-        origin: Origin::Debian { package: unpacked.package, version: unpacked.version, sha256: unpacked.sha256 },
+        origin: Origin::Debian {
+            package: unpacked.package,
+            version: unpacked.version,
+            sha256: unpacked.sha256,
+        },
     })
 }
 
@@ -95,14 +127,21 @@ fn from_override(bzimage: &Path, modules: Option<&Path>) -> Result<Kernel> {
     let release = modules_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Invalid(format!("{ENV_KERNEL_MODULES}={} has no release name", modules_dir.display())))?;
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{ENV_KERNEL_MODULES}={} has no release name",
+                modules_dir.display()
+            ))
+        })?;
     let bytes = std::fs::read(bzimage).map_err(|e| Error::io(bzimage, e))?;
     Ok(Kernel {
         id: "custom".into(),
         release,
         bzimage: bzimage.to_path_buf(),
         modules_dir: modules_dir.to_path_buf(),
-        origin: Origin::Override { bzimage_sha256: deb::sha256_hex(&bytes) },
+        origin: Origin::Override {
+            bzimage_sha256: deb::sha256_hex(&bytes),
+        },
     })
 }
 
@@ -115,6 +154,9 @@ fn only_subdir(dir: &Path) -> Result<String> {
         .collect();
     match names.len() {
         1 => Ok(names.remove(0)),
-        n => Err(Error::Invalid(format!("expected one kernel release under {}, found {n}", dir.display()))),
+        n => Err(Error::Invalid(format!(
+            "expected one kernel release under {}, found {n}",
+            dir.display()
+        ))),
     }
 }

@@ -33,7 +33,10 @@ impl Manifest {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text).map_err(|message| Error::Manifest { path: path.to_path_buf(), message })
+        Self::parse(&text).map_err(|message| Error::Manifest {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -26,7 +26,11 @@ impl ModuleTree {
             .lines()
             .map(|l| name_of(Path::new(l)))
             .collect();
-        Ok(Self { root: modules_dir.to_path_buf(), files, builtin })
+        Ok(Self {
+            root: modules_dir.to_path_buf(),
+            files,
+            builtin,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -42,10 +46,19 @@ impl ModuleTree {
     /// Up to `max` module names closest to `name`, for "did you mean" hints.
     pub fn similar(&self, name: &str, max: usize) -> Vec<String> {
         let name = normalise(name);
-        let mut scored: Vec<(usize, &String)> =
-            self.files.keys().chain(&self.builtin).map(|k| (edit_distance(&name, k), k)).filter(|(d, _)| *d <= 3).collect();
+        let mut scored: Vec<(usize, &String)> = self
+            .files
+            .keys()
+            .chain(&self.builtin)
+            .map(|k| (edit_distance(&name, k), k))
+            .filter(|(d, _)| *d <= 3)
+            .collect();
         scored.sort();
-        scored.into_iter().take(max).map(|(_, k)| k.clone()).collect()
+        scored
+            .into_iter()
+            .take(max)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 
     /// `names` and everything they need, dependencies first, built-ins left out, each module once.
@@ -59,15 +72,26 @@ impl ModuleTree {
         Ok(order)
     }
 
-    fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<PathBuf>,
+        depth: usize,
+    ) -> Result<()> {
         if depth > 64 {
-            return Err(Error::Invalid(format!("module dependency cycle through {name}")));
+            return Err(Error::Invalid(format!(
+                "module dependency cycle through {name}"
+            )));
         }
         if self.builtin.contains(name) || !seen.insert(name.to_string()) {
             return Ok(());
         }
         let rel = self.files.get(name).ok_or_else(|| {
-            Error::Invalid(format!("kernel module '{name}' is neither built in nor present under {}", self.root.display()))
+            Error::Invalid(format!(
+                "kernel module '{name}' is neither built in nor present under {}",
+                self.root.display()
+            ))
         })?;
         for dep in depends(&self.root.join(rel))? {
             self.visit(&dep, seen, order, depth + 1)?;
@@ -78,7 +102,10 @@ impl ModuleTree {
 }
 
 fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             walk(root, &path, files)?;
@@ -97,7 +124,10 @@ fn is_module(path: &Path) -> bool {
 
 /// `kvm-amd.ko.xz` -> `kvm_amd`.
 fn name_of(path: &Path) -> String {
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     normalise(file.split('.').next().unwrap_or_default())
 }
 
@@ -124,9 +154,18 @@ fn normalise(name: &str) -> String {
 /// The `depends=` entry of a module's `.modinfo` section.
 pub fn depends(path: &Path) -> Result<Vec<String>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let elf_bytes = if path.extension().is_some_and(|x| x == "xz") { unxz(&raw, path)? } else { raw };
+    let elf_bytes = if path.extension().is_some_and(|x| x == "xz") {
+        unxz(&raw, path)?
+    } else {
+        raw
+    };
     Ok(modinfo(&elf_bytes, "depends")
-        .map(|deps| deps.split(',').filter(|d| !d.is_empty()).map(normalise).collect())
+        .map(|deps| {
+            deps.split(',')
+                .filter(|d| !d.is_empty())
+                .map(normalise)
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -141,7 +180,8 @@ fn unxz(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
 /// the key is enough: `.modinfo` entries are the only NUL-delimited `depends=` strings in a `.ko`.
 fn modinfo<'a>(elf: &'a [u8], key: &str) -> Option<&'a str> {
     let needle = format!("{key}=");
-    elf.split(|&b| b == 0).find_map(|s| std::str::from_utf8(s).ok()?.strip_prefix(needle.as_str()))
+    elf.split(|&b| b == 0)
+        .find_map(|s| std::str::from_utf8(s).ok()?.strip_prefix(needle.as_str()))
 }
 
 /// Reads a whole file, for callers that copy modules.
@@ -169,11 +209,20 @@ mod tests {
         fake_module(dir.path(), "kernel/drivers/net/macvtap.ko", "tap,macvlan");
         fake_module(dir.path(), "kernel/drivers/net/tap.ko", "");
         fake_module(dir.path(), "kernel/drivers/net/macvlan.ko", "");
-        fake_module(dir.path(), "kernel/drivers/virtio/virtio_mmio.ko", "virtio,virtio_ring");
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n")
-            .expect("write");
+        fake_module(
+            dir.path(),
+            "kernel/drivers/virtio/virtio_mmio.ko",
+            "virtio,virtio_ring",
+        );
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n",
+        )
+        .expect("write");
         let tree = ModuleTree::open(dir.path()).expect("tree");
-        let order = tree.load_order(&["macvtap", "virtio-mmio", "macvlan"]).expect("order");
+        let order = tree
+            .load_order(&["macvtap", "virtio-mmio", "macvlan"])
+            .expect("order");
         let names: Vec<_> = order.iter().map(|p| name_of(p)).collect();
         assert_eq!(names, ["tap", "macvlan", "macvtap", "virtio_mmio"]);
     }
@@ -182,7 +231,11 @@ mod tests {
     fn has_knows_loadable_and_builtin_and_suggests_near_names() {
         let dir = tempfile::tempdir().expect("tempdir");
         fake_module(dir.path(), "kernel/drivers/net/bonding/bonding.ko", "");
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/net/8021q/8021q.ko\n").expect("write");
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/net/8021q/8021q.ko\n",
+        )
+        .expect("write");
         let tree = ModuleTree::open(dir.path()).expect("tree");
         assert!(tree.has("bonding") && tree.has("8021q") && !tree.has("bondingg"));
         assert_eq!(tree.similar("bondng", 3), ["bonding"]);
@@ -192,7 +245,10 @@ mod tests {
     fn missing_module_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = ModuleTree::open(dir.path()).expect("tree");
-        let err = tree.load_order(&["nosuch"]).expect_err("missing").to_string();
+        let err = tree
+            .load_order(&["nosuch"])
+            .expect_err("missing")
+            .to_string();
         assert!(err.contains("'nosuch'"), "{err}");
     }
 }

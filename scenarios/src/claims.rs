@@ -18,16 +18,35 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
     // The kernel may still raise promiscuity behind the user's back; the counter tells, the flag does not.
     let promiscuity = host1.succeed("ip -d -j link show eth0").await?;
     let promiscuity = json_field(&promiscuity, "promiscuity").unwrap_or_else(|| "?".into());
-    let filter = host1.qmp().rx_filter().await.map_err(|e| Error::qmp("host1", &e))?;
+    let filter = host1
+        .qmp()
+        .rx_filter()
+        .await
+        .map_err(|e| Error::qmp("host1", &e))?;
     let mut macs = Vec::new();
     for ns in ["ns1", "ns2"] {
-        macs.push(host1.succeed(Cmd::script("cat /sys/class/net/mv*/address").netns(ns)).await?.trim().to_string());
+        macs.push(
+            host1
+                .succeed(Cmd::script("cat /sys/class/net/mv*/address").netns(ns))
+                .await?
+                .trim()
+                .to_string(),
+        );
     }
-    let present = macs.iter().all(|m| filter.unicast_table.iter().any(|u| u == m));
-    let verdict = if reached == REACHABLE && promiscuity == "0" && !filter.promiscuous && present { "refuted" } else { "upheld" };
+    let present = macs
+        .iter()
+        .all(|m| filter.unicast_table.iter().any(|u| u == m));
+    let verdict = if reached == REACHABLE && promiscuity == "0" && !filter.promiscuous && present {
+        "refuted"
+    } else {
+        "upheld"
+    };
     let o = observed([
         ("bridge children reach peer with promisc off", reached),
-        ("children's MACs in the NIC's unicast filter", if present { "present" } else { "absent" }.to_string()),
+        (
+            "children's MACs in the NIC's unicast filter",
+            if present { "present" } else { "absent" }.to_string(),
+        ),
         ("verdict for virtio-net", verdict.to_string()),
     ]);
     lab.shutdown().await?;
@@ -42,12 +61,23 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     let host1 = lab.vm("host1");
     let mut overflowed_at = None;
     for n in 1..=MOST {
-        host1.succeed(format!("ip link add link eth0 name c{n} type macvlan mode bridge && ip link set c{n} up")).await?;
+        host1
+            .succeed(format!(
+                "ip link add link eth0 name c{n} type macvlan mode bridge && ip link set c{n} up"
+            ))
+            .await?;
         // Newer kernels program the filter from a work item: wait until it shows this child.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let filter = loop {
-            let f = host1.qmp().rx_filter().await.map_err(|e| Error::qmp("host1", &e))?;
-            if f.unicast_overflow || f.unicast_table.len() >= n as usize || std::time::Instant::now() > deadline {
+            let f = host1
+                .qmp()
+                .rx_filter()
+                .await
+                .map_err(|e| Error::qmp("host1", &e))?;
+            if f.unicast_overflow
+                || f.unicast_table.len() >= n as usize
+                || std::time::Instant::now() > deadline
+            {
                 break f;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -59,17 +89,30 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     }
     let mut o = Observed::new();
     let Some((n, filter)) = overflowed_at else {
-        o.insert("children when the unicast table overflows".into(), format!("no overflow with {MOST}"));
+        o.insert(
+            "children when the unicast table overflows".into(),
+            format!("no overflow with {MOST}"),
+        );
         lab.shutdown().await?;
         return Ok(o);
     };
-    o.insert("children when the unicast table overflows".into(), format!("{n} (the table holds {})", n - 1));
+    o.insert(
+        "children when the unicast table overflows".into(),
+        format!("{n} (the table holds {})", n - 1),
+    );
     o.insert(
         "unicast filter after the overflow".into(),
-        if filter.unicast_table.is_empty() { "off: every unicast frame is taken".into() } else { format!("{} entries kept", filter.unicast_table.len()) },
+        if filter.unicast_table.is_empty() {
+            "off: every unicast frame is taken".into()
+        } else {
+            format!("{} entries kept", filter.unicast_table.len())
+        },
     );
     host1.succeed(format!("ip netns add ns1 && ip link set c{n} netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev c{n} && ip -n ns1 link set c{n} up")).await?;
-    o.insert("the child that overflowed it -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert(
+        "the child that overflowed it -> peer".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
     lab.shutdown().await?;
     Ok(o)
 }
@@ -79,7 +122,13 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
 pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
     let lab = lan(assets, "claim-switch-mac-limit").await?;
     let host1 = lab.vm("host1");
-    lab.set_policy("host1", PortPolicy { hairpin: false, max_macs: Some(2) });
+    lab.set_policy(
+        "host1",
+        PortPolicy {
+            hairpin: false,
+            max_macs: Some(2),
+        },
+    );
     async fn count_reaching(vm: &Vm) -> Result<usize> {
         let mut n = 0;
         for ns in ["ns1", "ns2", "ns3"] {
@@ -88,14 +137,32 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
         Ok(n)
     }
     let mut o = Observed::new();
-    host1.succeed(children_of("macvlan", "bridge", "mv", 3)).await?;
-    o.insert("macvlan children reaching peer, cap of 2 MACs".into(), format!("{} of 3", count_reaching(host1).await?));
-    o.insert("ipvlan beside macvlan on one parent".into(), refusal(host1, "ip link add link eth0 name iv9 type ipvlan mode l2").await?);
+    host1
+        .succeed(children_of("macvlan", "bridge", "mv", 3))
+        .await?;
+    o.insert(
+        "macvlan children reaching peer, cap of 2 MACs".into(),
+        format!("{} of 3", count_reaching(host1).await?),
+    );
+    o.insert(
+        "ipvlan beside macvlan on one parent".into(),
+        refusal(host1, "ip link add link eth0 name iv9 type ipvlan mode l2").await?,
+    );
     // Once the namespaces' macvlans are really gone (see `passthru`), eth0 takes ipvlans.
-    host1.succeed("ip netns delete ns1; ip netns delete ns2; ip netns delete ns3").await?;
-    host1.wait_until_succeeds("ip link add link eth0 name probe type ipvlan mode l2 && ip link delete probe", SETTLE).await?;
+    host1
+        .succeed("ip netns delete ns1; ip netns delete ns2; ip netns delete ns3")
+        .await?;
+    host1
+        .wait_until_succeeds(
+            "ip link add link eth0 name probe type ipvlan mode l2 && ip link delete probe",
+            SETTLE,
+        )
+        .await?;
     host1.succeed(children_of("ipvlan", "l2", "iv", 3)).await?;
-    o.insert("ipvlan children reaching peer, same cap".into(), format!("{} of 3", count_reaching(host1).await?));
+    o.insert(
+        "ipvlan children reaching peer, same cap".into(),
+        format!("{} of 3", count_reaching(host1).await?),
+    );
     lab.shutdown().await?;
     Ok(o)
 }

@@ -10,8 +10,18 @@ pub struct Expectation {
     pub claim: &'static str,
 }
 
-const fn e(scenario: &'static str, check: &'static str, expected: &'static str, claim: &'static str) -> Expectation {
-    Expectation { scenario, check, expected, claim }
+const fn e(
+    scenario: &'static str,
+    check: &'static str,
+    expected: &'static str,
+    claim: &'static str,
+) -> Expectation {
+    Expectation {
+        scenario,
+        check,
+        expected,
+        claim,
+    }
 }
 
 pub const REACHABLE: &str = "reachable";
@@ -19,102 +29,367 @@ pub const REACHABLE: &str = "reachable";
 pub const REPORTED: &str = "(reported)";
 pub const UNREACHABLE: &str = "unreachable";
 
-const CONTAINERS: &str = "模拟容器: macvlan1/2 in bridge mode in ns1/ns2; `ip netns exec ns2 ping 192.168.88.11` works";
+const CONTAINERS: &str =
+    "模拟容器: macvlan1/2 in bridge mode in ns1/ns2; `ip netns exec ns2 ping 192.168.88.11` works";
 const ISOLATION: &str = "当使用macvlan时，宿主机无法和VM或容器直接进行通讯 (the host cannot talk to its own macvlan children)";
-const BRIDGE: &str = "Bridge: all endpoints are connected to each other directly through a simple bridge";
-const PRIVATE: &str = "Private: instances on one parent may not talk to each other, even if the switch does hairpin";
+const BRIDGE: &str =
+    "Bridge: all endpoints are connected to each other directly through a simple bridge";
+const PRIVATE: &str =
+    "Private: instances on one parent may not talk to each other, even if the switch does hairpin";
 const VEPA: &str = "VEPA: sibling traffic goes out of the parent; the switch must hairpin it back";
 const HAIRPIN_HOST: &str = "the isolation is the kernel's (eth0's own frames never enter its macvlans); a switch that reflects them back (hairpin) joins host and children";
 const PRIVATE_UNICAST: &str = "Private is enforced on broadcasts the switch reflects (the kernel drops those from a private sibling); \
      unicast with static neighbour entries crosses a hairpinning switch, which qualifies the seed's \"even if the switch does hairpin\"";
 const PASSTHRU: &str = "Passthru: allows a single VM to connect to the physical interface directly";
-const SOURCE: &str = "Source: filters traffic by a list of allowed source MAC addresses (MAC-based VLAN)";
+const SOURCE: &str =
+    "Source: filters traffic by a list of allowed source MAC addresses (MAC-based VLAN)";
 const NIC_LIMIT: &str = "许多 NIC 也会对该物理网卡上的 MAC地址数量有限制。超过这个限制就会影响到系统的性能 (NICs limit the MACs of a port; beyond it performance suffers)";
 const SWITCH_LIMIT: &str = "交换机可能会限制同一个物理端口上的 MAC 地址数量 ... 使用 Ipvlan (switches may cap MACs per port; ipvlan is the way out)";
 const IPVLAN: &str = "Ipvlan: children share the parent's MAC, the seed's suggested alternative";
 const IPVLAN_L3: &str = "ipvlan l3: the parent routes for its children, which do no ARP, so the LAN reaches them only through a route via the host";
 const VIRT_INSTALL: &str = "虚机使用macvlan: virt-install --network model=virtio,type=direct,source=eth0,source.mode=bridge; the VMs on two hosts ping each other";
-const DOMIFLIST: &str = "virsh domiflist: Interface macvtap0, Type direct, Source eth0, Model virtio, MAC";
+const DOMIFLIST: &str =
+    "virsh domiflist: Interface macvtap0, Type direct, Source eth0, Model virtio, MAC";
 const VIRSH_CLEANUP: &str = "清理环境: virsh destroy / undefine the VMs";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
     e("seed/containers", "ns2 -> ns1", REACHABLE, CONTAINERS),
-    e("seed/host-isolation", "host -> child", UNREACHABLE, ISOLATION),
-    e("seed/host-isolation", "child -> host", UNREACHABLE, ISOLATION),
-    e("seed/host-isolation", "peer -> child", REACHABLE, "children reach the physical network: other hosts reach them"),
-    e("seed/host-isolation", "host -> child, switch hairpin on", REACHABLE, HAIRPIN_HOST),
-    e("shim", "host -> child via shim", REACHABLE, "the usual fix: a bridge-mode macvlan of the host's own, routed to the children"),
+    e(
+        "seed/host-isolation",
+        "host -> child",
+        UNREACHABLE,
+        ISOLATION,
+    ),
+    e(
+        "seed/host-isolation",
+        "child -> host",
+        UNREACHABLE,
+        ISOLATION,
+    ),
+    e(
+        "seed/host-isolation",
+        "peer -> child",
+        REACHABLE,
+        "children reach the physical network: other hosts reach them",
+    ),
+    e(
+        "seed/host-isolation",
+        "host -> child, switch hairpin on",
+        REACHABLE,
+        HAIRPIN_HOST,
+    ),
+    e(
+        "shim",
+        "host -> child via shim",
+        REACHABLE,
+        "the usual fix: a bridge-mode macvlan of the host's own, routed to the children",
+    ),
     e("mode/bridge", "sibling", REACHABLE, BRIDGE),
     e("mode/bridge", "ARP broadcast -> sibling", REACHABLE, BRIDGE),
     e("mode/bridge", "child -> peer", REACHABLE, BRIDGE),
     e("mode/bridge", "ARP broadcast -> peer", REACHABLE, BRIDGE),
     e("mode/bridge", "child -> host", UNREACHABLE, ISOLATION),
     e("mode/private", "sibling, hairpin off", UNREACHABLE, PRIVATE),
-    e("mode/private", "ARP broadcast -> sibling, hairpin off", UNREACHABLE, PRIVATE),
+    e(
+        "mode/private",
+        "ARP broadcast -> sibling, hairpin off",
+        UNREACHABLE,
+        PRIVATE,
+    ),
     e("mode/private", "sibling, hairpin on", UNREACHABLE, PRIVATE),
-    e("mode/private", "ARP broadcast -> sibling, hairpin on", UNREACHABLE, PRIVATE_UNICAST),
-    e("mode/private", "sibling, hairpin on, static neighbours", REACHABLE, PRIVATE_UNICAST),
+    e(
+        "mode/private",
+        "ARP broadcast -> sibling, hairpin on",
+        UNREACHABLE,
+        PRIVATE_UNICAST,
+    ),
+    e(
+        "mode/private",
+        "sibling, hairpin on, static neighbours",
+        REACHABLE,
+        PRIVATE_UNICAST,
+    ),
     e("mode/private", "child -> peer", REACHABLE, PRIVATE),
     e("mode/private", "ARP broadcast -> peer", REACHABLE, PRIVATE),
-    e("mode/private", "child -> host, hairpin off", UNREACHABLE, ISOLATION),
-    e("mode/private", "child -> host, hairpin on", UNREACHABLE, PRIVATE_UNICAST),
+    e(
+        "mode/private",
+        "child -> host, hairpin off",
+        UNREACHABLE,
+        ISOLATION,
+    ),
+    e(
+        "mode/private",
+        "child -> host, hairpin on",
+        UNREACHABLE,
+        PRIVATE_UNICAST,
+    ),
     e("mode/vepa", "sibling, hairpin off", UNREACHABLE, VEPA),
-    e("mode/vepa", "ARP broadcast -> sibling, hairpin off", UNREACHABLE, VEPA),
+    e(
+        "mode/vepa",
+        "ARP broadcast -> sibling, hairpin off",
+        UNREACHABLE,
+        VEPA,
+    ),
     e("mode/vepa", "sibling, hairpin on", REACHABLE, VEPA),
-    e("mode/vepa", "ARP broadcast -> sibling, hairpin on", REACHABLE, VEPA),
+    e(
+        "mode/vepa",
+        "ARP broadcast -> sibling, hairpin on",
+        REACHABLE,
+        VEPA,
+    ),
     e("mode/vepa", "child -> peer", REACHABLE, VEPA),
     e("mode/vepa", "ARP broadcast -> peer", REACHABLE, VEPA),
-    e("mode/vepa", "child -> host, hairpin off", UNREACHABLE, ISOLATION),
-    e("mode/vepa", "child -> host, hairpin on", REACHABLE, HAIRPIN_HOST),
-    e("mode/vepa", "sibling echo requests on host1's cable", "twice each (out and back)", VEPA),
-    e("mode/vepa", "default mode", "vepa", "ip link add ... type macvlan without `mode` makes a VEPA macvlan (the kernel's default)"),
+    e(
+        "mode/vepa",
+        "child -> host, hairpin off",
+        UNREACHABLE,
+        ISOLATION,
+    ),
+    e(
+        "mode/vepa",
+        "child -> host, hairpin on",
+        REACHABLE,
+        HAIRPIN_HOST,
+    ),
+    e(
+        "mode/vepa",
+        "sibling echo requests on host1's cable",
+        "twice each (out and back)",
+        VEPA,
+    ),
+    e(
+        "mode/vepa",
+        "default mode",
+        "vepa",
+        "ip link add ... type macvlan without `mode` makes a VEPA macvlan (the kernel's default)",
+    ),
     e("mode/passthru", "child's MAC", "eth0's", PASSTHRU),
-    e("mode/passthru", "eth0 promiscuity once the child is up", "1", PASSTHRU),
+    e(
+        "mode/passthru",
+        "eth0 promiscuity once the child is up",
+        "1",
+        PASSTHRU,
+    ),
     e("mode/passthru", "child -> peer", REACHABLE, PASSTHRU),
-    e("mode/passthru", "a second macvlan beside it", "refused: Invalid argument", PASSTHRU),
-    e("mode/passthru", "passthru beside an existing child", "refused: Invalid argument", PASSTHRU),
-    e("mode/source", "child <-> peer (MAC listed)", REACHABLE, SOURCE),
-    e("mode/source", "child <-> other (MAC not listed)", UNREACHABLE, SOURCE),
-    e("mode/source", "child <-> peer after `macaddr del`", UNREACHABLE, SOURCE),
-    e("mode/source", "child <-> peer after `macaddr add` again", REACHABLE, SOURCE),
-    e("mode/source", "child <-> peer after `macaddr flush`", UNREACHABLE, SOURCE),
+    e(
+        "mode/passthru",
+        "a second macvlan beside it",
+        "refused: Invalid argument",
+        PASSTHRU,
+    ),
+    e(
+        "mode/passthru",
+        "passthru beside an existing child",
+        "refused: Invalid argument",
+        PASSTHRU,
+    ),
+    e(
+        "mode/source",
+        "child <-> peer (MAC listed)",
+        REACHABLE,
+        SOURCE,
+    ),
+    e(
+        "mode/source",
+        "child <-> other (MAC not listed)",
+        UNREACHABLE,
+        SOURCE,
+    ),
+    e(
+        "mode/source",
+        "child <-> peer after `macaddr del`",
+        UNREACHABLE,
+        SOURCE,
+    ),
+    e(
+        "mode/source",
+        "child <-> peer after `macaddr add` again",
+        REACHABLE,
+        SOURCE,
+    ),
+    e(
+        "mode/source",
+        "child <-> peer after `macaddr flush`",
+        UNREACHABLE,
+        SOURCE,
+    ),
     e("ipvlan/l2", "children's MAC", "eth0's", IPVLAN),
     e("ipvlan/l2", "sibling", REACHABLE, IPVLAN),
     e("ipvlan/l2", "child -> peer", REACHABLE, IPVLAN),
-    e("ipvlan/l2", "child -> host", UNREACHABLE, "like macvlan, the parent's own stack does not see its children's traffic"),
+    e(
+        "ipvlan/l2",
+        "child -> host",
+        UNREACHABLE,
+        "like macvlan, the parent's own stack does not see its children's traffic",
+    ),
     e("ipvlan/l3", "sibling", REACHABLE, IPVLAN),
     e("ipvlan/l3", "child's link flags", "NOARP", IPVLAN_L3),
     e("ipvlan/l3", "child -> peer", UNREACHABLE, IPVLAN_L3),
-    e("ipvlan/l3", "child -> peer, peer routing via host1", REACHABLE, IPVLAN_L3),
-    e("claim/nic-mac-limit", "children when the unicast table overflows", "65 (the table holds 64)", NIC_LIMIT),
-    e("claim/nic-mac-limit", "unicast filter after the overflow", "off: every unicast frame is taken", NIC_LIMIT),
-    e("claim/nic-mac-limit", "the child that overflowed it -> peer", REACHABLE, NIC_LIMIT),
-    e("claim/switch-mac-limit", "macvlan children reaching peer, cap of 2 MACs", "1 of 3", SWITCH_LIMIT),
-    e("claim/switch-mac-limit", "ipvlan children reaching peer, same cap", "3 of 3", SWITCH_LIMIT),
-    e("claim/switch-mac-limit", "ipvlan beside macvlan on one parent", "refused: Device or resource busy", SWITCH_LIMIT),
-    e("nested/macvtap-bridge", "vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL),
-    e("nested/macvtap-bridge", "host1 -> its own vm1", UNREACHABLE, ISOLATION),
-    e("nested/macvtap-bridge", "peer -> vm1", REACHABLE, VIRT_INSTALL),
-    e("nested/macvtap-bridge", "peer -> vm2", REACHABLE, VIRT_INSTALL),
-    e("nested/macvtap-bridge", "domiflist of vm1", "macvtap0 direct eth0 virtio, vm1's MAC", DOMIFLIST),
-    e("nested/macvtap-bridge", "inner accelerator", REPORTED, "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG"),
-    e("nested/macvtap-vepa", "vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA),
-    e("nested/macvtap-vepa", "vm2 -> vm1 on one host, hairpin on", REACHABLE, VEPA),
-    e("nested/macvtap-vepa", "vm1 -> peer", REACHABLE, VIRT_INSTALL),
-    e("nested/cleanup", "vm1 -> peer before", REACHABLE, VIRT_INSTALL),
-    e("nested/cleanup", "QEMU processes on host1 while vm1 runs", "1", VIRT_INSTALL),
-    e("nested/cleanup", "macvtap links while vm1 runs", "macvtap0", VIRT_INSTALL),
-    e("nested/cleanup", "tap devices while vm1 runs", "1", VIRT_INSTALL),
-    e("nested/cleanup", "QEMU processes left on host1", "none", VIRSH_CLEANUP),
-    e("nested/cleanup", "macvtap links left", "none", VIRSH_CLEANUP),
+    e(
+        "ipvlan/l3",
+        "child -> peer, peer routing via host1",
+        REACHABLE,
+        IPVLAN_L3,
+    ),
+    e(
+        "claim/nic-mac-limit",
+        "children when the unicast table overflows",
+        "65 (the table holds 64)",
+        NIC_LIMIT,
+    ),
+    e(
+        "claim/nic-mac-limit",
+        "unicast filter after the overflow",
+        "off: every unicast frame is taken",
+        NIC_LIMIT,
+    ),
+    e(
+        "claim/nic-mac-limit",
+        "the child that overflowed it -> peer",
+        REACHABLE,
+        NIC_LIMIT,
+    ),
+    e(
+        "claim/switch-mac-limit",
+        "macvlan children reaching peer, cap of 2 MACs",
+        "1 of 3",
+        SWITCH_LIMIT,
+    ),
+    e(
+        "claim/switch-mac-limit",
+        "ipvlan children reaching peer, same cap",
+        "3 of 3",
+        SWITCH_LIMIT,
+    ),
+    e(
+        "claim/switch-mac-limit",
+        "ipvlan beside macvlan on one parent",
+        "refused: Device or resource busy",
+        SWITCH_LIMIT,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "vm2 (on host2) -> vm1 (on host1)",
+        REACHABLE,
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "host1 -> its own vm1",
+        UNREACHABLE,
+        ISOLATION,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "peer -> vm1",
+        REACHABLE,
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "peer -> vm2",
+        REACHABLE,
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "domiflist of vm1",
+        "macvtap0 direct eth0 virtio, vm1's MAC",
+        DOMIFLIST,
+    ),
+    e(
+        "nested/macvtap-bridge",
+        "inner accelerator",
+        REPORTED,
+        "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG",
+    ),
+    e(
+        "nested/macvtap-vepa",
+        "vm2 -> vm1 on one host, hairpin off",
+        UNREACHABLE,
+        VEPA,
+    ),
+    e(
+        "nested/macvtap-vepa",
+        "vm2 -> vm1 on one host, hairpin on",
+        REACHABLE,
+        VEPA,
+    ),
+    e(
+        "nested/macvtap-vepa",
+        "vm1 -> peer",
+        REACHABLE,
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/cleanup",
+        "vm1 -> peer before",
+        REACHABLE,
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/cleanup",
+        "QEMU processes on host1 while vm1 runs",
+        "1",
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/cleanup",
+        "macvtap links while vm1 runs",
+        "macvtap0",
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/cleanup",
+        "tap devices while vm1 runs",
+        "1",
+        VIRT_INSTALL,
+    ),
+    e(
+        "nested/cleanup",
+        "QEMU processes left on host1",
+        "none",
+        VIRSH_CLEANUP,
+    ),
+    e(
+        "nested/cleanup",
+        "macvtap links left",
+        "none",
+        VIRSH_CLEANUP,
+    ),
     e("nested/cleanup", "tap devices left", "none", VIRSH_CLEANUP),
-    e("claim/promisc", "bridge children reach peer with promisc off", REACHABLE, PROMISC),
-    e("claim/promisc", "children's MACs in the NIC's unicast filter", "present", PROMISC),
-    e("claim/promisc", "verdict for virtio-net", "refuted", PROMISC),
-    e("cleanup", "namespaces left", "none", "清理环境: ip netns delete ns1/ns2, ip link delete macvlan1/2"),
+    e(
+        "claim/promisc",
+        "bridge children reach peer with promisc off",
+        REACHABLE,
+        PROMISC,
+    ),
+    e(
+        "claim/promisc",
+        "children's MACs in the NIC's unicast filter",
+        "present",
+        PROMISC,
+    ),
+    e(
+        "claim/promisc",
+        "verdict for virtio-net",
+        "refuted",
+        PROMISC,
+    ),
+    e(
+        "cleanup",
+        "namespaces left",
+        "none",
+        "清理环境: ip netns delete ns1/ns2, ip link delete macvlan1/2",
+    ),
     e("cleanup", "macvlan links left", "none", "清理环境"),
-    e("cleanup", "`ip link delete macvlan1` after deleting ns1", "fails: device gone with its namespace", "清理环境"),
+    e(
+        "cleanup",
+        "`ip link delete macvlan1` after deleting ns1",
+        "fails: device gone with its namespace",
+        "清理环境",
+    ),
     e("cleanup", "eth0 as before", "yes", "清理环境"),
 ];
 

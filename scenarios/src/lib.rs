@@ -71,14 +71,33 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
     };
     let checks: Vec<Check> = expectations::for_scenario(name)
         .map(|e| {
-            let observed = observed.get(e.check).cloned().unwrap_or_else(|| "not observed".into());
-            let pass = observed == e.expected || (e.expected == expectations::REPORTED && error.is_none());
-            Check { name: e.check.into(), expected: e.expected.into(), pass, observed, claim: e.claim.into() }
+            let observed = observed
+                .get(e.check)
+                .cloned()
+                .unwrap_or_else(|| "not observed".into());
+            let pass =
+                observed == e.expected || (e.expected == expectations::REPORTED && error.is_none());
+            Check {
+                name: e.check.into(),
+                expected: e.expected.into(),
+                pass,
+                observed,
+                claim: e.claim.into(),
+            }
         })
         .collect();
-    let notes = observed.iter().filter_map(|(k, v)| Some((k.strip_prefix(NOTE)?.to_string(), v.clone()))).collect();
+    let notes = observed
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(NOTE)?.to_string(), v.clone())))
+        .collect();
     let passed = error.is_none() && !checks.is_empty() && checks.iter().all(|c| c.pass);
-    ScenarioReport { name: name.into(), passed, checks, notes, error }
+    ScenarioReport {
+        name: name.into(),
+        passed,
+        checks,
+        notes,
+        error,
+    }
 }
 
 /// The table a person reads at a glance; columns as wide as their widest cell.
@@ -88,13 +107,31 @@ pub fn table(report: &Report) -> String {
     for s in &report.scenarios {
         for c in &s.checks {
             let mark = if c.pass { "yes" } else { "NO" };
-            rows.push([s.name.clone(), c.name.clone(), c.expected.clone(), c.observed.clone(), mark.into()]);
+            rows.push([
+                s.name.clone(),
+                c.name.clone(),
+                c.expected.clone(),
+                c.observed.clone(),
+                mark.into(),
+            ]);
         }
         if let Some(e) = &s.error {
-            rows.push([s.name.clone(), "(scenario error)".into(), String::new(), e.lines().next().unwrap_or_default().into(), "NO".into()]);
+            rows.push([
+                s.name.clone(),
+                "(scenario error)".into(),
+                String::new(),
+                e.lines().next().unwrap_or_default().into(),
+                "NO".into(),
+            ]);
         }
     }
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0);
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
     let widths: Vec<usize> = (0..4).map(width).collect();
     let line = |cells: [&str; 5]| {
         let mut l = String::new();
@@ -105,7 +142,10 @@ pub fn table(report: &Report) -> String {
         l.push('\n');
         l
     };
-    let mut out = format!("kernel {}, QEMU {}, {}\n", report.kernel, report.qemu, report.accel);
+    let mut out = format!(
+        "kernel {}, QEMU {}, {}\n",
+        report.kernel, report.qemu, report.accel
+    );
     out.push_str(&line(header));
     for r in &rows {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
@@ -116,7 +156,10 @@ pub fn table(report: &Report) -> String {
         }
     }
     let passed = report.scenarios.iter().filter(|s| s.passed).count();
-    out.push_str(&format!("{passed} of {} scenarios behaved as expected\n", report.scenarios.len()));
+    out.push_str(&format!(
+        "{passed} of {} scenarios behaved as expected\n",
+        report.scenarios.len()
+    ));
     out
 }
 
@@ -162,7 +205,12 @@ mod tests {
         assert_eq!(lines.len(), 6, "{t}");
         let col = |l: &str| l.find("reachable").or_else(|| l.find("expected"));
         assert_eq!(col(lines[1]), col(lines[2]), "{t}");
-        assert!(lines[3].ends_with("NO") && lines[4].contains("boot timed out") && lines[4].ends_with("NO"), "{t}");
+        assert!(
+            lines[3].ends_with("NO")
+                && lines[4].contains("boot timed out")
+                && lines[4].ends_with("NO"),
+            "{t}"
+        );
         assert_eq!(lines[5], "1 of 2 scenarios behaved as expected");
     }
 }

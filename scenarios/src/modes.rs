@@ -4,7 +4,9 @@ use lab_harness::lan::capture::{icmp_type, macs, read_frames};
 use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result};
 
-use crate::probe::{arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, HOST, PEER};
+use crate::probe::{
+    arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, HOST, PEER,
+};
 use crate::Observed;
 
 /// Bridge, private or VEPA children mv1 (ns1, .11) and mv2 (ns2, .12): what reaches what, by
@@ -16,37 +18,79 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
     let sibling = || reach(host1, Some("ns2"), "192.168.88.11");
     let arp_sibling = || arp(host1, "ns2", "mv2", "192.168.88.11");
     // Names say "hairpin off" only where the scenario also tries it on.
-    let off = if mode == "bridge" { "" } else { ", hairpin off" };
+    let off = if mode == "bridge" {
+        ""
+    } else {
+        ", hairpin off"
+    };
     let mut o = Observed::new();
-    o.insert("child -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
-    o.insert("ARP broadcast -> peer".into(), arp(host1, "ns1", "mv1", PEER).await?);
+    o.insert(
+        "child -> peer".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
+    o.insert(
+        "ARP broadcast -> peer".into(),
+        arp(host1, "ns1", "mv1", PEER).await?,
+    );
     // ns2 must be known to the switch too before siblings are tried.
     let _ = reach(host1, Some("ns2"), PEER).await?;
-    o.insert(format!("child -> host{off}"), reach(host1, Some("ns1"), HOST).await?);
+    o.insert(
+        format!("child -> host{off}"),
+        reach(host1, Some("ns1"), HOST).await?,
+    );
     o.insert(format!("sibling{off}"), sibling().await?);
-    o.insert(format!("ARP broadcast -> sibling{off}"), arp_sibling().await?);
+    o.insert(
+        format!("ARP broadcast -> sibling{off}"),
+        arp_sibling().await?,
+    );
     if mode != "bridge" {
-        lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
-        o.insert("child -> host, hairpin on".into(), reach(host1, Some("ns1"), HOST).await?);
+        lab.set_policy(
+            "host1",
+            PortPolicy {
+                hairpin: true,
+                max_macs: None,
+            },
+        );
+        o.insert(
+            "child -> host, hairpin on".into(),
+            reach(host1, Some("ns1"), HOST).await?,
+        );
         o.insert("sibling, hairpin on".into(), sibling().await?);
-        o.insert("ARP broadcast -> sibling, hairpin on".into(), arp_sibling().await?);
+        o.insert(
+            "ARP broadcast -> sibling, hairpin on".into(),
+            arp_sibling().await?,
+        );
     }
     match mode {
         "vepa" => {
-            o.insert("sibling echo requests on host1's cable".into(), crossings(&lab, "host1").await?);
-            host1.succeed("ip link add link eth0 name plain type macvlan").await?;
+            o.insert(
+                "sibling echo requests on host1's cable".into(),
+                crossings(&lab, "host1").await?,
+            );
+            host1
+                .succeed("ip link add link eth0 name plain type macvlan")
+                .await?;
             let detail = host1.succeed("ip -d -j link show plain").await?;
-            o.insert("default mode".into(), json_field(&detail, "mode").unwrap_or_else(|| "unknown".into()));
+            o.insert(
+                "default mode".into(),
+                json_field(&detail, "mode").unwrap_or_else(|| "unknown".into()),
+            );
         }
         "private" => {
             // Without ARP (whose reflected broadcasts the kernel drops) only unicast is left.
-            let (mac1, mac2) = (mac_of(host1, Some("ns1"), "mv1").await?, mac_of(host1, Some("ns2"), "mv2").await?);
+            let (mac1, mac2) = (
+                mac_of(host1, Some("ns1"), "mv1").await?,
+                mac_of(host1, Some("ns2"), "mv2").await?,
+            );
             host1
                 .succeed(format!(
                     "ip -n ns2 neigh replace 192.168.88.11 lladdr {mac1} dev mv2 && ip -n ns1 neigh replace 192.168.88.12 lladdr {mac2} dev mv1"
                 ))
                 .await?;
-            o.insert("sibling, hairpin on, static neighbours".into(), sibling().await?);
+            o.insert(
+                "sibling, hairpin on, static neighbours".into(),
+                sibling().await?,
+            );
         }
         _ => {}
     }
@@ -58,13 +102,18 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
 /// child's frame to its sibling goes out to the switch and, with hairpin, comes back.
 async fn crossings(lab: &Lab, name: &str) -> Result<String> {
     let host = lab.vm(name);
-    let (mv1, mv2) = (mac_of(host, Some("ns1"), "mv1").await?, mac_of(host, Some("ns2"), "mv2").await?);
+    let (mv1, mv2) = (
+        mac_of(host, Some("ns1"), "mv1").await?,
+        mac_of(host, Some("ns2"), "mv2").await?,
+    );
     let sibling_requests = |path: &std::path::Path| -> usize {
         read_frames(path)
             .unwrap_or_default()
             .iter()
             .filter(|f| icmp_type(f) == Some(8))
-            .filter(|f| macs(f).is_some_and(|(src, dst)| src.to_string() == mv2 && dst.to_string() == mv1))
+            .filter(|f| {
+                macs(f).is_some_and(|(src, dst)| src.to_string() == mv2 && dst.to_string() == mv1)
+            })
             .count()
     };
     let sent = sibling_requests(&lab.capture());
@@ -80,20 +129,54 @@ pub(crate) async fn passthru(assets: &Assets) -> Result<Observed> {
     let lab = lan(assets, "mode-passthru").await?;
     let host1 = lab.vm("host1");
     let mut o = Observed::new();
-    host1.succeed("ip link add link eth0 name pt type macvlan mode passthru").await?;
+    host1
+        .succeed("ip link add link eth0 name pt type macvlan mode passthru")
+        .await?;
     let same = mac_of(host1, None, "pt").await? == mac_of(host1, None, "eth0").await?;
-    o.insert("child's MAC".into(), if same { "eth0's".into() } else { "its own".into() });
-    o.insert("a second macvlan beside it".into(), refusal(host1, "ip link add link eth0 name mv9 type macvlan mode bridge").await?);
+    o.insert(
+        "child's MAC".into(),
+        if same {
+            "eth0's".into()
+        } else {
+            "its own".into()
+        },
+    );
+    o.insert(
+        "a second macvlan beside it".into(),
+        refusal(
+            host1,
+            "ip link add link eth0 name mv9 type macvlan mode bridge",
+        )
+        .await?,
+    );
     host1.succeed("ip netns add ns1 && ip link set pt netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev pt && ip -n ns1 link set pt up").await?;
     let detail = host1.succeed("ip -d -j link show eth0").await?;
-    o.insert("eth0 promiscuity once the child is up".into(), json_field(&detail, "promiscuity").unwrap_or_else(|| "?".into()));
-    o.insert("child -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert(
+        "eth0 promiscuity once the child is up".into(),
+        json_field(&detail, "promiscuity").unwrap_or_else(|| "?".into()),
+    );
+    o.insert(
+        "child -> peer".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
     // The other order: a child first, then passthru beside it.
     // The kernel destroys a deleted namespace's links from a work item, so `pt` (and the
     // passthru port on eth0 that refuses other children) lingers a moment after this returns.
     host1.succeed("ip netns delete ns1").await?;
-    host1.wait_until_succeeds("ip link add link eth0 name mv1 type macvlan mode bridge", SETTLE).await?;
-    o.insert("passthru beside an existing child".into(), refusal(host1, "ip link add link eth0 name pt type macvlan mode passthru").await?);
+    host1
+        .wait_until_succeeds(
+            "ip link add link eth0 name mv1 type macvlan mode bridge",
+            SETTLE,
+        )
+        .await?;
+    o.insert(
+        "passthru beside an existing child".into(),
+        refusal(
+            host1,
+            "ip link add link eth0 name pt type macvlan mode passthru",
+        )
+        .await?,
+    );
     lab.shutdown().await?;
     Ok(o)
 }
@@ -112,14 +195,29 @@ pub(crate) async fn source(assets: &Assets) -> Result<Observed> {
         .await?;
     let macaddr = |op: &str| format!("ip -n ns1 link set dev src0 type macvlan macaddr {op}");
     let mut o = Observed::new();
-    o.insert("child <-> peer (MAC listed)".into(), reach(host1, Some("ns1"), PEER).await?);
-    o.insert("child <-> other (MAC not listed)".into(), reach(host1, Some("ns1"), &other).await?);
+    o.insert(
+        "child <-> peer (MAC listed)".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
+    o.insert(
+        "child <-> other (MAC not listed)".into(),
+        reach(host1, Some("ns1"), &other).await?,
+    );
     host1.succeed(macaddr(&format!("del {peer}"))).await?;
-    o.insert("child <-> peer after `macaddr del`".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert(
+        "child <-> peer after `macaddr del`".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
     host1.succeed(macaddr(&format!("add {peer}"))).await?;
-    o.insert("child <-> peer after `macaddr add` again".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert(
+        "child <-> peer after `macaddr add` again".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
     host1.succeed(macaddr("flush")).await?;
-    o.insert("child <-> peer after `macaddr flush`".into(), reach(host1, Some("ns1"), PEER).await?);
+    o.insert(
+        "child <-> peer after `macaddr flush`".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
     lab.shutdown().await?;
     Ok(o)
 }
@@ -129,18 +227,44 @@ pub(crate) async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed> {
     let host1 = lab.vm("host1");
     host1.succeed(children_of("ipvlan", mode, "iv", 2)).await?;
     let mut o = Observed::new();
-    o.insert("child -> peer".into(), reach(host1, Some("ns1"), PEER).await?);
-    o.insert("sibling".into(), reach(host1, Some("ns2"), "192.168.88.11").await?);
-    o.insert("child -> host".into(), reach(host1, Some("ns1"), HOST).await?);
+    o.insert(
+        "child -> peer".into(),
+        reach(host1, Some("ns1"), PEER).await?,
+    );
+    o.insert(
+        "sibling".into(),
+        reach(host1, Some("ns2"), "192.168.88.11").await?,
+    );
+    o.insert(
+        "child -> host".into(),
+        reach(host1, Some("ns1"), HOST).await?,
+    );
     let same = mac_of(host1, Some("ns1"), "iv1").await? == mac_of(host1, None, "eth0").await?;
-    o.insert("children's MAC".into(), if same { "eth0's".into() } else { "their own".into() });
-    let flags = host1.succeed(Cmd::script("ip -j link show iv1").netns("ns1")).await?;
+    o.insert(
+        "children's MAC".into(),
+        if same {
+            "eth0's".into()
+        } else {
+            "their own".into()
+        },
+    );
+    let flags = host1
+        .succeed(Cmd::script("ip -j link show iv1").netns("ns1"))
+        .await?;
     let noarp = flags.contains("\"NOARP\"");
-    o.insert("child's link flags".into(), if noarp { "NOARP".into() } else { "ARP".into() });
+    o.insert(
+        "child's link flags".into(),
+        if noarp { "NOARP".into() } else { "ARP".into() },
+    );
     if mode == "l3" {
         // Nobody answers ARP for an l3 child: the LAN must route to it through its host.
-        lab.vm("peer").succeed(format!("ip route add 192.168.88.11/32 via {HOST}")).await?;
-        o.insert("child -> peer, peer routing via host1".into(), reach(host1, Some("ns1"), PEER).await?);
+        lab.vm("peer")
+            .succeed(format!("ip route add 192.168.88.11/32 via {HOST}"))
+            .await?;
+        o.insert(
+            "child -> peer, peer routing via host1".into(),
+            reach(host1, Some("ns1"), PEER).await?,
+        );
     }
     lab.shutdown().await?;
     Ok(o)

@@ -16,7 +16,10 @@ const VM2: &str = "192.168.88.22";
 async fn start<'h>(host: &'h Vm, spec: InnerSpec, ip: &str) -> Result<InnerVm<'h>> {
     host.succeed("ip link set eth0 promisc on").await?;
     let vm = InnerVm::start(host, spec).await?;
-    vm.succeed(format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up")).await?;
+    vm.succeed(format!(
+        "ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
+    ))
+    .await?;
     Ok(vm)
 }
 
@@ -37,24 +40,46 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
     let rows = domiflist(&[&vm1]).await?;
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
     let row = &rows[0];
-    let listing = if (row.interface.as_str(), row.kind.as_str(), row.source.as_str(), row.model.as_str()) == ("macvtap0", "direct", "eth0", "virtio")
+    let listing = if (
+        row.interface.as_str(),
+        row.kind.as_str(),
+        row.source.as_str(),
+        row.model.as_str(),
+    ) == ("macvtap0", "direct", "eth0", "virtio")
         && row.mac == inside.trim()
     {
         "macvtap0 direct eth0 virtio, vm1's MAC".to_string()
     } else {
-        format!("{} {} {} {} {} (vm1 has {})", row.interface, row.kind, row.source, row.model, row.mac, inside.trim())
+        format!(
+            "{} {} {} {} {} (vm1 has {})",
+            row.interface,
+            row.kind,
+            row.source,
+            row.model,
+            row.mac,
+            inside.trim()
+        )
     };
     let mut o = observed([
-        ("vm2 (on host2) -> vm1 (on host1)", reach(&vm2, None, VM1).await?),
+        (
+            "vm2 (on host2) -> vm1 (on host1)",
+            reach(&vm2, None, VM1).await?,
+        ),
         ("host1 -> its own vm1", reach(host1, None, VM1).await?),
         ("peer -> vm1", reach(peer, None, VM1).await?),
         ("peer -> vm2", reach(peer, None, VM2).await?),
         ("domiflist of vm1", listing),
         ("inner accelerator", accel_note(&vm1)),
     ]);
-    let listings = [("host1", domiflist(&[&vm1]).await?), ("host2", domiflist(&[&vm2]).await?)];
+    let listings = [
+        ("host1", domiflist(&[&vm1]).await?),
+        ("host2", domiflist(&[&vm2]).await?),
+    ];
     for (host, rows) in listings {
-        o.insert(format!("{NOTE}virsh domiflist on {host}"), lab_harness::nest::format_domiflist(&rows));
+        o.insert(
+            format!("{NOTE}virsh domiflist on {host}"),
+            lab_harness::nest::format_domiflist(&rows),
+        );
     }
     vm1.stop().await?;
     vm2.stop().await?;
@@ -65,7 +90,11 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
 /// Two VMs on host1, both on macvtaps in VEPA mode (virt-install's default): their frames to each
 /// other leave through eth0, so only a hairpinning switch brings them back.
 pub async fn vepa(assets: &Assets) -> Result<Observed> {
-    let lab = Lab::builder(assets, "nested-macvtap-vepa").host_config(assets.nest_vm("host1", 2)?).host("peer").boot().await?;
+    let lab = Lab::builder(assets, "nested-macvtap-vepa")
+        .host_config(assets.nest_vm("host1", 2)?)
+        .host("peer")
+        .boot()
+        .await?;
     lab.number_hosts().await?;
     let host1 = lab.vm("host1");
     let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1).await?;
@@ -73,7 +102,13 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
     let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
     let _ = reach(&vm2, None, &lab.ip("peer")).await?;
     let off = reach(&vm2, None, VM1).await?;
-    lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
+    lab.set_policy(
+        "host1",
+        PortPolicy {
+            hairpin: true,
+            max_macs: None,
+        },
+    );
     let on = reach(&vm2, None, VM1).await?;
     let o = observed([
         ("vm2 -> vm1 on one host, hairpin off", off),
@@ -88,28 +123,55 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
 
 /// `virsh destroy` as stopping the VM: nothing of it stays on its host.
 pub async fn cleanup(assets: &Assets) -> Result<Observed> {
-    let lab = Lab::builder(assets, "nested-cleanup").host_config(assets.nest_vm("host1", 1)?).host("peer").boot().await?;
+    let lab = Lab::builder(assets, "nested-cleanup")
+        .host_config(assets.nest_vm("host1", 1)?)
+        .host("peer")
+        .boot()
+        .await?;
     lab.number_hosts().await?;
     let host1 = lab.vm("host1");
     let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0"), VM1).await?;
     let before = reach(&vm1, None, &lab.ip("peer")).await?;
     // The same probes as after the stop, so a probe that can never see anything cannot pass.
     let running = host1.succeed(COUNT_QEMU).await?.trim().to_string();
-    let links = host1.succeed("ip -br link show type macvtap | cut -d@ -f1").await?.trim().to_string();
-    let taps = host1.succeed("ls /dev/tap* 2>/dev/null | wc -l").await?.trim().to_string();
+    let links = host1
+        .succeed("ip -br link show type macvtap | cut -d@ -f1")
+        .await?
+        .trim()
+        .to_string();
+    let taps = host1
+        .succeed("ls /dev/tap* 2>/dev/null | wc -l")
+        .await?
+        .trim()
+        .to_string();
     vm1.stop().await?;
-    let none_or = |s: String| if s.trim().is_empty() { "none".to_string() } else { s.trim().replace('\n', "; ") };
+    let none_or = |s: String| {
+        if s.trim().is_empty() {
+            "none".to_string()
+        } else {
+            s.trim().replace('\n', "; ")
+        }
+    };
     let o = observed([
         ("vm1 -> peer before", before),
         ("QEMU processes on host1 while vm1 runs", running),
         ("macvtap links while vm1 runs", links),
         ("tap devices while vm1 runs", taps),
-        ("QEMU processes left on host1", match host1.succeed(COUNT_QEMU).await?.trim() {
-            "0" => "none".to_string(),
-            n => n.to_string(),
-        }),
-        ("macvtap links left", none_or(host1.succeed("ip -br link show type macvtap").await?)),
-        ("tap devices left", none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?)),
+        (
+            "QEMU processes left on host1",
+            match host1.succeed(COUNT_QEMU).await?.trim() {
+                "0" => "none".to_string(),
+                n => n.to_string(),
+            },
+        ),
+        (
+            "macvtap links left",
+            none_or(host1.succeed("ip -br link show type macvtap").await?),
+        ),
+        (
+            "tap devices left",
+            none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?),
+        ),
     ]);
     lab.shutdown().await?;
     Ok(o)
@@ -118,5 +180,10 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
 /// Which accelerator ran the VM, and how long it took to be ready.
 fn accel_note(vm: &InnerVm<'_>) -> String {
     let why = vm.fallback().map(|f| format!(", {f}")).unwrap_or_default();
-    format!("{} ({} ready {:.1?} after its macvtap was made{why})", vm.accel(), lab_harness::Guest::name(vm), vm.boot_time())
+    format!(
+        "{} ({} ready {:.1?} after its macvtap was made{why})",
+        vm.accel(),
+        lab_harness::Guest::name(vm),
+        vm.boot_time()
+    )
 }

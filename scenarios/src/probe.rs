@@ -17,9 +17,16 @@ pub(crate) async fn lan(assets: &Assets, run: &str) -> Result<Lab> {
 
 /// Guests `names` on one switch, numbered in order (.1, .2, ...), the LAN settled.
 pub(crate) async fn lan_of(assets: &Assets, run: &str, names: &[&str]) -> Result<Lab> {
-    let lab = names.iter().fold(Lab::builder(assets, run), |b, n| b.host(n)).boot().await?;
+    let lab = names
+        .iter()
+        .fold(Lab::builder(assets, run), |b, n| b.host(n))
+        .boot()
+        .await?;
     lab.number_hosts().await?;
-    debug_assert_eq!((lab.ip("host1"), lab.ip("peer")), (HOST.to_string(), PEER.to_string()));
+    debug_assert_eq!(
+        (lab.ip("host1"), lab.ip("peer")),
+        (HOST.to_string(), PEER.to_string())
+    );
     Ok(lab)
 }
 
@@ -31,7 +38,11 @@ pub(crate) fn children(mode: &str) -> String {
 /// `count` children `<prefix>1..` of eth0 of link `kind` (macvlan, ipvlan) in `mode`, child i in
 /// netns `ns<i>` with 192.168.88.1<i>/24.
 pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> String {
-    let mode = if mode.is_empty() { String::new() } else { format!("mode {mode}") };
+    let mode = if mode.is_empty() {
+        String::new()
+    } else {
+        format!("mode {mode}")
+    };
     format!(
         "for i in $(seq 1 {count}); do
            ip netns add ns$i
@@ -45,7 +56,11 @@ pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> St
 
 /// The MAC of `dev` (in `netns`, if given).
 pub(crate) async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<String> {
-    Ok(vm.succeed(in_netns(format!("cat /sys/class/net/{dev}/address"), netns)).await?.trim().to_string())
+    Ok(vm
+        .succeed(in_netns(format!("cat /sys/class/net/{dev}/address"), netns))
+        .await?
+        .trim()
+        .to_string())
 }
 
 /// `script`, run inside `netns` if one is given.
@@ -64,20 +79,39 @@ pub(crate) async fn refusal(vm: &Vm, cmd: &str) -> Result<String> {
         return Ok("accepted".into());
     }
     let err = String::from_utf8_lossy(&out.stderr);
-    let reason = err.lines().last().unwrap_or_default().trim_start_matches("RTNETLINK answers: ").trim();
+    let reason = err
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim_start_matches("RTNETLINK answers: ")
+        .trim();
     Ok(format!("refused: {reason}"))
 }
 
 /// Can `from` (optionally inside `netns`) ping `ip`? A few probes, any answer counts.
-pub(crate) async fn reach(vm: &(impl Guest + Sync), netns: Option<&str>, ip: &str) -> Result<String> {
+pub(crate) async fn reach(
+    vm: &(impl Guest + Sync),
+    netns: Option<&str>,
+    ip: &str,
+) -> Result<String> {
     let cmd = in_netns(format!("ping -c3 -i0.3 -W1 {ip}"), netns);
-    Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
+    Ok(if vm.run(cmd).await?.success() {
+        REACHABLE
+    } else {
+        UNREACHABLE
+    }
+    .to_string())
 }
 
 /// Does a broadcast ARP request for `ip`, sent from `dev` in `netns`, get an answer?
 pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<String> {
     let cmd = Cmd::script(format!("arping -c1 -w2 -I {dev} {ip}")).netns(netns);
-    Ok(if vm.run(cmd).await?.success() { REACHABLE } else { UNREACHABLE }.to_string())
+    Ok(if vm.run(cmd).await?.success() {
+        REACHABLE
+    } else {
+        UNREACHABLE
+    }
+    .to_string())
 }
 
 pub(crate) fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Observed {
@@ -86,14 +120,20 @@ pub(crate) fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) 
 
 pub(crate) fn none_or(listing: String) -> String {
     let l = listing.trim();
-    if l.is_empty() { "none".into() } else { l.replace('\n', "; ") }
+    if l.is_empty() {
+        "none".into()
+    } else {
+        l.replace('\n', "; ")
+    }
 }
 
 /// A field of the first object in `ip -j` output, or of its `linkinfo.info_data`.
 pub(crate) fn json_field(json: &str, field: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let first = v.get(0)?;
-    let found = first.get(field).or_else(|| first.get("linkinfo")?.get("info_data")?.get(field))?;
+    let found = first
+        .get(field)
+        .or_else(|| first.get("linkinfo")?.get("info_data")?.get(field))?;
     Some(match found {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -24,6 +24,9 @@ pub(crate) async fn run(name: &str, assets: &Assets) -> Result<Observed> {
         "nested/cleanup" => crate::nested::cleanup(assets).await,
         "claim/promisc" => claims::promisc(assets).await,
         "cleanup" => seed::cleanup(assets).await,
-        other => Err(lab_harness::Error::Missing { what: format!("scenario {other}"), fix: "see `cargo xtask lab --list`".into() }),
+        other => Err(lab_harness::Error::Missing {
+            what: format!("scenario {other}"),
+            fix: "see `cargo xtask lab --list`".into(),
+        }),
     }
 }

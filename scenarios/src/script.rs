@@ -22,7 +22,13 @@ pub struct ScriptLan {
 
 impl Default for ScriptLan {
     fn default() -> Self {
-        Self { hosts: 1, hairpin: false, nest: false, timeout: Duration::from_secs(300), extras: Extras::default() }
+        Self {
+            hosts: 1,
+            hairpin: false,
+            nest: false,
+            timeout: Duration::from_secs(300),
+            extras: Extras::default(),
+        }
     }
 }
 
@@ -42,29 +48,58 @@ const SCRIPT: &str = "/run/lab-run.sh";
 /// Boots the LAN `on` describes, every guest numbered, host1 with its extras. Checks the extras
 /// (unknown package or module, missing directory, too little memory) before anything boots.
 pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
-    let mut host1 = if on.nest { assets.nest_vm("host1", 2)? } else { assets.vm("host1") };
+    let mut host1 = if on.nest {
+        assets.nest_vm("host1", 2)?
+    } else {
+        assets.vm("host1")
+    };
     assets.apply(&mut host1, &on.extras)?;
-    let builder = Lab::builder(assets, run).ports(PortPolicy { hairpin: on.hairpin, max_macs: None }).host_config(host1);
-    let lab = (2..=on.hosts.max(1)).fold(builder, |b, i| b.host(&format!("host{i}"))).boot().await?;
+    let builder = Lab::builder(assets, run)
+        .ports(PortPolicy {
+            hairpin: on.hairpin,
+            max_macs: None,
+        })
+        .host_config(host1);
+    let lab = (2..=on.hosts.max(1))
+        .fold(builder, |b, i| b.host(&format!("host{i}")))
+        .boot()
+        .await?;
     lab.number_hosts().await?;
     Ok(lab)
 }
 
 /// Boots the LAN, runs `job` on host1 and powers everything off; returns the job's result, its
 /// stdout and stderr apart. `output` is called with each piece of output while the job runs.
-pub async fn run(assets: &Assets, job: &Job, on: &ScriptLan, output: impl FnMut(Stream, &[u8])) -> Result<RunOutput> {
+pub async fn run(
+    assets: &Assets,
+    job: &Job,
+    on: &ScriptLan,
+    output: impl FnMut(Stream, &[u8]),
+) -> Result<RunOutput> {
     let lab = boot(assets, "lab-run", on).await?;
     let host1 = lab.vm("host1");
     let cmd = match job {
         Job::Script(text) => {
-            host1.write_file(SCRIPT, text.as_bytes().to_vec(), 0o755).await?;
+            host1
+                .write_file(SCRIPT, text.as_bytes().to_vec(), 0o755)
+                .await?;
             // The kernel honours a `#!` line; a script without one is the shell's.
-            if text.starts_with("#!") { Cmd::argv([SCRIPT]) } else { Cmd::argv(["/bin/sh", SCRIPT]) }
+            if text.starts_with("#!") {
+                Cmd::argv([SCRIPT])
+            } else {
+                Cmd::argv(["/bin/sh", SCRIPT])
+            }
         }
         Job::Program(argv) => Cmd::argv(argv.clone()),
     };
-    let cwd = if on.extras.dir.is_some() { DIR_IN_GUEST } else { "/root" };
-    let result = host1.run_streaming(cmd.cwd(cwd).timeout(on.timeout), output).await;
+    let cwd = if on.extras.dir.is_some() {
+        DIR_IN_GUEST
+    } else {
+        "/root"
+    };
+    let result = host1
+        .run_streaming(cmd.cwd(cwd).timeout(on.timeout), output)
+        .await;
     lab.shutdown().await?;
     result
 }

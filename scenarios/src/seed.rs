@@ -13,7 +13,10 @@ pub(crate) async fn containers(assets: &Assets) -> Result<Observed> {
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc on").await?;
     host1.succeed(children("bridge")).await?;
-    let o = observed([("ns2 -> ns1", reach(host1, Some("ns2"), "192.168.88.11").await?)]);
+    let o = observed([(
+        "ns2 -> ns1",
+        reach(host1, Some("ns2"), "192.168.88.11").await?,
+    )]);
     lab.shutdown().await?;
     Ok(o)
 }
@@ -29,15 +32,27 @@ pub(crate) async fn host_isolation(assets: &Assets, shim: bool) -> Result<Observ
                  && ip link set shim up && ip route add 192.168.88.11/32 dev shim",
             )
             .await?;
-        observed([("host -> child via shim", reach(host1, None, "192.168.88.11").await?)])
+        observed([(
+            "host -> child via shim",
+            reach(host1, None, "192.168.88.11").await?,
+        )])
     } else {
         let mut o = observed([
             ("host -> child", reach(host1, None, "192.168.88.11").await?),
             ("child -> host", reach(host1, Some("ns1"), HOST).await?),
             ("peer -> child", reach(peer, None, "192.168.88.11").await?),
         ]);
-        lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
-        o.insert("host -> child, switch hairpin on".into(), reach(host1, None, "192.168.88.11").await?);
+        lab.set_policy(
+            "host1",
+            PortPolicy {
+                hairpin: true,
+                max_macs: None,
+            },
+        );
+        o.insert(
+            "host -> child, switch hairpin on".into(),
+            reach(host1, None, "192.168.88.11").await?,
+        );
         o
     };
     lab.shutdown().await?;
@@ -52,8 +67,12 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
     const STATE: &str = "ip -br link show eth0; ip -d -j link show eth0 | grep -o '\"promiscuity\":[0-9]*'; ip -br -4 addr show eth0";
     let before = host1.succeed(STATE).await?;
     host1.succeed("ip link set eth0 promisc on").await?;
-    host1.succeed(children("bridge").replace("mv$i", "macvlan$i")).await?;
-    host1.succeed("ip link set eth0 promisc off; ip netns delete ns1; ip netns delete ns2").await?;
+    host1
+        .succeed(children("bridge").replace("mv$i", "macvlan$i"))
+        .await?;
+    host1
+        .succeed("ip link set eth0 promisc off; ip netns delete ns1; ip netns delete ns2")
+        .await?;
     let delete = host1.run("ip link delete macvlan1").await?;
     // `ip netns delete` returns before the kernel has torn the namespace down (a workqueue does
     // that), so give eth0 a few seconds to return to how it was.
@@ -67,13 +86,30 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
     }
     let after = host1.succeed(STATE).await?;
     let o = observed([
-        ("namespaces left", none_or(host1.succeed("ip netns list").await?)),
-        ("macvlan links left", none_or(host1.succeed("ip -br link show type macvlan").await?)),
+        (
+            "namespaces left",
+            none_or(host1.succeed("ip netns list").await?),
+        ),
+        (
+            "macvlan links left",
+            none_or(host1.succeed("ip -br link show type macvlan").await?),
+        ),
         (
             "`ip link delete macvlan1` after deleting ns1",
-            if delete.success() { "succeeds".into() } else { "fails: device gone with its namespace".into() },
+            if delete.success() {
+                "succeeds".into()
+            } else {
+                "fails: device gone with its namespace".into()
+            },
         ),
-        ("eth0 as before", if restored { "yes".to_string() } else { format!("no: {} -> {}", before.trim(), after.trim()) }),
+        (
+            "eth0 as before",
+            if restored {
+                "yes".to_string()
+            } else {
+                format!("no: {} -> {}", before.trim(), after.trim())
+            },
+        ),
     ]);
     lab.shutdown().await?;
     Ok(o)

@@ -17,7 +17,9 @@ pub fn config(name: &str) -> VmConfig {
 /// Boots `cfg`, panicking with the boot error (phase and console tail) on failure.
 pub async fn boot(cfg: VmConfig) -> Vm {
     let name = cfg.name.clone();
-    Vm::boot(cfg).await.unwrap_or_else(|e| panic!("booting {name}: {e}"))
+    Vm::boot(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("booting {name}: {e}"))
 }
 
 /// Unwraps a harness result with its full message (command, exit code, output, console tail).

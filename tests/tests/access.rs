@@ -11,8 +11,19 @@ use lab_tests::{assets, Check};
 /// The user's own directory, closed to everyone else.
 fn assert_private(dir: &Path) {
     let meta = std::fs::metadata(dir).expect("directory");
-    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{} is {:o}", dir.display(), meta.permissions().mode() & 0o777);
-    assert_eq!(meta.uid(), nix::unistd::getuid().as_raw(), "{} is the user's", dir.display());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{} is {:o}",
+        dir.display(),
+        meta.permissions().mode() & 0o777
+    );
+    assert_eq!(
+        meta.uid(),
+        nix::unistd::getuid().as_raw(),
+        "{} is the user's",
+        dir.display()
+    );
 }
 
 /// Whether a process running as `uid` can connect to the unix socket at `path`. The child does
@@ -26,7 +37,11 @@ fn connects_as(uid: u32, path: &Path, datagram: bool) -> bool {
     for (dst, src) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    let kind = if datagram { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+    let kind = if datagram {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
     // SAFETY: the child only calls async-signal-safe functions, then _exit.
     match unsafe { nix::unistd::fork() }.expect("fork") {
         nix::unistd::ForkResult::Child => unsafe {
@@ -34,14 +49,20 @@ fn connects_as(uid: u32, path: &Path, datagram: bool) -> bool {
                 libc::_exit(2);
             }
             let fd = libc::socket(libc::AF_UNIX, kind, 0);
-            let ok = libc::connect(fd, std::ptr::addr_of!(addr).cast(), std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t) == 0;
+            let ok = libc::connect(
+                fd,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            ) == 0;
             libc::_exit(if ok { 0 } else { 1 });
         },
-        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).expect("wait") {
-            nix::sys::wait::WaitStatus::Exited(_, 0) => true,
-            nix::sys::wait::WaitStatus::Exited(_, 1) => false,
-            other => panic!("the child could not become uid {uid}: {other:?}"),
-        },
+        nix::unistd::ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).expect("wait") {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => true,
+                nix::sys::wait::WaitStatus::Exited(_, 1) => false,
+                other => panic!("the child could not become uid {uid}: {other:?}"),
+            }
+        }
     }
 }
 
@@ -51,14 +72,27 @@ fn tcp_listeners(pid: u32) -> Vec<String> {
         .expect("fds")
         .flatten()
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| target.to_string_lossy().strip_prefix("socket:[").map(|s| s.trim_end_matches(']').to_string()))
+        .filter_map(|target| {
+            target
+                .to_string_lossy()
+                .strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
         .collect();
     let mut listening = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // st 0A is LISTEN; the inode is the tenth field.
-            if fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode)) {
+            if fields.get(3) == Some(&"0A")
+                && fields
+                    .get(9)
+                    .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+            {
                 listening.push(line.trim().to_string());
             }
         }
@@ -69,28 +103,54 @@ fn tcp_listeners(pid: u32) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_user_who_started_a_guest_can_reach_it() {
     let assets = assets();
-    let lab = Lab::builder(&assets, "access").host("host1").host("host2").boot().await.check();
+    let lab = Lab::builder(&assets, "access")
+        .host("host1")
+        .host("host2")
+        .boot()
+        .await
+        .check();
     let vm: &Vm = lab.vm("host1");
     assert_private(vm.state_dir());
     assert_private(lab.sockets_dir());
     let agent = vm.state_dir().join("agent.sock");
     let qmp = vm.state_dir().join("qmp.sock");
-    let port = std::fs::read_dir(lab.sockets_dir()).expect("sockets").flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "sock")).expect("a switch socket");
-    assert!(tcp_listeners(vm.qemu_pid()).is_empty(), "QEMU listens on TCP: {:?}", tcp_listeners(vm.qemu_pid()));
-    assert!(tcp_listeners(std::process::id()).is_empty(), "the harness listens on TCP");
+    let port = std::fs::read_dir(lab.sockets_dir())
+        .expect("sockets")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("a switch socket");
+    assert!(
+        tcp_listeners(vm.qemu_pid()).is_empty(),
+        "QEMU listens on TCP: {:?}",
+        tcp_listeners(vm.qemu_pid())
+    );
+    assert!(
+        tcp_listeners(std::process::id()).is_empty(),
+        "the harness listens on TCP"
+    );
     if nix::unistd::getuid().is_root() {
         // As root (CI), show it for real: uid 65534 (nobody) is refused at every socket; the
         // harness holds the agent's and QMP's connections, so a refusal is the directory's doing.
         for (socket, datagram) in [(&agent, false), (&qmp, false), (&port, true)] {
-            assert!(!connects_as(65534, socket, datagram), "another user reached {}", socket.display());
+            assert!(
+                !connects_as(65534, socket, datagram),
+                "another user reached {}",
+                socket.display()
+            );
         }
         // The same probe reaches a socket that is open to all: the refusals above are real.
         let open = tempfile::tempdir().expect("tempdir");
-        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
         let path = open.path().join("open.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod socket");
-        assert!(connects_as(65534, &path, false), "the probe cannot connect even where everyone may");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod socket");
+        assert!(
+            connects_as(65534, &path, false),
+            "the probe cannot connect even where everyone may"
+        );
     }
     lab.shutdown().await.check();
 }

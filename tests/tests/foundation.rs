@@ -18,16 +18,24 @@ async fn guest_runs_the_manifest_kernel_with_the_mac_qemu_was_given() {
     let mac = vm.succeed("cat /sys/class/net/eth0/address").await.check();
     assert_eq!(mac.trim(), vm.mac().to_string());
     assert_eq!(vm.succeed("hostname").await.check().trim(), "basics");
-    vm.succeed("ip link show lo | grep -q 'LOOPBACK,UP' && ping -c1 -W1 127.0.0.1").await.check();
+    vm.succeed("ip link show lo | grep -q 'LOOPBACK,UP' && ping -c1 -W1 127.0.0.1")
+        .await
+        .check();
 
     // The real iproute2 answers, not busybox's applet: `-d -j` and `netns` work.
     let link = vm.succeed("ip -d -j link show eth0").await.check();
     assert!(link.contains("\"ifname\":\"eth0\""), "{link}");
-    vm.succeed("ip netns add probe && ip netns exec probe ip link show lo && ip netns del probe").await.check();
+    vm.succeed("ip netns add probe && ip netns exec probe ip link show lo && ip netns del probe")
+        .await
+        .check();
 
     assert_eq!(vm.qmp().status().await.check(), "running");
     let qemu_version = vm.qmp().query_version().await.check();
-    assert_eq!(qemu_version, vm.qmp().version, "query-version agrees with the greeting");
+    assert_eq!(
+        qemu_version,
+        vm.qmp().version,
+        "query-version agrees with the greeting"
+    );
     vm.shutdown().await.check();
 }
 
@@ -36,7 +44,10 @@ async fn guest_runs_the_manifest_kernel_with_the_mac_qemu_was_given() {
 async fn promiscuous_mode_in_the_guest_is_seen_by_the_host_through_qmp() {
     let vm = boot(config("promisc")).await;
     vm.succeed("ip link set eth0 up").await.check();
-    assert!(!vm.qmp().rx_filter().await.check().promiscuous, "a fresh NIC is not promiscuous");
+    assert!(
+        !vm.qmp().rx_filter().await.check().promiscuous,
+        "a fresh NIC is not promiscuous"
+    );
 
     vm.succeed("ip link set eth0 promisc on").await.check();
     let filter = vm.qmp().rx_filter().await.check();
@@ -53,13 +64,28 @@ async fn promiscuous_mode_in_the_guest_is_seen_by_the_host_through_qmp() {
 async fn pulling_the_cable_with_set_link_shows_no_carrier_in_the_guest() {
     let vm = boot(config("cable")).await;
     vm.succeed("ip link set eth0 up").await.check();
-    vm.wait_until_succeeds("ip link show eth0 | grep -q LOWER_UP", Duration::from_secs(10)).await.check();
+    vm.wait_until_succeeds(
+        "ip link show eth0 | grep -q LOWER_UP",
+        Duration::from_secs(10),
+    )
+    .await
+    .check();
 
     vm.qmp().set_link(false).await.check();
-    vm.wait_until_succeeds("ip link show eth0 | grep -q NO-CARRIER", Duration::from_secs(10)).await.check();
+    vm.wait_until_succeeds(
+        "ip link show eth0 | grep -q NO-CARRIER",
+        Duration::from_secs(10),
+    )
+    .await
+    .check();
 
     vm.qmp().set_link(true).await.check();
-    vm.wait_until_succeeds("! ip link show eth0 | grep -q NO-CARRIER", Duration::from_secs(10)).await.check();
+    vm.wait_until_succeeds(
+        "! ip link show eth0 | grep -q NO-CARRIER",
+        Duration::from_secs(10),
+    )
+    .await
+    .check();
     vm.shutdown().await.check();
 }
 
@@ -72,29 +98,61 @@ async fn commands_report_failure_timeouts_big_output_stdin_and_namespaces() {
     assert_eq!(out.code, Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "oops");
 
-    let err = vm.succeed("echo visible; exit 7").await.expect_err("exit 7 must not succeed").to_string();
-    assert!(err.contains("exited with 7") && err.contains("visible"), "the error shows code and output: {err}");
+    let err = vm
+        .succeed("echo visible; exit 7")
+        .await
+        .expect_err("exit 7 must not succeed")
+        .to_string();
+    assert!(
+        err.contains("exited with 7") && err.contains("visible"),
+        "the error shows code and output: {err}"
+    );
 
     let started = Instant::now();
-    let out = vm.run(Cmd::script("sleep 30").timeout(Duration::from_secs(1))).await.check();
+    let out = vm
+        .run(Cmd::script("sleep 30").timeout(Duration::from_secs(1)))
+        .await
+        .check();
     assert!(out.timed_out && out.code.is_none(), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(15), "the timeout was enforced");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the timeout was enforced"
+    );
 
     let five_mb = 5 * 1024 * 1024;
-    let out = vm.run(format!("head -c {five_mb} /dev/zero | tr '\\0' x")).await.check();
+    let out = vm
+        .run(format!("head -c {five_mb} /dev/zero | tr '\\0' x"))
+        .await
+        .check();
     assert_eq!(out.stdout.len(), five_mb);
     assert!(out.stdout.iter().all(|&b| b == b'x') && !out.truncated);
 
-    let echoed = vm.succeed(Cmd::argv(["cat"]).stdin(b"through stdin\n".to_vec())).await.check();
+    let echoed = vm
+        .succeed(Cmd::argv(["cat"]).stdin(b"through stdin\n".to_vec()))
+        .await
+        .check();
     assert_eq!(echoed, "through stdin\n");
 
-    vm.succeed("ip netns add ns1 && ip link add v0 type veth peer name v1 netns ns1").await.check();
-    let inside = vm.succeed(Cmd::script("ip -o link show | cut -d: -f2").netns("ns1")).await.check();
-    assert!(inside.contains("v1") && !inside.contains("eth0"), "{inside}");
+    vm.succeed("ip netns add ns1 && ip link add v0 type veth peer name v1 netns ns1")
+        .await
+        .check();
+    let inside = vm
+        .succeed(Cmd::script("ip -o link show | cut -d: -f2").netns("ns1"))
+        .await
+        .check();
+    assert!(
+        inside.contains("v1") && !inside.contains("eth0"),
+        "{inside}"
+    );
 
-    vm.write_file("/tmp/note", b"hello file".to_vec(), 0o600).await.check();
+    vm.write_file("/tmp/note", b"hello file".to_vec(), 0o600)
+        .await
+        .check();
     assert_eq!(vm.read_file("/tmp/note").await.check(), b"hello file");
-    assert_eq!(vm.succeed("stat -c %a /tmp/note").await.check().trim(), "600");
+    assert_eq!(
+        vm.succeed("stat -c %a /tmp/note").await.check().trim(),
+        "600"
+    );
     assert!(vm.read_file("/no/such/file").await.is_err());
     vm.shutdown().await.check();
 }
@@ -120,11 +178,19 @@ async fn a_guest_whose_kernel_panics_fails_fast_with_the_console_tail() {
     cfg.extra_cmdline.push("rdinit=/does/not/exist".into());
     cfg.boot_timeout = Duration::from_secs(120);
     let started = Instant::now();
-    let err = Vm::boot(cfg).await.expect_err("a panicking kernel cannot boot");
+    let err = Vm::boot(cfg)
+        .await
+        .expect_err("a panicking kernel cannot boot");
     assert_eq!(err.phase(), Some(Phase::Boot), "{err}");
     let text = err.to_string();
-    assert!(text.contains("Kernel panic"), "the console tail shows the panic: {text}");
-    assert!(started.elapsed() < Duration::from_secs(60), "noticed by QEMU's exit, not by the deadline");
+    assert!(
+        text.contains("Kernel panic"),
+        "the console tail shows the panic: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "noticed by QEMU's exit, not by the deadline"
+    );
 }
 
 #[rstest]
@@ -132,15 +198,28 @@ async fn a_guest_whose_kernel_panics_fails_fast_with_the_console_tail() {
 async fn a_guest_that_never_reaches_the_agent_fails_at_its_deadline() {
     let mut cfg = config("hangs");
     // PID 1 is busybox sleep: the kernel boots but nothing ever answers.
-    cfg.extra_cmdline.extend(["rdinit=/bin/sleep".to_string(), "--".into(), "1000".into()]);
+    cfg.extra_cmdline
+        .extend(["rdinit=/bin/sleep".to_string(), "--".into(), "1000".into()]);
     cfg.boot_timeout = Duration::from_secs(8);
     cfg.boot_attempts = 1;
     let started = Instant::now();
     let err = Vm::boot(cfg).await.expect_err("no agent, no boot");
-    assert!(matches!(err, Error::Guest { phase: Phase::Boot, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Guest {
+                phase: Phase::Boot,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("not ready within"), "{err}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(8) && took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(30),
+        "took {took:?}"
+    );
 }
 
 #[rstest]
@@ -152,7 +231,10 @@ async fn two_guests_at_once_do_not_collide() {
     assert_ne!(a.qemu_pid(), b.qemu_pid());
     let (ha, hb) = tokio::join!(a.succeed("hostname"), b.succeed("hostname"));
     assert_eq!((ha.check().trim(), hb.check().trim()), ("twin-a", "twin-b"));
-    let (ma, mb) = tokio::join!(a.succeed("cat /sys/class/net/eth0/address"), b.succeed("cat /sys/class/net/eth0/address"));
+    let (ma, mb) = tokio::join!(
+        a.succeed("cat /sys/class/net/eth0/address"),
+        b.succeed("cat /sys/class/net/eth0/address")
+    );
     assert_eq!(ma.check().trim(), a.mac().to_string());
     assert_eq!(mb.check().trim(), b.mac().to_string());
     let (ra, rb) = tokio::join!(a.shutdown(), b.shutdown());
@@ -188,7 +270,12 @@ async fn a_finished_guest_leaves_no_process_and_no_directory(#[case] orderly: bo
 /// Alive and not a zombie waiting to be reaped.
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }

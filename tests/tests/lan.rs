@@ -12,7 +12,12 @@ use lab_harness::lan::lab::SETTLE;
 
 /// Boots `names` on one switch, each `192.168.88.<1+i>/24` on `eth0`, the LAN settled.
 async fn lan(run: &str, names: &[&str]) -> Lab {
-    let lab = names.iter().fold(Lab::builder(&assets(), run), |b, n| b.host(n)).boot().await.check();
+    let lab = names
+        .iter()
+        .fold(Lab::builder(&assets(), run), |b, n| b.host(n))
+        .boot()
+        .await
+        .check();
     lab.number_hosts().await.check();
     lab
 }
@@ -25,12 +30,24 @@ fn frames(path: &std::path::Path) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn two_guests_ping_each_other_and_the_capture_holds_arp_and_icmp() {
     let lab = lan("lan-ping", &["host1", "host2"]).await;
-    lab.vm("host2").wait_until_succeeds("ping -c1 -W1 192.168.88.1", SETTLE).await.check();
-    lab.vm("host1").succeed("ping -c3 -i0.2 -W2 192.168.88.2").await.check();
+    lab.vm("host2")
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.1", SETTLE)
+        .await
+        .check();
+    lab.vm("host1")
+        .succeed("ping -c3 -i0.2 -W2 192.168.88.2")
+        .await
+        .check();
 
     let captured = frames(&lab.capture());
-    assert!(captured.iter().any(|f| ethertype(f) == Some(0x0806)), "an ARP frame was captured");
-    assert!(captured.iter().filter(|f| is_icmp(f)).count() >= 8, "echo requests and replies were captured");
+    assert!(
+        captured.iter().any(|f| ethertype(f) == Some(0x0806)),
+        "an ARP frame was captured"
+    );
+    assert!(
+        captured.iter().filter(|f| is_icmp(f)).count() >= 8,
+        "echo requests and replies were captured"
+    );
     lab.shutdown().await.check();
 }
 
@@ -38,17 +55,41 @@ async fn two_guests_ping_each_other_and_the_capture_holds_arp_and_icmp() {
 #[tokio::test]
 async fn broadcast_reaches_everyone_and_learned_unicast_only_its_port() {
     let lab = lan("lan-learning", &["host1", "host2", "peer"]).await;
-    lab.vm("host1").wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE).await.check();
-    lab.vm("host1").succeed("ping -c10 -i0.1 -W2 192.168.88.2").await.check();
+    lab.vm("host1")
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE)
+        .await
+        .check();
+    lab.vm("host1")
+        .succeed("ping -c10 -i0.1 -W2 192.168.88.2")
+        .await
+        .check();
 
     let at_peer = frames(&lab.port_capture("peer"));
-    let arp_to_peer = at_peer.iter().filter(|f| ethertype(f) == Some(0x0806) && f[..6] == [0xff; 6]).count();
-    assert!(arp_to_peer >= 1, "host1's ARP broadcast was flooded to peer");
+    let arp_to_peer = at_peer
+        .iter()
+        .filter(|f| ethertype(f) == Some(0x0806) && f[..6] == [0xff; 6])
+        .count();
+    assert!(
+        arp_to_peer >= 1,
+        "host1's ARP broadcast was flooded to peer"
+    );
     let (host1, host2) = (lab.vm("host1").mac(), lab.vm("host2").mac());
-    let between = |f: &Vec<u8>| is_icmp(f) && macs(f).is_some_and(|(src, dst)| [src, dst] == [host1, host2] || [src, dst] == [host2, host1]);
-    assert_eq!(at_peer.iter().filter(|f| between(f)).count(), 0, "unicast between host1 and host2 never reached peer");
+    let between = |f: &Vec<u8>| {
+        is_icmp(f)
+            && macs(f).is_some_and(|(src, dst)| {
+                [src, dst] == [host1, host2] || [src, dst] == [host2, host1]
+            })
+    };
+    assert_eq!(
+        at_peer.iter().filter(|f| between(f)).count(),
+        0,
+        "unicast between host1 and host2 never reached peer"
+    );
     let at_host2 = frames(&lab.port_capture("host2"));
-    assert!(at_host2.iter().filter(|f| between(f)).count() >= 20, "but it did reach host2");
+    assert!(
+        at_host2.iter().filter(|f| between(f)).count() >= 20,
+        "but it did reach host2"
+    );
     lab.shutdown().await.check();
 }
 
@@ -71,16 +112,47 @@ async fn hairpin_decides_whether_a_frame_goes_back_out_of_its_port() {
     host1.succeed(VEPA_CHILDREN).await.check();
     // Both children speak once, so the switch learns their MACs on host1's port.
     for ns in ["ns1", "ns2"] {
-        host1.wait_until_succeeds(lab_harness::Cmd::script("ping -c1 -W1 192.168.88.2").netns(ns), SETTLE).await.check();
+        host1
+            .wait_until_succeeds(
+                lab_harness::Cmd::script("ping -c1 -W1 192.168.88.2").netns(ns),
+                SETTLE,
+            )
+            .await
+            .check();
     }
-    let mv1_mac = host1.succeed("ip -n ns1 -br link show mv1 | awk '{print $3}'").await.check();
-    host1.succeed(format!("ip -n ns2 neigh replace 192.168.88.11 lladdr {} dev mv2", mv1_mac.trim())).await.check();
+    let mv1_mac = host1
+        .succeed("ip -n ns1 -br link show mv1 | awk '{print $3}'")
+        .await
+        .check();
+    host1
+        .succeed(format!(
+            "ip -n ns2 neigh replace 192.168.88.11 lladdr {} dev mv2",
+            mv1_mac.trim()
+        ))
+        .await
+        .check();
 
-    host1.fail(lab_harness::Cmd::script("ping -c2 -W1 192.168.88.11").netns("ns2")).await.check();
-    assert!(lab.counters("host1").drop_same_port >= 2, "{:?}", lab.counters("host1"));
+    host1
+        .fail(lab_harness::Cmd::script("ping -c2 -W1 192.168.88.11").netns("ns2"))
+        .await
+        .check();
+    assert!(
+        lab.counters("host1").drop_same_port >= 2,
+        "{:?}",
+        lab.counters("host1")
+    );
 
-    lab.set_policy("host1", PortPolicy { hairpin: true, max_macs: None });
-    host1.succeed(lab_harness::Cmd::script("ping -c2 -W2 192.168.88.11").netns("ns2")).await.check();
+    lab.set_policy(
+        "host1",
+        PortPolicy {
+            hairpin: true,
+            max_macs: None,
+        },
+    );
+    host1
+        .succeed(lab_harness::Cmd::script("ping -c2 -W2 192.168.88.11").netns("ns2"))
+        .await
+        .check();
     lab.shutdown().await.check();
 }
 
@@ -89,17 +161,37 @@ async fn hairpin_decides_whether_a_frame_goes_back_out_of_its_port() {
 async fn a_mac_cap_of_one_drops_the_second_mac_and_keeps_the_first() {
     let lab = lan("lan-maccap", &["host1", "peer"]).await;
     let host1 = lab.vm("host1");
-    host1.wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE).await.check();
-    lab.set_policy("host1", PortPolicy { hairpin: false, max_macs: Some(1) });
+    host1
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE)
+        .await
+        .check();
+    lab.set_policy(
+        "host1",
+        PortPolicy {
+            hairpin: false,
+            max_macs: Some(1),
+        },
+    );
 
     host1
         .succeed("ip netns add c1 && ip link add link eth0 name mv1 type macvlan mode bridge && ip link set mv1 netns c1 \
                   && ip -n c1 addr add 192.168.88.11/24 dev mv1 && ip -n c1 link set mv1 up")
         .await
         .check();
-    host1.fail(lab_harness::Cmd::script("ping -c2 -W1 192.168.88.2").netns("c1")).await.check();
-    assert!(lab.counters("host1").drop_mac_limit >= 1, "{:?}", lab.counters("host1"));
-    assert_eq!(lab.switch().learned(lab.port("host1")), [host1.mac()], "only eth0's MAC was learned");
+    host1
+        .fail(lab_harness::Cmd::script("ping -c2 -W1 192.168.88.2").netns("c1"))
+        .await
+        .check();
+    assert!(
+        lab.counters("host1").drop_mac_limit >= 1,
+        "{:?}",
+        lab.counters("host1")
+    );
+    assert_eq!(
+        lab.switch().learned(lab.port("host1")),
+        [host1.mac()],
+        "only eth0's MAC was learned"
+    );
     host1.succeed("ping -c2 -W2 192.168.88.2").await.check();
     lab.shutdown().await.check();
 }
@@ -109,14 +201,26 @@ async fn a_mac_cap_of_one_drops_the_second_mac_and_keeps_the_first() {
 async fn pulling_a_cable_cuts_the_guest_off_until_it_is_plugged_back() {
     let lab = lan("lan-cable", &["host1", "peer"]).await;
     let host1 = lab.vm("host1");
-    host1.wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE).await.check();
+    host1
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE)
+        .await
+        .check();
 
     lab.cable("host1", false).await.check();
-    host1.wait_until_succeeds("ip link show eth0 | grep -q NO-CARRIER", Duration::from_secs(10)).await.check();
+    host1
+        .wait_until_succeeds(
+            "ip link show eth0 | grep -q NO-CARRIER",
+            Duration::from_secs(10),
+        )
+        .await
+        .check();
     host1.fail("ping -c2 -W1 192.168.88.2").await.check();
 
     lab.cable("host1", true).await.check();
-    host1.wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE).await.check();
+    host1
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE)
+        .await
+        .check();
     lab.shutdown().await.check();
 }
 
@@ -124,7 +228,10 @@ async fn pulling_a_cable_cuts_the_guest_off_until_it_is_plugged_back() {
 #[tokio::test]
 async fn the_switch_survives_garbage_and_a_vanishing_guest() {
     let lab = lan("lan-garbage", &["host1", "host2", "peer"]).await;
-    lab.vm("host1").wait_until_succeeds("ping -c1 -W1 192.168.88.3", SETTLE).await.check();
+    lab.vm("host1")
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.3", SETTLE)
+        .await
+        .check();
 
     let port = lab.switch().sockets(lab.port("host2")).switch.clone();
     let raw = std::os::unix::net::UnixDatagram::unbound().expect("socket");
@@ -134,18 +241,36 @@ async fn the_switch_survives_garbage_and_a_vanishing_guest() {
     // The switch handles datagrams on its own task: give it a moment to count them.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut c = lab.counters("host2");
-    while (c.drop_runt, c.drop_oversize, c.drop_bad_source) != (1, 1, 1) && std::time::Instant::now() < deadline {
+    while (c.drop_runt, c.drop_oversize, c.drop_bad_source) != (1, 1, 1)
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         c = lab.counters("host2");
     }
-    assert_eq!((c.drop_runt, c.drop_oversize, c.drop_bad_source), (1, 1, 1), "{c:?}");
+    assert_eq!(
+        (c.drop_runt, c.drop_oversize, c.drop_bad_source),
+        (1, 1, 1),
+        "{c:?}"
+    );
 
     // host2's QEMU dies while host1 is talking to it.
-    lab.vm("host1").run("ping -c50 -i0.05 -W1 192.168.88.2 >/dev/null &").await.check();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab.vm("host2").qemu_pid() as i32), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill host2");
-    lab.vm("host1").succeed("ping -c3 -i0.2 -W2 192.168.88.3").await.check();
-    lab.vm("peer").succeed("ping -c3 -i0.2 -W2 192.168.88.1").await.check();
+    lab.vm("host1")
+        .run("ping -c50 -i0.05 -W1 192.168.88.2 >/dev/null &")
+        .await
+        .check();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.vm("host2").qemu_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill host2");
+    lab.vm("host1")
+        .succeed("ping -c3 -i0.2 -W2 192.168.88.3")
+        .await
+        .check();
+    lab.vm("peer")
+        .succeed("ping -c3 -i0.2 -W2 192.168.88.1")
+        .await
+        .check();
     // Shutting down a guest whose QEMU is already gone is no error: it is off.
     lab.shutdown().await.check();
 }

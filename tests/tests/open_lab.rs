@@ -10,7 +10,10 @@ use lab_tests::{assets, Check};
 use rstest::rstest;
 
 fn lan(extras: Extras) -> ScriptLan {
-    ScriptLan { extras, ..ScriptLan::default() }
+    ScriptLan {
+        extras,
+        ..ScriptLan::default()
+    }
 }
 
 /// A directory with a bash program that checks what the guest has, and its sibling file.
@@ -18,7 +21,11 @@ fn user_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("lib")).expect("mkdir");
-    std::fs::write(dir.path().join("lib/common.sh"), "greeting=sibling-file-sourced\n").expect("write");
+    std::fs::write(
+        dir.path().join("lib/common.sh"),
+        "greeting=sibling-file-sourced\n",
+    )
+    .expect("write");
     let program = r#"#!/bin/bash
 set -e
 source ./lib/common.sh
@@ -32,9 +39,21 @@ echo "to stderr" >&2
 exit "${1:-0}"
 "#;
     std::fs::write(dir.path().join("check.sh"), program).expect("write");
-    std::fs::set_permissions(dir.path().join("check.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::write(dir.path().join("needs-python.sh"), "#!/usr/bin/python3\nprint('hi')\n").expect("write");
-    std::fs::set_permissions(dir.path().join("needs-python.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        dir.path().join("check.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::fs::write(
+        dir.path().join("needs-python.sh"),
+        "#!/usr/bin/python3\nprint('hi')\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(
+        dir.path().join("needs-python.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
     dir
 }
 
@@ -42,7 +61,10 @@ exit "${1:-0}"
 #[case::pass("0", Verdict::Pass)]
 #[case::kselftest_skip("4", Verdict::Skip)]
 #[tokio::test]
-async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(#[case] exit: &str, #[case] verdict: Verdict) {
+async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
+    #[case] exit: &str,
+    #[case] verdict: Verdict,
+) {
     let dir = user_dir();
     let extras = Extras {
         packages: vec!["jq".into(), "coreutils".into()],
@@ -53,15 +75,24 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(#
     };
     let mut streamed = (Vec::new(), Vec::new());
     let job = Job::Program(vec!["./check.sh".into(), exit.into()]);
-    let out = script::run(&assets(), &job, &lan(extras), |stream, bytes| match stream {
-        Stream::Stdout => streamed.0.extend_from_slice(bytes),
-        Stream::Stderr => streamed.1.extend_from_slice(bytes),
-    })
+    let out = script::run(
+        &assets(),
+        &job,
+        &lan(extras),
+        |stream, bytes| match stream {
+            Stream::Stdout => streamed.0.extend_from_slice(bytes),
+            Stream::Stderr => streamed.1.extend_from_slice(bytes),
+        },
+    )
     .await
     .check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.code, Some(exit.parse().expect("code")), "the exit code comes back as is\n{stdout}\n{stderr}");
+    assert_eq!(
+        out.code,
+        Some(exit.parse().expect("code")),
+        "the exit code comes back as is\n{stdout}\n{stderr}"
+    );
     assert_eq!(out.verdict(), verdict);
     for line in [
         "sibling-file-sourced in /lab by bash 5",
@@ -73,32 +104,56 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(#
         "GNU date",
         "cpus 2 memory ",
     ] {
-        assert!(stdout.contains(line), "missing {line:?} in stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains(line),
+            "missing {line:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
     }
     assert_eq!(stderr.trim(), "to stderr", "stderr stays apart from stdout");
     assert!(!stdout.contains("to stderr"));
-    assert_eq!((streamed.0, streamed.1), (out.stdout.clone(), out.stderr.clone()), "what streamed is what came back");
+    assert_eq!(
+        (streamed.0, streamed.1),
+        (out.stdout.clone(), out.stderr.clone()),
+        "what streamed is what came back"
+    );
 }
 
 #[rstest]
 #[tokio::test]
 async fn a_script_runs_by_its_shebang_and_without_one_by_sh() {
     let bash = Job::Script("#!/bin/bash\necho \"${BASH_VERSION%%.*}\"\n".into());
-    let out = script::run(&assets(), &bash, &lan(Extras::default()), |_, _| {}).await.check();
+    let out = script::run(&assets(), &bash, &lan(Extras::default()), |_, _| {})
+        .await
+        .check();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5", "{out:?}");
     let sh = Job::Script("echo \"[${BASH_VERSION:-dash}]\"\n".into());
-    let out = script::run(&assets(), &sh, &lan(Extras::default()), |_, _| {}).await.check();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[dash]", "{out:?}");
+    let out = script::run(&assets(), &sh, &lan(Extras::default()), |_, _| {})
+        .await
+        .check();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[dash]",
+        "{out:?}"
+    );
 }
 
 #[rstest]
 #[tokio::test]
 async fn a_missing_interpreter_is_named_with_the_fix() {
     let dir = user_dir();
-    let extras = Extras { dir: Some(dir.path().to_path_buf()), ..Extras::default() };
+    let extras = Extras {
+        dir: Some(dir.path().to_path_buf()),
+        ..Extras::default()
+    };
     let job = Job::Program(vec!["./needs-python.sh".into()]);
-    let err = script::run(&assets(), &job, &lan(extras), |_, _| {}).await.expect_err("no python in the guest").to_string();
-    assert!(err.contains("/usr/bin/python3") && err.contains("--package"), "{err}");
+    let err = script::run(&assets(), &job, &lan(extras), |_, _| {})
+        .await
+        .expect_err("no python in the guest")
+        .to_string();
+    assert!(
+        err.contains("/usr/bin/python3") && err.contains("--package"),
+        "{err}"
+    );
 }
 
 /// Bad requests fail at once, naming the cause and the fix, before any guest boots.
@@ -110,13 +165,21 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
 #[case::cpus(Extras { cpus: Some(0), ..Extras::default() }, &["0 CPUs", "--cpus"])]
 fn bad_extras_are_refused_before_anything_boots(#[case] extras: Extras, #[case] said: &[&str]) {
     let started = std::time::Instant::now();
-    let err = assets().vm_with("host1", &extras).expect_err("must be refused");
-    assert!(matches!(err, Error::Invalid { .. } | Error::Image(_)), "{err:?}");
+    let err = assets()
+        .vm_with("host1", &extras)
+        .expect_err("must be refused");
+    assert!(
+        matches!(err, Error::Invalid { .. } | Error::Image(_)),
+        "{err:?}"
+    );
     let text = err.to_string();
     for s in said {
         assert!(text.contains(s), "{s:?} not in: {text}");
     }
-    assert!(started.elapsed() < Duration::from_secs(60), "refused without booting");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "refused without booting"
+    );
 }
 
 /// The selftests `cargo xtask selftests` unpacked (from Debian's linux-source-6.12).
@@ -124,7 +187,12 @@ fn selftests() -> PathBuf {
     let dir = std::env::var_os("LAB_SELFTESTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
-    assert!(dir.join("drivers/net/bonding/bond_macvlan_ipvlan.sh").is_file(), "no bonding selftest in {}", dir.display());
+    assert!(
+        dir.join("drivers/net/bonding/bond_macvlan_ipvlan.sh")
+            .is_file(),
+        "no bonding selftest in {}",
+        dir.display()
+    );
     dir
 }
 
@@ -141,13 +209,27 @@ fn assets_of(id: &str) -> Assets {
 #[case::debian_6_12("debian-6.12")]
 #[tokio::test]
 async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kernel: &str) {
-    let extras = Extras { packages: vec!["jq".into(), "coreutils".into()], dir: Some(selftests()), memory_mib: Some(512), ..Extras::default() };
-    let on = ScriptLan { extras, timeout: Duration::from_secs(600), ..ScriptLan::default() };
+    let extras = Extras {
+        packages: vec!["jq".into(), "coreutils".into()],
+        dir: Some(selftests()),
+        memory_mib: Some(512),
+        ..Extras::default()
+    };
+    let on = ScriptLan {
+        extras,
+        timeout: Duration::from_secs(600),
+        ..ScriptLan::default()
+    };
     let job = Job::Program(vec!["drivers/net/bonding/bond_macvlan_ipvlan.sh".into()]);
-    let out = script::run(&assets_of(kernel), &job, &on, |_, _| {}).await.check();
+    let out = script::run(&assets_of(kernel), &job, &on, |_, _| {})
+        .await
+        .check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let ok = stdout.lines().filter(|l| l.contains("[ OK ]")).count();
-    let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("[FAIL]") || l.contains("[SKIP]")).collect();
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("[FAIL]") || l.contains("[SKIP]"))
+        .collect();
     assert!(
         out.success() && ok == 96 && failed.is_empty(),
         "exit {:?}, {ok} OK, not OK: {failed:?}\n{stdout}\n{}",

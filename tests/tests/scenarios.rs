@@ -34,13 +34,20 @@ async fn scenario_behaves_as_expected(#[case] name: &str) {
         image: String::new(),
         packages: Vec::new(),
     });
-    assert!(report.passed, "{name} did not behave as expected:\n{table}{}", report.error.unwrap_or_default());
+    assert!(
+        report.passed,
+        "{name} did not behave as expected:\n{table}{}",
+        report.error.unwrap_or_default()
+    );
 }
 
 #[test]
 fn every_scenario_with_expectations_is_tested_here() {
     let listed = include_str!("scenarios.rs");
     for name in lab_scenarios::expectations::scenario_names() {
-        assert!(listed.contains(&format!("(\"{name}\")")), "scenario {name} has no test case");
+        assert!(
+            listed.contains(&format!("(\"{name}\")")),
+            "scenario {name} has no test case"
+        );
     }
 }

@@ -5,7 +5,11 @@ use lab_harness::{BootKind, Cmd, Vm};
 use lab_tests::{assets, Check};
 
 /// A guest of the base shape whose snapshots live in `store` (a test's own, empty at first).
-fn in_store(assets: &lab_harness::Assets, store: &std::path::Path, name: &str) -> lab_harness::VmConfig {
+fn in_store(
+    assets: &lab_harness::Assets,
+    store: &std::path::Path,
+    name: &str,
+) -> lab_harness::VmConfig {
     let mut cfg = assets.vm(name);
     cfg.snapshots = Some(store.to_path_buf());
     cfg
@@ -31,21 +35,68 @@ async fn clones_of_one_snapshot_restore_fast_and_are_not_twins() {
     let (a, b) = tokio::join!(Vm::boot(shaped("clone-a")), Vm::boot(shaped("clone-b")));
     let (a, b) = (a.check(), b.check());
     for vm in [&a, &b] {
-        assert_eq!(vm.boot_kind(), &BootKind::Restored, "{} restored", vm.name());
+        assert_eq!(
+            vm.boot_kind(),
+            &BootKind::Restored,
+            "{} restored",
+            vm.name()
+        );
     }
     let (ia, ib) = (identity(&a).await, identity(&b).await);
     assert_ne!(ia[0], ib[0], "/dev/urandom differs between clones");
     assert_ne!(ia[1], ib[1], "UUIDs differ");
     assert_ne!(ia[2], ib[2], "new macvlans get different MACs");
     for (vm, id) in [(&a, &ia), (&b, &ib)] {
-        assert_eq!(id[3], vm.mac().to_string(), "{}'s eth0 has its own MAC", vm.name());
+        assert_eq!(
+            id[3],
+            vm.mac().to_string(),
+            "{}'s eth0 has its own MAC",
+            vm.name()
+        );
         let filter = vm.qmp().rx_filter().await.check();
-        assert_eq!(filter.main_mac, vm.mac().to_string(), "QEMU agrees with {}'s eth0", vm.name());
+        assert_eq!(
+            filter.main_mac,
+            vm.mac().to_string(),
+            "QEMU agrees with {}'s eth0",
+            vm.name()
+        );
         assert_eq!(id[4], vm.name(), "its own hostname");
     }
-    let skew = a.succeed("date +%s").await.check().trim().parse::<i64>().expect("seconds");
-    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
-    assert!((skew - host).abs() <= 2, "the clone has the host's time: {skew} vs {host}");
+    // Both map the snapshot's memory file copy-on-write, so they share its pages; its zero
+    // pages are holes, not disk blocks.
+    let memory = only_snapshot(store.path()).join("memory");
+    for vm in [&a, &b] {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", vm.qemu_pid())).expect("maps");
+        let mapping = maps
+            .lines()
+            .find(|l| l.ends_with(&*memory.to_string_lossy()))
+            .unwrap_or_else(|| panic!("{} maps {}: {maps}", vm.name(), memory.display()));
+        assert_eq!(
+            mapping.split_whitespace().nth(1),
+            Some("rw-p"),
+            "a private mapping: {mapping}"
+        );
+    }
+    let meta = std::fs::metadata(&memory).expect("memory");
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < meta.len() / 2,
+        "zero pages punched out: {meta:?}"
+    );
+    let skew = a
+        .succeed("date +%s")
+        .await
+        .check()
+        .trim()
+        .parse::<i64>()
+        .expect("seconds");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(
+        (skew - host).abs() <= 2,
+        "the clone has the host's time: {skew} vs {host}"
+    );
     for vm in [first, a, b] {
         vm.shutdown().await.check();
     }
@@ -53,29 +104,51 @@ async fn clones_of_one_snapshot_restore_fast_and_are_not_twins() {
 
 /// The snapshot directory of the one shape in `store`.
 fn only_snapshot(store: &std::path::Path) -> std::path::PathBuf {
-    let dirs: Vec<_> = std::fs::read_dir(store).expect("store").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let dirs: Vec<_> = std::fs::read_dir(store)
+        .expect("store")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     assert_eq!(dirs.len(), 1, "one shape, one snapshot: {dirs:?}");
     dirs[0].clone()
 }
 
 #[rstest::rstest]
-#[case::cut_short("cut short")]
-#[case::damaged("restoring snapshot")]
+#[case::state_cut_short("state", "cut short")]
+#[case::memory_cut_short("memory", "cut short")]
+#[case::state_damaged("state", "restoring snapshot")]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_broken_snapshot_is_named_booted_around_and_taken_again(#[case] damage: &str) {
+async fn a_broken_snapshot_is_named_booted_around_and_taken_again(
+    #[case] file: &str,
+    #[case] damage: &str,
+) {
     let assets = assets();
     let store = tempfile::tempdir().expect("tempdir");
     let shaped = |name: &str| in_store(&assets, store.path(), name);
-    Vm::boot(shaped("taker")).await.check().shutdown().await.check();
-    let state = only_snapshot(store.path()).join("state");
+    Vm::boot(shaped("taker"))
+        .await
+        .check()
+        .shutdown()
+        .await
+        .check();
+    let state = only_snapshot(store.path()).join(file);
     let len = std::fs::metadata(&state).expect("state").len();
     if damage == "cut short" {
         // An earlier run killed while writing it, or a full disk.
-        std::fs::OpenOptions::new().write(true).open(&state).expect("open").set_len(len / 2).expect("truncate");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&state)
+            .expect("open")
+            .set_len(len / 2)
+            .expect("truncate");
     } else {
         // The right size, wrong contents: only QEMU can tell, by failing to load it.
         use std::io::{Seek, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&state).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&state)
+            .expect("open");
         f.seek(std::io::SeekFrom::Start(0)).expect("seek");
         f.write_all(&[0xff; 4096]).expect("scribble");
     }
@@ -83,16 +156,34 @@ async fn a_broken_snapshot_is_named_booted_around_and_taken_again(#[case] damage
     match survivor.boot_kind() {
         BootKind::Fallback(why) => {
             assert!(why.contains(damage), "the reason names the damage: {why}");
-            assert!(why.contains(&only_snapshot(store.path()).display().to_string()), "and the file: {why}");
+            assert!(
+                damage != "cut short" || why.contains(file),
+                "and which file: {why}"
+            );
+            assert!(
+                why.contains(&only_snapshot(store.path()).display().to_string()),
+                "and the file: {why}"
+            );
         }
         other => panic!("a broken snapshot was not noticed: {other:?}"),
     }
-    assert_eq!(survivor.succeed("hostname").await.check().trim(), "survivor");
+    assert_eq!(
+        survivor.succeed("hostname").await.check().trim(),
+        "survivor"
+    );
     survivor.shutdown().await.check();
     // Taken again whole (its size as recorded), and the next guest restores it.
     let snapshot = only_snapshot(store.path());
-    let meta: lab_harness::snapshot::Meta = serde_json::from_slice(&std::fs::read(snapshot.join("meta.json")).expect("meta")).expect("meta json");
-    assert_eq!(std::fs::metadata(snapshot.join("state")).expect("state").len(), meta.size, "retaken whole");
+    let meta: lab_harness::snapshot::Meta =
+        serde_json::from_slice(&std::fs::read(snapshot.join("meta.json")).expect("meta"))
+            .expect("meta json");
+    assert_eq!(
+        std::fs::metadata(snapshot.join("state"))
+            .expect("state")
+            .len(),
+        meta.size,
+        "retaken whole"
+    );
     assert_eq!(meta.taken_from, "survivor");
     let next = Vm::boot(shaped("next")).await.check();
     assert_eq!(next.boot_kind(), &BootKind::Restored);
@@ -106,7 +197,10 @@ async fn without_a_store_every_guest_boots_its_kernel() {
     let vm = Vm::boot(cfg).await.check();
     assert_eq!(vm.boot_kind(), &BootKind::Cold);
     let dmesg = vm.succeed("dmesg | head -1").await.check();
-    assert!(dmesg.contains("Linux version"), "a kernel that booted here: {dmesg}");
+    assert!(
+        dmesg.contains("Linux version"),
+        "a kernel that booted here: {dmesg}"
+    );
     vm.shutdown().await.check();
 }
 
@@ -116,14 +210,33 @@ async fn guests_of_a_new_shape_booting_together_make_one_snapshot() {
     let store = tempfile::tempdir().expect("tempdir");
     let shaped = |name: &str| in_store(&assets, store.path(), name);
     // Each takes the shape's lock on a file descriptor of its own, as separate processes do.
-    let (a, b, c) = tokio::join!(Vm::boot(shaped("a")), Vm::boot(shaped("b")), Vm::boot(shaped("c")));
+    let (a, b, c) = tokio::join!(
+        Vm::boot(shaped("a")),
+        Vm::boot(shaped("b")),
+        Vm::boot(shaped("c"))
+    );
     let vms = [a.check(), b.check(), c.check()];
-    let mut kinds: Vec<String> = vms.iter().map(|vm| format!("{:?}", vm.boot_kind())).collect();
+    let mut kinds: Vec<String> = vms
+        .iter()
+        .map(|vm| format!("{:?}", vm.boot_kind()))
+        .collect();
     kinds.sort();
-    assert_eq!(kinds, ["Cold", "Restored", "Restored"], "one guest took the snapshot, the others waited for it");
+    assert_eq!(
+        kinds,
+        ["Cold", "Restored", "Restored"],
+        "one guest took the snapshot, the others waited for it"
+    );
     let snapshot = only_snapshot(store.path());
-    let leftovers: Vec<_> = std::fs::read_dir(store.path()).expect("store").flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with(".taking")).collect();
-    assert!(leftovers.is_empty(), "no half-made snapshot left: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(store.path())
+        .expect("store")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".taking"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no half-made snapshot left: {leftovers:?}"
+    );
     assert!(snapshot.join("meta.json").is_file());
     for vm in vms {
         vm.shutdown().await.check();

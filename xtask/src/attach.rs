@@ -35,7 +35,10 @@ pub(crate) fn exit_code(out: &lab_harness::RunOutput) -> i32 {
 
 /// A root bash on a guest's terminal, the same for `lab shell` and `lab attach`.
 pub(crate) fn guest_shell(cwd: &str, term: &str) -> Cmd {
-    Cmd::argv(["/bin/bash", "-i"]).cwd(cwd).env("TERM", term).env("PS1", "\\u@\\h:\\w\\$ ")
+    Cmd::argv(["/bin/bash", "-i"])
+        .cwd(cwd)
+        .env("TERM", term)
+        .env("PS1", "\\u@\\h:\\w\\$ ")
 }
 
 /// The running shell's side: the control socket, removed with its directory on drop.
@@ -49,12 +52,22 @@ impl Control {
     /// Opens the control socket for `lab` (call inside the runtime).
     pub(crate) fn open(lab: &Lab) -> anyhow::Result<Self> {
         // 0700: nobody else can reach the socket, whatever the umask.
-        let dir = lab_harness::rundirs::create("shell", None).context("creating the shell's control directory")?;
-        let listener = UnixListener::bind(dir.path().join(SOCKET)).context("opening the shell's control socket")?;
-        let hosts: Vec<_> = lab.vms().iter().map(|vm| serde_json::json!({ "name": vm.name(), "ip": lab.ip(vm.name()) })).collect();
+        let dir = lab_harness::rundirs::create("shell", None)
+            .context("creating the shell's control directory")?;
+        let listener = UnixListener::bind(dir.path().join(SOCKET))
+            .context("opening the shell's control socket")?;
+        let hosts: Vec<_> = lab
+            .vms()
+            .iter()
+            .map(|vm| serde_json::json!({ "name": vm.name(), "ip": lab.ip(vm.name()) }))
+            .collect();
         let about = serde_json::json!({ "pid": std::process::id(), "hosts": hosts });
-        std::fs::write(dir.path().join(ABOUT), about.to_string()).context("writing the shell's lab.json")?;
-        Ok(Self { _dir: dir, listener })
+        std::fs::write(dir.path().join(ABOUT), about.to_string())
+            .context("writing the shell's lab.json")?;
+        Ok(Self {
+            _dir: dir,
+            listener,
+        })
     }
 
     /// Serves `lab attach` connections, each on a shell of its own, until dropped (when the lab
@@ -82,7 +95,11 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
     let mut from = Lines::new(read);
     let mut to = Sender(write);
     let Some(ToShell::Attach { host, size, term }) = from.next::<ToShell>().await? else {
-        return to.send(&ToAttach::Refused { reason: "the first message must say which host to attach to".into() }).await;
+        return to
+            .send(&ToAttach::Refused {
+                reason: "the first message must say which host to attach to".into(),
+            })
+            .await;
     };
     let Some(vm) = lab.vms().iter().find(|vm| vm.name() == host) else {
         let names: Vec<_> = lab.vms().iter().map(|vm| vm.name()).collect();
@@ -91,9 +108,19 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
     };
     let mut session = match vm.interactive(guest_shell("/root", &term), size).await {
         Ok(session) => session,
-        Err(e) => return to.send(&ToAttach::Refused { reason: format!("could not start a shell on {host}: {e}") }).await,
+        Err(e) => {
+            return to
+                .send(&ToAttach::Refused {
+                    reason: format!("could not start a shell on {host}: {e}"),
+                })
+                .await
+        }
     };
-    to.send(&ToAttach::Attached { ip: lab.ip(&host), host }).await?;
+    to.send(&ToAttach::Attached {
+        ip: lab.ip(&host),
+        host,
+    })
+    .await?;
     loop {
         tokio::select! {
             out = session.output() => match out {
@@ -117,7 +144,10 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
         }
     }
     let out = session.finish().await?;
-    to.send(&ToAttach::Ended { code: exit_code(&out) }).await
+    to.send(&ToAttach::Ended {
+        code: exit_code(&out),
+    })
+    .await
 }
 
 /// `lab attach`: finds the running shell, joins it, relays this terminal until the attached
@@ -129,23 +159,47 @@ pub fn run(host: &str, pid: Option<u32>) -> anyhow::Result<()> {
     // The thread reading our stdin may still be blocked in a read: do not wait for it.
     rt.shutdown_background();
     let code = code?;
-    say(&format!("\r\nlab: detached from {host}; the lab runs on in its shell (pid {})", shell.pid));
+    say(&format!(
+        "\r\nlab: detached from {host}; the lab runs on in its shell (pid {})",
+        shell.pid
+    ));
     std::process::exit(code);
 }
 
 async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
     let socket = shell.dir.join(SOCKET);
-    let stream = UnixStream::connect(&socket).await.with_context(|| format!("connecting to the lab shell of pid {} at {}", shell.pid, socket.display()))?;
+    let stream = UnixStream::connect(&socket).await.with_context(|| {
+        format!(
+            "connecting to the lab shell of pid {} at {}",
+            shell.pid,
+            socket.display()
+        )
+    })?;
     let (read, write) = stream.into_split();
-    let mut remote = Attached { from: Lines::new(read), to: Sender(write), ended: None, shell_pid: shell.pid };
-    remote.to.send(&ToShell::Attach { host: host.into(), size: terminal::size(), term: terminal::kind() }).await?;
+    let mut remote = Attached {
+        from: Lines::new(read),
+        to: Sender(write),
+        ended: None,
+        shell_pid: shell.pid,
+    };
+    remote
+        .to
+        .send(&ToShell::Attach {
+            host: host.into(),
+            size: terminal::size(),
+            term: terminal::kind(),
+        })
+        .await?;
     match remote.from.next::<ToAttach>().await? {
         Some(ToAttach::Attached { host, ip }) => {
             say(&format!("lab: attached to {host} ({ip}/24 on eth0) of the lab shell of pid {}; `exit` detaches", shell.pid));
         }
         Some(ToAttach::Refused { reason }) => bail!("{reason}"),
         Some(other) => bail!("the lab shell answered {other:?} instead of attaching"),
-        None => bail!("the lab shell of pid {} closed the connection (is it ending?)", shell.pid),
+        None => bail!(
+            "the lab shell of pid {} closed the connection (is it ending?)",
+            shell.pid
+        ),
     }
     terminal::relay(remote).await
 }
@@ -174,7 +228,11 @@ impl Remote for Attached {
     }
 
     async fn input(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.to.send(&ToShell::Input { data: data.to_vec() }).await
+        self.to
+            .send(&ToShell::Input {
+                data: data.to_vec(),
+            })
+            .await
     }
 
     async fn resize(&mut self, size: TtySize) -> anyhow::Result<()> {
@@ -182,7 +240,12 @@ impl Remote for Attached {
     }
 
     async fn finish(self) -> anyhow::Result<i32> {
-        self.ended.with_context(|| format!("the lab shell (pid {}) ended, and its guests with it", self.shell_pid))
+        self.ended.with_context(|| {
+            format!(
+                "the lab shell (pid {}) ended, and its guests with it",
+                self.shell_pid
+            )
+        })
     }
 }
 
@@ -198,10 +261,9 @@ struct Found {
 fn find(pid: Option<u32>) -> anyhow::Result<Found> {
     let mut shells = running_shells();
     if let Some(pid) = pid {
-        return shells
-            .into_iter()
-            .find(|s| s.pid == pid)
-            .with_context(|| format!("no lab shell of pid {pid} is running (leave out --pid to pick the only one)"));
+        return shells.into_iter().find(|s| s.pid == pid).with_context(|| {
+            format!("no lab shell of pid {pid} is running (leave out --pid to pick the only one)")
+        });
     }
     match shells.len() {
         0 => bail!("no lab shell is running: start one in another terminal with `cargo xtask lab shell --hosts 2`, then attach to it"),
@@ -216,17 +278,30 @@ fn find(pid: Option<u32>) -> anyhow::Result<Found> {
 /// This user's control directories whose shell process is alive, by pid: the lab directories
 /// that hold a `lab.json`.
 fn running_shells() -> Vec<Found> {
-    let mut found: Vec<Found> = lab_harness::rundirs::ours().iter().filter_map(|dir| about(dir)).filter(|s| lab_harness::rundirs::alive(s.pid)).collect();
+    let mut found: Vec<Found> = lab_harness::rundirs::ours()
+        .iter()
+        .filter_map(|dir| about(dir))
+        .filter(|s| lab_harness::rundirs::alive(s.pid))
+        .collect();
     found.sort_by_key(|s| s.pid);
     found
 }
 
 /// What `lab.json` in `dir` says, if it says it.
 fn about(dir: &Path) -> Option<Found> {
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(ABOUT)).ok()?).ok()?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(ABOUT)).ok()?).ok()?;
     let pid = u32::try_from(json["pid"].as_u64()?).ok()?;
-    let hosts = json["hosts"].as_array()?.iter().filter_map(|h| h["name"].as_str().map(String::from)).collect();
-    Some(Found { dir: dir.to_path_buf(), pid, hosts })
+    let hosts = json["hosts"]
+        .as_array()?
+        .iter()
+        .filter_map(|h| h["name"].as_str().map(String::from))
+        .collect();
+    Some(Found {
+        dir: dir.to_path_buf(),
+        pid,
+        hosts,
+    })
 }
 
 /// Messages in, one JSON line each. Keeps a partly read line across calls, so that reading can
@@ -238,13 +313,19 @@ struct Lines {
 
 impl Lines {
     fn new(read: OwnedReadHalf) -> Self {
-        Self { reader: BufReader::new(read), buf: Vec::new() }
+        Self {
+            reader: BufReader::new(read),
+            buf: Vec::new(),
+        }
     }
 
     /// The next message; `None` when the other side closed the connection.
     async fn next<T: DeserializeOwned>(&mut self) -> anyhow::Result<Option<T>> {
         // read_until appends what it has read even when cancelled, so a retry resumes the line.
-        let n = (&mut self.reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut self.buf).await?;
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .await?;
         if n == 0 && self.buf.is_empty() {
             return Ok(None);
         }
@@ -259,6 +340,9 @@ struct Sender(OwnedWriteHalf);
 
 impl Sender {
     async fn send<T: serde::Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
-        self.0.write_all(&lab_proto::encode(msg)).await.context("writing to the control socket")
+        self.0
+            .write_all(&lab_proto::encode(msg))
+            .await
+            .context("writing to the control socket")
     }
 }

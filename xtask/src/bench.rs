@@ -55,21 +55,44 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // A store of this bench's own: its first guest takes the snapshot, the rest restore it.
     let store = tempfile::tempdir()?;
     let first = boots(&rt, &assets, args, "first", 1, 1, Some(store.path()))?;
-    let restored = boots(&rt, &assets, args, "restore", args.restores, parallel, Some(store.path()))?;
+    let restored = boots(
+        &rt,
+        &assets,
+        args,
+        "restore",
+        args.restores,
+        parallel,
+        Some(store.path()),
+    )?;
     report("restore", &restored);
     let eight = boots(&rt, &assets, args, "eight", 8, 8, Some(store.path()))?;
     report("restore, 8 at once", &eight);
-    let snapshot = std::fs::read_dir(store.path())?.flatten().find(|e| e.path().is_dir()).map(|e| e.path().join("state"));
-    let size = snapshot.and_then(|s| std::fs::metadata(s).ok()).map_or(0, |m| m.len());
+    // On disk: the memory file's blocks (its zero pages are holes) and the device state.
+    let snapshot = std::fs::read_dir(store.path())?
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .map(|e| e.path());
+    let on_disk = |file: &str| {
+        snapshot
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s.join(file)).ok())
+            .map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+    };
+    let (memory, state) = (on_disk("memory"), on_disk("state"));
     println!(
-        "restore vs cold boot: {:.1}x faster (median {:.2?} against {:.2?}); first guest of the shape (boots cold, takes the {:.0} MiB snapshot): {:.2?}",
+        "restore vs cold boot: {:.1}x faster (median {:.2?} against {:.2?}); first guest of the shape (boots cold, takes the snapshot: {:.0} MiB of memory, {:.0} KiB of device state): {:.2?}",
         pct(&cold.times, 50).as_secs_f64() / pct(&restored.times, 50).as_secs_f64().max(1e-6),
         pct(&restored.times, 50),
         pct(&cold.times, 50),
-        size as f64 / 1048576.0,
+        memory as f64 / 1048576.0,
+        state as f64 / 1024.0,
         first.times.first().copied().unwrap_or_default(),
     );
-    println!("image: {:.1} MiB ({})", assets.image.size as f64 / 1048576.0, assets.image.path.display());
+    println!(
+        "image: {:.1} MiB ({})",
+        assets.image.size as f64 / 1048576.0,
+        assets.image.path.display()
+    );
     if let Ok(nest) = assets.nest_vm("nest", 1) {
         let nest_store = tempfile::tempdir()?;
         let timed_nest = |name: &str| -> anyhow::Result<(Duration, lab_harness::BootKind)> {
@@ -80,7 +103,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         };
         let (cold_nest, _) = timed_nest("nest-cold")?;
         let (restored_nest, kind) = timed_nest("nest-restore")?;
-        println!("nest guest ({} MiB): cold {cold_nest:.2?}, restored {restored_nest:.2?} ({kind:?})", nest.memory_mib);
+        println!(
+            "nest guest ({} MiB): cold {cold_nest:.2?}, restored {restored_nest:.2?} ({kind:?})",
+            nest.memory_mib
+        );
     }
     lab_run(&assets_path)?;
     rt.block_on(crate::bench_switch::alone(200_000))?;
@@ -102,14 +128,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 struct Boots {
     times: Vec<Duration>,
     rss_kib: Vec<u64>,
+    /// Proportional set size: a page shared by n guests counts 1/n in each.
+    pss_kib: Vec<u64>,
     retried: usize,
     /// Guests that should have restored and booted cold instead, with why.
     fallbacks: Vec<String>,
 }
 
 /// Boots `n` guests, `parallel` at a time, from `store`'s snapshots or (`None`) cold.
-fn boots(rt: &tokio::runtime::Runtime, assets: &Assets, args: &BenchArgs, label: &str, n: usize, parallel: usize, store: Option<&std::path::Path>) -> anyhow::Result<Boots> {
-    let mut out = Boots { times: Vec::new(), rss_kib: Vec::new(), retried: 0, fallbacks: Vec::new() };
+fn boots(
+    rt: &tokio::runtime::Runtime,
+    assets: &Assets,
+    args: &BenchArgs,
+    label: &str,
+    n: usize,
+    parallel: usize,
+    store: Option<&std::path::Path>,
+) -> anyhow::Result<Boots> {
+    let mut out = Boots {
+        times: Vec::new(),
+        rss_kib: Vec::new(),
+        pss_kib: Vec::new(),
+        retried: 0,
+        fallbacks: Vec::new(),
+    };
     for round in 0..n.div_ceil(parallel) {
         let vms = rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
@@ -134,23 +176,29 @@ fn boots(rt: &tokio::runtime::Runtime, assets: &Assets, args: &BenchArgs, label:
                 out.fallbacks.push(why.clone());
             }
             out.times.push(took);
-            out.rss_kib.push(rss(vm.qemu_pid()));
+            // Measured while the whole round is up, so shared pages show as shared.
+            out.rss_kib
+                .push(memory_kib(vm.qemu_pid(), "status", "VmRSS:"));
+            out.pss_kib
+                .push(memory_kib(vm.qemu_pid(), "smaps_rollup", "Pss:"));
             rt.block_on(vm.shutdown())?;
         }
     }
     out.times.sort();
     out.rss_kib.sort();
+    out.pss_kib.sort();
     Ok(out)
 }
 
 fn report(what: &str, b: &Boots) {
     println!(
-        "{what}: {} guests, median {:.2?}, p95 {:.2?}, max {:.2?}; QEMU RSS median {} MiB; retried after a hang {}; fell back to a cold boot {}{}",
+        "{what}: {} guests, median {:.2?}, p95 {:.2?}, max {:.2?}; QEMU RSS median {} MiB (PSS {} MiB); retried after a hang {}; fell back to a cold boot {}{}",
         b.times.len(),
         pct(&b.times, 50),
         pct(&b.times, 95),
         pct(&b.times, 100),
         pct(&b.rss_kib, 50) / 1024,
+        pct(&b.pss_kib, 50) / 1024,
         b.retried,
         b.fallbacks.len(),
         b.fallbacks.first().map(|w| format!(" (first: {w})")).unwrap_or_default(),
@@ -171,7 +219,11 @@ fn lab_run(assets_path: &std::path::Path) -> anyhow::Result<()> {
             .env(lab_harness::assets::ENV_ASSETS, assets_path)
             .env(lab_harness::snapshot::ENV_SNAPSHOT, snapshot)
             .output()?;
-        anyhow::ensure!(out.status.success(), "lab run failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "lab run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(started.elapsed())
     };
     time("on")?; // the shape's snapshot exists from here on
@@ -193,9 +245,24 @@ async fn nested(assets: &Assets) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let report = lab_scenarios::run("nested/macvtap-bridge", assets).await;
     let took = started.elapsed();
-    anyhow::ensure!(report.passed, "nested/macvtap-bridge failed: {:?}", report.error.or_else(|| Some(format!("{:?}", report.checks))));
-    let accel = report.checks.iter().find(|c| c.name == "inner accelerator").map(|c| c.observed.clone()).unwrap_or_default();
-    let nest = assets.nest.as_ref().map(|n| n.size as f64 / 1048576.0).unwrap_or_default();
+    anyhow::ensure!(
+        report.passed,
+        "nested/macvtap-bridge failed: {:?}",
+        report
+            .error
+            .or_else(|| Some(format!("{:?}", report.checks)))
+    );
+    let accel = report
+        .checks
+        .iter()
+        .find(|c| c.name == "inner accelerator")
+        .map(|c| c.observed.clone())
+        .unwrap_or_default();
+    let nest = assets
+        .nest
+        .as_ref()
+        .map(|n| n.size as f64 / 1048576.0)
+        .unwrap_or_default();
     println!("nested/macvtap-bridge from boot to end: {took:.1?}; inner VMs: {accel}; nest image {nest:.1} MiB");
     Ok(())
 }
@@ -215,8 +282,10 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
     // Sets apt up on the lab's cache (the package lists stay warm: only layers and .debs go cold).
     assets.package_layer(&packages)?;
     let cold_cache = tempfile::tempdir()?;
-    let (layer, cold) = timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
-    let (_, warm) = timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
+    let (layer, cold) =
+        timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
+    let (_, warm) =
+        timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
     println!(
         "--package {} ({} packages, {:.1} MiB layer): cold cache {cold:.2?}, warm {warm:.2?} ({:.0}x faster warm)",
         packages.join(","),
@@ -234,7 +303,11 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
     let (cpio, took) = timed(|| lab_rootfs::layers::directory(dir.path()))?;
     println!("--dir of {DIR_FILES} files ({:.1} MiB archived): {took:.2?} per run (not cached: archiving is the lookup)", cpio.len() as f64 / 1048576.0);
 
-    let with = Extras { packages, dir: Some(dir.path().to_path_buf()), ..Extras::default() };
+    let with = Extras {
+        packages,
+        dir: Some(dir.path().to_path_buf()),
+        ..Extras::default()
+    };
     let (mut plain, mut extra) = (Vec::new(), Vec::new());
     for i in 0..pairs {
         plain.push(boot_to_ready(rt, || Ok(assets.vm(&format!("plain{i}"))))?.0);
@@ -249,7 +322,10 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
 
 /// Boots the guest `cfg` makes, from before `cfg` runs to the agent's answer, and shuts it
 /// down; how long it took and how it came up.
-fn boot_to_ready(rt: &tokio::runtime::Runtime, cfg: impl FnOnce() -> anyhow::Result<lab_harness::VmConfig>) -> anyhow::Result<(Duration, lab_harness::BootKind)> {
+fn boot_to_ready(
+    rt: &tokio::runtime::Runtime,
+    cfg: impl FnOnce() -> anyhow::Result<lab_harness::VmConfig>,
+) -> anyhow::Result<(Duration, lab_harness::BootKind)> {
     let started = Instant::now();
     let mut cfg = cfg()?;
     cfg.boot_attempts = 1;
@@ -260,7 +336,9 @@ fn boot_to_ready(rt: &tokio::runtime::Runtime, cfg: impl FnOnce() -> anyhow::Res
     Ok((took, kind))
 }
 
-fn timed<T, E: Into<anyhow::Error>>(f: impl FnOnce() -> Result<T, E>) -> anyhow::Result<(T, Duration)> {
+fn timed<T, E: Into<anyhow::Error>>(
+    f: impl FnOnce() -> Result<T, E>,
+) -> anyhow::Result<(T, Duration)> {
     let started = Instant::now();
     let out = f().map_err(Into::into)?;
     Ok((out, started.elapsed()))
@@ -273,12 +351,12 @@ fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {
     sorted[((sorted.len() - 1) * p).div_ceil(100)]
 }
 
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// A `KiB` figure of `/proc/PID/<file>`, the line starting with `field`.
+fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
-

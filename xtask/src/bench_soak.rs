@@ -20,7 +20,12 @@ struct Soak {
 
 /// `n` guests in rounds of [`AT_ONCE`], each booted (restored, or cold with `store` `None`),
 /// asked a command, powered off; then the leak check.
-pub fn soak(rt: &tokio::runtime::Runtime, assets: &Assets, n: usize, store: Option<&std::path::Path>) -> anyhow::Result<()> {
+pub fn soak(
+    rt: &tokio::runtime::Runtime,
+    assets: &Assets,
+    n: usize,
+    store: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let mode = if store.is_some() { "restored" } else { "cold" };
     let before = crate::leaks::Snapshot::take();
     let started = Instant::now();
@@ -43,7 +48,9 @@ pub fn soak(rt: &tokio::runtime::Runtime, assets: &Assets, n: usize, store: Opti
                     soak.slowest = soak.slowest.max(took);
                     soak.fallbacks += usize::from(matches!(kind, BootKind::Fallback(_)));
                 }
-                Err(e) => soak.failed.push(e.to_string().lines().next().unwrap_or_default().to_string()),
+                Err(e) => soak
+                    .failed
+                    .push(e.to_string().lines().next().unwrap_or_default().to_string()),
             }
         }
     }
@@ -64,7 +71,10 @@ pub fn soak(rt: &tokio::runtime::Runtime, assets: &Assets, n: usize, store: Opti
     for leftover in leftovers.iter().take(5) {
         println!("  left behind: {leftover}");
     }
-    anyhow::ensure!(soak.failed.is_empty() && leftovers.is_empty(), "the {mode} soak had failures or leftovers");
+    anyhow::ensure!(
+        soak.failed.is_empty() && leftovers.is_empty(),
+        "the {mode} soak had failures or leftovers"
+    );
     Ok(())
 }
 
@@ -90,7 +100,11 @@ pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> any
     let dmesg = rt.block_on(vm.succeed("dmesg"))?;
     let modules = vm.ready_info().modules.len();
     rt.block_on(vm.shutdown())?;
-    let init_at = dmesg.lines().find(|l| l.contains("Run /init as init process")).and_then(printk_secs).unwrap_or(uptime);
+    let init_at = dmesg
+        .lines()
+        .find(|l| l.contains("Run /init as init process"))
+        .and_then(printk_secs)
+        .unwrap_or(uptime);
     println!(
         "cold boot {total:.2} s: QEMU start, firmware and kernel decompression {:.2} s; kernel start-up to /init {init_at:.2} s; \
          /init (mounts, {modules} modules, the module disk) to the agent's answer {:.2} s",
@@ -102,14 +116,23 @@ pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> any
 
 /// `[    1.234567] text` -> 1.234567.
 fn printk_secs(line: &str) -> Option<f64> {
-    line.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
+    line.trim_start()
+        .strip_prefix('[')?
+        .split(']')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn printk_times_parse() {
-        assert_eq!(super::printk_secs("[    1.250000] Run /init as init process"), Some(1.25));
+        assert_eq!(
+            super::printk_secs("[    1.250000] Run /init as init process"),
+            Some(1.25)
+        );
         assert_eq!(super::printk_secs("no time"), None);
     }
 }

@@ -12,19 +12,26 @@ const FRAME: usize = 1514;
 
 pub async fn alone(frames: usize) -> anyhow::Result<()> {
     let dir = lab_harness::rundirs::create("bench", None)?;
-    let switch = SwitchHandle::start(&[PortPolicy::default(); 2], dir.path(), &dir.path().join("captures"))?;
+    let switch = SwitchHandle::start(
+        &[PortPolicy::default(); 2],
+        dir.path(),
+        &dir.path().join("captures"),
+    )?;
     let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
     let b = UnixDatagram::bind(&switch.sockets(1).guest)?;
     let (mac_a, mac_b) = ([2u8, 0, 0, 0, 0, 0xa], [2u8, 0, 0, 0, 0, 0xb]);
     // b speaks first so the switch knows where it is: a's frames are then unicast to one port.
-    b.send_to(&frame(mac_a, mac_b), &switch.sockets(1).switch).await?;
+    b.send_to(&frame(mac_a, mac_b), &switch.sockets(1).switch)
+        .await?;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let to_switch = switch.sockets(0).switch.clone();
     let receiver = tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         let mut got = 0usize;
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), b.recv(&mut buf)).await {
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), b.recv(&mut buf)).await
+        {
             got += 1;
         }
         got
@@ -35,7 +42,9 @@ pub async fn alone(frames: usize) -> anyhow::Result<()> {
         a.send_to(&data, &to_switch).await?;
     }
     let got = receiver.await?;
-    let secs = (started.elapsed().saturating_sub(Duration::from_millis(500))).as_secs_f64().max(1e-6);
+    let secs = (started.elapsed().saturating_sub(Duration::from_millis(500)))
+        .as_secs_f64()
+        .max(1e-6);
     println!(
         "switch alone: {got} of {frames} frames of {FRAME} B delivered, {:.0} frames/s, {:.0} Mbit/s (captures on)",
         got as f64 / secs,
@@ -45,10 +54,16 @@ pub async fn alone(frames: usize) -> anyhow::Result<()> {
 }
 
 pub async fn guest_to_guest(assets: &Assets, count: usize) -> anyhow::Result<()> {
-    let lab = Lab::builder(assets, "bench-switch").host("host1").host("host2").boot().await?;
+    let lab = Lab::builder(assets, "bench-switch")
+        .host("host1")
+        .host("host2")
+        .boot()
+        .await?;
     lab.number_hosts().await?;
     let started = Instant::now();
-    lab.vm("host1").succeed(format!("ping -f -q -c {count} -s 1472 192.168.88.2")).await?;
+    lab.vm("host1")
+        .succeed(format!("ping -f -q -c {count} -s 1472 192.168.88.2"))
+        .await?;
     let secs = started.elapsed().as_secs_f64();
     let frames = lab.counters("host2").tx_frames + lab.counters("host1").tx_frames;
     println!(

@@ -13,7 +13,10 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
     }
     let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
     if !keyring.is_file() && !apt_install("debian-archive-keyring") {
-        anyhow::bail!("{} is missing: `sudo apt-get install debian-archive-keyring` (Ubuntu has it too)", keyring.display());
+        anyhow::bail!(
+            "{} is missing: `sudo apt-get install debian-archive-keyring` (Ubuntu has it too)",
+            keyring.display()
+        );
     }
     Ok(())
 }
@@ -21,12 +24,20 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
 /// cargo-nextest, the test runner behind `cargo xtask test`: installed once with
 /// `cargo install --locked cargo-nextest` (a few minutes) when missing.
 pub fn ensure_nextest() -> anyhow::Result<()> {
-    let present = || Command::new(env!("CARGO")).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    let present = || {
+        Command::new(env!("CARGO"))
+            .args(["nextest", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if present() {
         return Ok(());
     }
     eprintln!("xtask: cargo-nextest runs the tests; installing it once with `cargo install --locked cargo-nextest` (a few minutes)");
-    let installed = Command::new(env!("CARGO")).args(["install", "--locked", "cargo-nextest"]).status().is_ok_and(|s| s.success());
+    let installed = Command::new(env!("CARGO"))
+        .args(["install", "--locked", "cargo-nextest"])
+        .status()
+        .is_ok_and(|s| s.success());
     anyhow::ensure!(
         installed && present(),
         "cargo-nextest could not be installed; install it yourself (`cargo install --locked cargo-nextest`, or a prebuilt one from https://nexte.st) and run again"
@@ -42,7 +53,13 @@ fn apt_install(package: &str) -> bool {
     }
     eprintln!("xtask: installing {package} with `apt-get install --no-remove --no-install-recommends {package}`");
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-remove", "--no-install-recommends", package])
+        .args([
+            "install",
+            "-y",
+            "--no-remove",
+            "--no-install-recommends",
+            package,
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success());

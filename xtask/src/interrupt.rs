@@ -27,5 +27,7 @@ pub async fn unless_interrupted<T>(work: impl Future<Output = T>) -> anyhow::Res
 
 /// The exit code for an error: 128 + the signal for an interrupted run, 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    error.downcast_ref::<Interrupted>().map_or(1, |i| 128 + i.signal)
+    error
+        .downcast_ref::<Interrupted>()
+        .map_or(1, |i| 128 + i.signal)
 }

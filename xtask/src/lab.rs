@@ -119,20 +119,33 @@ impl LanArgs {
             cpus: self.cpus,
             memory_mib: self.memory,
         };
-        ScriptLan { hosts: self.hosts, hairpin: self.hairpin, nest: self.nest, timeout, extras }
+        ScriptLan {
+            hosts: self.hosts,
+            hairpin: self.hairpin,
+            nest: self.nest,
+            timeout,
+            extras,
+        }
     }
 
     /// What can be checked before provisioning, which takes seconds.
     pub fn check(&self) -> anyhow::Result<()> {
         if let Some(dir) = &self.dir {
-            anyhow::ensure!(dir.is_dir(), "--dir {}: no such directory on this machine", dir.display());
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--dir {}: no such directory on this machine",
+                dir.display()
+            );
         }
         Ok(())
     }
 
     /// What a person reads before the guests boot.
     pub fn describe(&self) -> String {
-        let mut parts = vec![format!("{} guest(s)", self.hosts), format!("hairpin {}", if self.hairpin { "on" } else { "off" })];
+        let mut parts = vec![
+            format!("{} guest(s)", self.hosts),
+            format!("hairpin {}", if self.hairpin { "on" } else { "off" }),
+        ];
         if self.nest {
             parts.push("host1 with the nest image".into());
         }
@@ -151,12 +164,25 @@ impl LanArgs {
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
-        Some(LabCommand::Run { script, timeout, lan, program }) => run_job(script.as_deref(), program, Duration::from_secs(*timeout), lan),
+        Some(LabCommand::Run {
+            script,
+            timeout,
+            lan,
+            program,
+        }) => run_job(
+            script.as_deref(),
+            program,
+            Duration::from_secs(*timeout),
+            lan,
+        ),
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
             for e in lab_scenarios::expectations::EXPECTATIONS {
-                println!("{:<22} {:<46} expects {:<12} | {}", e.scenario, e.check, e.expected, e.claim);
+                println!(
+                    "{:<22} {:<46} expects {:<12} | {}",
+                    e.scenario, e.check, e.expected, e.claim
+                );
             }
             Ok(())
         }
@@ -191,8 +217,15 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
                 let _permit = permits.acquire().await;
                 let started = std::time::Instant::now();
                 let report = lab_scenarios::run(&name, &assets).await;
-                let verdict = if report.passed { "as expected" } else { "NOT as expected" };
-                eprintln!("lab: {name} behaved {verdict} ({:.1} s)", started.elapsed().as_secs_f64());
+                let verdict = if report.passed {
+                    "as expected"
+                } else {
+                    "NOT as expected"
+                };
+                eprintln!(
+                    "lab: {name} behaved {verdict} ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
                 (i, report)
             });
         }
@@ -203,14 +236,20 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // Interrupted: the scenarios' tasks go with the runtime, and their guests with them.
     drop(rt);
     let scenarios = scenarios?;
-    let qemu = lab_harness::qemu::find_binary().and_then(|q| lab_harness::qemu::version(&q)).unwrap_or_default();
+    let qemu = lab_harness::qemu::find_binary()
+        .and_then(|q| lab_harness::qemu::version(&q))
+        .unwrap_or_default();
     let report = lab_scenarios::Report {
         kernel: format!("{} ({})", assets.kernel.release, assets.kernel.origin),
         qemu,
         accel: lab_harness::Accel::choose()?.to_string(),
         scenarios,
         boots: lab_harness::snapshot::tally(),
-        image: format!("{} sha256:{}", assets.image.path.display(), assets.image.sha256),
+        image: format!(
+            "{} sha256:{}",
+            assets.image.path.display(),
+            assets.image.sha256
+        ),
         packages: assets.image.packages.clone(),
     };
     print!("{}", lab_scenarios::table(&report));
@@ -220,19 +259,43 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let path = crate::lab_dir().join("report.json");
     // Whole files only: another lab run may be writing its report at the same moment.
     lab_rootfs::layers::write_atomically(&path, &json)?;
-    lab_rootfs::layers::write_atomically(&crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)), &json)?;
+    lab_rootfs::layers::write_atomically(
+        &crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)),
+        &json,
+    )?;
     eprintln!("lab: report written to {}", path.display());
-    eprintln!("lab: captures, consoles and summaries of each scenario are in {}", crate::runs::shown(&assets.runs).display());
+    eprintln!(
+        "lab: captures, consoles and summaries of each scenario are in {}",
+        crate::runs::shown(&assets.runs).display()
+    );
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
-    anyhow::ensure!(leaks.is_empty(), "the lab left things behind:\n  {}", leaks.join("\n  "));
+    anyhow::ensure!(
+        leaks.is_empty(),
+        "the lab left things behind:\n  {}",
+        leaks.join("\n  ")
+    );
     eprintln!("lab: no QEMU process, no state directory and no host network change left behind");
-    let failed: Vec<&str> = report.scenarios.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
-    anyhow::ensure!(failed.is_empty(), "observed behaviour differs from expectations in: {}", failed.join(", "));
+    let failed: Vec<&str> = report
+        .scenarios
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| s.name.as_str())
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "observed behaviour differs from expectations in: {}",
+        failed.join(", ")
+    );
     Ok(())
 }
 
 /// `lab run`: the job's output goes to our stdout and stderr as it comes; we exit with its code.
-fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &LanArgs) -> anyhow::Result<()> {
+fn run_job(
+    script: Option<&Path>,
+    program: &[String],
+    timeout: Duration,
+    lan: &LanArgs,
+) -> anyhow::Result<()> {
     let job = match (script, program.is_empty()) {
         (Some(path), true) => {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -250,22 +313,37 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
         Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
         Job::Program(argv) => argv.join(" "),
     };
-    eprintln!("lab: running {what} on host1 (192.168.88.1): {}", lan.describe());
+    eprintln!(
+        "lab: running {what} on host1 (192.168.88.1): {}",
+        lan.describe()
+    );
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let show = |stream: Stream, bytes: &[u8]| {
         use std::io::Write;
         let _ = match stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()),
+            Stream::Stdout => std::io::stdout()
+                .lock()
+                .write_all(bytes)
+                .and_then(|()| std::io::stdout().flush()),
             Stream::Stderr => std::io::stderr().lock().write_all(bytes),
         };
     };
-    let out = rt.block_on(crate::interrupt::unless_interrupted(lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show)));
+    let out = rt.block_on(crate::interrupt::unless_interrupted(
+        lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show),
+    ));
     drop(rt);
     let out = out??;
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
-    anyhow::ensure!(leaks.is_empty(), "the run left things behind:\n  {}", leaks.join("\n  "));
-    eprintln!("lab: captures and consoles of this run are in {}", crate::runs::shown(&assets.runs).display());
+    anyhow::ensure!(
+        leaks.is_empty(),
+        "the run left things behind:\n  {}",
+        leaks.join("\n  ")
+    );
+    eprintln!(
+        "lab: captures and consoles of this run are in {}",
+        crate::runs::shown(&assets.runs).display()
+    );
     if out.timed_out {
         anyhow::bail!("{what} timed out after {timeout:?} (give more with --timeout SECONDS)");
     }
@@ -278,7 +356,9 @@ fn run_job(script: Option<&Path>, program: &[String], timeout: Duration, lan: &L
         (None, None) => 1,
     };
     match out.verdict() {
-        Verdict::Skip => eprintln!("lab: {what} skipped (exit 4, kselftest's KSFT_SKIP): not a pass, not a failure"),
+        Verdict::Skip => eprintln!(
+            "lab: {what} skipped (exit 4, kselftest's KSFT_SKIP): not a pass, not a failure"
+        ),
         Verdict::Fail if out.signal.is_none() => eprintln!("lab: {what} exited with {code}"),
         _ => {}
     }

@@ -14,13 +14,24 @@ use lab_harness::rundirs;
 /// while the process has a single thread.
 pub fn start_run() {
     if std::env::var_os(rundirs::ENV_RUN).is_none() {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
-        std::env::set_var(rundirs::ENV_RUN, format!("xtask{}-{stamp}", std::process::id()));
+        std::env::set_var(
+            rundirs::ENV_RUN,
+            format!("xtask{}-{stamp}", std::process::id()),
+        );
     }
     let swept = rundirs::sweep_stale();
     if !swept.is_empty() {
-        eprintln!("xtask: removed {} director{} that killed runs left in {}", swept.len(), if swept.len() == 1 { "y" } else { "ies" }, std::env::temp_dir().display());
+        eprintln!(
+            "xtask: removed {} director{} that killed runs left in {}",
+            swept.len(),
+            if swept.len() == 1 { "y" } else { "ies" },
+            std::env::temp_dir().display()
+        );
     }
 }
 
@@ -33,16 +44,37 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take() -> Self {
-        Self { qemus: lab_qemus(), state_dirs: state_dirs(), host_links: host_links() }
+        Self {
+            qemus: lab_qemus(),
+            state_dirs: state_dirs(),
+            host_links: host_links(),
+        }
     }
 
     /// Everything present now that was not in `before`, and host interfaces that vanished.
     pub fn leaked_since(&self, before: &Snapshot) -> Vec<String> {
         let mut out = Vec::new();
-        out.extend(self.qemus.difference(&before.qemus).map(|q| format!("QEMU still running: {q}")));
-        out.extend(self.state_dirs.difference(&before.state_dirs).map(|d| format!("state directory left: {d}")));
-        out.extend(self.host_links.difference(&before.host_links).map(|l| format!("host interface added: {l}")));
-        out.extend(before.host_links.difference(&self.host_links).map(|l| format!("host interface removed: {l}")));
+        out.extend(
+            self.qemus
+                .difference(&before.qemus)
+                .map(|q| format!("QEMU still running: {q}")),
+        );
+        out.extend(
+            self.state_dirs
+                .difference(&before.state_dirs)
+                .map(|d| format!("state directory left: {d}")),
+        );
+        out.extend(
+            self.host_links
+                .difference(&before.host_links)
+                .map(|l| format!("host interface added: {l}")),
+        );
+        out.extend(
+            before
+                .host_links
+                .difference(&self.host_links)
+                .map(|l| format!("host interface removed: {l}")),
+        );
         out
     }
 }
@@ -51,17 +83,31 @@ impl Snapshot {
 /// this run's `LAB_RUN`.
 fn lab_qemus() -> BTreeSet<String> {
     let ours = format!("{}={}", rundirs::ENV_RUN, rundirs::run_id());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .filter_map(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
             let this_run = environ.split(|b| *b == 0).any(|var| var == ours.as_bytes());
-            (cmdline.contains("qemu-system") && cmdline.contains(PROCESS_MARKER) && this_run)
-                .then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.chars().take(120).collect::<String>()))
+            (cmdline.contains("qemu-system") && cmdline.contains(PROCESS_MARKER) && this_run).then(
+                || {
+                    format!(
+                        "{}: {}",
+                        e.file_name().to_string_lossy(),
+                        cmdline.chars().take(120).collect::<String>()
+                    )
+                },
+            )
         })
         .collect()
 }
@@ -78,7 +124,9 @@ fn state_dirs() -> BTreeSet<String> {
 
 /// The host's network interfaces (what `ip link` lists), with their MAC addresses.
 fn host_links() -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else { return BTreeSet::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return BTreeSet::new();
+    };
     entries
         .flatten()
         .map(|e| {

@@ -21,7 +21,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "macvlan-lab: provision, test, run and measure the lab")]
+#[command(
+    name = "cargo xtask",
+    about = "macvlan-lab: provision, test, run and measure the lab"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,15 +67,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     leaks::start_run();
     // The harness's warnings (a snapshot that could not be used, a boot retried) by default;
     // RUST_LOG=lab_harness=debug shows where a guest's start-up time goes.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     // A misspelt LAB_ACCEL (`kvmm`, `hvf`) or LAB_SNAPSHOT is an error everywhere, before
     // anything is built.
     lab_harness::Accel::choose()?;
     lab_harness::snapshot::enabled()?;
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
-        Command::Test { provision, partition, test_args } => test(&provision, partition, &test_args),
+        Command::Test {
+            provision,
+            partition,
+            test_args,
+        } => test(&provision, partition, &test_args),
         Command::Bench(args) => bench::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Selftests => {
@@ -86,22 +98,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn parse_partition(text: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{text:?} is not a shard: give K/N with 1 <= K <= N, e.g. 1/2");
     let (k, n) = text.split_once('/').ok_or_else(bad)?;
-    let (k, n): (u32, u32) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    let (k, n): (u32, u32) = (
+        k.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
     if k == 0 || k > n {
         return Err(bad());
     }
     Ok((k, n))
 }
 
-fn test(args: &provision::ProvisionArgs, partition: Option<(u32, u32)>, test_args: &[String]) -> anyhow::Result<()> {
+fn test(
+    args: &provision::ProvisionArgs,
+    partition: Option<(u32, u32)>,
+    test_args: &[String],
+) -> anyhow::Result<()> {
     hosttools::ensure_qemu()?;
     hosttools::ensure_nextest()?;
     // Some tests boot every kernel the manifest knows (assets-<id>.json); the one asked for goes
     // last, so assets.json is its.
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
-    let chosen = args.kernel.clone().unwrap_or_else(|| manifest.default.clone());
+    let chosen = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| manifest.default.clone());
     for id in manifest.kernels.keys().filter(|id| **id != chosen) {
-        provision::run(&provision::ProvisionArgs { kernel: Some(id.clone()) })?;
+        provision::run(&provision::ProvisionArgs {
+            kernel: Some(id.clone()),
+        })?;
     }
     let assets_path = provision::run(args)?;
     let selftests = selftests::provide()?;
@@ -136,14 +160,31 @@ fn test(args: &provision::ProvisionArgs, partition: Option<(u32, u32)>, test_arg
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.
     let leaks = leaks::Snapshot::take().leaked_since(&before);
     if leaks.is_empty() {
-        eprintln!("xtask: no QEMU process, no state directory and no host network change left behind");
+        eprintln!(
+            "xtask: no QEMU process, no state directory and no host network change left behind"
+        );
     } else {
-        eprintln!("xtask: the test suite left things behind:\n  {}", leaks.join("\n  "));
+        eprintln!(
+            "xtask: the test suite left things behind:\n  {}",
+            leaks.join("\n  ")
+        );
     }
-    println!("xtask: {} passed, {} failed", tally.passed, tally.failed + usize::from(!leaks.is_empty()));
-    println!("xtask: JUnit report in {}", workspace_target().join("nextest/default/junit.xml").display());
+    println!(
+        "xtask: {} passed, {} failed",
+        tally.passed,
+        tally.failed + usize::from(!leaks.is_empty())
+    );
+    println!(
+        "xtask: JUnit report in {}",
+        workspace_target()
+            .join("nextest/default/junit.xml")
+            .display()
+    );
     if !ok {
-        anyhow::bail!("tests failed; consoles of failed guests are in {}", lab_dir().join("failed").display());
+        anyhow::bail!(
+            "tests failed; consoles of failed guests are in {}",
+            lab_dir().join("failed").display()
+        );
     }
     anyhow::ensure!(leaks.is_empty(), "the test suite left things behind");
     anyhow::ensure!(tally.passed > 0, "no test ran");
@@ -151,12 +192,17 @@ fn test(args: &provision::ProvisionArgs, partition: Option<(u32, u32)>, test_arg
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// `target` (or `CARGO_TARGET_DIR`).
 pub fn workspace_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// `target/lab`: cache, assets, artifacts.

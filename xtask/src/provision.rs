@@ -39,15 +39,23 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = lab_dir().join("cache");
     let agent = build_agent()?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
-    lab_kernels::archive::use_archive(&manifest.archive, &cache).context("pointing apt at Debian's archive")?;
-    let id = if std::env::var_os(lab_kernels::ENV_KERNEL).is_some() { "custom".to_string() } else { args.kernel.clone().unwrap_or_else(|| manifest.default.clone()) };
+    lab_kernels::archive::use_archive(&manifest.archive, &cache)
+        .context("pointing apt at Debian's archive")?;
+    let id = if std::env::var_os(lab_kernels::ENV_KERNEL).is_some() {
+        "custom".to_string()
+    } else {
+        args.kernel
+            .clone()
+            .unwrap_or_else(|| manifest.default.clone())
+    };
     let stamp = stamp(&id, &agent, &cache)?;
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
     if let Some(path) = warm(&id, &stamp, &stamp_path)? {
         return Ok(path);
     }
     let path = provision(args, &manifest, &agent, &cache)?;
-    std::fs::write(&stamp_path, &stamp).with_context(|| format!("writing {}", stamp_path.display()))?;
+    std::fs::write(&stamp_path, &stamp)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
     Ok(path)
 }
 
@@ -57,8 +65,11 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
     if std::fs::read_to_string(stamp_path).ok().as_deref() != Some(stamp) {
         return Ok(None);
     }
-    let Ok(assets) = Assets::load(&lab_dir().join(format!("assets-{id}.json"))) else { return Ok(None) };
-    let sized = |path: &std::path::Path, size: u64| std::fs::metadata(path).is_ok_and(|m| m.len() == size);
+    let Ok(assets) = Assets::load(&lab_dir().join(format!("assets-{id}.json"))) else {
+        return Ok(None);
+    };
+    let sized =
+        |path: &std::path::Path, size: u64| std::fs::metadata(path).is_ok_and(|m| m.len() == size);
     let whole = assets.kernel.bzimage.is_file()
         && sized(&assets.image.path, assets.image.size)
         && assets.modules_disk.as_ref().is_none_or(|d| d.is_file())
@@ -76,34 +87,60 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
 /// agent and this program (whose code builds the images), the host's QEMU (the nest image holds
 /// it), a `LAB_KERNEL` override, and apt's package lists.
 fn stamp(id: &str, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::Result<String> {
-    let identity = |path: &std::path::Path| lab_harness::snapshot::identity(path).map_err(anyhow::Error::from);
+    let identity =
+        |path: &std::path::Path| lab_harness::snapshot::identity(path).map_err(anyhow::Error::from);
     let mut text = format!("format {STAMP_FORMAT}\nkernel {id}\n");
     for file in [Manifest::bundled_path(), lab_rootfs::Recipe::bundled_path()] {
         let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        text.push_str(&format!("{} {}\n", file.display(), lab_kernels::deb::sha256_hex(&bytes)));
+        text.push_str(&format!(
+            "{} {}\n",
+            file.display(),
+            lab_kernels::deb::sha256_hex(&bytes)
+        ));
     }
-    text.push_str(&format!("agent {}\nxtask {}\n", identity(agent)?, identity(&std::env::current_exe()?)?));
+    text.push_str(&format!(
+        "agent {}\nxtask {}\n",
+        identity(agent)?,
+        identity(&std::env::current_exe()?)?
+    ));
     match lab_harness::qemu::find_binary() {
         Ok(qemu) => text.push_str(&format!("qemu {}\n", identity(&qemu)?)),
         Err(_) => text.push_str("qemu none\n"),
     }
     for var in [lab_kernels::ENV_KERNEL, lab_kernels::ENV_KERNEL_MODULES] {
         if let Some(value) = std::env::var_os(var) {
-            text.push_str(&format!("{var} {}\n", identity(std::path::Path::new(&value))?));
+            text.push_str(&format!(
+                "{var} {}\n",
+                identity(std::path::Path::new(&value))?
+            ));
         }
     }
-    text.push_str(&format!("lists {}\n", lab_rootfs::layers::lists_fingerprint(cache)));
+    text.push_str(&format!(
+        "lists {}\n",
+        lab_rootfs::layers::lists_fingerprint(cache)
+    ));
     Ok(lab_kernels::deb::sha256_hex(text.as_bytes()))
 }
 
 /// Fetches the kernel, builds the images, writes the assets files.
-fn provision(args: &ProvisionArgs, manifest: &Manifest, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let kernel = lab_kernels::provide(manifest, args.kernel.as_deref(), cache).context("providing the guest kernel")?;
+fn provision(
+    args: &ProvisionArgs,
+    manifest: &Manifest,
+    agent: &std::path::Path,
+    cache: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    let kernel = lab_kernels::provide(manifest, args.kernel.as_deref(), cache)
+        .context("providing the guest kernel")?;
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
-    let image = lab_rootfs::build(&recipe, &kernel, agent, cache).context("building the guest image")?;
-    let modules_disk = lab_rootfs::modules_disk::build(&kernel, cache).context("building the module disk")?;
+    let image =
+        lab_rootfs::build(&recipe, &kernel, agent, cache).context("building the guest image")?;
+    let modules_disk =
+        lab_rootfs::modules_disk::build(&kernel, cache).context("building the module disk")?;
     let nest = match lab_harness::qemu::find_binary() {
-        Ok(qemu) => Some(lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, cache).context("building the nest image")?),
+        Ok(qemu) => Some(
+            lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, cache)
+                .context("building the nest image")?,
+        ),
         Err(e) => {
             eprintln!("xtask: no nest image (guests that run VMs need the host's QEMU): {e}");
             None
@@ -150,8 +187,14 @@ fn provision(args: &ProvisionArgs, manifest: &Manifest, agent: &std::path::Path,
 
 fn describe_origin(kernel: &Kernel) -> String {
     match &kernel.origin {
-        Origin::Debian { package, version, sha256 } => format!("{package} {version} sha256:{sha256}"),
-        Origin::Override { bzimage_sha256 } => format!("{} sha256:{bzimage_sha256}", kernel.bzimage.display()),
+        Origin::Debian {
+            package,
+            version,
+            sha256,
+        } => format!("{package} {version} sha256:{sha256}"),
+        Origin::Override { bzimage_sha256 } => {
+            format!("{} sha256:{bzimage_sha256}", kernel.bzimage.display())
+        }
     }
 }
 
@@ -177,15 +220,28 @@ fn agent_rustflags() -> String {
 fn build_agent() -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--release", "--package", "lab-agent", "--target", AGENT_TARGET])
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", agent_rustflags())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "lab-agent",
+            "--target",
+            AGENT_TARGET,
+        ])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            agent_rustflags(),
+        )
         .status()
         .context("running cargo to build the agent")?;
     anyhow::ensure!(
         status.success(),
         "building the static lab agent failed; it needs glibc's static libraries (`sudo apt-get install libc6-dev`)"
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     Ok(target.join(AGENT_TARGET).join("release").join("lab"))
 }
 

@@ -23,12 +23,19 @@ const LATEST: &str = "latest";
 /// it, older runs pruned.
 pub fn start(command: &str) -> anyhow::Result<Runs> {
     let root = crate::lab_dir().join("runs");
-    let name = format!("{}-{command}-{}", utc_stamp(SystemTime::now()), std::process::id());
+    let name = format!(
+        "{}-{command}-{}",
+        utc_stamp(SystemTime::now()),
+        std::process::id()
+    );
     let dir = root.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     point_latest(&root, &name)?;
     prune(&root, KEEP);
-    Ok(Runs { dir, keep_passed: true })
+    Ok(Runs {
+        dir,
+        keep_passed: true,
+    })
 }
 
 /// Where a person finds this run: the `latest` path while it still names this run.
@@ -45,15 +52,22 @@ pub fn shown(runs: &Runs) -> PathBuf {
 fn point_latest(root: &Path, name: &str) -> anyhow::Result<()> {
     let temp = root.join(format!(".{LATEST}-{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(name, &temp).with_context(|| format!("creating {}", temp.display()))?;
-    std::fs::rename(&temp, root.join(LATEST)).with_context(|| format!("updating {}", root.join(LATEST).display()))
+    std::os::unix::fs::symlink(name, &temp)
+        .with_context(|| format!("creating {}", temp.display()))?;
+    std::fs::rename(&temp, root.join(LATEST))
+        .with_context(|| format!("updating {}", root.join(LATEST).display()))
 }
 
 /// Removes all but the `keep` newest run directories, never one whose process is alive.
 fn prune(root: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
-    let mut runs: Vec<(String, Option<u32>)> =
-        entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).filter_map(|n| run_pid(&n).map(|pid| (n, Some(pid)))).collect();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut runs: Vec<(String, Option<u32>)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter_map(|n| run_pid(&n).map(|pid| (n, Some(pid))))
+        .collect();
     // The names start with the UTC time, so name order is age order.
     runs.sort();
     let old = runs.len().saturating_sub(keep);
@@ -68,17 +82,35 @@ fn prune(root: &Path, keep: usize) {
 /// The pid at the end of a run directory's name (`20261129-071530-lab-4242`), if it is one.
 fn run_pid(name: &str) -> Option<u32> {
     let (stamp, rest) = name.split_at_checked(15)?;
-    let ok = stamp.bytes().enumerate().all(|(i, b)| if i == 8 { b == b'-' } else { b.is_ascii_digit() });
+    let ok = stamp.bytes().enumerate().all(|(i, b)| {
+        if i == 8 {
+            b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    });
     let (_, pid) = rest.rsplit_once('-')?;
-    if ok && rest.starts_with('-') { pid.parse().ok() } else { None }
+    if ok && rest.starts_with('-') {
+        pid.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.
 fn utc_stamp(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// The Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -103,8 +135,14 @@ mod tests {
     fn stamps_are_utc_calendar_times() {
         assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
         // 2024-02-29 23:59:59 UTC, a leap day.
-        assert_eq!(utc_stamp(UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_199)), "20240229-235959");
-        assert_eq!(utc_stamp(UNIX_EPOCH + std::time::Duration::from_secs(1_795_936_530)), "20261129-071530");
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_199)),
+            "20240229-235959"
+        );
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + std::time::Duration::from_secs(1_795_936_530)),
+            "20261129-071530"
+        );
     }
 
     #[test]
@@ -132,8 +170,20 @@ mod tests {
             std::fs::create_dir(root.path().join(n)).expect("mkdir");
         }
         prune(root.path(), 2);
-        let mut left: Vec<String> = std::fs::read_dir(root.path()).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
-        assert_eq!(left, [names[0].clone(), names[2].clone(), names[3].clone(), names[4].clone()]);
+        assert_eq!(
+            left,
+            [
+                names[0].clone(),
+                names[2].clone(),
+                names[3].clone(),
+                names[4].clone()
+            ]
+        );
     }
 }

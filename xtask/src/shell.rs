@@ -29,9 +29,16 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     rt.shutdown_background();
     let code = code?;
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
-    anyhow::ensure!(leaks.is_empty(), "the shell's lab left things behind:\n  {}", leaks.join("\n  "));
+    anyhow::ensure!(
+        leaks.is_empty(),
+        "the shell's lab left things behind:\n  {}",
+        leaks.join("\n  ")
+    );
     say("lab: the guests are off; nothing was left behind");
-    say(&format!("lab: captures and consoles of this lab are in {}", crate::runs::shown(&assets.runs).display()));
+    say(&format!(
+        "lab: captures and consoles of this lab are in {}",
+        crate::runs::shown(&assets.runs).display()
+    ));
     std::process::exit(code);
 }
 
@@ -41,8 +48,15 @@ async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
     let code = {
         let control = Control::open(&lab)?;
         eprint!("{}", banner(&lab, assets, lan));
-        let cwd = if lan.dir.is_some() { DIR_IN_GUEST } else { "/root" };
-        let session = lab.vm("host1").interactive(guest_shell(cwd, &terminal::kind()), terminal::size()).await?;
+        let cwd = if lan.dir.is_some() {
+            DIR_IN_GUEST
+        } else {
+            "/root"
+        };
+        let session = lab
+            .vm("host1")
+            .interactive(guest_shell(cwd, &terminal::kind()), terminal::size())
+            .await?;
         tokio::select! {
             code = terminal::relay(HostShell(session)) => code?,
             () = control.serve(&lab) => unreachable!("serves until dropped"),
@@ -55,17 +69,35 @@ async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
 
 /// What a person reads before the prompt: each host, its address, how to reach the others.
 fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
-    let mut text = format!("\nmacvlan-lab shell: root on host1 ({}/24 on eth0), kernel {}\n", lab.ip("host1"), assets.kernel.release);
+    let mut text = format!(
+        "\nmacvlan-lab shell: root on host1 ({}/24 on eth0), kernel {}\n",
+        lab.ip("host1"),
+        assets.kernel.release
+    );
     for vm in lab.vms().iter().skip(1) {
-        text.push_str(&format!("  {:<6} {:<14} on the same switch (hairpin {}): ping {}\n", vm.name(), lab.ip(vm.name()), if lan.hairpin { "on" } else { "off" }, lab.ip(vm.name())));
+        text.push_str(&format!(
+            "  {:<6} {:<14} on the same switch (hairpin {}): ping {}\n",
+            vm.name(),
+            lab.ip(vm.name()),
+            if lan.hairpin { "on" } else { "off" },
+            lab.ip(vm.name())
+        ));
     }
     if let Some(dir) = &lan.dir {
-        text.push_str(&format!("  {} is copied to {DIR_IN_GUEST} (a copy: changes stay in the guest)\n", dir.display()));
+        text.push_str(&format!(
+            "  {} is copied to {DIR_IN_GUEST} (a copy: changes stay in the guest)\n",
+            dir.display()
+        ));
     }
     text.push_str("  Every kernel module is a `modprobe` away.\n");
     match lab.vms().get(1) {
-        Some(other) => text.push_str(&format!("  A shell on another host, from another terminal: cargo xtask lab attach {}\n", other.name())),
-        None => text.push_str("  Another shell on host1, from another terminal: cargo xtask lab attach host1\n"),
+        Some(other) => text.push_str(&format!(
+            "  A shell on another host, from another terminal: cargo xtask lab attach {}\n",
+            other.name()
+        )),
+        None => text.push_str(
+            "  Another shell on host1, from another terminal: cargo xtask lab attach host1\n",
+        ),
     }
     text.push_str("  `exit` or Ctrl-D powers the lab off.\n\n");
     text

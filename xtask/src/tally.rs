@@ -17,7 +17,9 @@ pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, Tally)> {
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let stderr_tally = std::thread::spawn(move || pass_through(err, std::io::stderr()));
     let mut tally = pass_through(out, std::io::stdout())?;
-    let from_stderr = stderr_tally.join().map_err(|_| anyhow::anyhow!("the stderr reader panicked"))??;
+    let from_stderr = stderr_tally
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stderr reader panicked"))??;
     tally.passed += from_stderr.passed;
     tally.failed += from_stderr.failed;
     Ok((child.wait()?, tally))
@@ -42,14 +44,20 @@ impl Tally {
         let rest = if let Some(rest) = line.strip_prefix("test result: ") {
             rest
         } else if line.trim_start().starts_with("Summary [") {
-            line.split_once("tests run:").or_else(|| line.split_once("test run:")).map_or("", |(_, counts)| counts)
+            line.split_once("tests run:")
+                .or_else(|| line.split_once("test run:"))
+                .map_or("", |(_, counts)| counts)
         } else {
             return;
         };
         for part in rest.split([';', ',']) {
             // `ok. 12 passed`, ` 2 failed`, ` 1 timed out`: a count, then what it counts.
-            let mut words = part.split_whitespace().skip_while(|w| w.parse::<usize>().is_err());
-            let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else { continue };
+            let mut words = part
+                .split_whitespace()
+                .skip_while(|w| w.parse::<usize>().is_err());
+            let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
             // nextest may add a remark: `127 passed (3 slow)`.
             let kind = words.collect::<Vec<_>>().join(" ");
             if kind.starts_with("passed") {
@@ -75,6 +83,12 @@ mod tests {
         t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
         t.add("     Summary [ 387.7s] 127 tests run: 127 passed (3 slow), 0 skipped");
         t.add("        PASS [   0.1s] xtask::bin/xtask tally::tests::adds");
-        assert_eq!(t, Tally { passed: 261, failed: 5 });
+        assert_eq!(
+            t,
+            Tally {
+                passed: 261,
+                failed: 5
+            }
+        );
     }
 }

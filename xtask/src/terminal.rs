@@ -68,11 +68,19 @@ pub(crate) fn say(line: &str) {
 
 /// This terminal's size, or 24x80 when stdout is not one.
 pub(crate) fn size() -> TtySize {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one winsize into the pointer, which lives across the call.
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
     if ok && ws.ws_row > 0 && ws.ws_col > 0 {
-        TtySize { rows: ws.ws_row, cols: ws.ws_col }
+        TtySize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        }
     } else {
         TtySize { rows: 24, cols: 80 }
     }
@@ -92,7 +100,9 @@ struct RawMode {
 impl RawMode {
     fn enable() -> Self {
         let stdin = std::io::stdin();
-        let Ok(saved) = termios::tcgetattr(&stdin) else { return Self { saved: None } };
+        let Ok(saved) = termios::tcgetattr(&stdin) else {
+            return Self { saved: None };
+        };
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
         match termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw) {

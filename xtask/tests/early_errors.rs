@@ -5,7 +5,9 @@ use std::process::{Command, Output};
 
 fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(args).env("RUST_BACKTRACE", "0").env_remove("LAB_ACCEL");
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("LAB_ACCEL");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -15,7 +17,10 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// Asserts a failure whose stderr holds every one of `says`.
 fn fails_saying(out: &Output, says: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, got success; stderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success; stderr:\n{stderr}"
+    );
     for s in says {
         assert!(stderr.contains(s), "stderr lacks {s:?}:\n{stderr}");
     }
@@ -23,37 +28,74 @@ fn fails_saying(out: &Output, says: &[&str]) {
 
 #[test]
 fn a_misspelt_accelerator_is_refused_by_every_command() {
-    for args in [&["lab", "run", "--", "true"][..], &["lab", "shell"], &["lab"], &["bench"], &["provision"]] {
+    for args in [
+        &["lab", "run", "--", "true"][..],
+        &["lab", "shell"],
+        &["lab"],
+        &["bench"],
+        &["provision"],
+    ] {
         let started = std::time::Instant::now();
         let out = xtask(args, &[("LAB_ACCEL", "kvmm")]);
-        fails_saying(&out, &["LAB_ACCEL=kvmm is not an accelerator the lab knows (kvm, tcg)", "set LAB_ACCEL=kvm or LAB_ACCEL=tcg"]);
+        fails_saying(
+            &out,
+            &[
+                "LAB_ACCEL=kvmm is not an accelerator the lab knows (kvm, tcg)",
+                "set LAB_ACCEL=kvm or LAB_ACCEL=tcg",
+            ],
+        );
         // Refused before provisioning, which takes tens of seconds.
-        assert!(started.elapsed().as_secs() < 5, "{args:?} took {:?} to refuse", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{args:?} took {:?} to refuse",
+            started.elapsed()
+        );
     }
 }
 
 #[test]
 fn a_scenario_filter_matching_nothing_is_refused_before_provisioning() {
     let out = xtask(&["lab", "--only", "mode/vepaa"], &[]);
-    fails_saying(&out, &["no scenario name contains 'mode/vepaa'", "`cargo xtask lab --list` shows them"]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("xtask: kernel"), "nothing was provisioned");
+    fails_saying(
+        &out,
+        &[
+            "no scenario name contains 'mode/vepaa'",
+            "`cargo xtask lab --list` shows them",
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("xtask: kernel"),
+        "nothing was provisioned"
+    );
 }
 
 #[test]
 fn a_misspelt_subcommand_gets_the_one_meant() {
     let out = xtask(&["lab", "atach", "host2"], &[]);
-    fails_saying(&out, &["unrecognized subcommand 'atach'", "a similar subcommand exists: 'attach'"]);
+    fails_saying(
+        &out,
+        &[
+            "unrecognized subcommand 'atach'",
+            "a similar subcommand exists: 'attach'",
+        ],
+    );
 }
 
 #[test]
 fn attach_without_a_running_shell_says_how_to_start_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = xtask(&["lab", "attach", "host2"], &[("TMPDIR", tmp.path().to_str().expect("utf-8 path"))]);
+    let out = xtask(
+        &["lab", "attach", "host2"],
+        &[("TMPDIR", tmp.path().to_str().expect("utf-8 path"))],
+    );
     fails_saying(&out, &["no lab shell is running: start one in another terminal with `cargo xtask lab shell --hosts 2`"]);
 }
 
 #[test]
 fn nothing_to_run_says_what_to_give() {
     let out = xtask(&["lab", "run"], &[]);
-    fails_saying(&out, &["nothing to run: give a script file, or a program after `--`"]);
+    fails_saying(
+        &out,
+        &["nothing to run: give a script file, or a program after `--`"],
+    );
 }

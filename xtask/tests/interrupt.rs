@@ -13,7 +13,12 @@ fn xtask() -> Command {
 
 /// This user's lab directories in `tmp`, and QEMUs whose command line names `tmp`.
 fn leftovers(tmp: &std::path::Path) -> (Vec<String>, Vec<String>) {
-    let dirs = std::fs::read_dir(tmp).expect("tmp").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("macvlan-lab-")).collect();
+    let dirs = std::fs::read_dir(tmp)
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("macvlan-lab-"))
+        .collect();
     let needle = tmp.display().to_string();
     let qemus = std::fs::read_dir("/proc")
         .expect("/proc")
@@ -25,7 +30,10 @@ fn leftovers(tmp: &std::path::Path) -> (Vec<String>, Vec<String>) {
     (dirs, qemus)
 }
 
-fn wait_for_leftovers_to_clear(tmp: &std::path::Path, dirs_too: bool) -> (Vec<String>, Vec<String>) {
+fn wait_for_leftovers_to_clear(
+    tmp: &std::path::Path,
+    dirs_too: bool,
+) -> (Vec<String>, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (dirs, qemus) = leftovers(tmp);
@@ -63,20 +71,44 @@ fn a_signal_mid_run_stops_it_and_leaves_nothing(#[case] signal: nix::sys::signal
     let out = run.wait_with_output().expect("wait");
     let took = sent.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let (dirs, qemus) = wait_for_leftovers_to_clear(tmp.path(), signal != nix::sys::signal::Signal::SIGKILL);
-    assert!(qemus.is_empty(), "QEMU still running after {signal}: {qemus:?}");
+    let (dirs, qemus) =
+        wait_for_leftovers_to_clear(tmp.path(), signal != nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        qemus.is_empty(),
+        "QEMU still running after {signal}: {qemus:?}"
+    );
     if signal == nix::sys::signal::Signal::SIGKILL {
         // Nothing runs on SIGKILL: the next run sweeps what it left, by its dead owner.
-        let sweep = xtask().args(["lab", "--only", "no-such-scenario"]).env("TMPDIR", tmp.path()).output().expect("xtask runs");
+        let sweep = xtask()
+            .args(["lab", "--only", "no-such-scenario"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .expect("xtask runs");
         let said = String::from_utf8_lossy(&sweep.stderr);
-        assert!(!dirs.is_empty(), "SIGKILL leaves the directories (nothing of the run runs after it)");
-        assert!(said.contains(&format!("removed {} directories that killed runs left in", dirs.len())), "the next run says it swept them: {said}");
+        assert!(
+            !dirs.is_empty(),
+            "SIGKILL leaves the directories (nothing of the run runs after it)"
+        );
+        assert!(
+            said.contains(&format!(
+                "removed {} directories that killed runs left in",
+                dirs.len()
+            )),
+            "the next run says it swept them: {said}"
+        );
         let (dirs, _) = leftovers(tmp.path());
         assert!(dirs.is_empty(), "swept: {dirs:?}");
         return;
     }
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    assert_eq!(out.status.code(), Some(128 + signal as i32), "exit code for {signal}; stderr:\n{stderr}");
-    assert!(stderr.contains("interrupted by"), "it says it was interrupted:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + signal as i32),
+        "exit code for {signal}; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("interrupted by"),
+        "it says it was interrupted:\n{stderr}"
+    );
     assert!(dirs.is_empty(), "directories left after {signal}: {dirs:?}");
 }

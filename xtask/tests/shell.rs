@@ -21,12 +21,19 @@ impl Terminal {
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-J", "-S", "-200", "-t", &self.name]).output().expect("tmux capture-pane");
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-J", "-S", "-200", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().expect("tmux send-keys");
+        let status = Command::new("tmux")
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
         assert!(status.success());
     }
 
@@ -43,7 +50,10 @@ impl Terminal {
             if screen.matches(text).count() >= times {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "{text:?} ({times}x) not on the screen within {within:?}:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} ({times}x) not on the screen within {within:?}:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -51,29 +61,57 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
     }
 }
 
 #[test]
 fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shell() {
     let xtask = env!("CARGO_BIN_EXE_xtask");
-    let term = Terminal::start("shell", &format!("{xtask} lab shell --hosts 2; echo SHELL-EXIT=$?; sleep 120"));
+    let term = Terminal::start(
+        "shell",
+        &format!("{xtask} lab shell --hosts 2; echo SHELL-EXIT=$?; sleep 120"),
+    );
     let banner = term.wait_for("root@host1:", 1, Duration::from_secs(120));
-    assert!(banner.contains("host2  192.168.88.2"), "the banner lists the other hosts:\n{banner}");
-    assert!(banner.contains("lab attach host2"), "the banner says how to reach host2's shell:\n{banner}");
+    assert!(
+        banner.contains("host2  192.168.88.2"),
+        "the banner lists the other hosts:\n{banner}"
+    );
+    assert!(
+        banner.contains("lab attach host2"),
+        "the banner says how to reach host2's shell:\n{banner}"
+    );
 
     // A second terminal into host2 of the same lab; its exit code is its shell's.
-    let second = Terminal::start("attach", &format!("{xtask} lab attach host2; echo ATTACH-EXIT=$?; sleep 120"));
+    let second = Terminal::start(
+        "attach",
+        &format!("{xtask} lab attach host2; echo ATTACH-EXIT=$?; sleep 120"),
+    );
     second.wait_for("root@host2:", 1, Duration::from_secs(30));
     second.type_line("hostname; ping -c 2 -W 2 192.168.88.1");
-    second.wait_for("2 packets transmitted, 2 received", 1, Duration::from_secs(30));
+    second.wait_for(
+        "2 packets transmitted, 2 received",
+        1,
+        Duration::from_secs(30),
+    );
     second.type_line("exit 7");
     second.wait_for("ATTACH-EXIT=7", 1, Duration::from_secs(20));
-    let wrong = Terminal::start("attach-wrong", &format!("RUST_BACKTRACE=0 {xtask} lab attach host9; sleep 120"));
-    wrong.wait_for("this lab has no \"host9\"; its hosts are host1, host2", 1, Duration::from_secs(20));
+    let wrong = Terminal::start(
+        "attach-wrong",
+        &format!("RUST_BACKTRACE=0 {xtask} lab attach host9; sleep 120"),
+    );
+    wrong.wait_for(
+        "this lab has no \"host9\"; its hosts are host1, host2",
+        1,
+        Duration::from_secs(20),
+    );
     // One more, left open: it must hear that the lab ended with the shell.
-    let left_open = Terminal::start("attach-open", &format!("RUST_BACKTRACE=0 {xtask} lab attach host2; sleep 120"));
+    let left_open = Terminal::start(
+        "attach-open",
+        &format!("RUST_BACKTRACE=0 {xtask} lab attach host2; sleep 120"),
+    );
     left_open.wait_for("root@host2:", 1, Duration::from_secs(30));
 
     // The seed's 模拟容器 section, one command at a time.
@@ -89,7 +127,11 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
     ] {
         term.type_line(line);
     }
-    term.wait_for("3 packets transmitted, 3 received", 1, Duration::from_secs(60));
+    term.wait_for(
+        "3 packets transmitted, 3 received",
+        1,
+        Duration::from_secs(60),
+    );
 
     // Ctrl-C reaches the guest's foreground job, not the shell, and not this side.
     term.type_line("ping 192.168.88.2");
@@ -101,18 +143,48 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
 
     term.type_line("exit");
     let end = term.wait_for("SHELL-EXIT=", 1, Duration::from_secs(60));
-    assert!(end.contains("SHELL-EXIT=0"), "the shell's exit is the run's:\n{end}");
+    assert!(
+        end.contains("SHELL-EXIT=0"),
+        "the shell's exit is the run's:\n{end}"
+    );
     assert!(end.contains("nothing was left behind"), "{end}");
     left_open.wait_for("the lab shell (pid", 1, Duration::from_secs(20));
 
     // The lab's captures and consoles stay for a person to open, although it passed.
-    let kept = end.lines().find_map(|l| l.split("captures and consoles of this lab are in ").nth(1)).unwrap_or_else(|| panic!("no kept run named:\n{end}"));
-    let lans: Vec<_> = std::fs::read_dir(kept.trim()).expect("the kept run's directory").flatten().map(|e| e.path()).collect();
+    let kept = end
+        .lines()
+        .find_map(|l| l.split("captures and consoles of this lab are in ").nth(1))
+        .unwrap_or_else(|| panic!("no kept run named:\n{end}"));
+    let lans: Vec<_> = std::fs::read_dir(kept.trim())
+        .expect("the kept run's directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert_eq!(lans.len(), 1, "one LAN: {lans:?}");
-    let files: Vec<String> = std::fs::read_dir(&lans[0]).expect("the LAN's directory").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    for wanted in ["switch.pcap", "port0.pcap", "port1.pcap", "summary.json", "host1-", "host2-"] {
-        assert!(files.iter().any(|f| f.starts_with(wanted)), "{wanted} kept in {}: {files:?}", lans[0].display());
+    let files: Vec<String> = std::fs::read_dir(&lans[0])
+        .expect("the LAN's directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for wanted in [
+        "switch.pcap",
+        "port0.pcap",
+        "port1.pcap",
+        "summary.json",
+        "host1-",
+        "host2-",
+    ] {
+        assert!(
+            files.iter().any(|f| f.starts_with(wanted)),
+            "{wanted} kept in {}: {files:?}",
+            lans[0].display()
+        );
     }
-    let switch = std::fs::metadata(lans[0].join("switch.pcap")).expect("switch.pcap").len();
-    assert!(switch > 1000, "the pings are in the capture ({switch} bytes)");
+    let switch = std::fs::metadata(lans[0].join("switch.pcap"))
+        .expect("switch.pcap")
+        .len();
+    assert!(
+        switch > 1000,
+        "the pings are in the capture ({switch} bytes)"
+    );
 }

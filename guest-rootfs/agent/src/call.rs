@@ -42,7 +42,12 @@ pub fn run(socket: &str, within: Duration) -> i32 {
             eprintln!("lab call: {socket} closed before answering request {id}");
             3
         }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             eprintln!("lab call: no answer from {socket} within {within:?}");
             4
         }
@@ -55,7 +60,12 @@ pub fn run(socket: &str, within: Duration) -> i32 {
 
 /// Sends `request` and returns the first response line carrying `id`; lines for nobody (the
 /// agent's unprompted ready message) are skipped.
-fn exchange(stream: &mut UnixStream, request: &[u8], id: u64, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
+fn exchange(
+    stream: &mut UnixStream,
+    request: &[u8],
+    id: u64,
+    deadline: Instant,
+) -> io::Result<Option<Vec<u8>>> {
     stream.write_all(request)?;
     stream.write_all(b"\n")?;
     let mut splitter = LineSplitter::new(MAX_RESPONSE_BYTES);
@@ -72,7 +82,9 @@ fn exchange(stream: &mut UnixStream, request: &[u8], id: u64, deadline: Instant)
         }
         for line in splitter.push(&buf[..n]) {
             if let Line::Complete(l) = line {
-                if lab_proto::decode::<Response>(&l, MAX_RESPONSE_BYTES).is_ok_and(|r| r.id == Some(id)) {
+                if lab_proto::decode::<Response>(&l, MAX_RESPONSE_BYTES)
+                    .is_ok_and(|r| r.id == Some(id))
+                {
                     return Ok(Some(l));
                 }
             }

@@ -37,7 +37,11 @@ const TTY_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs `spec` to its end. A streaming run's output goes to `sink` instead of the result; an
 /// interactive one (on a terminal) hands its [`Io`] to `started` as soon as it runs.
-pub fn run(spec: &RunSpec, sink: Option<Sink>, started: impl FnOnce(Io)) -> Result<RunOutput, String> {
+pub fn run(
+    spec: &RunSpec,
+    sink: Option<Sink>,
+    started: impl FnOnce(Io),
+) -> Result<RunOutput, String> {
     let started_at = Instant::now();
     let sink = if spec.streams() { sink } else { None };
     let mut cmd = command(spec);
@@ -52,12 +56,22 @@ pub fn run(spec: &RunSpec, sink: Option<Sink>, started: impl FnOnce(Io)) -> Resu
     let (stdout, stderr) = match tty {
         Some(master) => {
             let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
-            started(Io { input: File::from(master.try_clone().map_err(|e| e.to_string())?), tty: Some(master), group: pgid });
-            (capture(Some(reader), Stream::Stdout, sink.clone()), capture(None::<File>, Stream::Stderr, None))
+            started(Io {
+                input: File::from(master.try_clone().map_err(|e| e.to_string())?),
+                tty: Some(master),
+                group: pgid,
+            });
+            (
+                capture(Some(reader), Stream::Stdout, sink.clone()),
+                capture(None::<File>, Stream::Stderr, None),
+            )
         }
         None => {
             feed_stdin(&mut child, spec.stdin.clone());
-            (capture(child.stdout.take(), Stream::Stdout, sink.clone()), capture(child.stderr.take(), Stream::Stderr, sink))
+            (
+                capture(child.stdout.take(), Stream::Stdout, sink.clone()),
+                capture(child.stderr.take(), Stream::Stderr, sink),
+            )
         }
     };
 
@@ -71,7 +85,10 @@ pub fn run(spec: &RunSpec, sink: Option<Sink>, started: impl FnOnce(Io)) -> Resu
     // Kill the whole group either way: a finished shell may have left background children that
     // still hold the output pipes open, and we must not wait for them.
     let _ = killpg(pgid, Signal::SIGKILL);
-    let status = waiter.join().map_err(|_| "waiter thread panicked".to_string())?.map_err(|e| e.to_string())?;
+    let status = waiter
+        .join()
+        .map_err(|_| "waiter thread panicked".to_string())?
+        .map_err(|e| e.to_string())?;
     let drain = spec.tty.map(|_| TTY_DRAIN);
     let (stdout, out_cut) = finish(stdout, drain);
     let (stderr, err_cut) = finish(stderr, drain);
@@ -100,10 +117,21 @@ fn command(spec: &RunSpec) -> Command {
         .env_clear()
         .env("PATH", PATH)
         .env("HOME", "/root")
-        .env("TERM", if spec.tty.is_some() { "xterm-256color" } else { "dumb" })
+        .env(
+            "TERM",
+            if spec.tty.is_some() {
+                "xterm-256color"
+            } else {
+                "dumb"
+            },
+        )
         .envs(&spec.env)
         .current_dir(spec.cwd.as_deref().unwrap_or("/"))
-        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if spec.tty.is_none() {
@@ -115,11 +143,22 @@ fn command(spec: &RunSpec) -> Command {
 /// Gives `cmd` a new terminal of `size` as stdin, stdout, stderr and controlling terminal, in a
 /// session of its own; returns the terminal's near end.
 fn attach_tty(cmd: &mut Command, size: TtySize) -> Result<OwnedFd, String> {
-    let winsize = nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let winsize = nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     let pty = nix::pty::openpty(Some(&winsize), None).map_err(|e| format!("openpty: {e}"))?;
     let slave = pty.slave;
-    let io = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| format!("pty: {e}"));
-    cmd.stdin(io(&slave)?).stdout(io(&slave)?).stderr(io(&slave)?);
+    let io = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| format!("pty: {e}"))
+    };
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
     // SAFETY: setsid and ioctl are async-signal-safe and touch only the child's own state.
     unsafe {
         cmd.pre_exec(|| {
@@ -135,7 +174,12 @@ fn attach_tty(cmd: &mut Command, size: TtySize) -> Result<OwnedFd, String> {
 
 /// Sets the terminal's size; the kernel tells its foreground job with SIGWINCH.
 pub fn resize(tty: &OwnedFd, size: TtySize) -> Result<(), String> {
-    let winsize = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let winsize = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
     match unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &winsize) } {
         0 => Ok(()),
@@ -155,7 +199,10 @@ pub fn hang_up(io: &mut Io) -> Result<(), String> {
 fn spawn_error(spec: &RunSpec, e: &std::io::Error) -> String {
     let what = describe(&spec.program);
     if let (Program::Argv(argv), Some(libc::ENOENT)) = (&spec.program, e.raw_os_error()) {
-        if let Some(interpreter) = argv.first().and_then(|p| missing_interpreter(p, spec.cwd.as_deref())) {
+        if let Some(interpreter) = argv
+            .first()
+            .and_then(|p| missing_interpreter(p, spec.cwd.as_deref()))
+        {
             return format!(
                 "cannot start {what}: its interpreter {interpreter} (its #! line) is not in the guest; \
                  add the package that has it (e.g. --package bash) or change the #! line"
@@ -174,8 +221,14 @@ fn missing_interpreter(program: &str, cwd: Option<&str>) -> Option<String> {
     let path = std::path::Path::new(cwd.unwrap_or("/")).join(program);
     let mut head = [0u8; 256];
     let n = File::open(&path).ok()?.read(&mut head).ok()?;
-    let line = head[..n].strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
-    let interpreter = String::from_utf8_lossy(line).split_whitespace().next()?.to_string();
+    let line = head[..n]
+        .strip_prefix(b"#!")?
+        .split(|&b| b == b'\n')
+        .next()?;
+    let interpreter = String::from_utf8_lossy(line)
+        .split_whitespace()
+        .next()?
+        .to_string();
     (!std::path::Path::new(&interpreter).exists()).then_some(interpreter)
 }
 
@@ -201,7 +254,11 @@ type Captured = (mpsc::Receiver<(Vec<u8>, bool)>, thread::JoinHandle<()>);
 /// Reads a pipe (or terminal) to its end. Streaming, each piece goes to `sink`; otherwise at most
 /// [`MAX_OUTPUT_BYTES`] are kept. Returns the kept bytes and whether any were dropped. Reading
 /// on past the cap keeps the program from blocking on a full pipe.
-fn capture<R: Read + Send + 'static>(pipe: Option<R>, stream: Stream, sink: Option<Sink>) -> Captured {
+fn capture<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    stream: Stream,
+    sink: Option<Sink>,
+) -> Captured {
     let (tx, rx) = mpsc::channel();
     let handle = thread::spawn(move || {
         let mut kept = Vec::new();

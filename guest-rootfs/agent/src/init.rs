@@ -37,7 +37,13 @@ pub fn run() -> ! {
         mount_modules_disk(&Path::new("/dev").join(disk));
     }
     // The kernel starts PID 1 with no PATH of its own.
-    let ip = |args: &[&str]| Command::new("ip").args(args).env("PATH", crate::exec::PATH).status().is_ok_and(|s| s.success());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .env("PATH", crate::exec::PATH)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if !ip(&["link", "set", "lo", "up"]) {
         log("could not bring lo up");
     }
@@ -50,7 +56,10 @@ pub fn run() -> ! {
     let port = match wait_for_port(lab_proto::PORT_NAME, PORT_WAIT) {
         Some(p) => p,
         None => {
-            log(&format!("no virtio-serial port named {} after {PORT_WAIT:?}; powering off", lab_proto::PORT_NAME));
+            log(&format!(
+                "no virtio-serial port named {} after {PORT_WAIT:?}; powering off",
+                lab_proto::PORT_NAME
+            ));
             power_off();
         }
     };
@@ -92,13 +101,18 @@ fn mount_modules_disk(dev: &Path) {
     }
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if let Err(e) = mount(Some(dev), "/lib/modules", Some("ext4"), flags, None::<&str>) {
-        log(&format!("mount {} on /lib/modules: {e}; modprobe will not find most modules", dev.display()));
+        log(&format!(
+            "mount {} on /lib/modules: {e}; modprobe will not find most modules",
+            dev.display()
+        ));
     }
 }
 
 /// `key=value` from the kernel command line.
 fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Module parameters given on the kernel command line as `module.param=value`. The kernel applies
@@ -113,7 +127,9 @@ fn module_params(cmdline: &str, module: &str) -> String {
 }
 
 fn load_modules(cmdline: &str) -> Vec<String> {
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let base = PathBuf::from("/lib/modules").join(&release);
     let list = fs::read_to_string(MODULE_LIST).unwrap_or_default();
     let mut loaded = Vec::new();
@@ -129,7 +145,10 @@ fn load_modules(cmdline: &str) -> Vec<String> {
 }
 
 fn module_name(path: &Path) -> String {
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     file.split('.').next().unwrap_or_default().replace('-', "_")
 }
 
@@ -138,12 +157,25 @@ fn load_module(path: &Path, params: &str) -> Result<(), String> {
     // Kernels that compress their modules (Debian's 6.12: .ko.xz) decompress them themselves when
     // asked to; nix has no name for that flag.
     const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
-    let compressed = path.extension().is_some_and(|x| x == "xz" || x == "zst" || x == "gz");
-    let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+    let compressed = path
+        .extension()
+        .is_some_and(|x| x == "xz" || x == "zst" || x == "gz");
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
     let file = fs::File::open(path).map_err(|e| e.to_string())?;
     let params = std::ffi::CString::new(params).map_err(|e| e.to_string())?;
     // SAFETY: finit_module reads the open fd and the NUL-terminated params string; both outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), flags) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
     match rc {
         0 => Ok(()),
         _ => match std::io::Error::last_os_error() {
@@ -159,7 +191,8 @@ fn wait_for_port(name: &str, within: Duration) -> Option<PathBuf> {
     loop {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in entries.flatten() {
-                let found = fs::read_to_string(entry.path().join("name")).is_ok_and(|n| n.trim() == name);
+                let found =
+                    fs::read_to_string(entry.path().join("name")).is_ok_and(|n| n.trim() == name);
                 let dev = Path::new("/dev").join(entry.file_name());
                 if found && dev.exists() {
                     return Some(dev);
@@ -178,7 +211,11 @@ fn supervise(port: &Path) -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     let mut restarts = 0u32;
     loop {
-        let child = Command::new(&exe).arg("serve").arg(port).env("PATH", crate::exec::PATH).spawn();
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg(port)
+            .env("PATH", crate::exec::PATH)
+            .spawn();
         let server = match child {
             Ok(c) => Pid::from_raw(c.id() as i32),
             Err(e) => {
@@ -219,13 +256,22 @@ mod tests {
         let cmdline = "console=ttyS0 lab.hostname=host1 virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.x=1 quiet";
         assert_eq!(cmdline_value(cmdline, "lab.hostname"), Some("host1"));
         assert_eq!(cmdline_value(cmdline, "lab.host"), None);
-        assert_eq!(module_params(cmdline, "virtio_mmio"), "device=512@0xfeb00e00:12 x=1");
+        assert_eq!(
+            module_params(cmdline, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 x=1"
+        );
         assert_eq!(module_params(cmdline, "macvlan"), "");
     }
 
     #[test]
     fn module_name_normalises_dashes_and_extensions() {
-        assert_eq!(module_name(Path::new("kernel/arch/x86/kvm/kvm-amd.ko")), "kvm_amd");
-        assert_eq!(module_name(Path::new("kernel/drivers/net/macvlan.ko.xz")), "macvlan");
+        assert_eq!(
+            module_name(Path::new("kernel/arch/x86/kvm/kvm-amd.ko")),
+            "kvm_amd"
+        );
+        assert_eq!(
+            module_name(Path::new("kernel/drivers/net/macvlan.ko.xz")),
+            "macvlan"
+        );
     }
 }

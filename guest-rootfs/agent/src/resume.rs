@@ -15,7 +15,8 @@ pub fn resume(r: &Resume) -> Result<(), String> {
     // Randomness first: anything later (a MAC, a temp name) may already draw on it.
     reseed(&r.entropy)?;
     set_clock(r.unix_nanos)?;
-    nix::unistd::sethostname(&r.hostname).map_err(|e| format!("sethostname {}: {e}", r.hostname))?;
+    nix::unistd::sethostname(&r.hostname)
+        .map_err(|e| format!("sethostname {}: {e}", r.hostname))?;
     set_mac(&r.mac)
 }
 
@@ -23,9 +24,15 @@ pub fn resume(r: &Resume) -> Result<(), String> {
 /// rather than at its next scheduled reseed (up to a minute away).
 fn reseed(entropy: &[u8]) -> Result<(), String> {
     if entropy.len() < 32 {
-        return Err(format!("{} bytes of entropy are too few to reseed from (32 at least)", entropy.len()));
+        return Err(format!(
+            "{} bytes of entropy are too few to reseed from (32 at least)",
+            entropy.len()
+        ));
     }
-    let urandom = OpenOptions::new().write(true).open("/dev/urandom").map_err(|e| format!("open /dev/urandom: {e}"))?;
+    let urandom = OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("open /dev/urandom: {e}"))?;
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let bits = i32::try_from(entropy.len() * 8).map_err(|_| "too much entropy".to_string())?;
     let mut info = Vec::with_capacity(8 + entropy.len());
@@ -34,20 +41,32 @@ fn reseed(entropy: &[u8]) -> Result<(), String> {
     info.extend_from_slice(entropy);
     // SAFETY: the kernel reads a rand_pool_info header and buf_size bytes after it, all in `info`.
     if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
-        return Err(format!("RNDADDENTROPY: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: RNDRESEEDCRNG takes no argument.
     if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
-        return Err(format!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "RNDRESEEDCRNG: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
 
 fn set_clock(unix_nanos: u64) -> Result<(), String> {
-    let ts = libc::timespec { tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t, tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+    };
     // SAFETY: clock_settime reads one timespec from the pointer, which lives across the call.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        return Err(format!("clock_settime: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "clock_settime: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -76,7 +95,10 @@ fn set_mac(mac: &str) -> Result<(), String> {
         }
         let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFHWADDR, &req) != 0 {
-            return Err(format!("set eth0's address to {mac}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "set eth0's address to {mac}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -95,7 +117,10 @@ fn parse_mac(mac: &str) -> Option<[u8; 6]> {
 mod tests {
     #[test]
     fn macs_parse_as_six_hex_bytes() {
-        assert_eq!(super::parse_mac("02:00:3d:22:00:0a"), Some([2, 0, 0x3d, 0x22, 0, 0x0a]));
+        assert_eq!(
+            super::parse_mac("02:00:3d:22:00:0a"),
+            Some([2, 0, 0x3d, 0x22, 0, 0x0a])
+        );
         assert_eq!(super::parse_mac("02:00:3d:22:00"), None);
         assert_eq!(super::parse_mac("02:00:3d:22:00:0a:01"), None);
         assert_eq!(super::parse_mac("zz:00:3d:22:00:0a"), None);

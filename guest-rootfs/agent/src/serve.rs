@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use lab_proto::{Line, LineSplitter, Op, Ready, Reply, Request, Response, TtySize, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
+use lab_proto::{
+    Line, LineSplitter, Op, Ready, Reply, Request, Response, TtySize, MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
+};
 
 use crate::exec::{Io, Sink};
 
@@ -52,17 +55,30 @@ fn dispatch(writer: &Writer, line: Line) {
         Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => return,
         Line::Complete(l) => l,
         Line::Oversized { len } => {
-            let message = format!("request of {len} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes");
+            let message =
+                format!("request of {len} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes");
             return send(writer, None, Reply::Error { message });
         }
     };
     let request: Request = match lab_proto::decode(&line, MAX_REQUEST_BYTES) {
         Ok(r) => r,
-        Err(e) => return send(writer, lab_proto::salvage_id(&line), Reply::Error { message: e.to_string() }),
+        Err(e) => {
+            return send(
+                writer,
+                lab_proto::salvage_id(&line),
+                Reply::Error {
+                    message: e.to_string(),
+                },
+            )
+        }
     };
     // Keystrokes are handled in order, on this thread: they must not overtake each other.
     match request.op {
-        Op::Input { run, data } => return to_running(writer, request.id, run, |io| io.input.write_all(&data).map_err(|e| e.to_string())),
+        Op::Input { run, data } => {
+            return to_running(writer, request.id, run, |io| {
+                io.input.write_all(&data).map_err(|e| e.to_string())
+            })
+        }
         Op::Resize { run, rows, cols } => {
             return to_running(writer, request.id, run, |io| match &io.tty {
                 Some(tty) => crate::exec::resize(tty, TtySize { rows, cols }),
@@ -84,11 +100,18 @@ fn dispatch(writer: &Writer, line: Line) {
 }
 
 /// Applies `action` to the interactive run `run`; only a failure is answered.
-fn to_running(writer: &Writer, id: u64, run: u64, action: impl FnOnce(&mut Io) -> Result<(), String>) {
+fn to_running(
+    writer: &Writer,
+    id: u64,
+    run: u64,
+    action: impl FnOnce(&mut Io) -> Result<(), String>,
+) {
     let mut runs = running().lock().unwrap_or_else(|p| p.into_inner());
     let result = match runs.get_mut(&run) {
         Some(io) => action(io),
-        None => Err(format!("no interactive run {run} (it ended, or was never started on a terminal)")),
+        None => Err(format!(
+            "no interactive run {run} (it ended, or was never started on a terminal)"
+        )),
     };
     drop(runs);
     if let Err(message) = result {
@@ -101,19 +124,38 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
         Op::Hello => Ok(ready()),
         Op::Run(spec) => {
             let out = Arc::clone(writer);
-            let sink: Sink = Arc::new(move |stream, data: &[u8]| send(&out, Some(id), Reply::Output { stream, data: data.to_vec() }));
+            let sink: Sink = Arc::new(move |stream, data: &[u8]| {
+                send(
+                    &out,
+                    Some(id),
+                    Reply::Output {
+                        stream,
+                        data: data.to_vec(),
+                    },
+                )
+            });
             let register = |io| {
-                running().lock().unwrap_or_else(|p| p.into_inner()).insert(id, io);
+                running()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, io);
             };
             let result = crate::exec::run(&spec, Some(sink), register).map(Reply::Ran);
-            running().lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            running()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             result
         }
-        Op::ReadFile { path } => fs::read(&path).map(|data| Reply::File { data }).map_err(|e| format!("read {path}: {e}")),
+        Op::ReadFile { path } => fs::read(&path)
+            .map(|data| Reply::File { data })
+            .map_err(|e| format!("read {path}: {e}")),
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
         Op::Resume(resume) => crate::resume::resume(&resume).map(|()| Reply::Done),
         Op::Unpack { archive } => crate::unpack::unpack(&archive).map(|()| Reply::Done),
-        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } | Op::Hangup { .. } => unreachable!("handled before dispatch to a thread"),
+        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } | Op::Hangup { .. } => {
+            unreachable!("handled before dispatch to a thread")
+        }
     };
     result.unwrap_or_else(|message| Reply::Error { message })
 }
@@ -125,12 +167,18 @@ fn write_file(path: &str, data: &[u8], mode: u32) -> Result<(), String> {
 }
 
 fn ready() -> Reply {
-    let kernel_release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let uptime_secs = fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
-    let modules = fs::read_to_string("/run/lab-modules").unwrap_or_default().lines().map(String::from).collect();
+    let modules = fs::read_to_string("/run/lab-modules")
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
     Reply::Ready(Ready {
         protocol: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -21,7 +21,9 @@ pub fn unpack(archive: &[u8]) -> Result<(), String> {
         let (name, mode) = (entry.entry().name().to_string(), entry.entry().mode());
         let path = inside_root(&name)?;
         let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(|e| format!("cpio {name}: {e}"))?;
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| format!("cpio {name}: {e}"))?;
         place(&path, mode, &data).map_err(|e| format!("unpacking {}: {e}", path.display()))?;
         rest = entry.finish().map_err(|e| format!("cpio {name}: {e}"))?;
     }
@@ -30,7 +32,11 @@ pub fn unpack(archive: &[u8]) -> Result<(), String> {
 /// `/NAME`, refusing names that climb out of `/` (`..`) or are empty.
 fn inside_root(name: &str) -> Result<PathBuf, String> {
     let relative = Path::new(name.trim_start_matches('/'));
-    if name.is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if name.is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(format!("cpio entry {name:?} is not a path under /"));
     }
     Ok(Path::new("/").join(relative))
@@ -74,7 +80,10 @@ mod tests {
 
     #[test]
     fn names_must_stay_under_the_root() {
-        assert_eq!(inside_root("lab/run.sh").expect("plain"), Path::new("/lab/run.sh"));
+        assert_eq!(
+            inside_root("lab/run.sh").expect("plain"),
+            Path::new("/lab/run.sh")
+        );
         assert_eq!(inside_root("/lab").expect("absolute"), Path::new("/lab"));
         assert!(inside_root("lab/../../etc/passwd").is_err());
         assert!(inside_root("").is_err());

@@ -18,7 +18,11 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToShell {
     /// Open a shell on `host` (`host2`), on a terminal of `size` of kind `term` (`$TERM`).
-    Attach { host: String, size: TtySize, term: String },
+    Attach {
+        host: String,
+        size: TtySize,
+        term: String,
+    },
     /// Keys typed.
     Input {
         #[serde(with = "crate::b64")]
@@ -52,17 +56,40 @@ mod tests {
     #[test]
     fn messages_survive_a_round_trip_on_one_line() {
         let sent = [
-            ToShell::Attach { host: "host2".into(), size: TtySize { rows: 40, cols: 120 }, term: "xterm".into() },
-            ToShell::Input { data: b"ping -c1 host1\r\x03\n".to_vec() },
-            ToShell::Resize { size: TtySize { rows: 1, cols: 2 } },
+            ToShell::Attach {
+                host: "host2".into(),
+                size: TtySize {
+                    rows: 40,
+                    cols: 120,
+                },
+                term: "xterm".into(),
+            },
+            ToShell::Input {
+                data: b"ping -c1 host1\r\x03\n".to_vec(),
+            },
+            ToShell::Resize {
+                size: TtySize { rows: 1, cols: 2 },
+            },
         ];
         for msg in sent {
             let line = crate::encode(&msg);
-            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {line:?}");
-            assert_eq!(crate::decode::<ToShell>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"), msg);
+            assert_eq!(
+                line.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "one line: {line:?}"
+            );
+            assert_eq!(
+                crate::decode::<ToShell>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"),
+                msg
+            );
         }
-        let back = ToAttach::Output { data: vec![0, 255, b'\n'] };
+        let back = ToAttach::Output {
+            data: vec![0, 255, b'\n'],
+        };
         let line = crate::encode(&back);
-        assert_eq!(crate::decode::<ToAttach>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"), back);
+        assert_eq!(
+            crate::decode::<ToAttach>(&line[..line.len() - 1], MAX_LINE_BYTES).expect("decodes"),
+            back
+        );
     }
 }

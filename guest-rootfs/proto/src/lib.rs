@@ -145,7 +145,16 @@ pub struct RunSpec {
 impl RunSpec {
     /// A spec with no namespace, stdin, environment, directory or terminal.
     pub fn new(program: Program, timeout: Duration) -> Self {
-        Self { program, netns: None, stdin: None, env: BTreeMap::new(), timeout, cwd: None, stream: false, tty: None }
+        Self {
+            program,
+            netns: None,
+            stdin: None,
+            env: BTreeMap::new(),
+            timeout,
+            cwd: None,
+            stream: false,
+            tty: None,
+        }
     }
 
     /// Whether output goes out as it comes ([`RunSpec::stream`] or a terminal).
@@ -191,7 +200,9 @@ pub enum Reply {
         data: Vec<u8>,
     },
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Sent in answer to [`Op::Hello`]: the agent is up and the guest is set up.
@@ -265,7 +276,8 @@ pub enum DecodeError {
 /// Serializes a message as one line, newline included.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serializing these types cannot fail: every field is a plain value or a string-keyed map.
-    let mut line = serde_json::to_vec(msg).unwrap_or_else(|e| panic!("lab-proto: unserializable message: {e}"));
+    let mut line = serde_json::to_vec(msg)
+        .unwrap_or_else(|e| panic!("lab-proto: unserializable message: {e}"));
     line.push(b'\n');
     line
 }
@@ -273,7 +285,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Parses one line (without its newline) into a message.
 pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8], limit: usize) -> Result<T, DecodeError> {
     if line.len() > limit {
-        return Err(DecodeError::TooLarge { len: line.len(), limit });
+        return Err(DecodeError::TooLarge {
+            len: line.len(),
+            limit,
+        });
     }
     Ok(serde_json::from_slice(line)?)
 }
@@ -292,7 +307,9 @@ pub fn salvage_id(line: &[u8]) -> Option<u64> {
 pub enum Line {
     Complete(Vec<u8>),
     /// A line longer than the limit ended here; its bytes were discarded, `len` counts them.
-    Oversized { len: usize },
+    Oversized {
+        len: usize,
+    },
 }
 
 /// Cuts a byte stream into lines without ever buffering more than `limit` bytes of one line,
@@ -307,7 +324,11 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(limit: usize) -> Self {
-        Self { limit, buf: Vec::new(), discarded: 0 }
+        Self {
+            limit,
+            buf: Vec::new(),
+            discarded: 0,
+        }
     }
 
     /// Feeds bytes; returns the lines they complete.
@@ -351,7 +372,9 @@ pub(crate) mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -406,7 +429,11 @@ mod tests {
             }),
         };
         let line = encode(&req);
-        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "exactly one newline, at the end");
+        assert_eq!(
+            line.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "exactly one newline, at the end"
+        );
         let back: Request = decode(&line[..line.len() - 1], MAX_REQUEST_BYTES).expect("decodes");
         assert_eq!(back, req);
     }
@@ -415,8 +442,13 @@ mod tests {
     fn older_run_requests_without_the_new_fields_still_decode() {
         let line = br#"{"id":3,"op":"run","program":{"argv":["true"]},"timeout":1000}"#;
         let req: Request = decode(line, MAX_REQUEST_BYTES).expect("decodes");
-        let Op::Run(spec) = req.op else { panic!("not a run") };
-        assert_eq!(spec, RunSpec::new(Program::Argv(vec!["true".into()]), Duration::from_secs(1)));
+        let Op::Run(spec) = req.op else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            spec,
+            RunSpec::new(Program::Argv(vec!["true".into()]), Duration::from_secs(1))
+        );
         assert!(!spec.streams());
     }
 
@@ -439,15 +471,27 @@ mod tests {
 
     #[test]
     fn wire_shape_is_tagged_and_flat() {
-        let line = encode(&Request { id: 1, op: Op::Hello });
-        assert_eq!(std::str::from_utf8(&line).expect("utf8"), "{\"id\":1,\"op\":\"hello\"}\n");
+        let line = encode(&Request {
+            id: 1,
+            op: Op::Hello,
+        });
+        assert_eq!(
+            std::str::from_utf8(&line).expect("utf8"),
+            "{\"id\":1,\"op\":\"hello\"}\n"
+        );
     }
 
     #[test]
     fn splitter_cuts_lines_across_chunks() {
         let mut s = LineSplitter::new(16);
         assert!(s.push(b"{\"a\"").is_empty());
-        assert_eq!(s.push(b":1}\n{}\nx"), vec![Line::Complete(b"{\"a\":1}".to_vec()), Line::Complete(b"{}".to_vec())]);
+        assert_eq!(
+            s.push(b":1}\n{}\nx"),
+            vec![
+                Line::Complete(b"{\"a\":1}".to_vec()),
+                Line::Complete(b"{}".to_vec())
+            ]
+        );
         assert_eq!(s.push(b"\n"), vec![Line::Complete(b"x".to_vec())]);
     }
 
@@ -456,14 +500,29 @@ mod tests {
         let mut s = LineSplitter::new(4);
         assert!(s.push(b"0123").is_empty());
         assert!(s.push(b"456789").is_empty());
-        assert_eq!(s.push(b"ab\nok\n"), vec![Line::Oversized { len: 12 }, Line::Complete(b"ok".to_vec())]);
+        assert_eq!(
+            s.push(b"ab\nok\n"),
+            vec![Line::Oversized { len: 12 }, Line::Complete(b"ok".to_vec())]
+        );
     }
 
     #[test]
     fn decode_rejects_garbage_and_oversize() {
-        assert!(matches!(decode::<Request>(b"not json", 100), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode::<Request>(b"{\"id\":1,\"op\":\"nope\"}", 100), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode::<Request>(&[b' '; 101], 100), Err(DecodeError::TooLarge { len: 101, limit: 100 })));
+        assert!(matches!(
+            decode::<Request>(b"not json", 100),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(b"{\"id\":1,\"op\":\"nope\"}", 100),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&[b' '; 101], 100),
+            Err(DecodeError::TooLarge {
+                len: 101,
+                limit: 100
+            })
+        ));
         assert_eq!(salvage_id(b"{\"id\":9,\"op\":\"nope\"}"), Some(9));
     }
 }

@@ -33,14 +33,23 @@ impl Capture {
             ..PcapHeader::default()
         };
         header.write_to(&mut file).map_err(std::io::Error::other)?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     pub fn write(&mut self, frame: &[u8]) {
-        let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let packet = PcapPacket::new(ts, frame.len() as u32, frame);
         // A failed capture write must not stop forwarding; the file is evidence, not the network.
-        let _ = packet.write_to::<_, byteorder::LittleEndian>(&mut self.file, TsResolution::MicroSecond, SNAPLEN);
+        let _ = packet.write_to::<_, byteorder::LittleEndian>(
+            &mut self.file,
+            TsResolution::MicroSecond,
+            SNAPLEN,
+        );
     }
 
     pub fn flush(&mut self) {
@@ -83,7 +92,9 @@ pub fn icmp_type(frame: &[u8]) -> Option<u8> {
 
 /// Source and destination MAC of a frame.
 pub fn macs(frame: &[u8]) -> Option<(crate::vm::MacAddr, crate::vm::MacAddr)> {
-    let mac = |at: usize| -> Option<crate::vm::MacAddr> { Some(crate::vm::MacAddr(frame.get(at..at + 6)?.try_into().ok()?)) };
+    let mac = |at: usize| -> Option<crate::vm::MacAddr> {
+        Some(crate::vm::MacAddr(frame.get(at..at + 6)?.try_into().ok()?))
+    };
     Some((mac(6)?, mac(0)?))
 }
 
@@ -96,8 +107,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.pcap");
         let mut cap = Capture::create(&path).expect("create");
-        let arp = [[0xffu8; 6].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x06], &[0u8; 28]].concat();
-        let mut icmp = [[2u8, 0, 0, 0, 0, 2].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x00], &[0u8; 28]].concat();
+        let arp = [
+            [0xffu8; 6].as_slice(),
+            &[2, 0, 0, 0, 0, 1],
+            &[0x08, 0x06],
+            &[0u8; 28],
+        ]
+        .concat();
+        let mut icmp = [
+            [2u8, 0, 0, 0, 0, 2].as_slice(),
+            &[2, 0, 0, 0, 0, 1],
+            &[0x08, 0x00],
+            &[0u8; 28],
+        ]
+        .concat();
         icmp[14] = 0x45;
         icmp[23] = 1;
         cap.write(&arp);
@@ -109,6 +132,9 @@ mod tests {
         assert!(is_icmp(&frames[1]) && !is_icmp(&frames[0]));
         assert_eq!(icmp_type(&frames[1]), Some(0));
         let (src, dst) = macs(&frames[1]).expect("macs");
-        assert_eq!((src.to_string(), dst.to_string()), ("02:00:00:00:00:01".into(), "02:00:00:00:00:02".into()));
+        assert_eq!(
+            (src.to_string(), dst.to_string()),
+            ("02:00:00:00:00:01".into(), "02:00:00:00:00:02".into())
+        );
     }
 }

@@ -41,7 +41,12 @@ pub struct Lab {
 impl LabBuilder {
     /// `run` names the artifact directory (e.g. the test's name).
     pub fn new(assets: &Assets, run: &str) -> Self {
-        Self { assets: assets.clone(), run: run.to_string(), hosts: Vec::new(), policy: PortPolicy::default() }
+        Self {
+            assets: assets.clone(),
+            run: run.to_string(),
+            hosts: Vec::new(),
+            policy: PortPolicy::default(),
+        }
     }
 
     /// Adds a guest called `name` on the next switch port.
@@ -72,8 +77,15 @@ impl LabBuilder {
 
     /// Starts the switch and boots every guest in parallel.
     pub async fn boot(self) -> Result<Lab> {
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let artifacts = self.assets.runs.dir.join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let artifacts = self
+            .assets
+            .runs
+            .dir
+            .join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
         let keep_passed = self.assets.runs.keep_passed;
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -81,7 +93,8 @@ impl LabBuilder {
         };
         let sockets = crate::rundirs::create("lan", None).map_err(io(Path::new("temp dir")))?;
         let policies = vec![self.policy; self.hosts.len()];
-        let switch = SwitchHandle::start(&policies, sockets.path(), &artifacts).map_err(io(&artifacts))?;
+        let switch =
+            SwitchHandle::start(&policies, sockets.path(), &artifacts).map_err(io(&artifacts))?;
 
         let mut set = tokio::task::JoinSet::new();
         for (port, mut cfg) in self.hosts.into_iter().enumerate() {
@@ -100,7 +113,14 @@ impl LabBuilder {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        let lab = Lab { vms, switch, sockets, artifacts, keep_passed, finished: false };
+        let lab = Lab {
+            vms,
+            switch,
+            sockets,
+            artifacts,
+            keep_passed,
+            finished: false,
+        };
         match first_error {
             // Dropping `lab` kills the guests that did boot and keeps the artifacts.
             Some(e) => Err(e),
@@ -125,7 +145,10 @@ impl Lab {
 
     /// The switch port `name` is plugged into.
     pub fn port(&self, name: &str) -> usize {
-        self.vms.iter().position(|v| v.name() == name).unwrap_or_else(|| panic!("no guest called {name} in this lab"))
+        self.vms
+            .iter()
+            .position(|v| v.name() == name)
+            .unwrap_or_else(|| panic!("no guest called {name} in this lab"))
     }
 
     pub fn switch(&self) -> &SwitchHandle {
@@ -144,7 +167,10 @@ impl Lab {
     /// NO-CARRIER) and the switch port down with it.
     pub async fn cable(&self, name: &str, up: bool) -> Result<()> {
         let vm = self.vm(name);
-        vm.qmp().set_link(up).await.map_err(|e| Error::qmp(name, &e))?;
+        vm.qmp()
+            .set_link(up)
+            .await
+            .map_err(|e| Error::qmp(name, &e))?;
         self.switch.set_up(self.port(name), up);
         Ok(())
     }
@@ -177,7 +203,10 @@ impl Lab {
         if let Some((first, others)) = self.vms.split_first() {
             if !others.is_empty() {
                 let ips: Vec<String> = others.iter().map(|o| self.ip(o.name())).collect();
-                let script = format!("for ip in {}; do until ping -c1 -W1 $ip >/dev/null; do sleep 0.1; done; done", ips.join(" "));
+                let script = format!(
+                    "for ip in {}; do until ping -c1 -W1 $ip >/dev/null; do sleep 0.1; done; done",
+                    ips.join(" ")
+                );
                 first.succeed(Cmd::script(script).timeout(SETTLE)).await?;
             }
         }
@@ -243,8 +272,18 @@ impl Lab {
                 mac: vm.mac().to_string(),
                 port,
                 counters: self.switch.counters(port),
-                learned: self.switch.learned(port).iter().map(ToString::to_string).collect(),
-                qmp_events: vm.qmp().events().iter().map(|e| format!("{} {}", e.name, e.data)).collect(),
+                learned: self
+                    .switch
+                    .learned(port)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                qmp_events: vm
+                    .qmp()
+                    .events()
+                    .iter()
+                    .map(|e| format!("{} {}", e.name, e.data))
+                    .collect(),
             })
             .collect();
         if let Ok(json) = serde_json::to_vec_pretty(&guests) {
@@ -267,7 +306,10 @@ impl Drop for Lab {
         for vm in &mut self.vms {
             vm.mark_failed();
         }
-        eprintln!("lab: artifacts of this run (captures, consoles, summary) kept in {}", self.artifacts.display());
+        eprintln!(
+            "lab: artifacts of this run (captures, consoles, summary) kept in {}",
+            self.artifacts.display()
+        );
     }
 }
 

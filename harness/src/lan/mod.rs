@@ -39,24 +39,47 @@ struct State {
 
 impl SwitchHandle {
     /// Starts a switch with one port per policy; sockets live in `sockets`, captures in `captures`.
-    pub fn start(policies: &[PortPolicy], sockets: &Path, captures: &Path) -> std::io::Result<Self> {
+    pub fn start(
+        policies: &[PortPolicy],
+        sockets: &Path,
+        captures: &Path,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(captures)?;
         let mut per_port = Vec::new();
         let mut ports = Vec::new();
         let mut bound = Vec::new();
         for i in 0..policies.len() {
-            let sock = PortSockets { switch: sockets.join(format!("port{i}.sock")), guest: sockets.join(format!("port{i}.guest.sock")) };
+            let sock = PortSockets {
+                switch: sockets.join(format!("port{i}.sock")),
+                guest: sockets.join(format!("port{i}.guest.sock")),
+            };
             bound.push(Arc::new(UnixDatagram::bind(&sock.switch)?));
             ports.push(sock);
             per_port.push(Capture::create(&captures.join(format!("port{i}.pcap")))?);
         }
-        let state = State { switch: Switch::new(policies, Duration::from_secs(300)), all: Capture::create(&captures.join("switch.pcap"))?, per_port };
+        let state = State {
+            switch: Switch::new(policies, Duration::from_secs(300)),
+            all: Capture::create(&captures.join("switch.pcap"))?,
+            per_port,
+        };
         let state = Arc::new(Mutex::new(state));
         let guests: Arc<Vec<PathBuf>> = Arc::new(ports.iter().map(|p| p.guest.clone()).collect());
         let tasks = (0..ports.len())
-            .map(|i| tokio::spawn(port_loop(i, Arc::clone(&bound[i]), bound.clone(), Arc::clone(&guests), Arc::clone(&state))))
+            .map(|i| {
+                tokio::spawn(port_loop(
+                    i,
+                    Arc::clone(&bound[i]),
+                    bound.clone(),
+                    Arc::clone(&guests),
+                    Arc::clone(&state),
+                ))
+            })
             .collect();
-        Ok(Self { state, ports, tasks })
+        Ok(Self {
+            state,
+            ports,
+            tasks,
+        })
     }
 
     pub fn sockets(&self, port: usize) -> &PortSockets {
@@ -113,10 +136,18 @@ impl Drop for SwitchHandle {
     }
 }
 
-async fn port_loop(port: usize, sock: Arc<UnixDatagram>, all: Vec<Arc<UnixDatagram>>, guests: Arc<Vec<PathBuf>>, state: Arc<Mutex<State>>) {
+async fn port_loop(
+    port: usize,
+    sock: Arc<UnixDatagram>,
+    all: Vec<Arc<UnixDatagram>>,
+    guests: Arc<Vec<PathBuf>>,
+    state: Arc<Mutex<State>>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok(n) = sock.recv(&mut buf).await else { continue };
+        let Ok(n) = sock.recv(&mut buf).await else {
+            continue;
+        };
         let frame = &buf[..n];
         let out = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -132,7 +163,11 @@ async fn port_loop(port: usize, sock: Arc<UnixDatagram>, all: Vec<Arc<UnixDatagr
             // Non-blocking: a guest that is gone or not keeping up loses the frame, like a
             // congested port, and never stalls the others.
             if all[o].try_send_to(frame, &guests[o]).is_err() {
-                state.lock().unwrap_or_else(|p| p.into_inner()).switch.count_tx_error(o);
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .switch
+                    .count_tx_error(o);
             }
         }
     }

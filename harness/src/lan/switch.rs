@@ -70,8 +70,19 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(policies: &[PortPolicy], ageing: Duration) -> Self {
-        let ports = policies.iter().map(|&policy| Port { policy, up: true, counters: PortCounters::default() }).collect();
-        Self { ports, fdb: HashMap::new(), ageing }
+        let ports = policies
+            .iter()
+            .map(|&policy| Port {
+                policy,
+                up: true,
+                counters: PortCounters::default(),
+            })
+            .collect();
+        Self {
+            ports,
+            fdb: HashMap::new(),
+            ageing,
+        }
     }
 
     pub fn port_count(&self) -> usize {
@@ -80,7 +91,9 @@ impl Switch {
 
     /// Takes a frame received on `port` and returns the ports it leaves through (tx counted).
     pub fn ingress(&mut self, port: usize, frame: &[u8], now: Instant) -> Vec<usize> {
-        let Some(p) = self.ports.get_mut(port) else { return Vec::new() };
+        let Some(p) = self.ports.get_mut(port) else {
+            return Vec::new();
+        };
         p.counters.rx_frames += 1;
         p.counters.rx_bytes += frame.len() as u64;
         if frame.len() < MIN_FRAME {
@@ -120,14 +133,20 @@ impl Switch {
         if flood {
             // A reflective-relay port gets its own floods back too, as a Linux bridge port in
             // hairpin mode does: that is how ARP between VEPA siblings works.
-            return (0..self.ports.len()).filter(|&o| self.ports[o].up && (o != ingress || hairpin)).collect();
+            return (0..self.ports.len())
+                .filter(|&o| self.ports[o].up && (o != ingress || hairpin))
+                .collect();
         }
         let to = self.fdb[&dst].port;
         if to == ingress && !hairpin {
             self.ports[ingress].counters.drop_same_port += 1;
             return Vec::new();
         }
-        if self.ports[to].up { vec![to] } else { Vec::new() }
+        if self.ports[to].up {
+            vec![to]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Learns (or refreshes) `src` on `port`; false when the port's MAC cap forbids it.
@@ -152,13 +171,21 @@ impl Switch {
 
     /// MACs currently learned on `port`.
     pub fn learned_on(&self, port: usize) -> Vec<MacAddr> {
-        let mut macs: Vec<MacAddr> = self.fdb.iter().filter(|(_, l)| l.port == port).map(|(m, _)| *m).collect();
+        let mut macs: Vec<MacAddr> = self
+            .fdb
+            .iter()
+            .filter(|(_, l)| l.port == port)
+            .map(|(m, _)| *m)
+            .collect();
         macs.sort_by_key(|m| m.0);
         macs
     }
 
     pub fn counters(&self, port: usize) -> PortCounters {
-        self.ports.get(port).map(|p| p.counters.clone()).unwrap_or_default()
+        self.ports
+            .get(port)
+            .map(|p| p.counters.clone())
+            .unwrap_or_default()
     }
 
     pub fn count_tx_error(&mut self, port: usize) {
@@ -221,8 +248,16 @@ mod tests {
         let mut s = switch(3, PortPolicy::default());
         let t = Instant::now();
         assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1, 2]);
-        assert_eq!(s.ingress(1, &frame(C, B), t), [0, 2], "unknown unicast floods");
-        assert_eq!(s.ingress(1, &frame(A, B), t), [0], "learned unicast goes to one port");
+        assert_eq!(
+            s.ingress(1, &frame(C, B), t),
+            [0, 2],
+            "unknown unicast floods"
+        );
+        assert_eq!(
+            s.ingress(1, &frame(A, B), t),
+            [0],
+            "learned unicast goes to one port"
+        );
         assert_eq!(s.ingress(0, &frame(B, A), t), [1]);
         assert_eq!(s.counters(2).tx_frames, 2);
     }
@@ -235,19 +270,39 @@ mod tests {
         assert_eq!(off.ingress(0, &frame(A, B), t), Vec::<usize>::new());
         assert_eq!(off.counters(0).drop_same_port, 1);
 
-        let mut on = switch(2, PortPolicy { hairpin: true, max_macs: None });
-        assert_eq!(on.ingress(0, &frame(BCAST, A), t), [0, 1], "floods come back to a hairpin port");
+        let mut on = switch(
+            2,
+            PortPolicy {
+                hairpin: true,
+                max_macs: None,
+            },
+        );
+        assert_eq!(
+            on.ingress(0, &frame(BCAST, A), t),
+            [0, 1],
+            "floods come back to a hairpin port"
+        );
         assert_eq!(on.ingress(0, &frame(A, B), t), [0], "reflective relay");
         assert_eq!(on.counters(0).drop_same_port, 0);
     }
 
     #[test]
     fn mac_cap_drops_extra_sources_but_keeps_the_first() {
-        let mut s = switch(2, PortPolicy { hairpin: false, max_macs: Some(1) });
+        let mut s = switch(
+            2,
+            PortPolicy {
+                hairpin: false,
+                max_macs: Some(1),
+            },
+        );
         let t = Instant::now();
         assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1]);
         assert!(s.ingress(0, &frame(BCAST, B), t).is_empty());
-        assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1], "the first MAC keeps working");
+        assert_eq!(
+            s.ingress(0, &frame(BCAST, A), t),
+            [1],
+            "the first MAC keeps working"
+        );
         assert_eq!(s.counters(0).drop_mac_limit, 1);
         assert_eq!(s.learned_on(0), [MacAddr(A)]);
     }
@@ -258,7 +313,11 @@ mod tests {
         let t = Instant::now();
         s.ingress(0, &frame(BCAST, A), t);
         assert_eq!(s.ingress(1, &frame(A, B), t), [0]);
-        assert_eq!(s.ingress(1, &frame(A, B), t + Duration::from_secs(2)), [0, 2], "aged out: flood again");
+        assert_eq!(
+            s.ingress(1, &frame(A, B), t + Duration::from_secs(2)),
+            [0, 2],
+            "aged out: flood again"
+        );
     }
 
     #[test]
@@ -279,10 +338,16 @@ mod tests {
         let t = Instant::now();
         assert!(s.ingress(0, &[1, 2, 3], t).is_empty());
         assert!(s.ingress(0, &vec![0u8; MAX_FRAME + 1], t).is_empty());
-        assert!(s.ingress(0, &frame(A, BCAST), t).is_empty(), "broadcast source");
+        assert!(
+            s.ingress(0, &frame(A, BCAST), t).is_empty(),
+            "broadcast source"
+        );
         assert!(s.ingress(9, &frame(A, B), t).is_empty(), "no such port");
         let c = s.counters(0);
-        assert_eq!((c.drop_runt, c.drop_oversize, c.drop_bad_source, c.rx_frames), (1, 1, 1, 3));
+        assert_eq!(
+            (c.drop_runt, c.drop_oversize, c.drop_bad_source, c.rx_frames),
+            (1, 1, 1, 3)
+        );
         assert_eq!(s.ingress(1, &frame(BCAST, B), t), [0], "still forwarding");
     }
 }
