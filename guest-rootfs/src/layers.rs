@@ -71,8 +71,20 @@ pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
         "request-{}.json",
         &lab_kernels::deb::sha256_hex(request.as_bytes())[..16]
     ));
-    if let Some(layer) = read_json::<Layer>(&resolved).filter(|l| l.path.is_file()) {
-        return Ok(layer);
+    if let Some(layer) = read_json::<Layer>(&resolved) {
+        match std::fs::metadata(&layer.path) {
+            Ok(m) if m.len() == layer.size => return Ok(layer),
+            Ok(m) => {
+                eprintln!(
+                    "lab-rootfs: package layer {} is cut short ({} of {} bytes): building it again",
+                    layer.path.display(),
+                    m.len(),
+                    layer.size
+                );
+                let _ = std::fs::remove_file(&layer.path);
+            }
+            Err(_) => {}
+        }
     }
     let closure = lab_kernels::deb::closure(&names)?;
     let contents: Vec<String> = closure.iter().map(|(n, v)| format!("{n}={v}")).collect();

@@ -97,16 +97,26 @@ pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Re
     })
 }
 
-/// Writes `bytes` to `<cache>/images/<stem>-<sha256 prefix>.cpio` unless it is there already.
+/// Writes `bytes` to `<cache>/images/<stem>-<sha256 prefix>.cpio` unless it is there already,
+/// whole: a file of that name with other contents (cut short by a full disk, damaged on disk)
+/// is named and written again. Reading it back costs ~20 ms, against seconds to build it.
 fn store(bytes: &[u8], stem: &str, cache: &Path) -> Result<Image> {
     let sha256 = lab_kernels::deb::sha256_hex(bytes);
     let dir = cache.join("images");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{stem}-{}.cpio", &sha256[..16]));
-    if !path.is_file() {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    match std::fs::read(&path) {
+        Ok(there) if there == bytes => {}
+        Ok(there) => {
+            eprintln!(
+                "lab-rootfs: image {} is damaged ({} bytes, {} expected, contents differ): writing it again",
+                path.display(),
+                there.len(),
+                bytes.len()
+            );
+            layers::write_atomically(&path, bytes)?;
+        }
+        Err(_) => layers::write_atomically(&path, bytes)?,
     }
     Ok(Image {
         path,
@@ -137,4 +147,37 @@ fn install_modules(tree: &mut Tree, kernel: &Kernel, wanted: &[String]) -> Resul
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_cached_image_is_written_again() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let bytes = b"070701 an image".repeat(1000);
+        let image = store(&bytes, "initramfs-test", cache.path()).expect("store");
+        assert_eq!(std::fs::read(&image.path).expect("read"), bytes);
+        // Cut short, as a full disk or a killed copy leaves it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image.path)
+            .expect("open")
+            .set_len(100)
+            .expect("truncate");
+        let again = store(&bytes, "initramfs-test", cache.path()).expect("store again");
+        assert_eq!(again.path, image.path);
+        assert_eq!(
+            std::fs::read(&again.path).expect("read"),
+            bytes,
+            "whole again"
+        );
+        let left: Vec<_> = std::fs::read_dir(cache.path().join("images"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no temp file left: {left:?}");
+    }
 }

@@ -140,6 +140,12 @@ fn tail(console: &Option<String>) -> String {
 }
 
 fn describe_exit(out: &RunOutput) -> String {
+    if out.oom_killed {
+        // The guest's commands share all of its memory but a reserve for the agent.
+        return "the guest's OOM killer killed it: its commands ran out of memory (give the guest more with \
+                `VmConfig::memory_mib`, or `--memory` on the command line)"
+            .to_string();
+    }
     match (out.timed_out, out.code, out.signal) {
         (true, ..) => format!("it timed out after {:?}", out.duration),
         (_, Some(code), _) => format!("it exited with {code}"),

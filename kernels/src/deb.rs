@@ -55,8 +55,10 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
         info.package,
         info.version.replace(':', "%3a")
     ));
-    if let Some(done) = read_marker(&dir) {
-        return Ok(done);
+    match cached(&dir) {
+        Cached::Whole(done) => return Ok(done),
+        Cached::Damaged(why) => eprintln!("lab-kernels: {why}: fetching {} again", info.package),
+        Cached::Missing => {}
     }
     // A staging directory of this call's own: threads of one process (test cases, guests booted
     // side by side) may fetch the same package at the same time.
@@ -68,7 +70,7 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     let unpacked = fetch_into(info, staging.path())?;
     // Another fetch of the same package may have finished first: its result is as good as ours,
     // and someone may be reading it, so it stays. A directory without a marker is a leftover.
-    if let Some(done) = read_marker(&dir) {
+    if let Cached::Whole(done) = cached(&dir) {
         return Ok(done);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -116,6 +118,37 @@ fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
     let json = serde_json::to_vec_pretty(&unpacked).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(&marker, json).map_err(|e| Error::io(&marker, e))?;
     Ok(unpacked)
+}
+
+/// What the cache holds of one package.
+#[derive(Debug)]
+enum Cached {
+    Whole(Unpacked),
+    Missing,
+    /// There, but not as fetched: why.
+    Damaged(String),
+}
+
+/// The package in `dir` if its marker is there and its `.deb` still has the sha256 the marker
+/// recorded when it was fetched (a file cut short or changed since is fetched again). Hashing
+/// the cached packages costs well under a second, and only when provisioning is not warm.
+fn cached(dir: &Path) -> Cached {
+    let Some(done) = read_marker(dir) else {
+        return Cached::Missing;
+    };
+    let deb = match only_deb(dir) {
+        Ok(deb) => deb,
+        Err(e) => return Cached::Damaged(format!("{}: {e}", dir.display())),
+    };
+    match std::fs::read(&deb) {
+        Ok(bytes) if sha256_hex(&bytes) == done.sha256 => Cached::Whole(done),
+        Ok(bytes) => Cached::Damaged(format!(
+            "{} is damaged ({} bytes, sha256 differs from when it was fetched)",
+            deb.display(),
+            bytes.len()
+        )),
+        Err(e) => Cached::Damaged(format!("{} cannot be read: {e}", deb.display())),
+    }
 }
 
 fn read_marker(dir: &Path) -> Option<Unpacked> {
@@ -311,6 +344,47 @@ mod tests {
             Some(("libc6".into(), "2.36-9+deb12u14".into()))
         );
         assert_eq!(parse_inst("Conf libc6 (2.36-9 Debian [amd64])"), None);
+    }
+
+    #[test]
+    fn a_cached_deb_cut_short_or_changed_is_named_and_not_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pkg = dir.path().join("hello_1.0");
+        std::fs::create_dir(&pkg).expect("mkdir");
+        assert!(
+            matches!(cached(&pkg), Cached::Missing),
+            "no marker yet: being fetched, or killed"
+        );
+        let deb = pkg.join("hello_1.0_amd64.deb");
+        let bytes = b"!<arch>\ndebian-binary".repeat(100);
+        std::fs::write(&deb, &bytes).expect("deb");
+        let marker = Unpacked {
+            package: "hello".into(),
+            version: "1.0".into(),
+            sha256: sha256_hex(&bytes),
+            root: PathBuf::new(),
+        };
+        std::fs::write(pkg.join(MARKER), serde_json::to_vec(&marker).expect("json"))
+            .expect("marker");
+        assert!(matches!(cached(&pkg), Cached::Whole(u) if u.package == "hello"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&deb)
+            .expect("open")
+            .set_len(10)
+            .expect("truncate");
+        match cached(&pkg) {
+            Cached::Damaged(why) => assert!(
+                why.contains("hello_1.0_amd64.deb is damaged (10 bytes"),
+                "{why}"
+            ),
+            other => panic!("a cut-short .deb was trusted: {other:?}"),
+        }
+        std::fs::remove_file(&deb).expect("rm");
+        assert!(
+            matches!(cached(&pkg), Cached::Damaged(_)),
+            "a marker without its .deb"
+        );
     }
 
     #[test]

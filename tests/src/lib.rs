@@ -4,6 +4,17 @@
 
 use lab_harness::{Assets, Vm, VmConfig};
 
+/// The seed of a randomized test: `LAB_SEED` when set (to replay a failure), else a new one.
+/// Printed either way, so a failure's output says how to replay it.
+pub fn seed() -> u64 {
+    let seed = std::env::var("LAB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("seed {seed} (LAB_SEED={seed} replays this run)");
+    seed
+}
+
 /// The provisioned kernel and image; panics with the fix when they are missing.
 pub fn assets() -> Assets {
     Assets::from_env().unwrap_or_else(|e| panic!("{e}"))

@@ -1,6 +1,6 @@
-//! Running one [`RunSpec`]: spawn in its own process group (or, on a terminal, its own session),
-//! feed stdin, capture capped output or stream it as it comes, and kill the whole group when the
-//! timeout passes.
+//! Running one [`RunSpec`]: spawn in its own process group (or, on a terminal, its own session)
+//! and its own cgroup ([`crate::limits`]), feed stdin, capture capped output or stream it as it
+//! comes, and kill the whole group when the timeout passes.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -45,6 +45,13 @@ pub fn run(
     let started_at = Instant::now();
     let sink = if spec.streams() { sink } else { None };
     let mut cmd = command(spec);
+    let group = crate::limits::Group::create();
+    if let Some(group) = &group {
+        // SAFETY: the closure only opens, writes and closes files (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(group.enter());
+        }
+    }
     let tty = match spec.tty {
         Some(size) => Some(attach_tty(&mut cmd, size)?),
         None => None,
@@ -92,7 +99,9 @@ pub fn run(
     let drain = spec.tty.map(|_| TTY_DRAIN);
     let (stdout, out_cut) = finish(stdout, drain);
     let (stderr, err_cut) = finish(stderr, drain);
+    let oom_killed = group.as_ref().is_some_and(|g| g.oom_kills() > 0);
     Ok(RunOutput {
+        oom_killed,
         code: if timed_out { None } else { status.code() },
         signal: status.signal(),
         timed_out,

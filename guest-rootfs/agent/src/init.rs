@@ -23,6 +23,10 @@ const PORT_WAIT: Duration = Duration::from_secs(20);
 pub fn run() -> ! {
     log("starting");
     mount_pseudo_fs();
+    match crate::limits::set_up() {
+        Ok(caps) => log(&caps),
+        Err(e) => log(&format!("commands run without limits: {e}")),
+    }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(name) = cmdline_value(&cmdline, "lab.hostname") {
         if let Err(e) = nix::unistd::sethostname(name) {

@@ -4,6 +4,7 @@
 mod call;
 mod exec;
 mod init;
+mod limits;
 mod resume;
 mod serve;
 mod unpack;

@@ -26,6 +26,7 @@ fn running() -> &'static Mutex<HashMap<u64, Io>> {
 }
 
 pub fn run(port: &str) -> std::io::Result<()> {
+    crate::limits::protect_agent();
     // A virtio-serial port opens once (a second open is EBUSY): one read-write handle, duplicated.
     let mut reader = OpenOptions::new().read(true).write(true).open(port)?;
     let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));

@@ -232,6 +232,9 @@ pub struct RunOutput {
     pub stderr: Vec<u8>,
     /// True when a stream hit [`MAX_OUTPUT_BYTES`] and the rest was discarded.
     pub truncated: bool,
+    /// True when the guest's OOM killer ended the command (all of it: a command is one cgroup).
+    #[serde(default)]
+    pub oom_killed: bool,
     #[serde(with = "millis")]
     pub duration: Duration,
 }
@@ -461,6 +464,7 @@ mod tests {
             stdout: vec![],
             stderr: vec![],
             truncated: false,
+            oom_killed: false,
             duration: Duration::ZERO,
         };
         assert_eq!(out(Some(0), false).verdict(), Verdict::Pass);
@@ -524,5 +528,75 @@ mod tests {
             })
         ));
         assert_eq!(salvage_id(b"{\"id\":9,\"op\":\"nope\"}"), Some(9));
+    }
+
+    /// Fuzzing the agent's request decoding (the splitter, the decoder, the id salvage): any
+    /// bytes, cut anywhere, never panic, and whatever is decoded means the same as sent.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn spec() -> impl Strategy<Value = RunSpec> {
+            (
+                any::<String>(),
+                prop::option::of(any::<Vec<u8>>()),
+                prop::collection::btree_map(any::<String>(), any::<String>(), 0..3),
+                any::<u32>(),
+                any::<bool>(),
+            )
+                .prop_map(|(script, stdin, env, ms, stream)| RunSpec {
+                    program: Program::Script(script),
+                    netns: None,
+                    stdin,
+                    env,
+                    timeout: Duration::from_millis(u64::from(ms)),
+                    cwd: None,
+                    stream,
+                    tty: None,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode::<Request>(&bytes, 256);
+                let _ = decode::<Response>(&bytes, 1024);
+                let _ = salvage_id(&bytes);
+            }
+
+            #[test]
+            fn any_request_is_one_line_and_decodes_to_itself(id in any::<u64>(), spec in spec()) {
+                let req = Request { id, op: Op::Run(spec) };
+                let line = encode(&req);
+                prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+                let back: Request = decode(&line[..line.len() - 1], MAX_REQUEST_BYTES).expect("decodes");
+                prop_assert_eq!(back, req);
+            }
+
+            #[test]
+            fn lines_come_out_the_same_however_the_bytes_are_cut(
+                bytes in prop::collection::vec(prop_oneof![4 => any::<u8>(), 1 => Just(b'\n')], 0..400),
+                cuts in prop::collection::vec(0usize..400, 0..8),
+            ) {
+                let limit = 32;
+                let whole = LineSplitter::new(limit).push(&bytes);
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+                cuts.sort_unstable();
+                let mut splitter = LineSplitter::new(limit);
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for cut in cuts.into_iter().chain([bytes.len()]) {
+                    pieces.extend(splitter.push(&bytes[from..cut]));
+                    from = cut;
+                }
+                prop_assert_eq!(&pieces, &whole);
+                for (line, want) in whole.iter().zip(bytes.split(|&b| b == b'\n')) {
+                    match line {
+                        Line::Complete(l) => prop_assert!(l.len() <= limit && l.as_slice() == want),
+                        Line::Oversized { len } => prop_assert!(*len > limit && *len == want.len()),
+                    }
+                }
+            }
+        }
     }
 }

@@ -350,4 +350,59 @@ mod tests {
         );
         assert_eq!(s.ingress(1, &frame(BCAST, B), t), [0], "still forwarding");
     }
+
+    /// Fuzzing the forwarding logic: any frames, on any ports (real or not), under any
+    /// policies, never panic, and every decision keeps the switch's rules.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn frames() -> impl Strategy<Value = Vec<(usize, Vec<u8>)>> {
+            // Mostly frame-sized, some runts and oversized; MACs from a small set so that
+            // learning and ageing happen; ports 0..5 of a 4-port switch.
+            let mac = prop::sample::select(vec![
+                A,
+                B,
+                C,
+                BCAST,
+                [0x33, 0x33, 0, 0, 0, 1],
+                [0, 0, 0, 0, 0, 0],
+            ]);
+            let frame = prop_oneof![
+                8 => (mac.clone(), mac, prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(d, s, rest)| {
+                    let mut f = frame(d, s);
+                    f.extend(rest);
+                    f
+                }),
+                1 => prop::collection::vec(any::<u8>(), 0..MIN_FRAME),
+                // Oversized ones need no random contents: their length alone decides.
+                1 => (MAX_FRAME + 1..MAX_FRAME + 64).prop_map(|n| vec![0xab; n]),
+            ];
+            prop::collection::vec((0usize..5, frame), 1..200)
+        }
+
+        proptest! {
+            #[test]
+            fn any_frames_keep_the_rules(hairpin in any::<bool>(), cap in prop::option::of(1usize..3), frames in frames(), downs in prop::collection::vec(0usize..5, 0..3)) {
+                let mut s = switch(4, PortPolicy { hairpin, max_macs: cap });
+                for port in downs {
+                    s.set_up(port, false);
+                }
+                let t = Instant::now();
+                for (i, (port, frame)) in frames.iter().enumerate() {
+                    let out = s.ingress(*port, frame, t + Duration::from_millis(i as u64));
+                    prop_assert!(out.iter().all(|&p| p < 4), "only real ports: {out:?}");
+                    prop_assert!(hairpin || !out.contains(port), "back out of its own port only with hairpin: {out:?}");
+                    let bad = frame.len() < MIN_FRAME || frame.len() > MAX_FRAME || frame[6] & 1 == 1;
+                    prop_assert!(!bad || out.is_empty(), "a bad frame goes nowhere");
+                    let mut sorted = out.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    prop_assert_eq!(sorted.len(), out.len(), "each port at most once");
+                }
+                let rx: u64 = (0..4).map(|p| s.counters(p).rx_frames).sum();
+                prop_assert_eq!(rx as usize, frames.iter().filter(|(p, _)| *p < 4).count(), "every frame on a real port counted");
+            }
+        }
+    }
 }

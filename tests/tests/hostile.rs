@@ -1,0 +1,111 @@
+//! Hostile input: whatever a command does in a guest, and whatever bytes reach the agent or a
+//! switch port, the agent, the guest and the switch stay up, and the result says what happened.
+
+use std::time::Duration;
+
+use lab_harness::{Cmd, Reply, Vm};
+use lab_tests::{boot, config, Check};
+
+/// The agent still answers, promptly.
+async fn still_serves(vm: &Vm) {
+    let out = vm
+        .succeed(Cmd::script("echo alive").timeout(Duration::from_secs(60)))
+        .await
+        .check();
+    assert_eq!(out, "alive\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_bomb_a_memory_hog_and_a_closed_stdout_each_end_clearly() {
+    let vm = boot(config("hostile")).await;
+
+    // Forks without end: it meets the commands' process cap, not an agent without pids, and is
+    // killed, all of it, at its timeout.
+    let bomb = vm
+        .run(Cmd::script("b() { b | b & }; b; sleep 600").timeout(Duration::from_secs(8)))
+        .await
+        .check();
+    assert!(bomb.timed_out, "the bomb ends at its timeout: {bomb:?}");
+    still_serves(&vm).await;
+    let pids = vm
+        .wait_until_succeeds(
+            Cmd::script("test $(cat /sys/fs/cgroup/commands/pids.current) -le 3 && echo gone"),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(pids.check(), "gone\n", "no process of the bomb is left");
+
+    // Eats memory (tail keeps all of a file without newlines): the OOM killer ends it, inside
+    // the commands' cgroup, and the result says so.
+    let hog = vm
+        .run(Cmd::script("tail /dev/zero").timeout(Duration::from_secs(60)))
+        .await
+        .check();
+    assert!(
+        hog.oom_killed && !hog.timed_out,
+        "the hog is OOM-killed: {hog:?}"
+    );
+    let err = vm
+        .succeed(Cmd::script("tail /dev/zero").timeout(Duration::from_secs(60)))
+        .await
+        .expect_err("a hog fails");
+    assert!(
+        err.to_string().contains("OOM killer"),
+        "the error says why: {err}"
+    );
+    still_serves(&vm).await;
+
+    // Closes its own stdout: what it writes there is lost, and the rest of its result stands.
+    let closed = vm
+        .run(Cmd::script("exec >&-; echo lost; echo said >&2; exit 3"))
+        .await
+        .check();
+    assert_eq!(
+        (closed.code, closed.stdout.as_slice()),
+        (Some(3), &b""[..]),
+        "{closed:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains("said"),
+        "{closed:?}"
+    );
+    still_serves(&vm).await;
+
+    let log = vm.console_log();
+    assert!(!log.contains("Kernel panic"), "the guest lives: {log}");
+    vm.shutdown().await.check();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_and_oversized_lines_each_get_an_error_reply() {
+    let vm = boot(config("noise")).await;
+    let seed = lab_tests::seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..200 {
+        let len = rng.usize(0..4096);
+        // Any bytes but a newline, which would cut the line in two.
+        let mut line: Vec<u8> = (0..len)
+            .map(|_| rng.u8(..))
+            .map(|b| if b == b'\n' { b' ' } else { b })
+            .collect();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            line.push(b'x'); // a blank line is skipped, not answered
+        }
+        line.push(b'\n');
+        let reply = vm.send_raw_to_agent(&line).await.check();
+        assert!(
+            matches!(reply, Reply::Error { .. }),
+            "line {i} (seed {seed}) got {reply:?}"
+        );
+    }
+    // Longer than a request may be (32 MiB): refused without being kept.
+    let mut huge = vec![b'x'; lab_proto::MAX_REQUEST_BYTES + 1024];
+    huge.push(b'\n');
+    let reply = vm.send_raw_to_agent(&huge).await.check();
+    assert!(
+        matches!(&reply, Reply::Error { message } if message.contains("exceeds the limit")),
+        "{reply:?}"
+    );
+    still_serves(&vm).await;
+    vm.shutdown().await.check();
+}
