@@ -44,7 +44,7 @@ pub enum Error {
     Kernel(#[from] lab_kernels::Error),
     #[error("guest image recipe {path}: {message}")]
     Recipe { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
+    #[error("{}: {source}{}", path.display(), lab_kernels::io_fix(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,

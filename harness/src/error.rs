@@ -74,7 +74,7 @@ pub enum Error {
         output: Box<RunOutput>,
     },
 
-    #[error("{path}: {source}")]
+    #[error("{}: {source}{}", path.display(), lab_kernels::io_fix(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -247,6 +247,12 @@ async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
             cfg.name
         );
     }
+    if let Some(why) = no_room(store, cfg.memory_mib) {
+        tracing::warn!("{}: no snapshot taken: {why}; booting cold", cfg.name);
+        let mut vm = Vm::boot_cold(cfg, Memory::Anonymous).await?;
+        vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
+        return Ok(vm);
+    }
     let mut vm = match take(cfg, store, &dir, &key).await? {
         Taken::Snapshot(snap) => match restore(cfg, &snap).await {
             Ok(vm) => vm,
@@ -446,6 +452,22 @@ fn find(dir: &Path, key: &str) -> Found {
 
 fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Why `store` cannot take a snapshot of a guest of `memory_mib` now, if it cannot: its memory
+/// file may need that much (its non-zero pages, often a third). Checked first, so that a full
+/// disk costs a cold boot and a warning, not a boot, a failed copy and a second boot.
+fn no_room(store: &Path, memory_mib: u32) -> Option<String> {
+    let stat = nix::sys::statvfs::statvfs(store).ok()?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let need = u64::from(memory_mib) << 20;
+    (free < need).then(|| {
+        format!(
+            "{} has {} MiB free, and a snapshot of this guest may need {memory_mib} MiB",
+            store.display(),
+            free >> 20
+        )
+    })
 }
 
 /// What [`take`] ended with.

@@ -55,13 +55,26 @@ pub enum Error {
         stderr: String,
         fix: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{}: {source}{}", path.display(), io_fix(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What to do about an I/O error, where there is one thing to do; every crate's `Io` error
+/// ends with it, so a full disk reads the same wherever it is met.
+pub fn io_fix(e: &std::io::Error) -> &'static str {
+    // By kind, not by errno: wrappers such as tempfile's keep the kind and hide the errno.
+    match (e.kind(), e.raw_os_error()) {
+        (std::io::ErrorKind::StorageFull, _) | (_, Some(libc::EDQUOT)) => {
+            "\n  fix: the disk is full: free space on it (`df -h` shows which); target/lab/cache may go \
+             whole, it is made again"
+        }
+        _ => "",
+    }
 }
 
 impl Error {
