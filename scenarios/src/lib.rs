@@ -4,6 +4,7 @@
 
 mod claims;
 pub mod expectations;
+pub mod junit;
 mod modes;
 mod nested;
 mod probe;
@@ -37,6 +38,18 @@ pub struct ScenarioReport {
     /// Set when the scenario could not run to the end (a guest failed to boot, a command broke).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// From its first guest's boot to its last check.
+    #[serde(with = "seconds")]
+    pub took: std::time::Duration,
+}
+
+mod seconds {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 10.0).round() / 10.0)
+    }
 }
 
 /// `target/lab/report.json`.
@@ -64,7 +77,9 @@ pub const NOTE: &str = "note: ";
 
 /// Runs scenario `name` in fresh guests and judges it against the expectation table.
 pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
+    let started = std::time::Instant::now();
     let result = scenarios::run(name, assets).await;
+    let took = started.elapsed();
     let (observed, error) = match result {
         Ok(o) => (o, None),
         Err(e) => (Observed::new(), Some(e.to_string())),
@@ -97,6 +112,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         checks,
         notes,
         error,
+        took,
     }
 }
 
@@ -190,6 +206,7 @@ mod tests {
                     checks: vec![check("sibling", "reachable")],
                     notes: BTreeMap::new(),
                     error: None,
+                    took: std::time::Duration::from_secs(3),
                 },
                 ScenarioReport {
                     name: "mode/x".into(),
@@ -197,6 +214,7 @@ mod tests {
                     checks: vec![check("a much longer check name", "unreachable")],
                     notes: BTreeMap::new(),
                     error: Some("host1: boot timed out\nconsole...".into()),
+                    took: std::time::Duration::from_secs(60),
                 },
             ],
         };

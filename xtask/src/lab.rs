@@ -20,6 +20,10 @@ pub struct LabArgs {
     /// Scenarios run at the same time (each boots two guests).
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
+    /// over CI runners.
+    #[arg(long, value_name = "K/N", value_parser = crate::parse_partition)]
+    pub partition: Option<(u32, u32)>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -190,6 +194,19 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The scenarios of shard `k` of `n`: every n-th, starting at the k-th.
+fn shard(names: Vec<&str>, partition: Option<(u32, u32)>) -> Vec<&str> {
+    let Some((k, n)) = partition else {
+        return names;
+    };
+    names
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 % n == k - 1)
+        .map(|(_, name)| name)
+        .collect()
+}
+
 /// Runs the scenarios, prints the table, writes `target/lab/report.json`; fails when any
 /// observation differs from its expectation.
 fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
@@ -202,6 +219,13 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         !names.is_empty(),
         "no scenario name contains '{}'; `cargo xtask lab --list` shows them",
         args.only.as_deref().unwrap_or_default()
+    );
+    let count = names.len();
+    let names = shard(names, args.partition);
+    anyhow::ensure!(
+        !names.is_empty(),
+        "shard {:?} of {count} scenarios holds none: use fewer shards",
+        args.partition.unwrap_or_default()
     );
     crate::hosttools::ensure_qemu()?;
     let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
@@ -263,7 +287,13 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         &crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)),
         &json,
     )?;
-    eprintln!("lab: report written to {}", path.display());
+    // One test case per check, for CI systems to show.
+    let junit = lab_scenarios::junit::junit(&report);
+    lab_rootfs::layers::write_atomically(&crate::lab_dir().join("junit.xml"), junit.as_bytes())?;
+    eprintln!(
+        "lab: report written to {} (JUnit: junit.xml beside it)",
+        path.display()
+    );
     eprintln!(
         "lab: captures, consoles and summaries of each scenario are in {}",
         crate::runs::shown(&assets.runs).display()
@@ -363,4 +393,17 @@ fn run_job(
         _ => {}
     }
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_scenarios_between_them() {
+        let names = vec!["a", "b", "c", "d", "e"];
+        assert_eq!(shard(names.clone(), Some((1, 2))), ["a", "c", "e"]);
+        assert_eq!(shard(names.clone(), Some((2, 2))), ["b", "d"]);
+        assert_eq!(shard(names.clone(), None), names);
+    }
 }

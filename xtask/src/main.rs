@@ -95,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `2/3` -> (2, 3), with 1 <= K <= N.
-fn parse_partition(text: &str) -> Result<(u32, u32), String> {
+pub(crate) fn parse_partition(text: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{text:?} is not a shard: give K/N with 1 <= K <= N, e.g. 1/2");
     let (k, n) = text.split_once('/').ok_or_else(bad)?;
     let (k, n): (u32, u32) = (
@@ -147,6 +147,16 @@ fn test(
     with_env(&mut nextest);
     let (status, mut tally) = tally::run(nextest)?;
     let mut ok = status.success();
+    // The JUnit file is what CI shows: it must say what nextest said.
+    let junit = workspace_target().join("nextest/default/junit.xml");
+    let (cases, failures) = tally::junit_counts(&junit)?;
+    anyhow::ensure!(
+        (cases, failures) == (tally.passed + tally.failed, tally.failed),
+        "{} holds {cases} test cases ({failures} failed), but nextest reported {} passed and {} failed",
+        junit.display(),
+        tally.passed,
+        tally.failed
+    );
     // nextest does not run doctests (the README's examples among them): cargo test does, once.
     if partition.is_none_or(|(k, _)| k == 1) && test_args.is_empty() {
         let mut doc = std::process::Command::new(env!("CARGO"));

@@ -37,6 +37,26 @@ fn pass_through(from: Option<impl std::io::Read>, mut to: impl Write) -> anyhow:
     Ok(tally)
 }
 
+/// Test cases and the failed or erroring ones among them, in a JUnit XML file.
+pub fn junit_counts(path: &std::path::Path) -> anyhow::Result<(usize, usize)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let doc = roxmltree::Document::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not valid XML: {e}", path.display()))?;
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    let failed = cases
+        .iter()
+        .filter(|c| {
+            c.children()
+                .any(|n| n.has_tag_name("failure") || n.has_tag_name("error"))
+        })
+        .count();
+    Ok((cases.len(), failed))
+}
+
 impl Tally {
     /// `test result: ok. 12 passed; 0 failed; 0 ignored; ...` (cargo test) or
     /// `Summary [ 12.3s] 14 tests run: 12 passed, 2 failed, 0 skipped` (nextest).
@@ -90,5 +110,18 @@ mod tests {
                 failed: 5
             }
         );
+    }
+
+    #[test]
+    fn junit_counts_cases_and_the_failed_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("junit.xml");
+        std::fs::write(&path, r#"<?xml version="1.0"?><testsuites><testsuite name="a"><testcase name="x"/><testcase name="y"><failure message="m"/></testcase></testsuite><testsuite name="b"><testcase name="z"><error/></testcase></testsuite></testsuites>"#).expect("write");
+        assert_eq!(junit_counts(&path).expect("counts"), (3, 2));
+        std::fs::write(&path, "<testsuites>").expect("write");
+        assert!(junit_counts(&path)
+            .expect_err("broken")
+            .to_string()
+            .contains("not valid XML"));
     }
 }
