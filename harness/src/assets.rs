@@ -31,6 +31,10 @@ pub struct Assets {
     /// The directory the assets file was read from (`target/lab`).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The cache they were made in (kernels, packages, images, snapshots), shared by every
+    /// clone on the machine; `<dir>/cache` in assets files older than that.
+    #[serde(default)]
+    pub cache: PathBuf,
     /// Where labs booted with these assets keep their artifacts; `<dir>/runs`, dropped on
     /// success, unless the caller says otherwise.
     #[serde(skip)]
@@ -154,12 +158,21 @@ impl Assets {
         Ok(cfg)
     }
 
+    /// The cache these assets were made in.
+    pub fn cache_dir(&self) -> PathBuf {
+        if self.cache.as_os_str().is_empty() {
+            self.dir.join("cache")
+        } else {
+            self.cache.clone()
+        }
+    }
+
     /// A guest configuration booting these assets, checked to run this kernel.
     pub fn vm(&self, name: &str) -> VmConfig {
         let mut cfg = VmConfig::new(name, &self.kernel.bzimage, &self.image.path);
         cfg.kernel_release = Some(self.kernel.release.clone());
         cfg.modules_disk.clone_from(&self.modules_disk);
-        cfg.snapshots = Some(self.dir.join("cache").join("snapshots"));
+        cfg.snapshots = Some(self.cache_dir().join("snapshots"));
         cfg
     }
 
@@ -218,7 +231,7 @@ impl Assets {
 
     /// The cached layer of `packages` and their dependencies.
     pub fn package_layer(&self, packages: &[String]) -> Result<lab_rootfs::layers::Layer> {
-        let cache = self.dir.join("cache");
+        let cache = self.cache_dir();
         let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())
             .map_err(lab_rootfs::Error::from)?;
         lab_kernels::archive::use_archive(&manifest.archive, &cache)

@@ -50,6 +50,11 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
     }
     let root = cache.join("apt");
     let conf = write_config(archive, &root)?;
+    // The cache is shared by every clone on the machine, and apt runs here without its own
+    // locks: one update at a time, and the ones that waited find the lists fresh.
+    let lock_path = root.join("update.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if !lists_fresh(&root.join("state/lists")) {
         let out = Command::new(crate::deb::tool("apt-get")?)
             .arg("update")
@@ -90,8 +95,7 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
         std::fs::write(&status, b"").map_err(|e| Error::io(&status, e))?;
     }
     let sources = root.join("sources.list");
-    std::fs::write(&sources, archive.sources.join("\n") + "\n")
-        .map_err(|e| Error::io(&sources, e))?;
+    write_if_changed(&sources, &(archive.sources.join("\n") + "\n"))?;
     let conf = root.join("apt.conf");
     let p = |sub: &str| root.join(sub).display().to_string();
     let text = format!(
@@ -107,8 +111,21 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
         parts = p("sources.list.d"),
         prefs = p("preferences.d"),
     );
-    std::fs::write(&conf, text).map_err(|e| Error::io(&conf, e))?;
+    write_if_changed(&conf, &text)?;
     Ok(conf)
+}
+
+/// Replaces `path` with `text`, whole, unless it holds that already: apt in another process (a
+/// second clone sharing the cache) may be reading it.
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }
 
 /// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.

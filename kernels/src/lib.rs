@@ -70,8 +70,8 @@ pub fn io_fix(e: &std::io::Error) -> &'static str {
     // By kind, not by errno: wrappers such as tempfile's keep the kind and hide the errno.
     match (e.kind(), e.raw_os_error()) {
         (std::io::ErrorKind::StorageFull, _) | (_, Some(libc::EDQUOT)) => {
-            "\n  fix: the disk is full: free space on it (`df -h` shows which); target/lab/cache may go \
-             whole, it is made again"
+            "\n  fix: the disk is full: free space on it (`df -h` shows which); `cargo xtask clean-cache` \
+             frees the lab's cache, which is made again"
         }
         _ => "",
     }

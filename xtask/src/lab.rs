@@ -17,8 +17,9 @@ pub struct LabArgs {
     /// List the scenarios and the seed claims they check, then exit.
     #[arg(long)]
     pub list: bool,
-    /// Scenarios run at the same time (each boots two guests).
-    #[arg(long, default_value_t = 2)]
+    /// Scenarios run at the same time (each boots two or three guests), longest first by the
+    /// last run's times. On 2 cores under TCG, 3 keeps both busy while scenarios wait on pings.
+    #[arg(long, default_value_t = 3)]
     pub jobs: usize,
     /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
     /// over CI runners.
@@ -194,6 +195,31 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     }
 }
 
+/// How long each scenario took in the report at `path` (none when there is no such report).
+fn last_times(path: &Path) -> std::collections::HashMap<String, f64> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        scenarios: Vec<Scenario>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Scenario {
+        name: String,
+        #[serde(default)]
+        took: Option<f64>,
+    }
+    let Ok(text) = std::fs::read(path) else {
+        return Default::default();
+    };
+    let Ok(report) = serde_json::from_slice::<Report>(&text) else {
+        return Default::default();
+    };
+    report
+        .scenarios
+        .into_iter()
+        .filter_map(|s| Some((s.name, s.took?)))
+        .collect()
+}
+
 /// The scenarios of shard `k` of `n`: every n-th, starting at the k-th.
 fn shard(names: Vec<&str>, partition: Option<(u32, u32)>) -> Vec<&str> {
     let Some((k, n)) = partition else {
@@ -235,10 +261,20 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
         let mut set = tokio::task::JoinSet::new();
-        for (i, name) in names.iter().enumerate() {
-            let (name, assets, permits) = (name.to_string(), assets.clone(), permits.clone());
+        // Longest first (by the last run's times on this kernel), so that the nested scenarios
+        // do not start last and leave the other slots idle while they finish.
+        let last = last_times(&crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)));
+        let mut order: Vec<(usize, &&str)> = names.iter().enumerate().collect();
+        order.sort_by(|(_, a), (_, b)| {
+            let took = |n: &str| last.get(n).copied().unwrap_or(f64::INFINITY);
+            took(b).total_cmp(&took(a))
+        });
+        for (i, name) in order {
+            // Taken here, in order, not in the task: tasks start in no particular order.
+            let permit = permits.clone().acquire_owned().await;
+            let (name, assets) = (name.to_string(), assets.clone());
             set.spawn(async move {
-                let _permit = permits.acquire().await;
+                let _permit = permit;
                 let started = std::time::Instant::now();
                 let report = lab_scenarios::run(&name, &assets).await;
                 let verdict = if report.passed {

@@ -54,6 +54,16 @@ enum Command {
     /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
     /// for `lab run --dir` (see examples/bonding-selftest.sh).
     Selftests,
+    /// Empty the cache every clone on this machine shares (`LAB_CACHE`, else
+    /// `~/.cache/macvlan-lab`): kernels, packages, images, snapshots. The next run fetches and
+    /// builds them again. `--snapshots` removes only the snapshots.
+    ///
+    /// Example: `cargo xtask clean-cache --snapshots`
+    CleanCache {
+        /// Remove only the snapshots (`<cache>/snapshots`), which are made again in seconds.
+        #[arg(long)]
+        snapshots: bool,
+    },
 }
 
 fn main() {
@@ -91,7 +101,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", selftests::provide()?.display());
             Ok(())
         }
+        Command::CleanCache { snapshots } => clean_cache(snapshots),
     }
+}
+
+/// `clean-cache`: removes the shared cache (or its snapshots) and says how much that freed.
+fn clean_cache(only_snapshots: bool) -> anyhow::Result<()> {
+    let cache = cache_dir();
+    let target = if only_snapshots {
+        cache.join("snapshots")
+    } else {
+        cache
+    };
+    if !target.exists() {
+        println!(
+            "xtask: {} is not there; nothing to remove",
+            target.display()
+        );
+        return Ok(());
+    }
+    let size = disk_usage(&target);
+    std::fs::remove_dir_all(&target)
+        .map_err(|e| anyhow::anyhow!("removing {}: {e}", target.display()))?;
+    // The stamps say the assets in the cache are whole: they are not any more. (Other clones'
+    // stamps find the files gone, and provision again.)
+    for entry in std::fs::read_dir(lab_dir()).into_iter().flatten().flatten() {
+        if !only_snapshots && entry.file_name().to_string_lossy().ends_with(".stamp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    println!(
+        "xtask: removed {} ({:.0} MiB)",
+        target.display(),
+        size as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// Bytes a directory tree takes on disk.
+fn disk_usage(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    own + std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| disk_usage(&e.path()))
+        .sum::<u64>()
 }
 
 /// `2/3` -> (2, 3), with 1 <= K <= N.
@@ -216,6 +278,24 @@ pub fn workspace_target() -> PathBuf {
 }
 
 /// `target/lab`: cache, assets, artifacts.
+/// Where kernels, packages, images, module disks, selftests and snapshots are kept: one cache
+/// for every clone on this machine, so a second clone starts warm. `LAB_CACHE` when set, else
+/// `$XDG_CACHE_HOME/macvlan-lab`, else `~/.cache/macvlan-lab`; `target/lab/cache` only when
+/// there is no home.
+pub fn cache_dir() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var(ENV_CACHE)
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("macvlan-lab")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("macvlan-lab")))
+        .unwrap_or_else(|| lab_dir().join("cache"))
+}
+
+pub const ENV_CACHE: &str = "LAB_CACHE";
+
 pub fn lab_dir() -> PathBuf {
     workspace_target().join("lab")
 }

@@ -36,7 +36,7 @@ const STAMP_FORMAT: u32 = 1;
 /// since the last time (the stamp of its inputs matches, and every file it made is there), that
 /// is a few file reads.
 pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
-    let cache = lab_dir().join("cache");
+    let cache = crate::cache_dir();
     let agent = build_agent()?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
     lab_kernels::archive::use_archive(&manifest.archive, &cache)
@@ -165,6 +165,7 @@ fn provision(
         nest: nest.as_ref().map(asset),
         modules_disk: Some(modules_disk.path.clone()),
         dir: lab_dir(),
+        cache: cache.to_path_buf(),
         runs: lab_harness::Runs::default(),
     };
     let path = lab_dir().join("assets.json");

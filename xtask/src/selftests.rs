@@ -18,7 +18,7 @@ const DIRS: [&str; 3] = [
 /// Returns `<cache>/selftests/<version>/`, holding `drivers/net/bonding/...`, `net/...` as in
 /// the kernel tree's `tools/testing/selftests`.
 pub fn provide() -> anyhow::Result<PathBuf> {
-    let cache = crate::lab_dir().join("cache");
+    let cache = crate::cache_dir();
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
     lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
