@@ -112,3 +112,72 @@ fn a_signal_mid_run_stops_it_and_leaves_nothing(#[case] signal: nix::sys::signal
     );
     assert!(dirs.is_empty(), "directories left after {signal}: {dirs:?}");
 }
+
+/// Kills at random points, as users and CI do: SIGINT, SIGTERM or SIGKILL to the whole process
+/// group (a terminal's Ctrl-C reaches every process of it) of `lab run` or of a lab scenario, at
+/// any moment from provisioning through boot, command and shutdown. The seed is printed;
+/// `LAB_SEED` replays a failure. After each kill no QEMU of the run lives on, and once the next
+/// run has swept, no directory of it is left.
+#[test]
+fn kills_at_random_points_leave_nothing_once_swept() {
+    use nix::sys::signal::Signal;
+    let seed = std::env::var("LAB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("seed {seed} (LAB_SEED={seed} replays this run)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let script = tmp.path().join("job.sh");
+    std::fs::write(&script, "ip -br link; sleep 2; echo done\n").expect("script");
+    let mut killed = Vec::new();
+    for round in 0..4 {
+        let signal = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL][rng.usize(..3)];
+        let lab_run = rng.bool();
+        let after = Duration::from_millis(rng.u64(200..6000));
+        let mut cmd = xtask();
+        if lab_run {
+            cmd.args(["lab", "run", "--hosts", "2"]).arg(&script);
+        } else {
+            cmd.args(["lab", "--only", "mode/bridge"]);
+        }
+        let mut child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
+            .env("TMPDIR", tmp.path())
+            .env_remove("LAB_RUN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("xtask runs");
+        std::thread::sleep(after);
+        let what = format!(
+            "round {round} (seed {seed}): {signal} after {after:?} to {}",
+            if lab_run {
+                "lab run"
+            } else {
+                "lab --only mode/bridge"
+            }
+        );
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        let _ = child.wait();
+        let (_, qemus) = wait_for_leftovers_to_clear(tmp.path(), false);
+        assert!(qemus.is_empty(), "{what}: QEMU still running: {qemus:?}");
+        killed.push(what);
+    }
+    // The next run sweeps what the killed ones could not remove.
+    let sweep = xtask()
+        .args(["lab", "--only", "no-such-scenario"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("xtask runs");
+    let (dirs, qemus) = leftovers(tmp.path());
+    assert!(
+        dirs.is_empty() && qemus.is_empty(),
+        "after {killed:#?} and a sweep ({}): {dirs:?} {qemus:?}",
+        String::from_utf8_lossy(&sweep.stderr)
+    );
+    eprintln!(
+        "runs killed: {}, leftovers after the sweep: 0\n  {}",
+        killed.len(),
+        killed.join("\n  ")
+    );
+}
