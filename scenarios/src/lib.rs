@@ -4,6 +4,7 @@
 
 mod claims;
 pub mod expectations;
+pub mod html;
 pub mod junit;
 mod modes;
 mod nested;

@@ -195,6 +195,35 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The captures and consoles a scenario's LAN kept in `run_dir` (`<scenario>-<id>/...`), as
+/// paths relative to `run_dir`.
+fn scenario_files(run_dir: &Path, scenario: &str) -> Vec<String> {
+    let prefix = format!("{}-", scenario.replace('/', "-"));
+    let mut files = Vec::new();
+    for lan in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
+        let name = lan.file_name().to_string_lossy().into_owned();
+        // `mode-bridge-<id>`, not `mode-bridge-extra-<id>`: the rest must be the id.
+        if !name
+            .strip_prefix(&prefix)
+            .is_some_and(|id| id.chars().all(|c| c.is_ascii_digit()))
+        {
+            continue;
+        }
+        for file in std::fs::read_dir(lan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let f = file.file_name().to_string_lossy().into_owned();
+            if f.ends_with(".pcap") || f.ends_with(".log") {
+                files.push(format!("{name}/{f}"));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// How long each scenario took in the report at `path` (none when there is no such report).
 fn last_times(path: &Path) -> std::collections::HashMap<String, f64> {
     #[derive(serde::Deserialize)]
@@ -326,8 +355,18 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // One test case per check, for CI systems to show.
     let junit = lab_scenarios::junit::junit(&report);
     lab_rootfs::layers::write_atomically(&crate::lab_dir().join("junit.xml"), junit.as_bytes())?;
+    // For people: one page, its links relative to it, into this run's directory.
+    let run_dir = &assets.runs.dir;
+    let relative = run_dir
+        .strip_prefix(crate::lab_dir())
+        .unwrap_or(run_dir)
+        .display()
+        .to_string();
+    let files = |scenario: &str| scenario_files(run_dir, scenario);
+    let html = lab_scenarios::html::render(&report, &relative, &files);
+    lab_rootfs::layers::write_atomically(&crate::lab_dir().join("report.html"), html.as_bytes())?;
     eprintln!(
-        "lab: report written to {} (JUnit: junit.xml beside it)",
+        "lab: report written to {} (and report.html, junit.xml beside it)",
         path.display()
     );
     eprintln!(

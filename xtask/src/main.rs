@@ -50,6 +50,7 @@ enum Command {
     /// `lab run` end to end, the switch, `--package`/`--dir`, the nested scenario; `--soak N`.
     Bench(bench::BenchArgs),
     /// Run lab experiments in throwaway guests.
+    #[command(after_help = LAB_EXAMPLES)]
     Lab(lab::LabArgs),
     /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
     /// for `lab run --dir` (see examples/bonding-selftest.sh).
@@ -65,6 +66,14 @@ enum Command {
         snapshots: bool,
     },
 }
+
+const LAB_EXAMPLES: &str = "Examples:
+  cargo xtask lab                          all scenarios: a table, report.html, junit.xml
+  cargo xtask lab --only mode/             the five macvlan modes only
+  cargo xtask lab run -- ip -d link        one command as root in host1 of a fresh LAN
+  cargo xtask lab run --hosts 2 test.sh    your script, host2 beside host1 on the switch
+  cargo xtask lab shell --package tcpdump  type the tutorial's commands yourself
+  cargo xtask lab attach host2             a second terminal into that shell's lab";
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
