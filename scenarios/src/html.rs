@@ -35,9 +35,9 @@ pub fn render(report: &Report, runs: &str, files: &dyn Fn(&str) -> Vec<String>) 
 
 fn section(page: &mut String, s: &ScenarioReport, runs: &str, files: &[String]) {
     let id = s.name.replace('/', "-");
-    let _ = write!(
+    let _ = writeln!(
         page,
-        "<section id=\"{id}\" class=\"scenario {}\"><h2>{} <small>{:.1} s</small></h2>\n",
+        "<section id=\"{id}\" class=\"scenario {}\"><h2>{} <small>{:.1} s</small></h2>",
         if s.passed { "pass" } else { "fail" },
         esc(&s.name),
         s.took.as_secs_f64()
@@ -45,13 +45,13 @@ fn section(page: &mut String, s: &ScenarioReport, runs: &str, files: &[String]) 
     page.push_str(&topology(s));
     page.push_str(&matrix(s));
     if let Some(error) = &s.error {
-        let _ = write!(page, "<pre class=\"error\">{}</pre>\n", esc(error));
+        let _ = writeln!(page, "<pre class=\"error\">{}</pre>", esc(error));
     }
     page.push_str("<table class=\"checks\"><tr><th>check</th><th>expected</th><th>observed</th><th>seed claim</th></tr>\n");
     for c in &s.checks {
-        let _ = write!(
+        let _ = writeln!(
             page,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td lang=\"zh\">{}</td></tr>\n",
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td lang=\"zh\">{}</td></tr>",
             if c.pass { "pass" } else { "fail" },
             esc(&c.name),
             esc(&c.expected),
