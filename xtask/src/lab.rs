@@ -354,7 +354,25 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     )?;
     // One test case per check, for CI systems to show.
     let junit = lab_scenarios::junit::junit(&report);
-    lab_rootfs::layers::write_atomically(&crate::lab_dir().join("junit.xml"), junit.as_bytes())?;
+    let junit_path = crate::lab_dir().join("junit.xml");
+    lab_rootfs::layers::write_atomically(&junit_path, junit.as_bytes())?;
+    // What CI shows must be what the table says: a case per check (and per broken scenario).
+    let checks: usize = report
+        .scenarios
+        .iter()
+        .map(|s| s.checks.len() + usize::from(s.error.is_some()))
+        .sum();
+    let failed: usize = report
+        .scenarios
+        .iter()
+        .map(|s| s.checks.iter().filter(|c| !c.pass).count() + usize::from(s.error.is_some()))
+        .sum();
+    let counted = crate::tally::junit_counts(&junit_path)?;
+    anyhow::ensure!(
+        counted == (checks, failed),
+        "{} holds {counted:?} (cases, failed), but the lab made {checks} checks, {failed} failed",
+        junit_path.display()
+    );
     // For people: one page, its links relative to it, into this run's directory.
     let run_dir = &assets.runs.dir;
     let relative = run_dir
