@@ -277,6 +277,11 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     );
     let count = names.len();
     let names = shard(names, args.partition);
+    crate::ui::status!(
+        "lab: {} scenario(s), {} at a time",
+        names.len(),
+        args.jobs.max(1)
+    );
     anyhow::ensure!(
         !names.is_empty(),
         "shard {:?} of {count} scenarios holds none: use fewer shards",
@@ -311,7 +316,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
                 } else {
                     "NOT as expected"
                 };
-                eprintln!(
+                crate::ui::status!(
                     "lab: {name} behaved {verdict} ({:.1} s)",
                     started.elapsed().as_secs_f64()
                 );
@@ -341,7 +346,16 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         ),
         packages: assets.image.packages.clone(),
     };
-    print!("{}", lab_scenarios::table(&report));
+    let colour = crate::ui::colour(&std::io::stdout());
+    for line in lab_scenarios::table(&report).lines() {
+        // The pass column is last: `yes` green, `NO` red, on a terminal.
+        match line.rsplit_once("  ") {
+            Some((rest, mark @ ("yes" | "NO"))) => {
+                println!("{rest}  {}", crate::ui::paint(mark, mark == "yes", colour))
+            }
+            _ => println!("{line}"),
+        }
+    }
     println!("guests: {}", report.boots);
     // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
     let json = serde_json::to_vec_pretty(&report)?;
@@ -383,11 +397,11 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let files = |scenario: &str| scenario_files(run_dir, scenario);
     let html = lab_scenarios::html::render(&report, &relative, &files);
     lab_rootfs::layers::write_atomically(&crate::lab_dir().join("report.html"), html.as_bytes())?;
-    eprintln!(
+    crate::ui::status!(
         "lab: report written to {} (and report.html, junit.xml beside it)",
         path.display()
     );
-    eprintln!(
+    crate::ui::status!(
         "lab: captures, consoles and summaries of each scenario are in {}",
         crate::runs::shown(&assets.runs).display()
     );
@@ -397,7 +411,9 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         "the lab left things behind:\n  {}",
         leaks.join("\n  ")
     );
-    eprintln!("lab: no QEMU process, no state directory and no host network change left behind");
+    crate::ui::status!(
+        "lab: no QEMU process, no state directory and no host network change left behind"
+    );
     let failed: Vec<&str> = report
         .scenarios
         .iter()
@@ -436,7 +452,7 @@ fn run_job(
         Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
         Job::Program(argv) => argv.join(" "),
     };
-    eprintln!(
+    crate::ui::status!(
         "lab: running {what} on host1 (192.168.88.1): {}",
         lan.describe()
     );
@@ -463,7 +479,7 @@ fn run_job(
         "the run left things behind:\n  {}",
         leaks.join("\n  ")
     );
-    eprintln!(
+    crate::ui::status!(
         "lab: captures and consoles of this run are in {}",
         crate::runs::shown(&assets.runs).display()
     );

@@ -15,6 +15,7 @@ mod selftests;
 mod shell;
 mod tally;
 mod terminal;
+mod ui;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Say only results, warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Also say how each guest came up (boot or restore, with times) and each snapshot taken.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -86,10 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     leaks::start_run();
     // The harness's warnings (a snapshot that could not be used, a boot retried) by default;
     // RUST_LOG=lab_harness=debug shows where a guest's start-up time goes.
+    ui::set_quiet(cli.quiet);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(ui::log_filter(cli.verbose)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ui::colour(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -241,7 +250,7 @@ fn test(
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.
     let leaks = leaks::Snapshot::take().leaked_since(&before);
     if leaks.is_empty() {
-        eprintln!(
+        ui::status!(
             "xtask: no QEMU process, no state directory and no host network change left behind"
         );
     } else {

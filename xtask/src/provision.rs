@@ -79,7 +79,7 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
     }
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;
-    eprintln!("xtask: kernel {} and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, path.display());
+    crate::ui::status!("xtask: kernel {} and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, path.display());
     Ok(Some(path))
 }
 
@@ -171,7 +171,7 @@ fn provision(
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;
     assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
-    eprintln!(
+    crate::ui::status!(
         "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), module disk of {} modules ({:.0} MiB){}, assets in {}",
         kernel.release,
         assets.kernel.origin,

@@ -99,3 +99,11 @@ fn nothing_to_run_says_what_to_give() {
         &["nothing to run: give a script file, or a program after `--`"],
     );
 }
+
+#[test]
+fn quiet_keeps_errors_and_refuses_verbose_beside_it() {
+    let out = xtask(&["-q", "lab", "--only", "no-such-scenario"], &[]);
+    fails_saying(&out, &["no scenario name contains 'no-such-scenario'"]);
+    let out = xtask(&["--quiet", "--verbose", "lab", "--list"], &[]);
+    fails_saying(&out, &["--quiet", "cannot be used with", "--verbose"]);
+}
