@@ -224,29 +224,27 @@ fn scenario_files(run_dir: &Path, scenario: &str) -> Vec<String> {
     files
 }
 
-/// How long each scenario took in the report at `path` (none when there is no such report).
-fn last_times(path: &Path) -> std::collections::HashMap<String, f64> {
-    #[derive(serde::Deserialize)]
-    struct Report {
-        scenarios: Vec<Scenario>,
+/// How long each scenario took when it last ran on this kernel (`target/lab/times-<kernel>.json`,
+/// which every lab run, whole or `--only`, brings up to date): the order to start them in.
+fn times_path(kernel: &str) -> PathBuf {
+    crate::lab_dir().join(format!("times-{kernel}.json"))
+}
+
+fn last_times(kernel: &str) -> std::collections::BTreeMap<String, f64> {
+    std::fs::read(times_path(kernel))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Records this run's times beside the earlier ones of scenarios it did not run.
+fn remember_times(kernel: &str, scenarios: &[lab_scenarios::ScenarioReport]) -> anyhow::Result<()> {
+    let mut times = last_times(kernel);
+    for s in scenarios {
+        times.insert(s.name.clone(), (s.took.as_secs_f64() * 10.0).round() / 10.0);
     }
-    #[derive(serde::Deserialize)]
-    struct Scenario {
-        name: String,
-        #[serde(default)]
-        took: Option<f64>,
-    }
-    let Ok(text) = std::fs::read(path) else {
-        return Default::default();
-    };
-    let Ok(report) = serde_json::from_slice::<Report>(&text) else {
-        return Default::default();
-    };
-    report
-        .scenarios
-        .into_iter()
-        .filter_map(|s| Some((s.name, s.took?)))
-        .collect()
+    lab_rootfs::layers::write_atomically(&times_path(kernel), &serde_json::to_vec_pretty(&times)?)?;
+    Ok(())
 }
 
 /// The scenarios of shard `k` of `n`: every n-th, starting at the k-th.
@@ -295,9 +293,9 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
         let mut set = tokio::task::JoinSet::new();
-        // Longest first (by the last run's times on this kernel), so that the nested scenarios
+        // Longest first (by the latest times on this kernel), so that the nested scenarios
         // do not start last and leave the other slots idle while they finish.
-        let last = last_times(&crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)));
+        let last = last_times(&assets.kernel.id);
         let mut order: Vec<(usize, &&str)> = names.iter().enumerate().collect();
         order.sort_by(|(_, a), (_, b)| {
             let took = |n: &str| last.get(n).copied().unwrap_or(f64::INFINITY);
@@ -358,6 +356,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     }
     println!("guests: {}", report.boots);
     // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
+    remember_times(&assets.kernel.id, &report.scenarios)?;
     let json = serde_json::to_vec_pretty(&report)?;
     let path = crate::lab_dir().join("report.json");
     // Whole files only: another lab run may be writing its report at the same moment.
