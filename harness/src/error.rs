@@ -37,7 +37,9 @@ impl fmt::Display for Phase {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// `Debug` is the same text as `Display` (as anyhow's is): a test returning `Result` prints the
+/// command, its output as text and the console tail, not byte arrays.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Something the host lacks; `fix` says how to get it.
     #[error("{what} is missing: {fix}")]
@@ -74,11 +76,21 @@ pub enum Error {
         output: Box<RunOutput>,
     },
 
+    /// A QMP command failed, outside any one guest's call (`?` on [`crate::Qmp`] methods).
+    #[error("QMP: {0}")]
+    Qmp(#[from] crate::qmp::QmpError),
+
     #[error("{}: {source}{}", path.display(), lab_kernels::io_fix(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {
@@ -172,3 +184,34 @@ fn show_output(out: &RunOutput) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_output_as_text_as_display_does() {
+        let output = RunOutput {
+            code: Some(1),
+            signal: None,
+            timed_out: false,
+            stdout: b"pinging\n".to_vec(),
+            stderr: b"ping: connect: Network is unreachable\n".to_vec(),
+            truncated: false,
+            oom_killed: false,
+            duration: std::time::Duration::from_millis(5),
+        };
+        let err = Error::Unexpected {
+            vm: "host1".into(),
+            command: "ping -c1 192.168.88.2".into(),
+            expected: "to succeed",
+            output: Box::new(output),
+        };
+        let debug = format!("{err:?}");
+        assert_eq!(debug, err.to_string());
+        assert!(
+            debug.contains("ping: connect: Network is unreachable") && !debug.contains("[112,"),
+            "{debug}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ pub mod qmp;
 pub mod rundirs;
 pub mod snapshot;
 pub mod vm;
+pub mod wait;
 
 pub use accel::Accel;
 pub use assets::{Assets, Extras, Runs};

@@ -290,24 +290,22 @@ impl Qmp {
         within: Duration,
         poll: Duration,
     ) -> Result<(), QmpError> {
-        let deadline = Instant::now() + within;
-        loop {
+        let done = crate::wait::try_until(within, poll, || async {
             let state = self.execute(QueryMigrate {}).await?;
             match state.status.as_deref() {
-                Some("completed") => return Ok(()),
+                Some("completed") => Ok(Some(())),
                 Some(status @ ("failed" | "cancelled")) => {
                     let message = format!(
                         "query-migrate says {status}: {}",
                         state.error_desc.unwrap_or_default()
                     );
-                    return Err(QmpError::Command { command, message });
+                    Err(QmpError::Command { command, message })
                 }
-                _ if Instant::now() >= deadline => {
-                    return Err(QmpError::Timeout { command, within })
-                }
-                _ => tokio::time::sleep(poll).await,
+                _ => Ok(None),
             }
-        }
+        })
+        .await?;
+        done.ok_or(QmpError::Timeout { command, within })
     }
 
     /// `system_powerdown`: press the ACPI power button.
@@ -331,16 +329,10 @@ impl Qmp {
 
     /// Waits for an event called `name` (already received ones count).
     pub async fn wait_event(&self, name: &str, within: Duration) -> Option<QmpEvent> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(e) = self.logs().events.iter().find(|e| e.name == name) {
-                return Some(e.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::wait::until(within, Duration::from_millis(50), || async {
+            self.logs().events.iter().find(|e| e.name == name).cloned()
+        })
+        .await
     }
 
     /// The last raw lines exchanged (`<-` from QEMU, `->` commands sent), for failure reports.

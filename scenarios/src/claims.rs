@@ -67,20 +67,25 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
             ))
             .await?;
         // Newer kernels program the filter from a work item: wait until it shows this child.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let filter = loop {
-            let f = host1
+        let shows_it =
+            |f: &lab_harness::RxFilter| f.unicast_overflow || f.unicast_table.len() >= n as usize;
+        let rx_filter = || async {
+            host1
                 .qmp()
                 .rx_filter()
                 .await
-                .map_err(|e| Error::qmp("host1", &e))?;
-            if f.unicast_overflow
-                || f.unicast_table.len() >= n as usize
-                || std::time::Instant::now() > deadline
-            {
-                break f;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+                .map_err(|e| Error::qmp("host1", &e))
+        };
+        let waited = lab_harness::wait::try_until(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || async { Ok::<_, Error>(Some(rx_filter().await?).filter(|f| shows_it(f))) },
+        )
+        .await?;
+        // Not shown in time: judge what the filter says now.
+        let filter = match waited {
+            Some(f) => f,
+            None => rx_filter().await?,
         };
         if filter.unicast_overflow {
             overflowed_at = Some((n, filter));

@@ -258,11 +258,13 @@ async fn a_finished_guest_leaves_no_process_and_no_directory(#[case] orderly: bo
     } else {
         drop(vm);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!process_alive(pid), "QEMU {pid} still running");
+    let gone = lab_harness::wait::until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { (!process_alive(pid)).then_some(()) },
+    )
+    .await;
+    assert!(gone.is_some(), "QEMU {pid} still running");
     let left: Vec<_> = std::fs::read_dir(parent.path()).expect("read").collect();
     assert!(left.is_empty(), "state left behind: {left:?}");
 }

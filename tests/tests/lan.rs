@@ -241,14 +241,16 @@ async fn the_switch_survives_garbage_and_a_vanishing_guest() {
     raw.send_to(&vec![0x42; 12000], &port).expect("oversize");
     raw.send_to(&[0xff; 64], &port).expect("broadcast source");
     // The switch handles datagrams on its own task: give it a moment to count them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut c = lab.counters("host2");
-    while (c.drop_runt, c.drop_oversize, c.drop_bad_source) != (1, 1, 1)
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        c = lab.counters("host2");
-    }
+    let counted = |c: &lab_harness::PortCounters| {
+        (c.drop_runt, c.drop_oversize, c.drop_bad_source) == (1, 1, 1)
+    };
+    lab_harness::wait::until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async { Some(()).filter(|()| counted(&lab.counters("host2"))) },
+    )
+    .await;
+    let c = lab.counters("host2");
     assert_eq!(
         (c.drop_runt, c.drop_oversize, c.drop_bad_source),
         (1, 1, 1),
@@ -262,11 +264,13 @@ async fn the_switch_survives_garbage_and_a_vanishing_guest() {
         let frame: Vec<u8> = (0..rng.usize(0..1600)).map(|_| rng.u8(..)).collect();
         raw.send_to(&frame, &port).expect("random frame");
     }
-    let mut received = lab.counters("host2").rx_frames;
-    while received < 503 && std::time::Instant::now() < deadline + Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        received = lab.counters("host2").rx_frames;
-    }
+    lab_harness::wait::until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { (lab.counters("host2").rx_frames >= 503).then_some(()) },
+    )
+    .await;
+    let received = lab.counters("host2").rx_frames;
     assert!(
         received >= 503,
         "every datagram counted (seed {seed}): {received}"

@@ -23,7 +23,16 @@ pub async fn alone(frames: usize) -> anyhow::Result<()> {
     // b speaks first so the switch knows where it is: a's frames are then unicast to one port.
     b.send_to(&frame(mac_a, mac_b), &switch.sockets(1).switch)
         .await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Learned once the switch has taken that frame in.
+    let learned =
+        lab_harness::wait::until(Duration::from_secs(5), Duration::from_millis(5), || async {
+            (switch.counters(1).rx_frames >= 1).then_some(())
+        })
+        .await;
+    anyhow::ensure!(
+        learned.is_some(),
+        "the switch did not take in b's first frame within 5 s"
+    );
 
     let to_switch = switch.sockets(0).switch.clone();
     let receiver = tokio::spawn(async move {
