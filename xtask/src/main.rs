@@ -67,6 +67,11 @@ enum Command {
     /// builds them again. `--snapshots` removes only the snapshots.
     ///
     /// Example: `cargo xtask clean-cache --snapshots`
+    /// Print a completion script for `cargo xtask` in SHELL (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example (bash): `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`
+    /// then `source` it from ~/.bashrc after cargo's own completion.
+    Completions { shell: clap_complete::Shell },
     CleanCache {
         /// Remove only the snapshots (`<cache>/snapshots`), which are made again in seconds.
         #[arg(long)]
@@ -120,8 +125,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CleanCache { snapshots } => clean_cache(snapshots),
+        Command::Completions { shell } => {
+            completions(shell);
+            Ok(())
+        }
     }
 }
+
+/// The completion script of `xtask`, and for bash a hook that hands `cargo xtask ...` to it
+/// (`cargo xtask` is a cargo alias, and cargo's own completion knows nothing of it).
+fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "xtask", &mut std::io::stdout());
+    if shell == clap_complete::Shell::Bash {
+        print!("{BASH_CARGO_HOOK}");
+    }
+}
+
+/// Completes `cargo xtask ...` with `xtask`'s completion, and anything else with cargo's (when
+/// it is loaded).
+const BASH_CARGO_HOOK: &str = r#"
+_cargo_xtask() {
+    if [[ ${COMP_WORDS[1]} == xtask ]]; then
+        COMP_WORDS=(xtask "${COMP_WORDS[@]:2}")
+        COMP_CWORD=$((COMP_CWORD - 1))
+        _xtask xtask "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+    elif declare -F _cargo >/dev/null; then
+        _cargo "$@"
+    fi
+}
+complete -F _cargo_xtask -o bashdefault -o default cargo
+"#;
 
 /// `clean-cache`: removes the shared cache (or its snapshots) and says how much that freed.
 fn clean_cache(only_snapshots: bool) -> anyhow::Result<()> {

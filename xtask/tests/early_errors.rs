@@ -107,3 +107,30 @@ fn quiet_keeps_errors_and_refuses_verbose_beside_it() {
     let out = xtask(&["--quiet", "--verbose", "lab", "--list"], &[]);
     fails_saying(&out, &["--quiet", "cannot be used with", "--verbose"]);
 }
+
+#[test]
+fn bash_completes_cargo_xtask_from_its_completion_script() {
+    let out = xtask(&["completions", "bash"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("xtask.bash");
+    std::fs::write(&script, &out.stdout).expect("script");
+    // What bash does on `cargo xtask la<TAB>` and `cargo xtask lab --on<TAB>`.
+    let complete = |words: &str, cword: usize| {
+        let line = format!(
+            "source '{}'; COMP_WORDS=({words}); COMP_CWORD={cword}; _cargo_xtask cargo \"${{COMP_WORDS[COMP_CWORD]}}\" x; echo \"${{COMPREPLY[*]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash")
+            .args(["-c", &line])
+            .output()
+            .expect("bash");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("cargo xtask la", 2), "lab");
+    assert_eq!(complete("cargo xtask lab --on", 3), "--only");
+}
