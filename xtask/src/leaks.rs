@@ -9,21 +9,20 @@ use std::collections::BTreeSet;
 use lab_harness::qemu::PROCESS_MARKER;
 use lab_harness::rundirs;
 
-/// Names this process's run (`LAB_RUN`) for everything it starts, unless a run that started
-/// this process already did, and removes what dead runs left in the temp dir. Call first thing,
+/// Names this process's run (`LAB_RUN`) for everything it starts, and removes what dead runs
+/// left in the temp dir. Every xtask is a run of its own, also one that a test of another run
+/// started: that run's other tests, going on beside it, are not its doing. Call first thing,
 /// while the process has a single thread.
 pub fn start_run() {
-    if std::env::var_os(rundirs::ENV_RUN).is_none() {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
-        std::env::set_var(
-            rundirs::ENV_RUN,
-            format!("xtask{}-{stamp}", std::process::id()),
-        );
-    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
+    std::env::set_var(
+        rundirs::ENV_RUN,
+        format!("xtask{}-{stamp}", std::process::id()),
+    );
     let swept = rundirs::sweep_stale();
     if !swept.is_empty() {
         eprintln!(

@@ -64,6 +64,10 @@ impl Tally {
         let rest = if let Some(rest) = line.strip_prefix("test result: ") {
             rest
         } else if line.trim_start().starts_with("Summary [") {
+            // nextest's summary is its last word on the whole run: it replaces whatever came
+            // before, such as the `test result:` or `Summary` lines of a failed test's own output
+            // (a test that runs `cargo xtask test` inside prints them).
+            *self = Tally::default();
             line.split_once("tests run:")
                 .or_else(|| line.split_once("test run:"))
                 .map_or("", |(_, counts)| counts)
@@ -99,15 +103,36 @@ mod tests {
         t.add("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 24.19s");
         t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s");
         t.add("running 3 tests");
-        t.add("     Summary [ 431.8s] 121 tests run: 119 passed, 2 failed, 0 skipped");
-        t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
-        t.add("     Summary [ 387.7s] 127 tests run: 127 passed (3 slow), 0 skipped");
         t.add("        PASS [   0.1s] xtask::bin/xtask tally::tests::adds");
         assert_eq!(
             t,
             Tally {
-                passed: 261,
-                failed: 5
+                passed: 13,
+                failed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn the_last_nextest_summary_is_the_count() {
+        let mut t = Tally::default();
+        // A failed test's own output, shown before the end: it ran `cargo xtask test` inside.
+        t.add("    test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("     Summary [   0.037s] 6 tests run: 6 passed, 7 skipped");
+        t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 2,
+                failed: 1
+            }
+        );
+        t.add("     Summary [ 387.7s] 127 tests run: 126 passed (3 slow), 1 failed, 0 skipped");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 126,
+                failed: 1
             }
         );
     }
