@@ -62,16 +62,16 @@ enum Command {
     /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
     /// for `lab run --dir` (see examples/bonding-selftest.sh).
     Selftests,
-    /// Empty the cache every clone on this machine shares (`LAB_CACHE`, else
-    /// `~/.cache/macvlan-lab`): kernels, packages, images, snapshots. The next run fetches and
-    /// builds them again. `--snapshots` removes only the snapshots.
-    ///
-    /// Example: `cargo xtask clean-cache --snapshots`
     /// Print a completion script for `cargo xtask` in SHELL (bash, zsh, fish, elvish, powershell).
     ///
     /// Example (bash): `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`
     /// then `source` it from ~/.bashrc after cargo's own completion.
     Completions { shell: clap_complete::Shell },
+    /// Empty the cache every clone on this machine shares (`LAB_CACHE`, else
+    /// `~/.cache/macvlan-lab`): kernels, packages, images, snapshots. The next run fetches and
+    /// builds them again. `--snapshots` removes only the snapshots.
+    ///
+    /// Example: `cargo xtask clean-cache --snapshots`
     CleanCache {
         /// Remove only the snapshots (`<cache>/snapshots`), which are made again in seconds.
         #[arg(long)]

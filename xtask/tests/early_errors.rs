@@ -134,3 +134,24 @@ fn bash_completes_cargo_xtask_from_its_completion_script() {
     assert_eq!(complete("cargo xtask la", 2), "lab");
     assert_eq!(complete("cargo xtask lab --on", 3), "--only");
 }
+
+#[test]
+fn every_command_says_what_it_does_in_help() {
+    let out = xtask(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert!(commands.len() >= 7, "{help}");
+    for line in commands {
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap_or_default();
+        assert!(
+            words.next().is_some(),
+            "`{name}` has no description in --help:\n{help}"
+        );
+    }
+}
