@@ -132,10 +132,7 @@ impl Assets {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
+        let io = |e| Error::io(path, e);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

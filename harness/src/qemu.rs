@@ -61,10 +61,7 @@ pub fn version(binary: &Path) -> Result<String> {
     let out = Command::new(binary)
         .arg("--version")
         .output()
-        .map_err(|e| Error::Io {
-            path: binary.to_path_buf(),
-            source: e,
-        })?;
+        .map_err(|e| Error::io(binary, e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .split_whitespace()

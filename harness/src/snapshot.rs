@@ -383,10 +383,7 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
 /// A file's path, size and modification time: what changes when a cache file or a binary is
 /// replaced (they are never edited in place), without reading it.
 pub fn identity(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let mtime = meta
         .modified()
         .ok()
@@ -485,7 +482,7 @@ async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Tak
     let taking = tempfile::Builder::new()
         .prefix(&taking_prefix(&key[..24]))
         .tempdir_in(store)
-        .map_err(io_error(store))?;
+        .map_err(|e| Error::io(store, e))?;
     let memory = GuestMemory::new(&cfg.name)?;
     let vm = Vm::boot_cold(cfg, Memory::SavedTo(&memory.path)).await?;
     let started = std::time::Instant::now();
@@ -505,7 +502,7 @@ async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Tak
     let memory_file = taking.path().join(MEMORY);
     let published = memory
         .copy_sparse(&memory_file)
-        .map_err(io_error(&memory_file))
+        .map_err(|e| Error::io(&memory_file, e))
         .and_then(|()| publish(taking, dir, key, taken_from, qemu));
     match published {
         Ok(snap) => {
@@ -542,10 +539,7 @@ impl GuestMemory {
         let flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
         let fd =
             nix::sys::memfd::memfd_create(format!("macvlan-lab-{name}-memory").as_str(), flags)
-                .map_err(|e| Error::Io {
-                    path: PathBuf::from("memfd"),
-                    source: e.into(),
-                })?;
+                .map_err(|e| Error::io(Path::new("memfd"), e.into()))?;
         let path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
@@ -615,8 +609,12 @@ fn publish(
 ) -> Result<Snapshot> {
     let state = taking.path().join(STATE);
     let memory = taking.path().join(MEMORY);
-    let size = std::fs::metadata(&state).map_err(io_error(&state))?.len();
-    let memory_size = std::fs::metadata(&memory).map_err(io_error(&memory))?.len();
+    let size = std::fs::metadata(&state)
+        .map_err(|e| Error::io(&state, e))?
+        .len();
+    let memory_size = std::fs::metadata(&memory)
+        .map_err(|e| Error::io(&memory, e))?
+        .len();
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -634,7 +632,7 @@ fn publish(
         &meta_path,
         serde_json::to_vec_pretty(&meta).unwrap_or_default(),
     )
-    .map_err(io_error(&meta_path))?;
+    .map_err(|e| Error::io(&meta_path, e))?;
     // Whole or not at all. Another process holding no lock (an older run) may have put one
     // there first: then that one stays, and ours goes with the temp dir.
     if std::fs::rename(taking.path(), dir).is_ok() {
@@ -650,10 +648,10 @@ fn publish(
             why,
             "remove the directory; the next guest takes the snapshot again",
         )),
-        Found::Missing => Err(Error::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other("the snapshot could not be moved into place"),
-        }),
+        Found::Missing => Err(Error::io(
+            dir,
+            std::io::Error::other("the snapshot could not be moved into place"),
+        )),
     }
 }
 
@@ -676,11 +674,6 @@ fn remove_takings(store: &Path, short_key: &str) {
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
-}
-
 /// Bytes a file takes on disk (holes take none).
 fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -692,34 +685,22 @@ fn disk_usage(path: &Path) -> u64 {
 /// The per-shape lock: one guest at a time takes (or replaces) a shape's snapshot, across
 /// threads and processes. Released when dropped.
 async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(store).map_err(|e| Error::Io {
-        path: store.to_path_buf(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
     let path = store.join(format!("{}.lock", &key[..24]));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        .map_err(|e| Error::io(&path, e))?;
     let locked = tokio::task::spawn_blocking(move || {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
     })
     .await;
     match locked {
         Ok(Ok(lock)) => Ok(lock),
-        Ok(Err((_, errno))) => Err(Error::Io {
-            path,
-            source: errno.into(),
-        }),
-        Err(e) => Err(Error::Io {
-            path,
-            source: std::io::Error::other(e),
-        }),
+        Ok(Err((_, errno))) => Err(Error::io(&path, errno.into())),
+        Err(e) => Err(Error::io(&path, std::io::Error::other(e))),
     }
 }
 

@@ -347,12 +347,7 @@ impl Vm {
                             f.set_len(0)?;
                             f.set_len(u64::from(cfg.memory_mib) << 20)
                         });
-                    sized.map_err(|e| {
-                        fatal(Error::Io {
-                            path: file.to_path_buf(),
-                            source: e,
-                        })
-                    })?;
+                    sized.map_err(|e| fatal(Error::io(file, e)))?;
                 }
                 compose_initrd(cfg, &paths).map_err(fatal)?;
                 let mut args = qemu::args(cfg, &paths);
@@ -916,16 +911,10 @@ fn compose_initrd(cfg: &VmConfig, paths: &StatePaths) -> Result<()> {
         return Ok(());
     }
     use std::io::Write;
-    let io = |e| Error::Io {
-        path: paths.initrd.clone(),
-        source: e,
-    };
+    let io = |e| Error::io(&paths.initrd, e);
     let mut out = std::io::BufWriter::new(std::fs::File::create(&paths.initrd).map_err(io)?);
     let copy = |path: &Path, out: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         std::io::copy(&mut file, out).map_err(io)?;
         Ok(())
     };

@@ -87,14 +87,11 @@ impl LabBuilder {
             .dir
             .join(format!("{}-{stamp}", self.run.replace(['/', ' '], "_")));
         let keep_passed = self.assets.runs.keep_passed;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: std::io::Error| Error::Io { path, source: e }
-        };
-        let sockets = crate::rundirs::create("lan", None).map_err(io(Path::new("temp dir")))?;
+        let sockets =
+            crate::rundirs::create("lan", None).map_err(|e| Error::io(Path::new("temp dir"), e))?;
         let policies = vec![self.policy; self.hosts.len()];
-        let switch =
-            SwitchHandle::start(&policies, sockets.path(), &artifacts).map_err(io(&artifacts))?;
+        let switch = SwitchHandle::start(&policies, sockets.path(), &artifacts)
+            .map_err(|e| Error::io(&artifacts, e))?;
 
         let mut set = tokio::task::JoinSet::new();
         for (port, mut cfg) in self.hosts.into_iter().enumerate() {
