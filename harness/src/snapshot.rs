@@ -247,25 +247,24 @@ async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
             cfg.name
         );
     }
-    if let Some(why) = no_room(store, cfg.memory_mib) {
+    let mut vm = if let Some(why) = no_room(store, cfg.memory_mib) {
         tracing::warn!("{}: no snapshot taken: {why}; booting cold", cfg.name);
-        let mut vm = Vm::boot_cold(cfg, Memory::Anonymous).await?;
-        vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
-        return Ok(vm);
-    }
-    let mut vm = match take(cfg, store, &dir, &key).await? {
-        Taken::Snapshot(snap) => match restore(cfg, &snap).await {
-            Ok(vm) => vm,
-            Err(reason) => {
-                tracing::warn!(
-                    "{}: {reason}, right after taking it; removed, booting cold",
-                    cfg.name
-                );
-                discard(&dir);
-                Vm::boot_cold(cfg, Memory::Anonymous).await?
-            }
-        },
-        Taken::Not(vm) => *vm,
+        Vm::boot_cold(cfg, Memory::Anonymous).await?
+    } else {
+        match take(cfg, store, &dir, &key).await? {
+            Taken::Snapshot(snap) => match restore(cfg, &snap).await {
+                Ok(vm) => vm,
+                Err(reason) => {
+                    tracing::warn!(
+                        "{}: {reason}, right after taking it; removed, booting cold",
+                        cfg.name
+                    );
+                    discard(&dir);
+                    Vm::boot_cold(cfg, Memory::Anonymous).await?
+                }
+            },
+            Taken::Not(vm) => *vm,
+        }
     };
     vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
     Ok(vm)
@@ -582,7 +581,7 @@ impl GuestMemory {
 /// leaves it stopped: its memory file is then the rest of the snapshot.
 async fn save(vm: &Vm, state: &Path) -> Result<()> {
     // The page cache (module disk reads) is not worth saving; with `init_on_free` what is
-    // dropped becomes zero pages, punched out of the memory file.
+    // dropped becomes zero pages, which the memory file leaves out as holes.
     let _ = vm
         .run(crate::vm::Cmd::script(
             "sync; echo 3 > /proc/sys/vm/drop_caches",
@@ -708,6 +707,17 @@ async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File
 mod tests {
     use super::*;
 
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn a_snapshot_cut_short_or_of_another_shape_is_named_and_not_used() {
         let store = tempfile::tempdir().expect("tempdir");
@@ -763,12 +773,7 @@ mod tests {
         std::fs::write(store.path().join("old").join(USED), b"").expect("restored just now");
         std::fs::create_dir(store.path().join(".taking-x")).expect("in the making");
         prune(store.path(), 1);
-        let mut left: Vec<String> = std::fs::read_dir(store.path())
-            .expect("ls")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(store.path());
         assert_eq!(left, [".taking-x", "old"]);
     }
 
@@ -781,12 +786,7 @@ mod tests {
         std::fs::write(store.path().join(".taking-aaaa-1").join(MEMORY), [1u8; 16])
             .expect("memory");
         remove_takings(store.path(), "aaaa");
-        let mut left: Vec<String> = std::fs::read_dir(store.path())
-            .expect("ls")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(store.path());
         assert_eq!(
             left,
             [".taking-bbbb-1", "aaaa"],
