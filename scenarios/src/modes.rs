@@ -44,13 +44,7 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
         arp_sibling().await?,
     );
     if mode != "bridge" {
-        lab.set_policy(
-            "host1",
-            PortPolicy {
-                hairpin: true,
-                max_macs: None,
-            },
-        );
+        lab.set_policy("host1", PortPolicy::HAIRPIN);
         o.insert(
             "child -> host, hairpin on".into(),
             reach(host1, Some("ns1"), HOST).await?,

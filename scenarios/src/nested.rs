@@ -102,13 +102,7 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
     let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
     let _ = reach(&vm2, None, &lab.ip("peer")).await?;
     let off = reach(&vm2, None, VM1).await?;
-    lab.set_policy(
-        "host1",
-        PortPolicy {
-            hairpin: true,
-            max_macs: None,
-        },
-    );
+    lab.set_policy("host1", PortPolicy::HAIRPIN);
     let on = reach(&vm2, None, VM1).await?;
     let o = observed([
         ("vm2 -> vm1 on one host, hairpin off", off),

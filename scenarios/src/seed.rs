@@ -42,13 +42,7 @@ pub(crate) async fn host_isolation(assets: &Assets, shim: bool) -> Result<Observ
             ("child -> host", reach(host1, Some("ns1"), HOST).await?),
             ("peer -> child", reach(peer, None, "192.168.88.11").await?),
         ]);
-        lab.set_policy(
-            "host1",
-            PortPolicy {
-                hairpin: true,
-                max_macs: None,
-            },
-        );
+        lab.set_policy("host1", PortPolicy::HAIRPIN);
         o.insert(
             "host -> child, switch hairpin on".into(),
             reach(host1, None, "192.168.88.11").await?,

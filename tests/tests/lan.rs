@@ -142,13 +142,7 @@ async fn hairpin_decides_whether_a_frame_goes_back_out_of_its_port() {
         lab.counters("host1")
     );
 
-    lab.set_policy(
-        "host1",
-        PortPolicy {
-            hairpin: true,
-            max_macs: None,
-        },
-    );
+    lab.set_policy("host1", PortPolicy::HAIRPIN);
     host1
         .succeed(lab_harness::Cmd::script("ping -c2 -W2 192.168.88.11").netns("ns2"))
         .await

@@ -26,6 +26,14 @@ pub struct PortPolicy {
     pub max_macs: Option<usize>,
 }
 
+impl PortPolicy {
+    /// Reflective relay on, no MAC cap: the policy VEPA needs of the switch.
+    pub const HAIRPIN: PortPolicy = PortPolicy {
+        hairpin: true,
+        max_macs: None,
+    };
+}
+
 /// Frame and drop counts of one port, readable by tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PortCounters {
@@ -270,13 +278,7 @@ mod tests {
         assert_eq!(off.ingress(0, &frame(A, B), t), Vec::<usize>::new());
         assert_eq!(off.counters(0).drop_same_port, 1);
 
-        let mut on = switch(
-            2,
-            PortPolicy {
-                hairpin: true,
-                max_macs: None,
-            },
-        );
+        let mut on = switch(2, PortPolicy::HAIRPIN);
         assert_eq!(
             on.ingress(0, &frame(BCAST, A), t),
             [0, 1],
