@@ -260,6 +260,53 @@ fn shard(names: Vec<&str>, partition: Option<(u32, u32)>) -> Vec<&str> {
         .collect()
 }
 
+/// Writes the lab's report as `report.json` (and `report-<kernel>.json`), `junit.xml` (checked
+/// to hold a case per check) and `report.html`, whole files in `target/lab`; returns the path of
+/// `report.json`.
+fn write_reports(report: &lab_scenarios::Report, assets: &Assets) -> anyhow::Result<PathBuf> {
+    // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
+    let json = serde_json::to_vec_pretty(report)?;
+    let path = crate::lab_dir().join("report.json");
+    // Whole files only: another lab run may be writing its report at the same moment.
+    lab_rootfs::layers::write_atomically(&path, &json)?;
+    lab_rootfs::layers::write_atomically(
+        &crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)),
+        &json,
+    )?;
+    // One test case per check, for CI systems to show.
+    let junit = lab_scenarios::junit::junit(report);
+    let junit_path = crate::lab_dir().join("junit.xml");
+    lab_rootfs::layers::write_atomically(&junit_path, junit.as_bytes())?;
+    // What CI shows must be what the table says: a case per check (and per broken scenario).
+    let checks: usize = report
+        .scenarios
+        .iter()
+        .map(|s| s.checks.len() + usize::from(s.error.is_some()))
+        .sum();
+    let failed: usize = report
+        .scenarios
+        .iter()
+        .map(|s| s.checks.iter().filter(|c| !c.pass).count() + usize::from(s.error.is_some()))
+        .sum();
+    let counted = crate::tally::junit_counts(&junit_path)?;
+    anyhow::ensure!(
+        counted == (checks, failed),
+        "{} holds {counted:?} (cases, failed), but the lab made {checks} checks, {failed} failed",
+        junit_path.display()
+    );
+    // For people: one page, its links relative to it, into this run's directory.
+    let run_dir = &assets.runs.dir;
+    let relative = run_dir
+        .strip_prefix(crate::lab_dir())
+        .unwrap_or(run_dir)
+        .display()
+        .to_string();
+    let files = |scenario: &str| scenario_files(run_dir, scenario);
+    let html = lab_scenarios::html::render(report, &relative, &files);
+    lab_rootfs::layers::write_atomically(&crate::lab_dir().join("report.html"), html.as_bytes())?;
+    Ok(path)
+}
+
 /// Runs the scenarios, prints the table, writes `target/lab/report.json`; fails when any
 /// observation differs from its expectation.
 fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
@@ -275,15 +322,15 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     );
     let count = names.len();
     let names = shard(names, args.partition);
-    crate::ui::status!(
-        "lab: {} scenario(s), {} at a time",
-        names.len(),
-        args.jobs.max(1)
-    );
     anyhow::ensure!(
         !names.is_empty(),
         "shard {:?} of {count} scenarios holds none: use fewer shards",
         args.partition.unwrap_or_default()
+    );
+    crate::ui::status!(
+        "lab: {} scenario(s), {} at a time",
+        names.len(),
+        args.jobs.max(1)
     );
     crate::hosttools::ensure_qemu()?;
     let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
@@ -307,7 +354,6 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
             let (name, assets) = (name.to_string(), assets.clone());
             set.spawn(async move {
                 let _permit = permit;
-                let started = std::time::Instant::now();
                 let report = lab_scenarios::run(&name, &assets).await;
                 let verdict = if report.passed {
                     "as expected"
@@ -316,7 +362,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
                 };
                 crate::ui::status!(
                     "lab: {name} behaved {verdict} ({:.1} s)",
-                    started.elapsed().as_secs_f64()
+                    report.took.as_secs_f64()
                 );
                 (i, report)
             });
@@ -355,47 +401,8 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         }
     }
     println!("guests: {}", report.boots);
-    // report.json is the latest run; report-<kernel id>.json keeps one per kernel side by side.
     remember_times(&assets.kernel.id, &report.scenarios)?;
-    let json = serde_json::to_vec_pretty(&report)?;
-    let path = crate::lab_dir().join("report.json");
-    // Whole files only: another lab run may be writing its report at the same moment.
-    lab_rootfs::layers::write_atomically(&path, &json)?;
-    lab_rootfs::layers::write_atomically(
-        &crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)),
-        &json,
-    )?;
-    // One test case per check, for CI systems to show.
-    let junit = lab_scenarios::junit::junit(&report);
-    let junit_path = crate::lab_dir().join("junit.xml");
-    lab_rootfs::layers::write_atomically(&junit_path, junit.as_bytes())?;
-    // What CI shows must be what the table says: a case per check (and per broken scenario).
-    let checks: usize = report
-        .scenarios
-        .iter()
-        .map(|s| s.checks.len() + usize::from(s.error.is_some()))
-        .sum();
-    let failed: usize = report
-        .scenarios
-        .iter()
-        .map(|s| s.checks.iter().filter(|c| !c.pass).count() + usize::from(s.error.is_some()))
-        .sum();
-    let counted = crate::tally::junit_counts(&junit_path)?;
-    anyhow::ensure!(
-        counted == (checks, failed),
-        "{} holds {counted:?} (cases, failed), but the lab made {checks} checks, {failed} failed",
-        junit_path.display()
-    );
-    // For people: one page, its links relative to it, into this run's directory.
-    let run_dir = &assets.runs.dir;
-    let relative = run_dir
-        .strip_prefix(crate::lab_dir())
-        .unwrap_or(run_dir)
-        .display()
-        .to_string();
-    let files = |scenario: &str| scenario_files(run_dir, scenario);
-    let html = lab_scenarios::html::render(&report, &relative, &files);
-    lab_rootfs::layers::write_atomically(&crate::lab_dir().join("report.html"), html.as_bytes())?;
+    let path = write_reports(&report, &assets)?;
     crate::ui::status!(
         "lab: report written to {} (and report.html, junit.xml beside it)",
         path.display()
