@@ -75,8 +75,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let on_disk = |file: &str| {
         snapshot
             .as_ref()
-            .and_then(|s| std::fs::metadata(s.join(file)).ok())
-            .map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .map_or(0, |s| crate::disk_usage(&s.join(file)))
     };
     let (memory, state) = (on_disk("memory"), on_disk("state"));
     println!(

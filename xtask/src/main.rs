@@ -191,8 +191,8 @@ fn clean_cache(only_snapshots: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bytes a directory tree takes on disk.
-fn disk_usage(path: &std::path::Path) -> u64 {
+/// Bytes a file, or a directory tree, takes on disk (holes take none).
+pub fn disk_usage(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
