@@ -190,14 +190,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it: a reader never sees half a
-/// file, and two writers of the same content end with one good file.
+/// [`lab_kernels::write_atomically`]: a temporary file beside `path`, renamed onto it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(lab_kernels::write_atomically(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -64,6 +64,17 @@ pub enum Error {
     Invalid(String),
 }
 
+/// Writes `bytes` to a temporary file beside `path`, then renames it: a reader never sees half a
+/// file, and two writers of the same content end with one good file. Every cache and report
+/// file of the lab is written this way (`lab_rootfs::layers::write_atomically` is this one).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
 /// What to do about an I/O error, where there is one thing to do; every crate's `Io` error
 /// ends with it, so a full disk reads the same wherever it is met.
 pub fn io_fix(e: &std::io::Error) -> &'static str {
