@@ -150,8 +150,10 @@ impl Assets {
         })?;
         let mut cfg = self.vm(name);
         cfg.initrd = nest.path.clone();
-        // The initramfs (~80 MiB unpacked) plus, per inner VM, its memory and its QEMU's.
-        cfg.memory_mib = 384 + 256 * inner_vms;
+        // The initramfs (~80 MiB unpacked), the saved inner VM's memory (in tmpfs) and, per
+        // inner VM, its memory and its QEMU's.
+        cfg.memory_mib = 512 + 256 * inner_vms;
+        cfg.inner_template = true;
         Ok(cfg)
     }
 

@@ -8,6 +8,16 @@
 //! socket inside the lab guest, which the guest's agent relays to (`lab call`). So an
 //! [`InnerVm`] is driven like any [`Guest`], and goes when its host goes. QEMU's socket takes one
 //! client at a time, so an inner VM's commands run one after another.
+//!
+//! Inner VMs restore rather than boot where they can. Before a nest guest's snapshot is taken
+//! ([`crate::snapshot`]), [`save_template`] boots one inner VM and saves it in the guest's tmpfs,
+//! at [`TEMPLATE_DIR`]: its memory as a file (QEMU's `x-ignore-shared`: the state holds only the
+//! devices), the way the harness saves lab guests. Every clone restored from that snapshot then
+//! holds the saved VM, and [`InnerVm::start`] starts each inner VM on a copy-on-write mapping
+//! of its memory (`share=off`) with `-incoming`: ready in about a second where a boot takes 4 to
+//! 16 s (KVM inside TCG). The clone makes itself its own like a lab guest ([`lab_proto::Resume`]:
+//! randomness, clock, hostname, MAC). Only KVM VMs of the template's memory and kernel command
+//! line are saved and restored; anything else boots, as does everything when the restore fails.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +42,12 @@ const AGENT: &str = "/init";
 pub const COUNT_QEMU: &str = "grep -l 'qemu-syste[m]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l";
 /// Lines of an inner console an error shows.
 const CONSOLE_TAIL: usize = 30;
+/// Where a nest guest keeps its saved inner VM: `state` (device state) and `memory`.
+pub const TEMPLATE_DIR: &str = "/run/nest-template";
+/// The memory of the saved inner VM; inner VMs of another size boot.
+const TEMPLATE_MEMORY_MIB: u32 = 128;
+/// How long saving the template's device state may take.
+const SAVE_WITHIN: Duration = Duration::from_secs(60);
 
 /// Which accelerator the inner QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +75,9 @@ pub struct InnerSpec {
     pub command_timeout: Duration,
     /// Appended to the inner kernel's command line.
     pub extra_cmdline: Vec<String>,
+    /// Start from the nest guest's saved VM ([`TEMPLATE_DIR`]) when it has one that fits;
+    /// `false` always boots the kernel.
+    pub restore: bool,
 }
 
 impl InnerSpec {
@@ -74,6 +93,7 @@ impl InnerSpec {
             kvm_boot_limit: Duration::from_secs(90),
             command_timeout: Duration::from_secs(60),
             extra_cmdline: Vec::new(),
+            restore: true,
         }
     }
 
@@ -104,40 +124,92 @@ pub struct InnerVm<'h> {
     ready: Ready,
     next_id: AtomicU64,
     fallback: Option<String>,
+    restored: bool,
+    restore_failure: Option<String>,
+}
+
+/// How an inner QEMU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Booting the inner kernel.
+    Boot,
+    /// Booting, with its memory in [`TEMPLATE_DIR`] to be saved ([`save_template`]).
+    BootToSave,
+    /// On a copy-on-write mapping of the saved VM's memory, loading its state.
+    Restore,
+}
+
+/// Whether `spec` under `accel` is the VM the nest saved: KVM, its memory, no kernel arguments
+/// of its own (the saved VM booted with none).
+fn fits_template(spec: &InnerSpec, accel: Accel) -> bool {
+    spec.restore
+        && accel == Accel::Kvm
+        && spec.memory_mib == TEMPLATE_MEMORY_MIB
+        && spec.extra_cmdline.is_empty()
 }
 
 impl<'h> InnerVm<'h> {
-    /// Creates the macvtap, starts QEMU on it and waits for the inner agent. With
+    /// Creates the macvtap, starts QEMU on it and waits for the inner agent: restored from the
+    /// nest's saved VM when there is one that fits ([`TEMPLATE_DIR`]), else booted. A restore
+    /// that fails is followed by a boot ([`InnerVm::restore_failure`] says why). With
     /// [`InnerAccel::Auto`] a KVM boot that does not finish in time (some nested KVMs hang
     /// guests) is retried once under TCG; [`InnerVm::fallback`] says so.
     pub async fn start(host: &'h Vm, spec: InnerSpec) -> Result<InnerVm<'h>> {
+        let found = host
+            .succeed(format!(
+                "! test -w /dev/kvm || echo kvm; ! test -s {TEMPLATE_DIR}/state || echo saved"
+            ))
+            .await?;
         let accel = match spec.accel {
             InnerAccel::Force(a) => a,
-            InnerAccel::Auto
-                if host
-                    .run("test -c /dev/kvm && test -w /dev/kvm")
-                    .await?
-                    .success() =>
-            {
-                Accel::Kvm
-            }
+            InnerAccel::Auto if found.contains("kvm") => Accel::Kvm,
             InnerAccel::Auto => Accel::Tcg,
         };
+        let mut restore_failure = None;
+        if found.contains("saved") && fits_template(&spec, accel) {
+            match Self::start_with(host, spec.clone(), accel, spec.boot_timeout, Start::Restore)
+                .await
+            {
+                Ok(vm) => return Ok(vm),
+                Err(f) => {
+                    tracing::warn!(
+                        "{}: restoring the nest's saved VM failed, booting it: {}",
+                        spec.name,
+                        f.error
+                    );
+                    restore_failure = Some(f.error.to_string());
+                }
+            }
+        }
+        let mut vm = Self::boot(host, spec, accel).await?;
+        vm.restore_failure = restore_failure;
+        Ok(vm)
+    }
+
+    /// Boots the inner kernel, under `accel`, or under TCG when `Auto` chose KVM and KVM did
+    /// not boot it in time.
+    async fn boot(host: &'h Vm, spec: InnerSpec, accel: Accel) -> Result<InnerVm<'h>> {
         if spec.accel != InnerAccel::Auto || accel == Accel::Tcg {
-            return Self::start_with(host, spec.clone(), accel, spec.boot_timeout)
+            return Self::start_with(host, spec.clone(), accel, spec.boot_timeout, Start::Boot)
                 .await
                 .map_err(|f| f.error);
         }
         let limit = spec.kvm_boot_limit.min(spec.boot_timeout);
-        match Self::start_with(host, spec.clone(), Accel::Kvm, limit).await {
+        match Self::start_with(host, spec.clone(), Accel::Kvm, limit, Start::Boot).await {
             Err(BootFailure {
                 timed_out: true,
                 error,
             }) => {
                 tracing::warn!("{}: no KVM boot in time, trying TCG: {error}", spec.name);
-                let mut vm = Self::start_with(host, spec.clone(), Accel::Tcg, spec.boot_timeout)
-                    .await
-                    .map_err(|f| f.error)?;
+                let mut vm = Self::start_with(
+                    host,
+                    spec.clone(),
+                    Accel::Tcg,
+                    spec.boot_timeout,
+                    Start::Boot,
+                )
+                .await
+                .map_err(|f| f.error)?;
                 vm.fallback = Some(format!("KVM did not boot it within {limit:?}"));
                 Ok(vm)
             }
@@ -150,6 +222,7 @@ impl<'h> InnerVm<'h> {
         spec: InnerSpec,
         accel: Accel,
         boot_timeout: Duration,
+        start: Start,
     ) -> Result<InnerVm<'h>, BootFailure> {
         let started = Instant::now();
         let fail = |error| BootFailure {
@@ -161,7 +234,7 @@ impl<'h> InnerVm<'h> {
             (Accel::Tcg, None) => guest_tsc_khz(host).await,
             (_, known) => known,
         };
-        let launch = Cmd::script(launch_script(&spec, accel, tsc_khz, &dir))
+        let launch = Cmd::script(launch_script(&spec, accel, tsc_khz, &dir, start))
             .timeout(Duration::from_secs(60));
         let out = host.run(launch).await.map_err(fail)?;
         if !out.success() {
@@ -181,8 +254,14 @@ impl<'h> InnerVm<'h> {
             ready: Ready::default(),
             next_id: AtomicU64::new(1),
             fallback: None,
+            restored: start == Start::Restore,
+            restore_failure: None,
         };
-        match vm.wait_ready(started, boot_timeout).await {
+        let ready = match vm.wait_ready(started, boot_timeout).await {
+            Ok(ready) if start == Start::Restore => vm.resume().await.map(|()| ready).map_err(fail),
+            other => other,
+        };
+        match ready {
             Ok(ready) => vm.ready = ready,
             Err(failure) => {
                 // The error holds the console tail already; leave nothing else behind.
@@ -192,12 +271,32 @@ impl<'h> InnerVm<'h> {
         }
         vm.boot_time = started.elapsed();
         tracing::info!(
-            "{}: inner VM on {} ready in {:.2?} ({accel})",
+            "{}: inner VM on {} {} in {:.2?} ({accel})",
             vm.spec.name,
             host.name(),
+            if vm.restored { "restored" } else { "ready" },
             vm.boot_time
         );
         Ok(vm)
+    }
+
+    /// Makes a VM restored from the saved one its own: fresh randomness, the time, its name
+    /// and its MAC (the saved VM's until now; QEMU's NIC takes the new one from the guest).
+    async fn resume(&self) -> Result<()> {
+        let resume = crate::snapshot::resume_as(&self.spec.name, self.spec.mac);
+        match self
+            .call(Op::Resume(resume), self.spec.command_timeout)
+            .await
+        {
+            Ok(Reply::Done) => Ok(()),
+            Ok(other) => Err(self
+                .error(Phase::Boot, format!("resume: unexpected reply {other:?}"))
+                .await),
+            Err(CallError::Failed(e)) => Err(e),
+            Err(CallError::NotThere | CallError::Deadline) => {
+                Err(self.error(Phase::Boot, "resume: no answer".into()).await)
+            }
+        }
     }
 
     /// Why the VM runs under TCG although KVM was there, if it does.
@@ -207,6 +306,16 @@ impl<'h> InnerVm<'h> {
 
     pub fn host(&self) -> &Vm {
         self.host
+    }
+
+    /// Whether it was restored from the nest's saved VM rather than booted.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    /// Why it was booted although the nest had a saved VM for it, if a restore failed.
+    pub fn restore_failure(&self) -> Option<&str> {
+        self.restore_failure.as_deref()
     }
 
     pub fn mac(&self) -> MacAddr {
@@ -415,32 +524,67 @@ pub async fn guest_tsc_khz(host: &Vm) -> Option<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-/// The shell script that creates the macvtap and starts QEMU on it, as libvirt would.
-fn launch_script(spec: &InnerSpec, accel: Accel, tsc_khz: Option<u32>, dir: &str) -> String {
+/// The shell script that creates the macvtap and starts QEMU on it, as libvirt would. Every
+/// inner QEMU has a QMP socket beside its agent's (`lab qmp` talks to it); a restored one then
+/// gets the saved state through it.
+fn launch_script(
+    spec: &InnerSpec,
+    accel: Accel,
+    tsc_khz: Option<u32>,
+    dir: &str,
+    start: Start,
+) -> String {
     let cmdline = crate::qemu::cmdline(&spec.name, accel, tsc_khz, &spec.extra_cmdline);
     let accel_args = match accel {
         // Whatever CPU the lab guest has (SVM under TCG's `-cpu max`), the inner one gets.
         Accel::Kvm => "-accel kvm -cpu host",
         Accel::Tcg => "-accel tcg",
     };
+    let memory = |share| {
+        format!(
+            "-object memory-backend-file,id=ram,size={}M,mem-path={TEMPLATE_DIR}/memory,share={share} -machine memory-backend=ram",
+            spec.memory_mib
+        )
+    };
+    let (memory_args, incoming_args, load) = match start {
+        Start::Boot => (String::new(), "", String::new()),
+        Start::BootToSave => (memory("on"), "", String::new()),
+        // The capability must match the saving QEMU's, and QEMU 7.2 takes it only over QMP.
+        Start::Restore => (
+            memory("off"),
+            "-incoming defer",
+            format!(
+                r#"q() {{ /init qmp {dir}/qmp.sock "$@" >/dev/null; }}
+q migrate-set-capabilities '{IGNORE_SHARED}' && q migrate-incoming '{{"uri":"exec:cat {TEMPLATE_DIR}/state"}}' || {{ kill $(cat {dir}/qemu.pid); ip link delete {tap}; exit 1; }}
+"#,
+                tap = spec.interface
+            ),
+        ),
+    };
     format!(
         r#"set -e
-mkdir -p {dir}
+mkdir -p {dir}{template_dir}
 ip link add link eth0 name {tap} address {mac} type macvtap mode {mode}
 ip link set {tap} up
 idx=$(cat /sys/class/net/{tap}/ifindex)
 # The tap's character device appears once the kernel has registered it (devtmpfs, no udev).
 for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
-{qemu} -name {name},process=qemu-{name} -M {machine} {accel_args} -m {mem} -smp 1 \
+{qemu} -name {name},process=qemu-{name} -M {machine} {accel_args} -m {mem} -smp 1 {memory_args} \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel {kernel} -initrd {initrd} -append '{cmdline}' \
   -chardev file,id=console,path={dir}/console.log -serial chardev:console \
   -device virtio-serial-device,max_ports=2 \
   -chardev socket,id=agent,path={dir}/agent.sock,server=on,wait=off \
   -device virtserialport,chardev=agent,name={port} \
-  -netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac={mac} \
+  -qmp unix:{dir}/qmp.sock,server=on,wait=off \
+  -netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac={mac} {incoming_args} \
   -pidfile {dir}/qemu.pid -daemonize 3<>/dev/tap$idx 2>{dir}/qemu.log || {{ cat {dir}/qemu.log >&2; ip link delete {tap}; exit 1; }}
-"#,
+{load}"#,
+        template_dir = if start == Start::BootToSave {
+            format!(" {TEMPLATE_DIR}")
+        } else {
+            String::new()
+        },
         tap = spec.interface,
         mac = spec.mac,
         mode = spec.mode,
@@ -451,6 +595,79 @@ for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
         kernel = INNER_KERNEL,
         initrd = INNER_INITRD,
         port = lab_proto::PORT_NAME,
+    )
+}
+
+/// QMP arguments of `migrate-set-capabilities` that leave memory out of a saved state.
+const IGNORE_SHARED: &str = r#"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#;
+
+/// Boots an inner VM in `host` and saves it at [`TEMPLATE_DIR`], for the snapshot of `host`
+/// about to be taken (see the module's documentation). Only a KVM VM is saved: TCG inside TCG
+/// takes a minute or more to boot, which no snapshot should wait for. On failure nothing is
+/// left at [`TEMPLATE_DIR`], and inner VMs boot.
+pub async fn save_template(host: &Vm) -> Result<()> {
+    if !host.run("test -w /dev/kvm").await?.success() {
+        return Err(Error::guest(
+            host.name(),
+            Phase::Setup,
+            "no writable /dev/kvm: inner VMs would run under TCG, which is not saved",
+        ));
+    }
+    let mut spec = InnerSpec::new("template", "macvtap-tpl");
+    spec.memory_mib = TEMPLATE_MEMORY_MIB;
+    let limit = spec.kvm_boot_limit;
+    let vm = match InnerVm::start_with(host, spec, Accel::Kvm, limit, Start::BootToSave).await {
+        Ok(vm) => vm,
+        Err(f) => {
+            let _ = host.run(format!("rm -rf {TEMPLATE_DIR}")).await;
+            return Err(f.error);
+        }
+    };
+    // What the kernel dropped reads as zero pages, which the snapshot's memory file leaves out.
+    let _ = vm.run("sync; echo 3 > /proc/sys/vm/drop_caches").await;
+    let save = Cmd::script(save_script(&vm.dir)).timeout(SAVE_WITHIN + Duration::from_secs(10));
+    let saved = host.run(save).await;
+    let stopped = vm.stop().await;
+    let result = match saved {
+        Ok(out) if out.success() => stopped,
+        Ok(out) => Err(Error::guest(
+            host.name(),
+            Phase::Setup,
+            format!(
+                "saving the inner VM failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = host.run(format!("rm -rf {TEMPLATE_DIR}")).await;
+    }
+    result
+}
+
+/// Saves the running VM whose QMP socket is in `dir`: device state only (its memory is the file
+/// it runs on), written aside and renamed into place once QEMU says the save completed. The VM
+/// is not stopped first, so the state says "running" and a restore starts it by itself.
+fn save_script(dir: &str) -> String {
+    let polls = SAVE_WITHIN.as_millis() / 100;
+    format!(
+        r#"set -e
+q() {{ /init qmp {dir}/qmp.sock "$@"; }}
+q migrate-set-capabilities '{IGNORE_SHARED}' >/dev/null
+q migrate '{{"uri":"exec:cat > {TEMPLATE_DIR}/state.partial"}}' >/dev/null
+for i in $(seq {polls}); do
+  status=$(q query-migrate)
+  case $status in
+    *'"completed"'*) mv {TEMPLATE_DIR}/state.partial {TEMPLATE_DIR}/state; exit 0 ;;
+    *'"failed"'*|*'"cancelled"'*) echo "$status" >&2; exit 1 ;;
+  esac
+  sleep 0.1
+done
+echo "the save did not complete within {secs} s" >&2
+exit 1
+"#,
+        secs = SAVE_WITHIN.as_secs()
     )
 }
 
@@ -511,7 +728,7 @@ mod tests {
     fn launch_passes_the_macvtap_as_fd_3_with_its_own_mac() {
         let mut spec = InnerSpec::new("vm1", "macvtap0").mode("vepa");
         spec.mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
-        let s = launch_script(&spec, Accel::Kvm, None, "/run/nest/vm1");
+        let s = launch_script(&spec, Accel::Kvm, None, "/run/nest/vm1", Start::Boot);
         assert!(s.contains("ip link add link eth0 name macvtap0 address 52:54:00:00:00:01 type macvtap mode vepa"), "{s}");
         assert!(s.contains("-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:01"), "{s}");
         assert!(s.contains("3<>/dev/tap$idx"), "{s}");

@@ -317,6 +317,12 @@ fn prune(store: &Path, keep: usize) {
 
 /// What makes the restored `cfg` its own guest.
 fn resume(cfg: &VmConfig) -> lab_proto::Resume {
+    resume_as(&cfg.name, cfg.mac)
+}
+
+/// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
+/// with `mac`: entropy from this host, this host's time.
+pub(crate) fn resume_as(hostname: &str, mac: MacAddr) -> lab_proto::Resume {
     let mut entropy = vec![0u8; 64];
     // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
     // the guest if it did (fewer than 32 bytes read).
@@ -329,8 +335,8 @@ fn resume(cfg: &VmConfig) -> lab_proto::Resume {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     lab_proto::Resume {
-        hostname: cfg.name.clone(),
-        mac: cfg.mac.to_string(),
+        hostname: hostname.to_string(),
+        mac: mac.to_string(),
         unix_nanos,
         entropy,
     }
@@ -360,6 +366,9 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
     for arg in qemu::args(&shape, &StatePaths::in_dir(Path::new("/state"))) {
         text.push_str(&arg.to_string_lossy());
         text.push('\n');
+    }
+    if cfg.inner_template {
+        text.push_str("inner template\n");
     }
     for file in [&cfg.kernel, &cfg.initrd]
         .into_iter()
@@ -484,6 +493,18 @@ async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Tak
         .map_err(|e| Error::io(store, e))?;
     let memory = GuestMemory::new(&cfg.name)?;
     let vm = Vm::boot_cold(cfg, Memory::SavedTo(&memory.path)).await?;
+    if cfg.inner_template {
+        match crate::nest::save_template(&vm).await {
+            Ok(()) => tracing::info!(
+                "{}: an inner VM saved in it, for its clones' inner VMs to restore",
+                cfg.name
+            ),
+            Err(e) => tracing::warn!(
+                "{}: its clones' inner VMs will boot, not restore: {e}",
+                cfg.name
+            ),
+        }
+    }
     let started = std::time::Instant::now();
     if let Err(e) = save(&vm, &taking.path().join(STATE)).await {
         tracing::warn!("{}: no snapshot taken: {e}", cfg.name);

@@ -106,6 +106,9 @@ pub struct VmConfig {
     pub keep_console: bool,
     /// Where snapshots of guest shapes are kept ([`crate::snapshot`]); `None` boots cold.
     pub snapshots: Option<PathBuf>,
+    /// A nest guest: before its shape's snapshot is taken, an inner VM is booted and saved in
+    /// it, so that the inner VMs of its clones restore ([`crate::nest::save_template`]).
+    pub inner_template: bool,
 }
 
 impl VmConfig {
@@ -140,6 +143,7 @@ impl VmConfig {
             artifacts: std::env::var_os("LAB_ARTIFACTS").map(PathBuf::from),
             keep_console: false,
             snapshots: None,
+            inner_template: false,
         }
     }
 }

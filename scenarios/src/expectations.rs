@@ -302,7 +302,7 @@ pub const EXPECTATIONS: &[Expectation] = &[
         "nested/macvtap-bridge",
         "inner accelerator",
         REPORTED,
-        "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG",
+        "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG; restored from the nest's saved VM when it has one",
     ),
     e(
         "nested/macvtap-vepa",

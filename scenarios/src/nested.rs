@@ -171,11 +171,20 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
     Ok(o)
 }
 
-/// Which accelerator ran the VM, and how long it took to be ready.
+/// Which accelerator ran the VM, whether it was restored or booted, and how long it took.
 fn accel_note(vm: &InnerVm<'_>) -> String {
     let why = vm.fallback().map(|f| format!(", {f}")).unwrap_or_default();
+    let how = if vm.restored() {
+        "restored from the nest's saved VM"
+    } else {
+        "booted"
+    };
+    let failed = vm
+        .restore_failure()
+        .map(|f| format!("; its restore failed: {f}"))
+        .unwrap_or_default();
     format!(
-        "{} ({} ready {:.1?} after its macvtap was made{why})",
+        "{} ({} {how}, ready {:.1?} after its macvtap was made{why}{failed})",
         vm.accel(),
         lab_harness::Guest::name(vm),
         vm.boot_time()

@@ -5,6 +5,7 @@ mod call;
 mod exec;
 mod init;
 mod limits;
+mod qmp;
 mod resume;
 mod serve;
 mod unpack;
@@ -27,6 +28,18 @@ fn main() {
             let seconds = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(600);
             std::process::exit(call::run(socket, std::time::Duration::from_secs(seconds)));
         }
+        Some("qmp") => {
+            let (Some(socket), Some(command)) = (args.get(2), args.get(3)) else {
+                usage()
+            };
+            let seconds = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(60);
+            std::process::exit(qmp::run(
+                socket,
+                command,
+                args.get(4).map(String::as_str).filter(|a| !a.is_empty()),
+                std::time::Duration::from_secs(seconds),
+            ));
+        }
         Some("--version") => println!("lab {}", env!("CARGO_PKG_VERSION")),
         _ => usage(),
     }
@@ -35,7 +48,8 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: lab serve /dev/vportNpM        (as PID 1 it sets the guest up and serves by itself)\n       \
-         lab call SOCKET [SECONDS] <request  (one request to the agent behind SOCKET, e.g. an inner VM's)"
+         lab call SOCKET [SECONDS] <request  (one request to the agent behind SOCKET, e.g. an inner VM's)\n       \
+         lab qmp SOCKET COMMAND [ARGUMENTS-JSON] [SECONDS]  (one QMP command to the QEMU behind SOCKET)"
     );
     std::process::exit(2)
 }
