@@ -97,8 +97,10 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
         .await?;
     lab.number_hosts().await?;
     let host1 = lab.vm("host1");
-    let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1).await?;
-    let vm2 = start(host1, InnerSpec::new("vm2", "macvtap1").mode("vepa"), VM2).await?;
+    let (vm1, vm2) = tokio::try_join!(
+        start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1),
+        start(host1, InnerSpec::new("vm2", "macvtap1").mode("vepa"), VM2),
+    )?;
     let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
     let _ = reach(&vm2, None, &lab.ip("peer")).await?;
     let off = reach(&vm2, None, VM1).await?;
