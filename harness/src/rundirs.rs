@@ -60,7 +60,12 @@ pub fn owner(dir: &Path) -> Option<Owner> {
 
 /// This user's lab directories in the temp dir.
 pub fn ours() -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+    ours_in(&std::env::temp_dir())
+}
+
+/// This user's lab directories in `parent`.
+pub fn ours_in(parent: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
     let uid = nix::unistd::getuid().as_raw();
@@ -79,8 +84,13 @@ pub fn ours() -> Vec<PathBuf> {
 /// Removes the lab directories whose maker is dead (a run killed before it could clean up);
 /// returns them. A directory without an owner file is left alone: it is not ours to judge.
 pub fn sweep_stale() -> Vec<PathBuf> {
+    sweep_stale_in(&std::env::temp_dir())
+}
+
+/// [`sweep_stale`] in `parent` rather than the temp dir.
+pub fn sweep_stale_in(parent: &Path) -> Vec<PathBuf> {
     let mut swept = Vec::new();
-    for dir in ours() {
+    for dir in ours_in(parent) {
         let Some(owner) = owner(&dir) else { continue };
         if !alive(owner.pid) && std::fs::remove_dir_all(&dir).is_ok() {
             swept.push(dir);

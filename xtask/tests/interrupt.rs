@@ -2,47 +2,11 @@
 //! and leaves no QEMU and no directory behind. SIGKILL leaves directories (nothing can run on
 //! SIGKILL) but no QEMU, and the next run sweeps them.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn xtask() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.env("RUST_BACKTRACE", "0");
-    cmd
-}
-
-/// This user's lab directories in `tmp`, and QEMUs whose command line names `tmp`.
-fn leftovers(tmp: &std::path::Path) -> (Vec<String>, Vec<String>) {
-    let dirs = std::fs::read_dir(tmp)
-        .expect("tmp")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("macvlan-lab-"))
-        .collect();
-    let needle = tmp.display().to_string();
-    let qemus = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
-        .collect();
-    (dirs, qemus)
-}
-
-fn wait_for_leftovers_to_clear(
-    tmp: &std::path::Path,
-    dirs_too: bool,
-) -> (Vec<String>, Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (dirs, qemus) = leftovers(tmp);
-        if (qemus.is_empty() && (dirs.is_empty() || !dirs_too)) || Instant::now() > deadline {
-            return (dirs, qemus);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+mod support;
+use support::{leftovers, wait_for_leftovers_to_clear, xtask};
 
 #[rstest::rstest]
 #[case::sigint(nix::sys::signal::Signal::SIGINT)]

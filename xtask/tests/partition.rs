@@ -2,17 +2,19 @@
 //! suite, each test in exactly one, and each shard's JUnit file says what it ran.
 
 use std::collections::BTreeSet;
-use std::process::Command;
+
+mod support;
 
 /// The tests one `cargo xtask test` ran, from the JUnit file it names. A slice of the suite that
 /// boots no guest: nextest partitions any filtered set the same way.
 fn ran(partition: Option<&str>) -> BTreeSet<String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.arg("test").env("RUST_BACKTRACE", "0");
+    let mut cmd = support::xtask();
+    cmd.arg("test");
     if let Some(p) = partition {
         cmd.args(["--partition", p]);
     }
     cmd.args(["--", "-E", "package(lab-kernels)"]);
+    let _lock = support::test_run_lock();
     let out = cmd.output().expect("xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

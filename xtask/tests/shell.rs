@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 /// A tmux session running one command on a 120x40 terminal; killed on drop.
 struct Terminal {
     name: String,
@@ -187,4 +189,65 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
         switch > 1000,
         "the pings are in the capture ({switch} bytes)"
     );
+}
+
+/// `lab shell` killed while a person is at its prompt: by SIGTERM (a cancelled job), SIGHUP (the
+/// terminal closed), SIGINT (from `kill`: typed, Ctrl-C goes to the guest) or SIGKILL. No QEMU
+/// outlives it; the first three end it saying so, with nothing left; after SIGKILL the next run
+/// sweeps the directories it could not remove.
+#[rstest::rstest]
+#[case::sigterm(nix::sys::signal::Signal::SIGTERM, 143)]
+#[case::sighup(nix::sys::signal::Signal::SIGHUP, 129)]
+#[case::sigint(nix::sys::signal::Signal::SIGINT, 130)]
+#[case::sigkill(nix::sys::signal::Signal::SIGKILL, 137)]
+fn a_killed_shell_leaves_no_qemu_and_nothing_once_swept(
+    #[case] signal: nix::sys::signal::Signal,
+    #[case] code: i32,
+) {
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pidfile = tmp.path().join("shell.pid");
+    let term = Terminal::start(
+        &format!("kill-{}", signal.as_str().to_lowercase()),
+        &format!(
+            "TMPDIR={tmp} RUST_BACKTRACE=0 sh -c 'echo $$ > {pid}; exec {xtask} lab shell --hosts 2'; echo SHELL-EXIT=$?; sleep 120",
+            tmp = tmp.path().display(),
+            pid = pidfile.display()
+        ),
+    );
+    term.wait_for("root@host1:", 1, Duration::from_secs(120));
+    let (dirs, qemus) = support::leftovers(tmp.path());
+    assert!(
+        qemus.len() == 2 && !dirs.is_empty(),
+        "the lab runs: {dirs:?} {qemus:?}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal");
+    let end = term.wait_for("SHELL-EXIT=", 1, Duration::from_secs(30));
+    assert!(
+        end.contains(&format!("SHELL-EXIT={code}")),
+        "exit code for {signal}:\n{end}"
+    );
+    let killed = signal == nix::sys::signal::Signal::SIGKILL;
+    let (dirs, qemus) = support::wait_for_leftovers_to_clear(tmp.path(), !killed);
+    assert!(qemus.is_empty(), "QEMU outlived the shell: {qemus:?}");
+    if killed {
+        let sweep = support::xtask()
+            .args(["lab", "--only", "no-such-scenario"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .expect("xtask runs");
+        let (after, _) = support::leftovers(tmp.path());
+        assert!(
+            after.is_empty(),
+            "{dirs:?} left, {after:?} after the sweep: {}",
+            String::from_utf8_lossy(&sweep.stderr)
+        );
+    } else {
+        assert!(dirs.is_empty(), "left after {signal}: {dirs:?}");
+    }
 }

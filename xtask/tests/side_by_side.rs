@@ -1,15 +1,15 @@
-//! Two `cargo xtask lab` runs at once in one checkout both pass: each judges only the guests
-//! and directories it started, and the files they share (report.json, assets.json, the runs,
-//! the snapshots) are written whole.
+//! Two `cargo xtask lab` runs at once in one checkout both pass, and so do a `cargo xtask test`
+//! and a `cargo xtask lab`: each judges only the guests and directories it started, and the
+//! files they share (report.json, assets.json, the runs, the snapshots) are written whole.
 
-use std::process::Command;
+mod support;
+use support::{lab_dir, xtask};
 
 #[test]
 fn two_lab_runs_at_once_both_pass_and_leave_nothing() {
     let lab = |only: &str| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
+        xtask()
             .args(["lab", "--only", only])
-            .env("RUST_BACKTRACE", "0")
             .env_remove("LAB_RUN")
             .spawn()
             .expect("xtask runs")
@@ -54,9 +54,54 @@ fn two_lab_runs_at_once_both_pass_and_leave_nothing() {
     );
 }
 
-fn lab_dir() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("lab")
+/// A test run (one guest test, with its leak check and JUnit file) while a lab runs beside it.
+#[test]
+fn a_test_run_beside_a_lab_run_both_pass_and_leave_nothing() {
+    let _lock = support::test_run_lock();
+    let lab = xtask()
+        .args(["lab", "--only", "claim/promisc"])
+        .env_remove("LAB_RUN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xtask runs");
+    let test = xtask()
+        .args([
+            "test",
+            "--",
+            "-E",
+            "test(=a_guest_runs_a_command_to_its_end)",
+        ])
+        .env_remove("LAB_RUN")
+        .output()
+        .expect("xtask runs");
+    let lab = lab.wait_with_output().expect("wait");
+    let said = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let (test_said, lab_said) = (said(&test), said(&lab));
+    assert!(
+        test.status.success(),
+        "the test run beside a lab:\n{test_said}"
+    );
+    assert!(
+        lab.status.success(),
+        "the lab beside a test run:\n{lab_said}"
+    );
+    assert!(
+        test_said.contains("xtask: 1 passed, 0 failed"),
+        "one test ran:\n{test_said}"
+    );
+    for (what, text) in [("the test run", &test_said), ("the lab", &lab_said)] {
+        assert!(
+            text.contains(
+                "no QEMU process, no state directory and no host network change left behind"
+            ),
+            "{what} judged itself clean:\n{text}"
+        );
+    }
 }
