@@ -18,9 +18,10 @@ pub struct LabArgs {
     #[arg(long)]
     pub list: bool,
     /// Scenarios run at the same time (each boots two or three guests), longest first by the
-    /// last run's times. On 2 cores under TCG, 3 keeps both busy while scenarios wait on pings.
-    #[arg(long, default_value_t = 3)]
-    pub jobs: usize,
+    /// last run's times [default: twice the cores: scenarios spend much of their time waiting on
+    /// pings; on 2 cores under TCG, 4 took 47 s where 3 took 55 s and 5 took 48 s]
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
     /// over CI runners.
     #[arg(long, value_name = "K/N", value_parser = crate::parse_partition)]
@@ -327,10 +328,11 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         "shard {:?} of {count} scenarios holds none: use fewer shards",
         args.partition.unwrap_or_default()
     );
+    let jobs = args.jobs.unwrap_or(2 * crate::cores()).max(1);
     crate::ui::status!(
         "lab: {} scenario(s), {} at a time",
         names.len(),
-        args.jobs.max(1)
+        jobs
     );
     crate::hosttools::ensure_qemu()?;
     let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
@@ -338,7 +340,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut set = tokio::task::JoinSet::new();
         // Longest first (by the latest times on this kernel), so that the nested scenarios
         // do not start last and leave the other slots idle while they finish.

@@ -364,6 +364,6 @@ pub fn lab_dir() -> PathBuf {
 }
 
 /// The cores this process may use.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
