@@ -329,11 +329,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         args.partition.unwrap_or_default()
     );
     let jobs = args.jobs.unwrap_or(2 * crate::cores()).max(1);
-    crate::ui::status!(
-        "lab: {} scenario(s), {} at a time",
-        names.len(),
-        jobs
-    );
+    crate::ui::status!("lab: {} scenario(s), {} at a time", names.len(), jobs);
     crate::hosttools::ensure_qemu()?;
     let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
     assets.runs = crate::runs::start("lab")?;

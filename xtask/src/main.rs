@@ -77,6 +77,14 @@ enum Command {
         #[arg(long)]
         snapshots: bool,
     },
+    /// Build the static agent of the checkout at WORKSPACE (default: this one) and print its
+    /// path. For the test that the agent, and so the image, does not depend on where it was
+    /// built.
+    #[command(hide = true)]
+    BuildAgent {
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+    },
 }
 
 const LAB_EXAMPLES: &str = "Examples:
@@ -125,6 +133,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CleanCache { snapshots } => clean_cache(snapshots),
+        Command::BuildAgent { workspace } => {
+            let workspace = workspace.unwrap_or_else(workspace_root);
+            println!("{}", provision::build_agent(&workspace)?.display());
+            Ok(())
+        }
         Command::Completions { shell } => {
             completions(shell);
             Ok(())

@@ -1,6 +1,6 @@
 //! Everything a guest needs, made ready without root: the static agent, the kernel and the image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
@@ -37,7 +37,7 @@ const STAMP_FORMAT: u32 = 1;
 /// is a few file reads.
 pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = crate::cache_dir();
-    let agent = build_agent()?;
+    let agent = build_agent(&workspace_root())?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
     lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
@@ -202,14 +202,14 @@ fn describe_origin(kernel: &Kernel) -> String {
 /// Static, and with the paths of this checkout and of cargo's registry written as fixed
 /// names: panic messages embed source paths, and the image must not depend on who built it
 /// where (root's `/root/.cargo` against a user's `~/.cargo`).
-fn agent_rustflags() -> String {
+fn agent_rustflags(workspace: &Path) -> String {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_default();
     let mut flags = "-C target-feature=+crt-static".to_string();
     // The variable is split at spaces: a path with one cannot be passed, and is left as it is.
-    for (path, name) in [(cargo_home, "/cargo"), (workspace_root(), "/src")] {
+    for (path, name) in [(cargo_home, "/cargo"), (workspace.to_path_buf(), "/src")] {
         let path = path.display().to_string();
         if !path.is_empty() && !path.contains(char::is_whitespace) {
             flags.push_str(&format!(" --remap-path-prefix={path}={name}"));
@@ -218,9 +218,11 @@ fn agent_rustflags() -> String {
     flags
 }
 
-fn build_agent() -> anyhow::Result<PathBuf> {
+/// Builds the static agent of the checkout at `workspace` (this one, or another for the test
+/// that two checkouts build the same agent) and returns its path.
+pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
+        .current_dir(workspace)
         .args([
             "build",
             "--quiet",
@@ -232,7 +234,7 @@ fn build_agent() -> anyhow::Result<PathBuf> {
         ])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            agent_rustflags(),
+            agent_rustflags(workspace),
         )
         .status()
         .context("running cargo to build the agent")?;
@@ -242,7 +244,7 @@ fn build_agent() -> anyhow::Result<PathBuf> {
     );
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+        .unwrap_or_else(|| workspace.join("target"));
     Ok(target.join(AGENT_TARGET).join("release").join("lab"))
 }
 
