@@ -39,4 +39,4 @@ pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy};
 pub use qmp::{Qmp, QmpError, RxFilter};
 pub use snapshot::BootKind;
-pub use vm::{Cmd, InitrdLayer, MacAddr, NetBackend, Session, Vm, VmConfig};
+pub use vm::{BadMacAddr, Cmd, InitrdLayer, MacAddr, NetBackend, Session, Vm, VmConfig};

@@ -46,6 +46,29 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// A MAC address written as six hex bytes between colons, as the kernel prints them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (six hex bytes between colons, like 52:54:00:12:34:56)")]
+pub struct BadMacAddr(pub String);
+
+impl std::str::FromStr for MacAddr {
+    type Err = BadMacAddr;
+
+    fn from_str(text: &str) -> std::result::Result<Self, BadMacAddr> {
+        let bad = || BadMacAddr(text.to_string());
+        let mut bytes = [0u8; 6];
+        let mut parts = text.trim().split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(bytes)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
 impl fmt::Debug for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -1063,5 +1086,20 @@ mod tests {
             MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(),
             "52:54:00:ab:01:02"
         );
+    }
+
+    #[test]
+    fn macs_parse_as_the_kernel_prints_them_and_nothing_else() {
+        let mac: MacAddr = "52:54:00:AB:01:02\n".parse().expect("a MAC");
+        assert_eq!(mac.to_string(), "52:54:00:ab:01:02");
+        for bad in [
+            "",
+            "52:54:00:ab:01",
+            "52:54:00:ab:01:02:03",
+            "52:54:00:ab:1:02",
+            "zz:54:00:ab:01:02",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
+        }
     }
 }

@@ -51,6 +51,8 @@ const VIRT_INSTALL: &str = "虚机使用macvlan: virt-install --network model=vi
 const DOMIFLIST: &str =
     "virsh domiflist: Interface macvtap0, Type direct, Source eth0, Model virtio, MAC";
 const VIRSH_CLEANUP: &str = "清理环境: virsh destroy / undefine the VMs";
+const MACVTAP_DEFAULT: &str = "使用macvtap的bridge模式，默认是vepa模式 (a macvtap is VEPA unless told otherwise: virt-install asks for bridge)";
+const MACVTAP_PASSTHRU: &str = "Passthru: allows a single VM to connect to the physical interface directly (the VM has the NIC's MAC; nothing else may share it)";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
@@ -391,6 +393,36 @@ pub const EXPECTATIONS: &[Expectation] = &[
         "清理环境",
     ),
     e("cleanup", "eth0 as before", "yes", "清理环境"),
+    e(
+        "nested/macvtap-passthru",
+        "mode of a macvtap made without `mode`",
+        "vepa",
+        MACVTAP_DEFAULT,
+    ),
+    e(
+        "nested/macvtap-passthru",
+        "passthru macvtap's MAC",
+        "eth0's",
+        MACVTAP_PASSTHRU,
+    ),
+    e(
+        "nested/macvtap-passthru",
+        "vm1's MAC",
+        "eth0's",
+        MACVTAP_PASSTHRU,
+    ),
+    e(
+        "nested/macvtap-passthru",
+        "vm1 -> peer",
+        REACHABLE,
+        MACVTAP_PASSTHRU,
+    ),
+    e(
+        "nested/macvtap-passthru",
+        "a second macvtap beside it",
+        "refused: Invalid argument",
+        MACVTAP_PASSTHRU,
+    ),
 ];
 
 /// The scenarios, in report order.

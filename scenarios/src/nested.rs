@@ -4,7 +4,7 @@
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Assets, Guest, Lab, PortPolicy, Result, Vm};
 
-use crate::probe::{observed, reach};
+use crate::probe::{json_field, observed, reach, refusal};
 use crate::{Observed, NOTE};
 
 /// The seed's addresses for the VMs.
@@ -169,6 +169,62 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
             none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?),
         ),
     ]);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// macvtap's modes as libvirt uses them: a macvtap made without `mode` (what `virt-install`
+/// makes without `source.mode`), and passthru, where one VM takes the whole NIC.
+pub async fn passthru(assets: &Assets) -> Result<Observed> {
+    let lab = Lab::builder(assets, "nested-macvtap-passthru")
+        .host_config(assets.nest_vm("host1", 1)?)
+        .host("peer")
+        .boot()
+        .await?;
+    lab.number_hosts().await?;
+    let host1 = lab.vm("host1");
+    host1
+        .succeed("ip link add link eth0 name macvtap9 type macvtap")
+        .await?;
+    let detail = host1.succeed("ip -d -j link show macvtap9").await?;
+    let default_mode = json_field(&detail, "mode").unwrap_or_else(|| "unknown".into());
+    host1.succeed("ip link delete macvtap9").await?;
+    // Passthru: the macvtap takes eth0's MAC whatever it is given, so the VM's NIC must carry
+    // it too (libvirt does the same); eth0 itself then hands every frame to the VM.
+    let eth0_mac = host1
+        .succeed("cat /sys/class/net/eth0/address")
+        .await?
+        .trim()
+        .to_string();
+    let mut spec = InnerSpec::new("vm1", "macvtap0").mode("passthru");
+    spec.mac = eth0_mac.parse().map_err(|e: lab_harness::BadMacAddr| {
+        lab_harness::Error::guest(host1.name(), lab_harness::Phase::Command, e.to_string())
+    })?;
+    let vm1 = start(host1, spec, VM1).await?;
+    let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
+    let tap = host1.succeed("cat /sys/class/net/macvtap0/address").await?;
+    let same = |mac: &str| {
+        if mac.trim() == eth0_mac {
+            "eth0's".to_string()
+        } else {
+            format!("{} (eth0 has {eth0_mac})", mac.trim())
+        }
+    };
+    let o = observed([
+        ("mode of a macvtap made without `mode`", default_mode),
+        ("passthru macvtap's MAC", same(&tap)),
+        ("vm1's MAC", same(&inside)),
+        ("vm1 -> peer", reach(&vm1, None, &lab.ip("peer")).await?),
+        (
+            "a second macvtap beside it",
+            refusal(
+                host1,
+                "ip link add link eth0 name macvtap1 type macvtap mode bridge",
+            )
+            .await?,
+        ),
+    ]);
+    vm1.stop().await?;
     lab.shutdown().await?;
     Ok(o)
 }

@@ -22,6 +22,7 @@ pub(crate) async fn run(name: &str, assets: &Assets) -> Result<Observed> {
         "nested/macvtap-bridge" => crate::nested::bridge(assets).await,
         "nested/macvtap-vepa" => crate::nested::vepa(assets).await,
         "nested/cleanup" => crate::nested::cleanup(assets).await,
+        "nested/macvtap-passthru" => crate::nested::passthru(assets).await,
         "claim/promisc" => claims::promisc(assets).await,
         "cleanup" => seed::cleanup(assets).await,
         other => Err(lab_harness::Error::Missing {

@@ -21,6 +21,7 @@ use rstest::rstest;
 #[case::nested_macvtap_bridge("nested/macvtap-bridge")]
 #[case::nested_macvtap_vepa("nested/macvtap-vepa")]
 #[case::nested_cleanup("nested/cleanup")]
+#[case::nested_macvtap_passthru("nested/macvtap-passthru")]
 #[case::cleanup("cleanup")]
 #[tokio::test]
 async fn scenario_behaves_as_expected(#[case] name: &str) {
