@@ -9,7 +9,7 @@ pub mod junit;
 mod modes;
 mod nested;
 mod probe;
-mod scenarios;
+pub mod scenarios;
 pub mod script;
 mod seed;
 
@@ -106,6 +106,20 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(NOTE)?.to_string(), v.clone())))
         .collect();
+    // An observation no expectation checks is a check with nothing to compare against: a
+    // typo of a check's name, or an expectation forgotten.
+    let unchecked: Vec<String> = observed
+        .iter()
+        .filter(|(k, _)| !k.starts_with(NOTE) && !checks.iter().any(|c| &c.name == *k))
+        .map(|(k, v)| format!("{k:?} = {v:?}"))
+        .collect();
+    let error = match (error, unchecked.is_empty()) {
+        (None, false) => Some(format!(
+            "observed {}, which no expectation of {name} checks: add them to scenarios/src/expectations.rs",
+            unchecked.join(", ")
+        )),
+        (error, _) => error,
+    };
     let passed = error.is_none() && !checks.is_empty() && checks.iter().all(|c| c.pass);
     ScenarioReport {
         name: name.into(),

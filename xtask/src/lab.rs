@@ -184,11 +184,13 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
-            for e in lab_scenarios::expectations::EXPECTATIONS {
-                println!(
-                    "{:<22} {:<46} expects {:<12} | {}",
-                    e.scenario, e.check, e.expected, e.claim
-                );
+            for name in lab_scenarios::scenarios::names() {
+                for e in lab_scenarios::expectations::for_scenario(name) {
+                    println!(
+                        "{:<23} {:<46} expects {:<12} | {}",
+                        e.scenario, e.check, e.expected, e.claim
+                    );
+                }
             }
             Ok(())
         }
@@ -312,8 +314,7 @@ fn write_reports(report: &lab_scenarios::Report, assets: &Assets) -> anyhow::Res
 /// observation differs from its expectation.
 fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // Before provisioning, which takes seconds: a filter that matches nothing is a typo.
-    let names: Vec<&str> = lab_scenarios::expectations::scenario_names()
-        .into_iter()
+    let names: Vec<&str> = lab_scenarios::scenarios::names()
         .filter(|n| args.only.as_deref().is_none_or(|o| n.contains(o)))
         .collect();
     anyhow::ensure!(
