@@ -538,7 +538,10 @@ fn launch_script(
     let accel_args = match accel {
         // Whatever CPU the lab guest has (SVM under TCG's `-cpu max`), the inner one gets.
         Accel::Kvm => "-accel kvm -cpu host",
-        Accel::Tcg => "-accel tcg",
+        // A small translation cache (QEMU's default is up to 1 GiB): what TCG filled of it is
+        // zeroed by the lab guest's kernel when QEMU exits (`init_on_free`), and on a busy host
+        // that took over a minute of that guest's only CPU, in the kernel, agent and all.
+        Accel::Tcg => "-accel tcg,tb-size=64",
     };
     let memory = |share| {
         format!(
