@@ -259,6 +259,8 @@ impl Lab {
             counters: PortCounters,
             learned: Vec<String>,
             qmp_events: Vec<String>,
+            /// The last lines exchanged with QEMU over QMP (`->` sent, `<-` received).
+            qmp_lines: Vec<String>,
         }
         let guests: Vec<Guest> = self
             .vms
@@ -281,6 +283,7 @@ impl Lab {
                     .iter()
                     .map(|e| format!("{} {}", e.name, e.data))
                     .collect(),
+                qmp_lines: vm.qmp().raw_log(),
             })
             .collect();
         if let Ok(json) = serde_json::to_vec_pretty(&guests) {
