@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use lab_proto::RunOutput;
 
+use crate::cmd::Cmd;
 use crate::error::{Error, Result};
-use crate::vm::Cmd;
 
 /// A guest that runs commands. Implementors provide [`Guest::run_cmd`]; the verbs come free.
 pub trait Guest {
@@ -76,24 +76,37 @@ pub trait Guest {
         async move {
             let cmd = cmd.into();
             let deadline = Instant::now() + within;
-            loop {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let attempt = cmd
-                    .clone()
-                    .timeout(remaining.clamp(Duration::from_secs(1), self.command_timeout()));
-                let out = self.run(attempt).await?;
-                if out.success() {
-                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            // The last failed attempt, for the error.
+            let last = std::sync::Mutex::new(None);
+            let succeeded = crate::wait::try_until(within, Duration::from_millis(200), || {
+                let attempt = cmd.clone().timeout(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_secs(1), self.command_timeout()),
+                );
+                let last = &last;
+                async move {
+                    let out: RunOutput = self.run(attempt).await?;
+                    if out.success() {
+                        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+                    }
+                    if let Ok(mut last) = last.lock() {
+                        *last = Some(out);
+                    }
+                    Ok::<_, Error>(None)
                 }
-                if Instant::now() >= deadline {
-                    return Err(unexpected(
+            })
+            .await?;
+            match succeeded {
+                Some(stdout) => Ok(stdout),
+                None => Err(match last.into_inner().ok().flatten() {
+                    Some(out) => unexpected(self.name(), &cmd, "did not succeed in time", out),
+                    None => Error::guest(
                         self.name(),
-                        &cmd,
-                        "did not succeed in time",
-                        out,
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                        crate::Phase::Command,
+                        format!("`{}` did not succeed within {within:?}", cmd.describe()),
+                    ),
+                }),
             }
         }
     }

@@ -372,17 +372,16 @@ impl<'h> InnerVm<'h> {
             timed_out: false,
         };
         let deadline = started + within;
-        loop {
-            let left = deadline
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = crate::wait::try_until(left, Duration::from_millis(500), || async {
+            let ask = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_secs(1), Duration::from_secs(10));
-            match self.call(Op::Hello, left).await {
-                Ok(Reply::Ready(r)) => return Ok(r),
+            match self.call(Op::Hello, ask).await {
+                Ok(Reply::Ready(r)) => return Ok(Some(r)),
                 Ok(other) => {
-                    return Err(fail(
-                        self.error(Phase::Boot, format!("answered hello with {other:?}"))
-                            .await,
-                    ))
+                    let msg = format!("answered hello with {other:?}");
+                    return Err(fail(self.error(Phase::Boot, msg).await));
                 }
                 Err(CallError::NotThere | CallError::Deadline) => {}
                 Err(CallError::Failed(e)) => return Err(fail(e)),
@@ -392,27 +391,27 @@ impl<'h> InnerVm<'h> {
                 .run(format!("kill -0 $(cat {}/qemu.pid)", self.dir))
                 .await
                 .map_err(fail)?;
-            if !alive.success() {
-                return Err(fail(
-                    self.error(
-                        Phase::Boot,
-                        "its QEMU exited before the agent was ready".into(),
-                    )
-                    .await,
-                ));
+            if alive.success() {
+                Ok(None)
+            } else {
+                let msg = "its QEMU exited before the agent was ready".to_string();
+                Err(fail(self.error(Phase::Boot, msg).await))
             }
-            if Instant::now() >= deadline {
+        })
+        .await?;
+        match ready {
+            Some(ready) => Ok(ready),
+            None => {
                 let msg = format!(
                     "the agent was not ready within {within:?} ({} inside {})",
                     self.accel,
                     self.host.name()
                 );
-                return Err(BootFailure {
+                Err(BootFailure {
                     error: self.error(Phase::Boot, msg).await,
                     timed_out: true,
-                });
+                })
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

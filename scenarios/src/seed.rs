@@ -70,14 +70,15 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
     let delete = host1.run("ip link delete macvlan1").await?;
     // `ip netns delete` returns before the kernel has torn the namespace down (a workqueue does
     // that), so give eth0 a few seconds to return to how it was.
-    let mut restored = false;
-    for _ in 0..20 {
-        if host1.succeed(STATE).await? == before {
-            restored = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let restored = lab_harness::wait::try_until(
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        || async {
+            Ok::<_, lab_harness::Error>((host1.succeed(STATE).await? == before).then_some(()))
+        },
+    )
+    .await?
+    .is_some();
     let after = host1.succeed(STATE).await?;
     let o = observed([
         (
