@@ -17,10 +17,12 @@
 pub mod accel;
 pub mod agent;
 pub mod assets;
+mod cmd;
 pub mod console;
 pub mod error;
 pub mod guest;
 pub mod lan;
+mod mac;
 pub mod nest;
 pub mod process;
 pub mod qemu;

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use lab_proto::{Op, Program, Ready, Reply, RunOutput, RunSpec, Stream, TtySize};
+use lab_proto::{Op, Ready, Reply, RunOutput, Stream, TtySize};
 use tokio::net::UnixListener;
 
 use crate::accel::Accel;
 use crate::agent::{AgentClient, AgentError};
+pub use crate::cmd::Cmd;
 use crate::error::{Error, Phase, Result};
 use crate::guest::Guest;
+pub use crate::mac::{BadMacAddr, MacAddr};
 use crate::process::QemuProcess;
 use crate::qemu::{self, Memory, StatePaths};
 use crate::qmp::Qmp;
@@ -22,58 +24,6 @@ use crate::snapshot::BootKind;
 
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 40;
-
-/// A MAC address, printed the usual way.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// A locally administered address unique to this process and call: QEMU's 52:54:00 prefix
-    /// would collide across parallel test binaries, so we use 02:xx with the pid and a counter.
-    pub fn unique() -> Self {
-        use std::sync::atomic::{AtomicU16, Ordering};
-        static NEXT: AtomicU16 = AtomicU16::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-        let pid = std::process::id().to_be_bytes();
-        MacAddr([0x02, pid[1], pid[2], pid[3], n[0], n[1]])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-/// A MAC address written as six hex bytes between colons, as the kernel prints them.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a MAC address (six hex bytes between colons, like 52:54:00:12:34:56)")]
-pub struct BadMacAddr(pub String);
-
-impl std::str::FromStr for MacAddr {
-    type Err = BadMacAddr;
-
-    fn from_str(text: &str) -> std::result::Result<Self, BadMacAddr> {
-        let bad = || BadMacAddr(text.to_string());
-        let mut bytes = [0u8; 6];
-        let mut parts = text.trim().split(':');
-        for byte in &mut bytes {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        match parts.next() {
-            None => Ok(MacAddr(bytes)),
-            Some(_) => Err(bad()),
-        }
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 /// What the guest's `eth0` is plugged into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,92 +143,6 @@ impl fmt::Debug for Vm {
             .field("name", &self.cfg.name)
             .field("pid", &self.process.pid())
             .finish_non_exhaustive()
-    }
-}
-
-/// A command for [`Vm::run`]: a script by default, with optional namespace, stdin and timeout.
-#[derive(Debug, Clone)]
-pub struct Cmd {
-    spec: RunSpec,
-}
-
-impl Cmd {
-    /// A shell script run by the guest's `/bin/sh` (dash).
-    pub fn script(script: impl Into<String>) -> Self {
-        Self::from_program(Program::Script(script.into()))
-    }
-
-    /// A program and its arguments, run directly.
-    pub fn argv<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
-        Self::from_program(Program::Argv(argv.into_iter().map(Into::into).collect()))
-    }
-
-    fn from_program(program: Program) -> Self {
-        Self {
-            spec: RunSpec::new(program, Duration::ZERO),
-        }
-    }
-
-    /// Runs in directory `dir` of the guest (`/` by default).
-    pub fn cwd(mut self, dir: &str) -> Self {
-        self.spec.cwd = Some(dir.to_string());
-        self
-    }
-
-    /// Runs inside `ip netns exec NAME`.
-    pub fn netns(mut self, name: &str) -> Self {
-        self.spec.netns = Some(name.to_string());
-        self
-    }
-
-    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.spec.stdin = Some(data.into());
-        self
-    }
-
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.spec.timeout = t;
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.spec.env.insert(key.to_string(), value.to_string());
-        self
-    }
-
-    /// The deadline set so far (zero: the guest's default applies).
-    pub fn timeout_or_zero(&self) -> Duration {
-        self.spec.timeout
-    }
-
-    /// The request the agent receives.
-    pub fn spec(&self) -> &RunSpec {
-        &self.spec
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        let prefix = self
-            .spec
-            .netns
-            .as_ref()
-            .map(|n| format!("[netns {n}] "))
-            .unwrap_or_default();
-        match &self.spec.program {
-            Program::Script(s) => format!("{prefix}{}", s.trim()),
-            Program::Argv(a) => format!("{prefix}{}", a.join(" ")),
-        }
-    }
-}
-
-impl From<&str> for Cmd {
-    fn from(s: &str) -> Self {
-        Cmd::script(s)
-    }
-}
-
-impl From<String> for Cmd {
-    fn from(s: String) -> Self {
-        Cmd::script(s)
     }
 }
 
@@ -1067,39 +931,6 @@ fn keep_console(cfg: &VmConfig, paths: &StatePaths, failed: bool) {
         let dest = dir.join(format!("{}-{stamp}.console.log", cfg.name));
         if std::fs::copy(&paths.console, &dest).is_ok() && failed {
             eprintln!("{}: console log kept at {}", cfg.name, dest.display());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unique_macs_are_unicast_local_and_distinct() {
-        let a = MacAddr::unique();
-        let b = MacAddr::unique();
-        assert_ne!(a, b);
-        assert_eq!(a.0[0] & 0x01, 0, "unicast");
-        assert_eq!(a.0[0] & 0x02, 0x02, "locally administered");
-        assert_eq!(
-            MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(),
-            "52:54:00:ab:01:02"
-        );
-    }
-
-    #[test]
-    fn macs_parse_as_the_kernel_prints_them_and_nothing_else() {
-        let mac: MacAddr = "52:54:00:AB:01:02\n".parse().expect("a MAC");
-        assert_eq!(mac.to_string(), "52:54:00:ab:01:02");
-        for bad in [
-            "",
-            "52:54:00:ab:01",
-            "52:54:00:ab:01:02:03",
-            "52:54:00:ab:1:02",
-            "zz:54:00:ab:01:02",
-        ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
         }
     }
 }

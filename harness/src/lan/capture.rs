@@ -91,9 +91,9 @@ pub fn icmp_type(frame: &[u8]) -> Option<u8> {
 }
 
 /// Source and destination MAC of a frame.
-pub fn macs(frame: &[u8]) -> Option<(crate::vm::MacAddr, crate::vm::MacAddr)> {
-    let mac = |at: usize| -> Option<crate::vm::MacAddr> {
-        Some(crate::vm::MacAddr(frame.get(at..at + 6)?.try_into().ok()?))
+pub fn macs(frame: &[u8]) -> Option<(crate::mac::MacAddr, crate::mac::MacAddr)> {
+    let mac = |at: usize| -> Option<crate::mac::MacAddr> {
+        Some(crate::mac::MacAddr(frame.get(at..at + 6)?.try_into().ok()?))
     };
     Some((mac(6)?, mac(0)?))
 }

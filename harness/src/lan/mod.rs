@@ -94,7 +94,7 @@ impl SwitchHandle {
         self.lock().switch.counters(port)
     }
 
-    pub fn learned(&self, port: usize) -> Vec<crate::vm::MacAddr> {
+    pub fn learned(&self, port: usize) -> Vec<crate::mac::MacAddr> {
         self.lock().switch.learned_on(port)
     }
 

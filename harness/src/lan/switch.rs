@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::vm::MacAddr;
+use crate::mac::MacAddr;
 
 /// Smallest frame we accept: destination, source, ethertype.
 pub const MIN_FRAME: usize = 14;

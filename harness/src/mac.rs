@@ -1,0 +1,88 @@
+//! MAC addresses: a leaf type that the switch, the captures and the guests all use.
+
+use std::fmt;
+
+/// A MAC address, printed the usual way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A locally administered address unique to this process and call: QEMU's 52:54:00 prefix
+    /// would collide across parallel test binaries, so we use 02:xx with the pid and a counter.
+    pub fn unique() -> Self {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        let pid = std::process::id().to_be_bytes();
+        MacAddr([0x02, pid[1], pid[2], pid[3], n[0], n[1]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A MAC address written as six hex bytes between colons, as the kernel prints them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (six hex bytes between colons, like 52:54:00:12:34:56)")]
+pub struct BadMacAddr(pub String);
+
+impl std::str::FromStr for MacAddr {
+    type Err = BadMacAddr;
+
+    fn from_str(text: &str) -> std::result::Result<Self, BadMacAddr> {
+        let bad = || BadMacAddr(text.to_string());
+        let mut bytes = [0u8; 6];
+        let mut parts = text.trim().split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(bytes)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_macs_are_unicast_local_and_distinct() {
+        let a = MacAddr::unique();
+        let b = MacAddr::unique();
+        assert_ne!(a, b);
+        assert_eq!(a.0[0] & 0x01, 0, "unicast");
+        assert_eq!(a.0[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(
+            MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(),
+            "52:54:00:ab:01:02"
+        );
+    }
+
+    #[test]
+    fn macs_parse_as_the_kernel_prints_them_and_nothing_else() {
+        let mac: MacAddr = "52:54:00:AB:01:02\n".parse().expect("a MAC");
+        assert_eq!(mac.to_string(), "52:54:00:ab:01:02");
+        for bad in [
+            "",
+            "52:54:00:ab:01",
+            "52:54:00:ab:01:02:03",
+            "52:54:00:ab:1:02",
+            "zz:54:00:ab:01:02",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
+        }
+    }
+}
