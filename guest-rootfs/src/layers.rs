@@ -51,7 +51,12 @@ pub struct Layer {
 /// already holds: those come from the same archive, so they are the same files. Resolving costs
 /// apt about two seconds, so the answer is kept under the hash of the request, the base image and
 /// apt's package lists: asking again for the same packages is a file lookup.
-pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
+pub fn packages(
+    apt: &lab_kernels::archive::Apt,
+    wanted: &[String],
+    base: &Path,
+    cache: &Path,
+) -> Result<Layer> {
     let dir = cache.join("layers");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut names: Vec<String> = wanted
@@ -86,7 +91,7 @@ pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
             Err(_) => {}
         }
     }
-    let closure = lab_kernels::deb::closure(&names)?;
+    let closure = lab_kernels::deb::closure(apt, &names)?;
     let contents: Vec<String> = closure.iter().map(|(n, v)| format!("{n}={v}")).collect();
     let key = lab_kernels::deb::sha256_hex(
         format!(
@@ -98,7 +103,7 @@ pub fn packages(wanted: &[String], base: &Path, cache: &Path) -> Result<Layer> {
     );
     let path = dir.join(format!("packages-{}.cpio", &key[..16]));
     if !path.is_file() {
-        let unpacked = lab_kernels::deb::fetch_exact(&closure, &cache.join("debs"))?;
+        let unpacked = lab_kernels::deb::fetch_exact(apt, &closure, &cache.join("debs"))?;
         let in_base = archive_files(base)?;
         let skip = |guest: &str| {
             in_base.contains(guest)

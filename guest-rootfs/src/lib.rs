@@ -65,8 +65,14 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Builds (or finds in `cache`) the image for `kernel` with the agent binary at `agent`.
-pub fn build(recipe: &Recipe, kernel: &Kernel, agent: &Path, cache: &Path) -> Result<Image> {
-    let sysroot = Sysroot::fetch(&recipe.packages, &cache.join("debs"))?;
+pub fn build(
+    apt: &lab_kernels::archive::Apt,
+    recipe: &Recipe,
+    kernel: &Kernel,
+    agent: &Path,
+    cache: &Path,
+) -> Result<Image> {
+    let sysroot = Sysroot::fetch(apt, &recipe.packages, &cache.join("debs"))?;
     let mut tree = Tree::default();
     tree.skeleton();
     tree.file("/init", read(agent)?, 0o755);

@@ -38,7 +38,11 @@ pub struct ModulesDisk {
 }
 
 /// Builds (or finds in `cache`) the module disk of `kernel`.
-pub fn build(kernel: &Kernel, cache: &Path) -> Result<ModulesDisk> {
+pub fn build(
+    apt: &lab_kernels::archive::Apt,
+    kernel: &Kernel,
+    cache: &Path,
+) -> Result<ModulesDisk> {
     let files = module_files(&kernel.modules_dir)?;
     let key = cache_key(&kernel.release, &files);
     let dir = cache.join("modules");
@@ -60,6 +64,7 @@ pub fn build(kernel: &Kernel, cache: &Path) -> Result<ModulesDisk> {
     let tree = staging.path().join("lib/modules").join(&kernel.release);
     copy_tree(&kernel.modules_dir, &tree, &files)?;
     depmod(
+        apt,
         staging.path(),
         &kernel.release,
         &cache.join("debs"),
@@ -137,9 +142,15 @@ fn copy_tree(from: &Path, to: &Path, files: &[(PathBuf, u64)]) -> Result<()> {
 }
 
 /// Runs Debian's `depmod -b BASE RELEASE` with its own loader and libraries, copied to `scratch`.
-fn depmod(base: &Path, release: &str, debs: &Path, scratch: &Path) -> Result<()> {
+fn depmod(
+    apt: &lab_kernels::archive::Apt,
+    base: &Path,
+    release: &str,
+    debs: &Path,
+    scratch: &Path,
+) -> Result<()> {
     let names: Vec<String> = DEPMOD_PACKAGES.iter().map(|s| s.to_string()).collect();
-    let sysroot = Sysroot::fetch(&names, debs)?;
+    let sysroot = Sysroot::fetch(apt, &names, debs)?;
     let tools = scratch.join("depmod-tools");
     let lib = tools.join("lib");
     std::fs::create_dir_all(&lib).map_err(|e| Error::io(&lib, e))?;

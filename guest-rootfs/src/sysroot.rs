@@ -25,8 +25,8 @@ pub struct Sysroot {
 }
 
 impl Sysroot {
-    pub fn fetch(names: &[String], cache: &Path) -> Result<Self> {
-        let packages = deb::fetch_all(names, cache)?;
+    pub fn fetch(apt: &lab_kernels::archive::Apt, names: &[String], cache: &Path) -> Result<Self> {
+        let packages = deb::fetch_all(apt, names, cache)?;
         Ok(Self { packages })
     }
 

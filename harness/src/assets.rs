@@ -233,9 +233,10 @@ impl Assets {
         let cache = self.cache_dir();
         let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())
             .map_err(lab_rootfs::Error::from)?;
-        lab_kernels::archive::use_archive(&manifest.archive, &cache)
+        let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
             .map_err(lab_rootfs::Error::from)?;
         Ok(lab_rootfs::layers::packages(
+            &apt,
             packages,
             &self.image.path,
             &cache,

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -29,16 +28,24 @@ pub struct Archive {
 /// Package lists older than this are fetched again.
 const FRESH: Duration = Duration::from_secs(24 * 3600);
 
-static CONFIG: OnceLock<PathBuf> = OnceLock::new();
-
-/// The private apt configuration in use, if [`use_archive`] set one up.
-pub(crate) fn apt_config() -> Option<&'static Path> {
-    CONFIG.get().map(PathBuf::as_path)
+/// apt pointed at one archive: every call of [`crate::deb`] takes one, so nothing reaches apt
+/// without saying which archive it means (and no process-wide setting decides it).
+#[derive(Debug, Clone)]
+pub struct Apt {
+    /// The private configuration, passed as `APT_CONFIG`.
+    config: PathBuf,
 }
 
-/// Makes every apt call of this process use `archive`, with its state in `<cache>/apt`, and
-/// fetches its package lists unless fresh ones are there.
-pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
+impl Apt {
+    /// Points `cmd` (an apt tool) at this archive.
+    pub(crate) fn configure<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("APT_CONFIG", &self.config)
+    }
+}
+
+/// apt pointed at `archive`, with its state in `<cache>/apt`; fetches the package lists unless
+/// fresh ones are there.
+pub fn use_archive(archive: &Archive, cache: &Path) -> Result<Apt> {
     if !archive.keyring.is_file() {
         return Err(Error::MissingTool {
             tool: "debian-archive-keyring",
@@ -75,9 +82,7 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<()> {
             });
         }
     }
-    // Set once per process; a second call with the same root is a no-op.
-    let _ = CONFIG.set(conf);
-    Ok(())
+    Ok(Apt { config: conf })
 }
 
 fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {

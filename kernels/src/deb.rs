@@ -11,6 +11,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::archive::Apt;
 use crate::{Error, Result};
 
 /// A package unpacked in the cache.
@@ -36,20 +37,20 @@ pub struct PackageInfo {
 }
 
 /// Fetches `package` (its candidate version) into `cache` unless it is there already.
-pub fn fetch_and_unpack(package: &str, cache: &Path) -> Result<Unpacked> {
-    fetch_info(&show(&follow_meta_package(package)?)?, cache)
+pub fn fetch_and_unpack(apt: &Apt, package: &str, cache: &Path) -> Result<Unpacked> {
+    fetch_info(apt, &show(apt, &follow_meta_package(apt, package)?)?, cache)
 }
 
 /// Fetches several packages, asking apt about all of them at once (each `apt-cache` call reads
 /// the whole package index: about a second on a Debian host).
-pub fn fetch_all(packages: &[String], cache: &Path) -> Result<Vec<Unpacked>> {
-    show_many(packages)?
+pub fn fetch_all(apt: &Apt, packages: &[String], cache: &Path) -> Result<Vec<Unpacked>> {
+    show_many(apt, packages)?
         .iter()
-        .map(|info| fetch_info(info, cache))
+        .map(|info| fetch_info(apt, info, cache))
         .collect()
 }
 
-fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
+fn fetch_info(apt: &Apt, info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     let dir = cache.join(format!(
         "{}_{}",
         info.package,
@@ -67,7 +68,7 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
         .prefix(&format!(".staging-{}-", info.package))
         .tempdir_in(cache)
         .map_err(|e| Error::io(cache, e))?;
-    let unpacked = fetch_into(info, staging.path())?;
+    let unpacked = fetch_into(apt, info, staging.path())?;
     // Another fetch of the same package may have finished first: its result is as good as ours,
     // and someone may be reading it, so it stays. A directory without a marker is a leftover.
     if let Cached::Whole(done) = cached(&dir) {
@@ -86,10 +87,10 @@ fn fetch_info(info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     }
 }
 
-fn fetch_into(info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
+fn fetch_into(apt: &Apt, info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
     let spec = format!("{}={}", info.package, info.version);
     run(
-        Command::new(tool("apt-get")?)
+        apt.configure(&mut Command::new(tool("apt-get")?))
             .arg("download")
             .arg(&spec)
             .current_dir(staging),
@@ -162,10 +163,10 @@ fn read_marker(dir: &Path) -> Option<Unpacked> {
 
 /// Kernel meta-packages (`linux-image-cloud-amd64`) hold no kernel: follow their one
 /// `linux-image-*` dependency to the package that does.
-pub fn follow_meta_package(package: &str) -> Result<String> {
+pub fn follow_meta_package(apt: &Apt, package: &str) -> Result<String> {
     let mut name = package.to_string();
     for _ in 0..4 {
-        let info = show(&name)?;
+        let info = show(apt, &name)?;
         match info.depends.iter().find(|d| d.starts_with("linux-image-")) {
             Some(next) => name.clone_from(next),
             None => return Ok(name),
@@ -179,10 +180,10 @@ pub fn follow_meta_package(package: &str) -> Result<String> {
 /// `packages` and every package they depend on (not the ones they recommend), as apt itself
 /// resolves them against an empty system: `(name, version)` in apt's install order. An unknown
 /// name fails with apt's own reason.
-pub fn closure(packages: &[String]) -> Result<Vec<(String, String)>> {
+pub fn closure(apt: &Apt, packages: &[String]) -> Result<Vec<(String, String)>> {
     let what = format!("apt-get install --simulate {}", packages.join(" "));
     let out = run(
-        Command::new(tool("apt-get")?).args(["install", "--simulate", "--no-install-recommends", "-q"]).args(packages),
+        apt.configure(&mut Command::new(tool("apt-get")?)).args(["install", "--simulate", "--no-install-recommends", "-q"]).args(packages),
         &what,
         "check the package names: the guests use Debian 12 (bookworm) packages (`apt-cache search WORD`, or packages.debian.org)",
     )?;
@@ -198,11 +199,16 @@ fn parse_inst(line: &str) -> Option<(String, String)> {
 }
 
 /// Fetches the exact versions given (as [`closure`] resolved them) into `cache`.
-pub fn fetch_exact(packages: &[(String, String)], cache: &Path) -> Result<Vec<Unpacked>> {
+pub fn fetch_exact(
+    apt: &Apt,
+    packages: &[(String, String)],
+    cache: &Path,
+) -> Result<Vec<Unpacked>> {
     packages
         .iter()
         .map(|(package, version)| {
             fetch_info(
+                apt,
                 &PackageInfo {
                     package: package.clone(),
                     version: version.clone(),
@@ -215,16 +221,16 @@ pub fn fetch_exact(packages: &[(String, String)], cache: &Path) -> Result<Vec<Un
 }
 
 /// `apt-cache show` of the candidate version.
-pub fn show(package: &str) -> Result<PackageInfo> {
-    let mut infos = show_many(&[package.to_string()])?;
+pub fn show(apt: &Apt, package: &str) -> Result<PackageInfo> {
+    let mut infos = show_many(apt, &[package.to_string()])?;
     Ok(infos.remove(0))
 }
 
 /// `apt-cache show` of several packages in one call, in the order asked.
-pub fn show_many(packages: &[String]) -> Result<Vec<PackageInfo>> {
+pub fn show_many(apt: &Apt, packages: &[String]) -> Result<Vec<PackageInfo>> {
     let what = format!("apt-cache show {}", packages.join(" "));
     let out = run(
-        Command::new(tool("apt-cache")?).args(["show", "--no-all-versions"]).args(packages),
+        apt.configure(&mut Command::new(tool("apt-cache")?)).args(["show", "--no-all-versions"]).args(packages),
         &what,
         "run `sudo apt-get update`; on a distribution without these packages set LAB_KERNEL and LAB_KERNEL_MODULES",
     )?;
@@ -289,9 +295,6 @@ pub(crate) fn tool(name: &'static str) -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
-    if let Some(conf) = crate::archive::apt_config() {
-        cmd.env("APT_CONFIG", conf);
-    }
     let out = cmd.output().map_err(|e| Error::Command {
         what: what.into(),
         stderr: e.to_string(),

@@ -105,7 +105,12 @@ pub const ENV_KERNEL_MODULES: &str = "LAB_KERNEL_MODULES";
 
 /// Provides the kernel `id` (or the manifest default, or the `LAB_KERNEL` override), fetching and
 /// unpacking it into `cache` when it is not there yet.
-pub fn provide(manifest: &Manifest, id: Option<&str>, cache: &Path) -> Result<Kernel> {
+pub fn provide(
+    apt: &archive::Apt,
+    manifest: &Manifest,
+    id: Option<&str>,
+    cache: &Path,
+) -> Result<Kernel> {
     if let Some(bzimage) = std::env::var_os(ENV_KERNEL) {
         return from_override(
             Path::new(&bzimage),
@@ -115,7 +120,7 @@ pub fn provide(manifest: &Manifest, id: Option<&str>, cache: &Path) -> Result<Ke
         );
     }
     let spec = manifest.get(id)?;
-    let unpacked = deb::fetch_and_unpack(&spec.package, &cache.join("kernels"))?;
+    let unpacked = deb::fetch_and_unpack(apt, &spec.package, &cache.join("kernels"))?;
     let modules_root = unpacked.root.join("lib/modules");
     let release = only_subdir(&modules_root)?;
     let bzimage = unpacked

@@ -72,13 +72,14 @@ fn a_package_whose_bytes_differ_from_its_index_is_refused() {
         sources: vec![format!("deb [trusted=yes] file:{} ./", repo.display())],
         keyring: "/usr/share/keyrings/debian-archive-keyring.gpg".into(),
     };
-    use_archive(&archive, &cache)
+    let apt = use_archive(&archive, &cache)
         .unwrap_or_else(|e| panic!("apt-get update on the local archive: {e}"));
     let debs = cache.join("debs");
-    let intact = fetch_and_unpack("lab-intact", &debs).expect("the intact package is fetched");
+    let intact =
+        fetch_and_unpack(&apt, "lab-intact", &debs).expect("the intact package is fetched");
     assert!(intact.root.join("usr/share/lab-test/lab-intact").is_file());
 
-    let err = fetch_and_unpack("lab-tampered", &debs)
+    let err = fetch_and_unpack(&apt, "lab-tampered", &debs)
         .expect_err("a package that differs from its index is refused");
     let message = err.to_string();
     assert!(

@@ -289,13 +289,15 @@ const DIR_FILE_BYTES: usize = 16 << 10;
 /// boots, paired and timed from before the layers are looked up to the agent's answer.
 fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow::Result<()> {
     let packages: Vec<String> = BENCH_PACKAGES.map(String::from).to_vec();
-    // Sets apt up on the lab's cache (the package lists stay warm: only layers and .debs go cold).
-    assets.package_layer(&packages)?;
+    // apt on the lab's cache (the package lists stay warm: only layers and .debs go cold).
+    let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
+    let apt = lab_kernels::archive::use_archive(&manifest.archive, &assets.cache_dir())?;
     let cold_cache = tempfile::tempdir()?;
-    let (layer, cold) =
-        timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
-    let (_, warm) =
-        timed(|| lab_rootfs::layers::packages(&packages, &assets.image.path, cold_cache.path()))?;
+    let layer_in = |cache: &std::path::Path| {
+        lab_rootfs::layers::packages(&apt, &packages, &assets.image.path, cache)
+    };
+    let (layer, cold) = timed(|| layer_in(cold_cache.path()))?;
+    let (_, warm) = timed(|| layer_in(cold_cache.path()))?;
     println!(
         "--package {} ({} packages, {:.1} MiB layer): cold cache {cold:.2?}, warm {warm:.2?} ({:.0}x faster warm)",
         packages.join(","),

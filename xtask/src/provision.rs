@@ -39,7 +39,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = crate::cache_dir();
     let agent = build_agent(&workspace_root())?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
-    lab_kernels::archive::use_archive(&manifest.archive, &cache)
+    let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
     let id = if std::env::var_os(lab_kernels::ENV_KERNEL).is_some() {
         "custom".to_string()
@@ -53,7 +53,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     if let Some(path) = warm(&id, &stamp, &stamp_path)? {
         return Ok(path);
     }
-    let path = provision(args, &manifest, &agent, &cache)?;
+    let path = provision(&apt, args, &manifest, &agent, &cache)?;
     std::fs::write(&stamp_path, &stamp)
         .with_context(|| format!("writing {}", stamp_path.display()))?;
     Ok(path)
@@ -124,18 +124,19 @@ fn stamp(id: &str, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::
 
 /// Fetches the kernel, builds the images, writes the assets files.
 fn provision(
+    apt: &lab_kernels::archive::Apt,
     args: &ProvisionArgs,
     manifest: &Manifest,
     agent: &std::path::Path,
     cache: &std::path::Path,
 ) -> anyhow::Result<PathBuf> {
-    let kernel = lab_kernels::provide(manifest, args.kernel.as_deref(), cache)
+    let kernel = lab_kernels::provide(apt, manifest, args.kernel.as_deref(), cache)
         .context("providing the guest kernel")?;
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
-    let image =
-        lab_rootfs::build(&recipe, &kernel, agent, cache).context("building the guest image")?;
+    let image = lab_rootfs::build(apt, &recipe, &kernel, agent, cache)
+        .context("building the guest image")?;
     let modules_disk =
-        lab_rootfs::modules_disk::build(&kernel, cache).context("building the module disk")?;
+        lab_rootfs::modules_disk::build(apt, &kernel, cache).context("building the module disk")?;
     let nest = match lab_harness::qemu::find_binary() {
         Ok(qemu) => Some(
             lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, cache)

@@ -20,9 +20,9 @@ const DIRS: [&str; 3] = [
 pub fn provide() -> anyhow::Result<PathBuf> {
     let cache = crate::cache_dir();
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
-    lab_kernels::archive::use_archive(&manifest.archive, &cache)
+    let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
-    let unpacked = lab_kernels::deb::fetch_and_unpack(PACKAGE, &cache.join("debs"))
+    let unpacked = lab_kernels::deb::fetch_and_unpack(&apt, PACKAGE, &cache.join("debs"))
         .context("fetching the kernel source package")?;
     let out = cache.join("selftests").join(&unpacked.version);
     if out.join(".complete").is_file() {
