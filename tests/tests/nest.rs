@@ -140,7 +140,11 @@ async fn an_inner_vm_whose_kernel_dies_fails_at_once_with_its_console() {
 #[rstest]
 #[tokio::test]
 async fn an_inner_vm_falls_back_to_tcg_when_kvm_does_not_boot_it_in_time() {
-    let host = boot(assets().nest_vm("nesthost-tcg", 1).check()).await;
+    let mut cfg = assets().nest_vm("nesthost-tcg", 1).check();
+    // An inner TCG VM takes all the CPU its host has, and under TCG on a busy machine that is
+    // little: every command there, the final stop too, may take minutes.
+    cfg.command_timeout = Duration::from_secs(300);
+    let host = boot(cfg).await;
     let has_kvm = host.run("test -w /dev/kvm").await.check().success();
     let mut spec = InnerSpec::new("slow", "macvtap0");
     // No KVM boot is that fast, so `Auto` gives up on it at once, as it would on a nested KVM
