@@ -53,7 +53,7 @@ enum Command {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Measure: cold boots against restores from a snapshot (alone and 8 at once), a nest guest,
+    /// Measure: cold boots against restores from a snapshot (alone and 8 at once), a nest guest and its inner VMs (booted against restored),
     /// `lab run` end to end, the switch, `--package`/`--dir`, the nested scenario; `--soak N`.
     Bench(bench::BenchArgs),
     /// Run lab experiments in throwaway guests.
