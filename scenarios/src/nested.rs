@@ -23,6 +23,17 @@ async fn start<'h>(host: &'h Vm, spec: InnerSpec, ip: &str) -> Result<InnerVm<'h
     Ok(vm)
 }
 
+/// A LAN of a nest guest `host1`, sized for `inner_vms` VMs, and a `peer`, numbered.
+async fn nest_and_peer(assets: &Assets, name: &str, inner_vms: u32) -> Result<Lab> {
+    let lab = Lab::builder(assets, name)
+        .host_config(assets.nest_vm("host1", inner_vms)?)
+        .host("peer")
+        .boot()
+        .await?;
+    lab.number_hosts().await?;
+    Ok(lab)
+}
+
 /// vm1 on host1 and vm2 on host2, both macvtap bridge mode; `peer` is the rest of the LAN.
 pub async fn bridge(assets: &Assets) -> Result<Observed> {
     let lab = Lab::builder(assets, "nested-macvtap-bridge")
@@ -90,12 +101,7 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
 /// Two VMs on host1, both on macvtaps in VEPA mode (virt-install's default): their frames to each
 /// other leave through eth0, so only a hairpinning switch brings them back.
 pub async fn vepa(assets: &Assets) -> Result<Observed> {
-    let lab = Lab::builder(assets, "nested-macvtap-vepa")
-        .host_config(assets.nest_vm("host1", 2)?)
-        .host("peer")
-        .boot()
-        .await?;
-    lab.number_hosts().await?;
+    let lab = nest_and_peer(assets, "nested-macvtap-vepa", 2).await?;
     let host1 = lab.vm("host1");
     let (vm1, vm2) = tokio::try_join!(
         start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1),
@@ -119,12 +125,7 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
 
 /// `virsh destroy` as stopping the VM: nothing of it stays on its host.
 pub async fn cleanup(assets: &Assets) -> Result<Observed> {
-    let lab = Lab::builder(assets, "nested-cleanup")
-        .host_config(assets.nest_vm("host1", 1)?)
-        .host("peer")
-        .boot()
-        .await?;
-    lab.number_hosts().await?;
+    let lab = nest_and_peer(assets, "nested-cleanup", 1).await?;
     let host1 = lab.vm("host1");
     let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0"), VM1).await?;
     let before = reach(&vm1, None, &lab.ip("peer")).await?;
@@ -176,12 +177,7 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
 /// macvtap's modes as libvirt uses them: a macvtap made without `mode` (what `virt-install`
 /// makes without `source.mode`), and passthru, where one VM takes the whole NIC.
 pub async fn passthru(assets: &Assets) -> Result<Observed> {
-    let lab = Lab::builder(assets, "nested-macvtap-passthru")
-        .host_config(assets.nest_vm("host1", 1)?)
-        .host("peer")
-        .boot()
-        .await?;
-    lab.number_hosts().await?;
+    let lab = nest_and_peer(assets, "nested-macvtap-passthru", 1).await?;
     let host1 = lab.vm("host1");
     host1
         .succeed("ip link add link eth0 name macvtap9 type macvtap")
