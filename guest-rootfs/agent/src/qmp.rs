@@ -122,3 +122,84 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A QMP server for one connection: greets, takes capabilities, sends an event, then
+    /// answers the command with `reply`; returns the command it got.
+    fn serve_once(listener: UnixListener, reply: &'static str) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut out = stream.try_clone().expect("clone");
+            let mut lines = BufReader::new(stream).lines();
+            writeln!(out, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).expect("write");
+            let caps = lines.next().expect("capabilities").expect("write");
+            assert!(caps.contains("qmp_capabilities"), "{caps}");
+            writeln!(out, r#"{{"return": {{}}}}"#).expect("write");
+            let command = lines.next().expect("a command").expect("write");
+            writeln!(out, r#"{{"event": "RESUME", "timestamp": {{}}}}"#).expect("write");
+            writeln!(out, "{reply}").expect("write");
+            command
+        })
+    }
+
+    fn socket(dir: &tempfile::TempDir) -> (UnixListener, String) {
+        let path = dir.path().join("qmp.sock");
+        (
+            UnixListener::bind(&path).expect("bind"),
+            path.display().to_string(),
+        )
+    }
+
+    #[test]
+    fn a_command_gets_its_return_past_events_and_an_error_exits_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (listener, path) = socket(&dir);
+        let server = serve_once(listener, r#"{"return": {"status": "completed"}}"#);
+        let code = run(&path, "query-migrate", None, Duration::from_secs(5));
+        assert_eq!(code, 0);
+        assert!(server
+            .join()
+            .expect("the server")
+            .contains(r#""execute":"query-migrate""#));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (listener, path) = socket(&dir);
+        let server = serve_once(
+            listener,
+            r#"{"error": {"class": "GenericError", "desc": "no"}}"#,
+        );
+        let code = run(
+            &path,
+            "migrate",
+            Some(r#"{"uri": "exec:cat > /dev/null"}"#),
+            Duration::from_secs(5),
+        );
+        assert_eq!(code, 1);
+        assert!(server
+            .join()
+            .expect("the server")
+            .contains(r#""arguments":{"uri":"exec:cat > /dev/null"}"#));
+    }
+
+    #[test]
+    fn bad_arguments_and_a_missing_socket_have_their_own_exit_codes() {
+        assert_eq!(
+            run("/nonexistent", "stop", Some("[1]"), Duration::from_secs(1)),
+            2
+        );
+        assert_eq!(
+            run(
+                "/nonexistent/qmp.sock",
+                "stop",
+                None,
+                Duration::from_secs(1)
+            ),
+            3
+        );
+    }
+}
