@@ -34,17 +34,9 @@ impl std::str::FromStr for MacAddr {
     type Err = BadMacAddr;
 
     fn from_str(text: &str) -> std::result::Result<Self, BadMacAddr> {
-        let bad = || BadMacAddr(text.to_string());
-        let mut bytes = [0u8; 6];
-        let mut parts = text.trim().split(':');
-        for byte in &mut bytes {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        match parts.next() {
-            None => Ok(MacAddr(bytes)),
-            Some(_) => Err(bad()),
-        }
+        lab_proto::parse_mac(text.trim())
+            .map(MacAddr)
+            .ok_or_else(|| BadMacAddr(text.to_string()))
     }
 }
 

@@ -75,7 +75,7 @@ fn set_clock(unix_nanos: u64) -> Result<(), String> {
 /// without starting a program: that alone costs ~0.1 s under TCG). virtio-net passes the change
 /// to QEMU (VIRTIO_NET_CTRL_MAC), so `query-rx-filter` shows it too.
 fn set_mac(mac: &str) -> Result<(), String> {
-    let bytes = parse_mac(mac).ok_or_else(|| format!("{mac:?} is not a MAC address"))?;
+    let bytes = lab_proto::parse_mac(mac).ok_or_else(|| format!("{mac:?} is not a MAC address"))?;
     // SAFETY: all-zero ifreq and sockaddr are valid values; the fields set below are plain data.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"eth0") {
@@ -102,27 +102,4 @@ fn set_mac(mac: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn parse_mac(mac: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split(':');
-    for byte in &mut out {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn macs_parse_as_six_hex_bytes() {
-        assert_eq!(
-            super::parse_mac("02:00:3d:22:00:0a"),
-            Some([2, 0, 0x3d, 0x22, 0, 0x0a])
-        );
-        assert_eq!(super::parse_mac("02:00:3d:22:00"), None);
-        assert_eq!(super::parse_mac("02:00:3d:22:00:0a:01"), None);
-        assert_eq!(super::parse_mac("zz:00:3d:22:00:0a"), None);
-    }
 }

@@ -98,6 +98,20 @@ pub struct Resume {
     pub entropy: Vec<u8>,
 }
 
+/// A MAC address as [`Resume::mac`] carries it and the kernel prints it: six bytes of two hex
+/// digits each, between colons. The harness and the agent both read MACs with this.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut out {
+        let part = parts
+            .next()
+            .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// A terminal's size, in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TtySize {
@@ -415,6 +429,17 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_as_six_hex_bytes() {
+        assert_eq!(
+            parse_mac("02:00:3d:22:00:0a"),
+            Some([2, 0, 0x3d, 0x22, 0, 0x0a])
+        );
+        assert_eq!(parse_mac("02:00:3d:22:00"), None);
+        assert_eq!(parse_mac("02:00:3d:22:00:0a:01"), None);
+        assert_eq!(parse_mac("zz:00:3d:22:00:0a"), None);
+    }
 
     #[test]
     fn request_round_trips_through_one_line() {
