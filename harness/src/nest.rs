@@ -537,9 +537,9 @@ fn launch_script(
     let accel_args = match accel {
         // Whatever CPU the lab guest has (SVM under TCG's `-cpu max`), the inner one gets.
         Accel::Kvm => "-accel kvm -cpu host",
-        // A small translation cache (QEMU's default is up to 1 GiB): what TCG filled of it is
-        // zeroed by the lab guest's kernel when QEMU exits (`init_on_free`), and on a busy host
-        // that took over a minute of that guest's only CPU, in the kernel, agent and all.
+        // A small translation cache (QEMU's default is up to 1 GiB), so that the inner QEMU,
+        // its guest and the saved inner VM's pages stay within the memory the nest guest's
+        // commands may use.
         Accel::Tcg => "-accel tcg,tb-size=64",
     };
     let memory = |share| {
@@ -556,9 +556,10 @@ fn launch_script(
             memory("off"),
             "-incoming defer",
             format!(
-                r#"q() {{ /init qmp {dir}/qmp.sock "$@" >/dev/null; }}
-q migrate-set-capabilities '{IGNORE_SHARED}' && q migrate-incoming '{{"uri":"exec:cat {TEMPLATE_DIR}/state"}}' || {{ kill $(cat {dir}/qemu.pid); ip link delete {tap}; exit 1; }}
+                r#"{q}
+q migrate-set-capabilities '{IGNORE_SHARED}' >/dev/null && q migrate-incoming '{{"uri":"exec:cat {TEMPLATE_DIR}/state"}}' >/dev/null || {{ kill $(cat {dir}/qemu.pid); ip link delete {tap}; exit 1; }}
 "#,
+                q = qmp_function(dir),
                 tap = spec.interface
             ),
         ),
@@ -655,7 +656,7 @@ fn save_script(dir: &str) -> String {
     let polls = SAVE_WITHIN.as_millis() / 100;
     format!(
         r#"set -e
-q() {{ /init qmp {dir}/qmp.sock "$@"; }}
+{q}
 q migrate-set-capabilities '{IGNORE_SHARED}' >/dev/null
 q migrate '{{"uri":"exec:cat > {TEMPLATE_DIR}/state.partial"}}' >/dev/null
 for i in $(seq {polls}); do
@@ -669,8 +670,15 @@ done
 echo "the save did not complete within {secs} s" >&2
 exit 1
 "#,
+        q = qmp_function(dir),
         secs = SAVE_WITHIN.as_secs()
     )
+}
+
+/// A shell function `q COMMAND [ARGUMENTS]`: one QMP command (`lab qmp`) to the inner QEMU
+/// whose state directory is `dir`.
+fn qmp_function(dir: &str) -> String {
+    format!(r#"q() {{ {AGENT} qmp {dir}/qmp.sock "$@"; }}"#)
 }
 
 /// `virsh domiflist` for the given VMs of one host, read back from the host's kernel: each
