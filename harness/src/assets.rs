@@ -230,17 +230,22 @@ impl Assets {
 
     /// The cached layer of `packages` and their dependencies.
     pub fn package_layer(&self, packages: &[String]) -> Result<lab_rootfs::layers::Layer> {
-        let cache = self.cache_dir();
-        let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())
-            .map_err(lab_rootfs::Error::from)?;
-        let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
-            .map_err(lab_rootfs::Error::from)?;
         Ok(lab_rootfs::layers::packages(
-            &apt,
+            &self.apt()?,
             packages,
             &self.image.path,
-            &cache,
+            &self.cache_dir(),
         )?)
+    }
+
+    /// apt pointed at the manifest's archive, with its state in these assets' cache.
+    pub fn apt(&self) -> Result<lab_kernels::archive::Apt> {
+        let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())
+            .map_err(lab_rootfs::Error::from)?;
+        Ok(
+            lab_kernels::archive::use_archive(&manifest.archive, &self.cache_dir())
+                .map_err(lab_rootfs::Error::from)?,
+        )
     }
 
     fn check_modules(&self, modules: &[String]) -> Result<()> {

@@ -290,8 +290,7 @@ const DIR_FILE_BYTES: usize = 16 << 10;
 fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow::Result<()> {
     let packages: Vec<String> = BENCH_PACKAGES.map(String::from).to_vec();
     // apt on the lab's cache (the package lists stay warm: only layers and .debs go cold).
-    let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
-    let apt = lab_kernels::archive::use_archive(&manifest.archive, &assets.cache_dir())?;
+    let apt = assets.apt()?;
     let cold_cache = tempfile::tempdir()?;
     let layer_in = |cache: &std::path::Path| {
         lab_rootfs::layers::packages(&apt, &packages, &assets.image.path, cache)
