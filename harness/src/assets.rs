@@ -76,7 +76,14 @@ pub struct Extras {
     pub dir: Option<PathBuf>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
+    /// NICs (`eth0`, `eth1`...), each its own switch port with its own cable: bonds and the
+    /// like.
+    pub nics: Option<u8>,
 }
+
+/// The most NICs a guest may have: microvm has 24 virtio-mmio slots, and the agent's port and
+/// the module disk take two.
+pub const MAX_NICS: u8 = 8;
 
 /// Memory a guest needs beyond twice its image (the archive, then its unpacked files): the
 /// kernel, the agent, page cache. A rule of thumb, not a measured floor: below it a boot is
@@ -193,6 +200,15 @@ impl Assets {
                 ));
             }
             cfg.cpus = cpus;
+        }
+        if let Some(nics) = extras.nics {
+            if !(1..=MAX_NICS).contains(&nics) {
+                return Err(Error::invalid(
+                    format!("{nics} NICs is not a guest's"),
+                    format!("give --nics between 1 and {MAX_NICS}"),
+                ));
+            }
+            cfg.nics = nics;
         }
         self.check_modules(&extras.modules)?;
         cfg.modprobe.extend(extras.modules.iter().cloned());

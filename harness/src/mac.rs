@@ -16,6 +16,18 @@ impl MacAddr {
         let pid = std::process::id().to_be_bytes();
         MacAddr([0x02, pid[1], pid[2], pid[3], n[0], n[1]])
     }
+
+    /// The address of NIC `nic` (`eth<nic>`) of a guest whose `eth0` has `self`: the first
+    /// byte carries the NIC's number above the local and multicast bits, so a guest's NICs
+    /// differ from each other and from every [`MacAddr::unique`] (whose first byte is 02).
+    pub fn of_nic(self, nic: u8) -> Self {
+        if nic == 0 {
+            return self;
+        }
+        let mut bytes = self.0;
+        bytes[0] = (bytes[0] & 0x03) | 0x02 | ((bytes[0] >> 2).wrapping_add(nic) << 2);
+        MacAddr(bytes)
+    }
 }
 
 impl fmt::Display for MacAddr {
@@ -61,6 +73,19 @@ mod tests {
             MacAddr([0x52, 0x54, 0, 0xab, 1, 2]).to_string(),
             "52:54:00:ab:01:02"
         );
+    }
+
+    #[test]
+    fn a_guests_nics_have_their_own_unicast_local_addresses() {
+        let eth0 = MacAddr::unique();
+        assert_eq!(eth0.of_nic(0), eth0);
+        let nics: Vec<MacAddr> = (0..8).map(|i| eth0.of_nic(i)).collect();
+        for (i, a) in nics.iter().enumerate() {
+            assert_eq!(a.0[0] & 0x03, 0x02, "{a}: unicast, locally administered");
+            assert_eq!(a.0[1..], eth0.0[1..]);
+            assert!(nics[i + 1..].iter().all(|b| b != a), "{a} twice");
+        }
+        assert_eq!(eth0.of_nic(1).to_string()[..2], *"06");
     }
 
     #[test]

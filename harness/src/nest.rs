@@ -63,6 +63,9 @@ pub struct InnerSpec {
     pub name: String,
     /// The macvtap's name on the lab guest (`macvtap0`, as libvirt names them).
     pub interface: String,
+    /// The device the macvtap is made on (`source=` of virt-install): `eth0` unless told, or
+    /// a bond, a VLAN...
+    pub source: String,
     /// macvtap mode: `bridge`, `vepa` (virt-install's default), `private` or `passthru`.
     pub mode: String,
     pub mac: MacAddr,
@@ -85,6 +88,7 @@ impl InnerSpec {
         Self {
             name: name.to_string(),
             interface: interface.to_string(),
+            source: "eth0".into(),
             mode: "bridge".into(),
             mac: MacAddr::unique(),
             memory_mib: 128,
@@ -99,6 +103,12 @@ impl InnerSpec {
 
     pub fn mode(mut self, mode: &str) -> Self {
         self.mode = mode.to_string();
+        self
+    }
+
+    /// Makes the macvtap on `source` instead of `eth0` (`--source bond0`).
+    pub fn source(mut self, source: &str) -> Self {
+        self.source = source.to_string();
         self
     }
 }
@@ -283,7 +293,7 @@ impl<'h> InnerVm<'h> {
     /// Makes a VM restored from the saved one its own: fresh randomness, the time, its name
     /// and its MAC (the saved VM's until now; QEMU's NIC takes the new one from the guest).
     async fn resume(&self) -> Result<()> {
-        let resume = crate::snapshot::resume_as(&self.spec.name, self.spec.mac);
+        let resume = crate::snapshot::resume_as(&self.spec.name, &[self.spec.mac]);
         match self
             .call(Op::Resume(resume), self.spec.command_timeout)
             .await
@@ -567,7 +577,7 @@ q migrate-set-capabilities '{IGNORE_SHARED}' >/dev/null && q migrate-incoming '{
     format!(
         r#"set -e
 mkdir -p {dir}{template_dir}
-ip link add link eth0 name {tap} address {mac} type macvtap mode {mode}
+ip link add link {source} name {tap} address {mac} type macvtap mode {mode}
 ip link set {tap} up
 idx=$(cat /sys/class/net/{tap}/ifindex)
 # The tap's character device appears once the kernel has registered it (devtmpfs, no udev).
@@ -589,6 +599,7 @@ for i in $(seq 50); do [ -c /dev/tap$idx ] && break; sleep 0.1; done
             String::new()
         },
         tap = spec.interface,
+        source = spec.source,
         mac = spec.mac,
         mode = spec.mode,
         qemu = QEMU,

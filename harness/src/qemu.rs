@@ -174,17 +174,6 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
         "-device",
         &format!("virtserialport,chardev=agent,name={}", lab_proto::PORT_NAME),
     ]);
-    let netdev = match &cfg.net {
-        // A hub with one port: frames leave eth0 and go nowhere. No host interface, no root.
-        NetBackend::Isolated => "hubport,id=net0,hubid=0".to_string(),
-        // QEMU >= 7.2: one Ethernet frame per datagram, no header, no host interface.
-        NetBackend::Switch(port) => format!(
-            "dgram,id=net0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            port.guest.display(),
-            port.switch.display()
-        ),
-    };
-    push(&["-netdev", &netdev]);
     if let Some(disk) = &cfg.modules_disk {
         // Read-only and shared by every guest: QEMU takes no write lock on it.
         let drive = format!(
@@ -198,14 +187,29 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
             "virtio-blk-device,drive=modules",
         ]);
     }
-    push(&[
-        "-device",
-        &format!(
-            "virtio-net-device,netdev=net0,id={},mac={}",
-            crate::qmp::NIC_ID,
-            cfg.mac
-        ),
-    ]);
+    for (nic, mac) in (0u8..).zip(cfg.macs()) {
+        let netdev = match &cfg.net {
+            // A hub of its own per NIC: frames leave and go nowhere. No host interface, no root.
+            NetBackend::Isolated => format!("hubport,id=net{nic},hubid={nic}"),
+            // QEMU >= 7.2: one Ethernet frame per datagram, no header, no host interface.
+            NetBackend::Switch(ports) => match ports.get(usize::from(nic)) {
+                Some(port) => format!(
+                    "dgram,id=net{nic},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    port.guest.display(),
+                    port.switch.display()
+                ),
+                None => format!("hubport,id=net{nic},hubid={nic}"),
+            },
+        };
+        push(&["-netdev", &netdev]);
+        push(&[
+            "-device",
+            &format!(
+                "virtio-net-device,netdev=net{nic},id={},mac={mac}",
+                crate::qmp::nic_id(nic)
+            ),
+        ]);
+    }
     a
 }
 

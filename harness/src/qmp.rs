@@ -17,8 +17,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, WriteHa
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 
-/// The `id` of the guest NIC (`-device virtio-net-device,id=...`).
-pub const NIC_ID: &str = "nic0";
+/// The `id` of the guest's NIC `nic` (`eth<nic>`; `-device virtio-net-device,id=...`).
+pub fn nic_id(nic: u8) -> String {
+    format!("nic{nic}")
+}
 const RAW_LOG_LINES: usize = 200;
 
 type Writer = QmpStreamTokio<OwnedWriteHalf>;
@@ -69,7 +71,7 @@ pub struct RxFilter {
 
 #[derive(Debug, Serialize)]
 struct QueryRxFilter {
-    name: &'static str,
+    name: String,
 }
 impl qapi::Command for QueryRxFilter {
     type Ok = Vec<RxFilter>;
@@ -187,19 +189,29 @@ impl Qmp {
         ))
     }
 
-    /// `query-rx-filter` of the guest NIC.
+    /// `query-rx-filter` of the guest's `eth0`.
     pub async fn rx_filter(&self) -> Result<RxFilter, QmpError> {
-        let mut all = self.execute(QueryRxFilter { name: NIC_ID }).await?;
+        self.rx_filter_of(0).await
+    }
+
+    /// `query-rx-filter` of the guest's NIC `nic` (`eth<nic>`).
+    pub async fn rx_filter_of(&self, nic: u8) -> Result<RxFilter, QmpError> {
+        let mut all = self.execute(QueryRxFilter { name: nic_id(nic) }).await?;
         all.pop().ok_or(QmpError::Command {
             command: "query-rx-filter",
             message: "no NIC in the reply".into(),
         })
     }
 
-    /// `set_link`: plug (`true`) or pull (`false`) the guest NIC's cable.
+    /// `set_link`: plug (`true`) or pull (`false`) the cable of the guest's `eth0`.
     pub async fn set_link(&self, up: bool) -> Result<(), QmpError> {
+        self.set_link_of(0, up).await
+    }
+
+    /// `set_link` of the guest's NIC `nic` (`eth<nic>`).
+    pub async fn set_link_of(&self, nic: u8, up: bool) -> Result<(), QmpError> {
         self.execute(qapi::qmp::set_link {
-            name: NIC_ID.into(),
+            name: nic_id(nic),
             up,
         })
         .await

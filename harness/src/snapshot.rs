@@ -46,9 +46,9 @@ const MEMORY: &str = "memory";
 const META: &str = "meta.json";
 /// Saving a guest's device state takes milliseconds; a loaded host may take far longer.
 const SAVE_WITHIN: Duration = Duration::from_secs(120);
-/// Snapshots a store keeps (70–150 MiB of memory each on disk); the least recently restored go
-/// first.
-pub const KEEP: usize = 12;
+/// Snapshots a store keeps (70–270 MiB of memory each on disk); the least recently restored go
+/// first. The lab and the suite on both kernels use about 14 shapes.
+pub const KEEP: usize = 16;
 /// Touched at every restore: its modification time says when the snapshot was last used.
 const USED: &str = "used";
 
@@ -317,12 +317,12 @@ fn prune(store: &Path, keep: usize) {
 
 /// What makes the restored `cfg` its own guest.
 fn resume(cfg: &VmConfig) -> lab_proto::Resume {
-    resume_as(&cfg.name, cfg.mac)
+    resume_as(&cfg.name, &cfg.macs())
 }
 
 /// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
 /// with `mac`: entropy from this host, this host's time.
-pub(crate) fn resume_as(hostname: &str, mac: MacAddr) -> lab_proto::Resume {
+pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr]) -> lab_proto::Resume {
     let mut entropy = vec![0u8; 64];
     // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
     // the guest if it did (fewer than 32 bytes read).
@@ -336,7 +336,7 @@ pub(crate) fn resume_as(hostname: &str, mac: MacAddr) -> lab_proto::Resume {
         .unwrap_or(0);
     lab_proto::Resume {
         hostname: hostname.to_string(),
-        mac: mac.to_string(),
+        macs: macs.iter().map(ToString::to_string).collect(),
         unix_nanos,
         entropy,
     }
@@ -357,11 +357,12 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
     shape.name = "snapshot".into();
     shape.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
     shape.tsc_khz = cfg.tsc_khz.map(|khz| khz / 10_000 * 10_000);
-    if let NetBackend::Switch(_) = &shape.net {
-        shape.net = NetBackend::Switch(crate::lan::PortSockets {
+    if let NetBackend::Switch(ports) = &shape.net {
+        let placeholder = crate::lan::PortSockets {
             guest: "/port.guest".into(),
             switch: "/port".into(),
-        });
+        };
+        shape.net = NetBackend::Switch(vec![placeholder; ports.len()]);
     }
     for arg in qemu::args(&shape, &StatePaths::in_dir(Path::new("/state"))) {
         text.push_str(&arg.to_string_lossy());

@@ -30,8 +30,9 @@ const CONSOLE_TAIL: usize = 40;
 pub enum NetBackend {
     /// Nothing: frames go nowhere. No host interface is touched.
     Isolated,
-    /// A port of the lab's switch ([`crate::lan`]), through unix datagram sockets.
-    Switch(crate::lan::PortSockets),
+    /// Ports of the lab's switch ([`crate::lan`]), one per NIC (`eth0` first), through unix
+    /// datagram sockets.
+    Switch(Vec<crate::lan::PortSockets>),
 }
 
 /// A cpio archive appended to a guest's image ([`lab_rootfs::layers`]): a file (a cached package
@@ -59,7 +60,11 @@ pub struct VmConfig {
     pub kernel_release: Option<String>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// `eth0`'s address; `eth1`... have [`MacAddr::of_nic`] of it.
     pub mac: MacAddr,
+    /// How many NICs (`eth0`, `eth1`...): each is its own switch port with its own cable, for
+    /// bonds and the like.
+    pub nics: u8,
     pub net: NetBackend,
     pub accel: Accel,
     /// Under TCG, the TSC rate passed as `tsc_early_khz` (see [`qemu::kernel_cmdline`]).
@@ -98,6 +103,7 @@ impl VmConfig {
             memory_mib: 256,
             cpus: 1,
             mac: MacAddr::unique(),
+            nics: 1,
             net: NetBackend::Isolated,
             accel,
             tsc_khz: if accel == Accel::Tcg {
@@ -118,6 +124,13 @@ impl VmConfig {
             snapshots: None,
             inner_template: false,
         }
+    }
+}
+
+impl VmConfig {
+    /// Every NIC's address, `eth0` first.
+    pub fn macs(&self) -> Vec<MacAddr> {
+        (0..self.nics.max(1)).map(|n| self.mac.of_nic(n)).collect()
     }
 }
 
@@ -399,8 +412,14 @@ impl Vm {
         &self.cfg
     }
 
+    /// `eth0`'s address.
     pub fn mac(&self) -> MacAddr {
         self.cfg.mac
+    }
+
+    /// Every NIC's address, `eth0` first.
+    pub fn macs(&self) -> Vec<MacAddr> {
+        self.cfg.macs()
     }
 
     /// What the agent reported at boot: kernel release, loaded modules, uptime.

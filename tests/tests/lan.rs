@@ -295,3 +295,108 @@ async fn the_switch_survives_garbage_and_a_vanishing_guest() {
     // Shutting down a guest whose QEMU is already gone is no error: it is off.
     lab.shutdown().await.check();
 }
+
+#[rstest]
+#[tokio::test]
+async fn a_guest_with_two_nics_has_a_port_and_a_cable_per_nic_and_clones_their_own_macs() {
+    let two_nics = |cfg: &mut lab_harness::VmConfig| cfg.nics = 2;
+    let lab = Lab::builder(&assets(), "lan-two-nics")
+        .host_with("host1", two_nics)
+        .host_with("host2", two_nics)
+        .host("peer")
+        .boot()
+        .await
+        .check();
+    let ports: Vec<usize> = [
+        ("host1", 0),
+        ("host1", 1),
+        ("host2", 0),
+        ("host2", 1),
+        ("peer", 0),
+    ]
+    .iter()
+    .map(|&(name, nic)| lab.nic_port(name, nic))
+    .collect();
+    assert_eq!(
+        ports,
+        [0, 1, 2, 3, 4],
+        "each NIC its own port, a guest's side by side"
+    );
+    assert_eq!(lab.switch().port_count(), 5);
+
+    // Restored or not, each guest's NICs have the addresses the harness gave them, in the
+    // guest and in QEMU's filter; the guests booted together, so one at least is a clone.
+    for name in ["host1", "host2"] {
+        let vm = lab.vm(name);
+        let macs = vm.macs();
+        assert_eq!(macs.len(), 2);
+        let inside = vm
+            .succeed("cat /sys/class/net/eth0/address /sys/class/net/eth1/address")
+            .await
+            .check();
+        let inside: Vec<&str> = inside.lines().collect();
+        let expected: Vec<String> = macs.iter().map(ToString::to_string).collect();
+        assert_eq!(inside, expected, "{name}: eth0 and eth1 in the guest");
+        for (nic, mac) in (0u8..).zip(&expected) {
+            let filter = vm.qmp().rx_filter_of(nic).await.check();
+            assert_eq!(&filter.main_mac, mac, "{name}: QEMU's eth{nic}");
+        }
+    }
+    assert_ne!(lab.vm("host1").macs()[1], lab.vm("host2").macs()[1]);
+    if lab_harness::snapshot::enabled().check() {
+        assert!(
+            ["host1", "host2"]
+                .iter()
+                .any(|n| *lab.vm(n).boot_kind() == lab_harness::BootKind::Restored),
+            "two guests of one shape booted together: one restores the other's snapshot; {:?}, {:?}",
+            lab.vm("host1").boot_kind(),
+            lab.vm("host2").boot_kind()
+        );
+    }
+
+    // host1 talks on eth1 only: the peer reaches it through eth1's port, and eth1's cable
+    // alone cuts it off.
+    let host1 = lab.vm("host1");
+    host1
+        .succeed(
+            "ip link set eth0 up && ip link set eth1 up && ip addr add 192.168.88.1/24 dev eth1 && \
+             for i in $(seq 500); do [ \"$(cat /sys/class/net/eth1/operstate)\" = up ] && exit 0; sleep 0.02; done; exit 1",
+        )
+        .await
+        .check();
+    let peer = lab.vm("peer");
+    peer.succeed("ip addr add 192.168.88.3/24 dev eth0 && ip link set eth0 up")
+        .await
+        .check();
+    peer.wait_until_succeeds("ping -c1 -W1 192.168.88.1", SETTLE)
+        .await
+        .check();
+    assert_eq!(
+        lab.switch().learned(lab.nic_port("host1", 1)),
+        [host1.macs()[1]],
+        "the switch learned host1's eth1 on eth1's port"
+    );
+    assert!(!lab
+        .switch()
+        .learned(lab.nic_port("host1", 0))
+        .contains(&host1.macs()[1]));
+
+    lab.nic_cable("host1", 1, false).await.check();
+    host1
+        .wait_until_succeeds(
+            "ip link show eth1 | grep -q NO-CARRIER",
+            Duration::from_secs(10),
+        )
+        .await
+        .check();
+    host1
+        .fail("ip link show eth0 | grep -q NO-CARRIER")
+        .await
+        .check();
+    peer.fail("ping -c2 -W1 192.168.88.1").await.check();
+    lab.nic_cable("host1", 1, true).await.check();
+    peer.wait_until_succeeds("ping -c1 -W1 192.168.88.1", SETTLE)
+        .await
+        .check();
+    lab.shutdown().await.check();
+}

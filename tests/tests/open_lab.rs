@@ -35,6 +35,7 @@ modprobe vrf && modprobe sch_ingress && echo "modprobe works"
 tc qdisc add dev lo ingress && echo "tc works"
 echo '{"a":[1,2]}' | jq -c '.a' && readlink --version | head -1 && date +%N | grep -qv N && echo "GNU date"
 echo "cpus $(nproc) memory $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
+echo "nics: $(cd /sys/class/net && echo eth*)"
 echo "to stderr" >&2
 exit "${1:-0}"
 "#;
@@ -72,6 +73,7 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
         dir: Some(dir.path().to_path_buf()),
         cpus: Some(2),
         memory_mib: Some(320),
+        nics: Some(2),
     };
     let mut streamed = (Vec::new(), Vec::new());
     let job = Job::Program(vec!["./check.sh".into(), exit.into()]);
@@ -103,6 +105,7 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
         "readlink (GNU coreutils)",
         "GNU date",
         "cpus 2 memory ",
+        "nics: eth0 eth1\n",
     ] {
         assert!(
             stdout.contains(line),
@@ -163,6 +166,7 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
 #[case::missing_dir(Extras { dir: Some(PathBuf::from("/nonexistent/selftests")), ..Extras::default() }, &["/nonexistent/selftests", "no such directory"])]
 #[case::memory_too_small(Extras { memory_mib: Some(48), ..Extras::default() }, &["48 MiB of memory is too small", "--memory"])]
 #[case::cpus(Extras { cpus: Some(0), ..Extras::default() }, &["0 CPUs", "--cpus"])]
+#[case::nics(Extras { nics: Some(9), ..Extras::default() }, &["9 NICs", "--nics between 1 and 8"])]
 fn bad_extras_are_refused_before_anything_boots(#[case] extras: Extras, #[case] said: &[&str]) {
     let started = std::time::Instant::now();
     let err = assets()

@@ -112,6 +112,10 @@ pub struct LanArgs {
     /// host1's memory in MiB (default 256; 384 and more with --nest).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
+    /// host1's NICs, eth0..eth(N-1), each on its own switch port with its own cable (for a
+    /// bond: `--nics 2 --module bonding`). Only eth0 is numbered (192.168.88.1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=lab_harness::assets::MAX_NICS as i64))]
+    pub nics: Option<u8>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -124,6 +128,7 @@ impl LanArgs {
             dir: self.dir.clone(),
             cpus: self.cpus,
             memory_mib: self.memory,
+            nics: self.nics,
         };
         ScriptLan {
             hosts: self.hosts,
@@ -154,6 +159,9 @@ impl LanArgs {
         ];
         if self.nest {
             parts.push("host1 with the nest image".into());
+        }
+        if let Some(nics) = self.nics {
+            parts.push(format!("host1 with {nics} NICs"));
         }
         if !self.packages.is_empty() {
             parts.push(format!("packages {}", self.packages.join(",")));

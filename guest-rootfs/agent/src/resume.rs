@@ -17,7 +17,10 @@ pub fn resume(r: &Resume) -> Result<(), String> {
     set_clock(r.unix_nanos)?;
     nix::unistd::sethostname(&r.hostname)
         .map_err(|e| format!("sethostname {}: {e}", r.hostname))?;
-    set_mac(&r.mac)
+    for (nic, mac) in r.macs.iter().enumerate() {
+        set_mac(&format!("eth{nic}"), mac)?;
+    }
+    Ok(())
 }
 
 /// Credits `entropy` to the input pool and makes the kernel's generator reseed from it now,
@@ -71,15 +74,21 @@ fn set_clock(unix_nanos: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Gives eth0 the address `mac` with `SIOCSIFHWADDR` (what `ip link set eth0 address` does,
+/// Gives `iface` the address `mac` with `SIOCSIFHWADDR` (what `ip link set eth0 address` does,
 /// without starting a program: that alone costs ~0.1 s under TCG). virtio-net passes the change
 /// to QEMU (VIRTIO_NET_CTRL_MAC), so `query-rx-filter` shows it too.
-fn set_mac(mac: &str) -> Result<(), String> {
+fn set_mac(iface: &str, mac: &str) -> Result<(), String> {
     let bytes = lab_proto::parse_mac(mac).ok_or_else(|| format!("{mac:?} is not a MAC address"))?;
     // SAFETY: all-zero ifreq and sockaddr are valid values; the fields set below are plain data.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"eth0") {
-        *dst = *src as libc::c_char;
+    // The last byte stays 0: the name's terminator.
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .take(libc::IFNAMSIZ - 1)
+        .zip(iface.bytes())
+    {
+        *dst = src as libc::c_char;
     }
     let mut hwaddr: libc::sockaddr = unsafe { std::mem::zeroed() };
     hwaddr.sa_family = libc::ARPHRD_ETHER;
@@ -96,7 +105,7 @@ fn set_mac(mac: &str) -> Result<(), String> {
         let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFHWADDR, &req) != 0 {
             return Err(format!(
-                "set eth0's address to {mac}: {}",
+                "set {iface}'s address to {mac}: {}",
                 std::io::Error::last_os_error()
             ));
         }

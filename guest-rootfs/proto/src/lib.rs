@@ -87,8 +87,9 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
     pub hostname: String,
-    /// `eth0`'s address (`52:54:00:..`); QEMU's NIC follows when the guest sets it.
-    pub mac: String,
+    /// The NICs' addresses (`52:54:00:..`), `eth0` first; QEMU's NICs follow when the guest
+    /// sets them.
+    pub macs: Vec<String>,
     /// The host's wall clock, nanoseconds since 1970: the snapshot's clock is stale.
     pub unix_nanos: u64,
     /// Host randomness, credited to the kernel's pool and used to reseed its generator at once:

@@ -29,6 +29,8 @@ pub struct LabBuilder {
 pub struct Lab {
     // Guests go before the switch, the switch before the directories its sockets are in.
     vms: Vec<Vm>,
+    /// The switch ports of each guest's NICs (`eth0` first), in the order of `vms`.
+    ports: Vec<Vec<usize>>,
     switch: SwitchHandle,
     /// The switch's socket directory, held until the switch is gone.
     sockets: tempfile::TempDir,
@@ -89,19 +91,33 @@ impl LabBuilder {
         let keep_passed = self.assets.runs.keep_passed;
         let sockets =
             crate::rundirs::create("lan", None).map_err(|e| Error::io(Path::new("temp dir"), e))?;
-        let policies = vec![self.policy; self.hosts.len()];
+        // Each NIC its own port, a guest's NICs side by side: host1's eth0 and eth1, then
+        // host2's...
+        let mut ports = Vec::new();
+        let mut next = 0;
+        for cfg in &self.hosts {
+            let n = usize::from(cfg.nics.max(1));
+            ports.push((next..next + n).collect::<Vec<usize>>());
+            next += n;
+        }
+        let policies = vec![self.policy; next];
         let switch = SwitchHandle::start(&policies, sockets.path(), &artifacts)
             .map_err(|e| Error::io(&artifacts, e))?;
 
         let mut set = tokio::task::JoinSet::new();
-        for (port, mut cfg) in self.hosts.into_iter().enumerate() {
-            cfg.net = NetBackend::Switch(switch.sockets(port).clone());
+        for ((guest, mut cfg), nic_ports) in self.hosts.into_iter().enumerate().zip(&ports) {
+            cfg.net = NetBackend::Switch(
+                nic_ports
+                    .iter()
+                    .map(|&p| switch.sockets(p).clone())
+                    .collect(),
+            );
             cfg.artifacts = Some(artifacts.clone());
             cfg.keep_console |= keep_passed;
-            set.spawn(async move { (port, Vm::boot(cfg).await) });
+            set.spawn(async move { (guest, Vm::boot(cfg).await) });
         }
         let mut booted: Vec<(usize, Result<Vm>)> = set.join_all().await;
-        booted.sort_by_key(|(port, _)| *port);
+        booted.sort_by_key(|(guest, _)| *guest);
         let mut vms = Vec::new();
         let mut first_error = None;
         for (_, vm) in booted {
@@ -112,6 +128,7 @@ impl LabBuilder {
         }
         let lab = Lab {
             vms,
+            ports,
             switch,
             sockets,
             artifacts,
@@ -133,19 +150,32 @@ impl Lab {
 
     /// The guest called `name`. Panics on an unknown name: that is a bug in the test.
     pub fn vm(&self, name: &str) -> &Vm {
-        &self.vms[self.port(name)]
+        &self.vms[self.index(name)]
     }
 
     pub fn vms(&self) -> &[Vm] {
         &self.vms
     }
 
-    /// The switch port `name` is plugged into.
-    pub fn port(&self, name: &str) -> usize {
+    /// Where `name` is in the order guests were added (host1 first).
+    fn index(&self, name: &str) -> usize {
         self.vms
             .iter()
             .position(|v| v.name() == name)
             .unwrap_or_else(|| panic!("no guest called {name} in this lab"))
+    }
+
+    /// The switch port `name`'s `eth0` is plugged into.
+    pub fn port(&self, name: &str) -> usize {
+        self.nic_port(name, 0)
+    }
+
+    /// The switch port `name`'s NIC `nic` (`eth<nic>`) is plugged into. Panics on a NIC the
+    /// guest does not have: that is a bug in the test.
+    pub fn nic_port(&self, name: &str, nic: u8) -> usize {
+        *self.ports[self.index(name)]
+            .get(usize::from(nic))
+            .unwrap_or_else(|| panic!("{name} has no eth{nic}: give it more `nics`"))
     }
 
     pub fn switch(&self) -> &SwitchHandle {
@@ -160,21 +190,28 @@ impl Lab {
         self.switch.set_policy(self.port(name), policy);
     }
 
-    /// Plugs or pulls `name`'s cable: QMP `set_link` on the guest's NIC (the guest sees
-    /// NO-CARRIER) and the switch port down with it.
+    /// Plugs or pulls the cable of `name`'s `eth0`: QMP `set_link` on the guest's NIC (the
+    /// guest sees NO-CARRIER) and the switch port down with it.
     pub async fn cable(&self, name: &str, up: bool) -> Result<()> {
-        let vm = self.vm(name);
-        vm.qmp()
-            .set_link(up)
+        self.nic_cable(name, 0, up).await
+    }
+
+    /// [`Lab::cable`] of `name`'s NIC `nic` (`eth<nic>`).
+    pub async fn nic_cable(&self, name: &str, nic: u8, up: bool) -> Result<()> {
+        let port = self.nic_port(name, nic);
+        self.vm(name)
+            .qmp()
+            .set_link_of(nic, up)
             .await
             .map_err(|e| Error::qmp(name, &e))?;
-        self.switch.set_up(self.port(name), up);
+        self.switch.set_up(port, up);
         Ok(())
     }
 
-    /// The address [`Lab::number_hosts`] gives `name`: `192.168.88.<port + 1>`.
+    /// The address [`Lab::number_hosts`] gives `name`: `192.168.88.<n>` for the n-th guest
+    /// added (host1 .1, host2 .2...).
     pub fn ip(&self, name: &str) -> String {
-        format!("{LAN_PREFIX}.{}", self.port(name) + 1)
+        format!("{LAN_PREFIX}.{}", self.index(name) + 1)
     }
 
     /// Gives every guest its [`Lab::ip`] (/24) on `eth0` and waits until the LAN is usable:
@@ -254,28 +291,40 @@ impl Lab {
         #[derive(Serialize)]
         struct Guest {
             name: String,
-            mac: String,
-            port: usize,
-            counters: PortCounters,
-            learned: Vec<String>,
+            nics: Vec<Nic>,
             qmp_events: Vec<String>,
             /// The last lines exchanged with QEMU over QMP (`->` sent, `<-` received).
             qmp_lines: Vec<String>,
         }
+        /// One NIC and its switch port.
+        #[derive(Serialize)]
+        struct Nic {
+            mac: String,
+            port: usize,
+            counters: PortCounters,
+            learned: Vec<String>,
+        }
         let guests: Vec<Guest> = self
             .vms
             .iter()
-            .enumerate()
-            .map(|(port, vm)| Guest {
+            .zip(&self.ports)
+            .map(|(vm, ports)| Guest {
                 name: vm.name().to_string(),
-                mac: vm.mac().to_string(),
-                port,
-                counters: self.switch.counters(port),
-                learned: self
-                    .switch
-                    .learned(port)
+                nics: vm
+                    .macs()
                     .iter()
-                    .map(ToString::to_string)
+                    .zip(ports)
+                    .map(|(mac, &port)| Nic {
+                        mac: mac.to_string(),
+                        port,
+                        counters: self.switch.counters(port),
+                        learned: self
+                            .switch
+                            .learned(port)
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
+                    })
                     .collect(),
                 qmp_events: vm
                     .qmp()
