@@ -53,6 +53,8 @@ const DOMIFLIST: &str =
 const VIRSH_CLEANUP: &str = "清理环境: virsh destroy / undefine the VMs";
 const MACVTAP_DEFAULT: &str = "使用macvtap的bridge模式，默认是vepa模式 (a macvtap is VEPA unless told otherwise: virt-install asks for bridge)";
 const MACVTAP_PASSTHRU: &str = "Passthru: allows a single VM to connect to the physical interface directly (the VM has the NIC's MAC; nothing else may share it)";
+const BOND0: &str = "virsh attach-interface testlu-vm --type direct --source bond0 --model virtio (a VM's macvtap, and macvlan children, on a bond)";
+const FAILOVER: &str = "bond0 as the parent: an active-backup bond keeps its macvlan children and VMs on the LAN when its active NIC's cable goes (the children announce themselves after the failover)";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
@@ -336,6 +338,45 @@ pub const EXPECTATIONS: &[Expectation] = &[
         "vm1 -> peer",
         REACHABLE,
         VIRT_INSTALL,
+    ),
+    e("nested/bond0", "active NIC", "eth0", BOND0),
+    e("nested/bond0", "peer -> child on bond0", REACHABLE, BOND0),
+    e(
+        "nested/bond0",
+        "vm1 (macvtap on bond0) -> peer",
+        REACHABLE,
+        BOND0,
+    ),
+    e("nested/bond0", "domiflist Source of vm1", "bond0", BOND0),
+    e(
+        "nested/bond0",
+        "active NIC after its cable is pulled",
+        "eth1",
+        FAILOVER,
+    ),
+    e(
+        "nested/bond0",
+        "peer -> child 1 after failover",
+        REACHABLE,
+        FAILOVER,
+    ),
+    e(
+        "nested/bond0",
+        "peer -> child 2 after failover",
+        REACHABLE,
+        FAILOVER,
+    ),
+    e(
+        "nested/bond0",
+        "vm1 -> peer after failover",
+        REACHABLE,
+        FAILOVER,
+    ),
+    e(
+        "nested/bond0",
+        "failover, as the peer's pings saw it",
+        REPORTED,
+        FAILOVER,
     ),
     e(
         "nested/cleanup",

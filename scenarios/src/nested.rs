@@ -1,10 +1,11 @@
 //! The seed's second half, one level down: lab guests are the hosts, and each starts VMs of its
 //! own on a macvtap of its `eth0`, as `virt-install --network type=direct` does.
 
+use lab_harness::lan::lab::SETTLE;
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
-use lab_harness::{Assets, Guest, Lab, PortPolicy, Result, Vm};
+use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
 
-use crate::probe::{json_field, observed, reach, refusal};
+use crate::probe::{children_on, json_field, observed, reach, refusal};
 use crate::{Observed, NOTE};
 
 /// The seed's addresses for the VMs.
@@ -225,6 +226,115 @@ pub async fn passthru(assets: &Assets) -> Result<Observed> {
     Ok(o)
 }
 
+/// The seed's `virsh attach-interface --type direct --source bond0`: host1 has two NICs, each
+/// its own switch port and cable, bonded active-backup as `bond0`. Two macvlan children (ns1,
+/// ns2) and a VM's macvtap sit on the bond; then the active NIC's cable is pulled.
+pub async fn bond0(assets: &Assets) -> Result<Observed> {
+    let mut nest = assets.nest_vm("host1", 1)?;
+    nest.nics = 2;
+    let lab = Lab::builder(assets, "nested-bond0")
+        .host_config(nest)
+        .host("peer")
+        .boot()
+        .await?;
+    let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
+    let (host_ip, peer_ip) = (lab.ip("host1"), lab.ip("peer"));
+    // miimon: the bond looks at its NICs' carrier every 100 ms. A NIC is enslaved while down.
+    let bond = format!(
+        "modprobe bonding max_bonds=0
+         ip link add bond0 type bond mode active-backup miimon 100
+         for nic in eth0 eth1; do ip link set $nic down && ip link set $nic master bond0; done
+         ip link set bond0 up && ip addr add {host_ip}/24 dev bond0
+         {children}",
+        children = children_on("bond0", "macvlan", "bridge", "mv", 2)
+    );
+    tokio::try_join!(
+        host1.succeed(bond),
+        peer.succeed(format!(
+            "ip addr add {peer_ip}/24 dev eth0 && ip link set eth0 up"
+        ))
+    )?;
+    peer.wait_until_succeeds(format!("ping -c1 -W1 {host_ip}"), SETTLE)
+        .await?;
+    let vm1 = InnerVm::start(host1, InnerSpec::new("vm1", "macvtap0").source("bond0")).await?;
+    vm1.succeed(format!(
+        "ip addr add {VM1}/24 dev eth0 && ip link set eth0 up"
+    ))
+    .await?;
+    let active = || async {
+        Ok::<_, lab_harness::Error>(
+            host1
+                .succeed("cat /sys/class/net/bond0/bonding/active_slave")
+                .await?
+                .trim()
+                .to_string(),
+        )
+    };
+    let before = (
+        active().await?,
+        reach(peer, None, CHILD1).await?,
+        reach(&vm1, None, &peer_ip).await?,
+    );
+    let source = domiflist(&[&vm1]).await?[0].source.clone();
+
+    // The peer pings child 1 every 50 ms; a second in, eth0's cable goes.
+    let pings = peer.succeed(
+        Cmd::script(format!("ping -D -n -i0.05 -c{PINGS} -W1 {CHILD1} || true"))
+            .timeout(std::time::Duration::from_secs(60)),
+    );
+    let pull = async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        lab.nic_cable("host1", 0, false).await
+    };
+    let (pings, ()) = tokio::try_join!(pings, pull)?;
+    let outage = failover_outage(&pings);
+    let after = (
+        active().await?,
+        reach(peer, None, CHILD1).await?,
+        reach(peer, None, CHILD2).await?,
+        reach(&vm1, None, &peer_ip).await?,
+    );
+    let o = observed([
+        ("active NIC", before.0),
+        ("peer -> child on bond0", before.1),
+        ("vm1 (macvtap on bond0) -> peer", before.2),
+        ("domiflist Source of vm1", source),
+        ("active NIC after its cable is pulled", after.0),
+        ("peer -> child 1 after failover", after.1),
+        ("peer -> child 2 after failover", after.2),
+        ("vm1 -> peer after failover", after.3),
+        ("failover, as the peer's pings saw it", outage),
+    ]);
+    vm1.stop().await?;
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+/// How many pings the bond scenario sends across the failover (50 ms apart).
+const PINGS: u32 = 100;
+/// The bond's children, as [`children_on`] numbers them.
+const CHILD1: &str = "192.168.88.11";
+const CHILD2: &str = "192.168.88.12";
+
+/// The longest silence between two answers in `ping -D` output, and the answers counted: how
+/// long the children were cut off while the bond failed over.
+fn failover_outage(ping: &str) -> String {
+    let stamps: Vec<f64> = ping
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let longest = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    format!(
+        "{} of {PINGS} answered, the longest silence {:.0} ms",
+        stamps.len(),
+        longest * 1000.0
+    )
+}
+
 /// Which accelerator ran the VM, whether it was restored or booted, and how long it took.
 fn accel_note(vm: &InnerVm<'_>) -> String {
     let why = vm.fallback().map(|f| format!(", {f}")).unwrap_or_default();
@@ -243,4 +353,27 @@ fn accel_note(vm: &InnerVm<'_>) -> String {
         lab_harness::Guest::name(vm),
         vm.boot_time()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_is_the_longest_silence_between_answers() {
+        let ping = "PING 192.168.88.11 (192.168.88.11) 56(84) bytes of data.
+[1700000000.000000] 64 bytes from 192.168.88.11: icmp_seq=1 ttl=64 time=1.2 ms
+[1700000000.050000] 64 bytes from 192.168.88.11: icmp_seq=2 ttl=64 time=1.1 ms
+[1700000000.950000] 64 bytes from 192.168.88.11: icmp_seq=20 ttl=64 time=1.0 ms
+[1700000001.000000] 64 bytes from 192.168.88.11: icmp_seq=21 ttl=64 time=1.0 ms
+--- 192.168.88.11 ping statistics ---";
+        assert_eq!(
+            failover_outage(ping),
+            format!("4 of {PINGS} answered, the longest silence 900 ms")
+        );
+        assert_eq!(
+            failover_outage(""),
+            format!("0 of {PINGS} answered, the longest silence 0 ms")
+        );
+    }
 }

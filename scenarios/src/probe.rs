@@ -38,6 +38,11 @@ pub(crate) fn children(mode: &str) -> String {
 /// `count` children `<prefix>1..` of eth0 of link `kind` (macvlan, ipvlan) in `mode`, child i in
 /// netns `ns<i>` with 192.168.88.1<i>/24.
 pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> String {
+    children_on("eth0", kind, mode, prefix, count)
+}
+
+/// [`children_of`] on `parent` instead of eth0 (a bond, say).
+pub(crate) fn children_on(parent: &str, kind: &str, mode: &str, prefix: &str, count: u8) -> String {
     let mode = if mode.is_empty() {
         String::new()
     } else {
@@ -46,7 +51,7 @@ pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> St
     format!(
         "for i in $(seq 1 {count}); do
            ip netns add ns$i
-           ip link add link eth0 name {prefix}$i type {kind} {mode}
+           ip link add link {parent} name {prefix}$i type {kind} {mode}
            ip link set {prefix}$i netns ns$i
            ip -n ns$i addr add 192.168.88.1$i/24 dev {prefix}$i
            ip -n ns$i link set {prefix}$i up

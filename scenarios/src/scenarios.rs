@@ -94,6 +94,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: |a| Box::pin(nested::passthru(a)),
     },
     Scenario {
+        name: "nested/bond0",
+        run: |a| Box::pin(nested::bond0(a)),
+    },
+    Scenario {
         name: "nested/cleanup",
         run: |a| Box::pin(nested::cleanup(a)),
     },
