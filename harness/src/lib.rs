@@ -21,6 +21,7 @@ mod cmd;
 pub mod console;
 pub mod error;
 pub mod guest;
+pub mod host;
 pub mod lan;
 mod mac;
 pub mod nest;

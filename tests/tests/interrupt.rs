@@ -36,36 +36,13 @@ async fn a_guest_runs_a_command_to_its_end() {
     vm.shutdown().await.check();
 }
 
-/// The QEMUs whose command line names `tmp` (their state directory is in it).
 fn qemus_in(tmp: &Path) -> Vec<String> {
     let needle = tmp.display().to_string();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
+    lab_harness::host::qemu_processes()
+        .into_iter()
+        .filter(|q| q.cmdline.contains(&needle))
+        .map(|q| q.cmdline)
         .collect()
-}
-
-/// The host's network as `ip link` and `ip route` see it: interfaces with their addresses and
-/// state, and the routing table.
-fn host_network() -> String {
-    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .expect("/sys/class/net")
-        .flatten()
-        .map(|e| {
-            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
-            format!(
-                "{} {} {}",
-                e.file_name().to_string_lossy(),
-                read("address").trim(),
-                read("operstate").trim()
-            )
-        })
-        .collect();
-    links.sort();
-    links.join("\n") + "\n" + &std::fs::read_to_string("/proc/net/route").unwrap_or_default()
 }
 
 /// SIGINT, SIGTERM or SIGKILL to this test binary running the test above, mid-boot or
@@ -75,7 +52,7 @@ fn a_test_binary_killed_mid_boot_or_mid_command_leaves_nothing_once_swept() {
     let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let network = host_network();
+    let network = lab_harness::host::network();
     let mut killed = Vec::new();
     for round in 0..4 {
         let signal = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL][rng.usize(..3)];
@@ -150,7 +127,11 @@ fn a_test_binary_killed_mid_boot_or_mid_command_leaves_nothing_once_swept() {
     );
     let still = rundirs::ours_in(tmp.path());
     assert!(still.is_empty(), "after {killed:#?} and a sweep: {still:?}");
-    assert_eq!(host_network(), network, "the host's network changed");
+    assert_eq!(
+        lab_harness::host::network(),
+        network,
+        "the host's network changed"
+    );
     eprintln!(
         "test binaries killed: {}, directories they left: {left}, left after the sweep: 0\n  {}",
         killed.len(),

@@ -46,7 +46,7 @@ impl Snapshot {
         Self {
             qemus: lab_qemus(),
             state_dirs: state_dirs(),
-            host_links: host_links(),
+            host_links: lab_harness::host::links(),
         }
     }
 
@@ -82,55 +82,24 @@ impl Snapshot {
 /// this run's `LAB_RUN`.
 fn lab_qemus() -> BTreeSet<String> {
     let ours = format!("{}={}", rundirs::ENV_RUN, rundirs::run_id());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
-            let this_run = environ.split(|b| *b == 0).any(|var| var == ours.as_bytes());
-            (cmdline.contains("qemu-system") && cmdline.contains(PROCESS_MARKER) && this_run).then(
-                || {
-                    format!(
-                        "{}: {}",
-                        e.file_name().to_string_lossy(),
-                        cmdline.chars().take(120).collect::<String>()
-                    )
-                },
+    lab_harness::host::qemu_processes()
+        .into_iter()
+        .filter(|q| q.cmdline.contains(PROCESS_MARKER) && q.env_has(&ours))
+        .map(|q| {
+            format!(
+                "{}: {}",
+                q.pid,
+                q.cmdline.chars().take(120).collect::<String>()
             )
         })
         .collect()
 }
 
-/// This run's directories in the temp dir.
 fn state_dirs() -> BTreeSet<String> {
     let run = rundirs::run_id();
     rundirs::ours()
         .into_iter()
         .filter(|dir| rundirs::owner(dir).is_some_and(|o| o.run == run))
         .map(|dir| dir.display().to_string())
-        .collect()
-}
-
-/// The host's network interfaces (what `ip link` lists), with their MAC addresses.
-fn host_links() -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let mac = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
-            format!("{} {}", e.file_name().to_string_lossy(), mac.trim())
-        })
         .collect()
 }

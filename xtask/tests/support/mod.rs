@@ -31,12 +31,10 @@ pub fn leftovers(tmp: &Path) -> (Vec<String>, Vec<String>) {
         .filter(|n| n.starts_with("macvlan-lab-"))
         .collect();
     let needle = tmp.display().to_string();
-    let qemus = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
+    let qemus = lab_harness::host::qemu_processes()
+        .into_iter()
+        .filter(|q| q.cmdline.contains(&needle))
+        .map(|q| q.cmdline)
         .collect();
     (dirs, qemus)
 }
