@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use lab_harness::{Assets, Result};
 
-use crate::{claims, modes, nested, seed, Observed};
+use crate::{claims, modes, nested, seed, throughput, Observed};
 
 /// An experiment: boots its guests, observes, tears them down.
 pub type Experiment =
@@ -80,6 +80,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "claim/promisc",
         run: |a| Box::pin(claims::promisc(a)),
+    },
+    Scenario {
+        name: "claim/throughput",
+        run: |a| Box::pin(throughput::throughput(a)),
     },
     Scenario {
         name: "nested/macvtap-bridge",
