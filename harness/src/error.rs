@@ -96,7 +96,7 @@ impl fmt::Debug for Error {
 impl Error {
     /// An I/O error on `path` (the same constructor as `lab_kernels::Error::io` and
     /// `lab_rootfs::Error::io`).
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
             source,

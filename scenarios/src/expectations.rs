@@ -477,6 +477,12 @@ pub const EXPECTATIONS: &[Expectation] = &[
     ),
     reported("nested/bond0", "failover, as the peer's pings saw it", FAILOVER),
     e(
+        "nested/bond0",
+        "children's gratuitous ARPs on eth1's cable",
+        "192.168.88.11, 192.168.88.12",
+        "the children announce themselves on the new NIC: macvlan passes the bond's NETDEV_NOTIFY_PEERS on to them, so the switch relearns them at once",
+    ),
+    e(
         "nested/cleanup",
         "vm1 -> peer before",
         REACHABLE,

@@ -5,7 +5,7 @@ use lab_harness::lan::lab::SETTLE;
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
 
-use crate::probe::{children_on, json_field, observed, reach, refusal};
+use crate::probe::{children_on, json_field, none_or, observed, reach, refusal};
 use crate::{Observed, NOTE};
 
 /// The seed's addresses for the VMs.
@@ -288,6 +288,18 @@ pub async fn bond0(assets: &Assets) -> Result<Observed> {
     };
     let (pings, ()) = tokio::try_join!(pings, pull)?;
     let outage = failover_outage(&pings);
+    // What told the switch that the children had moved to eth1's cable.
+    let eth1 = lab.switch().port_capture(lab.nic_port("host1", 1));
+    let frames = lab_harness::lan::capture::read_frames(&eth1)
+        .map_err(|e| lab_harness::Error::io(&eth1, e))?;
+    let mut announced: Vec<String> = frames
+        .iter()
+        .filter_map(|f| lab_harness::lan::capture::gratuitous_arp(f))
+        .map(|ip| ip.to_string())
+        .filter(|ip| [CHILD1, CHILD2].contains(&ip.as_str()))
+        .collect();
+    announced.sort();
+    announced.dedup();
     let after = (
         active().await?,
         reach(peer, None, CHILD1).await?,
@@ -304,6 +316,10 @@ pub async fn bond0(assets: &Assets) -> Result<Observed> {
         ("peer -> child 2 after failover", after.2),
         ("vm1 -> peer after failover", after.3),
         ("failover, as the peer's pings saw it", outage),
+        (
+            "children's gratuitous ARPs on eth1's cable",
+            none_or(announced.join(", ")),
+        ),
     ]);
     vm1.stop().await?;
     lab.shutdown().await?;

@@ -90,6 +90,17 @@ pub fn icmp_type(frame: &[u8]) -> Option<u8> {
     frame.get(14 + ihl).copied()
 }
 
+/// The address a gratuitous ARP announces (its sender's IPv4 address is its target's too): what
+/// a host sends when it wants the LAN to relearn where it is, after a failover say.
+pub fn gratuitous_arp(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if ethertype(frame) != Some(0x0806) {
+        return None;
+    }
+    let sender: [u8; 4] = frame.get(28..32)?.try_into().ok()?;
+    let target: [u8; 4] = frame.get(38..42)?.try_into().ok()?;
+    (sender == target).then_some(std::net::Ipv4Addr::from(sender))
+}
+
 /// Source and destination MAC of a frame.
 pub fn macs(frame: &[u8]) -> Option<(crate::mac::MacAddr, crate::mac::MacAddr)> {
     let mac = |at: usize| -> Option<crate::mac::MacAddr> {
@@ -101,6 +112,34 @@ pub fn macs(frame: &[u8]) -> Option<(crate::mac::MacAddr, crate::mac::MacAddr)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ARP request from `sender` for `target`, as a host sends it.
+    fn arp(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        f.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend([2, 0, 0, 0, 0, 1]);
+        f.extend(sender);
+        f.extend([0; 6]);
+        f.extend(target);
+        f
+    }
+
+    #[test]
+    fn a_gratuitous_arp_announces_its_sender_and_a_request_does_not() {
+        assert_eq!(
+            gratuitous_arp(&arp([192, 168, 88, 11], [192, 168, 88, 11])),
+            Some(std::net::Ipv4Addr::new(192, 168, 88, 11))
+        );
+        assert_eq!(
+            gratuitous_arp(&arp([192, 168, 88, 11], [192, 168, 88, 2])),
+            None
+        );
+        assert_eq!(gratuitous_arp(&arp([1, 2, 3, 4], [1, 2, 3, 4])[..30]), None);
+        let mut ipv4 = arp([1, 2, 3, 4], [1, 2, 3, 4]);
+        ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(gratuitous_arp(&ipv4), None);
+    }
 
     #[test]
     fn frames_written_read_back_in_order_after_a_flush() {
