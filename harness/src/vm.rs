@@ -134,6 +134,17 @@ impl VmConfig {
     }
 }
 
+/// The kernel's "Initramfs unpacking failed: ..." line in a console log, if it is there.
+fn unpacking_failed(console: &Path) -> Option<String> {
+    let text = std::fs::read(console).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Initramfs unpacking failed"))?;
+    let from = line.find("Initramfs unpacking failed")?;
+    Some(line[from..].trim().to_string())
+}
+
 /// A running guest.
 pub struct Vm {
     cfg: VmConfig,
@@ -348,6 +359,18 @@ impl Vm {
                 let msg = format!(
                     "guest runs kernel {} but {want} was asked for",
                     ready.kernel_release
+                );
+                return Err(booting.fail(Phase::Boot, msg, false));
+            }
+        }
+        if incoming.is_none() {
+            // The kernel unpacks the image and its layers into memory; when that runs out it
+            // says so (at KERN_EMERG, past `quiet`) and boots on with files missing.
+            if let Some(why) = unpacking_failed(&paths.console) {
+                let msg = format!(
+                    "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `VmConfig::memory_mib`)",
+                    cfg.memory_mib,
+                    cfg.memory_mib * 2
                 );
                 return Err(booting.fail(Phase::Boot, msg, false));
             }

@@ -20,6 +20,13 @@ pub fn assets() -> Assets {
     Assets::from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The assets of kernel `id` of `kernels/kernels.toml`, which `cargo xtask test` provisions for
+/// every kernel it knows, beside [`assets`].
+pub fn assets_of(id: &str) -> Assets {
+    let path = assets().dir.join(format!("assets-{id}.json"));
+    Assets::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A guest configuration named `name` on the provisioned assets.
 pub fn config(name: &str) -> VmConfig {
     assets().vm(name)

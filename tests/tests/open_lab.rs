@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lab_harness::{Assets, Error, Extras, Stream, Verdict};
+use lab_harness::{Error, Extras, Stream, Verdict};
 use lab_scenarios::script::{self, Job, ScriptLan};
-use lab_tests::{assets, Check};
+use lab_tests::{assets, assets_of, Check};
 use rstest::rstest;
 
 fn lan(extras: Extras) -> ScriptLan {
@@ -200,12 +200,6 @@ fn selftests() -> PathBuf {
     dir
 }
 
-/// The assets of kernel `id`, which `cargo xtask test` provisions for every kernel it knows.
-fn assets_of(id: &str) -> Assets {
-    let path = assets().dir.join(format!("assets-{id}.json"));
-    Assets::load(&path).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The upstream selftest, unmodified, with its sibling files, as examples/bonding-selftest.sh
 /// runs it.
 #[rstest]
@@ -239,5 +233,35 @@ async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kern
         "exit {:?}, {ok} OK, not OK: {failed:?}\n{stdout}\n{}",
         out.code,
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A layer bigger than the guest's memory, past `Assets::apply`'s rule of thumb: the kernel
+/// runs out of room unpacking it and boots on with files missing. The boot fails instead,
+/// naming the memory and the option that gives more.
+#[rstest]
+#[tokio::test]
+async fn an_image_that_does_not_fit_in_memory_fails_its_boot_with_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Random bytes: the archive is not compressed, so this is what the kernel must hold.
+    let big: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+        .take(120 << 20)
+        .collect();
+    std::fs::write(dir.path().join("big"), big).expect("write");
+    let mut cfg = assets().vm("too-small");
+    cfg.snapshots = None;
+    cfg.layers
+        .push(lab_harness::InitrdLayer::Bytes(std::sync::Arc::new(
+            lab_rootfs::layers::directory(dir.path()).check(),
+        )));
+    let err = lab_harness::Vm::boot(cfg)
+        .await
+        .expect_err("a boot with files missing");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not fit in 256 MiB of memory")
+            && text.contains("Initramfs unpacking failed")
+            && text.contains("--memory 512"),
+        "{text}"
     );
 }
