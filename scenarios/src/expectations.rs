@@ -117,6 +117,7 @@ const THROUGHPUT: &str = "Macvlan 占用较少的 CPU，同时提供较高的吞
 const ACROSS_THE_SWITCH: &str = "the same, child to peer: reported, not judged, since under TCG the emulated NICs and the lab's switch bound every setup alike and 1 s runs there vary by ±15% between runs";
 const IPVLAN_THROUGHPUT: &str =
     "Ipvlan, the seed's alternative, over the same traffic (ratios to the bridge within one run)";
+const WIFI: &str = "IEEE 802.11 不喜欢同一个客户端上有多个 MAC 地址 … 使用 Ipvlan (802.11 dislikes several MACs on one client: an access point talks to the MACs that joined it, so use ipvlan); mac80211_hwsim radios, an open hostapd network";
 const PROMISC: &str = "macvlan必须要开启混杂模式 (macvlan must turn promiscuous mode on)";
 
 pub const EXPECTATIONS: &[Expectation] = &[
@@ -442,6 +443,32 @@ pub const EXPECTATIONS: &[Expectation] = &[
         "ipvlan CPU per GB, child to peer",
         IPVLAN_THROUGHPUT,
     ),
+    e("claim/wifi", "station -> access point", REACHABLE, WIFI),
+    e(
+        "claim/wifi",
+        "stations the access point knows",
+        "1",
+        "an access point knows the MACs that joined it: the station's own, not its children's",
+    ),
+    e(
+        "claim/wifi",
+        "a macvlan child on the station",
+        "accepted",
+        "the kernel makes the child: nothing refuses it until frames go out",
+    ),
+    e(
+        "claim/wifi",
+        "macvlan child -> access point",
+        UNREACHABLE,
+        WIFI,
+    ),
+    e(
+        "claim/wifi",
+        "an ipvlan child on the station",
+        "accepted",
+        WIFI,
+    ),
+    e("claim/wifi", "ipvlan child -> access point", REACHABLE, WIFI),
     e("nested/bond0", "active NIC", "eth0", BOND0),
     e("nested/bond0", "peer -> child on bond0", REACHABLE, BOND0),
     e(

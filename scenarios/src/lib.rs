@@ -13,6 +13,7 @@ pub mod scenarios;
 pub mod script;
 mod seed;
 mod throughput;
+mod wifi;
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use lab_harness::{Assets, Result};
 
-use crate::{claims, modes, nested, seed, throughput, Observed};
+use crate::{claims, modes, nested, seed, throughput, wifi, Observed};
 
 /// An experiment: boots its guests, observes, tears them down.
 pub type Experiment =
@@ -19,6 +19,9 @@ pub struct Scenario {
     /// `group/what`, as `--only` matches it.
     pub name: &'static str,
     pub run: Experiment,
+    /// The kernel it boots whatever the run's is (an id of `kernels/kernels.toml`), for what
+    /// the cloud kernels leave out. The lab and the tests provision it beside the run's.
+    pub kernel: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -32,88 +35,121 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "seed/containers",
         run: |a| Box::pin(seed::containers(a)),
+        kernel: None,
     },
     Scenario {
         name: "seed/host-isolation",
         run: |a| Box::pin(seed::host_isolation(a, false)),
+        kernel: None,
     },
     Scenario {
         name: "shim",
         run: |a| Box::pin(seed::host_isolation(a, true)),
+        kernel: None,
     },
     Scenario {
         name: "mode/bridge",
         run: |a| Box::pin(modes::mode(a, "bridge")),
+        kernel: None,
     },
     Scenario {
         name: "mode/private",
         run: |a| Box::pin(modes::mode(a, "private")),
+        kernel: None,
     },
     Scenario {
         name: "mode/vepa",
         run: |a| Box::pin(modes::mode(a, "vepa")),
+        kernel: None,
     },
     Scenario {
         name: "mode/passthru",
         run: |a| Box::pin(modes::passthru(a)),
+        kernel: None,
     },
     Scenario {
         name: "mode/source",
         run: |a| Box::pin(modes::source(a)),
+        kernel: None,
     },
     Scenario {
         name: "ipvlan/l2",
         run: |a| Box::pin(modes::ipvlan(a, "l2")),
+        kernel: None,
     },
     Scenario {
         name: "ipvlan/l3",
         run: |a| Box::pin(modes::ipvlan(a, "l3")),
+        kernel: None,
     },
     Scenario {
         name: "claim/nic-mac-limit",
         run: |a| Box::pin(claims::nic_mac_limit(a)),
+        kernel: None,
     },
     Scenario {
         name: "claim/switch-mac-limit",
         run: |a| Box::pin(claims::switch_mac_limit(a)),
+        kernel: None,
     },
     Scenario {
         name: "claim/promisc",
         run: |a| Box::pin(claims::promisc(a)),
+        kernel: None,
     },
     Scenario {
         name: "claim/throughput",
         run: |a| Box::pin(throughput::throughput(a)),
+        kernel: None,
+    },
+    Scenario {
+        name: "claim/wifi",
+        run: |a| Box::pin(wifi::wifi(a)),
+        kernel: Some(wifi::KERNEL),
     },
     Scenario {
         name: "nested/macvtap-bridge",
         run: |a| Box::pin(nested::bridge(a)),
+        kernel: None,
     },
     Scenario {
         name: "nested/macvtap-vepa",
         run: |a| Box::pin(nested::vepa(a)),
+        kernel: None,
     },
     Scenario {
         name: "nested/macvtap-passthru",
         run: |a| Box::pin(nested::passthru(a)),
+        kernel: None,
     },
     Scenario {
         name: "nested/bond0",
         run: |a| Box::pin(nested::bond0(a)),
+        kernel: None,
     },
     Scenario {
         name: "nested/cleanup",
         run: |a| Box::pin(nested::cleanup(a)),
+        kernel: None,
     },
     Scenario {
         name: "cleanup",
         run: |a| Box::pin(seed::cleanup(a)),
+        kernel: None,
     },
 ];
 
 /// The scenario called `name`.
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// The kernels scenarios ask for by name (none twice), beside whatever kernel the run uses.
+pub fn kernels() -> Vec<&'static str> {
+    let mut ids: Vec<&'static str> = SCENARIOS.iter().filter_map(|s| s.kernel).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The names of [`SCENARIOS`], in order.

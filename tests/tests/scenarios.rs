@@ -3,21 +3,27 @@
 //! names it, which must observe what the expectation table says. Nothing here lists them: a
 //! scenario added to the registry is tested.
 
-use lab_scenarios::scenarios::SCENARIOS;
+use lab_scenarios::scenarios::{Scenario, SCENARIOS};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
     let args = Arguments::from_args();
     let trials = SCENARIOS
         .iter()
-        .map(|s| Trial::test(s.name, move || behaves_as_expected(s.name)))
+        .map(|s| Trial::test(s.name, move || behaves_as_expected(s)))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn behaves_as_expected(name: &'static str) -> Result<(), Failed> {
+fn behaves_as_expected(scenario: &'static Scenario) -> Result<(), Failed> {
+    let name = scenario.name;
+    // A scenario that asks for a kernel of its own (wireless, say) boots that one.
+    let assets = match scenario.kernel {
+        Some(id) => lab_tests::assets_of(id),
+        None => lab_tests::assets(),
+    };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
-    let report = runtime.block_on(lab_scenarios::run(name, &lab_tests::assets()));
+    let report = runtime.block_on(lab_scenarios::run(name, &assets));
     if report.passed {
         return Ok(());
     }

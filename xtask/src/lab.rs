@@ -1,5 +1,6 @@
 //! `cargo xtask lab`: experiments in throwaway guests.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,8 +193,14 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
-            for name in lab_scenarios::scenarios::names() {
-                for e in lab_scenarios::expectations::for_scenario(name) {
+            for scenario in lab_scenarios::scenarios::SCENARIOS {
+                if let Some(kernel) = scenario.kernel {
+                    println!(
+                        "{:<23} (boots {kernel}, whatever --kernel says)",
+                        scenario.name
+                    );
+                }
+                for e in lab_scenarios::expectations::for_scenario(scenario.name) {
                     println!(
                         "{:<23} {:<46} expects {:<12} | {}",
                         e.scenario, e.check, e.expected, e.claim
@@ -340,8 +347,25 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let jobs = args.jobs.unwrap_or(2 * crate::cores()).max(1);
     crate::ui::status!("lab: {} scenario(s), {} at a time", names.len(), jobs);
     crate::hosttools::ensure_qemu()?;
+    // The kernels some scenarios boot whatever the run's is (wireless, say), provisioned
+    // first: the run's own goes last, so that `assets.json` is its.
+    let mut own_kernel: BTreeMap<&str, Assets> = BTreeMap::new();
+    for id in names
+        .iter()
+        .filter_map(|n| lab_scenarios::scenarios::find(n)?.kernel)
+    {
+        if !own_kernel.contains_key(id) {
+            let path = crate::provision::run(&crate::provision::ProvisionArgs {
+                kernel: Some(id.to_string()),
+            })?;
+            own_kernel.insert(id, Assets::load(&path)?);
+        }
+    }
     let mut assets = Assets::load(&crate::provision::run(&args.provision)?)?;
     assets.runs = crate::runs::start("lab")?;
+    for other in own_kernel.values_mut() {
+        other.runs = assets.runs.clone();
+    }
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
@@ -358,7 +382,12 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         for (i, name) in order {
             // Taken here, in order, not in the task: tasks start in no particular order.
             let permit = permits.clone().acquire_owned().await;
-            let (name, assets) = (name.to_string(), assets.clone());
+            let kernel = lab_scenarios::scenarios::find(name).and_then(|s| s.kernel);
+            let assets = kernel
+                .and_then(|id| own_kernel.get(id))
+                .unwrap_or(&assets)
+                .clone();
+            let name = name.to_string();
             set.spawn(async move {
                 let _permit = permit;
                 let report = lab_scenarios::run(&name, &assets).await;
