@@ -87,8 +87,10 @@ pub const MAX_NICS: u8 = 8;
 
 /// Memory a guest needs beyond twice its image (the archive, then its unpacked files): the
 /// kernel, the agent, page cache. A rule of thumb, not a measured floor: below it a boot is
-/// refused with the size to ask for instead of a kernel panic at unpacking.
-const MEMORY_OVERHEAD_MIB: u64 = 64;
+/// refused with the size to ask for instead of a kernel panic at unpacking. 64 let a 95 MiB
+/// image and layer into 256 MiB, where the 6.1 cloud kernel's unpacking ran out of room; past
+/// the rule, the boot fails by name (`Vm::boot`).
+const MEMORY_OVERHEAD_MIB: u64 = 96;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageAsset {
