@@ -36,18 +36,18 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
     let present = macs
         .iter()
         .all(|m| filter.unicast_table.iter().any(|u| u == m));
-    let verdict = if reached == REACHABLE && promiscuity == "0" && !filter.promiscuous && present {
-        "refuted"
-    } else {
-        "upheld"
-    };
+    // What the claim turns on, each seen for itself; the table judges them together.
     let o = observed([
         ("bridge children reach peer with promisc off", reached),
         (
             "children's MACs in the NIC's unicast filter",
             if present { "present" } else { "absent" }.to_string(),
         ),
-        ("verdict for virtio-net", verdict.to_string()),
+        ("eth0's promiscuity counter", promiscuity),
+        (
+            "promiscuous mode as QEMU's NIC sees it",
+            if filter.promiscuous { "on" } else { "off" }.to_string(),
+        ),
     ]);
     lab.shutdown().await?;
     Ok(o)
