@@ -23,11 +23,15 @@ pub enum Expect {
     AtLeast(f64),
     /// A number of at most this.
     AtMost(f64),
+    /// What the scenario's check of this name observed, word for word (two views of one thing:
+    /// the MAC a listing shows and the one the guest has).
+    SameAs(&'static str),
 }
 
 impl Expect {
-    /// Whether `observed` is what this expects.
-    pub fn admits(&self, observed: &str) -> bool {
+    /// Whether `observed` is what this expects; `others` are the scenario's other observations
+    /// (for [`Expect::SameAs`]).
+    pub fn admits(&self, observed: &str, others: &crate::Observed) -> bool {
         let number = || {
             observed
                 .split_whitespace()
@@ -39,6 +43,7 @@ impl Expect {
             Expect::Reported => true,
             Expect::AtLeast(least) => number().is_some_and(|n| n >= least),
             Expect::AtMost(most) => number().is_some_and(|n| n <= most),
+            Expect::SameAs(check) => others.get(check).is_some_and(|o| o == observed),
         }
     }
 }
@@ -51,6 +56,7 @@ impl std::fmt::Display for Expect {
             Expect::Reported => f.pad("(reported)"),
             Expect::AtLeast(n) => f.pad(&format!(">= {n:.2}x")),
             Expect::AtMost(n) => f.pad(&format!("<= {n:.2}x")),
+            Expect::SameAs(check) => f.pad(&format!("= {check}")),
         }
     }
 }
@@ -376,7 +382,18 @@ pub const EXPECTATIONS: &[Expectation] = &[
     e(
         "nested/macvtap-bridge",
         "domiflist of vm1",
-        "macvtap0 direct eth0 virtio, vm1's MAC",
+        "macvtap0 direct eth0 virtio",
+        DOMIFLIST,
+    ),
+    judged(
+        "nested/macvtap-bridge",
+        "domiflist MAC of vm1",
+        Expect::SameAs("vm1's MAC, from inside"),
+        DOMIFLIST,
+    ),
+    reported(
+        "nested/macvtap-bridge",
+        "vm1's MAC, from inside",
         DOMIFLIST,
     ),
     reported(
@@ -628,18 +645,24 @@ mod tests {
 
     #[test]
     fn expectations_judge_text_word_for_word_and_ratios_by_their_number() {
-        assert!(Expect::Is(REACHABLE).admits("reachable"));
-        assert!(!Expect::Is(REACHABLE).admits("reachable "));
-        assert!(Expect::AtLeast(1.0).admits("1.19x the bridge's (4.0 against 3.3 Mbit/s)"));
-        assert!(Expect::AtLeast(1.0).admits("1.00x the bridge's"));
-        assert!(!Expect::AtLeast(1.0).admits("0.99x the bridge's"));
-        assert!(Expect::AtMost(1.0).admits("0.79x the bridge's"));
-        assert!(!Expect::AtMost(1.0).admits("1.01x"));
+        let none = crate::Observed::new();
+        assert!(Expect::Is(REACHABLE).admits("reachable", &none));
+        assert!(!Expect::Is(REACHABLE).admits("reachable ", &none));
+        assert!(Expect::AtLeast(1.0).admits("1.19x the bridge's (4.0 against 3.3 Mbit/s)", &none));
+        assert!(Expect::AtLeast(1.0).admits("1.00x the bridge's", &none));
+        assert!(!Expect::AtLeast(1.0).admits("0.99x the bridge's", &none));
+        assert!(Expect::AtMost(1.0).admits("0.79x the bridge's", &none));
+        assert!(!Expect::AtMost(1.0).admits("1.01x", &none));
         assert!(
-            !Expect::AtLeast(1.0).admits("not observed"),
+            !Expect::AtLeast(1.0).admits("not observed", &none),
             "no number, no pass"
         );
-        assert!(!Expect::AtMost(1.0).admits("NaNx"));
+        assert!(!Expect::AtMost(1.0).admits("NaNx", &none));
+        let mut seen = crate::Observed::new();
+        seen.insert("vm1's MAC".into(), "52:54:00:00:00:01".into());
+        assert!(Expect::SameAs("vm1's MAC").admits("52:54:00:00:00:01", &seen));
+        assert!(!Expect::SameAs("vm1's MAC").admits("52:54:00:00:00:02", &seen));
+        assert!(!Expect::SameAs("no such check").admits("52:54:00:00:00:01", &seen));
         assert_eq!(format!("{:<10}|", Expect::AtLeast(1.0)), ">= 1.00x  |");
         assert_eq!(format!("{:<12}|", Expect::Reported), "(reported)  |");
     }

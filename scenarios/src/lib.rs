@@ -87,6 +87,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         Ok(o) => (o, None),
         Err(e) => (Observed::new(), Some(e.to_string())),
     };
+    let observed_all = &observed;
     let checks: Vec<Check> = expectations::for_scenario(name)
         .map(|e| {
             let observed = observed
@@ -96,7 +97,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
             let pass = match e.expected {
                 // A fact reported by a scenario that broke off is not a fact.
                 expectations::Expect::Reported => error.is_none() && observed != "not observed",
-                expected => expected.admits(&observed),
+                expected => expected.admits(&observed, observed_all),
             };
             Check {
                 name: e.check.into(),

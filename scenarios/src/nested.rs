@@ -52,26 +52,10 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
     let rows = domiflist(&[&vm1]).await?;
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
     let row = &rows[0];
-    let listing = if (
-        row.interface.as_str(),
-        row.kind.as_str(),
-        row.source.as_str(),
-        row.model.as_str(),
-    ) == ("macvtap0", "direct", "eth0", "virtio")
-        && row.mac == inside.trim()
-    {
-        "macvtap0 direct eth0 virtio, vm1's MAC".to_string()
-    } else {
-        format!(
-            "{} {} {} {} {} (vm1 has {})",
-            row.interface,
-            row.kind,
-            row.source,
-            row.model,
-            row.mac,
-            inside.trim()
-        )
-    };
+    let listing = format!(
+        "{} {} {} {}",
+        row.interface, row.kind, row.source, row.model
+    );
     let mut o = observed([
         (
             "vm2 (on host2) -> vm1 (on host1)",
@@ -81,6 +65,8 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
         ("peer -> vm1", reach(peer, None, VM1).await?),
         ("peer -> vm2", reach(peer, None, VM2).await?),
         ("domiflist of vm1", listing),
+        ("domiflist MAC of vm1", row.mac.clone()),
+        ("vm1's MAC, from inside", inside.trim().to_string()),
         ("inner accelerator", accel_note(&vm1)),
     ]);
     let listings = [
