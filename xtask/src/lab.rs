@@ -242,10 +242,13 @@ fn scenario_files(run_dir: &Path, scenario: &str) -> Vec<String> {
     files
 }
 
-/// How long each scenario took when it last ran on this kernel (`target/lab/times-<kernel>.json`,
-/// which every lab run, whole or `--only`, brings up to date): the order to start them in.
+/// How long each scenario took when it last ran on this kernel on this machine
+/// (`lab-times-<kernel>.json` in the machine's cache, which every lab run of every clone, whole
+/// or `--only`, brings up to date): the order to start them in. In the cache rather than the
+/// checkout, so that a fresh clone's first run starts the long ones first too (79–88 s in list
+/// order against 62–65 s longest first, 21 scenarios here).
 fn times_path(kernel: &str) -> PathBuf {
-    crate::lab_dir().join(format!("times-{kernel}.json"))
+    crate::cache_dir().join(format!("lab-times-{kernel}.json"))
 }
 
 fn last_times(kernel: &str) -> std::collections::BTreeMap<String, f64> {
