@@ -40,6 +40,17 @@ pub fn qemu_processes() -> Vec<QemuProcess> {
         .collect()
 }
 
+/// The command lines of the QEMUs whose command line names `dir` (their state directory is in
+/// it): what a run that keeps its guests under `dir` left running.
+pub fn qemus_in(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    qemu_processes()
+        .into_iter()
+        .filter(|q| q.cmdline.contains(&needle))
+        .map(|q| q.cmdline)
+        .collect()
+}
+
 /// The host's interfaces as `ip link` lists them: `name mac operstate`.
 pub fn links() -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {

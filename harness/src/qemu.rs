@@ -188,18 +188,19 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
         ]);
     }
     for (nic, mac) in (0u8..).zip(cfg.macs()) {
-        let netdev = match &cfg.net {
-            // A hub of its own per NIC: frames leave and go nowhere. No host interface, no root.
-            NetBackend::Isolated => format!("hubport,id=net{nic},hubid={nic}"),
+        let port = match &cfg.net {
+            NetBackend::Isolated => None,
+            NetBackend::Switch(ports) => ports.get(usize::from(nic)),
+        };
+        let netdev = match port {
             // QEMU >= 7.2: one Ethernet frame per datagram, no header, no host interface.
-            NetBackend::Switch(ports) => match ports.get(usize::from(nic)) {
-                Some(port) => format!(
-                    "dgram,id=net{nic},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                    port.guest.display(),
-                    port.switch.display()
-                ),
-                None => format!("hubport,id=net{nic},hubid={nic}"),
-            },
+            Some(port) => format!(
+                "dgram,id=net{nic},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                port.guest.display(),
+                port.switch.display()
+            ),
+            // A hub of its own per NIC: frames leave and go nowhere. No host interface, no root.
+            None => format!("hubport,id=net{nic},hubid={nic}"),
         };
         push(&["-netdev", &netdev]);
         push(&[

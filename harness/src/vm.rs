@@ -125,9 +125,7 @@ impl VmConfig {
             inner_template: false,
         }
     }
-}
 
-impl VmConfig {
     /// Every NIC's address, `eth0` first.
     pub fn macs(&self) -> Vec<MacAddr> {
         (0..self.nics.max(1)).map(|n| self.mac.of_nic(n)).collect()

@@ -1,7 +1,7 @@
 //! What the scenarios share: the LAN they start from, the seed's way of making children, and
 //! the probes that turn "can A talk to B" into an observation.
 
-use lab_harness::{Assets, Cmd, Guest, Lab, Result, Vm};
+use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, Result, Vm, VmConfig};
 
 use crate::expectations::{REACHABLE, UNREACHABLE};
 use crate::Observed;
@@ -28,6 +28,26 @@ pub(crate) async fn lan_of(assets: &Assets, run: &str, names: &[&str]) -> Result
         (HOST.to_string(), PEER.to_string())
     );
     Ok(lab)
+}
+
+/// Configurations of guests `names`, each with `extras` (packages, modules, memory...). apt may
+/// work for seconds on a cold cache: not on the runtime's threads.
+pub(crate) async fn configs_with(
+    assets: &Assets,
+    names: &[&str],
+    extras: &Extras,
+) -> Result<Vec<VmConfig>> {
+    let what = format!("provisioning {}", extras.packages.join(","));
+    let (assets, extras) = (assets.clone(), extras.clone());
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|name| assets.vm_with(name, &extras))
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::invalid(format!("{what}: {e}"), "run it again"))?
 }
 
 /// Children `mv1`, `mv2` of eth0 in `mode`, in ns1 (.11) and ns2 (.12), as the seed makes them.

@@ -144,14 +144,6 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
 
-/// The kernels scenarios ask for by name (none twice), beside whatever kernel the run uses.
-pub fn kernels() -> Vec<&'static str> {
-    let mut ids: Vec<&'static str> = SCENARIOS.iter().filter_map(|s| s.kernel).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// The names of [`SCENARIOS`], in order.
 pub fn names() -> impl Iterator<Item = &'static str> {
     SCENARIOS.iter().map(|s| s.name)

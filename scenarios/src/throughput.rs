@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use lab_harness::{Assets, Cmd, Error, Extras, Lab, Phase, Result, Vm};
 
+use crate::probe::configs_with;
 use crate::{Observed, NOTE};
 
 /// Seconds of traffic per measurement.
 const SECONDS: u32 = 2;
-/// Every setup is measured this many times, the setups taking turns, and its best run counts:
-/// a host busy with something else for a moment slows one run, not one setup.
+/// Namespace to namespace, the setups are measured together this many times, and each one's
+/// best run counts.
 const ROUNDS: usize = 2;
 /// The kernel's clock ticks per second in /proc/stat (USER_HZ, 100 on x86).
 const USER_HZ: f64 = 100.0;
@@ -110,7 +111,8 @@ const LISTEN: &str = "iperf3 -s -1 -D && for i in $(seq 100); do \
        cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$2 ~ /:1451$/ && $4 == \"0A\" {f=1} END {exit !f}' && exit 0; \
        sleep 0.05; done; echo 'iperf3 never listened on 5201' >&2; exit 1";
 
-/// One iperf3 run: what arrived, and the CPU the sending guest spent meanwhile.
+/// One iperf3 run: what arrived, and the CPU it cost (see [`measure`] and [`measure_together`]
+/// for whose).
 #[derive(Debug, Clone, Copy)]
 struct Run {
     bits_per_second: f64,
@@ -130,7 +132,7 @@ impl Run {
 }
 
 /// Which way the traffic goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
     /// ns1 to ns2 in host1: both ends and everything between in one kernel.
     NsToNs,
@@ -155,22 +157,12 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
         memory_mib: Some(384),
         ..Extras::default()
     };
-    let (host1, peer) = {
-        let assets = assets.clone();
-        let iperf = iperf.clone();
-        // apt may work for seconds on a cold cache: not on the runtime's threads.
-        tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((
-                assets.vm_with("host1", &iperf)?,
-                assets.vm_with("peer", &iperf)?,
-            ))
+    let lab = configs_with(assets, &["host1", "peer"], &iperf)
+        .await?
+        .into_iter()
+        .fold(Lab::builder(assets, "claim-throughput"), |b, cfg| {
+            b.host_config(cfg)
         })
-        .await
-        .map_err(|e| Error::invalid(format!("provisioning iperf3: {e}"), "run it again"))??
-    };
-    let lab = Lab::builder(assets, "claim-throughput")
-        .host_config(host1)
-        .host_config(peer)
         .boot()
         .await?;
     let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
@@ -200,20 +192,18 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
     // Child to peer: eth0 is the uplink of one setup at a time (a macvlan and an ipvlan cannot
     // share a parent, and a bridge port belongs to its bridge). One round: these figures are
     // reported, not judged (the emulated link bounds them all alike).
-    {
-        for setup in Setup::ALL {
-            host1.succeed(setup.script(Some("eth0"))).await?;
-            let ns = setup.ns();
-            host1
-                .wait_until_succeeds(
-                    Cmd::script(format!("ping -c1 -W1 {peer_ip}")).netns(&format!("{ns}1")),
-                    lab_harness::lan::lab::SETTLE,
-                )
-                .await?;
-            let run = measure(peer, None, host1, ns, &peer_ip).await?;
-            runs.push((Path::ChildToPeer, setup, run));
-            host1.succeed(setup.teardown()).await?;
-        }
+    for setup in Setup::ALL {
+        host1.succeed(setup.script(Some("eth0"))).await?;
+        let ns = setup.ns();
+        host1
+            .wait_until_succeeds(
+                Cmd::script(format!("ping -c1 -W1 {peer_ip}")).netns(&format!("{ns}1")),
+                lab_harness::lan::lab::SETTLE,
+            )
+            .await?;
+        let run = measure(peer, None, host1, ns, &peer_ip).await?;
+        runs.push((Path::ChildToPeer, setup, run));
+        host1.succeed(setup.teardown()).await?;
     }
 
     let mut o = Observed::new();
@@ -221,7 +211,7 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
         let of = |setup: Setup| {
             best(
                 runs.iter()
-                    .filter(|(p, s, _)| p.name() == path.name() && *s == setup)
+                    .filter(|(p, s, _)| *p == path && *s == setup)
                     .map(|(_, _, run)| *run),
             )
         };
@@ -243,9 +233,9 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
                 format!("{} CPU per GB, {}", setup.name(), path.name()),
                 format!(
                     "{:.2}x the bridge's ({:.0} against {:.0} CPU-s/GB)",
-                    run.cpu_per_gb() / bridge.cpu_per_gb(),
-                    run.cpu_per_gb(),
-                    bridge.cpu_per_gb()
+                    run.cpu_per_gb / bridge.cpu_per_gb,
+                    run.cpu_per_gb,
+                    bridge.cpu_per_gb
                 ),
             );
         }
@@ -255,13 +245,29 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
     Ok(o)
 }
 
-/// The best of a setup's runs: the most carried, and the least CPU per GB (each from the run
-/// that showed it).
-fn best(runs: impl Iterator<Item = Run>) -> Option<Run> {
-    runs.reduce(|a, b| Run {
+/// The best of a setup's runs.
+#[derive(Debug, Clone, Copy)]
+struct Best {
+    /// The most any run carried.
+    bits_per_second: f64,
+    /// The least CPU per GB any run cost.
+    cpu_per_gb: f64,
+}
+
+impl Best {
+    fn mbits(&self) -> f64 {
+        self.bits_per_second / 1e6
+    }
+}
+
+fn best(runs: impl Iterator<Item = Run>) -> Option<Best> {
+    runs.map(|r| Best {
+        bits_per_second: r.bits_per_second,
+        cpu_per_gb: r.cpu_per_gb(),
+    })
+    .reduce(|a, b| Best {
         bits_per_second: a.bits_per_second.max(b.bits_per_second),
-        bytes: 1e9,
-        cpu_seconds: a.cpu_per_gb().min(b.cpu_per_gb()),
+        cpu_per_gb: a.cpu_per_gb.min(b.cpu_per_gb),
     })
 }
 
@@ -350,17 +356,26 @@ async fn measure_together(vm: &Vm) -> Result<Vec<(Setup, Run)>> {
     Ok(runs)
 }
 
+/// What iperf3's JSON says arrived, with the CPU `cpu_seconds` makes of its `end` section.
+fn received(
+    json: &str,
+    cpu_seconds: impl FnOnce(&serde_json::Value) -> Option<f64>,
+) -> Option<Run> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let end = &v["end"];
+    Some(Run {
+        bits_per_second: end["sum_received"]["bits_per_second"].as_f64()?,
+        bytes: end["sum_received"]["bytes"].as_f64()?,
+        cpu_seconds: cpu_seconds(end)?,
+    })
+}
+
 /// iperf3's JSON, its own CPU figures for its two ends (percent of the run's time each).
 fn parse_own_cpu(json: &str) -> Option<Run> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let received = &v["end"]["sum_received"];
-    let cpu = &v["end"]["cpu_utilization_percent"];
-    let seconds = received["seconds"].as_f64()?;
-    let percent = cpu["host_total"].as_f64()? + cpu["remote_total"].as_f64()?;
-    Some(Run {
-        bits_per_second: received["bits_per_second"].as_f64()?,
-        bytes: received["bytes"].as_f64()?,
-        cpu_seconds: percent / 100.0 * seconds,
+    received(json, |end| {
+        let cpu = &end["cpu_utilization_percent"];
+        let percent = cpu["host_total"].as_f64()? + cpu["remote_total"].as_f64()?;
+        Some(percent / 100.0 * end["sum_received"]["seconds"].as_f64()?)
     })
 }
 
@@ -368,19 +383,16 @@ fn parse_own_cpu(json: &str) -> Option<Run> {
 fn parse(out: &str) -> Option<Run> {
     let (ticks, json) = out.split_once('\n')?;
     let ticks: f64 = ticks.trim().parse().ok()?;
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let received = &v["end"]["sum_received"];
-    Some(Run {
-        bits_per_second: received["bits_per_second"].as_f64()?,
-        bytes: received["bytes"].as_f64()?,
-        cpu_seconds: ticks / USER_HZ,
-    })
+    received(json, |_| Some(ticks / USER_HZ))
 }
 
 /// Every run's figures, and what they are worth.
 fn table(runs: &[(Path, Setup, Run)]) -> String {
-    let mut t =
-        format!("iperf3 {TRAFFIC} -t {SECONDS}, the setups taking turns, {ROUNDS} rounds:\n");
+    let mut t = format!(
+        "iperf3 {TRAFFIC} -t {SECONDS}: ns to ns the three at once ({ROUNDS} rounds, CPU as iperf3 \
+         counts it for both ends), child to peer one after another (CPU as the sending guest's \
+         busy time):\n"
+    );
     for (path, setup, run) in runs {
         let _ = writeln!(
             t,

@@ -6,7 +6,7 @@
 
 use lab_harness::{Assets, Cmd, Extras, Lab, Result, Vm};
 
-use crate::probe::{observed, reach, refusal};
+use crate::probe::{configs_with, observed, reach, refusal};
 use crate::{Observed, NOTE};
 
 /// The kernel of `kernels/kernels.toml` this scenario boots: one with wireless.
@@ -16,12 +16,15 @@ pub const KERNEL: &str = "debian-6.1-generic";
 const AP: &str = "10.0.0.1";
 const STATION: &str = "10.0.0.2";
 
-/// Two radios: phy0 (`wlan0`) is the access point's, phy1 (`wlan1`) moves to netns `sta` and
-/// joins it. hostapd's open network needs no wpa_supplicant: `iw connect` is enough.
-const RADIOS: &str = r#"ip netns add sta && iw phy phy1 set netns name sta
+/// Two radios: phy0 (`wlan0`) is the access point's ([`AP`]), phy1 (`wlan1`) moves to netns
+/// `sta` and joins it ([`STATION`]). hostapd's open network needs no wpa_supplicant: `iw
+/// connect` is enough.
+fn radios() -> String {
+    format!(
+        r#"ip netns add sta && iw phy phy1 set netns name sta
 printf 'interface=wlan0\ndriver=nl80211\nssid=lab\nhw_mode=g\nchannel=1\n' > /tmp/hostapd.conf
-hostapd -B -P /run/hostapd.pid /tmp/hostapd.conf >/tmp/hostapd.log || { cat /tmp/hostapd.log >&2; exit 1; }
-ip addr add 10.0.0.1/24 dev wlan0
+hostapd -B -P /run/hostapd.pid /tmp/hostapd.conf >/tmp/hostapd.log || {{ cat /tmp/hostapd.log >&2; exit 1; }}
+ip addr add {AP}/24 dev wlan0
 ip -n sta link set wlan1 up
 # Joining takes a scan first: ask again every 2 s until the link says so, for 30 s at most.
 for i in $(seq 120); do
@@ -29,8 +32,10 @@ for i in $(seq 120); do
   ip netns exec sta iw dev wlan1 link | grep -q '^Connected' && break
   sleep 0.25
 done
-ip netns exec sta iw dev wlan1 link | grep -q '^Connected' || { echo 'wlan1 never joined the access point' >&2; exit 1; }
-ip -n sta addr add 10.0.0.2/24 dev wlan1"#;
+ip netns exec sta iw dev wlan1 link | grep -q '^Connected' || {{ echo 'wlan1 never joined the access point' >&2; exit 1; }}
+ip -n sta addr add {STATION}/24 dev wlan1"#
+    )
+}
 
 pub(crate) async fn wifi(assets: &Assets) -> Result<Observed> {
     let radio = Extras {
@@ -40,25 +45,14 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed> {
         memory_mib: Some(512),
         ..Extras::default()
     };
-    let host1 = {
-        let assets = assets.clone();
-        // apt may work for seconds on a cold cache: not on the runtime's threads.
-        tokio::task::spawn_blocking(move || assets.vm_with("host1", &radio))
-            .await
-            .map_err(|e| {
-                lab_harness::Error::invalid(
-                    format!("provisioning iw and hostapd: {e}"),
-                    "run it again",
-                )
-            })??
-    };
+    let mut configs = configs_with(assets, &["host1"], &radio).await?;
     let lab = Lab::builder(assets, "claim-wifi")
-        .host_config(host1)
+        .host_config(configs.remove(0))
         .boot()
         .await?;
     let host1 = lab.vm("host1");
     host1
-        .succeed(Cmd::script(RADIOS).timeout(std::time::Duration::from_secs(90)))
+        .succeed(Cmd::script(radios()).timeout(std::time::Duration::from_secs(90)))
         .await?;
     let link = host1
         .succeed("ip netns exec sta iw dev wlan1 link | head -3")

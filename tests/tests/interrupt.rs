@@ -4,7 +4,6 @@
 //! their QEMUs go by `PR_SET_PDEATHSIG`, and their directories by their dead owner.
 
 use std::io::BufRead;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,15 +33,6 @@ async fn a_guest_runs_a_command_to_its_end() {
         .check();
     assert_eq!(out, "running\ndone\n");
     vm.shutdown().await.check();
-}
-
-fn qemus_in(tmp: &Path) -> Vec<String> {
-    let needle = tmp.display().to_string();
-    lab_harness::host::qemu_processes()
-        .into_iter()
-        .filter(|q| q.cmdline.contains(&needle))
-        .map(|q| q.cmdline)
-        .collect()
 }
 
 /// SIGINT, SIGTERM or SIGKILL to this test binary running the test above, mid-boot or
@@ -108,10 +98,10 @@ fn a_test_binary_killed_mid_boot_or_mid_command_leaves_nothing_once_swept() {
         );
         assert!(!status.success(), "{what}: the victim was not killed");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !qemus_in(tmp.path()).is_empty() && Instant::now() < deadline {
+        while !lab_harness::host::qemus_in(tmp.path()).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let qemus = qemus_in(tmp.path());
+        let qemus = lab_harness::host::qemus_in(tmp.path());
         assert!(
             qemus.is_empty(),
             "{what}: QEMU outlived its test: {qemus:?}"

@@ -30,12 +30,7 @@ pub fn leftovers(tmp: &Path) -> (Vec<String>, Vec<String>) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("macvlan-lab-"))
         .collect();
-    let needle = tmp.display().to_string();
-    let qemus = lab_harness::host::qemu_processes()
-        .into_iter()
-        .filter(|q| q.cmdline.contains(&needle))
-        .map(|q| q.cmdline)
-        .collect();
+    let qemus = lab_harness::host::qemus_in(tmp);
     (dirs, qemus)
 }
 
