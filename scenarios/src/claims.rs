@@ -53,43 +53,40 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
     Ok(o)
 }
 
-/// Adds bridge-mode children to eth0 one at a time until QEMU reports the NIC's unicast table
-/// overflowing (virtio-net holds 64 entries), then checks the child that overflowed it still works.
+/// Adds bridge-mode children to eth0 until QEMU reports the NIC's unicast table overflowing
+/// (virtio-net holds 64 entries), then checks the child that overflowed it still works.
+///
+/// Children come in batches of [`BATCH`] (one `ip -batch` each) until a batch overflows the
+/// table; that batch is taken away again and its children are added one at a time, so the child
+/// that overflows the table is still found exactly. One at a time from the first, the scenario
+/// took 10.4 CPU-s (of the lab's ~115); this way 3.2.
 pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     const MOST: u32 = 100;
+    const BATCH: u32 = 8;
     let lab = lan(assets, "claim-nic-mac-limit").await?;
     let host1 = lab.vm("host1");
+    let mut children = 0;
+    let mut batch = BATCH;
     let mut overflowed_at = None;
-    for n in 1..=MOST {
-        host1
-            .succeed(format!(
-                "ip link add link eth0 name c{n} type macvlan mode bridge && ip link set c{n} up"
-            ))
-            .await?;
-        // Newer kernels program the filter from a work item: wait until it shows this child.
-        let shows_it =
-            |f: &lab_harness::RxFilter| f.unicast_overflow || f.unicast_table.len() >= n as usize;
-        let rx_filter = || async {
-            host1
-                .qmp()
-                .rx_filter()
-                .await
-                .map_err(|e| Error::qmp("host1", &e))
-        };
-        let waited = lab_harness::wait::try_until(
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-            || async { Ok::<_, Error>(Some(rx_filter().await?).filter(|f| shows_it(f))) },
-        )
-        .await?;
-        // Not shown in time: judge what the filter says now.
-        let filter = match waited {
-            Some(f) => f,
-            None => rx_filter().await?,
-        };
-        if filter.unicast_overflow {
-            overflowed_at = Some((n, filter));
+    while children < MOST {
+        let last = (children + batch).min(MOST);
+        host1.succeed(add_children(children + 1..=last)).await?;
+        let filter = rx_filter_showing(host1, last, true).await?;
+        if !filter.unicast_overflow {
+            children = last;
+        } else if last == children + 1 {
+            overflowed_at = Some((last, filter));
             break;
+        } else {
+            // Somewhere in this batch: take it away, and go on one at a time.
+            host1
+                .succeed(format!(
+                    "for i in $(seq {} {last}); do ip link delete c$i; done",
+                    children + 1
+                ))
+                .await?;
+            rx_filter_showing(host1, children, false).await?;
+            batch = 1;
         }
     }
     let mut o = Observed::new();
@@ -120,6 +117,47 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     );
     lab.shutdown().await?;
     Ok(o)
+}
+
+/// One `ip -batch` that adds bridge-mode children `c<i>` of eth0 and sets them up.
+fn add_children(range: std::ops::RangeInclusive<u32>) -> String {
+    let lines: String = range
+        .map(|i| {
+            format!("link add link eth0 name c{i} type macvlan mode bridge\nlink set c{i} up\n")
+        })
+        .collect();
+    format!("ip -batch - <<'EOF'\n{lines}EOF")
+}
+
+/// QEMU's view of host1's NIC filter once it shows `children` children (or, with
+/// `or_overflow`, has overflowed): newer kernels program the filter from a work item, so it may
+/// lag the last `ip` command. Not shown within 5 s, what the filter says then.
+async fn rx_filter_showing(
+    host1: &Vm,
+    children: u32,
+    or_overflow: bool,
+) -> Result<lab_harness::RxFilter> {
+    let shows = |f: &lab_harness::RxFilter| {
+        (or_overflow && f.unicast_overflow)
+            || (!f.unicast_overflow && f.unicast_table.len() == children as usize)
+    };
+    let rx_filter = || async {
+        host1
+            .qmp()
+            .rx_filter()
+            .await
+            .map_err(|e| Error::qmp("host1", &e))
+    };
+    let waited = lab_harness::wait::try_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { Ok::<_, Error>(Some(rx_filter().await?).filter(|f| shows(f))) },
+    )
+    .await?;
+    match waited {
+        Some(f) => Ok(f),
+        None => rx_filter().await,
+    }
 }
 
 /// With the switch port capped at 2 MACs (eth0's and one more), three macvlan children compete
