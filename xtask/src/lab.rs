@@ -294,6 +294,9 @@ fn write_reports(report: &lab_scenarios::Report, assets: &Assets) -> anyhow::Res
         &crate::lab_dir().join(format!("report-{}.json", assets.kernel.id)),
         &json,
     )?;
+    // And with the run's captures and consoles, which are kept after the next run replaces
+    // report.json: a kept run says what it found, not only what it saw.
+    lab_rootfs::layers::write_atomically(&assets.runs.dir.join("report.json"), &json)?;
     // One test case per check, for CI systems to show.
     let junit = lab_scenarios::junit::junit(report);
     let junit_path = crate::lab_dir().join("junit.xml");
@@ -447,7 +450,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         path.display()
     );
     crate::ui::status!(
-        "lab: captures, consoles and summaries of each scenario are in {}",
+        "lab: captures, consoles and summaries of each scenario (and the report) are in {}",
         crate::runs::shown(&assets.runs).display()
     );
     let leaks = crate::leaks::Snapshot::take().leaked_since(&before);

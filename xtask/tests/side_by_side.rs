@@ -29,6 +29,19 @@ fn two_lab_runs_at_once_both_pass_and_leave_nothing() {
         report["scenarios"].as_array().is_some_and(|s| s.len() == 1),
         "one run's report: {report}"
     );
+    // Each run keeps its own report beside its captures, whichever wrote report.json last.
+    let kept: Vec<String> = std::fs::read_dir(lab_dir().join("runs"))
+        .expect("runs")
+        .filter_map(|run| std::fs::read(run.ok()?.path().join("report.json")).ok())
+        .filter_map(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .filter_map(|r| Some(r["scenarios"].get(0)?["name"].as_str()?.to_string()))
+        .collect();
+    for name in ["seed/containers", "claim/promisc"] {
+        assert!(
+            kept.iter().any(|k| k == name),
+            "a kept run's report.json of {name}, among {kept:?}"
+        );
+    }
     // What built the guests, to reproduce a result: the image and each package's exact version.
     let packages: Vec<&str> = report["packages"]
         .as_array()
