@@ -6,10 +6,11 @@ use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Cmd, Error, PortPolicy, Result, Vm};
 
 use crate::expectations::REACHABLE;
+use crate::expectations::{ClaimNicMacLimit, ClaimPromisc, ClaimSwitchMacLimit};
 use crate::probe::{children, children_of, json_field, lan, observed, reach, refusal, PEER};
 use crate::Observed;
 
-pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
     let lab = lan(assets, "claim-promisc").await?;
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc off").await?;
@@ -38,14 +39,14 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
         .all(|m| filter.unicast_table.iter().any(|u| u == m));
     // What the claim turns on, each seen for itself; the table judges them together.
     let o = observed([
-        ("bridge children reach peer with promisc off", reached),
+        (ClaimPromisc::BridgeChildrenReachPeerWithPromiscOff, reached),
         (
-            "children's MACs in the NIC's unicast filter",
+            ClaimPromisc::ChildrensMacsInTheNicsUnicastFilter,
             if present { "present" } else { "absent" }.to_string(),
         ),
-        ("eth0's promiscuity counter", promiscuity),
+        (ClaimPromisc::Eth0sPromiscuityCounter, promiscuity),
         (
-            "promiscuous mode as QEMU's NIC sees it",
+            ClaimPromisc::PromiscuousModeAsQemusNicSeesIt,
             if filter.promiscuous { "on" } else { "off" }.to_string(),
         ),
     ]);
@@ -60,7 +61,7 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed> {
 /// table; that batch is taken away again and its children are added one at a time, so the child
 /// that overflows the table is still found exactly. One at a time from the first, the scenario
 /// took 10.4 CPU-s (of the lab's ~115); this way 3.2.
-pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed<ClaimNicMacLimit>> {
     const MOST: u32 = 100;
     const BATCH: u32 = 8;
     let lab = lan(assets, "claim-nic-mac-limit").await?;
@@ -92,18 +93,18 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     let mut o = Observed::new();
     let Some((n, filter)) = overflowed_at else {
         o.insert(
-            "children when the unicast table overflows".into(),
+            ClaimNicMacLimit::ChildrenWhenTheUnicastTableOverflows,
             format!("no overflow with {MOST}"),
         );
         lab.shutdown().await?;
         return Ok(o);
     };
     o.insert(
-        "children when the unicast table overflows".into(),
+        ClaimNicMacLimit::ChildrenWhenTheUnicastTableOverflows,
         format!("{n} (the table holds {})", n - 1),
     );
     o.insert(
-        "unicast filter after the overflow".into(),
+        ClaimNicMacLimit::UnicastFilterAfterTheOverflow,
         if filter.unicast_table.is_empty() {
             "off: every unicast frame is taken".into()
         } else {
@@ -112,7 +113,7 @@ pub(crate) async fn nic_mac_limit(assets: &Assets) -> Result<Observed> {
     );
     host1.succeed(format!("ip netns add ns1 && ip link set c{n} netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev c{n} && ip -n ns1 link set c{n} up")).await?;
     o.insert(
-        "the child that overflowed it -> peer".into(),
+        ClaimNicMacLimit::TheChildThatOverflowedItToPeer,
         reach(host1, Some("ns1"), PEER).await?,
     );
     lab.shutdown().await?;
@@ -162,7 +163,7 @@ async fn rx_filter_showing(
 
 /// With the switch port capped at 2 MACs (eth0's and one more), three macvlan children compete
 /// for one slot; three ipvlan children share eth0's MAC and need none.
-pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSwitchMacLimit>> {
     let lab = lan(assets, "claim-switch-mac-limit").await?;
     let host1 = lab.vm("host1");
     lab.set_policy(
@@ -184,11 +185,11 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
         .succeed(children_of("macvlan", "bridge", "mv", 3))
         .await?;
     o.insert(
-        "macvlan children reaching peer, cap of 2 MACs".into(),
+        ClaimSwitchMacLimit::MacvlanChildrenReachingPeerCapOf2Macs,
         format!("{} of 3", count_reaching(host1).await?),
     );
     o.insert(
-        "ipvlan beside macvlan on one parent".into(),
+        ClaimSwitchMacLimit::IpvlanBesideMacvlanOnOneParent,
         refusal(host1, "ip link add link eth0 name iv9 type ipvlan mode l2").await?,
     );
     // Once the namespaces' macvlans are really gone (see `passthru`), eth0 takes ipvlans.
@@ -203,7 +204,7 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed> {
         .await?;
     host1.succeed(children_of("ipvlan", "l2", "iv", 3)).await?;
     o.insert(
-        "ipvlan children reaching peer, same cap".into(),
+        ClaimSwitchMacLimit::IpvlanChildrenReachingPeerSameCap,
         format!("{} of 3", count_reaching(host1).await?),
     );
     lab.shutdown().await?;

@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use lab_harness::Assets;
 use serde::Serialize;
 
+use expectations::{Checks, Expect, Table};
+
 /// One check of a scenario, as the report shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -71,33 +73,102 @@ pub struct Report {
     pub packages: Vec<String>,
 }
 
-/// What a scenario saw: check name -> observation. Keys starting with [`NOTE`] are not checks
-/// but something to show with the report (a listing, say).
-pub type Observed = BTreeMap<String, String>;
+/// What a scenario's experiment saw: an observation per check it looked at (`K`, the enum of
+/// its checks in [`expectations`]), and notes to show beside them (a listing, say).
+#[derive(Debug)]
+pub struct Observed<K> {
+    checks: BTreeMap<K, String>,
+    notes: BTreeMap<String, String>,
+}
 
-/// Prefix of [`Observed`] keys that are notes, not checks.
-pub const NOTE: &str = "note: ";
+impl<K: Checks> Default for Observed<K> {
+    fn default() -> Self {
+        Self {
+            checks: BTreeMap::new(),
+            notes: BTreeMap::new(),
+        }
+    }
+}
 
-/// Runs scenario `name` in fresh guests and judges it against the expectation table.
+impl<K: Checks> Observed<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, check: K, observation: impl Into<String>) {
+        self.checks.insert(check, observation.into());
+    }
+
+    /// Something to show with the report under `title`; no check.
+    pub fn note(&mut self, title: impl Into<String>, text: impl Into<String>) {
+        self.notes.insert(title.into(), text.into());
+    }
+
+    /// Names each observation as `table` names its check. An observation the table does not
+    /// judge (`None`: possible only where scenarios share an enum) is kept aside, and fails
+    /// the scenario: it is a check with nothing to compare against.
+    fn labelled(self, table: Table<K>) -> Seen {
+        let mut seen = Seen {
+            notes: self.notes,
+            ..Seen::default()
+        };
+        for (check, observation) in self.checks {
+            match table(check) {
+                Some(e) => {
+                    seen.checks.insert(e.check, observation);
+                }
+                None => seen.unjudged.push(format!("{check:?} = {observation:?}")),
+            }
+        }
+        seen
+    }
+}
+
+impl<K: Checks> FromIterator<(K, String)> for Observed<K> {
+    fn from_iter<I: IntoIterator<Item = (K, String)>>(pairs: I) -> Self {
+        let mut o = Self::new();
+        for (check, observation) in pairs {
+            o.insert(check, observation);
+        }
+        o
+    }
+}
+
+/// Observations under their checks' names, as the report and [`expectations::Expect`] see them.
+pub type Labelled = BTreeMap<&'static str, String>;
+
+/// What a scenario saw, named by its table: what [`scenarios::Scenario::run`] returns.
+#[derive(Debug, Default)]
+pub struct Seen {
+    checks: Labelled,
+    notes: BTreeMap<String, String>,
+    /// Observations of checks the scenario's table does not judge.
+    unjudged: Vec<String>,
+}
+
+/// Runs scenario `name` in fresh guests and judges it against its table of expectations.
 pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
     let started = std::time::Instant::now();
     let result = scenarios::run(name, assets).await;
     let took = started.elapsed();
-    let (observed, error) = match result {
-        Ok(o) => (o, None),
-        Err(e) => (Observed::new(), Some(e.to_string())),
+    let (seen, error) = match result {
+        Ok(seen) => (seen, None),
+        Err(e) => (Seen::default(), Some(e.to_string())),
     };
-    let observed_all = &observed;
-    let checks: Vec<Check> = expectations::for_scenario(name)
+    let checks: Vec<Check> = scenarios::find(name)
+        .map(|s| (s.checks)())
+        .unwrap_or_default()
+        .into_iter()
         .map(|e| {
-            let observed = observed
+            let observed = seen
+                .checks
                 .get(e.check)
                 .cloned()
                 .unwrap_or_else(|| "not observed".into());
             let pass = match e.expected {
                 // A fact reported by a scenario that broke off is not a fact.
-                expectations::Expect::Reported => error.is_none() && observed != "not observed",
-                expected => expected.admits(&observed, observed_all),
+                Expect::Reported => error.is_none() && observed != "not observed",
+                expected => expected.admits(&observed, &seen.checks),
             };
             Check {
                 name: e.check.into(),
@@ -108,21 +179,10 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
             }
         })
         .collect();
-    let notes = observed
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(NOTE)?.to_string(), v.clone())))
-        .collect();
-    // An observation no expectation checks is a check with nothing to compare against: a
-    // typo of a check's name, or an expectation forgotten.
-    let unchecked: Vec<String> = observed
-        .iter()
-        .filter(|(k, _)| !k.starts_with(NOTE) && !checks.iter().any(|c| &c.name == *k))
-        .map(|(k, v)| format!("{k:?} = {v:?}"))
-        .collect();
-    let error = match (error, unchecked.is_empty()) {
+    let error = match (error, seen.unjudged.is_empty()) {
         (None, false) => Some(format!(
-            "observed {}, which no expectation of {name} checks: add them to scenarios/src/expectations.rs",
-            unchecked.join(", ")
+            "observed {}, which {name} does not judge: give it an expectation in scenarios/src/expectations.rs",
+            seen.unjudged.join(", ")
         )),
         (error, _) => error,
     };
@@ -131,7 +191,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         name: name.into(),
         passed,
         checks,
-        notes,
+        notes: seen.notes,
         error,
         took,
     }

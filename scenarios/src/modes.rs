@@ -4,69 +4,55 @@ use lab_harness::lan::capture::{icmp_type, macs, read_frames};
 use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result};
 
+use crate::expectations::{Ipvlan, Mode, ModePassthru, ModeSource};
 use crate::probe::{
     arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, HOST, PEER,
 };
 use crate::Observed;
 
 /// Bridge, private or VEPA children mv1 (ns1, .11) and mv2 (ns2, .12): what reaches what, by
-/// unicast (ping) and by broadcast (an ARP request), with the switch's hairpin off and then on.
-pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
+/// unicast (ping) and by broadcast (an ARP request), with the switch's hairpin off and then
+/// (not for bridge, whose siblings meet inside the kernel) on.
+pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> {
     let lab = lan(assets, &format!("mode-{mode}")).await?;
     let host1 = lab.vm("host1");
     host1.succeed(children(mode)).await?;
     let sibling = || reach(host1, Some("ns2"), "192.168.88.11");
     let arp_sibling = || arp(host1, "ns2", "mv2", "192.168.88.11");
-    // Names say "hairpin off" only where the scenario also tries it on.
-    let off = if mode == "bridge" {
-        ""
-    } else {
-        ", hairpin off"
-    };
     let mut o = Observed::new();
-    o.insert(
-        "child -> peer".into(),
-        reach(host1, Some("ns1"), PEER).await?,
-    );
-    o.insert(
-        "ARP broadcast -> peer".into(),
-        arp(host1, "ns1", "mv1", PEER).await?,
-    );
+    o.insert(Mode::ChildToPeer, reach(host1, Some("ns1"), PEER).await?);
+    o.insert(Mode::ArpToPeer, arp(host1, "ns1", "mv1", PEER).await?);
     // ns2 must be known to the switch too before siblings are tried.
     let _ = reach(host1, Some("ns2"), PEER).await?;
-    o.insert(
-        format!("child -> host{off}"),
-        reach(host1, Some("ns1"), HOST).await?,
-    );
-    o.insert(format!("sibling{off}"), sibling().await?);
-    o.insert(
-        format!("ARP broadcast -> sibling{off}"),
-        arp_sibling().await?,
-    );
+    o.insert(Mode::ChildToHost, reach(host1, Some("ns1"), HOST).await?);
+    o.insert(Mode::Sibling, sibling().await?);
+    o.insert(Mode::ArpToSibling, arp_sibling().await?);
     if mode != "bridge" {
         lab.set_policy("host1", PortPolicy::HAIRPIN);
         o.insert(
-            "child -> host, hairpin on".into(),
+            Mode::ChildToHostHairpinOn,
             reach(host1, Some("ns1"), HOST).await?,
         );
-        o.insert("sibling, hairpin on".into(), sibling().await?);
-        o.insert(
-            "ARP broadcast -> sibling, hairpin on".into(),
-            arp_sibling().await?,
-        );
+        o.insert(Mode::SiblingHairpinOn, sibling().await?);
+        o.insert(Mode::ArpToSiblingHairpinOn, arp_sibling().await?);
     }
     match mode {
         "vepa" => {
+            let (through_the_switch, on_the_cable) = crossings(&lab, "host1").await?;
             o.insert(
-                "sibling echo requests on host1's cable".into(),
-                crossings(&lab, "host1").await?,
+                Mode::SiblingEchoRequestsAtTheSwitch,
+                through_the_switch.to_string(),
+            );
+            o.insert(
+                Mode::SiblingEchoRequestsOnTheCable,
+                on_the_cable.to_string(),
             );
             host1
                 .succeed("ip link add link eth0 name plain type macvlan")
                 .await?;
             let detail = host1.succeed("ip -d -j link show plain").await?;
             o.insert(
-                "default mode".into(),
+                Mode::DefaultMode,
                 json_field(&detail, "mode").unwrap_or_else(|| "unknown".into()),
             );
         }
@@ -81,10 +67,7 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
                     "ip -n ns2 neigh replace 192.168.88.11 lladdr {mac1} dev mv2 && ip -n ns1 neigh replace 192.168.88.12 lladdr {mac2} dev mv1"
                 ))
                 .await?;
-            o.insert(
-                "sibling, hairpin on, static neighbours".into(),
-                sibling().await?,
-            );
+            o.insert(Mode::SiblingStaticNeighbours, sibling().await?);
         }
         _ => {}
     }
@@ -92,9 +75,10 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed> {
     Ok(o)
 }
 
-/// How often each echo request from mv2 (ns2) to mv1 (ns1) crossed `name`'s cable: a VEPA
-/// child's frame to its sibling goes out to the switch and, with hairpin, comes back.
-async fn crossings(lab: &Lab, name: &str) -> Result<String> {
+/// The echo requests from mv2 (ns2) to mv1 (ns1) as the switch took them in, and as `name`'s
+/// cable carried them (both ways): a VEPA child's frame to its sibling goes out to the switch
+/// and, with hairpin, comes back.
+async fn crossings(lab: &Lab, name: &str) -> Result<(usize, usize)> {
     let host = lab.vm(name);
     let (mv1, mv2) = (
         mac_of(host, Some("ns1"), "mv1").await?,
@@ -110,26 +94,23 @@ async fn crossings(lab: &Lab, name: &str) -> Result<String> {
             })
             .count()
     };
-    let sent = sibling_requests(&lab.capture());
-    let on_cable = sibling_requests(&lab.port_capture(name));
-    Ok(if sent > 0 && on_cable == 2 * sent {
-        "twice each (out and back)".into()
-    } else {
-        format!("{on_cable} on the cable for {sent} sent")
-    })
+    Ok((
+        sibling_requests(&lab.capture()),
+        sibling_requests(&lab.port_capture(name)),
+    ))
 }
 
-pub(crate) async fn passthru(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn passthru(assets: &Assets) -> Result<Observed<ModePassthru>> {
     let lab = lan(assets, "mode-passthru").await?;
     let host1 = lab.vm("host1");
     let mut o = Observed::new();
     host1
         .succeed("ip link add link eth0 name pt type macvlan mode passthru")
         .await?;
-    o.insert("child's MAC".into(), mac_of(host1, None, "pt").await?);
-    o.insert("eth0's MAC".into(), mac_of(host1, None, "eth0").await?);
+    o.insert(ModePassthru::ChildsMac, mac_of(host1, None, "pt").await?);
+    o.insert(ModePassthru::Eth0sMac, mac_of(host1, None, "eth0").await?);
     o.insert(
-        "a second macvlan beside it".into(),
+        ModePassthru::ASecondMacvlanBesideIt,
         refusal(
             host1,
             "ip link add link eth0 name mv9 type macvlan mode bridge",
@@ -139,11 +120,11 @@ pub(crate) async fn passthru(assets: &Assets) -> Result<Observed> {
     host1.succeed("ip netns add ns1 && ip link set pt netns ns1 && ip -n ns1 addr add 192.168.88.11/24 dev pt && ip -n ns1 link set pt up").await?;
     let detail = host1.succeed("ip -d -j link show eth0").await?;
     o.insert(
-        "eth0 promiscuity once the child is up".into(),
+        ModePassthru::Eth0PromiscuityOnceTheChildIsUp,
         json_field(&detail, "promiscuity").unwrap_or_else(|| "?".into()),
     );
     o.insert(
-        "child -> peer".into(),
+        ModePassthru::ChildToPeer,
         reach(host1, Some("ns1"), PEER).await?,
     );
     // The other order: a child first, then passthru beside it.
@@ -157,7 +138,7 @@ pub(crate) async fn passthru(assets: &Assets) -> Result<Observed> {
         )
         .await?;
     o.insert(
-        "passthru beside an existing child".into(),
+        ModePassthru::PassthruBesideAnExistingChild,
         refusal(
             host1,
             "ip link add link eth0 name pt type macvlan mode passthru",
@@ -169,7 +150,7 @@ pub(crate) async fn passthru(assets: &Assets) -> Result<Observed> {
 }
 
 /// A source-mode child takes frames by their source MAC: `peer` is listed, `other` is not.
-pub(crate) async fn source(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn source(assets: &Assets) -> Result<Observed<ModeSource>> {
     let lab = lan_of(assets, "mode-source", &["host1", "peer", "other"]).await?;
     let host1 = lab.vm("host1");
     let (peer, other) = (lab.vm("peer").mac().to_string(), lab.ip("other"));
@@ -183,69 +164,60 @@ pub(crate) async fn source(assets: &Assets) -> Result<Observed> {
     let macaddr = |op: &str| format!("ip -n ns1 link set dev src0 type macvlan macaddr {op}");
     let mut o = Observed::new();
     o.insert(
-        "child <-> peer (MAC listed)".into(),
+        ModeSource::ChildAndPeerMacListed,
         reach(host1, Some("ns1"), PEER).await?,
     );
     o.insert(
-        "child <-> other (MAC not listed)".into(),
+        ModeSource::ChildAndOtherMacNotListed,
         reach(host1, Some("ns1"), &other).await?,
     );
     host1.succeed(macaddr(&format!("del {peer}"))).await?;
     o.insert(
-        "child <-> peer after `macaddr del`".into(),
+        ModeSource::ChildAndPeerAfterMacaddrDel,
         reach(host1, Some("ns1"), PEER).await?,
     );
     host1.succeed(macaddr(&format!("add {peer}"))).await?;
     o.insert(
-        "child <-> peer after `macaddr add` again".into(),
+        ModeSource::ChildAndPeerAfterMacaddrAddAgain,
         reach(host1, Some("ns1"), PEER).await?,
     );
     host1.succeed(macaddr("flush")).await?;
     o.insert(
-        "child <-> peer after `macaddr flush`".into(),
+        ModeSource::ChildAndPeerAfterMacaddrFlush,
         reach(host1, Some("ns1"), PEER).await?,
     );
     lab.shutdown().await?;
     Ok(o)
 }
 
-pub(crate) async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed> {
+pub(crate) async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed<Ipvlan>> {
     let lab = lan(assets, &format!("ipvlan-{mode}")).await?;
     let host1 = lab.vm("host1");
     host1.succeed(children_of("ipvlan", mode, "iv", 2)).await?;
     let mut o = Observed::new();
+    o.insert(Ipvlan::ChildToPeer, reach(host1, Some("ns1"), PEER).await?);
     o.insert(
-        "child -> peer".into(),
-        reach(host1, Some("ns1"), PEER).await?,
-    );
-    o.insert(
-        "sibling".into(),
+        Ipvlan::Sibling,
         reach(host1, Some("ns2"), "192.168.88.11").await?,
     );
+    o.insert(Ipvlan::ChildToHost, reach(host1, Some("ns1"), HOST).await?);
     o.insert(
-        "child -> host".into(),
-        reach(host1, Some("ns1"), HOST).await?,
-    );
-    o.insert(
-        "children's MAC".into(),
+        Ipvlan::ChildrensMac,
         mac_of(host1, Some("ns1"), "iv1").await?,
     );
-    o.insert("eth0's MAC".into(), mac_of(host1, None, "eth0").await?);
+    o.insert(Ipvlan::Eth0sMac, mac_of(host1, None, "eth0").await?);
     let flags = host1
         .succeed(Cmd::script("ip -j link show iv1").netns("ns1"))
         .await?;
     let noarp = flags.contains("\"NOARP\"");
-    o.insert(
-        "child's link flags".into(),
-        if noarp { "NOARP".into() } else { "ARP".into() },
-    );
+    o.insert(Ipvlan::ChildsLinkFlags, if noarp { "NOARP" } else { "ARP" });
     if mode == "l3" {
         // Nobody answers ARP for an l3 child: the LAN must route to it through its host.
         lab.vm("peer")
             .succeed(format!("ip route add 192.168.88.11/32 via {HOST}"))
             .await?;
         o.insert(
-            "child -> peer, peer routing via host1".into(),
+            Ipvlan::ChildToPeerRoutedViaHost1,
             reach(host1, Some("ns1"), PEER).await?,
         );
     }

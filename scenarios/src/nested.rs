@@ -5,8 +5,11 @@ use lab_harness::lan::lab::SETTLE;
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
 
+use crate::expectations::{
+    NestedBond0, NestedCleanup, NestedMacvtapBridge, NestedMacvtapPassthru, NestedMacvtapVepa,
+};
 use crate::probe::{children_on, json_field, none_or, observed, reach, refusal};
-use crate::{Observed, NOTE};
+use crate::Observed;
 
 /// The seed's addresses for the VMs.
 const VM1: &str = "192.168.88.21";
@@ -36,7 +39,7 @@ async fn nest_and_peer(assets: &Assets, name: &str, inner_vms: u32) -> Result<La
 }
 
 /// vm1 on host1 and vm2 on host2, both macvtap bridge mode; `peer` is the rest of the LAN.
-pub async fn bridge(assets: &Assets) -> Result<Observed> {
+pub async fn bridge(assets: &Assets) -> Result<Observed<NestedMacvtapBridge>> {
     let lab = Lab::builder(assets, "nested-macvtap-bridge")
         .host_config(assets.nest_vm("host1", 1)?)
         .host_config(assets.nest_vm("host2", 1)?)
@@ -58,24 +61,36 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
     );
     let mut o = observed([
         (
-            "vm2 (on host2) -> vm1 (on host1)",
+            NestedMacvtapBridge::Vm2OnHost2ToVm1OnHost1,
             reach(&vm2, None, VM1).await?,
         ),
-        ("host1 -> its own vm1", reach(host1, None, VM1).await?),
-        ("peer -> vm1", reach(peer, None, VM1).await?),
-        ("peer -> vm2", reach(peer, None, VM2).await?),
-        ("domiflist of vm1", listing),
-        ("domiflist MAC of vm1", row.mac.clone()),
-        ("vm1's MAC, from inside", inside.trim().to_string()),
-        ("inner accelerator", accel_note(&vm1)),
+        (
+            NestedMacvtapBridge::Host1ToItsOwnVm1,
+            reach(host1, None, VM1).await?,
+        ),
+        (
+            NestedMacvtapBridge::PeerToVm1,
+            reach(peer, None, VM1).await?,
+        ),
+        (
+            NestedMacvtapBridge::PeerToVm2,
+            reach(peer, None, VM2).await?,
+        ),
+        (NestedMacvtapBridge::DomiflistOfVm1, listing),
+        (NestedMacvtapBridge::DomiflistMacOfVm1, row.mac.clone()),
+        (
+            NestedMacvtapBridge::Vm1sMacFromInside,
+            inside.trim().to_string(),
+        ),
+        (NestedMacvtapBridge::InnerAccelerator, accel_note(&vm1)),
     ]);
     let listings = [
         ("host1", domiflist(&[&vm1]).await?),
         ("host2", domiflist(&[&vm2]).await?),
     ];
     for (host, rows) in listings {
-        o.insert(
-            format!("{NOTE}virsh domiflist on {host}"),
+        o.note(
+            format!("virsh domiflist on {host}"),
             lab_harness::nest::format_domiflist(&rows),
         );
     }
@@ -87,7 +102,7 @@ pub async fn bridge(assets: &Assets) -> Result<Observed> {
 
 /// Two VMs on host1, both on macvtaps in VEPA mode (virt-install's default): their frames to each
 /// other leave through eth0, so only a hairpinning switch brings them back.
-pub async fn vepa(assets: &Assets) -> Result<Observed> {
+pub async fn vepa(assets: &Assets) -> Result<Observed<NestedMacvtapVepa>> {
     let lab = nest_and_peer(assets, "nested-macvtap-vepa", 2).await?;
     let host1 = lab.vm("host1");
     let (vm1, vm2) = tokio::try_join!(
@@ -100,9 +115,9 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
     lab.set_policy("host1", PortPolicy::HAIRPIN);
     let on = reach(&vm2, None, VM1).await?;
     let o = observed([
-        ("vm2 -> vm1 on one host, hairpin off", off),
-        ("vm2 -> vm1 on one host, hairpin on", on),
-        ("vm1 -> peer", to_peer),
+        (NestedMacvtapVepa::Vm2ToVm1OnOneHostHairpinOff, off),
+        (NestedMacvtapVepa::Vm2ToVm1OnOneHostHairpinOn, on),
+        (NestedMacvtapVepa::Vm1ToPeer, to_peer),
     ]);
     vm1.stop().await?;
     vm2.stop().await?;
@@ -111,7 +126,7 @@ pub async fn vepa(assets: &Assets) -> Result<Observed> {
 }
 
 /// `virsh destroy` as stopping the VM: nothing of it stays on its host.
-pub async fn cleanup(assets: &Assets) -> Result<Observed> {
+pub async fn cleanup(assets: &Assets) -> Result<Observed<NestedCleanup>> {
     let lab = nest_and_peer(assets, "nested-cleanup", 1).await?;
     let host1 = lab.vm("host1");
     let vm1 = start(host1, InnerSpec::new("vm1", "macvtap0"), VM1).await?;
@@ -137,23 +152,23 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
         }
     };
     let o = observed([
-        ("vm1 -> peer before", before),
-        ("QEMU processes on host1 while vm1 runs", running),
-        ("macvtap links while vm1 runs", links),
-        ("tap devices while vm1 runs", taps),
+        (NestedCleanup::Vm1ToPeerBefore, before),
+        (NestedCleanup::QemuProcessesOnHost1WhileVm1Runs, running),
+        (NestedCleanup::MacvtapLinksWhileVm1Runs, links),
+        (NestedCleanup::TapDevicesWhileVm1Runs, taps),
         (
-            "QEMU processes left on host1",
+            NestedCleanup::QemuProcessesLeftOnHost1,
             match host1.succeed(COUNT_QEMU).await?.trim() {
                 "0" => "none".to_string(),
                 n => n.to_string(),
             },
         ),
         (
-            "macvtap links left",
+            NestedCleanup::MacvtapLinksLeft,
             none_or(host1.succeed("ip -br link show type macvtap").await?),
         ),
         (
-            "tap devices left",
+            NestedCleanup::TapDevicesLeft,
             none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?),
         ),
     ]);
@@ -163,7 +178,7 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed> {
 
 /// macvtap's modes as libvirt uses them: a macvtap made without `mode` (what `virt-install`
 /// makes without `source.mode`), and passthru, where one VM takes the whole NIC.
-pub async fn passthru(assets: &Assets) -> Result<Observed> {
+pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>> {
     let lab = nest_and_peer(assets, "nested-macvtap-passthru", 1).await?;
     let host1 = lab.vm("host1");
     host1
@@ -187,13 +202,22 @@ pub async fn passthru(assets: &Assets) -> Result<Observed> {
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
     let tap = host1.succeed("cat /sys/class/net/macvtap0/address").await?;
     let o = observed([
-        ("mode of a macvtap made without `mode`", default_mode),
-        ("passthru macvtap's MAC", tap.trim().to_string()),
-        ("vm1's MAC", inside.trim().to_string()),
-        ("eth0's MAC", eth0_mac.clone()),
-        ("vm1 -> peer", reach(&vm1, None, &lab.ip("peer")).await?),
         (
-            "a second macvtap beside it",
+            NestedMacvtapPassthru::ModeOfAMacvtapMadeWithoutMode,
+            default_mode,
+        ),
+        (
+            NestedMacvtapPassthru::PassthruMacvtapsMac,
+            tap.trim().to_string(),
+        ),
+        (NestedMacvtapPassthru::Vm1sMac, inside.trim().to_string()),
+        (NestedMacvtapPassthru::Eth0sMac, eth0_mac.clone()),
+        (
+            NestedMacvtapPassthru::Vm1ToPeer,
+            reach(&vm1, None, &lab.ip("peer")).await?,
+        ),
+        (
+            NestedMacvtapPassthru::ASecondMacvtapBesideIt,
             refusal(
                 host1,
                 "ip link add link eth0 name macvtap1 type macvtap mode bridge",
@@ -209,7 +233,7 @@ pub async fn passthru(assets: &Assets) -> Result<Observed> {
 /// The seed's `virsh attach-interface --type direct --source bond0`: host1 has two NICs, each
 /// its own switch port and cable, bonded active-backup as `bond0`. Two macvlan children (ns1,
 /// ns2) and a VM's macvtap sit on the bond; then the active NIC's cable is pulled.
-pub async fn bond0(assets: &Assets) -> Result<Observed> {
+pub async fn bond0(assets: &Assets) -> Result<Observed<NestedBond0>> {
     let mut nest = assets.nest_vm("host1", 1)?;
     nest.nics = 2;
     let lab = Lab::builder(assets, "nested-bond0")
@@ -287,17 +311,17 @@ pub async fn bond0(assets: &Assets) -> Result<Observed> {
         reach(&vm1, None, &peer_ip).await?,
     );
     let o = observed([
-        ("active NIC", before.0),
-        ("peer -> child on bond0", before.1),
-        ("vm1 (macvtap on bond0) -> peer", before.2),
-        ("domiflist Source of vm1", source),
-        ("active NIC after its cable is pulled", after.0),
-        ("peer -> child 1 after failover", after.1),
-        ("peer -> child 2 after failover", after.2),
-        ("vm1 -> peer after failover", after.3),
-        ("failover, as the peer's pings saw it", outage),
+        (NestedBond0::ActiveNic, before.0),
+        (NestedBond0::PeerToChildOnBond0, before.1),
+        (NestedBond0::Vm1MacvtapOnBond0ToPeer, before.2),
+        (NestedBond0::DomiflistSourceOfVm1, source),
+        (NestedBond0::ActiveNicAfterItsCableIsPulled, after.0),
+        (NestedBond0::PeerToChild1AfterFailover, after.1),
+        (NestedBond0::PeerToChild2AfterFailover, after.2),
+        (NestedBond0::Vm1ToPeerAfterFailover, after.3),
+        (NestedBond0::FailoverAsThePeersPingsSawIt, outage),
         (
-            "children's gratuitous ARPs on eth1's cable",
+            NestedBond0::ChildrensGratuitousArpsOnEth1sCable,
             none_or(announced.join(", ")),
         ),
     ]);

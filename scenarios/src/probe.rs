@@ -3,7 +3,7 @@
 
 use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, Result, Vm, VmConfig};
 
-use crate::expectations::{REACHABLE, UNREACHABLE};
+use crate::expectations::{Checks, REACHABLE, UNREACHABLE};
 use crate::Observed;
 
 /// host1's address on the LAN, and peer's.
@@ -139,8 +139,8 @@ pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<Str
     .to_string())
 }
 
-pub(crate) fn observed(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Observed {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+pub(crate) fn observed<K: Checks>(pairs: impl IntoIterator<Item = (K, String)>) -> Observed<K> {
+    pairs.into_iter().collect()
 }
 
 pub(crate) fn none_or(listing: String) -> String {

@@ -1,24 +1,30 @@
-//! The one list of scenarios: each one's name and the experiment it runs. `cargo xtask lab`,
-//! `--list`, the report and the test suite (one test per entry) all iterate [`SCENARIOS`]; the
-//! expectations ([`crate::expectations`]) are tied to it by a test that boots nothing. Each
-//! experiment returns what it observed; none decides whether that is right.
+//! The one list of scenarios: each one's name, the experiment it runs and its table of
+//! expectations ([`crate::expectations`]). `cargo xtask lab`, `--list`, the report and the test
+//! suite (one test per entry) all iterate [`SCENARIOS`]. Each experiment returns what it
+//! observed, under its checks' enum; none decides whether that is right.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use lab_harness::{Assets, Result};
 
-use crate::{claims, modes, nested, seed, throughput, wifi, Observed};
+use crate::expectations::{self, Expectation};
+use crate::{claims, modes, nested, seed, throughput, wifi, Seen};
 
-/// An experiment: boots its guests, observes, tears them down.
+/// An experiment: boots its guests, observes, tears them down; what it saw comes back named
+/// by its scenario's table.
 pub type Experiment =
-    for<'a> fn(&'a Assets) -> Pin<Box<dyn Future<Output = Result<Observed>> + Send + 'a>>;
+    for<'a> fn(&'a Assets) -> Pin<Box<dyn Future<Output = Result<Seen>> + Send + 'a>>;
 
 /// One scenario of the lab.
 pub struct Scenario {
     /// `group/what`, as `--only` matches it.
     pub name: &'static str,
     pub run: Experiment,
+    /// Its checks and what each must be, in report order.
+    pub checks: fn() -> Vec<Expectation>,
+    /// Those checks' names in its enum (`ChildToPeer`).
+    pub check_names: fn() -> Vec<String>,
     /// The kernel it boots whatever the run's is (an id of `kernels/kernels.toml`), for what
     /// the cloud kernels leave out. The lab and the tests provision it beside the run's.
     pub kernel: Option<&'static str>,
@@ -30,113 +36,113 @@ impl std::fmt::Debug for Scenario {
     }
 }
 
+/// A [`Scenario`] of an experiment (`|assets| future of Observed<K>`) and its table (a
+/// `fn(K) -> Option<Expectation>`): the two must agree on `K`, or it does not build.
+macro_rules! scenario {
+    ($name:literal, $experiment:expr, $table:path) => {
+        scenario!($name, $experiment, $table, None)
+    };
+    ($name:literal, $experiment:expr, $table:path, kernel: $kernel:expr) => {
+        scenario!($name, $experiment, $table, Some($kernel))
+    };
+    ($name:literal, $experiment:expr, $table:path, $kernel:expr) => {
+        Scenario {
+            name: $name,
+            run: |a| Box::pin(async move { Ok(($experiment)(a).await?.labelled($table)) }),
+            checks: || expectations::list($table),
+            check_names: || expectations::judged_names($table),
+            kernel: $kernel,
+        }
+    };
+}
+
 /// Every scenario, in the order `--list` shows them.
 pub static SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "seed/containers",
-        run: |a| Box::pin(seed::containers(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "seed/host-isolation",
-        run: |a| Box::pin(seed::host_isolation(a, false)),
-        kernel: None,
-    },
-    Scenario {
-        name: "shim",
-        run: |a| Box::pin(seed::host_isolation(a, true)),
-        kernel: None,
-    },
-    Scenario {
-        name: "mode/bridge",
-        run: |a| Box::pin(modes::mode(a, "bridge")),
-        kernel: None,
-    },
-    Scenario {
-        name: "mode/private",
-        run: |a| Box::pin(modes::mode(a, "private")),
-        kernel: None,
-    },
-    Scenario {
-        name: "mode/vepa",
-        run: |a| Box::pin(modes::mode(a, "vepa")),
-        kernel: None,
-    },
-    Scenario {
-        name: "mode/passthru",
-        run: |a| Box::pin(modes::passthru(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "mode/source",
-        run: |a| Box::pin(modes::source(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "ipvlan/l2",
-        run: |a| Box::pin(modes::ipvlan(a, "l2")),
-        kernel: None,
-    },
-    Scenario {
-        name: "ipvlan/l3",
-        run: |a| Box::pin(modes::ipvlan(a, "l3")),
-        kernel: None,
-    },
-    Scenario {
-        name: "claim/nic-mac-limit",
-        run: |a| Box::pin(claims::nic_mac_limit(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "claim/switch-mac-limit",
-        run: |a| Box::pin(claims::switch_mac_limit(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "claim/promisc",
-        run: |a| Box::pin(claims::promisc(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "claim/throughput",
-        run: |a| Box::pin(throughput::throughput(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "claim/wifi",
-        run: |a| Box::pin(wifi::wifi(a)),
-        kernel: Some(wifi::KERNEL),
-    },
-    Scenario {
-        name: "nested/macvtap-bridge",
-        run: |a| Box::pin(nested::bridge(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "nested/macvtap-vepa",
-        run: |a| Box::pin(nested::vepa(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "nested/macvtap-passthru",
-        run: |a| Box::pin(nested::passthru(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "nested/bond0",
-        run: |a| Box::pin(nested::bond0(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "nested/cleanup",
-        run: |a| Box::pin(nested::cleanup(a)),
-        kernel: None,
-    },
-    Scenario {
-        name: "cleanup",
-        run: |a| Box::pin(seed::cleanup(a)),
-        kernel: None,
-    },
+    scenario!(
+        "seed/containers",
+        seed::containers,
+        expectations::seed_containers
+    ),
+    scenario!(
+        "seed/host-isolation",
+        seed::host_isolation,
+        expectations::seed_host_isolation
+    ),
+    scenario!("shim", seed::shim, expectations::shim),
+    scenario!(
+        "mode/bridge",
+        |a| modes::mode(a, "bridge"),
+        expectations::mode_bridge
+    ),
+    scenario!(
+        "mode/private",
+        |a| modes::mode(a, "private"),
+        expectations::mode_private
+    ),
+    scenario!(
+        "mode/vepa",
+        |a| modes::mode(a, "vepa"),
+        expectations::mode_vepa
+    ),
+    scenario!(
+        "mode/passthru",
+        modes::passthru,
+        expectations::mode_passthru
+    ),
+    scenario!("mode/source", modes::source, expectations::mode_source),
+    scenario!(
+        "ipvlan/l2",
+        |a| modes::ipvlan(a, "l2"),
+        expectations::ipvlan_l2
+    ),
+    scenario!(
+        "ipvlan/l3",
+        |a| modes::ipvlan(a, "l3"),
+        expectations::ipvlan_l3
+    ),
+    scenario!(
+        "claim/nic-mac-limit",
+        claims::nic_mac_limit,
+        expectations::claim_nic_mac_limit
+    ),
+    scenario!(
+        "claim/switch-mac-limit",
+        claims::switch_mac_limit,
+        expectations::claim_switch_mac_limit
+    ),
+    scenario!(
+        "claim/promisc",
+        claims::promisc,
+        expectations::claim_promisc
+    ),
+    scenario!(
+        "claim/throughput",
+        throughput::throughput,
+        expectations::claim_throughput
+    ),
+    scenario!("claim/wifi", wifi::wifi, expectations::claim_wifi, kernel: wifi::KERNEL),
+    scenario!(
+        "nested/macvtap-bridge",
+        nested::bridge,
+        expectations::nested_macvtap_bridge
+    ),
+    scenario!(
+        "nested/macvtap-vepa",
+        nested::vepa,
+        expectations::nested_macvtap_vepa
+    ),
+    scenario!(
+        "nested/macvtap-passthru",
+        nested::passthru,
+        expectations::nested_macvtap_passthru
+    ),
+    scenario!("nested/bond0", nested::bond0, expectations::nested_bond0),
+    scenario!(
+        "nested/cleanup",
+        nested::cleanup,
+        expectations::nested_cleanup
+    ),
+    scenario!("cleanup", seed::cleanup, expectations::cleanup),
 ];
 
 /// The scenario called `name`.
@@ -149,7 +155,7 @@ pub fn names() -> impl Iterator<Item = &'static str> {
     SCENARIOS.iter().map(|s| s.name)
 }
 
-pub(crate) async fn run(name: &str, assets: &Assets) -> Result<Observed> {
+pub(crate) async fn run(name: &str, assets: &Assets) -> Result<Seen> {
     match find(name) {
         Some(scenario) => (scenario.run)(assets).await,
         None => Err(lab_harness::Error::Missing {
@@ -162,41 +168,68 @@ pub(crate) async fn run(name: &str, assets: &Assets) -> Result<Observed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expectations::EXPECTATIONS;
+    use crate::expectations::Expect;
 
     #[test]
-    fn every_scenario_has_expectations_and_every_expectation_a_scenario() {
+    fn every_scenario_checks_something_each_check_once() {
         for s in SCENARIOS {
-            assert!(
-                EXPECTATIONS.iter().any(|e| e.scenario == s.name),
-                "scenario {} checks nothing: give it expectations",
-                s.name
-            );
-        }
-        for e in EXPECTATIONS {
-            assert!(
-                find(e.scenario).is_some(),
-                "expectation {:?} of {:?}: no such scenario",
-                e.check,
-                e.scenario
-            );
+            let checks = (s.checks)();
+            assert!(!checks.is_empty(), "scenario {} checks nothing", s.name);
+            let mut names: Vec<&str> = checks.iter().map(|e| e.check).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), checks.len(), "{}: a check twice", s.name);
         }
     }
 
     #[test]
-    fn names_are_unique_and_checks_unique_within_a_scenario() {
+    fn a_check_compared_with_another_names_one_of_its_scenario() {
+        for s in SCENARIOS {
+            let checks = (s.checks)();
+            for e in &checks {
+                if let Expect::SameAs(other) | Expect::Times(_, other) = e.expected {
+                    assert!(
+                        checks.iter().any(|c| c.check == other),
+                        "{}: {:?} is compared with {other:?}, which it does not check",
+                        s.name,
+                        e.check
+                    );
+                }
+            }
+        }
+    }
+
+    /// What no experiment records is "not observed" in every run: found here, without a guest.
+    #[test]
+    fn every_check_a_table_judges_is_recorded_by_some_experiment() {
+        let experiments = [
+            include_str!("seed.rs"),
+            include_str!("modes.rs"),
+            include_str!("claims.rs"),
+            include_str!("nested.rs"),
+            include_str!("throughput.rs"),
+            include_str!("wifi.rs"),
+        ]
+        .concat();
+        let words: std::collections::BTreeSet<&str> = experiments
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .collect();
+        for s in SCENARIOS {
+            for name in (s.check_names)() {
+                assert!(
+                    words.contains(name.as_str()),
+                    "{}: no experiment records {name}, so it would never be observed",
+                    s.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
         let mut names: Vec<&str> = names().collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), SCENARIOS.len(), "a name twice");
-        for s in SCENARIOS {
-            let mut checks: Vec<&str> = crate::expectations::for_scenario(s.name)
-                .map(|e| e.check)
-                .collect();
-            let n = checks.len();
-            checks.sort_unstable();
-            checks.dedup();
-            assert_eq!(checks.len(), n, "{}: a check twice", s.name);
-        }
     }
 }

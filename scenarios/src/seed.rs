@@ -5,55 +5,71 @@ use std::time::Duration;
 
 use lab_harness::{Assets, PortPolicy, Result};
 
+use crate::expectations::{Cleanup, SeedContainers, SeedHostIsolation, Shim};
 use crate::probe::{children, lan, none_or, observed, reach, HOST};
 use crate::Observed;
 
-pub(crate) async fn containers(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainers>> {
     let lab = lan(assets, "seed-containers").await?;
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc on").await?;
     host1.succeed(children("bridge")).await?;
     let o = observed([(
-        "ns2 -> ns1",
+        SeedContainers::Ns2ToNs1,
         reach(host1, Some("ns2"), "192.168.88.11").await?,
     )]);
     lab.shutdown().await?;
     Ok(o)
 }
 
-pub(crate) async fn host_isolation(assets: &Assets, shim: bool) -> Result<Observed> {
-    let lab = lan(assets, if shim { "shim" } else { "seed-host-isolation" }).await?;
+pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostIsolation>> {
+    let lab = lan(assets, "seed-host-isolation").await?;
     let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
     host1.succeed(children("bridge")).await?;
-    let o = if shim {
-        host1
-            .succeed(
-                "ip link add link eth0 name shim type macvlan mode bridge && ip addr add 192.168.88.100/32 dev shim \
-                 && ip link set shim up && ip route add 192.168.88.11/32 dev shim",
-            )
-            .await?;
-        observed([(
-            "host -> child via shim",
+    let mut o = observed([
+        (
+            SeedHostIsolation::HostToChild,
             reach(host1, None, "192.168.88.11").await?,
-        )])
-    } else {
-        let mut o = observed([
-            ("host -> child", reach(host1, None, "192.168.88.11").await?),
-            ("child -> host", reach(host1, Some("ns1"), HOST).await?),
-            ("peer -> child", reach(peer, None, "192.168.88.11").await?),
-        ]);
-        lab.set_policy("host1", PortPolicy::HAIRPIN);
-        o.insert(
-            "host -> child, switch hairpin on".into(),
-            reach(host1, None, "192.168.88.11").await?,
-        );
-        o
-    };
+        ),
+        (
+            SeedHostIsolation::ChildToHost,
+            reach(host1, Some("ns1"), HOST).await?,
+        ),
+        (
+            SeedHostIsolation::PeerToChild,
+            reach(peer, None, "192.168.88.11").await?,
+        ),
+    ]);
+    lab.set_policy("host1", PortPolicy::HAIRPIN);
+    o.insert(
+        SeedHostIsolation::HostToChildSwitchHairpinOn,
+        reach(host1, None, "192.168.88.11").await?,
+    );
     lab.shutdown().await?;
     Ok(o)
 }
 
-pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
+/// The usual way around the isolation: a bridge-mode macvlan of the host's own, with a route
+/// to the children through it.
+pub(crate) async fn shim(assets: &Assets) -> Result<Observed<Shim>> {
+    let lab = lan(assets, "shim").await?;
+    let host1 = lab.vm("host1");
+    host1.succeed(children("bridge")).await?;
+    host1
+        .succeed(
+            "ip link add link eth0 name shim type macvlan mode bridge && ip addr add 192.168.88.100/32 dev shim \
+             && ip link set shim up && ip route add 192.168.88.11/32 dev shim",
+        )
+        .await?;
+    let o = observed([(
+        Shim::HostToChildViaShim,
+        reach(host1, None, "192.168.88.11").await?,
+    )]);
+    lab.shutdown().await?;
+    Ok(o)
+}
+
+pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed<Cleanup>> {
     let lab = lan(assets, "cleanup").await?;
     let host1 = lab.vm("host1");
     // Link flags, promiscuity counter and IPv4 addresses: IPv6 link-local addresses come and go
@@ -81,23 +97,23 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed> {
     let after = host1.succeed(STATE).await?;
     let o = observed([
         (
-            "namespaces left",
+            Cleanup::NamespacesLeft,
             none_or(host1.succeed("ip netns list").await?),
         ),
         (
-            "macvlan links left",
+            Cleanup::MacvlanLinksLeft,
             none_or(host1.succeed("ip -br link show type macvlan").await?),
         ),
         (
-            "`ip link delete macvlan1` after deleting ns1",
+            Cleanup::IpLinkDeleteMacvlan1AfterDeletingNs1,
             if delete.success() {
                 "succeeds".into()
             } else {
                 "fails: device gone with its namespace".into()
             },
         ),
-        ("eth0 before", one_line(&before)),
-        ("eth0 after", one_line(&after)),
+        (Cleanup::Eth0Before, one_line(&before)),
+        (Cleanup::Eth0After, one_line(&after)),
     ]);
     lab.shutdown().await?;
     Ok(o)

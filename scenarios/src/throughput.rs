@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use lab_harness::{Assets, Cmd, Error, Extras, Lab, Phase, Result, Vm};
 
+use crate::expectations::ClaimThroughput;
 use crate::probe::configs_with;
-use crate::{Observed, NOTE};
+use crate::Observed;
 
 /// Seconds of traffic per measurement, namespace to namespace. Not shorter: the three iperf3
 /// clients start a few tenths of a second apart under TCG, and in 1 s runs beside a busy lab
@@ -154,7 +155,7 @@ impl Path {
     }
 }
 
-pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn throughput(assets: &Assets) -> Result<Observed<ClaimThroughput>> {
     let iperf = Extras {
         packages: vec!["iperf3".into()],
         // iperf3 brings ~75 MiB of packages with it (adduser, so perl...), which the guest
@@ -224,9 +225,11 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
             continue;
         };
         for setup in [Setup::Macvlan, Setup::Ipvlan] {
-            let Some(run) = of(setup) else { continue };
+            let (Some(run), Some((throughput, cpu))) = (of(setup), checks(setup, path)) else {
+                continue;
+            };
             o.insert(
-                format!("{} throughput, {}", setup.name(), path.name()),
+                throughput,
                 format!(
                     "{:.2}x the bridge's ({:.1} against {:.1} Mbit/s)",
                     run.bits_per_second / bridge.bits_per_second,
@@ -235,7 +238,7 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
                 ),
             );
             o.insert(
-                format!("{} CPU per GB, {}", setup.name(), path.name()),
+                cpu,
                 format!(
                     "{:.2}x the bridge's ({:.0} against {:.0} CPU-s/GB)",
                     run.cpu_per_gb / bridge.cpu_per_gb,
@@ -245,9 +248,26 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed> {
             );
         }
     }
-    o.insert(format!("{NOTE}iperf3 runs"), table(&runs));
+    o.note("iperf3 runs", table(&runs));
     lab.shutdown().await?;
     Ok(o)
+}
+
+/// The checks of a setup (not the bridge, which the others are measured against) over a
+/// path: its throughput and its CPU per GB, each as a ratio to the bridge's.
+fn checks(setup: Setup, path: Path) -> Option<(ClaimThroughput, ClaimThroughput)> {
+    use ClaimThroughput::*;
+    Some(match (setup, path) {
+        (Setup::Macvlan, Path::NsToNs) => (MacvlanThroughputNsToNs, MacvlanCpuPerGbNsToNs),
+        (Setup::Macvlan, Path::ChildToPeer) => {
+            (MacvlanThroughputChildToPeer, MacvlanCpuPerGbChildToPeer)
+        }
+        (Setup::Ipvlan, Path::NsToNs) => (IpvlanThroughputNsToNs, IpvlanCpuPerGbNsToNs),
+        (Setup::Ipvlan, Path::ChildToPeer) => {
+            (IpvlanThroughputChildToPeer, IpvlanCpuPerGbChildToPeer)
+        }
+        (Setup::Bridge, _) => return None,
+    })
 }
 
 /// The best of a setup's runs.

@@ -6,8 +6,9 @@
 
 use lab_harness::{Assets, Cmd, Extras, Lab, Result, Vm};
 
+use crate::expectations::ClaimWifi;
 use crate::probe::{configs_with, observed, reach, refusal};
-use crate::{Observed, NOTE};
+use crate::Observed;
 
 /// The kernel of `kernels/kernels.toml` this scenario boots: one with wireless.
 pub const KERNEL: &str = "debian-6.1-generic";
@@ -37,7 +38,7 @@ ip -n sta addr add {STATION}/24 dev wlan1"#
     )
 }
 
-pub(crate) async fn wifi(assets: &Assets) -> Result<Observed> {
+pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
     let radio = Extras {
         // hostapd pulls in ~75 MiB of packages; the guest unpacks them into its memory.
         packages: vec!["iw".into(), "hostapd".into()],
@@ -66,24 +67,21 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed> {
     let macvlan = child(host1, "macvlan", "bridge", "10.0.0.3").await?;
     let ipvlan = child(host1, "ipvlan", "l2", "10.0.0.4").await?;
     let mut o = observed([
-        ("station -> access point", station),
-        ("stations the access point knows", joined),
-        ("a macvlan child on the station", macvlan.0),
-        ("macvlan child -> access point", macvlan.1),
-        ("an ipvlan child on the station", ipvlan.0),
-        ("ipvlan child -> access point", ipvlan.1),
+        (ClaimWifi::StationToAccessPoint, station),
+        (ClaimWifi::StationsTheAccessPointKnows, joined),
+        (ClaimWifi::AMacvlanChildOnTheStation, macvlan.0),
+        (ClaimWifi::MacvlanChildToAccessPoint, macvlan.1),
+        (ClaimWifi::AnIpvlanChildOnTheStation, ipvlan.0),
+        (ClaimWifi::IpvlanChildToAccessPoint, ipvlan.1),
     ]);
-    o.insert(
-        format!("{NOTE}kernel"),
+    o.note(
+        "kernel",
         format!(
             "{} ({KERNEL}: the cloud kernels have no wireless)\n",
             assets.kernel.release
         ),
     );
-    o.insert(
-        format!("{NOTE}the station's link ({STATION} on wlan1)"),
-        link,
-    );
+    o.note(format!("the station's link ({STATION} on wlan1)"), link);
     lab.shutdown().await?;
     Ok(o)
 }

@@ -200,10 +200,10 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                         scenario.name
                     );
                 }
-                for e in lab_scenarios::expectations::for_scenario(scenario.name) {
+                for e in (scenario.checks)() {
                     println!(
                         "{:<23} {:<46} expects {:<12} | {}",
-                        e.scenario, e.check, e.expected, e.claim
+                        scenario.name, e.check, e.expected, e.claim
                     );
                 }
             }
