@@ -5,10 +5,9 @@ use std::time::Duration;
 use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Cmd, Error, PortPolicy, Result, Vm};
 
-use crate::expectations::REACHABLE;
 use crate::expectations::{ClaimNicMacLimit, ClaimPromisc, ClaimSwitchMacLimit};
 use crate::probe::{children, children_of, json_field, lan, observed, reach, refusal, PEER};
-use crate::Observed;
+use crate::{Observation, Observed};
 
 pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
     let lab = lan(assets, "claim-promisc").await?;
@@ -42,12 +41,16 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
         (ClaimPromisc::BridgeChildrenReachPeerWithPromiscOff, reached),
         (
             ClaimPromisc::ChildrensMacsInTheNicsUnicastFilter,
-            if present { "present" } else { "absent" }.to_string(),
+            if present { "present" } else { "absent" }
+                .to_string()
+                .into(),
         ),
-        (ClaimPromisc::Eth0sPromiscuityCounter, promiscuity),
+        (ClaimPromisc::Eth0sPromiscuityCounter, promiscuity.into()),
         (
             ClaimPromisc::PromiscuousModeAsQemusNicSeesIt,
-            if filter.promiscuous { "on" } else { "off" }.to_string(),
+            if filter.promiscuous { "on" } else { "off" }
+                .to_string()
+                .into(),
         ),
     ]);
     lab.shutdown().await?;
@@ -176,7 +179,7 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSw
     async fn count_reaching(vm: &Vm) -> Result<usize> {
         let mut n = 0;
         for ns in ["ns1", "ns2", "ns3"] {
-            n += usize::from(reach(vm, Some(ns), PEER).await? == REACHABLE);
+            n += usize::from(reach(vm, Some(ns), PEER).await? == Observation::Reach(true));
         }
         Ok(n)
     }

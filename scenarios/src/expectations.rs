@@ -65,14 +65,14 @@ pub enum Expect {
     /// Anything the scenario saw: a fact worth reporting (which accelerator ran, how long a
     /// failover took), not a verdict.
     Reported,
-    /// A number (the observation's first word: `1.31x the bridge's`) of at least this.
+    /// A ratio or count of at least this.
     AtLeast(f64),
     /// A number of at most this.
     AtMost(f64),
     /// What the scenario's check of this name observed, word for word (two views of one thing:
     /// the MAC a listing shows and the one the guest has).
     SameAs(&'static str),
-    /// A number this many times the (non-zero) number the scenario's check of this name
+    /// A count this many times the (non-zero) count the scenario's check of this name
     /// observed: frames that cross a cable twice each.
     Times(u32, &'static str),
 }
@@ -80,24 +80,23 @@ pub enum Expect {
 impl Expect {
     /// Whether `observed` is what this expects; `others` are the scenario's other observations
     /// (for [`Expect::SameAs`]).
-    pub fn admits(&self, observed: &str, others: &crate::Labelled) -> bool {
-        let number = |text: &str| {
-            text.split_whitespace()
-                .next()
-                .and_then(|w| w.trim_end_matches('x').parse::<f64>().ok())
-        };
+    pub fn admits(&self, observed: &Observation, others: &crate::Labelled) -> bool {
         match *self {
-            Expect::Is(text) => observed == text,
+            Expect::Is(text) => observed.to_string() == text,
             Expect::Reported => true,
-            Expect::AtLeast(least) => number(observed).is_some_and(|n| n >= least),
-            Expect::AtMost(most) => number(observed).is_some_and(|n| n <= most),
-            Expect::SameAs(check) => others.get(check).is_some_and(|o| o == observed),
-            Expect::Times(times, check) => {
-                match (number(observed), others.get(check).and_then(|o| number(o))) {
-                    (Some(n), Some(of)) => of > 0.0 && n == f64::from(times) * of,
-                    _ => false,
+            Expect::AtLeast(least) => observed.number().is_some_and(|n| n >= least),
+            Expect::AtMost(most) => observed.number().is_some_and(|n| n <= most),
+            // Two views of one thing may come as different kinds (a MAC the guest printed, a
+            // MAC parsed): what they show must agree.
+            Expect::SameAs(check) => others
+                .get(check)
+                .is_some_and(|o| o.to_string() == observed.to_string()),
+            Expect::Times(times, check) => match (observed, others.get(check)) {
+                (Observation::Count(n), Some(Observation::Count(of))) => {
+                    *of > 0 && *n == u64::from(times) * of
                 }
-            }
+                _ => false,
+            },
         }
     }
 }
@@ -134,8 +133,8 @@ const fn reported(check: &'static str, claim: &'static str) -> Expectation {
     judged(check, Expect::Reported, claim)
 }
 
-pub const REACHABLE: &str = "reachable";
-pub const UNREACHABLE: &str = "unreachable";
+pub use crate::observation::{REACHABLE, UNREACHABLE};
+use crate::Observation;
 
 const CONTAINERS: &str =
     "模拟容器: macvlan1/2 in bridge mode in ns1/ns2; `ip netns exec ns2 ping 192.168.88.11` works";
@@ -796,31 +795,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expectations_judge_text_word_for_word_and_ratios_by_their_number() {
+    fn expectations_judge_text_word_for_word_and_ratios_and_counts_by_their_number() {
         let none = crate::Labelled::new();
-        assert!(Expect::Is(REACHABLE).admits("reachable", &none));
-        assert!(!Expect::Is(REACHABLE).admits("reachable ", &none));
-        assert!(Expect::AtLeast(1.0).admits("1.19x the bridge's (4.0 against 3.3 Mbit/s)", &none));
-        assert!(Expect::AtLeast(1.0).admits("1.00x the bridge's", &none));
-        assert!(!Expect::AtLeast(1.0).admits("0.99x the bridge's", &none));
-        assert!(Expect::AtMost(1.0).admits("0.79x the bridge's", &none));
-        assert!(!Expect::AtMost(1.0).admits("1.01x", &none));
+        let text = |t: &str| Observation::Text(t.into());
+        let ratio = |r: f64| Observation::Ratio {
+            ratio: r,
+            of: "the bridge's".into(),
+        };
+        assert!(Expect::Is(REACHABLE).admits(&Observation::Reach(true), &none));
+        assert!(!Expect::Is(REACHABLE).admits(&Observation::Reach(false), &none));
+        assert!(Expect::Is("vepa").admits(&text("vepa"), &none));
+        assert!(!Expect::Is("vepa").admits(&text("vepa "), &none));
+        assert!(Expect::AtLeast(1.0).admits(&ratio(1.19), &none));
+        assert!(Expect::AtLeast(1.0).admits(&ratio(1.0), &none));
+        assert!(!Expect::AtLeast(1.0).admits(&ratio(0.99), &none));
+        assert!(Expect::AtMost(1.0).admits(&ratio(0.79), &none));
+        assert!(!Expect::AtMost(1.0).admits(&ratio(1.01), &none));
         assert!(
-            !Expect::AtLeast(1.0).admits("not observed", &none),
+            !Expect::AtLeast(1.0).admits(&text("1.5x, but as text"), &none),
             "no number, no pass"
         );
-        assert!(!Expect::AtMost(1.0).admits("NaNx", &none));
+        assert!(!Expect::AtMost(1.0).admits(&ratio(f64::NAN), &none));
+        let mac: lab_harness::MacAddr = "52:54:00:00:00:01".parse().expect("a MAC");
         let mut seen = crate::Labelled::new();
-        seen.insert("vm1's MAC", "52:54:00:00:00:01".into());
-        seen.insert("requests through the switch", "4".into());
-        seen.insert("none through the switch", "0".into());
-        assert!(Expect::SameAs("vm1's MAC").admits("52:54:00:00:00:01", &seen));
-        assert!(!Expect::SameAs("vm1's MAC").admits("52:54:00:00:00:02", &seen));
-        assert!(!Expect::SameAs("no such check").admits("52:54:00:00:00:01", &seen));
-        assert!(Expect::Times(2, "requests through the switch").admits("8", &seen));
-        assert!(!Expect::Times(2, "requests through the switch").admits("4", &seen));
+        seen.insert("vm1's MAC", Observation::Mac(mac));
+        seen.insert("requests through the switch", Observation::Count(4));
+        seen.insert("none through the switch", Observation::Count(0));
         assert!(
-            !Expect::Times(2, "none through the switch").admits("0", &seen),
+            Expect::SameAs("vm1's MAC").admits(&text("52:54:00:00:00:01"), &seen),
+            "a MAC printed and a MAC parsed agree when they show the same"
+        );
+        assert!(!Expect::SameAs("vm1's MAC").admits(&text("52:54:00:00:00:02"), &seen));
+        assert!(!Expect::SameAs("no such check").admits(&text("52:54:00:00:00:01"), &seen));
+        let twice = Expect::Times(2, "requests through the switch");
+        assert!(twice.admits(&Observation::Count(8), &seen));
+        assert!(!twice.admits(&Observation::Count(4), &seen));
+        assert!(!twice.admits(&text("8"), &seen), "a count, not text");
+        assert!(
+            !Expect::Times(2, "none through the switch").admits(&Observation::Count(0), &seen),
             "twice nothing says nothing"
         );
         assert_eq!(format!("{:<10}|", Expect::AtLeast(1.0)), ">= 1.00x  |");

@@ -8,6 +8,7 @@ pub mod html;
 pub mod junit;
 mod modes;
 mod nested;
+pub mod observation;
 mod probe;
 pub mod scenarios;
 pub mod script;
@@ -21,6 +22,7 @@ use lab_harness::Assets;
 use serde::Serialize;
 
 use expectations::{Checks, Expect, Table};
+pub use observation::Observation;
 
 /// One check of a scenario, as the report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +79,7 @@ pub struct Report {
 /// its checks in [`expectations`]), and notes to show beside them (a listing, say).
 #[derive(Debug)]
 pub struct Observed<K> {
-    checks: BTreeMap<K, String>,
+    checks: BTreeMap<K, Observation>,
     notes: BTreeMap<String, String>,
 }
 
@@ -95,7 +97,7 @@ impl<K: Checks> Observed<K> {
         Self::default()
     }
 
-    pub fn insert(&mut self, check: K, observation: impl Into<String>) {
+    pub fn insert(&mut self, check: K, observation: impl Into<Observation>) {
         self.checks.insert(check, observation.into());
     }
 
@@ -117,15 +119,15 @@ impl<K: Checks> Observed<K> {
                 Some(e) => {
                     seen.checks.insert(e.check, observation);
                 }
-                None => seen.unjudged.push(format!("{check:?} = {observation:?}")),
+                None => seen.unjudged.push(format!("{check:?} = {observation}")),
             }
         }
         seen
     }
 }
 
-impl<K: Checks> FromIterator<(K, String)> for Observed<K> {
-    fn from_iter<I: IntoIterator<Item = (K, String)>>(pairs: I) -> Self {
+impl<K: Checks, O: Into<Observation>> FromIterator<(K, O)> for Observed<K> {
+    fn from_iter<I: IntoIterator<Item = (K, O)>>(pairs: I) -> Self {
         let mut o = Self::new();
         for (check, observation) in pairs {
             o.insert(check, observation);
@@ -135,7 +137,7 @@ impl<K: Checks> FromIterator<(K, String)> for Observed<K> {
 }
 
 /// Observations under their checks' names, as the report and [`expectations::Expect`] see them.
-pub type Labelled = BTreeMap<&'static str, String>;
+pub type Labelled = BTreeMap<&'static str, Observation>;
 
 /// What a scenario saw, named by its table: what [`scenarios::Scenario::run`] returns.
 #[derive(Debug, Default)]
@@ -160,21 +162,18 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         .unwrap_or_default()
         .into_iter()
         .map(|e| {
-            let observed = seen
-                .checks
-                .get(e.check)
-                .cloned()
-                .unwrap_or_else(|| "not observed".into());
-            let pass = match e.expected {
+            let observation = seen.checks.get(e.check);
+            let pass = match (observation, e.expected) {
+                (None, _) => false,
                 // A fact reported by a scenario that broke off is not a fact.
-                Expect::Reported => error.is_none() && observed != "not observed",
-                expected => expected.admits(&observed, &seen.checks),
+                (Some(_), Expect::Reported) => error.is_none(),
+                (Some(o), expected) => expected.admits(o, &seen.checks),
             };
             Check {
                 name: e.check.into(),
                 expected: e.expected.to_string(),
                 pass,
-                observed,
+                observed: observation.map_or_else(|| "not observed".into(), |o| o.to_string()),
                 claim: e.claim.into(),
             }
         })

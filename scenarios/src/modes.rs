@@ -8,7 +8,7 @@ use crate::expectations::{Ipvlan, Mode, ModePassthru, ModeSource};
 use crate::probe::{
     arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, HOST, PEER,
 };
-use crate::Observed;
+use crate::{Observation, Observed};
 
 /// Bridge, private or VEPA children mv1 (ns1, .11) and mv2 (ns2, .12): what reaches what, by
 /// unicast (ping) and by broadcast (an ARP request), with the switch's hairpin off and then
@@ -41,11 +41,11 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> 
             let (through_the_switch, on_the_cable) = crossings(&lab, "host1").await?;
             o.insert(
                 Mode::SiblingEchoRequestsAtTheSwitch,
-                through_the_switch.to_string(),
+                Observation::Count(through_the_switch),
             );
             o.insert(
                 Mode::SiblingEchoRequestsOnTheCable,
-                on_the_cable.to_string(),
+                Observation::Count(on_the_cable),
             );
             host1
                 .succeed("ip link add link eth0 name plain type macvlan")
@@ -78,21 +78,20 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> 
 /// The echo requests from mv2 (ns2) to mv1 (ns1) as the switch took them in, and as `name`'s
 /// cable carried them (both ways): a VEPA child's frame to its sibling goes out to the switch
 /// and, with hairpin, comes back.
-async fn crossings(lab: &Lab, name: &str) -> Result<(usize, usize)> {
+async fn crossings(lab: &Lab, name: &str) -> Result<(u64, u64)> {
     let host = lab.vm(name);
     let (mv1, mv2) = (
         mac_of(host, Some("ns1"), "mv1").await?,
         mac_of(host, Some("ns2"), "mv2").await?,
     );
-    let sibling_requests = |path: &std::path::Path| -> usize {
+    let sibling_requests = |path: &std::path::Path| -> u64 {
         read_frames(path)
             .unwrap_or_default()
             .iter()
             .filter(|f| icmp_type(f) == Some(8))
-            .filter(|f| {
-                macs(f).is_some_and(|(src, dst)| src.to_string() == mv2 && dst.to_string() == mv1)
-            })
-            .count()
+            .filter(|f| macs(f).is_some_and(|(src, dst)| src == mv2 && dst == mv1))
+            .map(|_| 1)
+            .sum()
     };
     Ok((
         sibling_requests(&lab.capture()),

@@ -76,13 +76,19 @@ pub async fn bridge(assets: &Assets) -> Result<Observed<NestedMacvtapBridge>> {
             NestedMacvtapBridge::PeerToVm2,
             reach(peer, None, VM2).await?,
         ),
-        (NestedMacvtapBridge::DomiflistOfVm1, listing),
-        (NestedMacvtapBridge::DomiflistMacOfVm1, row.mac.clone()),
+        (NestedMacvtapBridge::DomiflistOfVm1, listing.into()),
+        (
+            NestedMacvtapBridge::DomiflistMacOfVm1,
+            row.mac.clone().into(),
+        ),
         (
             NestedMacvtapBridge::Vm1sMacFromInside,
-            inside.trim().to_string(),
+            inside.trim().to_string().into(),
         ),
-        (NestedMacvtapBridge::InnerAccelerator, accel_note(&vm1)),
+        (
+            NestedMacvtapBridge::InnerAccelerator,
+            accel_note(&vm1).into(),
+        ),
     ]);
     let listings = [
         ("host1", domiflist(&[&vm1]).await?),
@@ -153,23 +159,26 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed<NestedCleanup>> {
     };
     let o = observed([
         (NestedCleanup::Vm1ToPeerBefore, before),
-        (NestedCleanup::QemuProcessesOnHost1WhileVm1Runs, running),
-        (NestedCleanup::MacvtapLinksWhileVm1Runs, links),
-        (NestedCleanup::TapDevicesWhileVm1Runs, taps),
+        (
+            NestedCleanup::QemuProcessesOnHost1WhileVm1Runs,
+            running.into(),
+        ),
+        (NestedCleanup::MacvtapLinksWhileVm1Runs, links.into()),
+        (NestedCleanup::TapDevicesWhileVm1Runs, taps.into()),
         (
             NestedCleanup::QemuProcessesLeftOnHost1,
             match host1.succeed(COUNT_QEMU).await?.trim() {
-                "0" => "none".to_string(),
-                n => n.to_string(),
+                "0" => "none".to_string().into(),
+                n => n.into(),
             },
         ),
         (
             NestedCleanup::MacvtapLinksLeft,
-            none_or(host1.succeed("ip -br link show type macvtap").await?),
+            none_or(host1.succeed("ip -br link show type macvtap").await?).into(),
         ),
         (
             NestedCleanup::TapDevicesLeft,
-            none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?),
+            none_or(host1.succeed("ls /dev/tap* 2>/dev/null || true").await?).into(),
         ),
     ]);
     lab.shutdown().await?;
@@ -204,14 +213,14 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
     let o = observed([
         (
             NestedMacvtapPassthru::ModeOfAMacvtapMadeWithoutMode,
-            default_mode,
+            default_mode.into(),
         ),
         (
             NestedMacvtapPassthru::PassthruMacvtapsMac,
-            tap.trim().to_string(),
+            tap.trim().into(),
         ),
-        (NestedMacvtapPassthru::Vm1sMac, inside.trim().to_string()),
-        (NestedMacvtapPassthru::Eth0sMac, eth0_mac.clone()),
+        (NestedMacvtapPassthru::Vm1sMac, inside.trim().into()),
+        (NestedMacvtapPassthru::Eth0sMac, eth0_mac.as_str().into()),
         (
             NestedMacvtapPassthru::Vm1ToPeer,
             reach(&vm1, None, &lab.ip("peer")).await?,
@@ -222,7 +231,8 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
                 host1,
                 "ip link add link eth0 name macvtap1 type macvtap mode bridge",
             )
-            .await?,
+            .await?
+            .into(),
         ),
     ]);
     vm1.stop().await?;
@@ -311,18 +321,18 @@ pub async fn bond0(assets: &Assets) -> Result<Observed<NestedBond0>> {
         reach(&vm1, None, &peer_ip).await?,
     );
     let o = observed([
-        (NestedBond0::ActiveNic, before.0),
+        (NestedBond0::ActiveNic, before.0.into()),
         (NestedBond0::PeerToChildOnBond0, before.1),
         (NestedBond0::Vm1MacvtapOnBond0ToPeer, before.2),
-        (NestedBond0::DomiflistSourceOfVm1, source),
-        (NestedBond0::ActiveNicAfterItsCableIsPulled, after.0),
+        (NestedBond0::DomiflistSourceOfVm1, source.into()),
+        (NestedBond0::ActiveNicAfterItsCableIsPulled, after.0.into()),
         (NestedBond0::PeerToChild1AfterFailover, after.1),
         (NestedBond0::PeerToChild2AfterFailover, after.2),
         (NestedBond0::Vm1ToPeerAfterFailover, after.3),
-        (NestedBond0::FailoverAsThePeersPingsSawIt, outage),
+        (NestedBond0::FailoverAsThePeersPingsSawIt, outage.into()),
         (
             NestedBond0::ChildrensGratuitousArpsOnEth1sCable,
-            none_or(announced.join(", ")),
+            none_or(announced.join(", ")).into(),
         ),
     ]);
     vm1.stop().await?;

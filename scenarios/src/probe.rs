@@ -1,9 +1,10 @@
 //! What the scenarios share: the LAN they start from, the seed's way of making children, and
 //! the probes that turn "can A talk to B" into an observation.
 
-use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, Result, Vm, VmConfig};
+use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, MacAddr, Phase, Result, Vm, VmConfig};
 
-use crate::expectations::{Checks, REACHABLE, UNREACHABLE};
+use crate::expectations::Checks;
+use crate::Observation;
 use crate::Observed;
 
 /// host1's address on the LAN, and peer's.
@@ -80,12 +81,12 @@ pub(crate) fn children_on(parent: &str, kind: &str, mode: &str, prefix: &str, co
 }
 
 /// The MAC of `dev` (in `netns`, if given).
-pub(crate) async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<String> {
-    Ok(vm
+pub(crate) async fn mac_of(vm: &Vm, netns: Option<&str>, dev: &str) -> Result<MacAddr> {
+    let text = vm
         .succeed(in_netns(format!("cat /sys/class/net/{dev}/address"), netns))
-        .await?
-        .trim()
-        .to_string())
+        .await?;
+    text.parse()
+        .map_err(|e| Error::guest(vm.name(), Phase::Command, format!("{dev}'s address: {e}")))
 }
 
 /// `script`, run inside `netns` if one is given.
@@ -118,28 +119,21 @@ pub(crate) async fn reach(
     vm: &(impl Guest + Sync),
     netns: Option<&str>,
     ip: &str,
-) -> Result<String> {
+) -> Result<Observation> {
     let cmd = in_netns(format!("ping -c3 -i0.3 -W1 {ip}"), netns);
-    Ok(if vm.run(cmd).await?.success() {
-        REACHABLE
-    } else {
-        UNREACHABLE
-    }
-    .to_string())
+    Ok(Observation::Reach(vm.run(cmd).await?.success()))
 }
 
 /// Does a broadcast ARP request for `ip`, sent from `dev` in `netns`, get an answer?
-pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<String> {
+pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<Observation> {
     let cmd = Cmd::script(format!("arping -c1 -w2 -I {dev} {ip}")).netns(netns);
-    Ok(if vm.run(cmd).await?.success() {
-        REACHABLE
-    } else {
-        UNREACHABLE
-    }
-    .to_string())
+    Ok(Observation::Reach(vm.run(cmd).await?.success()))
 }
 
-pub(crate) fn observed<K: Checks>(pairs: impl IntoIterator<Item = (K, String)>) -> Observed<K> {
+/// Observations of `pairs`; in one array they share a kind (`.into()` the others).
+pub(crate) fn observed<K: Checks, O: Into<Observation>>(
+    pairs: impl IntoIterator<Item = (K, O)>,
+) -> Observed<K> {
     pairs.into_iter().collect()
 }
 

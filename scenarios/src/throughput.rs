@@ -11,7 +11,7 @@ use lab_harness::{Assets, Cmd, Error, Extras, Lab, Phase, Result, Vm};
 
 use crate::expectations::ClaimThroughput;
 use crate::probe::configs_with;
-use crate::Observed;
+use crate::{Observation, Observed};
 
 /// Seconds of traffic per measurement, namespace to namespace. Not shorter: the three iperf3
 /// clients start a few tenths of a second apart under TCG, and in 1 s runs beside a busy lab
@@ -230,21 +230,24 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed<ClaimThroughp
             };
             o.insert(
                 throughput,
-                format!(
-                    "{:.2}x the bridge's ({:.1} against {:.1} Mbit/s)",
-                    run.bits_per_second / bridge.bits_per_second,
-                    run.mbits(),
-                    bridge.mbits()
-                ),
+                Observation::Ratio {
+                    ratio: run.bits_per_second / bridge.bits_per_second,
+                    of: format!(
+                        "the bridge's ({:.1} against {:.1} Mbit/s)",
+                        run.mbits(),
+                        bridge.mbits()
+                    ),
+                },
             );
             o.insert(
                 cpu,
-                format!(
-                    "{:.2}x the bridge's ({:.0} against {:.0} CPU-s/GB)",
-                    run.cpu_per_gb / bridge.cpu_per_gb,
-                    run.cpu_per_gb,
-                    bridge.cpu_per_gb
-                ),
+                Observation::Ratio {
+                    ratio: run.cpu_per_gb / bridge.cpu_per_gb,
+                    of: format!(
+                        "the bridge's ({:.0} against {:.0} CPU-s/GB)",
+                        run.cpu_per_gb, bridge.cpu_per_gb
+                    ),
+                },
             );
         }
     }

@@ -8,7 +8,7 @@ use lab_harness::{Assets, Cmd, Extras, Lab, Result, Vm};
 
 use crate::expectations::ClaimWifi;
 use crate::probe::{configs_with, observed, reach, refusal};
-use crate::Observed;
+use crate::{Observation, Observed};
 
 /// The kernel of `kernels/kernels.toml` this scenario boots: one with wireless.
 pub const KERNEL: &str = "debian-6.1-generic";
@@ -68,10 +68,10 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
     let ipvlan = child(host1, "ipvlan", "l2", "10.0.0.4").await?;
     let mut o = observed([
         (ClaimWifi::StationToAccessPoint, station),
-        (ClaimWifi::StationsTheAccessPointKnows, joined),
-        (ClaimWifi::AMacvlanChildOnTheStation, macvlan.0),
+        (ClaimWifi::StationsTheAccessPointKnows, joined.into()),
+        (ClaimWifi::AMacvlanChildOnTheStation, macvlan.0.into()),
         (ClaimWifi::MacvlanChildToAccessPoint, macvlan.1),
-        (ClaimWifi::AnIpvlanChildOnTheStation, ipvlan.0),
+        (ClaimWifi::AnIpvlanChildOnTheStation, ipvlan.0.into()),
         (ClaimWifi::IpvlanChildToAccessPoint, ipvlan.1),
     ]);
     o.note(
@@ -89,7 +89,7 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
 /// Makes a child of `kind` on the station's `wlan1` in netns `c`, with `ip`: whether the kernel
 /// accepted it, and whether it reaches the access point. The child is gone afterwards (a macvlan
 /// and an ipvlan cannot share a parent).
-async fn child(host: &Vm, kind: &str, mode: &str, ip: &str) -> Result<(String, String)> {
+async fn child(host: &Vm, kind: &str, mode: &str, ip: &str) -> Result<(String, Observation)> {
     let made = refusal(
         host,
         &format!(
@@ -101,7 +101,7 @@ async fn child(host: &Vm, kind: &str, mode: &str, ip: &str) -> Result<(String, S
     let reached = if made == "accepted" {
         reach(host, Some("c"), AP).await?
     } else {
-        "(not made)".to_string()
+        "(not made)".into()
     };
     // The link first, by itself: a namespace's devices go in the background once it is
     // deleted, and the next child would find this one still holding `wlan1`.

@@ -1,0 +1,91 @@
+//! What an experiment saw for one check, as a value of its kind: whether a probe was answered,
+//! a count, a ratio to a baseline, a MAC, or text. The predicates of
+//! [`crate::expectations::Expect`] judge these; the report shows them as text.
+
+use std::fmt;
+
+use lab_harness::MacAddr;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// Whether a probe (ping, an ARP request) got an answer: "reachable" or "unreachable".
+    Reach(bool),
+    /// How many of something.
+    Count(u64),
+    /// A ratio to a baseline, with the figures it comes from: "1.36x the bridge's (…)".
+    Ratio { ratio: f64, of: String },
+    /// A MAC address, as the kernel prints it.
+    Mac(MacAddr),
+    /// Anything else: a mode, a listing, a refusal's reason.
+    Text(String),
+}
+
+pub const REACHABLE: &str = "reachable";
+pub const UNREACHABLE: &str = "unreachable";
+
+impl Observation {
+    /// The number a ratio or count holds, for [`crate::expectations::Expect::AtLeast`] and the like.
+    pub fn number(&self) -> Option<f64> {
+        match self {
+            Observation::Ratio { ratio, .. } => Some(*ratio),
+            // Counts here are far below 2^53: the conversion is exact.
+            Observation::Count(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observation::Reach(true) => f.write_str(REACHABLE),
+            Observation::Reach(false) => f.write_str(UNREACHABLE),
+            Observation::Count(n) => write!(f, "{n}"),
+            Observation::Ratio { ratio, of } => write!(f, "{ratio:.2}x {of}"),
+            Observation::Mac(mac) => write!(f, "{mac}"),
+            Observation::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<String> for Observation {
+    fn from(text: String) -> Self {
+        Observation::Text(text)
+    }
+}
+
+impl From<&str> for Observation {
+    fn from(text: &str) -> Self {
+        Observation::Text(text.to_string())
+    }
+}
+
+impl From<MacAddr> for Observation {
+    fn from(mac: MacAddr) -> Self {
+        Observation::Mac(mac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_read_as_the_report_shows_them() {
+        assert_eq!(Observation::Reach(true).to_string(), "reachable");
+        assert_eq!(Observation::Reach(false).to_string(), "unreachable");
+        assert_eq!(Observation::Count(12).to_string(), "12");
+        let ratio = Observation::Ratio {
+            ratio: 1.364,
+            of: "the bridge's (1.5 against 1.1 Mbit/s)".into(),
+        };
+        assert_eq!(
+            ratio.to_string(),
+            "1.36x the bridge's (1.5 against 1.1 Mbit/s)"
+        );
+        assert_eq!(ratio.number(), Some(1.364));
+        let mac: MacAddr = "52:54:00:AB:00:01".parse().expect("a MAC");
+        assert_eq!(Observation::from(mac).to_string(), "52:54:00:ab:00:01");
+        assert_eq!(Observation::from("vepa").number(), None);
+    }
+}
