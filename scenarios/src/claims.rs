@@ -6,7 +6,7 @@ use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Cmd, Error, PortPolicy, Result, Vm};
 
 use crate::expectations::{ClaimNicMacLimit, ClaimPromisc, ClaimSwitchMacLimit};
-use crate::probe::{children, children_of, json_field, lan, observed, reach, refusal, PEER};
+use crate::probe::{children, children_of, json_field, lan, reach, refusal, PEER};
 use crate::{Observation, Observed};
 
 pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
@@ -37,20 +37,16 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
         .iter()
         .all(|m| filter.unicast_table.iter().any(|u| u == m));
     // What the claim turns on, each seen for itself; the table judges them together.
-    let o = observed([
+    let o = Observed::from_iter([
         (ClaimPromisc::BridgeChildrenReachPeerWithPromiscOff, reached),
         (
             ClaimPromisc::ChildrensMacsInTheNicsUnicastFilter,
-            if present { "present" } else { "absent" }
-                .to_string()
-                .into(),
+            if present { "present" } else { "absent" }.into(),
         ),
         (ClaimPromisc::Eth0sPromiscuityCounter, promiscuity.into()),
         (
             ClaimPromisc::PromiscuousModeAsQemusNicSeesIt,
-            if filter.promiscuous { "on" } else { "off" }
-                .to_string()
-                .into(),
+            if filter.promiscuous { "on" } else { "off" }.into(),
         ),
     ]);
     lab.shutdown().await?;

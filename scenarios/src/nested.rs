@@ -8,7 +8,7 @@ use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
 use crate::expectations::{
     NestedBond0, NestedCleanup, NestedMacvtapBridge, NestedMacvtapPassthru, NestedMacvtapVepa,
 };
-use crate::probe::{children_on, json_field, none_or, observed, reach, refusal};
+use crate::probe::{children_on, json_field, mac_of, none_or, reach, refusal};
 use crate::Observed;
 
 /// The seed's addresses for the VMs.
@@ -59,7 +59,7 @@ pub async fn bridge(assets: &Assets) -> Result<Observed<NestedMacvtapBridge>> {
         "{} {} {} {}",
         row.interface, row.kind, row.source, row.model
     );
-    let mut o = observed([
+    let mut o = Observed::from_iter([
         (
             NestedMacvtapBridge::Vm2OnHost2ToVm1OnHost1,
             reach(&vm2, None, VM1).await?,
@@ -120,7 +120,7 @@ pub async fn vepa(assets: &Assets) -> Result<Observed<NestedMacvtapVepa>> {
     let off = reach(&vm2, None, VM1).await?;
     lab.set_policy("host1", PortPolicy::HAIRPIN);
     let on = reach(&vm2, None, VM1).await?;
-    let o = observed([
+    let o = Observed::from_iter([
         (NestedMacvtapVepa::Vm2ToVm1OnOneHostHairpinOff, off),
         (NestedMacvtapVepa::Vm2ToVm1OnOneHostHairpinOn, on),
         (NestedMacvtapVepa::Vm1ToPeer, to_peer),
@@ -157,7 +157,7 @@ pub async fn cleanup(assets: &Assets) -> Result<Observed<NestedCleanup>> {
             s.trim().replace('\n', "; ")
         }
     };
-    let o = observed([
+    let o = Observed::from_iter([
         (NestedCleanup::Vm1ToPeerBefore, before),
         (
             NestedCleanup::QemuProcessesOnHost1WhileVm1Runs,
@@ -198,19 +198,13 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
     host1.succeed("ip link delete macvtap9").await?;
     // Passthru: the macvtap takes eth0's MAC whatever it is given, so the VM's NIC must carry
     // it too (libvirt does the same); eth0 itself then hands every frame to the VM.
-    let eth0_mac = host1
-        .succeed("cat /sys/class/net/eth0/address")
-        .await?
-        .trim()
-        .to_string();
+    let eth0_mac = mac_of(host1, None, "eth0").await?;
     let mut spec = InnerSpec::new("vm1", "macvtap0").mode("passthru");
-    spec.mac = eth0_mac.parse().map_err(|e: lab_harness::BadMacAddr| {
-        lab_harness::Error::guest(host1.name(), lab_harness::Phase::Command, e.to_string())
-    })?;
+    spec.mac = eth0_mac;
     let vm1 = start(host1, spec, VM1).await?;
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
     let tap = host1.succeed("cat /sys/class/net/macvtap0/address").await?;
-    let o = observed([
+    let o = Observed::from_iter([
         (
             NestedMacvtapPassthru::ModeOfAMacvtapMadeWithoutMode,
             default_mode.into(),
@@ -220,7 +214,7 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
             tap.trim().into(),
         ),
         (NestedMacvtapPassthru::Vm1sMac, inside.trim().into()),
-        (NestedMacvtapPassthru::Eth0sMac, eth0_mac.as_str().into()),
+        (NestedMacvtapPassthru::Eth0sMac, eth0_mac.into()),
         (
             NestedMacvtapPassthru::Vm1ToPeer,
             reach(&vm1, None, &lab.ip("peer")).await?,
@@ -320,7 +314,7 @@ pub async fn bond0(assets: &Assets) -> Result<Observed<NestedBond0>> {
         reach(peer, None, CHILD2).await?,
         reach(&vm1, None, &peer_ip).await?,
     );
-    let o = observed([
+    let o = Observed::from_iter([
         (NestedBond0::ActiveNic, before.0.into()),
         (NestedBond0::PeerToChildOnBond0, before.1),
         (NestedBond0::Vm1MacvtapOnBond0ToPeer, before.2),

@@ -3,9 +3,7 @@
 
 use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, MacAddr, Phase, Result, Vm, VmConfig};
 
-use crate::expectations::Checks;
 use crate::Observation;
-use crate::Observed;
 
 /// host1's address on the LAN, and peer's.
 pub(crate) const HOST: &str = "192.168.88.1";
@@ -128,13 +126,6 @@ pub(crate) async fn reach(
 pub(crate) async fn arp(vm: &Vm, netns: &str, dev: &str, ip: &str) -> Result<Observation> {
     let cmd = Cmd::script(format!("arping -c1 -w2 -I {dev} {ip}")).netns(netns);
     Ok(Observation::Reach(vm.run(cmd).await?.success()))
-}
-
-/// Observations of `pairs`; in one array they share a kind (`.into()` the others).
-pub(crate) fn observed<K: Checks, O: Into<Observation>>(
-    pairs: impl IntoIterator<Item = (K, O)>,
-) -> Observed<K> {
-    pairs.into_iter().collect()
 }
 
 pub(crate) fn none_or(listing: String) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lab_harness::{Assets, PortPolicy, Result};
 
 use crate::expectations::{Cleanup, SeedContainers, SeedHostIsolation, Shim};
-use crate::probe::{children, lan, none_or, observed, reach, HOST};
+use crate::probe::{children, lan, none_or, reach, HOST};
 use crate::Observed;
 
 pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainers>> {
@@ -14,7 +14,7 @@ pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainer
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc on").await?;
     host1.succeed(children("bridge")).await?;
-    let o = observed([(
+    let o = Observed::from_iter([(
         SeedContainers::Ns2ToNs1,
         reach(host1, Some("ns2"), "192.168.88.11").await?,
     )]);
@@ -26,7 +26,7 @@ pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostI
     let lab = lan(assets, "seed-host-isolation").await?;
     let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
     host1.succeed(children("bridge")).await?;
-    let mut o = observed([
+    let mut o = Observed::from_iter([
         (
             SeedHostIsolation::HostToChild,
             reach(host1, None, "192.168.88.11").await?,
@@ -61,7 +61,7 @@ pub(crate) async fn shim(assets: &Assets) -> Result<Observed<Shim>> {
              && ip link set shim up && ip route add 192.168.88.11/32 dev shim",
         )
         .await?;
-    let o = observed([(
+    let o = Observed::from_iter([(
         Shim::HostToChildViaShim,
         reach(host1, None, "192.168.88.11").await?,
     )]);
@@ -95,7 +95,7 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed<Cleanup>> {
     )
     .await?;
     let after = host1.succeed(STATE).await?;
-    let o = observed([
+    let o = Observed::from_iter([
         (
             Cleanup::NamespacesLeft,
             none_or(host1.succeed("ip netns list").await?),

@@ -7,7 +7,7 @@
 use lab_harness::{Assets, Cmd, Extras, Lab, Result, Vm};
 
 use crate::expectations::ClaimWifi;
-use crate::probe::{configs_with, observed, reach, refusal};
+use crate::probe::{configs_with, reach, refusal};
 use crate::{Observation, Observed};
 
 /// The kernel of `kernels/kernels.toml` this scenario boots: one with wireless.
@@ -66,7 +66,7 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
         .to_string();
     let macvlan = child(host1, "macvlan", "bridge", "10.0.0.3").await?;
     let ipvlan = child(host1, "ipvlan", "l2", "10.0.0.4").await?;
-    let mut o = observed([
+    let mut o = Observed::from_iter([
         (ClaimWifi::StationToAccessPoint, station),
         (ClaimWifi::StationsTheAccessPointKnows, joined.into()),
         (ClaimWifi::AMacvlanChildOnTheStation, macvlan.0.into()),
