@@ -84,23 +84,22 @@ fn install_qemu(tree: &mut Tree, nest: &NestRecipe, qemu: &Path) -> Result<NestI
         };
         tree.file(&dest, bytes, 0o755);
     }
-    let data_dir = data_dirs(&qemu)?
-        .into_iter()
-        .find(|d| nest.firmware.iter().all(|f| d.join(f).exists()))
-        .ok_or_else(|| {
-            Error::Missing(format!(
-                "no data directory of {} holds {:?} (see `{} -L help`)",
-                qemu.display(),
-                nest.firmware,
-                qemu.display()
-            ))
-        })?;
+    // Each file from whichever data directory holds it: Debian's QEMU 7.2 keeps microvm's
+    // firmware with its own data, QEMU 10 from backports in /usr/share/seabios.
+    let dirs = data_dirs(&qemu)?;
     for f in &nest.firmware {
-        tree.file(
-            &format!("{QEMU_DIR}/share/{f}"),
-            crate::read(&data_dir.join(f))?,
-            0o644,
-        );
+        let path = dirs
+            .iter()
+            .map(|d| d.join(f))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Error::Missing(format!(
+                    "no data directory of {} holds {f} (see `{} -L help`)",
+                    qemu.display(),
+                    qemu.display()
+                ))
+            })?;
+        tree.file(&format!("{QEMU_DIR}/share/{f}"), crate::read(&path)?, 0o644);
     }
     let mut tcg = true;
     for m in &nest.qemu_modules {
