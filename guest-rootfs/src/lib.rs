@@ -83,6 +83,13 @@ pub fn build(
     for [link, target] in &recipe.links {
         tree.symlink(link, target);
     }
+    let after_boot: String = recipe
+        .links_after_boot
+        .iter()
+        .map(|[link, target]| format!("{link} {target}\n"))
+        .collect();
+    // Read by the agent at boot (`init::make_links_after_boot`).
+    tree.file("/etc/lab/links", after_boot.into_bytes(), 0o644);
     for dir in &recipe.trees {
         sysroot.install_tree(&mut tree, dir)?;
     }

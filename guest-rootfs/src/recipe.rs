@@ -14,6 +14,9 @@ pub struct Recipe {
     pub programs: Vec<String>,
     #[serde(default)]
     pub links: Vec<[String; 2]>,
+    /// Links the agent makes after the boot's modules are loaded (`/etc/lab/links`).
+    #[serde(default)]
+    pub links_after_boot: Vec<[String; 2]>,
     /// Directories copied whole from the packages (terminfo, say).
     #[serde(default)]
     pub trees: Vec<String>,
@@ -48,10 +51,12 @@ impl Recipe {
 
     /// File names that real programs provide, so busybox must not shadow them in /bin.
     pub fn provided_names(&self) -> Vec<String> {
-        let names = self
-            .programs
-            .iter()
-            .chain(self.links.iter().map(|[link, _]| link));
+        let names = self.programs.iter().chain(
+            self.links
+                .iter()
+                .chain(&self.links_after_boot)
+                .map(|[link, _]| link),
+        );
         names
             .filter_map(|p| {
                 Path::new(p)
@@ -65,6 +70,21 @@ impl Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel runs /sbin/modprobe for what it asks for while booting: the image must not
+    /// hold it then, but the agent makes it (and busybox's applet must not take its place).
+    #[test]
+    fn modprobe_is_linked_after_boot_not_in_the_image() {
+        let recipe = Recipe::load(&Recipe::bundled_path()).expect("bundled recipe");
+        assert!(!recipe
+            .links
+            .iter()
+            .any(|[link, _]| link == "/sbin/modprobe"));
+        assert!(recipe
+            .links_after_boot
+            .iter()
+            .any(|[link, target]| link == "/sbin/modprobe" && target == "/bin/kmod"));
+    }
 
     #[test]
     fn bundled_recipe_keeps_busybox_away_from_sh_and_ip() {

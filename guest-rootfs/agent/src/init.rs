@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 /// Load order of the image's modules, one path per line relative to `/lib/modules/$(uname -r)`;
 /// written by the image builder, which resolved their dependencies on the host.
 const MODULE_LIST: &str = "/etc/lab/modules";
+/// `LINK TARGET` lines: links the image leaves to us (`links_after_boot` in rootfs.toml).
+const LINKS_AFTER_BOOT: &str = "/etc/lab/links";
 const PORT_WAIT: Duration = Duration::from_secs(20);
 
 pub fn run() -> ! {
@@ -40,6 +42,8 @@ pub fn run() -> ! {
     if let Some(disk) = cmdline_value(&cmdline, "lab.modules_disk") {
         mount_modules_disk(&Path::new("/dev").join(disk));
     }
+    // Only now: until here the kernel's own module requests find no modprobe and fail at once.
+    make_links_after_boot();
     // The kernel starts PID 1 with no PATH of its own.
     let ip = |args: &[&str]| {
         Command::new("ip")
@@ -69,6 +73,20 @@ pub fn run() -> ! {
     };
     log(&format!("serving on {}", port.display()));
     supervise(&port)
+}
+
+/// Makes the links of [`LINKS_AFTER_BOOT`] (`/sbin/modprobe`): the kernel runs modprobe for
+/// what it asks for while booting, which finds nothing before the module disk is mounted, and
+/// each run costs a program start in an emulated CPU.
+fn make_links_after_boot() {
+    let list = fs::read_to_string(LINKS_AFTER_BOOT).unwrap_or_default();
+    for (link, target) in list.lines().filter_map(|l| l.split_once(' ')) {
+        match std::os::unix::fs::symlink(target, link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => log(&format!("link {link} -> {target}: {e}")),
+        }
+    }
 }
 
 fn log(msg: &str) {
