@@ -86,9 +86,7 @@ fn qemu_backports_suite() -> Option<String> {
 /// host's apt configuration and lists are not changed.
 fn install_from_backports(package: &str, suite: &str) -> anyhow::Result<()> {
     use anyhow::Context;
-    if !nix::unistd::geteuid().is_root() || which::which("apt-get").is_err() {
-        anyhow::bail!("not root with apt-get");
-    }
+    anyhow::ensure!(may_use_apt(), "installing needs root and apt-get");
     let view = tempfile::tempdir()
         .with_context(|| format!("a temporary directory for apt's view of {suite}"))?;
     let lists = view.path().join("lists");
@@ -101,17 +99,13 @@ fn install_from_backports(package: &str, suite: &str) -> anyhow::Result<()> {
             "{host_sources}\ndeb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"
         ),
     )?;
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", lists.display()))
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let options = [
+        "-o".to_string(),
+        format!("Dir::Etc::SourceList={}", sources.display()),
+        "-o".to_string(),
+        format!("Dir::State::Lists={}", lists.display()),
+    ];
+    let apt = |args: &[&str]| apt_get(&options, args);
     anyhow::ensure!(
         apt(&["update", "-q"]),
         "apt-get update with {suite} added failed (see above); is deb.debian.org reachable?"
@@ -128,21 +122,20 @@ fn install_from_backports(package: &str, suite: &str) -> anyhow::Result<()> {
 /// Installs `package` with apt-get if we are root on an apt system; true if that worked. Never
 /// removes a host package to make room (`--no-remove`: apt stops instead, and we say so).
 fn apt_install(package: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() || which::which("apt-get").is_err() {
+    if !may_use_apt() {
         return false;
     }
     eprintln!("xtask: installing {package} with `apt-get install --no-remove --no-install-recommends {package}`");
-    let ok = Command::new("apt-get")
-        .args([
+    let ok = apt_get(
+        &[],
+        &[
             "install",
             "-y",
             "--no-remove",
             "--no-install-recommends",
             package,
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
+        ],
+    );
     if !ok {
         eprintln!(
             "xtask: apt-get did not install {package} without removing anything (see above); nothing was changed. \
@@ -151,4 +144,19 @@ fn apt_install(package: &str) -> bool {
         );
     }
     ok
+}
+
+/// Whether we may install host packages: root on a system with apt-get.
+fn may_use_apt() -> bool {
+    nix::unistd::geteuid().is_root() && which::which("apt-get").is_ok()
+}
+
+/// Runs `apt-get OPTIONS ARGS` without questions; true if it succeeded.
+fn apt_get(options: &[String], args: &[&str]) -> bool {
+    Command::new("apt-get")
+        .args(options)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success())
 }
