@@ -119,6 +119,22 @@ async fn commands_report_failure_timeouts_big_output_stdin_and_namespaces() {
         "the timeout was enforced"
     );
 
+    // A timeout ends all of a command, also a child in a session of its own that holds the
+    // output open, and the reply keeps what came before.
+    let out = vm
+        .run(
+            Cmd::script("echo before; setsid sleep 300 & sleep 30").timeout(Duration::from_secs(1)),
+        )
+        .await
+        .check();
+    assert!(out.timed_out && out.signal == Some(9), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+    let left = vm
+        .succeed("ps -o args | grep -c '[s]leep 300' || true")
+        .await
+        .check();
+    assert_eq!(left, "0\n", "the session's sleep was killed too");
+
     let five_mb = 5 * 1024 * 1024;
     let out = vm
         .run(format!("head -c {five_mb} /dev/zero | tr '\\0' x"))

@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,12 @@ pub struct Io {
     pub group: Pid,
 }
 
-/// How long the output of a finished terminal session may still drain: a background job that
-/// keeps the terminal open must not keep the reply from going out.
-const TTY_DRAIN: Duration = Duration::from_secs(1);
+/// How long output may still drain, and a killed command's processes die, before the reply goes
+/// out without them: a background job that keeps a finished session's terminal open must not
+/// hold the reply, nor may a timed-out fork bomb's 850 processes, which took about 3 s to die under
+/// TCG on a loaded host (the host waits only 10 s past the timeout). They go on dying after it;
+/// their cgroup is removed once they have.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs `spec` to its end. A streaming run's output goes to `sink` instead of the result; an
 /// interactive one (on a terminal) hands its [`Io`] to `started` as soon as it runs.
@@ -82,28 +86,39 @@ pub fn run(
         }
     };
 
-    let (done_tx, done_rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let status = child.wait();
-        let _ = done_tx.send(());
-        status
+    let (done_tx, done) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
     });
-    let timed_out = done_rx.recv_timeout(spec.timeout).is_err();
-    // Kill the whole group either way: a finished shell may have left background children that
-    // still hold the output pipes open, and we must not wait for them.
+    let ended = match done.recv_timeout(spec.timeout) {
+        Ok(status) => Some(status.map_err(|e| e.to_string())?),
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => return Err("waiter thread panicked".to_string()),
+    };
+    let timed_out = ended.is_none();
+    if timed_out {
+        // All of it, also what left the process group (a daemon in a session of its own).
+        if let Some(group) = &group {
+            group.kill();
+        }
+    }
+    // Kill the process group either way: a finished shell may have left background children
+    // that still hold the output pipes open, and we must not wait for them.
     let _ = killpg(pgid, Signal::SIGKILL);
-    let status = waiter
-        .join()
-        .map_err(|_| "waiter thread panicked".to_string())?
-        .map_err(|e| e.to_string())?;
-    let drain = spec.tty.map(|_| TTY_DRAIN);
+    let drain = (timed_out || spec.tty.is_some()).then(|| Instant::now() + DRAIN);
+    let status = ended.or_else(|| done.recv_timeout(DRAIN).ok()?.ok());
     let (stdout, out_cut) = finish(stdout, drain);
     let (stderr, err_cut) = finish(stderr, drain);
     let oom_killed = group.as_ref().is_some_and(|g| g.oom_kills() > 0);
     Ok(RunOutput {
         oom_killed,
-        code: if timed_out { None } else { status.code() },
-        signal: status.signal(),
+        code: if timed_out {
+            None
+        } else {
+            status.and_then(|s| s.code())
+        },
+        // Not yet reaped when the reply went out: killed by us all the same.
+        signal: status.map_or(Some(Signal::SIGKILL as i32), |s| s.signal()),
         timed_out,
         stdout,
         stderr,
@@ -257,21 +272,25 @@ fn feed_stdin(child: &mut Child, data: Option<Vec<u8>>) {
     }
 }
 
-/// A reader thread and the channel its result comes back on.
-type Captured = (mpsc::Receiver<(Vec<u8>, bool)>, thread::JoinHandle<()>);
+/// What a reader thread has kept so far (the bytes and whether any were dropped), and the
+/// channel that says it reached the end.
+struct Captured {
+    kept: Arc<Mutex<(Vec<u8>, bool)>>,
+    ended: mpsc::Receiver<()>,
+}
 
 /// Reads a pipe (or terminal) to its end. Streaming, each piece goes to `sink`; otherwise at most
-/// [`MAX_OUTPUT_BYTES`] are kept. Returns the kept bytes and whether any were dropped. Reading
-/// on past the cap keeps the program from blocking on a full pipe.
+/// [`MAX_OUTPUT_BYTES`] are kept. Reading on past the cap keeps the program from blocking on a
+/// full pipe.
 fn capture<R: Read + Send + 'static>(
     pipe: Option<R>,
     stream: Stream,
     sink: Option<Sink>,
 ) -> Captured {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut cut = false;
+    let kept = Arc::new(Mutex::new((Vec::new(), false)));
+    let (tx, ended) = mpsc::channel();
+    let keep = Arc::clone(&kept);
+    thread::spawn(move || {
         if let Some(mut pipe) = pipe {
             let mut chunk = [0u8; 64 * 1024];
             // A terminal whose far end closed reads as EIO: that is its end of file.
@@ -279,26 +298,28 @@ fn capture<R: Read + Send + 'static>(
                 match &sink {
                     Some(sink) => sink(stream, &chunk[..n]),
                     None => {
+                        let (kept, cut) = &mut *keep.lock().unwrap_or_else(|p| p.into_inner());
                         let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
                         kept.extend_from_slice(&chunk[..n.min(room)]);
-                        cut |= n > room;
+                        *cut |= n > room;
                     }
                 }
             }
         }
-        let _ = tx.send((kept, cut));
+        let _ = tx.send(());
     });
-    (rx, handle)
+    Captured { kept, ended }
 }
 
-/// What a capture kept, waiting at most `drain` for it (forever when `None`).
-fn finish((rx, handle): Captured, drain: Option<Duration>) -> (Vec<u8>, bool) {
-    let got = match drain {
-        Some(d) => rx.recv_timeout(d).ok(),
-        None => rx.recv().ok(),
+/// What a capture kept, waiting for its end until `deadline` (forever when `None`). Past the
+/// deadline, what came so far is the result.
+fn finish(captured: Captured, deadline: Option<Instant>) -> (Vec<u8>, bool) {
+    let _ = match deadline {
+        Some(d) => captured
+            .ended
+            .recv_timeout(d.saturating_duration_since(Instant::now()))
+            .map_err(drop),
+        None => captured.ended.recv().map_err(drop),
     };
-    if got.is_some() {
-        let _ = handle.join();
-    }
-    got.unwrap_or_default()
+    std::mem::take(&mut *captured.kept.lock().unwrap_or_else(|p| p.into_inner()))
 }

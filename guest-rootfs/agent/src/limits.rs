@@ -5,6 +5,9 @@
 //!   (`memory.oom.group`), and the agent, outside, is never the victim. The result says so.
 //! - **processes**: 4 per MiB of the guest's memory. A fork bomb gets `EAGAIN` instead of a
 //!   guest with no pid left for the agent's threads, and its group is killed at its timeout.
+//! - **CPU**: `commands` as a whole weighs as much with the scheduler as each of the agent's
+//!   threads. Without that, a fork bomb's 850 runnable processes each weighed as much as the
+//!   thread that must see its timeout and kill it.
 //!
 //! The agent itself is also out of reach of a guest-wide OOM (`oom_score_adj` -1000); its
 //! commands start again from 0.
@@ -31,6 +34,11 @@ pub fn set_up() -> Result<String, String> {
         &Path::new(ROOT).join("cgroup.subtree_control"),
         "+memory +pids",
     )?;
+    // Only at the root: within `commands`, commands share its time as before.
+    let cpu = match write(&Path::new(ROOT).join("cgroup.subtree_control"), "+cpu") {
+        Ok(()) => "",
+        Err(_) => " (no cpu controller: a busy command can slow the agent down)",
+    };
     fs::create_dir_all(COMMANDS).map_err(|e| format!("mkdir {COMMANDS}: {e}"))?;
     write(
         &Path::new(COMMANDS).join("cgroup.subtree_control"),
@@ -41,7 +49,7 @@ pub fn set_up() -> Result<String, String> {
     write(&Path::new(COMMANDS).join("memory.max"), &memory.to_string())?;
     write(&Path::new(COMMANDS).join("pids.max"), &pids.to_string())?;
     Ok(format!(
-        "commands may use {} MiB and {pids} processes",
+        "commands may use {} MiB and {pids} processes{cpu}",
         memory >> 20
     ))
 }
@@ -111,6 +119,12 @@ impl Group {
             // Inherited from the agent's -1000: commands are fair game again.
             write_in_child(c"/proc/self/oom_score_adj", b"0")
         }
+    }
+
+    /// Kills every process of this group at once, also those that left the command's process
+    /// group (`cgroup.kill`, Linux 5.14 and later; before that, the caller's `killpg` is all).
+    pub fn kill(&self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
     }
 
     /// How many processes of this group the OOM killer killed.
