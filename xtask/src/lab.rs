@@ -19,8 +19,9 @@ pub struct LabArgs {
     #[arg(long)]
     pub list: bool,
     /// Scenarios run at the same time (each boots two or three guests), longest first by the
-    /// last run's times [default: twice the cores: scenarios spend much of their time waiting on
-    /// pings; on 2 cores under TCG, 4 took 47 s where 3 took 55 s and 5 took 48 s]
+    /// last run's times; a measurement (`claim/throughput`) runs alone [default: twice the
+    /// cores: scenarios spend much of their time waiting on pings; on 2 cores under TCG, 4 took
+    /// 47 s where 3 took 55 s and 5 took 48 s]
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
@@ -377,18 +378,35 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut set = tokio::task::JoinSet::new();
-        // Longest first (by the latest times on this kernel), so that the nested scenarios
-        // do not start last and leave the other slots idle while they finish.
+        // What runs alone first, while no slot has anything to drain; then longest first (by
+        // the latest times on this kernel), so that the nested scenarios do not start last
+        // and leave the other slots idle while they finish.
         let last = last_times(&assets.kernel.id);
+        let alone = |n: &str| lab_scenarios::scenarios::find(n).is_some_and(|s| s.alone);
         let mut order: Vec<(usize, &&str)> = names.iter().enumerate().collect();
         order.sort_by(|(_, a), (_, b)| {
             let took = |n: &str| last.get(n).copied().unwrap_or(f64::INFINITY);
-            took(b).total_cmp(&took(a))
+            alone(b).cmp(&alone(a)).then(took(b).total_cmp(&took(a)))
         });
         for (i, name) in order {
+            let scenario = lab_scenarios::scenarios::find(name);
+            // A measurement takes every slot: nothing runs beside it.
+            let slots = if scenario.is_some_and(|s| s.alone) {
+                jobs
+            } else {
+                1
+            };
             // Taken here, in order, not in the task: tasks start in no particular order.
-            let permit = permits.clone().acquire_owned().await;
-            let kernel = lab_scenarios::scenarios::find(name).and_then(|s| s.kernel);
+            let permit = permits
+                .clone()
+                .acquire_many_owned(u32::try_from(slots).unwrap_or(u32::MAX))
+                .await;
+            if slots > 1 {
+                crate::ui::status!(
+                    "lab: {name} runs with no other scenario beside it (a measurement)"
+                );
+            }
+            let kernel = scenario.and_then(|s| s.kernel);
             let assets = kernel
                 .and_then(|id| own_kernel.get(id))
                 .unwrap_or(&assets)
