@@ -87,6 +87,32 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &extra)
 }
 
+/// What a guest restored from a snapshot is given as `-kernel` and `-initrd`, written into its
+/// state directory `dir`. QEMU builds the machine from them before the saved state replaces the
+/// guest's memory, so nothing of them ever runs, and of the kernel it parses only the boot
+/// header (its setup sectors). Handing it those and an empty initrd, instead of 14 MiB and 19
+/// MiB to read and copy, took a QEMU start on a snapshot from 50 to 27 ms of CPU (`perf stat -r
+/// 5`), which counts eight times over when eight guests start at once.
+pub fn restore_stand_ins(kernel: &Path, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(kernel)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .map_err(|e| Error::io(kernel, e))?;
+    // The boot protocol: the number of setup sectors at 0x1f1 (0 means 4), after the boot sector.
+    let sectors = match head.get(0x1f1) {
+        Some(0) | None => 4,
+        Some(&n) => usize::from(n),
+    };
+    // A page of the kernel proper after them, so that QEMU finds a kernel there at all.
+    head.truncate((sectors + 1) * 512 + 4096);
+    let stand_ins = (dir.join("kernel-header"), dir.join("initrd-empty"));
+    for (path, bytes) in [(&stand_ins.0, &head[..]), (&stand_ins.1, &[][..])] {
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(stand_ins)
+}
+
 /// [`kernel_cmdline`] from its parts: the nest's inner VMs boot with it too.
 pub fn cmdline(name: &str, accel: Accel, tsc_khz: Option<u32>, extra: &[String]) -> String {
     let mut args = vec![
@@ -265,6 +291,33 @@ pub fn incoming_args() -> Vec<OsString> {
 mod tests {
     use super::*;
     use crate::vm::MacAddr;
+
+    #[test]
+    fn a_restored_guest_gets_the_kernels_boot_header_and_an_empty_initrd() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let bzimage = |sectors: u8| {
+            let mut k: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            k[0x1f1] = sectors;
+            let path = dir.path().join(format!("vmlinuz-{sectors}"));
+            std::fs::write(&path, &k).expect("a kernel file");
+            (path, k)
+        };
+        for (sectors, kept) in [(39, 40 * 512 + 4096), (0, 5 * 512 + 4096)] {
+            let (path, whole) = bzimage(sectors);
+            let out = dir.path().join(format!("state-{sectors}"));
+            std::fs::create_dir(&out).expect("a state dir");
+            let (kernel, initrd) = restore_stand_ins(&path, &out).expect("stand-ins");
+            assert_eq!(
+                std::fs::read(&kernel).expect("the header"),
+                whole[..kept],
+                "{sectors} sectors"
+            );
+            assert_eq!(std::fs::read(&initrd).expect("the initrd"), b"");
+        }
+        let err = restore_stand_ins(&dir.path().join("gone"), dir.path())
+            .expect_err("a missing kernel fails");
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
 
     fn cfg(accel: Accel) -> VmConfig {
         let mut c = VmConfig::new(

@@ -274,8 +274,12 @@ impl Vm {
                 memory,
                 resume,
             } => {
+                let (kernel, initrd) =
+                    qemu::restore_stand_ins(&cfg.kernel, &paths.dir).map_err(fatal)?;
                 let bare = VmConfig {
                     layers: Vec::new(),
+                    kernel,
+                    initrd,
                     ..cfg.clone()
                 };
                 let mut args = qemu::args(&bare, &paths);
