@@ -119,6 +119,31 @@ async fn commands_report_failure_timeouts_big_output_stdin_and_namespaces() {
         "the timeout was enforced"
     );
 
+    // Each command starts in a cgroup of its own under `commands`, fair game for the OOM killer,
+    // with no signal blocked and SIGPIPE not ignored (the agent ignores it), in its own process group.
+    let me = vm
+        .succeed(Cmd::argv([
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup /proc/self/oom_score_adj; grep -E '^Sig(Ign|Blk)' /proc/self/status; ps -o pid,pgid | grep \"^ *$$ \"",
+        ]))
+        .await
+        .check();
+    let lines: Vec<&str> = me.lines().collect();
+    assert!(lines[0].starts_with("0::/commands/"), "{me}");
+    assert_eq!(lines[1..3], ["0", "SigBlk:\t0000000000000000"], "{me}");
+    let ignored = lines[3]
+        .strip_prefix("SigIgn:\t")
+        .map(|hex| u64::from_str_radix(hex, 16));
+    assert!(
+        matches!(ignored, Some(Ok(mask)) if mask & (1 << (13 - 1)) == 0),
+        "SIGPIPE (13) is not ignored: {me}"
+    );
+    let pid_pgid: Vec<&str> = lines[4].split_whitespace().collect();
+    assert_eq!(pid_pgid[0], pid_pgid[1], "its own process group: {me}");
+    let again = vm.succeed("cat /proc/self/cgroup").await.check();
+    assert_ne!(again.trim(), lines[0], "another command, another cgroup");
+
     // A timeout ends all of a command, also a child in a session of its own that holds the
     // output open, and the reply keeps what came before.
     let out = vm

@@ -2,11 +2,12 @@
 //! and its own cgroup ([`crate::limits`]), feed stdin, capture capped output or stream it as it
 //! comes, and kill the whole group when the timeout passes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -48,48 +49,82 @@ pub fn run(
 ) -> Result<RunOutput, String> {
     let started_at = Instant::now();
     let sink = if spec.streams() { sink } else { None };
-    let mut cmd = command(spec);
     let group = crate::limits::Group::create();
-    if let Some(group) = &group {
-        // SAFETY: the closure only opens, writes and closes files (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(group.enter());
-        }
-    }
-    let tty = match spec.tty {
-        Some(size) => Some(attach_tty(&mut cmd, size)?),
-        None => None,
-    };
-    let mut child = cmd.spawn().map_err(|e| spawn_error(spec, &e))?;
-    let pgid = Pid::from_raw(child.id() as i32);
-    // Our copy of the terminal's far end must close, or reading the near end never ends.
-    drop(cmd);
-    let (stdout, stderr) = match tty {
-        Some(master) => {
-            let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
-            started(Io {
-                input: File::from(master.try_clone().map_err(|e| e.to_string())?),
-                tty: Some(master),
-                group: pgid,
+    let (pgid, stdout, stderr, done) = match (&group, spec.tty) {
+        // The common case: a pipe for each stream, started inside its cgroup.
+        (Some(group), None) => {
+            let argv = argv(spec);
+            let env = environment(spec);
+            let plan = crate::spawn::Plan {
+                argv: &argv,
+                env: &env,
+                cwd: spec.cwd.as_deref().unwrap_or("/"),
+                stdin: spec.stdin.is_some(),
+            };
+            let child =
+                crate::spawn::spawn(&plan, group.dir()).map_err(|e| spawn_error(spec, &e))?;
+            feed_stdin(child.stdin, spec.stdin.clone());
+            let (done_tx, done) = mpsc::channel();
+            let pid = child.pid;
+            thread::spawn(move || {
+                let _ = done_tx.send(crate::spawn::wait(pid));
             });
             (
-                capture(Some(reader), Stream::Stdout, sink.clone()),
-                capture(None::<File>, Stream::Stderr, None),
+                Pid::from_raw(pid),
+                capture(Some(child.stdout), Stream::Stdout, sink.clone()),
+                capture(Some(child.stderr), Stream::Stderr, sink),
+                done,
             )
         }
-        None => {
-            feed_stdin(&mut child, spec.stdin.clone());
-            (
-                capture(child.stdout.take(), Stream::Stdout, sink.clone()),
-                capture(child.stderr.take(), Stream::Stderr, sink),
-            )
+        // A terminal (or no cgroups): std's spawn, entering the cgroup between fork and exec.
+        _ => {
+            let mut cmd = command(spec);
+            if let Some(group) = &group {
+                // SAFETY: the closure only opens, writes and closes files (async-signal-safe).
+                unsafe {
+                    cmd.pre_exec(group.enter());
+                }
+            }
+            let tty = match spec.tty {
+                Some(size) => Some(attach_tty(&mut cmd, size)?),
+                None => None,
+            };
+            let mut child = cmd.spawn().map_err(|e| spawn_error(spec, &e))?;
+            let pgid = Pid::from_raw(child.id() as i32);
+            // Our copy of the terminal's far end must close, or reading the near end never ends.
+            drop(cmd);
+            let (stdout, stderr) = match tty {
+                Some(master) => {
+                    let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
+                    started(Io {
+                        input: File::from(master.try_clone().map_err(|e| e.to_string())?),
+                        tty: Some(master),
+                        group: pgid,
+                    });
+                    (
+                        capture(Some(reader), Stream::Stdout, sink.clone()),
+                        capture(None::<File>, Stream::Stderr, None),
+                    )
+                }
+                None => {
+                    feed_stdin(
+                        child.stdin.take().map(|p| File::from(OwnedFd::from(p))),
+                        spec.stdin.clone(),
+                    );
+                    (
+                        capture(child.stdout.take(), Stream::Stdout, sink.clone()),
+                        capture(child.stderr.take(), Stream::Stderr, sink),
+                    )
+                }
+            };
+            let (done_tx, done) = mpsc::channel();
+            thread::spawn(move || {
+                let _ = done_tx.send(child.wait());
+            });
+            (pgid, stdout, stderr, done)
         }
     };
 
-    let (done_tx, done) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done_tx.send(child.wait());
-    });
     let ended = match done.recv_timeout(spec.timeout) {
         Ok(status) => Some(status.map_err(|e| e.to_string())?),
         Err(RecvTimeoutError::Timeout) => None,
@@ -127,7 +162,9 @@ pub fn run(
     })
 }
 
-fn command(spec: &RunSpec) -> Command {
+/// The program and its arguments: `ip netns exec NS` first for a run in a namespace, and a
+/// script run by `/bin/sh -c`.
+fn argv(spec: &RunSpec) -> Vec<String> {
     let mut argv: Vec<String> = Vec::new();
     if let Some(ns) = &spec.netns {
         argv.extend(["ip", "netns", "exec", ns].map(String::from));
@@ -136,20 +173,30 @@ fn command(spec: &RunSpec) -> Command {
         Program::Argv(a) => argv.extend(a.iter().cloned()),
         Program::Script(s) => argv.extend(["/bin/sh".to_string(), "-c".to_string(), s.clone()]),
     }
+    argv
+}
+
+/// A command's whole environment: ours, then the request's, which wins.
+fn environment(spec: &RunSpec) -> Vec<(String, String)> {
+    let term = if spec.tty.is_some() {
+        "xterm-256color"
+    } else {
+        "dumb"
+    };
+    let mut env: BTreeMap<String, String> = [("PATH", PATH), ("HOME", "/root"), ("TERM", term)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(spec.env.clone());
+    env.into_iter().collect()
+}
+
+fn command(spec: &RunSpec) -> Command {
+    let argv = argv(spec);
     let mut cmd = Command::new(argv.first().map(String::as_str).unwrap_or("/bin/true"));
     cmd.args(argv.iter().skip(1))
         .env_clear()
-        .env("PATH", PATH)
-        .env("HOME", "/root")
-        .env(
-            "TERM",
-            if spec.tty.is_some() {
-                "xterm-256color"
-            } else {
-                "dumb"
-            },
-        )
-        .envs(&spec.env)
+        .envs(environment(spec))
         .current_dir(spec.cwd.as_deref().unwrap_or("/"))
         .stdin(if spec.stdin.is_some() {
             Stdio::piped()
@@ -263,8 +310,8 @@ fn describe(program: &Program) -> String {
     }
 }
 
-fn feed_stdin(child: &mut Child, data: Option<Vec<u8>>) {
-    if let (Some(mut pipe), Some(data)) = (child.stdin.take(), data) {
+fn feed_stdin(pipe: Option<File>, data: Option<Vec<u8>>) {
+    if let (Some(mut pipe), Some(data)) = (pipe, data) {
         // A program that exits without reading its input gives EPIPE: that is its business.
         thread::spawn(move || {
             let _ = pipe.write_all(&data);

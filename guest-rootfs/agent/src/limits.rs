@@ -13,7 +13,7 @@
 //! commands start again from 0.
 
 use std::ffi::CString;
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -87,6 +87,8 @@ pub fn protect_agent() {
 pub struct Group {
     dir: PathBuf,
     procs: CString,
+    /// The directory, open: what `clone3` starts a command in ([`crate::spawn`]).
+    fd: File,
 }
 
 impl Group {
@@ -107,7 +109,13 @@ impl Group {
                 .into_encoded_bytes(),
         )
         .ok()?;
-        Some(Self { dir, procs })
+        let fd = File::open(&dir).ok()?;
+        Some(Self { dir, procs, fd })
+    }
+
+    /// The cgroup's directory, open.
+    pub fn dir(&self) -> &File {
+        &self.fd
     }
 
     /// What the child runs between fork and exec to enter the group. Only async-signal-safe

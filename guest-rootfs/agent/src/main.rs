@@ -8,6 +8,7 @@ mod limits;
 mod qmp;
 mod resume;
 mod serve;
+mod spawn;
 mod unpack;
 
 fn main() {
