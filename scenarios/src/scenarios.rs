@@ -31,7 +31,7 @@ pub struct Scenario {
     /// A measurement judged by ratios within its run: the lab runs it first, with no other
     /// scenario beside it. Beside three others, `claim/throughput` failed in three of six full
     /// labs (its namespace-to-namespace margins are a few percent on a slow machine); alone it
-    /// passed in six of six. (The test suite gives it two of its threads, in
+    /// passed in six of six. (The test suite runs it alone and first too, in
     /// `.config/nextest.toml`.)
     pub alone: bool,
 }

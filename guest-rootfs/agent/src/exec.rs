@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -50,79 +50,14 @@ pub fn run(
     let started_at = Instant::now();
     let sink = if spec.streams() { sink } else { None };
     let group = crate::limits::Group::create();
-    let (pgid, stdout, stderr, done) = match (&group, spec.tty) {
-        // The common case: a pipe for each stream, started inside its cgroup.
-        (Some(group), None) => {
-            let argv = argv(spec);
-            let env = environment(spec);
-            let plan = crate::spawn::Plan {
-                argv: &argv,
-                env: &env,
-                cwd: spec.cwd.as_deref().unwrap_or("/"),
-                stdin: spec.stdin.is_some(),
-            };
-            let child =
-                crate::spawn::spawn(&plan, group.dir()).map_err(|e| spawn_error(spec, &e))?;
-            feed_stdin(child.stdin, spec.stdin.clone());
-            let (done_tx, done) = mpsc::channel();
-            let pid = child.pid;
-            thread::spawn(move || {
-                let _ = done_tx.send(crate::spawn::wait(pid));
-            });
-            (
-                Pid::from_raw(pid),
-                capture(Some(child.stdout), Stream::Stdout, sink.clone()),
-                capture(Some(child.stderr), Stream::Stderr, sink),
-                done,
-            )
-        }
-        // A terminal (or no cgroups): std's spawn, entering the cgroup between fork and exec.
-        _ => {
-            let mut cmd = command(spec);
-            if let Some(group) = &group {
-                // SAFETY: the closure only opens, writes and closes files (async-signal-safe).
-                unsafe {
-                    cmd.pre_exec(group.enter());
-                }
-            }
-            let tty = match spec.tty {
-                Some(size) => Some(attach_tty(&mut cmd, size)?),
-                None => None,
-            };
-            let mut child = cmd.spawn().map_err(|e| spawn_error(spec, &e))?;
-            let pgid = Pid::from_raw(child.id() as i32);
-            // Our copy of the terminal's far end must close, or reading the near end never ends.
-            drop(cmd);
-            let (stdout, stderr) = match tty {
-                Some(master) => {
-                    let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
-                    started(Io {
-                        input: File::from(master.try_clone().map_err(|e| e.to_string())?),
-                        tty: Some(master),
-                        group: pgid,
-                    });
-                    (
-                        capture(Some(reader), Stream::Stdout, sink.clone()),
-                        capture(None::<File>, Stream::Stderr, None),
-                    )
-                }
-                None => {
-                    feed_stdin(
-                        child.stdin.take().map(|p| File::from(OwnedFd::from(p))),
-                        spec.stdin.clone(),
-                    );
-                    (
-                        capture(child.stdout.take(), Stream::Stdout, sink.clone()),
-                        capture(child.stderr.take(), Stream::Stderr, sink),
-                    )
-                }
-            };
-            let (done_tx, done) = mpsc::channel();
-            thread::spawn(move || {
-                let _ = done_tx.send(child.wait());
-            });
-            (pgid, stdout, stderr, done)
-        }
+    let Started {
+        pgid,
+        stdout,
+        stderr,
+        done,
+    } = match (&group, spec.tty) {
+        (Some(group), None) => start_in(group, spec, sink)?,
+        _ => start_with_std(group.as_ref(), spec, sink, started)?,
     };
 
     let ended = match done.recv_timeout(spec.timeout) {
@@ -160,6 +95,104 @@ pub fn run(
         truncated: out_cut || err_cut,
         duration: started_at.elapsed(),
     })
+}
+
+/// A command just started: its process group, its output as it is read, and its exit status
+/// once the waiter thread has it.
+struct Started {
+    pgid: Pid,
+    stdout: Captured,
+    stderr: Captured,
+    done: mpsc::Receiver<std::io::Result<ExitStatus>>,
+}
+
+/// The common case: a pipe for each stream, started inside its cgroup ([`crate::spawn`]).
+fn start_in(
+    group: &crate::limits::Group,
+    spec: &RunSpec,
+    sink: Option<Sink>,
+) -> Result<Started, String> {
+    let argv = argv(spec);
+    let env = environment(spec);
+    let plan = crate::spawn::Plan {
+        argv: &argv,
+        env: &env,
+        cwd: spec.cwd.as_deref().unwrap_or("/"),
+        stdin: spec.stdin.is_some(),
+    };
+    let child = crate::spawn::spawn(&plan, group.dir()).map_err(|e| spawn_error(spec, &e))?;
+    feed_stdin(child.stdin, spec.stdin.clone());
+    let pid = child.pid;
+    Ok(Started {
+        pgid: Pid::from_raw(pid),
+        stdout: capture(Some(child.stdout), Stream::Stdout, sink.clone()),
+        stderr: capture(Some(child.stderr), Stream::Stderr, sink),
+        done: waiter(move || crate::spawn::wait(pid)),
+    })
+}
+
+/// A terminal session (or a guest without cgroups): std's spawn, which enters the cgroup
+/// between fork and exec. An interactive one hands its [`Io`] to `started`.
+fn start_with_std(
+    group: Option<&crate::limits::Group>,
+    spec: &RunSpec,
+    sink: Option<Sink>,
+    started: impl FnOnce(Io),
+) -> Result<Started, String> {
+    let mut cmd = command(spec);
+    if let Some(group) = group {
+        // SAFETY: the closure only opens, writes and closes files (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(group.enter());
+        }
+    }
+    let tty = match spec.tty {
+        Some(size) => Some(attach_tty(&mut cmd, size)?),
+        None => None,
+    };
+    let mut child = cmd.spawn().map_err(|e| spawn_error(spec, &e))?;
+    let pgid = Pid::from_raw(child.id() as i32);
+    // Our copy of the terminal's far end must close, or reading the near end never ends.
+    drop(cmd);
+    let (stdout, stderr) = match tty {
+        Some(master) => {
+            let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
+            started(Io {
+                input: File::from(master.try_clone().map_err(|e| e.to_string())?),
+                tty: Some(master),
+                group: pgid,
+            });
+            (
+                capture(Some(reader), Stream::Stdout, sink.clone()),
+                capture(None::<File>, Stream::Stderr, None),
+            )
+        }
+        None => {
+            let stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
+            feed_stdin(stdin, spec.stdin.clone());
+            (
+                capture(child.stdout.take(), Stream::Stdout, sink.clone()),
+                capture(child.stderr.take(), Stream::Stderr, sink),
+            )
+        }
+    };
+    Ok(Started {
+        pgid,
+        stdout,
+        stderr,
+        done: waiter(move || child.wait()),
+    })
+}
+
+/// Runs `wait` on a thread of its own; its result comes on the channel.
+fn waiter(
+    wait: impl FnOnce() -> std::io::Result<ExitStatus> + Send + 'static,
+) -> mpsc::Receiver<std::io::Result<ExitStatus>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(wait());
+    });
+    rx
 }
 
 /// The program and its arguments: `ip netns exec NS` first for a run in a namespace, and a
