@@ -180,15 +180,43 @@ fn module_dirs(qemu: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether `qemu` runs TCG without a module: it starts a machine-less QEMU on it, rather than
+/// trusting `-accel help`, which can list an accelerator whose module is missing. A QEMU that
+/// has not quit within 10 s is killed and counts as without.
 fn qemu_has_builtin_tcg(qemu: &Path) -> bool {
-    Command::new(qemu)
-        .args(["-accel", "help"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == "tcg")
-        })
+    use std::io::Write;
+    let started = Command::new(qemu)
+        .args([
+            "-M",
+            "none",
+            "-accel",
+            "tcg",
+            "-display",
+            "none",
+            "-nodefaults",
+        ])
+        .args(["-no-user-config", "-monitor", "stdio"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = started else {
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 fn qemu_version(qemu: &Path) -> String {
@@ -207,6 +235,28 @@ fn qemu_version(qemu: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcg_counts_only_when_qemu_starts_on_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let fake = |name: &str, script: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("a fake QEMU");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("executable");
+            path
+        };
+        // Lists TCG, as a QEMU whose TCG module is missing may, but cannot start on it.
+        let listed_only = fake(
+            "listed-only",
+            r#"case "$*" in *"accel help"*) printf 'kvm\ntcg\n'; exit 0;; esac; exit 1"#,
+        );
+        assert!(!qemu_has_builtin_tcg(&listed_only));
+        let starts = fake("starts", "read line; [ \"$line\" = quit ]");
+        assert!(qemu_has_builtin_tcg(&starts));
+        assert!(!qemu_has_builtin_tcg(&dir.path().join("missing")));
+    }
 
     #[test]
     fn wrapper_runs_the_bundled_loader_with_the_bundled_libraries() {
