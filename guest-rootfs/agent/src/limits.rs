@@ -76,9 +76,15 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
 }
 
+/// Where a process sets its own OOM score: the agent's -1000, which what it starts inherits,
+/// and a command's 0 ([`Group::enter`], [`crate::spawn`]).
+pub const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+
 /// Keeps the agent out of the OOM killer's choice; what it starts is reset in [`Group::enter`].
 pub fn protect_agent() {
-    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::OsStr::from_bytes(OOM_SCORE_ADJ.to_bytes());
+    let _ = fs::write(path, "-1000");
 }
 
 /// One command's cgroup; removed when dropped, or later when processes of it still live (a
@@ -125,7 +131,7 @@ impl Group {
         move || {
             write_in_child(&procs, b"0")?;
             // Inherited from the agent's -1000: commands are fair game again.
-            write_in_child(c"/proc/self/oom_score_adj", b"0")
+            write_in_child(OOM_SCORE_ADJ, b"0")
         }
     }
 

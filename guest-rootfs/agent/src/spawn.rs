@@ -63,7 +63,6 @@ pub fn spawn(plan: &Plan, cgroup: &File) -> io::Result<Spawned> {
     let path = cstring(path.as_os_str().as_bytes())?;
     let sh = cstring(b"/bin/sh")?;
     let cwd = cstring(plan.cwd.as_bytes())?;
-    let oom_adj = cstring(b"/proc/self/oom_score_adj")?;
     let (argv_p, sh_argv_p, envp_p) = (pointers(&argv), pointers(&sh_argv), pointers(&envp));
 
     let (stdin_r, stdin_w) = match plan.stdin {
@@ -98,7 +97,7 @@ pub fn spawn(plan: &Plan, cgroup: &File) -> io::Result<Spawned> {
                 stderr: stderr_w.as_raw_fd(),
                 report: report_w.as_raw_fd(),
                 cwd: cwd.as_ptr(),
-                oom_adj: oom_adj.as_ptr(),
+                oom_adj: crate::limits::OOM_SCORE_ADJ.as_ptr(),
                 path: path.as_ptr(),
                 sh: sh.as_ptr(),
                 argv: argv_p.as_ptr(),
