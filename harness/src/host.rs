@@ -1,6 +1,7 @@
 //! What of this host a run could leave behind or change, read in one place: QEMU processes
 //! (from /proc) and the network (interfaces and routes). The leak check of `cargo xtask` and the
-//! kill tests all look through this; none of it needs root.
+//! kill tests all look through this; none of it needs root. The process table with each
+//! process's CPU ([`processes`]) is read here too, for `cargo xtask test`'s CPU by test.
 
 use std::collections::BTreeSet;
 
@@ -51,6 +52,71 @@ pub fn qemus_in(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A process as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    /// When it started, in clock ticks since boot: with the pid, what tells a process from a
+    /// later one that reused its pid.
+    pub start: u64,
+    /// The CPU it has used so far, user and system, in clock ticks (`ticks_per_second`).
+    pub cpu_ticks: u64,
+    pub argv: Vec<String>,
+}
+
+/// Every process this user can see, read from /proc; one that exits while being read is left
+/// out.
+pub fn processes() -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (ppid, start, cpu_ticks) = parse_stat(&stat)?;
+            let argv = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv = argv
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some(Process {
+                pid,
+                ppid,
+                start,
+                cpu_ticks,
+                argv,
+            })
+        })
+        .collect()
+}
+
+/// The clock ticks in a second, the unit of [`Process::cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// `(ppid, starttime, utime + stime)` from a `/proc/PID/stat` line. The command name, in
+/// parentheses, may hold spaces and parentheses itself: the fields start after the last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64, u64)> {
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // Numbered as in proc(5): field 3 (state) is fields[0].
+    let field = |n: usize| fields.get(n - 3);
+    let ppid = field(4)?.parse().ok()?;
+    let utime: u64 = field(14)?.parse().ok()?;
+    let stime: u64 = field(15)?.parse().ok()?;
+    let start = field(22)?.parse().ok()?;
+    Some((ppid, start, utime + stime))
+}
+
 /// The host's interfaces as `ip link` lists them: `name mac operstate`.
 pub fn links() -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
@@ -92,5 +158,32 @@ mod tests {
         );
         assert!(network().contains("Iface"), "the route table's header");
         assert!(qemu_processes().iter().all(|q| q.pid != std::process::id()));
+    }
+
+    #[test]
+    fn this_process_is_in_the_table_with_its_parent_arguments_and_cpu() {
+        // Some CPU of its own first: a fresh test thread may not have used a tick yet.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(t.elapsed());
+        }
+        let me = processes()
+            .into_iter()
+            .find(|p| p.pid == std::process::id())
+            .expect("this process in /proc");
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert_eq!(me.argv, std::env::args().collect::<Vec<_>>());
+        assert!(me.cpu_ticks > 0 && me.start > 0, "{me:?}");
+        assert!(ticks_per_second() >= 100);
+    }
+
+    #[test]
+    fn a_stat_line_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        // proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+        // cmajflt utime stime cutime cstime priority nice num_threads itrealvalue starttime ...
+        let line = "42 (a (b) c) S 7 42 42 0 -1 4194560 10 0 0 0 30 12 5 6 20 0 1 0 987654 1 2";
+        assert_eq!(parse_stat(line), Some((7, 987654, 42)));
+        assert_eq!(parse_stat("42 (cut short) S 7"), None);
+        assert_eq!(parse_stat("no parentheses"), None);
     }
 }

@@ -5,6 +5,7 @@ mod attach;
 mod bench;
 mod bench_soak;
 mod bench_switch;
+mod cpu_by_test;
 mod hosttools;
 mod interrupt;
 mod lab;
@@ -283,7 +284,9 @@ fn test(
     }
     nextest.args(test_args);
     with_env(&mut nextest);
+    let sampler = cpu_by_test::Sampler::start(std::process::id());
     let (status, mut tally) = tally::run(nextest)?;
+    report_cpu_by_test(sampler.finish());
     let mut ok = status.success();
     // The JUnit file is what CI shows: it must say what nextest said.
     let junit = workspace_target().join("nextest/default/junit.xml");
@@ -337,6 +340,20 @@ fn test(
     anyhow::ensure!(leaks.is_empty(), "the test suite left things behind");
     anyhow::ensure!(tally.passed > 0, "no test ran");
     Ok(())
+}
+
+/// Writes what each test used of the CPU next to the JUnit file and names the costliest: the
+/// suite's length on a small machine is its CPU, which nextest does not report.
+fn report_cpu_by_test(cpu: cpu_by_test::CpuByTest) {
+    let path = workspace_target().join("nextest/cpu-by-test.tsv");
+    match std::fs::write(&path, cpu.tsv()) {
+        Ok(()) => ui::status!(
+            "xtask: CPU by test (sampled from /proc): {}; all in {}",
+            cpu.summary(3),
+            path.display()
+        ),
+        Err(e) => eprintln!("xtask: could not write {}: {e}", path.display()),
+    }
 }
 
 pub fn workspace_root() -> PathBuf {
