@@ -25,18 +25,14 @@ impl QemuProcess {
 
 /// Every `qemu-system-*` process this user can see, ours or not.
 pub fn qemu_processes() -> Vec<QemuProcess> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains("qemu-system")
-                .then_some(QemuProcess { pid, cmdline })
+    processes()
+        .into_iter()
+        .filter_map(|p| {
+            let cmdline = p.argv.join(" ");
+            cmdline.contains("qemu-system").then_some(QemuProcess {
+                pid: p.pid,
+                cmdline,
+            })
         })
         .collect()
 }

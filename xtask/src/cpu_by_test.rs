@@ -154,8 +154,9 @@ impl CpuByTest {
             .take(n)
             .map(|(t, s)| format!("{s:.0} s {t}"))
             .collect();
+        let no_test = self.seconds.get(NO_TEST).copied().unwrap_or_default();
         format!(
-            "{:.0} CPU-seconds; the most: {}",
+            "{:.0} CPU-seconds, {no_test:.0} of them in no test (nextest, builds); the most: {}",
             self.total(),
             top.join(", ")
         )
@@ -223,7 +224,7 @@ mod tests {
         assert_eq!(cpu.total(), 32.0);
         assert_eq!(
             cpu.summary(1),
-            "32 CPU-seconds; the most: 22 s nest an_inner_vm_boots"
+            "32 CPU-seconds, 8 of them in no test (nextest, builds); the most: 22 s nest an_inner_vm_boots"
         );
         assert_eq!(
             cpu.tsv().lines().next(),
