@@ -158,11 +158,19 @@ mod tests {
 
     #[test]
     fn this_process_is_in_the_table_with_its_parent_arguments_and_cpu() {
-        // Some CPU of its own first: a fresh test thread may not have used a tick yet.
-        let t = std::time::Instant::now();
-        while t.elapsed() < std::time::Duration::from_millis(30) {
-            std::hint::black_box(t.elapsed());
-        }
+        // 50 ms of CPU of its own first (five of /proc's 10 ms ticks), however busy the host.
+        let cpu_ms = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec to a pointer that outlives the call.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0, "the process's CPU clock");
+            ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+        };
+        let start = cpu_ms();
+        while cpu_ms() - start < 50 {}
         let me = processes()
             .into_iter()
             .find(|p| p.pid == std::process::id())
