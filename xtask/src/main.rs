@@ -43,6 +43,7 @@ enum Command {
     /// Fetch the kernel, build the agent and the guest image, write target/lab/assets.json.
     Provision(provision::ProvisionArgs),
     /// Provision, then boot guests and run every test (unit and integration).
+    #[command(after_help = TEST_OUTPUTS)]
     Test {
         #[command(flatten)]
         provision: provision::ProvisionArgs,
@@ -87,6 +88,17 @@ enum Command {
         workspace: Option<PathBuf>,
     },
 }
+
+const TEST_OUTPUTS: &str = "\
+Writes:
+  target/nextest/default/junit.xml   every test's result, for CI systems
+  target/nextest/cpu-by-test.tsv     the CPU each test used, its QEMUs included (sampled from /proc)
+  target/lab/failed/                 consoles of the guests of failed tests
+
+Examples:
+  cargo xtask test                          everything
+  cargo xtask test -- -E 'binary(lan)'      one test binary (a nextest filter)
+  cargo xtask test --partition 1/2          the first of two CI shards";
 
 const LAB_EXAMPLES: &str = "Examples:
   cargo xtask lab                          all scenarios: a table, report.html, junit.xml
