@@ -77,8 +77,15 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 }
 
 /// Where a process sets its own OOM score: the agent's -1000, which what it starts inherits,
-/// and a command's 0 ([`Group::enter`], [`crate::spawn`]).
-pub const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+/// and a command's 0 ([`reset_oom_score_in_child`]).
+const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+
+/// What a command's process does before its exec, however it was started ([`Group::enter`],
+/// [`crate::spawn`]): back to an OOM score of 0 from the agent's -1000 it inherited, so that
+/// commands are fair game for the OOM killer again. Async-signal-safe: open, write, close.
+pub fn reset_oom_score_in_child() -> std::io::Result<()> {
+    write_in_child(OOM_SCORE_ADJ, b"0")
+}
 
 /// Keeps the agent out of the OOM killer's choice; what it starts is reset in [`Group::enter`].
 pub fn protect_agent() {
@@ -130,8 +137,7 @@ impl Group {
         let procs = self.procs.clone();
         move || {
             write_in_child(&procs, b"0")?;
-            // Inherited from the agent's -1000: commands are fair game again.
-            write_in_child(OOM_SCORE_ADJ, b"0")
+            reset_oom_score_in_child()
         }
     }
 

@@ -97,7 +97,6 @@ pub fn spawn(plan: &Plan, cgroup: &File) -> io::Result<Spawned> {
                 stderr: stderr_w.as_raw_fd(),
                 report: report_w.as_raw_fd(),
                 cwd: cwd.as_ptr(),
-                oom_adj: crate::limits::OOM_SCORE_ADJ.as_ptr(),
                 path: path.as_ptr(),
                 sh: sh.as_ptr(),
                 argv: argv_p.as_ptr(),
@@ -197,7 +196,6 @@ struct Child {
     stderr: libc::c_int,
     report: libc::c_int,
     cwd: *const libc::c_char,
-    oom_adj: *const libc::c_char,
     path: *const libc::c_char,
     sh: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -232,12 +230,8 @@ unsafe fn child(c: &Child) -> ! {
         if libc::chdir(c.cwd) != 0 {
             fail(c.report);
         }
-        // Inherited from the agent's -1000: commands are fair game for the OOM killer again.
-        let fd = libc::open(c.oom_adj, libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-        }
+        // Its failure is not the command's: it runs, with the agent's score.
+        let _ = crate::limits::reset_oom_score_in_child();
         libc::execve(c.path, c.argv, c.envp);
         if *libc::__errno_location() == libc::ENOEXEC {
             libc::execve(c.sh, c.sh_argv, c.envp);
