@@ -57,10 +57,7 @@ pub fn build(
             modules,
         });
     }
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-modules-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+    let staging = lab_kernels::cache::Staging::new(&dir, "modules")?;
     let tree = staging.path().join("lib/modules").join(&kernel.release);
     copy_tree(&kernel.modules_dir, &tree, &files)?;
     depmod(

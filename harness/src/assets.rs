@@ -126,6 +126,11 @@ impl Assets {
             what: format!("valid guest assets in {}: {e}", path.display()),
             fix: "run `cargo xtask provision` again".into(),
         })?;
+        // What the cache holds is booted and run: one another user could write is refused
+        // (and `Assets::vm` prunes snapshots in it).
+        if !assets.cache.as_os_str().is_empty() && assets.cache.exists() {
+            lab_kernels::cache::check(&assets.cache).map_err(lab_rootfs::Error::from)?;
+        }
         let dir = path
             .parent()
             .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()))

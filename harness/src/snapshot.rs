@@ -51,6 +51,8 @@ const SAVE_WITHIN: Duration = Duration::from_secs(120);
 pub const KEEP: usize = 16;
 /// Touched at every restore: its modification time says when the snapshot was last used.
 const USED: &str = "used";
+/// Hex digits of the shape's key that name its directory.
+const SHORT_KEY: usize = 24;
 
 /// How a guest came up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +206,7 @@ fn without_archives(cfg: &VmConfig) -> (VmConfig, Vec<std::sync::Arc<Vec<u8>>>) 
 
 async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
     let key = key(cfg)?;
-    let dir = store.join(&key[..24]);
+    let dir = store.join(&key[..SHORT_KEY]);
     let mut fallback: Option<String> = None;
     let mut failed_id = None;
     // Without the lock first: once a shape's snapshot exists, guests restore side by side.
@@ -222,7 +224,7 @@ async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
     let _lock = lock(store, &key).await?;
     // Only the lock's holder takes this shape's snapshot: one in the making now was left by a
     // process killed while taking it.
-    remove_takings(store, &key[..24]);
+    remove_takings(store, &key[..SHORT_KEY]);
     match find(&dir, &key) {
         // Taken by another guest while we waited for the lock, or replaced since ours failed.
         Found::Ready(snap) if failed_id.as_ref() != Some(&snap.meta.id) => {
@@ -283,6 +285,15 @@ async fn restore(cfg: &VmConfig, snap: &Snapshot) -> std::result::Result<Vm, Str
 /// at that moment keeps reading it (its file stays open); one about to start on it falls back
 /// to a cold boot.
 fn prune(store: &Path, keep: usize) {
+    // The store is any path a library user configured: only one the lab made (tagged when
+    // [`lock`] made it) is pruned, and in it only what is named like a snapshot.
+    if !lab_kernels::cache::is_ours(store) {
+        tracing::warn!(
+            "not pruning {}: it has no CACHEDIR.TAG of macvlan-lab, so it is not a store the lab made",
+            store.display()
+        );
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(store) else {
         return;
     };
@@ -298,9 +309,9 @@ fn prune(store: &Path, keep: usize) {
         .map(|e| e.path())
         .filter(|p| {
             p.is_dir()
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_short_key)
         })
         .map(|p| (last_use(&p), p))
         .collect();
@@ -313,6 +324,14 @@ fn prune(store: &Path, keep: usize) {
         discard(&dir);
         let _ = std::fs::remove_file(dir.with_extension("lock"));
     }
+}
+
+/// Whether `name` is what a snapshot's directory is named: a shape's short key.
+fn is_short_key(name: &str) -> bool {
+    name.len() == SHORT_KEY
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// What makes the restored `cfg` its own guest.
@@ -489,7 +508,8 @@ enum Taken {
 /// not be saved carries on as a cold-booted one.
 async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Taken> {
     let taking = tempfile::Builder::new()
-        .prefix(&taking_prefix(&key[..24]))
+        .prefix(&taking_prefix(&key[..SHORT_KEY]))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(store)
         .map_err(|e| Error::io(store, e))?;
     let memory = GuestMemory::new(&cfg.name)?;
@@ -579,7 +599,14 @@ impl GuestMemory {
         const PAGE: usize = 4096;
         static ZERO: [u8; PAGE] = [0; PAGE];
         let len = self.fd.metadata()?.len();
-        let out = std::fs::File::create(to)?;
+        let out = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(to)?;
         out.set_len(len)?;
         let mut chunk = vec![0u8; 1 << 20];
         let mut offset = 0u64;
@@ -654,6 +681,7 @@ fn publish(
         serde_json::to_vec_pretty(&meta).unwrap_or_default(),
     )
     .map_err(|e| Error::io(&meta_path, e))?;
+    make_private(taking.path())?;
     // Whole or not at all. Another process holding no lock (an older run) may have put one
     // there first: then that one stays, and ours goes with the temp dir.
     if std::fs::rename(taking.path(), dir).is_ok() {
@@ -703,11 +731,45 @@ fn disk_usage(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Makes `store` (0700: snapshots hold guest memory, with the kernel's secrets in it) and tags
+/// it as the lab's, so that [`prune`] may delete in it.
+fn make_store(store: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(store)
+        .map_err(|e| Error::io(store, e))?;
+    // A store made by an older lab (0755) is made private too.
+    std::fs::set_permissions(store, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| Error::io(store, e))?;
+    Ok(lab_kernels::cache::tag(store).map_err(lab_rootfs::Error::from)?)
+}
+
+/// Makes what a snapshot holds readable by the user alone: the guest's memory holds its
+/// kernel's secrets (KASLR offset, hash and syncookie keys), and QEMU's `cat > state` and
+/// [`GuestMemory::copy_sparse`] create files by the umask.
+fn make_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))
+    };
+    set(dir, 0o700)?;
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
+        set(&entry.path(), 0o600)?;
+    }
+    Ok(())
+}
+
 /// The per-shape lock: one guest at a time takes (or replaces) a shape's snapshot, across
 /// threads and processes. Released when dropped.
 async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
-    let path = store.join(format!("{}.lock", &key[..24]));
+    make_store(store)?;
+    let path = store.join(format!("{}.lock", &key[..SHORT_KEY]));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -781,7 +843,9 @@ mod tests {
     #[test]
     fn pruning_keeps_the_most_recently_used() {
         let store = tempfile::tempdir().expect("tempdir");
-        for (i, name) in ["old", "used", "new"].iter().enumerate() {
+        make_store(store.path()).expect("store");
+        let [old, used, new] = ["a".repeat(24), "b".repeat(24), "c".repeat(24)];
+        for (i, name) in [&old, &used, &new].iter().enumerate() {
             let dir = store.path().join(name);
             std::fs::create_dir(&dir).expect("mkdir");
             std::fs::write(dir.join(META), b"{}").expect("meta");
@@ -792,11 +856,48 @@ mod tests {
             at.set_modified(UNIX_EPOCH + Duration::from_secs(1000 + i as u64))
                 .expect("mtime");
         }
-        std::fs::write(store.path().join("old").join(USED), b"").expect("restored just now");
+        std::fs::write(store.path().join(&old).join(USED), b"").expect("restored just now");
         std::fs::create_dir(store.path().join(".taking-x")).expect("in the making");
+        std::fs::create_dir(store.path().join("photos")).expect("not a snapshot");
         prune(store.path(), 1);
         let left = names_in(store.path());
-        assert_eq!(left, [".taking-x", "old"]);
+        assert_eq!(left, [".taking-x", lab_kernels::cache::TAG, &old, "photos"]);
+    }
+
+    #[test]
+    fn a_store_the_lab_did_not_make_is_not_pruned() {
+        let store = tempfile::tempdir().expect("tempdir");
+        for name in ["a".repeat(24), "b".repeat(24), "music".into()] {
+            std::fs::create_dir(store.path().join(name)).expect("mkdir");
+        }
+        prune(store.path(), 0);
+        assert_eq!(
+            names_in(store.path()).len(),
+            3,
+            "nothing removed from an untagged store"
+        );
+    }
+
+    #[test]
+    fn a_published_snapshot_is_readable_by_the_user_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let store = tempfile::tempdir().expect("tempdir");
+        make_store(store.path()).expect("store");
+        let taking = tempfile::Builder::new()
+            .tempdir_in(store.path())
+            .expect("taking");
+        std::fs::set_permissions(taking.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("as a umask of 022 makes it");
+        std::fs::write(taking.path().join(STATE), b"state").expect("state");
+        std::fs::write(taking.path().join(MEMORY), b"memory").expect("memory");
+        let dir = store.path().join("d".repeat(24));
+        let snap = publish(taking, &dir, "k", "host1".into(), "10.0".into()).expect("publish");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(store.path()), 0o700, "the store");
+        assert_eq!(mode(&snap.dir), 0o700, "the snapshot's directory");
+        for file in [STATE, MEMORY, META] {
+            assert_eq!(mode(&snap.dir.join(file)), 0o600, "{file}");
+        }
     }
 
     #[test]

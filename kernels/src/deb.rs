@@ -63,11 +63,7 @@ fn fetch_info(apt: &Apt, info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     }
     // A staging directory of this call's own: threads of one process (test cases, guests booted
     // side by side) may fetch the same package at the same time.
-    std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".staging-{}-", info.package))
-        .tempdir_in(cache)
-        .map_err(|e| Error::io(cache, e))?;
+    let staging = crate::cache::Staging::new(cache, &info.package)?;
     let unpacked = fetch_into(apt, info, staging.path())?;
     // Another fetch of the same package may have finished first: its result is as good as ours,
     // and someone may be reading it, so it stays. A directory without a marker is a leftover.

@@ -4,6 +4,7 @@
 //! The output of this crate is a [`Kernel`]: a bzImage, its module tree, and where it came from.
 
 pub mod archive;
+pub mod cache;
 pub mod deb;
 pub mod manifest;
 pub mod modules;
@@ -62,6 +63,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the cache {} {why}\n  fix: {fix}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        why: String,
+        fix: String,
+    },
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it: a reader never sees half a

@@ -249,7 +249,9 @@ fn scenario_files(run_dir: &Path, scenario: &str) -> Vec<String> {
 /// checkout, so that a fresh clone's first run starts the long ones first too (79–88 s in list
 /// order against 62–65 s longest first, 21 scenarios here).
 fn times_path(kernel: &str) -> PathBuf {
-    crate::cache_dir().join(format!("lab-times-{kernel}.json"))
+    crate::cache_location()
+        .0
+        .join(format!("lab-times-{kernel}.json"))
 }
 
 fn last_times(kernel: &str) -> std::collections::BTreeMap<String, f64> {

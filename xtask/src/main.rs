@@ -184,9 +184,15 @@ _cargo_xtask() {
 complete -F _cargo_xtask -o bashdefault -o default cargo
 "#;
 
-/// `clean-cache`: removes the shared cache (or its snapshots) and says how much that freed.
+/// `clean-cache`: removes the shared cache (or its snapshots) and says how much that freed. Only
+/// a directory the lab made (our `CACHEDIR.TAG`) is removed: `LAB_CACHE` may name anything.
 fn clean_cache(only_snapshots: bool) -> anyhow::Result<()> {
-    let cache = cache_dir();
+    let (cache, _) = cache_location();
+    if cache.is_absolute() && !cache.exists() {
+        println!("xtask: {} is not there; nothing to remove", cache.display());
+        return Ok(());
+    }
+    lab_kernels::cache::check(&cache)?;
     let target = if only_snapshots {
         cache.join("snapshots")
     } else {
@@ -382,25 +388,51 @@ pub fn workspace_target() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// `target/lab`: cache, assets, artifacts.
 /// Where kernels, packages, images, module disks, selftests and snapshots are kept: one cache
-/// for every clone on this machine, so a second clone starts warm. `LAB_CACHE` when set, else
-/// `$XDG_CACHE_HOME/macvlan-lab`, else `~/.cache/macvlan-lab`; `target/lab/cache` only when
-/// there is no home.
-pub fn cache_dir() -> PathBuf {
+/// for every clone on this machine, so a second clone starts warm. Made (0700, tagged) when
+/// missing; a directory the lab did not make, or that others can write, is refused
+/// ([`lab_kernels::cache::open`]).
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    let (dir, adopt) = cache_location();
+    let opened = lab_kernels::cache::open(&dir, adopt);
+    if std::env::var_os(ENV_CACHE).is_some_and(|v| !v.is_empty()) {
+        opened.map_err(|e| anyhow::anyhow!("{ENV_CACHE}: {e}"))?;
+    } else {
+        opened?;
+    }
+    // What a killed run left half-made (a fetch, the module disk, the selftests).
+    for swept in lab_kernels::cache::sweep_staging(&dir) {
+        ui::status!(
+            "xtask: removed {}, left half-made by a killed run",
+            swept.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Where the cache is, and whether an untagged directory there may be adopted: `LAB_CACHE` when
+/// set (only a new, empty or tagged directory), else `$XDG_CACHE_HOME/macvlan-lab`, else
+/// `~/.cache/macvlan-lab` (named by us: adopted), `target/lab/cache` only when there is no home.
+pub fn cache_location() -> (PathBuf, lab_kernels::cache::Adopt) {
+    use lab_kernels::cache::Adopt;
     let var = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    var(ENV_CACHE)
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("macvlan-lab")))
+    if let Some(dir) = var(ENV_CACHE) {
+        return (dir, Adopt::Named);
+    }
+    let dir = var("XDG_CACHE_HOME")
+        .map(|d| d.join("macvlan-lab"))
         .or_else(|| var("HOME").map(|h| h.join(".cache").join("macvlan-lab")))
-        .unwrap_or_else(|| lab_dir().join("cache"))
+        .unwrap_or_else(|| lab_dir().join("cache"));
+    (dir, Adopt::Default)
 }
 
 pub const ENV_CACHE: &str = "LAB_CACHE";
 
+/// `target/lab`: assets, reports, artifacts.
 pub fn lab_dir() -> PathBuf {
     workspace_target().join("lab")
 }

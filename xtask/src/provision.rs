@@ -36,7 +36,7 @@ const STAMP_FORMAT: u32 = 1;
 /// since the last time (the stamp of its inputs matches, and every file it made is there), that
 /// is a few file reads.
 pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
-    let cache = crate::cache_dir();
+    let cache = crate::cache_dir()?;
     let agent = build_agent(&workspace_root())?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
     let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)

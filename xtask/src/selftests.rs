@@ -18,7 +18,7 @@ const DIRS: [&str; 3] = [
 /// Returns `<cache>/selftests/<version>/`, holding `drivers/net/bonding/...`, `net/...` as in
 /// the kernel tree's `tools/testing/selftests`.
 pub fn provide() -> anyhow::Result<PathBuf> {
-    let cache = crate::cache_dir();
+    let cache = crate::cache_dir()?;
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
     let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
@@ -39,9 +39,7 @@ pub fn provide() -> anyhow::Result<PathBuf> {
         .and_then(|n| n.strip_suffix(".tar.xz"))
         .unwrap_or(PACKAGE)
         .to_string();
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-selftests-")
-        .tempdir_in(cache.join("selftests").parent().unwrap_or(&cache))?;
+    let staging = lab_kernels::cache::Staging::new(&cache, "selftests")?;
     eprintln!(
         "xtask: unpacking the selftests from {} (once)",
         tarball.display()

@@ -155,3 +155,63 @@ fn every_command_says_what_it_does_in_help() {
         );
     }
 }
+
+#[test]
+fn clean_cache_keeps_a_directory_the_lab_did_not_make() {
+    // `LAB_CACHE=/mnt/big` ("put the cache there") must not lose the disk's contents.
+    let big = tempfile::tempdir().expect("tempdir");
+    let thesis = big.path().join("thesis.tex");
+    std::fs::write(&thesis, b"years of work").expect("write");
+    std::fs::create_dir(big.path().join("snapshots")).expect("mkdir");
+    std::fs::write(big.path().join("snapshots/photo.jpg"), b"jpeg").expect("write");
+    let dir = big.path().to_str().expect("utf-8");
+    for args in [&["clean-cache"][..], &["clean-cache", "--snapshots"]] {
+        let out = xtask(args, &[("LAB_CACHE", dir)]);
+        fails_saying(
+            &out,
+            &["no CACHEDIR.TAG of macvlan-lab", "not a cache the lab made"],
+        );
+    }
+    assert!(thesis.exists() && big.path().join("snapshots/photo.jpg").exists());
+    // Nor is it used as a cache (and so never filled, nor pruned).
+    let out = xtask(&["provision"], &[("LAB_CACHE", dir)]);
+    fails_saying(
+        &out,
+        &[
+            "LAB_CACHE",
+            "holds files but no CACHEDIR.TAG",
+            "LAB_CACHE=",
+            "macvlan-lab",
+        ],
+    );
+    let out = xtask(&["clean-cache"], &[("LAB_CACHE", "relative/cache")]);
+    fails_saying(&out, &["relative path"]);
+}
+
+#[test]
+fn clean_cache_empties_a_cache_the_lab_made() {
+    let top = tempfile::tempdir().expect("tempdir");
+    let cache = top.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    std::fs::write(
+        cache.join("CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by macvlan-lab.\n",
+    )
+    .expect("tag");
+    std::fs::create_dir(cache.join("snapshots")).expect("mkdir");
+    let dir = cache.to_str().expect("utf-8");
+    let out = xtask(&["clean-cache", "--snapshots"], &[("LAB_CACHE", dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cache.join("snapshots").exists() && cache.exists());
+    let out = xtask(&["clean-cache"], &[("LAB_CACHE", dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cache.exists());
+}
