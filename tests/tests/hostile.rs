@@ -109,3 +109,44 @@ async fn random_and_oversized_lines_each_get_an_error_reply() {
     still_serves(&vm).await;
     vm.shutdown().await.check();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_ends_when_it_does_and_a_terminal_nobody_reads_holds_up_nothing() {
+    let vm = boot(config("detach")).await;
+
+    // A child in a session of its own holds the command's stdout for 100 s: the reply does not
+    // wait for it (the child lives on, detached).
+    let started = std::time::Instant::now();
+    let out = vm
+        .run(Cmd::script("setsid sleep 100 & echo started").timeout(Duration::from_secs(60)))
+        .await
+        .check();
+    assert!(
+        out.success() && !out.timed_out && out.stdout == b"started\n",
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the reply waited {:?} for a detached child",
+        started.elapsed()
+    );
+
+    // A program that never reads its terminal, typed at (1 MiB): the agent's request loop
+    // queues the input, refuses what does not fit, and serves on.
+    let size = lab_harness::TtySize { rows: 24, cols: 80 };
+    let session = vm.interactive("sleep 600", size).await.check();
+    for _ in 0..256 {
+        session.input(&[b'x'; 4096]).await.check();
+    }
+    still_serves(&vm).await;
+
+    // The terminal's ends are close-on-exec: a command started beside the session does not
+    // hold them.
+    let fds = vm.succeed("ls -l /proc/self/fd/").await.check();
+    assert!(
+        !fds.contains("ptmx") && !fds.contains("/dev/pts"),
+        "a command inherited the session's terminal:\n{fds}"
+    );
+    drop(session);
+    vm.shutdown().await.check();
+}

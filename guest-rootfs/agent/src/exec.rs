@@ -28,9 +28,45 @@ pub type Sink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
 /// terminal (to resize), and its process group (to hang up).
 #[derive(Debug)]
 pub struct Io {
-    pub input: File,
+    pub input: Input,
     pub tty: Option<OwnedFd>,
     pub group: Pid,
+}
+
+/// Typed input on its way to a program's terminal, written by a thread of its own: a program
+/// that does not read its terminal fills it (4 KiB), and a write there blocks. The request loop
+/// only queues; a full queue is refused, never waited on.
+#[derive(Debug)]
+pub struct Input(mpsc::SyncSender<Vec<u8>>);
+
+/// Pieces of input queued for one terminal before more are refused.
+const INPUT_QUEUE: usize = 256;
+
+impl Input {
+    fn new(mut to: File) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
+        thread::spawn(move || {
+            // Ends when the run ends (its Io, and so the sender, dropped) or its terminal closes.
+            while let Ok(data) = rx.recv() {
+                if to.write_all(&data).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(tx)
+    }
+
+    /// Queues `data` for the terminal, in order; refused when the program has not read what
+    /// was typed before.
+    pub fn send(&self, data: Vec<u8>) -> Result<(), String> {
+        self.0.try_send(data).map_err(|e| match e {
+            mpsc::TrySendError::Full(d) => format!(
+                "the program does not read its terminal: {} bytes of input dropped ({INPUT_QUEUE} pieces wait already)",
+                d.len()
+            ),
+            mpsc::TrySendError::Disconnected(_) => "its terminal is closed".to_string(),
+        })
+    }
 }
 
 /// How long output may still drain, and a killed command's processes die, before the reply goes
@@ -75,7 +111,10 @@ pub fn run(
     // Kill the process group either way: a finished shell may have left background children
     // that still hold the output pipes open, and we must not wait for them.
     let _ = killpg(pgid, Signal::SIGKILL);
-    let drain = (timed_out || spec.tty.is_some()).then(|| Instant::now() + DRAIN);
+    // Past its end (or kill), output drains for at most DRAIN: a child in a session of its own
+    // (`setsid sleep 100 &`, a daemon) may hold the pipes open for as long as it lives, and the
+    // reply does not wait for it. Such a child lives on, detached, in the command's cgroup.
+    let drain = Some(Instant::now() + DRAIN);
     let status = ended.or_else(|| done.recv_timeout(DRAIN).ok()?.ok());
     let (stdout, out_cut) = finish(stdout, drain);
     let (stderr, err_cut) = finish(stderr, drain);
@@ -158,7 +197,7 @@ fn start_with_std(
         Some(master) => {
             let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
             started(Io {
-                input: File::from(master.try_clone().map_err(|e| e.to_string())?),
+                input: Input::new(File::from(master.try_clone().map_err(|e| e.to_string())?)),
                 tty: Some(master),
                 group: pgid,
             });
@@ -253,8 +292,11 @@ fn attach_tty(cmd: &mut Command, size: TtySize) -> Result<OwnedFd, String> {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    let pty = nix::pty::openpty(Some(&winsize), None).map_err(|e| format!("openpty: {e}"))?;
-    let slave = pty.slave;
+    let (master, slave) = open_pty()?;
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) } != 0 {
+        return Err(format!("pty size: {}", std::io::Error::last_os_error()));
+    }
     let io = |fd: &OwnedFd| {
         fd.try_clone()
             .map(Stdio::from)
@@ -273,7 +315,27 @@ fn attach_tty(cmd: &mut Command, size: TtySize) -> Result<OwnedFd, String> {
             Ok(())
         });
     }
-    Ok(pty.master)
+    Ok(master)
+}
+
+/// A new terminal pair, both ends close-on-exec from their first moment: commands started
+/// beside it on other threads must not inherit them (a program holding the master keeps a
+/// finished session's terminal open).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), String> {
+    use nix::fcntl::OFlag;
+    let fail = |what: &str, e: nix::Error| format!("{what}: {e}");
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| fail("posix_openpt", e))?;
+    nix::pty::grantpt(&master).map_err(|e| fail("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| fail("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| fail("ptsname", e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail(&name, e))?;
+    Ok((OwnedFd::from(master), slave))
 }
 
 /// Sets the terminal's size; the kernel tells its foreground job with SIGWINCH.

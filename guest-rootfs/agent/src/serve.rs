@@ -73,12 +73,11 @@ fn dispatch(writer: &Writer, line: Line) {
             )
         }
     };
-    // Keystrokes are handled in order, on this thread: they must not overtake each other.
+    // Keystrokes are queued in order, on this thread (they must not overtake each other), to
+    // each terminal's own writer: this loop never waits on a program's terminal.
     match request.op {
         Op::Input { run, data } => {
-            return to_running(writer, request.id, run, |io| {
-                io.input.write_all(&data).map_err(|e| e.to_string())
-            })
+            return to_running(writer, request.id, run, |io| io.input.send(data))
         }
         Op::Resize { run, rows, cols } => {
             return to_running(writer, request.id, run, |io| match &io.tty {
