@@ -20,7 +20,10 @@ pub struct StatePaths {
     pub dir: PathBuf,
     pub qmp: PathBuf,
     pub agent: PathBuf,
+    /// The log of the serial console, written by [`crate::console::record`].
     pub console: PathBuf,
+    /// Where QEMU sends the serial console.
+    pub console_sock: PathBuf,
     pub qemu_log: PathBuf,
     /// The image with its layers appended, when the guest has any.
     pub initrd: PathBuf,
@@ -33,6 +36,7 @@ impl StatePaths {
             qmp: dir.join("qmp.sock"),
             agent: dir.join("agent.sock"),
             console: dir.join("console.log"),
+            console_sock: dir.join("console.sock"),
             qemu_log: dir.join("qemu.log"),
             initrd: dir.join("initrd.cpio"),
         }
@@ -139,6 +143,12 @@ pub fn cmdline(name: &str, accel: Accel, tsc_khz: Option<u32>, extra: &[String])
     args.join(" ")
 }
 
+/// `path` as the value of a QEMU option (`key=value,key=value`): a comma in it is doubled, or
+/// `TMPDIR=/tmp/a,b` would cut the option there and `,key=value` in a path would add options.
+pub fn opt(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 /// The machine every lab guest, and every VM inside one, boots as.
 pub const MACHINE: &str = "microvm,pit=on,pic=on,rtc=on,isa-serial=on";
 
@@ -181,25 +191,25 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     );
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["-append", &kernel_cmdline(cfg)]);
-    // Console to a file we can tail on failure.
+    // QMP, the agent port and the console are unix sockets the harness listens on; QEMU connects
+    // at start-up, so there is no polling for socket files and no window in which output is
+    // lost. The console goes through us rather than to a file so that its log stays bounded.
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", paths.console.display()),
+        &format!("socket,id=console,path={}", opt(&paths.console_sock)),
         "-serial",
         "chardev:console",
     ]);
-    // QMP and the agent port are unix sockets the harness listens on; QEMU connects at start-up,
-    // so there is no polling for socket files and no window in which output is lost.
     push(&[
         "-chardev",
-        &format!("socket,id=qmp,path={}", paths.qmp.display()),
+        &format!("socket,id=qmp,path={}", opt(&paths.qmp)),
         "-mon",
         "chardev=qmp,mode=control",
     ]);
     push(&["-device", "virtio-serial-device,max_ports=2"]);
     push(&[
         "-chardev",
-        &format!("socket,id=agent,path={}", paths.agent.display()),
+        &format!("socket,id=agent,path={}", opt(&paths.agent)),
     ]);
     push(&[
         "-device",
@@ -209,7 +219,7 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
         // Read-only and shared by every guest: QEMU takes no write lock on it.
         let drive = format!(
             "file={},if=none,id=modules,format=raw,readonly=on",
-            disk.display().to_string().replace(',', ",,")
+            opt(disk)
         );
         push(&[
             "-drive",
@@ -227,8 +237,8 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
             // QEMU >= 7.2: one Ethernet frame per datagram, no header, no host interface.
             Some(port) => format!(
                 "dgram,id=net{nic},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                port.guest.display(),
-                port.switch.display()
+                opt(&port.guest),
+                opt(&port.switch)
             ),
             // A hub of its own per NIC: frames leave and go nowhere. No host interface, no root.
             None => format!("hubport,id=net{nic},hubid={nic}"),
@@ -270,7 +280,7 @@ pub fn memory_args(cfg: &VmConfig, memory: Memory<'_>) -> Vec<OsString> {
     let backend = format!(
         "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
         cfg.memory_mib,
-        path.display().to_string().replace(',', ",,")
+        opt(path)
     );
     // `-machine` options merge with the `-M` in [`args`].
     ["-object", &backend, "-machine", "memory-backend=ram"]
@@ -291,6 +301,41 @@ pub fn incoming_args() -> Vec<OsString> {
 mod tests {
     use super::*;
     use crate::vm::MacAddr;
+
+    #[test]
+    fn every_path_in_an_option_has_its_commas_doubled() {
+        let dir = Path::new("/tmp/a,b/x,share=on");
+        let mut cfg = VmConfig::new("host1", &dir.join("bzImage"), &dir.join("initrd"));
+        cfg.modules_disk = Some(dir.join("modules.ext4"));
+        cfg.net = NetBackend::Switch(vec![crate::lan::PortSockets {
+            guest: dir.join("port.guest"),
+            switch: dir.join("port"),
+        }]);
+        let mut args = args(&cfg, &StatePaths::in_dir(dir));
+        args.extend(memory_args(&cfg, Memory::SavedTo(&dir.join("memory"))));
+        // The values of the flags that take `key=value,...` (`-kernel` and `-initrd` take a
+        // plain path).
+        let keyed = ["-chardev", "-netdev", "-drive", "-object", "-device", "-machine"];
+        let options: Vec<String> = args
+            .windows(2)
+            .filter(|w| keyed.iter().any(|k| w[0] == *k))
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect();
+        for option in &options {
+            assert!(
+                !option.contains("a,b") && !option.contains("x,share"),
+                "a comma of the path is left single in {option}"
+            );
+        }
+        assert!(
+            options
+                .iter()
+                .filter(|o| o.contains("/tmp/a,,b/x,,share=on"))
+                .count()
+                >= 6,
+            "{options:#?}"
+        );
+    }
 
     #[test]
     fn a_restored_guest_gets_the_kernels_boot_header_and_an_empty_initrd() {

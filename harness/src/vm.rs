@@ -155,6 +155,8 @@ pub struct Vm {
     boot_time: Duration,
     attempts: u32,
     boot_kind: BootKind,
+    /// Bytes the console log left out to stay bounded.
+    console_cut: crate::console::Cut,
     failed: bool,
     state: Option<tempfile::TempDir>,
 }
@@ -291,6 +293,7 @@ impl Vm {
         let (incoming, resume) = incoming.unzip();
         let launch_err =
             |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
+        let console_listener = UnixListener::bind(&paths.console_sock).map_err(launch_err)?;
         let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
         let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
         let started = Instant::now();
@@ -304,6 +307,18 @@ impl Vm {
             paths: &paths,
             process: &mut process,
         };
+        let console = booting
+            .accept(&console_listener, Duration::from_secs(10))
+            .await?;
+        let console_cut = console
+            .into_std()
+            .and_then(|c| {
+                c.set_nonblocking(false)?;
+                crate::console::record(c, &paths.console, crate::console::MAX_BYTES)
+            })
+            .map_err(|e| {
+                booting.fail(Phase::Launch, format!("recording the console: {e}"), false)
+            })?;
         let qmp_stream = booting
             .accept(&qmp_listener, Duration::from_secs(10))
             .await?;
@@ -398,6 +413,7 @@ impl Vm {
             boot_time,
             attempts: attempt,
             boot_kind: BootKind::Cold,
+            console_cut,
             failed: false,
             state: Some(state),
         })
@@ -514,7 +530,14 @@ impl Vm {
         &self.paths.dir
     }
 
-    /// Everything the guest printed on its serial console so far.
+    /// Bytes of the console that its log left out to stay under [`crate::console::MAX_BYTES`]
+    /// (the log says where, in a line of its own).
+    pub fn console_cut(&self) -> u64 {
+        self.console_cut.bytes()
+    }
+
+    /// Everything the guest printed on its serial console so far (at most
+    /// [`crate::console::MAX_BYTES`]: a flood is cut in the middle).
     pub fn console_log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.paths.console).unwrap_or_default())
             .into_owned()

@@ -150,3 +150,31 @@ async fn a_command_ends_when_it_does_and_a_terminal_nobody_reads_holds_up_nothin
     drop(session);
     vm.shutdown().await.check();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_flood_is_cut_to_the_logs_limit_and_says_so() {
+    let vm = boot(config("flood")).await;
+    let limit = lab_harness::console::MAX_BYTES;
+    // A little more than the limit: at ~0.6 MB/s through the emulated UART, seconds of it.
+    let flood = format!(
+        "head -c {} /dev/zero | tr '\\0' x > /dev/ttyS0; echo; echo flood over > /dev/ttyS0",
+        limit + (1 << 20)
+    );
+    vm.succeed(Cmd::script(flood).timeout(Duration::from_secs(300)))
+        .await
+        .check();
+    let log = lab_harness::wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let log = vm.console_log();
+        async move { log.contains("flood over").then_some(log) }
+    })
+    .await
+    .expect("the console's last line reaches its log");
+    assert!(
+        log.len() as u64 <= limit,
+        "the log holds {} bytes, over its limit of {limit}",
+        log.len()
+    );
+    assert!(log.contains("bytes cut here"), "the log says where it was cut");
+    assert!(vm.console_cut() > 0, "the guest says how much was cut");
+    vm.shutdown().await.check();
+}

@@ -215,3 +215,23 @@ fn clean_cache_empties_a_cache_the_lab_made() {
     );
     assert!(!cache.exists());
 }
+
+#[test]
+fn a_temp_dir_with_commas_in_its_name_is_no_option_to_qemu() {
+    // `,` ends a QEMU option's value and `,key=value` adds an option: every path in an option
+    // is escaped, so a run in such a temp dir works like any other.
+    let top = tempfile::tempdir().expect("tempdir");
+    let tmp = top.path().join("a,b,share=on");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let out = xtask(
+        &["lab", "run", "--hosts", "2", "--", "ping", "-c1", "-W5", "192.168.88.2"],
+        &[("TMPDIR", tmp.to_str().expect("utf-8"))],
+    );
+    assert!(
+        out.status.success(),
+        "a run in {} failed:\n{}",
+        tmp.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"));
+}

@@ -3,6 +3,11 @@
 //! `switch.pcap` holds every frame the switch received, once. `portN.pcap` holds what crossed the
 //! cable of port N in both directions, as `tcpdump` on that cable would: a frame a reflective
 //! relay sends back appears there twice.
+//!
+//! A capture keeps at most [`MAX_BYTES`]: a flood between guests must not fill the disk (often
+//! a tmpfs) the run's directory is on. The frame after which it stops is one of our own, of the
+//! local experimental ethertype 0x88b5, whose payload says in words that the capture was cut
+//! there (Wireshark and `tcpdump -A` show it); [`Capture::cut`] counts what was left out.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -13,6 +18,15 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 const SNAPLEN: u32 = 65535;
+/// Bytes a capture file may take: the first frames of the run, then the note that says it was
+/// cut.
+pub const MAX_BYTES: u64 = 32 << 20;
+/// IEEE 802 "local experimental" ethertype: the note's, which no real protocol uses.
+pub const NOTE_ETHERTYPE: u16 = 0x88b5;
+/// A pcap record's header.
+const RECORD_HEADER: u64 = 16;
+/// Room kept for the note.
+const NOTE_ROOM: u64 = 256;
 
 /// A pcap file being written. `pcap-file` formats the header and records; we keep the buffered
 /// file ourselves, because its writer cannot be flushed while tests read the capture mid-run.
@@ -20,10 +34,20 @@ const SNAPLEN: u32 = 65535;
 pub struct Capture {
     path: PathBuf,
     file: BufWriter<File>,
+    /// Bytes written so far, the file's header included.
+    written: u64,
+    limit: u64,
+    /// Frames left out once the limit was met.
+    cut: u64,
 }
 
 impl Capture {
     pub fn create(path: &Path) -> std::io::Result<Self> {
+        Self::with_limit(path, MAX_BYTES)
+    }
+
+    /// A capture that keeps at most `limit` bytes.
+    pub fn with_limit(path: &Path, limit: u64) -> std::io::Result<Self> {
         let mut file = BufWriter::new(File::create(path)?);
         let header = PcapHeader {
             endianness: Endianness::Little,
@@ -36,10 +60,34 @@ impl Capture {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            written: 24,
+            limit: limit.max(24 + NOTE_ROOM),
+            cut: 0,
         })
     }
 
     pub fn write(&mut self, frame: &[u8]) {
+        if self.cut > 0 {
+            self.cut += 1;
+            return;
+        }
+        let size = RECORD_HEADER + frame.len().min(SNAPLEN as usize) as u64;
+        if self.written + size + NOTE_ROOM > self.limit {
+            self.cut = 1;
+            let note = note(self.limit);
+            self.record(&note);
+            return;
+        }
+        self.written += size;
+        self.record(frame);
+    }
+
+    /// Frames left out because the capture reached its limit.
+    pub fn cut(&self) -> u64 {
+        self.cut
+    }
+
+    fn record(&mut self, frame: &[u8]) {
         let ts = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -59,6 +107,28 @@ impl Capture {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The frame that ends a capture cut at `limit` bytes: broadcast from a locally administered
+/// address, its payload the reason in words.
+fn note(limit: u64) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend([0x02, 0x6c, 0x61, 0x62, 0x00, 0x00]);
+    frame.extend(NOTE_ETHERTYPE.to_be_bytes());
+    frame.extend(
+        format!(
+            "macvlan-lab: capture cut here at its limit of {} MiB; later frames are not kept",
+            limit >> 20
+        )
+        .bytes(),
+    );
+    frame
+}
+
+/// The words of the note that ends a cut capture, if `frame` is one.
+pub fn cut_note(frame: &[u8]) -> Option<String> {
+    (ethertype(frame) == Some(NOTE_ETHERTYPE))
+        .then(|| String::from_utf8_lossy(&frame[14..]).into_owned())
 }
 
 /// All frames of a pcap file.
@@ -139,6 +209,29 @@ mod tests {
         let mut ipv4 = arp([1, 2, 3, 4], [1, 2, 3, 4]);
         ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
         assert_eq!(gratuitous_arp(&ipv4), None);
+    }
+
+    #[test]
+    fn a_flood_is_cut_at_the_limit_and_the_file_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flood.pcap");
+        let mut cap = Capture::with_limit(&path, 1 << 20).expect("create");
+        let frame = vec![0x42u8; 1500];
+        for _ in 0..10_000 {
+            cap.write(&frame);
+        }
+        cap.flush();
+        let size = std::fs::metadata(&path).expect("meta").len();
+        assert!(size <= 1 << 20, "{size} bytes on disk");
+        let frames = read_frames(&path).expect("read");
+        let note = cut_note(frames.last().expect("frames")).expect("the last frame is the note");
+        assert!(note.contains("cut here at its limit of 1 MiB"), "{note}");
+        assert_eq!(
+            (frames.len() - 1) as u64 + cap.cut(),
+            10_000,
+            "what was kept and what was cut make up all that was written"
+        );
+        assert!(frames[..frames.len() - 1].iter().all(|f| f == &frame));
     }
 
     #[test]

@@ -295,6 +295,8 @@ impl Lab {
             qmp_events: Vec<String>,
             /// The last lines exchanged with QEMU over QMP (`->` sent, `<-` received).
             qmp_lines: Vec<String>,
+            /// Bytes its console log left out to stay bounded (the log says where).
+            console_cut_bytes: u64,
         }
         /// One NIC and its switch port.
         #[derive(Serialize)]
@@ -303,6 +305,8 @@ impl Lab {
             port: usize,
             counters: PortCounters,
             learned: Vec<String>,
+            /// Frames its capture left out to stay bounded (its last frame says so).
+            capture_cut_frames: u64,
         }
         let guests: Vec<Guest> = self
             .vms
@@ -324,6 +328,7 @@ impl Lab {
                             .iter()
                             .map(ToString::to_string)
                             .collect(),
+                        capture_cut_frames: self.switch.capture_cut(Some(port)),
                     })
                     .collect(),
                 qmp_events: vm
@@ -333,6 +338,7 @@ impl Lab {
                     .map(|e| format!("{} {}", e.name, e.data))
                     .collect(),
                 qmp_lines: vm.qmp().raw_log(),
+                console_cut_bytes: vm.console_cut(),
             })
             .collect();
         if let Ok(json) = serde_json::to_vec_pretty(&guests) {

@@ -124,6 +124,13 @@ impl SwitchHandle {
         self.lock().per_port[port].path().to_path_buf()
     }
 
+    /// Frames left out of port `port`'s capture (and of `switch.pcap`'s, for `None`) because it
+    /// reached [`capture::MAX_BYTES`].
+    pub fn capture_cut(&self, port: Option<usize>) -> u64 {
+        let s = self.lock();
+        port.map_or(&s.all, |p| &s.per_port[p]).cut()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
