@@ -180,7 +180,11 @@ fn show_output(out: &RunOutput) -> String {
         let s = String::from_utf8_lossy(b);
         let s = s.trim_end();
         if s.len() > 4000 {
-            format!("...{}", &s[s.len() - 4000..])
+            // The last 4000 bytes, from a character's start: a byte offset may fall inside one.
+            let from = (s.len() - 4000..s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(s.len());
+            format!("...{}", &s[from..])
         } else {
             s.to_string()
         }
@@ -197,6 +201,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_output_in_chinese_is_clipped_at_a_character() {
+        // 3 bytes a character: a cut 4000 bytes from the end falls inside one.
+        let text = "主机无法访问它自己的macvlan子接口".repeat(300);
+        let output = RunOutput {
+            code: Some(1),
+            signal: None,
+            timed_out: false,
+            stdout: text.clone().into_bytes(),
+            stderr: Vec::new(),
+            truncated: false,
+            oom_killed: false,
+            duration: std::time::Duration::from_millis(5),
+        };
+        let shown = show_output(&output);
+        assert!(shown.starts_with("--- stdout ---\n..."), "{shown}");
+        assert!(shown.contains("macvlan子接口\n--- stderr ---"), "{shown}");
+    }
 
     #[test]
     fn debug_shows_output_as_text_as_display_does() {
