@@ -315,7 +315,9 @@ mod tests {
         args.extend(memory_args(&cfg, Memory::SavedTo(&dir.join("memory"))));
         // The values of the flags that take `key=value,...` (`-kernel` and `-initrd` take a
         // plain path).
-        let keyed = ["-chardev", "-netdev", "-drive", "-object", "-device", "-machine"];
+        let keyed = [
+            "-chardev", "-netdev", "-drive", "-object", "-device", "-machine",
+        ];
         let options: Vec<String> = args
             .windows(2)
             .filter(|w| keyed.iter().any(|k| w[0] == *k))

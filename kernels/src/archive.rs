@@ -1,10 +1,12 @@
 //! The Debian archive every package comes from, whatever distribution the host runs.
 //!
 //! apt is pointed at it through a private configuration (`APT_CONFIG`) with its own sources,
-//! package lists and download cache under the lab's cache directory; the host's own apt
-//! settings (proxies, mirrors' quirks) in `/etc/apt/apt.conf.d` still apply. So a GitHub Ubuntu
-//! runner and a Debian laptop build the same guest from the same packages, and nothing of the
-//! host's apt state is read or written. No root is needed: apt does not lock or sandbox for an
+//! package lists, download cache and configuration parts under the lab's cache directory: the
+//! host's `/etc/apt/apt.conf` and `apt.conf.d` are not read, so none of their hooks
+//! (`APT::Update::Post-Invoke`, ...) runs and none of their settings changes what we fetch. Only
+//! the host's proxy settings are carried over, as values. So a GitHub Ubuntu runner and a
+//! Debian laptop build the same guest from the same packages, and nothing of the host's apt
+//! state is read or written. No root is needed: apt does not lock or sandbox for an
 //! ordinary user, and our directories are the user's own.
 
 use std::path::{Path, PathBuf};
@@ -91,6 +93,7 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
         "cache/archives/partial",
         "sources.list.d",
         "preferences.d",
+        "apt.conf.d",
     ] {
         let d = root.join(dir);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
@@ -108,7 +111,10 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
          Dir::Etc::SourceList \"{sources}\";\nDir::Etc::SourceParts \"{parts}\";\n\
          Dir::Etc::Preferences \"{prefs}/none\";\nDir::Etc::PreferencesParts \"{prefs}\";\n\
          APT::Architecture \"amd64\";\nAPT::Architectures {{ \"amd64\"; }};\n\
-         Debug::NoLocking \"true\";\nAcquire::Languages \"none\";\n",
+         Debug::NoLocking \"true\";\nAcquire::Languages \"none\";\n\
+         Dir::Etc::Parts \"{conf_parts}\";\nDir::Etc::Main \"{conf_parts}/none\";\n{proxies}",
+        conf_parts = p("apt.conf.d"),
+        proxies = host_proxies(),
         state = p("state"),
         status = status.display(),
         cache = p("cache"),
@@ -118,6 +124,35 @@ fn write_config(archive: &Archive, root: &Path) -> Result<PathBuf> {
     );
     write_if_changed(&conf, &text)?;
     Ok(conf)
+}
+
+/// The host's apt proxy settings, as lines of apt configuration: the one thing of the host's
+/// apt configuration the private one keeps (a machine behind a proxy reaches the archive only
+/// through it). `apt-config` reads the configuration without running anything of it.
+fn host_proxies() -> String {
+    let mut lines = String::new();
+    for key in ["Acquire::http::Proxy", "Acquire::https::Proxy"] {
+        let value = Command::new("apt-config")
+            .args(["shell", "V", key])
+            .env_remove("APT_CONFIG")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .and_then(|out| proxy_value(&out));
+        if let Some(value) = value {
+            lines.push_str(&format!("{key} \"{value}\";\n"));
+        }
+    }
+    lines
+}
+
+/// `V='http://proxy:3142'` (what `apt-config shell V KEY` prints) -> the value, if it is one
+/// that can stand in a quoted apt string.
+fn proxy_value(shell: &str) -> Option<String> {
+    let value = shell.trim().strip_prefix("V='")?.strip_suffix('\'')?;
+    (!value.is_empty() && !value.contains(['"', '\'', ';', '\n', '{', '}']))
+        .then(|| value.to_string())
 }
 
 /// Replaces `path` with `text`, whole, unless it holds that already: apt in another process (a
@@ -170,6 +205,40 @@ mod tests {
         assert!(
             !lists_fresh(&dir.path().join("state/lists")),
             "no lists yet"
+        );
+    }
+
+    #[test]
+    fn the_hosts_apt_configuration_is_not_read_but_its_proxy_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive {
+            sources: vec![
+                "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main".into(),
+            ],
+            keyring: "/k.gpg".into(),
+        };
+        let conf = write_config(&archive, dir.path()).expect("config");
+        // apt itself says which parts it reads under our configuration, and runs no hook.
+        let out = Command::new("apt-config")
+            .arg("dump")
+            .env("APT_CONFIG", &conf)
+            .output()
+            .expect("apt-config runs");
+        let dump = String::from_utf8_lossy(&out.stdout);
+        let parts = format!("Dir::Etc::parts \"{}/apt.conf.d\";", dir.path().display());
+        assert!(dump.contains(&parts), "{dump}");
+        assert!(
+            !dump.contains("Post-Invoke") && !dump.contains("Pre-Invoke"),
+            "{dump}"
+        );
+        assert_eq!(
+            proxy_value("V='http://proxy.example:3142'\n"),
+            Some("http://proxy.example:3142".into())
+        );
+        assert_eq!(proxy_value("V=''\n"), None);
+        assert_eq!(
+            proxy_value("V='x\"; APT::Update::Post-Invoke {\"rm\"}'\n"),
+            None
         );
     }
 

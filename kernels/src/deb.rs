@@ -87,7 +87,7 @@ fn fetch_into(apt: &Apt, info: &PackageInfo, staging: &Path) -> Result<Unpacked>
     let spec = format!("{}={}", info.package, info.version);
     run(
         apt.configure(&mut Command::new(tool("apt-get")?))
-            .arg("download")
+            .args(["download", "--"])
             .arg(&spec)
             .current_dir(staging),
         &format!("apt-get download {spec}"),
@@ -177,9 +177,10 @@ pub fn follow_meta_package(apt: &Apt, package: &str) -> Result<String> {
 /// resolves them against an empty system: `(name, version)` in apt's install order. An unknown
 /// name fails with apt's own reason.
 pub fn closure(apt: &Apt, packages: &[String]) -> Result<Vec<(String, String)>> {
+    check_names(packages)?;
     let what = format!("apt-get install --simulate {}", packages.join(" "));
     let out = run(
-        apt.configure(&mut Command::new(tool("apt-get")?)).args(["install", "--simulate", "--no-install-recommends", "-q"]).args(packages),
+        apt.configure(&mut Command::new(tool("apt-get")?)).args(["install", "--simulate", "--no-install-recommends", "-q", "--"]).args(packages),
         &what,
         "check the package names: the guests use Debian 12 (bookworm) packages (`apt-cache search WORD`, or packages.debian.org)",
     )?;
@@ -224,9 +225,10 @@ pub fn show(apt: &Apt, package: &str) -> Result<PackageInfo> {
 
 /// `apt-cache show` of several packages in one call, in the order asked.
 pub fn show_many(apt: &Apt, packages: &[String]) -> Result<Vec<PackageInfo>> {
+    check_names(packages)?;
     let what = format!("apt-cache show {}", packages.join(" "));
     let out = run(
-        apt.configure(&mut Command::new(tool("apt-cache")?)).args(["show", "--no-all-versions"]).args(packages),
+        apt.configure(&mut Command::new(tool("apt-cache")?)).args(["show", "--no-all-versions", "--"]).args(packages),
         &what,
         "run `sudo apt-get update`; on a distribution without these packages set LAB_KERNEL and LAB_KERNEL_MODULES",
     )?;
@@ -245,6 +247,28 @@ pub fn show_many(apt: &Apt, packages: &[String]) -> Result<Vec<PackageInfo>> {
                 })
         })
         .collect()
+}
+
+/// Fails unless every name is a Debian package name (Debian Policy 5.6.1: lower-case letters,
+/// digits, `+`, `-` and `.`, at least two characters, starting with a letter or digit): what
+/// reaches apt is a package, never an option (`-v`, `-o Dir=...`) or anything else.
+pub fn check_names(packages: &[String]) -> Result<()> {
+    match packages.iter().find(|p| !is_package_name(p)) {
+        None => Ok(()),
+        Some(bad) => Err(Error::Invalid(format!(
+            "{bad:?} is not a Debian package name (lower-case letters, digits, '+', '-' and '.', \
+             at least two, starting with a letter or digit); give names such as tcpdump or iperf3"
+        ))),
+    }
+}
+
+fn is_package_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() >= 2
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
 }
 
 fn parse_stanza(text: &str) -> Option<PackageInfo> {
@@ -334,6 +358,38 @@ mod tests {
                 "linux-initramfs-tool"
             ]
         );
+    }
+
+    #[test]
+    fn only_debian_package_names_reach_apt() {
+        for good in [
+            "tcpdump",
+            "iperf3",
+            "libstdc++6",
+            "g++",
+            "python3.11",
+            "0ad",
+        ] {
+            assert!(is_package_name(good), "{good}");
+        }
+        for bad in [
+            "-v",
+            "-o",
+            "-oDir::Etc=/tmp",
+            "Tcpdump",
+            "a",
+            "",
+            "x y",
+            "pkg=1.0",
+            "../x",
+            ".x",
+        ] {
+            let err = check_names(&["bash".into(), bad.into()]).expect_err(bad);
+            assert!(
+                err.to_string().contains("is not a Debian package name"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -174,7 +174,10 @@ async fn a_console_flood_is_cut_to_the_logs_limit_and_says_so() {
         "the log holds {} bytes, over its limit of {limit}",
         log.len()
     );
-    assert!(log.contains("bytes cut here"), "the log says where it was cut");
+    assert!(
+        log.contains("bytes cut here"),
+        "the log says where it was cut"
+    );
     assert!(vm.console_cut() > 0, "the guest says how much was cut");
     vm.shutdown().await.check();
 }

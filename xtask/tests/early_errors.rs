@@ -224,7 +224,17 @@ fn a_temp_dir_with_commas_in_its_name_is_no_option_to_qemu() {
     let tmp = top.path().join("a,b,share=on");
     std::fs::create_dir(&tmp).expect("mkdir");
     let out = xtask(
-        &["lab", "run", "--hosts", "2", "--", "ping", "-c1", "-W5", "192.168.88.2"],
+        &[
+            "lab",
+            "run",
+            "--hosts",
+            "2",
+            "--",
+            "ping",
+            "-c1",
+            "-W5",
+            "192.168.88.2",
+        ],
         &[("TMPDIR", tmp.to_str().expect("utf-8"))],
     );
     assert!(
@@ -234,4 +244,17 @@ fn a_temp_dir_with_commas_in_its_name_is_no_option_to_qemu() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"));
+}
+
+#[test]
+fn a_package_name_that_is_an_apt_option_is_refused() {
+    // `-v` made an empty layer; `-o...` passed options to apt.
+    for bad in [
+        "--package=-v",
+        "--package=-oDir::Etc=/tmp",
+        "--package=Tcpdump",
+    ] {
+        let out = xtask(&["lab", "run", bad, "--", "true"], &[]);
+        fails_saying(&out, &["is not a Debian package name"]);
+    }
 }
