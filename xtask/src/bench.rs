@@ -36,8 +36,20 @@ pub struct BenchArgs {
     /// command; counts hangs, fallbacks and leftovers. 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub soak: usize,
+    /// Measure only this part.
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
+}
+
+/// A part of the bench that runs alone with `--only`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The switch: frames per second alone, from one source and from 200k random ones.
+    Switch,
+    /// `lab run` whose guest writes 1 GiB: the host's peak memory, its stdout read or not.
+    Output,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -45,6 +57,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let assets_path = crate::provision::run(&args.provision)?;
     let assets = Assets::load(&assets_path)?;
     let rt = tokio::runtime::Runtime::new()?;
+    match args.only {
+        Some(Part::Switch) => {
+            return rt.block_on(crate::bench_switch::alone_and_flooded(200_000, 200_000))
+        }
+        Some(Part::Output) => return crate::bench_output::run(&assets_path),
+        None => {}
+    }
     let accel = lab_harness::Accel::choose()?;
     let parallel = args.parallel.max(1);
     println!("guests: {accel}, {} MiB, {parallel} at a time; times from before Vm::boot to the agent's answer", args.memory);
@@ -112,8 +131,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rt.block_on(inner_vms(cfg, 3))?;
     }
     lab_run(&assets_path)?;
-    rt.block_on(crate::bench_switch::alone(200_000))?;
+    rt.block_on(crate::bench_switch::alone_and_flooded(200_000, 200_000))?;
     rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
+    crate::bench_output::run(&assets_path)?;
     if args.extras > 0 {
         extras(&assets, &rt, args.extras)?;
     }

@@ -10,7 +10,50 @@ use tokio::net::UnixDatagram;
 
 const FRAME: usize = 1514;
 
-pub async fn alone(frames: usize) -> anyhow::Result<()> {
+/// Frames per second through the switch alone from one source and from `sources` distinct
+/// random ones (a MAC flood), and their ratio: a bounded O(1) address table keeps the two close.
+pub async fn alone_and_flooded(frames: usize, sources: usize) -> anyhow::Result<()> {
+    let plain = alone(frames, 1).await?;
+    let flooded = alone(frames, sources).await?;
+    println!(
+        "switch alone, {sources} random sources against one: {:.2}x the frames per second ({flooded:.0} against {plain:.0})",
+        flooded / plain.max(1e-6)
+    );
+    let (plain, flooded) = (table(frames, 1), table(frames, sources));
+    println!(
+        "switch forwarding logic alone (no sockets), {sources} random sources against one: {:.2}x the frames per second ({flooded:.0} against {plain:.0})",
+        flooded / plain.max(1e-6)
+    );
+    Ok(())
+}
+
+/// Frames per second of [`lab_harness::lan::Switch::ingress`] alone, from `sources` sources.
+fn table(frames: usize, sources: usize) -> f64 {
+    let mut switch =
+        lab_harness::lan::Switch::new(&[PortPolicy::default(); 2], Duration::from_secs(300));
+    let batch: Vec<Vec<u8>> = (0..frames)
+        .map(|i| frame([2, 0, 0, 0, 0, 0xb], source(i % sources)))
+        .collect();
+    let now = Instant::now();
+    let started = Instant::now();
+    for (i, f) in batch.iter().enumerate() {
+        std::hint::black_box(switch.ingress(0, f, now + Duration::from_micros(i as u64)));
+    }
+    frames as f64 / started.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// Source MAC number `i`: locally administered, unicast, a hash of `i` (random-looking, as
+/// pktgen's are), source 0 being the plain run's one.
+fn source(i: usize) -> [u8; 6] {
+    if i == 0 {
+        return [2u8, 0, 0, 0, 0, 0xa];
+    }
+    let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// Frames per second through the switch alone, `frames` frames from `sources` sources.
+async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
     let dir = lab_harness::rundirs::create("bench", None)?;
     let switch = SwitchHandle::start(
         &[PortPolicy::default(); 2],
@@ -45,21 +88,32 @@ pub async fn alone(frames: usize) -> anyhow::Result<()> {
         }
         got
     });
+    let batch: Vec<Vec<u8>> = (0..frames)
+        .map(|i| {
+            frame(
+                mac_b,
+                if sources == 1 {
+                    mac_a
+                } else {
+                    source(i % sources)
+                },
+            )
+        })
+        .collect();
     let started = Instant::now();
-    let data = frame(mac_b, mac_a);
-    for _ in 0..frames {
-        a.send_to(&data, &to_switch).await?;
+    for data in &batch {
+        a.send_to(data, &to_switch).await?;
     }
     let got = receiver.await?;
     let secs = (started.elapsed().saturating_sub(Duration::from_millis(500)))
         .as_secs_f64()
         .max(1e-6);
     println!(
-        "switch alone: {got} of {frames} frames of {FRAME} B delivered, {:.0} frames/s, {:.0} Mbit/s (captures on)",
+        "switch alone, {sources} source(s): {got} of {frames} frames of {FRAME} B delivered, {:.0} frames/s, {:.0} Mbit/s (captures on)",
         got as f64 / secs,
         got as f64 * FRAME as f64 * 8.0 / secs / 1e6
     );
-    Ok(())
+    Ok(got as f64 / secs)
 }
 
 pub async fn guest_to_guest(assets: &Assets, count: usize) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 mod attach;
 mod bench;
+mod bench_output;
 mod bench_soak;
 mod bench_switch;
 mod cpu_by_test;

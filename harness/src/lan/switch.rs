@@ -1,10 +1,16 @@
 //! The switch's forwarding logic, free of I/O: learn, age, flood, forward, and the per-port
 //! policies a real access switch has (reflective relay, port security, link state).
 //!
+//! Its address table is bounded as a real switch's is: past [`FDB_MAX`] addresses it learns no
+//! new ones (their frames are still forwarded, unknown destinations flooded) and counts them.
+//! Every frame costs O(1) whatever the table holds: a guest sending from random source MACs
+//! (pktgen, a MAC flood) cannot make the LAN quadratic. Entries age lazily, a stale one being
+//! unknown, and the table is swept at most once per [`SWEEP_EVERY`].
+//!
 //! Architecture invariant: every forwarding decision of the lab's LAN is made here, so it can be
 //! tested frame by frame without a guest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,6 +21,10 @@ use crate::mac::MacAddr;
 pub const MIN_FRAME: usize = 14;
 /// Largest: a 9000-byte jumbo payload plus Ethernet and VLAN headers.
 pub const MAX_FRAME: usize = 9018;
+/// Addresses the table holds at most (a small access switch holds 8K).
+pub const FDB_MAX: usize = 8192;
+/// How often stale entries are swept out of the whole table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Behaviour of one port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +64,8 @@ pub struct PortCounters {
     pub drop_bad_source: u64,
     /// Could not be delivered to the guest (gone, or its socket full).
     pub drop_tx_error: u64,
+    /// Forwarded, but its source not learned: the address table was full.
+    pub unlearned_table_full: u64,
 }
 
 #[derive(Debug)]
@@ -69,15 +81,115 @@ struct Learned {
     seen: Instant,
 }
 
+/// What learning a source did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Learn {
+    Learned,
+    /// Over the port's MAC cap: the frame is dropped.
+    OverPortCap,
+    /// The table is full: forwarded, not learned.
+    TableFull,
+}
+
+/// The forwarding database: where each address was last seen, by address and by port, so that
+/// a lookup, a refresh and a port's cap each cost O(1) (or O(the cap)).
+#[derive(Debug)]
+struct Fdb {
+    by_mac: HashMap<MacAddr, Learned>,
+    by_port: Vec<HashSet<MacAddr>>,
+    ageing: Duration,
+    max: usize,
+    swept: Option<Instant>,
+}
+
+impl Fdb {
+    fn new(ports: usize, ageing: Duration, max: usize) -> Self {
+        Self {
+            by_mac: HashMap::new(),
+            by_port: vec![HashSet::new(); ports],
+            ageing,
+            max,
+            swept: None,
+        }
+    }
+
+    fn fresh(&self, l: &Learned, now: Instant) -> bool {
+        now.saturating_duration_since(l.seen) < self.ageing
+    }
+
+    /// The port `mac` was last seen on, unless that is older than the ageing time.
+    fn port_of(&self, mac: &MacAddr, now: Instant) -> Option<usize> {
+        self.by_mac
+            .get(mac)
+            .filter(|l| self.fresh(l, now))
+            .map(|l| l.port)
+    }
+
+    fn insert(&mut self, mac: MacAddr, port: usize, now: Instant) {
+        if let Some(old) = self.by_mac.insert(mac, Learned { port, seen: now }) {
+            if old.port != port {
+                self.by_port[old.port].remove(&mac);
+            }
+        }
+        self.by_port[port].insert(mac);
+    }
+
+    fn remove(&mut self, mac: &MacAddr) {
+        if let Some(old) = self.by_mac.remove(mac) {
+            self.by_port[old.port].remove(mac);
+        }
+    }
+
+    /// Drops the stale entries of one port: O(what the port holds).
+    fn expire_port(&mut self, port: usize, now: Instant) {
+        let stale: Vec<MacAddr> = self.by_port[port]
+            .iter()
+            .filter(|m| self.by_mac.get(m).is_none_or(|l| !self.fresh(l, now)))
+            .copied()
+            .collect();
+        stale.iter().for_each(|m| self.remove(m));
+    }
+
+    /// Drops every stale entry, at most once per [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        let ageing = self.ageing;
+        let by_port = &mut self.by_port;
+        self.by_mac.retain(|mac, l| {
+            let keep = now.saturating_duration_since(l.seen) < ageing;
+            if !keep {
+                by_port[l.port].remove(mac);
+            }
+            keep
+        });
+    }
+
+    fn forget_port(&mut self, port: usize) {
+        for mac in std::mem::take(&mut self.by_port[port]) {
+            self.by_mac.remove(&mac);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Switch {
     ports: Vec<Port>,
-    fdb: HashMap<MacAddr, Learned>,
-    ageing: Duration,
+    fdb: Fdb,
 }
 
 impl Switch {
     pub fn new(policies: &[PortPolicy], ageing: Duration) -> Self {
+        Self::with_table(policies, ageing, FDB_MAX)
+    }
+
+    /// A switch whose address table holds at most `max` addresses.
+    pub fn with_table(policies: &[PortPolicy], ageing: Duration, max: usize) -> Self {
         let ports = policies
             .iter()
             .map(|&policy| Port {
@@ -88,8 +200,7 @@ impl Switch {
             .collect();
         Self {
             ports,
-            fdb: HashMap::new(),
-            ageing,
+            fdb: Fdb::new(policies.len(), ageing, max),
         }
     }
 
@@ -122,12 +233,16 @@ impl Switch {
             p.counters.drop_bad_source += 1;
             return Vec::new();
         }
-        self.age(now);
-        if !self.learn(port, src, now) {
-            self.ports[port].counters.drop_mac_limit += 1;
-            return Vec::new();
+        self.fdb.sweep(now);
+        match self.learn(port, src, now) {
+            Learn::Learned => {}
+            Learn::OverPortCap => {
+                self.ports[port].counters.drop_mac_limit += 1;
+                return Vec::new();
+            }
+            Learn::TableFull => self.ports[port].counters.unlearned_table_full += 1,
         }
-        let out = self.egress_ports(port, dst);
+        let out = self.egress_ports(port, dst, now);
         for &o in &out {
             self.ports[o].counters.tx_frames += 1;
             self.ports[o].counters.tx_bytes += frame.len() as u64;
@@ -135,17 +250,18 @@ impl Switch {
         out
     }
 
-    fn egress_ports(&mut self, ingress: usize, dst: MacAddr) -> Vec<usize> {
+    fn egress_ports(&mut self, ingress: usize, dst: MacAddr, now: Instant) -> Vec<usize> {
         let hairpin = self.ports[ingress].policy.hairpin;
-        let flood = dst.0[0] & 1 == 1 || !self.fdb.contains_key(&dst);
-        if flood {
+        let known = (dst.0[0] & 1 == 0)
+            .then(|| self.fdb.port_of(&dst, now))
+            .flatten();
+        let Some(to) = known else {
             // A reflective-relay port gets its own floods back too, as a Linux bridge port in
             // hairpin mode does: that is how ARP between VEPA siblings works.
             return (0..self.ports.len())
                 .filter(|&o| self.ports[o].up && (o != ingress || hairpin))
                 .collect();
-        }
-        let to = self.fdb[&dst].port;
+        };
         if to == ingress && !hairpin {
             self.ports[ingress].counters.drop_same_port += 1;
             return Vec::new();
@@ -157,36 +273,40 @@ impl Switch {
         }
     }
 
-    /// Learns (or refreshes) `src` on `port`; false when the port's MAC cap forbids it.
-    fn learn(&mut self, port: usize, src: MacAddr, now: Instant) -> bool {
-        if self.fdb.get(&src).is_some_and(|l| l.port == port) {
-            self.fdb.insert(src, Learned { port, seen: now });
-            return true;
+    /// Learns (or refreshes) `src` on `port`, within the port's MAC cap and the table's size.
+    fn learn(&mut self, port: usize, src: MacAddr, now: Instant) -> Learn {
+        if self.fdb.port_of(&src, now) == Some(port) {
+            self.fdb.insert(src, port, now);
+            return Learn::Learned;
         }
         if let Some(cap) = self.ports[port].policy.max_macs {
-            if self.learned_on(port).len() >= cap {
-                return false;
+            self.fdb.expire_port(port, now);
+            if self.fdb.by_port[port].len() >= cap {
+                return Learn::OverPortCap;
             }
         }
-        self.fdb.insert(src, Learned { port, seen: now });
-        true
-    }
-
-    fn age(&mut self, now: Instant) {
-        let ageing = self.ageing;
-        self.fdb.retain(|_, l| now.duration_since(l.seen) < ageing);
+        if self.fdb.by_mac.len() >= self.fdb.max && !self.fdb.by_mac.contains_key(&src) {
+            return Learn::TableFull;
+        }
+        self.fdb.insert(src, port, now);
+        Learn::Learned
     }
 
     /// MACs currently learned on `port`.
     pub fn learned_on(&self, port: usize) -> Vec<MacAddr> {
         let mut macs: Vec<MacAddr> = self
             .fdb
-            .iter()
-            .filter(|(_, l)| l.port == port)
-            .map(|(m, _)| *m)
-            .collect();
+            .by_port
+            .get(port)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
         macs.sort_by_key(|m| m.0);
         macs
+    }
+
+    /// Addresses in the table, stale ones not yet swept included.
+    pub fn table_len(&self) -> usize {
+        self.fdb.by_mac.len()
     }
 
     pub fn counters(&self, port: usize) -> PortCounters {
@@ -207,9 +327,9 @@ impl Switch {
         if let Some(p) = self.ports.get_mut(port) {
             p.up = up;
         }
-        if !up {
+        if !up && port < self.ports.len() {
             // A link going down flushes what was learned behind it, as real switches do.
-            self.fdb.retain(|_, l| l.port != port);
+            self.fdb.forget_port(port);
         }
     }
 
@@ -307,6 +427,62 @@ mod tests {
         );
         assert_eq!(s.counters(0).drop_mac_limit, 1);
         assert_eq!(s.learned_on(0), [MacAddr(A)]);
+    }
+
+    /// A frame from source `i` of many (locally administered, unicast).
+    fn from_source(i: u32) -> Vec<u8> {
+        let b = i.to_be_bytes();
+        frame(BCAST, [2, 0xee, b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn a_full_table_learns_no_more_but_forwards_and_counts() {
+        let mut s = Switch::with_table(&[PortPolicy::default(); 3], Duration::from_secs(300), 100);
+        let t = Instant::now();
+        s.ingress(1, &frame(BCAST, B), t);
+        for i in 0..1000 {
+            assert_eq!(s.ingress(0, &from_source(i), t), [1, 2], "still flooded");
+        }
+        assert_eq!(s.table_len(), 100, "bounded");
+        assert_eq!(s.counters(0).unlearned_table_full, 1000 - 99);
+        assert_eq!(
+            s.ingress(0, &frame(B, A), t),
+            [1],
+            "what it knew, it still knows"
+        );
+        // Once entries age out, there is room again.
+        let later = t + Duration::from_secs(301);
+        s.ingress(2, &frame(BCAST, C), later);
+        assert_eq!(s.learned_on(2), [MacAddr(C)]);
+        assert_eq!(s.table_len(), 1);
+    }
+
+    #[test]
+    fn a_mac_flood_fills_the_table_to_its_bound_and_no_further() {
+        // Each frame scanned the whole table, which grew without bound: 200k sources made the
+        // switch quadratic. (`cargo xtask bench` measures frames per second against one source.)
+        let mut s = switch(2, PortPolicy::default());
+        let t = Instant::now();
+        for i in 0..200_000 {
+            s.ingress(0, &from_source(i), t + Duration::from_micros(u64::from(i)));
+        }
+        assert_eq!(s.table_len(), FDB_MAX);
+        assert_eq!(s.counters(0).unlearned_table_full, 200_000 - FDB_MAX as u64);
+    }
+
+    #[test]
+    fn a_capped_port_makes_room_as_its_addresses_age() {
+        let policy = PortPolicy {
+            hairpin: false,
+            max_macs: Some(1),
+        };
+        let mut s = Switch::new(&[policy; 2], Duration::from_secs(1));
+        let t = Instant::now();
+        assert_eq!(s.ingress(0, &frame(BCAST, A), t), [1]);
+        assert!(s.ingress(0, &frame(BCAST, B), t).is_empty(), "over its cap");
+        let later = t + Duration::from_secs(2);
+        assert_eq!(s.ingress(0, &frame(BCAST, B), later), [1], "A aged out");
+        assert_eq!(s.learned_on(0), [MacAddr(B)]);
     }
 
     #[test]
