@@ -45,8 +45,16 @@ fn connects_as(uid: u32, path: &Path, datagram: bool) -> bool {
     // SAFETY: the child only calls async-signal-safe functions, then _exit.
     match unsafe { nix::unistd::fork() }.expect("fork") {
         nix::unistd::ForkResult::Child => unsafe {
-            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+            // Root's supplementary groups first: kept, they would let the probe in through
+            // a directory's group bits, and a refusal would show less than it says.
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
                 libc::_exit(2);
+            }
+            if libc::getgroups(0, std::ptr::null_mut()) != 0 || libc::getegid() != uid {
+                libc::_exit(3);
             }
             let fd = libc::socket(libc::AF_UNIX, kind, 0);
             let ok = libc::connect(
@@ -60,6 +68,9 @@ fn connects_as(uid: u32, path: &Path, datagram: bool) -> bool {
             match nix::sys::wait::waitpid(child, None).expect("wait") {
                 nix::sys::wait::WaitStatus::Exited(_, 0) => true,
                 nix::sys::wait::WaitStatus::Exited(_, 1) => false,
+                nix::sys::wait::WaitStatus::Exited(_, 3) => {
+                    panic!("the child kept groups of ours: it is not another user")
+                }
                 other => panic!("the child could not become uid {uid}: {other:?}"),
             }
         }
