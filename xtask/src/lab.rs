@@ -355,7 +355,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     );
     let jobs = args.jobs.unwrap_or(2 * crate::cores()).max(1);
     crate::ui::status!("lab: {} scenario(s), {} at a time", names.len(), jobs);
-    crate::hosttools::ensure_qemu()?;
+    crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     // The kernels some scenarios boot whatever the run's is (wireless, say), provisioned
     // first: the run's own goes last, so that `assets.json` is its.
     let mut own_kernel: BTreeMap<&str, Assets> = BTreeMap::new();
@@ -513,7 +513,7 @@ fn run_job(
         (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     };
     lan.check()?;
-    crate::hosttools::ensure_qemu()?;
+    crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     assets.runs = crate::runs::start("run")?;
     let what = match &job {

@@ -261,7 +261,7 @@ fn test(
     partition: Option<(u32, u32)>,
     test_args: &[String],
 ) -> anyhow::Result<()> {
-    hosttools::ensure_qemu()?;
+    hosttools::ensure(hosttools::Purpose::Tests)?;
     hosttools::ensure_nextest()?;
     // Some tests boot every kernel the manifest knows (assets-<id>.json); the one asked for goes
     // last, so assets.json is its.

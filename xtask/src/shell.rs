@@ -19,7 +19,7 @@ use crate::terminal::{self, say, Remote};
 
 pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     lan.check()?;
-    crate::hosttools::ensure_qemu()?;
+    crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     assets.runs = crate::runs::start("shell")?;
     let before = crate::leaks::Snapshot::take();

@@ -258,3 +258,34 @@ fn a_package_name_that_is_an_apt_option_is_refused() {
         fails_saying(&out, &["is not a Debian package name"]);
     }
 }
+
+#[test]
+fn a_host_without_the_tests_tools_is_told_every_package_before_anything_is_built() {
+    // A PATH without a browser (nor anything else): `cargo xtask test` names every missing
+    // package and the one command that installs them, and builds nothing first.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    let out = xtask(
+        &["test"],
+        &[
+            ("PATH", empty.path().to_str().expect("utf-8")),
+            ("LAB_INSTALL", "no"),
+            ("LAB_CHROMIUM", ""),
+        ],
+    );
+    fails_saying(
+        &out,
+        &[
+            "this host lacks what the lab needs",
+            "a headless browser",
+            "package chromium",
+            "package tmux",
+            "sudo apt-get install --no-install-recommends",
+        ],
+    );
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "refused at once, not after a build ({:?})",
+        started.elapsed()
+    );
+}
