@@ -113,7 +113,7 @@ pub fn packages(
         };
         let mut tree = Tree::default();
         for package in &unpacked {
-            tree.add_host_dir(&package.root, "", &skip)
+            tree.add_host_dir(&package.root, "", &skip, u64::MAX)
                 .map_err(|e| Error::io(&package.root, e))?;
         }
         write_atomically(&path, &tree.to_cpio().map_err(|e| Error::io(&path, e))?)?;
@@ -131,8 +131,12 @@ pub fn packages(
     Ok(layer)
 }
 
+/// The most a user's directory may hold: it is read into the host's memory and then the guest's.
+pub const MAX_DIR_BYTES: u64 = 256 << 20;
+
 /// The archive of host directory `dir`, placed at [`DIR_IN_GUEST`]: files with their modes,
-/// symlinks as they are, sockets and devices left out.
+/// symlinks as they are, sockets and devices left out; at most [`MAX_DIR_BYTES`], with names
+/// that are UTF-8.
 pub fn directory(dir: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
@@ -143,7 +147,7 @@ pub fn directory(dir: &Path) -> Result<Vec<u8>> {
     }
     let mut tree = Tree::default();
     tree.dir(DIR_IN_GUEST);
-    tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false)
+    tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false, MAX_DIR_BYTES)
         .map_err(|e| Error::io(dir, e))?;
     tree.to_cpio().map_err(|e| Error::io(dir, e))
 }
@@ -243,6 +247,29 @@ mod tests {
             entries.contains(&("lab/lib.sh".into(), 0o120777)),
             "{entries:?}"
         );
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_refused_rather_than_collapsed() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Both would read as "caf\u{FFFD}" lossily: one name in the archive for two files.
+        for raw in [&b"caf\xe9"[..], b"caf\xe8"] {
+            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(raw)), b"x").expect("write");
+        }
+        let err = directory(dir.path()).expect_err("refused").to_string();
+        assert!(err.contains("is not UTF-8") && err.contains("caf"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_over_the_cap_is_refused_before_it_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = std::fs::File::create(dir.path().join("big.img")).expect("create");
+        // Sparse: the size counts, no disk is used.
+        big.set_len(MAX_DIR_BYTES + 1).expect("size");
+        let err = directory(dir.path()).expect_err("refused").to_string();
+        assert!(err.contains("holds more than 256 MiB"), "{err}");
+        assert!(err.contains("give a smaller directory"), "{err}");
     }
 
     #[test]

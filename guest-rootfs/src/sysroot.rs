@@ -120,7 +120,7 @@ impl Sysroot {
         let host = self.resolve(path).ok_or_else(|| {
             Error::Missing(format!("{path} is in no package of the guest recipe"))
         })?;
-        tree.add_host_dir(&host, path, &|_| false)
+        tree.add_host_dir(&host, path, &|_| false, u64::MAX)
             .map_err(|e| Error::io(&host, e))
     }
 

@@ -79,23 +79,35 @@ impl Tree {
 
     /// Adds everything under host directory `root` below `at` (`""` for `/`): files with their
     /// modes, symlinks as they are, sockets and devices left out, and no guest path that `skip`
-    /// names.
+    /// names. Fails on a name or link target that is not UTF-8 (an archive's names are text,
+    /// and a lossy one would make two names one), and once its files pass `max_bytes`.
     pub fn add_host_dir(
         &mut self,
         root: &Path,
         at: &str,
         skip: &dyn Fn(&str) -> bool,
+        max_bytes: u64,
     ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        let text = |path: &Path, name: &std::ffi::OsStr| {
+            name.to_str().map(str::to_string).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} has a name that is not UTF-8: rename it, or leave it out of the directory",
+                        path.display()
+                    ),
+                )
+            })
+        };
+        let mut total = 0u64;
         let mut pending = vec![(root.to_path_buf(), at.to_string())];
         while let Some((dir, guest)) = pending.pop() {
             let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
-                let (from, to) = (
-                    entry.path(),
-                    format!("{guest}/{}", entry.file_name().to_string_lossy()),
-                );
+                let from = entry.path();
+                let to = format!("{guest}/{}", text(&from, &entry.file_name())?);
                 if skip(&to) {
                     continue;
                 }
@@ -104,8 +116,20 @@ impl Tree {
                     self.dir(&to);
                     pending.push((from, to));
                 } else if meta.file_type().is_symlink() {
-                    self.symlink(&to, &std::fs::read_link(&from)?.to_string_lossy());
+                    let target = std::fs::read_link(&from)?;
+                    self.symlink(&to, &text(&from, target.as_os_str())?);
                 } else if meta.is_file() {
+                    total += meta.len();
+                    if total > max_bytes {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::FileTooLarge,
+                            format!(
+                                "{} holds more than {} MiB of files (the guest keeps them in its memory): give a smaller directory",
+                                root.display(),
+                                max_bytes >> 20
+                            ),
+                        ));
+                    }
                     self.file(
                         &to,
                         std::fs::read(&from)?,
