@@ -38,6 +38,7 @@ impl Sysroot {
                 version: String::new(),
                 sha256: String::new(),
                 root: "/".into(),
+                files: Default::default(),
             }],
         }
     }
@@ -70,11 +71,17 @@ impl Sysroot {
         None
     }
 
+    /// The bytes of `path`, checked against what its package shipped: they are put into images
+    /// and, for depmod, run on the host.
     fn read(&self, path: &str) -> Result<Vec<u8>> {
         let host = self.resolve(path).ok_or_else(|| {
             Error::Missing(format!("{path} is not in any package of the guest recipe; add the package that ships it to guest-rootfs/rootfs.toml"))
         })?;
-        std::fs::read(&host).map_err(|e| Error::io(&host, e))
+        let bytes = std::fs::read(&host).map_err(|e| Error::io(&host, e))?;
+        if let Some(package) = self.packages.iter().find(|p| host.starts_with(&p.root)) {
+            package.verify(&host, &bytes)?;
+        }
+        Ok(bytes)
     }
 
     /// Copies `path` and, transitively, its dynamic loader and libraries.
@@ -221,6 +228,7 @@ mod tests {
             version: "1".into(),
             sha256: String::new(),
             root,
+            files: Default::default(),
         };
         let sysroot = Sysroot {
             packages: vec![unpacked(a), unpacked(b.clone())],

@@ -24,6 +24,66 @@ pub struct Unpacked {
     /// The unpacked file tree (`root/usr/...`).
     #[serde(skip)]
     pub root: PathBuf,
+    /// sha256 of every regular file of the tree (path relative to `root`), taken right after
+    /// apt fetched and checked the `.deb`: what is read from the tree later, to be run or put in
+    /// an image, is checked against it ([`Unpacked::verify`]).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+impl Unpacked {
+    /// Fails unless `bytes`, read from `host` in this package's tree, are what the package
+    /// shipped. Outside the tree (the host's own files) there is nothing to check.
+    pub fn verify(&self, host: &Path, bytes: &[u8]) -> Result<()> {
+        let Ok(rel) = host.strip_prefix(&self.root) else {
+            return Ok(());
+        };
+        if self.files.is_empty() && self.sha256.is_empty() {
+            return Ok(());
+        }
+        let rel = rel.to_string_lossy();
+        match self.files.get(rel.as_ref()) {
+            Some(sum) if *sum == sha256_hex(bytes) => Ok(()),
+            found => {
+                Err(Error::Invalid(format!(
+                "{} {} since {} {} was fetched: the cache was changed behind the lab's back\n  \
+                 fix: `cargo xtask clean-cache`, and find out who else writes {}",
+                host.display(),
+                if found.is_some() { "changed" } else { "appeared" },
+                self.package,
+                self.version,
+                self.root.display()
+            )))
+            }
+        }
+    }
+}
+
+/// sha256 of every regular file under `root`, by path relative to it.
+fn hash_tree(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut sums = std::collections::BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+        {
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                sums.insert(rel, sha256_hex(&bytes));
+            }
+        }
+    }
+    Ok(sums)
 }
 
 const MARKER: &str = "fetched.json";
@@ -109,6 +169,7 @@ fn fetch_into(apt: &Apt, info: &PackageInfo, staging: &Path) -> Result<Unpacked>
         package: info.package.clone(),
         version: info.version.clone(),
         sha256,
+        files: hash_tree(&root)?,
         root,
     };
     let marker = staging.join(MARKER);
@@ -133,6 +194,12 @@ fn cached(dir: &Path) -> Cached {
     let Some(done) = read_marker(dir) else {
         return Cached::Missing;
     };
+    if done.files.is_empty() {
+        return Cached::Damaged(format!(
+            "{} was fetched by an older lab, without the hashes of its files",
+            dir.display()
+        ));
+    }
     let deb = match only_deb(dir) {
         Ok(deb) => deb,
         Err(e) => return Cached::Damaged(format!("{}: {e}", dir.display())),
@@ -418,6 +485,7 @@ mod tests {
             version: "1.0".into(),
             sha256: sha256_hex(&bytes),
             root: PathBuf::new(),
+            files: [("usr/bin/hello".to_string(), sha256_hex(b"hi"))].into(),
         };
         std::fs::write(pkg.join(MARKER), serde_json::to_vec(&marker).expect("json"))
             .expect("marker");
@@ -440,6 +508,40 @@ mod tests {
             matches!(cached(&pkg), Cached::Damaged(_)),
             "a marker without its .deb"
         );
+    }
+
+    #[test]
+    fn a_file_of_an_unpacked_tree_changed_after_its_fetch_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+        std::fs::write(root.join("usr/bin/kmod"), b"ELF as shipped").expect("write");
+        let unpacked = Unpacked {
+            package: "kmod".into(),
+            version: "30".into(),
+            sha256: "x".into(),
+            files: hash_tree(&root).expect("hash"),
+            root: root.clone(),
+        };
+        let kmod = root.join("usr/bin/kmod");
+        unpacked
+            .verify(&kmod, b"ELF as shipped")
+            .expect("as fetched");
+        let err = unpacked
+            .verify(&kmod, b"ELF of someone else")
+            .expect_err("changed");
+        assert!(
+            err.to_string()
+                .contains("changed since kmod 30 was fetched"),
+            "{err}"
+        );
+        let err = unpacked
+            .verify(&root.join("usr/bin/extra"), b"")
+            .expect_err("new");
+        assert!(err.to_string().contains("appeared"), "{err}");
+        unpacked
+            .verify(Path::new("/usr/bin/env"), b"host")
+            .expect("not the tree's");
     }
 
     #[test]
