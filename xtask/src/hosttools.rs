@@ -181,23 +181,38 @@ fn missing_message(missing: &[(&str, &str)]) -> String {
 /// cargo-nextest, the test runner behind `cargo xtask test`: installed once with
 /// `cargo install --locked cargo-nextest` (a few minutes) when missing.
 pub fn ensure_nextest() -> anyhow::Result<()> {
+    ensure_cargo_subcommand("nextest", "cargo-nextest", "runs the tests")
+}
+
+/// cargo-deny, which checks the dependencies' licences and sources in the test suite
+/// (`deny.toml`): installed once (about 2.5 minutes here) when missing.
+pub fn ensure_cargo_deny() -> anyhow::Result<()> {
+    ensure_cargo_subcommand(
+        "deny",
+        "cargo-deny",
+        "checks the dependencies' licences and sources",
+    )
+}
+
+/// `cargo SUBCOMMAND`, installed once with `cargo install --locked CRATE` when missing.
+fn ensure_cargo_subcommand(subcommand: &str, krate: &str, job: &str) -> anyhow::Result<()> {
     let present = || {
         Command::new(env!("CARGO"))
-            .args(["nextest", "--version"])
+            .args([subcommand, "--version"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
     if present() {
         return Ok(());
     }
-    eprintln!("xtask: cargo-nextest runs the tests; installing it once with `cargo install --locked cargo-nextest` (a few minutes)");
+    eprintln!("xtask: {krate} {job}; installing it once with `cargo install --locked {krate}` (a few minutes)");
     let installed = Command::new(env!("CARGO"))
-        .args(["install", "--locked", "cargo-nextest"])
+        .args(["install", "--locked", krate])
         .status()
         .is_ok_and(|s| s.success());
     anyhow::ensure!(
         installed && present(),
-        "cargo-nextest could not be installed; install it yourself (`cargo install --locked cargo-nextest`, or a prebuilt one from https://nexte.st) and run again"
+        "{krate} could not be installed; install it yourself (`cargo install --locked {krate}`) and run again"
     );
     Ok(())
 }

@@ -263,6 +263,7 @@ fn test(
 ) -> anyhow::Result<()> {
     hosttools::ensure(hosttools::Purpose::Tests)?;
     hosttools::ensure_nextest()?;
+    hosttools::ensure_cargo_deny()?;
     // Some tests boot every kernel the manifest knows (assets-<id>.json); the one asked for goes
     // last, so assets.json is its.
     let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())?;
