@@ -137,6 +137,10 @@ pub struct Meta {
     pub key: String,
     /// Bytes in `state`: fewer means the file was cut short.
     pub size: u64,
+    /// sha256 of `state`, which QEMU parses when it restores: a state changed since it was
+    /// saved is not fed to QEMU. (`memory` is only mapped as the guest's RAM.)
+    #[serde(default)]
+    pub state_sha256: String,
     /// Bytes in `memory` (the guest's memory size; zero pages are holes).
     pub memory: u64,
     /// Unique per snapshot taken, so a guest that failed to restore one does not throw away
@@ -469,6 +473,26 @@ fn find(dir: &Path, key: &str) -> Found {
             }
         }
     }
+    if meta.state_sha256.is_empty() {
+        return Found::Broken(format!(
+            "snapshot {} was taken by an older lab, without its state's hash",
+            dir.display()
+        ));
+    }
+    // About 70 KiB: hashing it costs well under a millisecond.
+    let state = dir.join(STATE);
+    match std::fs::read(&state) {
+        Ok(bytes) if lab_kernels::deb::sha256_hex(&bytes) == meta.state_sha256 => {}
+        Ok(_) => {
+            return Found::Broken(format!(
+                "snapshot {} is not what was saved (its sha256 differs)",
+                state.display()
+            ))
+        }
+        Err(e) => {
+            return Found::Broken(format!("snapshot {} cannot be read ({e})", state.display()))
+        }
+    }
     Found::Ready(Snapshot {
         dir: dir.to_path_buf(),
         meta,
@@ -670,6 +694,9 @@ fn publish(
     let meta = Meta {
         key: key.to_string(),
         size,
+        state_sha256: lab_kernels::deb::sha256_hex(
+            &std::fs::read(&state).map_err(|e| Error::io(&state, e))?,
+        ),
         memory: memory_size,
         id: format!("{stamp}-{}", std::process::id()),
         taken_from,
@@ -811,6 +838,7 @@ mod tests {
         let meta = Meta {
             key: "k".into(),
             size: 10,
+            state_sha256: lab_kernels::deb::sha256_hex(&[0u8; 10]),
             memory: 8,
             id: "1".into(),
             taken_from: "host1".into(),
@@ -827,6 +855,11 @@ mod tests {
         match find(&dir, "other") {
             Found::Broken(why) => assert!(why.contains("another guest shape"), "{why}"),
             _ => panic!("a snapshot of another shape was taken as good"),
+        }
+        std::fs::write(dir.join(STATE), [1u8; 10]).expect("changed, same size");
+        match find(&dir, "k") {
+            Found::Broken(why) => assert!(why.contains("not what was saved"), "{why}"),
+            _ => panic!("a state changed since it was saved was taken as good"),
         }
         std::fs::write(dir.join(STATE), [0u8; 4]).expect("cut short");
         match find(&dir, "k") {
