@@ -74,7 +74,7 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
         && sized(&assets.image.path, assets.image.size)
         && assets.modules_disk.as_ref().is_none_or(|d| d.is_file())
         && assets.nest.as_ref().is_none_or(|n| sized(&n.path, n.size));
-    if !whole {
+    if !whole || !booted_unchanged(id)? {
         return Ok(None);
     }
     let path = lab_dir().join("assets.json");
@@ -172,6 +172,7 @@ fn provision(
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;
     assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
+    record_booted(&kernel.id, &assets)?;
     crate::ui::status!(
         "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), module disk of {} modules ({:.0} MiB){}, assets in {}",
         kernel.release,
@@ -185,6 +186,97 @@ fn provision(
         path.display()
     );
     Ok(path)
+}
+
+/// A file guests boot from (QEMU reads it), as provisioning left it: its content's hash, and
+/// what tells without reading it that it has not changed since (the kernel sets a file's ctime
+/// on every change, and nobody can set it back).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Booted {
+    path: PathBuf,
+    sha256: String,
+    size: u64,
+    inode: u64,
+    ctime_ns: i128,
+}
+
+impl Booted {
+    fn of(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut booted = Self::stat(path)?;
+        booted.sha256 = lab_kernels::deb::sha256_hex(&bytes);
+        Ok(booted)
+    }
+
+    /// Its size, inode and ctime (no hash).
+    fn stat(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256: String::new(),
+            size: meta.len(),
+            inode: meta.ino(),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        })
+    }
+}
+
+/// The files guests of `assets` boot from.
+fn booted_paths(assets: &Assets) -> Vec<PathBuf> {
+    [Some(&assets.kernel.bzimage), Some(&assets.image.path)]
+        .into_iter()
+        .chain([
+            assets.nest.as_ref().map(|n| &n.path),
+            assets.modules_disk.as_ref(),
+        ])
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+fn booted_record(id: &str) -> PathBuf {
+    lab_dir().join(format!("booted-{id}.json"))
+}
+
+/// Hashes what guests of kernel `id` boot from, for [`booted_unchanged`] to check.
+fn record_booted(id: &str, assets: &Assets) -> anyhow::Result<()> {
+    let record = booted_paths(assets)
+        .iter()
+        .map(|p| Booted::of(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    lab_rootfs::layers::write_atomically(&booted_record(id), &serde_json::to_vec_pretty(&record)?)?;
+    Ok(())
+}
+
+/// Whether every file guests of kernel `id` boot from is what provisioning made (`false` when
+/// there is no record: provision again); an error when one changed since. A file whose inode
+/// and ctime are as recorded is not read again, so the warm check stays a few `stat`s.
+fn booted_unchanged(id: &str) -> anyhow::Result<bool> {
+    let Ok(text) = std::fs::read(booted_record(id)) else {
+        return Ok(false);
+    };
+    let Ok(record) = serde_json::from_slice::<Vec<Booted>>(&text) else {
+        return Ok(false);
+    };
+    record.iter().try_for_each(unchanged)?;
+    Ok(true)
+}
+
+/// Fails if `booted` changed since it was recorded.
+fn unchanged(booted: &Booted) -> anyhow::Result<()> {
+    let now = Booted::stat(&booted.path)?;
+    if (now.size, now.inode, now.ctime_ns) == (booted.size, booted.inode, booted.ctime_ns) {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        Booted::of(&booted.path)?.sha256 == booted.sha256,
+        "{} changed since it was provisioned (its sha256 differs): something other than the lab \
+         writes the cache.\n  fix: `cargo xtask clean-cache`, then run again (and find out what wrote it)",
+        booted.path.display()
+    );
+    Ok(())
 }
 
 fn describe_origin(kernel: &Kernel) -> String {
@@ -251,6 +343,8 @@ pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_harness_looks_for_the_nest_where_the_image_puts_it() {
         use lab_harness::nest as harness;
@@ -258,5 +352,31 @@ mod tests {
         assert_eq!(harness::QEMU, image::QEMU_WRAPPER);
         assert_eq!(harness::INNER_KERNEL, image::INNER_KERNEL);
         assert_eq!(harness::INNER_INITRD, image::INNER_INITRD);
+    }
+
+    #[test]
+    fn a_booted_file_changed_since_provisioning_is_refused_and_a_touched_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("initramfs.cpio");
+        std::fs::write(&image, b"the image as built").expect("write");
+        let record = Booted::of(&image).expect("hash");
+        unchanged(&record).expect("as provisioned");
+        // Rewritten with the same bytes (ctime moves): read again, and accepted.
+        std::fs::write(&image, b"the image as built").expect("rewrite");
+        unchanged(&record).expect("same content");
+        // Same size, other bytes, the mtime put back: the ctime still gives it away.
+        let mtime = std::fs::metadata(&image)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        std::fs::write(&image, b"the image by someone").expect("tamper");
+        std::fs::File::options()
+            .write(true)
+            .open(&image)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("mtime");
+        assert!(
+            unchanged(&record).is_err(),
+            "a changed image was taken as provisioned"
+        );
     }
 }
