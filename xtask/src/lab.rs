@@ -526,15 +526,19 @@ fn run_job(
     );
     let before = crate::leaks::Snapshot::take();
     let rt = tokio::runtime::Runtime::new()?;
+    // Straight to the descriptors, past std's buffers (flushed first): a write that waits for
+    // a reader gives up when the run is interrupted.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let show = |stream: Stream, bytes: &[u8]| {
-        use std::io::Write;
-        let _ = match stream {
-            Stream::Stdout => std::io::stdout()
-                .lock()
-                .write_all(bytes)
-                .and_then(|()| std::io::stdout().flush()),
-            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
-        };
+        use std::os::fd::AsFd;
+        match stream {
+            Stream::Stdout => {
+                crate::interrupt::write_unless_interrupted(std::io::stdout().as_fd(), bytes)
+            }
+            Stream::Stderr => {
+                crate::interrupt::write_unless_interrupted(std::io::stderr().as_fd(), bytes)
+            }
+        }
     };
     let out = rt.block_on(crate::interrupt::unless_interrupted(
         lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show),

@@ -145,3 +145,45 @@ fn kills_at_random_points_leave_nothing_once_swept() {
         killed.join("\n  ")
     );
 }
+
+/// `lab run ... | sleep 600`, then SIGTERM (a cancelled CI job): the run is stuck writing its
+/// stdout to a pipe nobody reads, and still stops within seconds, with 143, leaving nothing.
+#[test]
+fn a_signal_stops_a_run_whose_stdout_nobody_reads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut run = xtask()
+        .args(["lab", "run", "--", "sh", "-c"])
+        .arg("echo started >&2; head -c 100000000 /dev/zero; sleep 600")
+        .env("TMPDIR", tmp.path())
+        .env_remove("LAB_RUN")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtask runs");
+    // Its stderr, read, says when the guest is writing; a pipe's 64 KiB fill at once after.
+    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("started") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+        assert!(n > 0, "the run ended before its job started");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = run.wait().expect("wait");
+    let took = sent.elapsed();
+    drop(reader);
+    let (dirs, qemus) = wait_for_leftovers_to_clear(tmp.path(), true);
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    assert_eq!(status.code(), Some(143), "exit code for SIGTERM");
+    assert!(
+        dirs.is_empty() && qemus.is_empty(),
+        "left: {dirs:?} {qemus:?}"
+    );
+}
