@@ -117,7 +117,7 @@ fn only_snapshot(store: &std::path::Path) -> std::path::PathBuf {
 #[rstest::rstest]
 #[case::state_cut_short("state", "cut short")]
 #[case::memory_cut_short("memory", "cut short")]
-#[case::state_damaged("state", "restoring snapshot")]
+#[case::state_damaged("state", "not what was saved")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_snapshot_is_named_booted_around_and_taken_again(
     #[case] file: &str,
@@ -143,7 +143,7 @@ async fn a_broken_snapshot_is_named_booted_around_and_taken_again(
             .set_len(len / 2)
             .expect("truncate");
     } else {
-        // The right size, wrong contents: only QEMU can tell, by failing to load it.
+        // The right size, wrong contents: its hash tells, before QEMU parses any of it.
         use std::io::{Seek, Write};
         let mut f = std::fs::OpenOptions::new()
             .write(true)
