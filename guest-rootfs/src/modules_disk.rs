@@ -88,25 +88,10 @@ fn is_module(path: &Path) -> bool {
 
 /// Every file under `root`, relative, with its size, sorted.
 fn module_files(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
-    let mut out = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .flatten()
-        {
-            let path = entry.path();
-            let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
-            if meta.is_dir() {
-                pending.push(path);
-            } else if meta.is_file() {
-                out.push((
-                    path.strip_prefix(root).unwrap_or(&path).to_path_buf(),
-                    meta.len(),
-                ));
-            }
-        }
-    }
+    let mut out: Vec<(PathBuf, u64)> = lab_kernels::files_under(root)?
+        .into_iter()
+        .map(|(rel, meta)| (rel, meta.len()))
+        .collect();
     out.sort();
     Ok(out)
 }

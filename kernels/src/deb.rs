@@ -61,29 +61,14 @@ impl Unpacked {
 
 /// sha256 of every regular file under `root`, by path relative to it.
 fn hash_tree(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut sums = std::collections::BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .flatten()
-        {
-            let path = entry.path();
-            let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
-            if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_file() {
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                sums.insert(rel, sha256_hex(&bytes));
-            }
-        }
-    }
-    Ok(sums)
+    crate::files_under(root)?
+        .into_iter()
+        .map(|(rel, _)| {
+            let path = root.join(&rel);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            Ok((rel.to_string_lossy().into_owned(), sha256_hex(&bytes)))
+        })
+        .collect()
 }
 
 const MARKER: &str = "fetched.json";

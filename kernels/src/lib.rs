@@ -82,6 +82,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Every regular file under `root`, by its path relative to `root`, with its metadata;
+/// symlinks and other kinds are left out. The one walk of a tree of files the crates share.
+pub fn files_under(root: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+        {
+            let path = entry.path();
+            let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+                out.push((rel, meta));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What to do about an I/O error, where there is one thing to do; every crate's `Io` error
 /// ends with it, so a full disk reads the same wherever it is met.
 pub fn io_fix(e: &std::io::Error) -> &'static str {
