@@ -181,8 +181,8 @@ fn lists_fresh(lists: &Path) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_points_apt_at_private_state_and_the_given_sources() {
+    /// A private configuration for Debian's archive, in a directory of its own.
+    fn configured() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let archive = Archive {
             sources: vec![
@@ -191,6 +191,12 @@ mod tests {
             keyring: "/k.gpg".into(),
         };
         let conf = write_config(&archive, dir.path()).expect("config");
+        (dir, conf)
+    }
+
+    #[test]
+    fn config_points_apt_at_private_state_and_the_given_sources() {
+        let (dir, conf) = configured();
         let text = std::fs::read_to_string(&conf).expect("read");
         assert!(
             text.contains(&format!("Dir::State \"{}/state\";", dir.path().display())),
@@ -210,14 +216,7 @@ mod tests {
 
     #[test]
     fn the_hosts_apt_configuration_is_not_read_but_its_proxy_is_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let archive = Archive {
-            sources: vec![
-                "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main".into(),
-            ],
-            keyring: "/k.gpg".into(),
-        };
-        let conf = write_config(&archive, dir.path()).expect("config");
+        let (dir, conf) = configured();
         // apt itself says which parts it reads under our configuration, and runs no hook.
         let out = Command::new("apt-config")
             .arg("dump")
