@@ -66,8 +66,8 @@ pub struct InnerSpec {
     /// The device the macvtap is made on (`source=` of virt-install): `eth0` unless told, or
     /// a bond, a VLAN...
     pub source: String,
-    /// macvtap mode: `bridge`, `vepa` (virt-install's default), `private` or `passthru`.
-    pub mode: String,
+    /// The macvtap's mode (virt-install's default is VEPA; ours is bridge).
+    pub mode: crate::link::MacvtapMode,
     pub mac: MacAddr,
     pub memory_mib: u32,
     pub accel: InnerAccel,
@@ -89,7 +89,7 @@ impl InnerSpec {
             name: name.to_string(),
             interface: interface.to_string(),
             source: "eth0".into(),
-            mode: "bridge".into(),
+            mode: crate::link::MacvtapMode::Bridge,
             mac: MacAddr::unique(),
             memory_mib: 128,
             accel: InnerAccel::Auto,
@@ -101,8 +101,8 @@ impl InnerSpec {
         }
     }
 
-    pub fn mode(mut self, mode: &str) -> Self {
-        self.mode = mode.to_string();
+    pub fn mode(mut self, mode: crate::link::MacvtapMode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -747,7 +747,7 @@ mod tests {
 
     #[test]
     fn launch_passes_the_macvtap_as_fd_3_with_its_own_mac() {
-        let mut spec = InnerSpec::new("vm1", "macvtap0").mode("vepa");
+        let mut spec = InnerSpec::new("vm1", "macvtap0").mode(crate::link::MacvtapMode::Vepa);
         spec.mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
         let s = launch_script(&spec, Accel::Kvm, None, "/run/nest/vm1", Start::Boot);
         assert!(s.contains("ip link add link eth0 name macvtap0 address 52:54:00:00:00:01 type macvtap mode vepa"), "{s}");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lab_harness::lan::lab::SETTLE;
-use lab_harness::{Assets, Cmd, Error, PortPolicy, Result, Vm};
+use lab_harness::{Assets, Child, Cmd, Error, IpvlanMode, MacvlanMode, PortPolicy, Result, Vm};
 
 use crate::expectations::{ClaimNicMacLimit, ClaimPromisc, ClaimSwitchMacLimit};
 use crate::probe::{children, children_of, json_field, lan, reach, refusal, PEER};
@@ -13,7 +13,7 @@ pub(crate) async fn promisc(assets: &Assets) -> Result<Observed<ClaimPromisc>> {
     let lab = lan(assets, "claim-promisc").await?;
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc off").await?;
-    host1.succeed(children("bridge")).await?;
+    host1.succeed(children(MacvlanMode::Bridge)).await?;
     let reached = reach(host1, Some("ns1"), PEER).await?;
     // The kernel may still raise promiscuity behind the user's back; the counter tells, the flag does not.
     let promiscuity = host1.succeed("ip -d -j link show eth0").await?;
@@ -181,7 +181,7 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSw
     }
     let mut o = Observed::new();
     host1
-        .succeed(children_of("macvlan", "bridge", "mv", 3))
+        .succeed(children_of(Child::Macvlan(MacvlanMode::Bridge), "mv", 3))
         .await?;
     o.insert(
         ClaimSwitchMacLimit::MacvlanChildrenReachingPeerCapOf2Macs,
@@ -201,7 +201,9 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSw
             SETTLE,
         )
         .await?;
-    host1.succeed(children_of("ipvlan", "l2", "iv", 3)).await?;
+    host1
+        .succeed(children_of(Child::Ipvlan(IpvlanMode::L2), "iv", 3))
+        .await?;
     o.insert(
         ClaimSwitchMacLimit::IpvlanChildrenReachingPeerSameCap,
         format!("{} of 3", count_reaching(host1).await?),

@@ -2,7 +2,7 @@
 
 use lab_harness::lan::capture::{icmp_type, macs, read_frames};
 use lab_harness::lan::lab::SETTLE;
-use lab_harness::{Assets, Cmd, Lab, PortPolicy, Result};
+use lab_harness::{Assets, Child, Cmd, IpvlanMode, Lab, MacvlanMode, PortPolicy, Result};
 
 use crate::expectations::{Ipvlan, Mode, ModePassthru, ModeSource};
 use crate::probe::{
@@ -13,7 +13,7 @@ use crate::{Observation, Observed};
 /// Bridge, private or VEPA children mv1 (ns1, .11) and mv2 (ns2, .12): what reaches what, by
 /// unicast (ping) and by broadcast (an ARP request), with the switch's hairpin off and then
 /// (not for bridge, whose siblings meet inside the kernel) on.
-pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> {
+pub(crate) async fn mode(assets: &Assets, mode: MacvlanMode) -> Result<Observed<Mode>> {
     let lab = lan(assets, &format!("mode-{mode}")).await?;
     let host1 = lab.vm("host1");
     host1.succeed(children(mode)).await?;
@@ -27,7 +27,7 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> 
     o.insert(Mode::ChildToHost, reach(host1, Some("ns1"), HOST).await?);
     o.insert(Mode::Sibling, sibling().await?);
     o.insert(Mode::ArpToSibling, arp_sibling().await?);
-    if mode != "bridge" {
+    if mode != MacvlanMode::Bridge {
         lab.set_policy("host1", PortPolicy::HAIRPIN);
         o.insert(
             Mode::ChildToHostHairpinOn,
@@ -37,7 +37,7 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> 
         o.insert(Mode::ArpToSiblingHairpinOn, arp_sibling().await?);
     }
     match mode {
-        "vepa" => {
+        MacvlanMode::Vepa => {
             let (through_the_switch, on_the_cable) = crossings(&lab, "host1").await?;
             o.insert(
                 Mode::SiblingEchoRequestsAtTheSwitch,
@@ -56,7 +56,7 @@ pub(crate) async fn mode(assets: &Assets, mode: &str) -> Result<Observed<Mode>> 
                 json_field(&detail, "mode").unwrap_or_else(|| "unknown".into()),
             );
         }
-        "private" => {
+        MacvlanMode::Private => {
             // Without ARP (whose reflected broadcasts the kernel drops) only unicast is left.
             let (mac1, mac2) = (
                 mac_of(host1, Some("ns1"), "mv1").await?,
@@ -189,10 +189,12 @@ pub(crate) async fn source(assets: &Assets) -> Result<Observed<ModeSource>> {
     Ok(o)
 }
 
-pub(crate) async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed<Ipvlan>> {
+pub(crate) async fn ipvlan(assets: &Assets, mode: IpvlanMode) -> Result<Observed<Ipvlan>> {
     let lab = lan(assets, &format!("ipvlan-{mode}")).await?;
     let host1 = lab.vm("host1");
-    host1.succeed(children_of("ipvlan", mode, "iv", 2)).await?;
+    host1
+        .succeed(children_of(Child::Ipvlan(mode), "iv", 2))
+        .await?;
     let mut o = Observed::new();
     o.insert(Ipvlan::ChildToPeer, reach(host1, Some("ns1"), PEER).await?);
     o.insert(
@@ -210,7 +212,7 @@ pub(crate) async fn ipvlan(assets: &Assets, mode: &str) -> Result<Observed<Ipvla
         .await?;
     let noarp = flags.contains("\"NOARP\"");
     o.insert(Ipvlan::ChildsLinkFlags, if noarp { "NOARP" } else { "ARP" });
-    if mode == "l3" {
+    if mode == IpvlanMode::L3 {
         // Nobody answers ARP for an l3 child: the LAN must route to it through its host.
         lab.vm("peer")
             .succeed(format!("ip route add 192.168.88.11/32 via {HOST}"))

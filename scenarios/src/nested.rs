@@ -3,7 +3,9 @@
 
 use lab_harness::lan::lab::SETTLE;
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
-use lab_harness::{Assets, Cmd, Guest, Lab, PortPolicy, Result, Vm};
+use lab_harness::{
+    Assets, Child, Cmd, Guest, Lab, MacvlanMode, MacvtapMode, PortPolicy, Result, Vm,
+};
 
 use crate::expectations::{
     NestedBond0, NestedCleanup, NestedMacvtapBridge, NestedMacvtapPassthru, NestedMacvtapVepa,
@@ -49,8 +51,16 @@ pub async fn bridge(assets: &Assets) -> Result<Observed<NestedMacvtapBridge>> {
     lab.number_hosts().await?;
     let (host1, host2, peer) = (lab.vm("host1"), lab.vm("host2"), lab.vm("peer"));
     let (vm1, vm2) = tokio::try_join!(
-        start(host1, InnerSpec::new("vm1", "macvtap0").mode("bridge"), VM1),
-        start(host2, InnerSpec::new("vm2", "macvtap0").mode("bridge"), VM2),
+        start(
+            host1,
+            InnerSpec::new("vm1", "macvtap0").mode(MacvtapMode::Bridge),
+            VM1
+        ),
+        start(
+            host2,
+            InnerSpec::new("vm2", "macvtap0").mode(MacvtapMode::Bridge),
+            VM2
+        ),
     )?;
     let rows = domiflist(&[&vm1]).await?;
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
@@ -112,8 +122,16 @@ pub async fn vepa(assets: &Assets) -> Result<Observed<NestedMacvtapVepa>> {
     let lab = nest_and_peer(assets, "nested-macvtap-vepa", 2).await?;
     let host1 = lab.vm("host1");
     let (vm1, vm2) = tokio::try_join!(
-        start(host1, InnerSpec::new("vm1", "macvtap0").mode("vepa"), VM1),
-        start(host1, InnerSpec::new("vm2", "macvtap1").mode("vepa"), VM2),
+        start(
+            host1,
+            InnerSpec::new("vm1", "macvtap0").mode(MacvtapMode::Vepa),
+            VM1
+        ),
+        start(
+            host1,
+            InnerSpec::new("vm2", "macvtap1").mode(MacvtapMode::Vepa),
+            VM2
+        ),
     )?;
     let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
     let _ = reach(&vm2, None, &lab.ip("peer")).await?;
@@ -199,7 +217,7 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
     // Passthru: the macvtap takes eth0's MAC whatever it is given, so the VM's NIC must carry
     // it too (libvirt does the same); eth0 itself then hands every frame to the VM.
     let eth0_mac = mac_of(host1, None, "eth0").await?;
-    let mut spec = InnerSpec::new("vm1", "macvtap0").mode("passthru");
+    let mut spec = InnerSpec::new("vm1", "macvtap0").mode(MacvtapMode::Passthru);
     spec.mac = eth0_mac;
     let vm1 = start(host1, spec, VM1).await?;
     let inside = vm1.succeed("cat /sys/class/net/eth0/address").await?;
@@ -254,7 +272,7 @@ pub async fn bond0(assets: &Assets) -> Result<Observed<NestedBond0>> {
          for nic in eth0 eth1; do ip link set $nic down && ip link set $nic master bond0; done
          ip link set bond0 up && ip addr add {host_ip}/24 dev bond0
          {children}",
-        children = children_on("bond0", "macvlan", "bridge", "mv", 2)
+        children = children_on("bond0", Child::Macvlan(MacvlanMode::Bridge), "mv", 2)
     );
     tokio::try_join!(
         host1.succeed(bond),

@@ -1,7 +1,10 @@
 //! What the scenarios share: the LAN they start from, the seed's way of making children, and
 //! the probes that turn "can A talk to B" into an observation.
 
-use lab_harness::{Assets, Cmd, Error, Extras, Guest, Lab, MacAddr, Phase, Result, Vm, VmConfig};
+use lab_harness::{
+    Assets, Child, Cmd, Error, Extras, Guest, Lab, MacAddr, MacvlanMode, Phase, Result, Vm,
+    VmConfig,
+};
 
 use crate::Observation;
 
@@ -50,27 +53,23 @@ pub(crate) async fn configs_with(
 }
 
 /// Children `mv1`, `mv2` of eth0 in `mode`, in ns1 (.11) and ns2 (.12), as the seed makes them.
-pub(crate) fn children(mode: &str) -> String {
-    children_of("macvlan", mode, "mv", 2)
+pub(crate) fn children(mode: MacvlanMode) -> String {
+    children_of(Child::Macvlan(mode), "mv", 2)
 }
 
-/// `count` children `<prefix>1..` of eth0 of link `kind` (macvlan, ipvlan) in `mode`, child i in
-/// netns `ns<i>` with 192.168.88.1<i>/24.
-pub(crate) fn children_of(kind: &str, mode: &str, prefix: &str, count: u8) -> String {
-    children_on("eth0", kind, mode, prefix, count)
+/// `count` children `<prefix>1..` of eth0 of link `kind` (a macvlan or an ipvlan, in its mode),
+/// child i in netns `ns<i>` with 192.168.88.1<i>/24.
+pub(crate) fn children_of(kind: Child, prefix: &str, count: u8) -> String {
+    children_on("eth0", kind, prefix, count)
 }
 
 /// [`children_of`] on `parent` instead of eth0 (a bond, say).
-pub(crate) fn children_on(parent: &str, kind: &str, mode: &str, prefix: &str, count: u8) -> String {
-    let mode = if mode.is_empty() {
-        String::new()
-    } else {
-        format!("mode {mode}")
-    };
+pub(crate) fn children_on(parent: &str, kind: Child, prefix: &str, count: u8) -> String {
+    let kind = kind.ip_type();
     format!(
         "for i in $(seq 1 {count}); do
            ip netns add ns$i
-           ip link add link {parent} name {prefix}$i type {kind} {mode}
+           ip link add link {parent} name {prefix}$i type {kind}
            ip link set {prefix}$i netns ns$i
            ip -n ns$i addr add 192.168.88.1$i/24 dev {prefix}$i
            ip -n ns$i link set {prefix}$i up

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use lab_harness::{Assets, Result};
+use lab_harness::{Assets, IpvlanMode, MacvlanMode, Result};
 
 use crate::expectations::{self, Expectation};
 use crate::{claims, modes, nested, seed, throughput, wifi, Seen};
@@ -81,17 +81,17 @@ pub static SCENARIOS: &[Scenario] = &[
     scenario!("shim", seed::shim, expectations::shim),
     scenario!(
         "mode/bridge",
-        |a| modes::mode(a, "bridge"),
+        |a| modes::mode(a, MacvlanMode::Bridge),
         expectations::mode_bridge
     ),
     scenario!(
         "mode/private",
-        |a| modes::mode(a, "private"),
+        |a| modes::mode(a, MacvlanMode::Private),
         expectations::mode_private
     ),
     scenario!(
         "mode/vepa",
-        |a| modes::mode(a, "vepa"),
+        |a| modes::mode(a, MacvlanMode::Vepa),
         expectations::mode_vepa
     ),
     scenario!(
@@ -102,12 +102,12 @@ pub static SCENARIOS: &[Scenario] = &[
     scenario!("mode/source", modes::source, expectations::mode_source),
     scenario!(
         "ipvlan/l2",
-        |a| modes::ipvlan(a, "l2"),
+        |a| modes::ipvlan(a, IpvlanMode::L2),
         expectations::ipvlan_l2
     ),
     scenario!(
         "ipvlan/l3",
-        |a| modes::ipvlan(a, "l3"),
+        |a| modes::ipvlan(a, IpvlanMode::L3),
         expectations::ipvlan_l3
     ),
     scenario!(

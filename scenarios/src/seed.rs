@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lab_harness::{Assets, PortPolicy, Result};
+use lab_harness::{Assets, MacvlanMode, PortPolicy, Result};
 
 use crate::expectations::{Cleanup, SeedContainers, SeedHostIsolation, Shim};
 use crate::probe::{children, lan, none_or, reach, HOST};
@@ -13,7 +13,7 @@ pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainer
     let lab = lan(assets, "seed-containers").await?;
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc on").await?;
-    host1.succeed(children("bridge")).await?;
+    host1.succeed(children(MacvlanMode::Bridge)).await?;
     let o = Observed::from_iter([(
         SeedContainers::Ns2ToNs1,
         reach(host1, Some("ns2"), "192.168.88.11").await?,
@@ -25,7 +25,7 @@ pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainer
 pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostIsolation>> {
     let lab = lan(assets, "seed-host-isolation").await?;
     let (host1, peer) = (lab.vm("host1"), lab.vm("peer"));
-    host1.succeed(children("bridge")).await?;
+    host1.succeed(children(MacvlanMode::Bridge)).await?;
     let mut o = Observed::from_iter([
         (
             SeedHostIsolation::HostToChild,
@@ -54,7 +54,7 @@ pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostI
 pub(crate) async fn shim(assets: &Assets) -> Result<Observed<Shim>> {
     let lab = lan(assets, "shim").await?;
     let host1 = lab.vm("host1");
-    host1.succeed(children("bridge")).await?;
+    host1.succeed(children(MacvlanMode::Bridge)).await?;
     host1
         .succeed(
             "ip link add link eth0 name shim type macvlan mode bridge && ip addr add 192.168.88.100/32 dev shim \
@@ -78,7 +78,7 @@ pub(crate) async fn cleanup(assets: &Assets) -> Result<Observed<Cleanup>> {
     let before = host1.succeed(STATE).await?;
     host1.succeed("ip link set eth0 promisc on").await?;
     host1
-        .succeed(children("bridge").replace("mv$i", "macvlan$i"))
+        .succeed(children(MacvlanMode::Bridge).replace("mv$i", "macvlan$i"))
         .await?;
     host1
         .succeed("ip link set eth0 promisc off; ip netns delete ns1; ip netns delete ns2")

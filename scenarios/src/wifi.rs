@@ -4,7 +4,7 @@
 //! of its own, is the station that macvlan and ipvlan children hang off. Debian's cloud kernels
 //! leave wireless out, so this runs on the generic kernel ([`KERNEL`]).
 
-use lab_harness::{Assets, Cmd, Extras, Lab, Result, Vm};
+use lab_harness::{Assets, Child, Cmd, Extras, IpvlanMode, Lab, MacvlanMode, Result, Vm};
 
 use crate::expectations::ClaimWifi;
 use crate::probe::{configs_with, reach, refusal};
@@ -64,8 +64,8 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
         .await?
         .trim()
         .to_string();
-    let macvlan = child(host1, "macvlan", "bridge", "10.0.0.3").await?;
-    let ipvlan = child(host1, "ipvlan", "l2", "10.0.0.4").await?;
+    let macvlan = child(host1, Child::Macvlan(MacvlanMode::Bridge), "10.0.0.3").await?;
+    let ipvlan = child(host1, Child::Ipvlan(IpvlanMode::L2), "10.0.0.4").await?;
     let mut o = Observed::from_iter([
         (ClaimWifi::StationToAccessPoint, station),
         (ClaimWifi::StationsTheAccessPointKnows, joined.into()),
@@ -89,11 +89,12 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
 /// Makes a child of `kind` on the station's `wlan1` in netns `c`, with `ip`: whether the kernel
 /// accepted it, and whether it reaches the access point. The child is gone afterwards (a macvlan
 /// and an ipvlan cannot share a parent).
-async fn child(host: &Vm, kind: &str, mode: &str, ip: &str) -> Result<(String, Observation)> {
+async fn child(host: &Vm, kind: Child, ip: &str) -> Result<(String, Observation)> {
+    let kind = kind.ip_type();
     let made = refusal(
         host,
         &format!(
-            "ip netns add c && ip -n sta link add link wlan1 name ch type {kind} mode {mode} && \
+            "ip netns add c && ip -n sta link add link wlan1 name ch type {kind} && \
              ip -n sta link set ch netns c && ip -n c addr add {ip}/24 dev ch && ip -n c link set ch up"
         ),
     )
