@@ -148,13 +148,13 @@ async fn an_inner_vm_falls_back_to_tcg_when_kvm_does_not_boot_it_in_time() {
     let has_kvm = host.run("test -w /dev/kvm").await.check().success();
     let mut spec = InnerSpec::new("slow", "macvtap0");
     // No KVM boot is that fast, so `Auto` gives up on it at once, as it would on a nested KVM
-    // that hangs guests. TCG inside TCG is slow (~80 s to boot here).
+    // that hangs guests. TCG inside TCG is slow: minutes to boot (docs/measurements.md).
     spec.kvm_boot_limit = Duration::from_secs(1);
     // A restore is that fast: boot.
     spec.restore = false;
-    // This whole test took 98-248 s in suite runs on one day, and 388 s beside a compile in a
-    // test order tried that day (ARCHITECTURE.md): 520 s leaves room for a slow day, and a boot
-    // that still has not answered fails here, naming it, before nextest kills the test at 600 s.
+    // This whole test took up to 388 s in the runs measured (docs/measurements.md): 520 s
+    // leaves room for a slow day, and a boot that still has not answered fails here, naming
+    // it, before nextest kills the test at 600 s.
     spec.boot_timeout = Duration::from_secs(520);
     let vm = InnerVm::start(&host, spec).await.check();
     assert_eq!(vm.accel(), Accel::Tcg);

@@ -111,7 +111,8 @@ pub struct LanArgs {
     /// host1's virtual CPUs (default 1).
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,
-    /// host1's memory in MiB (default 256; 384 and more with --nest).
+    /// host1's memory in MiB (default 256; with --nest 1024: 512, and 256 for each of the two
+    /// VMs it may run).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
     /// host1's NICs, eth0..eth(N-1), each on its own switch port with its own cable (for a
