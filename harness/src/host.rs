@@ -90,6 +90,13 @@ pub fn processes() -> Vec<Process> {
         .collect()
 }
 
+/// When process `pid` started, in clock ticks since boot (`None` when there is no such
+/// process): with the pid, what tells a process from a later one that reused its number.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start, _)| start)
+}
+
 /// The clock ticks in a second, the unit of [`Process::cpu_ticks`].
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf only reads a constant of the system.

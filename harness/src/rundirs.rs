@@ -63,7 +63,7 @@ impl Owner {
             pid,
             pid_ns: pid_namespace(),
             boot_id: boot_id(),
-            start: start_time(pid).unwrap_or(0),
+            start: crate::host::start_time(pid).unwrap_or(0),
         }
     }
 
@@ -94,7 +94,7 @@ impl Owner {
             return true;
         }
         self.pid_ns == pid_namespace()
-            && !(alive(self.pid) && start_time(self.pid) == Some(self.start))
+            && !(alive(self.pid) && crate::host::start_time(self.pid) == Some(self.start))
     }
 }
 
@@ -115,14 +115,6 @@ fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|t| t.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may hold spaces and parentheses: `pid (comm) S ...`.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// This user's lab directories in the temp dir.
