@@ -292,14 +292,18 @@ impl Switch {
         Learn::Learned
     }
 
-    /// MACs currently learned on `port`.
+    /// MACs currently learned on `port` (an entry past its ageing time, not swept yet, is not).
     pub fn learned_on(&self, port: usize) -> Vec<MacAddr> {
+        let now = Instant::now();
         let mut macs: Vec<MacAddr> = self
             .fdb
             .by_port
             .get(port)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .filter(|m| self.fdb.port_of(m, now) == Some(port))
+            .copied()
+            .collect();
         macs.sort_by_key(|m| m.0);
         macs
     }
