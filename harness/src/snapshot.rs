@@ -681,9 +681,7 @@ fn publish(
 ) -> Result<Snapshot> {
     let state = taking.path().join(STATE);
     let memory = taking.path().join(MEMORY);
-    let size = std::fs::metadata(&state)
-        .map_err(|e| Error::io(&state, e))?
-        .len();
+    let state_bytes = std::fs::read(&state).map_err(|e| Error::io(&state, e))?;
     let memory_size = std::fs::metadata(&memory)
         .map_err(|e| Error::io(&memory, e))?
         .len();
@@ -693,10 +691,8 @@ fn publish(
         .unwrap_or(0);
     let meta = Meta {
         key: key.to_string(),
-        size,
-        state_sha256: lab_kernels::deb::sha256_hex(
-            &std::fs::read(&state).map_err(|e| Error::io(&state, e))?,
-        ),
+        size: state_bytes.len() as u64,
+        state_sha256: lab_kernels::deb::sha256_hex(&state_bytes),
         memory: memory_size,
         id: format!("{stamp}-{}", std::process::id()),
         taken_from,
