@@ -419,7 +419,7 @@ fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {
 }
 
 /// A `KiB` figure of `/proc/PID/<file>`, the line starting with `field`.
-fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {
+pub(crate) fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
     status
         .lines()

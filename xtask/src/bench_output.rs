@@ -64,7 +64,7 @@ fn peak(assets_path: &Path, stalled: bool) -> anyhow::Result<Peak> {
     let started = Instant::now();
     let mut rss_kib = 0;
     let wrote = loop {
-        rss_kib = rss_kib.max(hwm_kib(child.id()).unwrap_or(0));
+        rss_kib = rss_kib.max(hwm_kib(child.id()));
         if said_on_a_console(tmp.path()) {
             break true;
         }
@@ -74,7 +74,7 @@ fn peak(assets_path: &Path, stalled: bool) -> anyhow::Result<Peak> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let took = started.elapsed();
-    rss_kib = rss_kib.max(hwm_kib(child.id()).unwrap_or(0));
+    rss_kib = rss_kib.max(hwm_kib(child.id()));
     let _ = child.kill();
     let _ = child.wait();
     drop(reader);
@@ -87,17 +87,9 @@ fn peak(assets_path: &Path, stalled: bool) -> anyhow::Result<Peak> {
     Ok(Peak { rss_kib, took })
 }
 
-/// The process's peak resident memory (`VmHWM`).
-fn hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+/// The process's peak resident memory (`VmHWM`), 0 once it is gone.
+fn hwm_kib(pid: u32) -> u64 {
+    crate::bench::memory_kib(pid, "status", "VmHWM:")
 }
 
 /// Whether a guest's console log under `tmp` holds the line the writer ends with.

@@ -397,7 +397,8 @@ pub fn workspace_target() -> PathBuf {
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
     let (dir, adopt) = cache_location();
     let opened = lab_kernels::cache::open(&dir, adopt);
-    if std::env::var_os(ENV_CACHE).is_some_and(|v| !v.is_empty()) {
+    // A directory the user named: say which setting named it.
+    if adopt == lab_kernels::cache::Adopt::Named {
         opened.map_err(|e| anyhow::anyhow!("{ENV_CACHE}: {e}"))?;
     } else {
         opened?;
