@@ -8,6 +8,10 @@ use std::process::Command;
 
 use lab_harness::qemu;
 
+/// The Debian package of QEMU, installed apart from the others (from backports, where the
+/// host's QEMU packages come from there).
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
 /// Who needs a tool: every lab command, or only the test suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -122,7 +126,7 @@ fn missing(
         .map(|n| (n.package, n.what))
         .collect();
     if qemu_missing {
-        out.insert(0, ("qemu-system-x86", "QEMU (runs the guests)"));
+        out.insert(0, (QEMU_PACKAGE, "QEMU (runs the guests)"));
     }
     out
 }
@@ -141,7 +145,7 @@ pub fn ensure(purpose: Purpose) -> anyhow::Result<()> {
         let plain: Vec<&str> = needed
             .iter()
             .map(|(p, _)| *p)
-            .filter(|p| *p != "qemu-system-x86")
+            .filter(|p| *p != QEMU_PACKAGE)
             .collect();
         if !plain.is_empty() {
             eprintln!("xtask: installing {} with apt-get", plain.join(" "));
@@ -168,7 +172,7 @@ fn missing_message(missing: &[(&str, &str)]) -> String {
         .collect();
     let packages: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
     let suite = qemu_backports_suite()
-        .filter(|_| packages.contains(&"qemu-system-x86"))
+        .filter(|_| packages.contains(&QEMU_PACKAGE))
         .map(|s| format!(" -t {s}"))
         .unwrap_or_default();
     format!(
@@ -223,10 +227,10 @@ fn ensure_cargo_subcommand(subcommand: &str, krate: &str, job: &str) -> anyhow::
 /// qemu-system-x86 from that backports suite too.
 fn apt_install_qemu() -> bool {
     match qemu_backports_suite() {
-        None => apt_install(&["qemu-system-x86"]),
+        None => apt_install(&[QEMU_PACKAGE]),
         Some(suite) => {
             eprintln!("xtask: the host's QEMU packages come from {suite}; qemu-system-x86 comes from there too");
-            install_from_backports("qemu-system-x86", &suite)
+            install_from_backports(QEMU_PACKAGE, &suite)
                 .inspect_err(|e| eprintln!("xtask: {e:#}"))
                 .is_ok()
         }
@@ -258,7 +262,10 @@ fn qemu_backports_suite() -> Option<String> {
 /// host's apt configuration and lists are not changed.
 fn install_from_backports(package: &str, suite: &str) -> anyhow::Result<()> {
     use anyhow::Context;
-    anyhow::ensure!(may_use_apt(), "installing needs root and apt-get");
+    anyhow::ensure!(
+        may_install(),
+        "installing needs root and apt-get (and LAB_INSTALL not `no`)"
+    );
     let view = tempfile::tempdir()
         .with_context(|| format!("a temporary directory for apt's view of {suite}"))?;
     let lists = view.path().join("lists");
@@ -317,14 +324,12 @@ fn apt_install(packages: &[&str]) -> bool {
 /// Set to `no` to keep `cargo xtask` from installing anything, even as root.
 pub const ENV_INSTALL: &str = "LAB_INSTALL";
 
-/// Whether we may install host packages: root on a system with apt-get.
-fn may_use_apt() -> bool {
-    nix::unistd::geteuid().is_root() && which::which("apt-get").is_ok()
-}
-
-/// Whether we may, and are allowed to, install host packages.
+/// Whether we may install host packages: root on a system with apt-get, and `LAB_INSTALL`
+/// is not `no`.
 fn may_install() -> bool {
-    may_use_apt() && std::env::var(ENV_INSTALL).map_or(true, |v| v != "no")
+    nix::unistd::geteuid().is_root()
+        && which::which("apt-get").is_ok()
+        && std::env::var(ENV_INSTALL).map_or(true, |v| v != "no")
 }
 
 /// Runs `apt-get OPTIONS ARGS` without questions; true if it succeeded.
