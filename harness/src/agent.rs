@@ -407,7 +407,7 @@ mod tests {
             guest.write_all(&err).await.expect("write");
             written += 2 * (64 << 10);
         }
-        // And a second request's reply still gets through, behind all that.
+        // And the run's own reply still gets through, behind all that.
         let ran = lab_proto::RunOutput {
             code: Some(0),
             signal: None,
