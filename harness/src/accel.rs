@@ -3,15 +3,11 @@
 //! KVM is used only when it can really work: `/dev/kvm` opens read-write *and* the host CPU shows
 //! `vmx` or `svm`. Some hosts (nested paravirtual KVM, as on this project's build machines) expose
 //! a `/dev/kvm` on which stock kernels hang during boot; their CPU flags show neither, so they get
-//! TCG. `LAB_ACCEL=kvm|tcg` overrides the probe.
+//! TCG. `LAB_ACCEL=kvm|tcg` overrides the probe ([`crate::settings`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
-
-pub const ENV_ACCEL: &str = "LAB_ACCEL";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,25 +26,16 @@ impl fmt::Display for Accel {
 }
 
 impl Accel {
-    /// The override from the environment, else what the host can do.
-    pub fn choose() -> Result<Accel> {
-        match std::env::var(ENV_ACCEL) {
-            Ok(v) if !v.is_empty() => Self::parse(&v),
-            _ => Ok(Self::probe()),
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Accel> {
+    /// `kvm` or `tcg`, in any case.
+    pub fn parse(s: &str) -> Option<Accel> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            other => Err(Error::invalid(
-                format!("{ENV_ACCEL}={other} is not an accelerator the lab knows (kvm, tcg)"),
-                format!("set {ENV_ACCEL}=kvm or {ENV_ACCEL}=tcg, or unset it to let the lab probe the host"),
-            )),
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
         }
     }
 
+    /// What the host can do: KVM when it really works, else TCG.
     pub fn probe() -> Accel {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self::decide(kvm_opens(), &cpuinfo)
@@ -142,8 +129,8 @@ mod tests {
 
     #[test]
     fn parse_accepts_both_and_rejects_others() {
-        assert_eq!(Accel::parse("KVM").ok(), Some(Accel::Kvm));
-        assert_eq!(Accel::parse("tcg").ok(), Some(Accel::Tcg));
-        assert!(Accel::parse("hvf").is_err());
+        assert_eq!(Accel::parse("KVM"), Some(Accel::Kvm));
+        assert_eq!(Accel::parse("tcg"), Some(Accel::Tcg));
+        assert_eq!(Accel::parse("hvf"), None);
     }
 }

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lab_proto::{
-    Line, LineSplitter, Op, Ready, Reply, Request, Response, Stream, MAX_RESPONSE_BYTES,
+    Call, Line, LineSplitter, Op, Ready, Refused, Reply, Request, Response, Stream,
+    MAX_RESPONSE_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -105,6 +106,20 @@ pub enum AgentError {
     Wedged(Duration),
 }
 
+/// Why a [`lab_proto::Call`] got no answer: the connection, or the agent's refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// The answer to a `C` from the reply that came (or did not).
+pub fn answer<C: Call>(reply: Result<Reply, AgentError>) -> Result<C::Ok, CallError> {
+    Ok(C::answer(reply?)?)
+}
+
 #[derive(Debug)]
 pub struct AgentClient {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -162,6 +177,11 @@ impl AgentClient {
         tokio::time::timeout(within, wait)
             .await
             .map_err(|_| AgentError::Timeout(within))?
+    }
+
+    /// Sends `call` and waits for its answer; `within` bounds both the write and the wait.
+    pub async fn call<C: Call>(&self, call: C, within: Duration) -> Result<C::Ok, CallError> {
+        answer::<C>(self.request(call.into(), within).await)
     }
 
     /// Sends `op` and waits for its reply; `within` bounds both the write and the wait.

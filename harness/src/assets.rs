@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use crate::config::{InitrdLayer, VmConfig};
 use crate::error::{Error, Result};
-use crate::vm::{InitrdLayer, VmConfig};
+use crate::settings::Settings;
 
-pub const ENV_ASSETS: &str = "LAB_ASSETS";
+pub use crate::settings::ENV_ASSETS;
 
 /// Where [`Extras::dir`] is copied to in the guest.
 pub use lab_rootfs::layers::DIR_IN_GUEST;
@@ -39,6 +40,10 @@ pub struct Assets {
     /// success, unless the caller says otherwise.
     #[serde(skip)]
     pub runs: Runs,
+    /// What the environment asked for when these were loaded (`LAB_ACCEL`, `LAB_SNAPSHOT`...):
+    /// every configuration [`Assets::vm`] makes follows them.
+    #[serde(skip)]
+    pub settings: Settings,
 }
 
 /// Where each lab keeps its captures (pcaps), consoles and `summary.json`: a directory of its
@@ -81,9 +86,7 @@ pub struct Extras {
     pub nics: Option<u8>,
 }
 
-/// The most NICs a guest may have: microvm has 24 virtio-mmio slots, and the agent's port and
-/// the module disk take two.
-pub const MAX_NICS: u8 = 8;
+pub use crate::config::MAX_NICS;
 
 /// Memory a guest needs beyond twice its image (the archive, then its unpacked files): the
 /// kernel, the agent, page cache. A rule of thumb, not a measured floor: below it a boot is
@@ -109,15 +112,20 @@ impl Assets {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab/assets.json")
     }
 
-    /// `LAB_ASSETS`, else the workspace default.
+    /// `LAB_ASSETS`, else the workspace default, with the environment's [`Settings`].
     pub fn from_env() -> Result<Self> {
-        let path = std::env::var_os(ENV_ASSETS)
-            .map(PathBuf::from)
-            .unwrap_or_else(Self::default_path);
-        Self::load(&path)
+        let settings = Settings::from_env()?;
+        let path = settings.assets.clone().unwrap_or_else(Self::default_path);
+        Self::load_with(&path, settings)
     }
 
+    /// The assets file at `path`, with the environment's [`Settings`].
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, Settings::from_env()?)
+    }
+
+    /// The assets file at `path`, with `settings` whatever the environment says.
+    pub fn load_with(path: &Path, settings: Settings) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|_| Error::Missing {
             what: format!("guest assets ({})", path.display()),
             fix: "run `cargo xtask test` (or `cargo xtask provision`): it fetches the kernel and builds the guest image".into(),
@@ -141,6 +149,7 @@ impl Assets {
                 keep_passed: false,
             },
             dir,
+            settings,
             ..assets
         })
     }
@@ -163,11 +172,11 @@ impl Assets {
             fix: "install QEMU (`sudo apt-get install qemu-system-x86`) and run `cargo xtask provision` again".into(),
         })?;
         let mut cfg = self.vm(name);
-        cfg.initrd = nest.path.clone();
+        cfg.boot.initrd = nest.path.clone();
         // The initramfs (~80 MiB unpacked), the saved inner VM's memory (in tmpfs) and, per
         // inner VM, its memory and its QEMU's.
-        cfg.memory_mib = 512 + 256 * inner_vms;
-        cfg.inner_template = true;
+        cfg.machine.memory_mib = 512 + 256 * inner_vms;
+        cfg.boot.inner_template = true;
         Ok(cfg)
     }
 
@@ -183,9 +192,17 @@ impl Assets {
     /// A guest configuration booting these assets, checked to run this kernel.
     pub fn vm(&self, name: &str) -> VmConfig {
         let mut cfg = VmConfig::new(name, &self.kernel.bzimage, &self.image.path);
-        cfg.kernel_release = Some(self.kernel.release.clone());
-        cfg.modules_disk.clone_from(&self.modules_disk);
-        cfg.snapshots = Some(self.cache_dir().join("snapshots"));
+        if let Some(accel) = self.settings.accel {
+            cfg = cfg.with_accel(accel);
+        }
+        cfg.machine.qemu.clone_from(&self.settings.qemu);
+        cfg.boot.kernel_release = Some(self.kernel.release.clone());
+        cfg.boot.modules_disk.clone_from(&self.modules_disk);
+        cfg.keep.artifacts.clone_from(&self.settings.artifacts);
+        cfg.keep.snapshots = self
+            .settings
+            .snapshots
+            .then(|| self.cache_dir().join("snapshots"));
         cfg
     }
 
@@ -200,27 +217,16 @@ impl Assets {
     /// Adds `extras` to a configuration made from these assets (a nest guest's, say).
     pub fn apply(&self, cfg: &mut VmConfig, extras: &Extras) -> Result<()> {
         if let Some(cpus) = extras.cpus {
-            if !(1..=64).contains(&cpus) {
-                return Err(Error::invalid(
-                    format!("{cpus} CPUs is not a guest size"),
-                    "give --cpus between 1 and 64",
-                ));
-            }
-            cfg.cpus = cpus;
+            cfg.machine.cpus = cpus;
         }
         if let Some(nics) = extras.nics {
-            if !(1..=MAX_NICS).contains(&nics) {
-                return Err(Error::invalid(
-                    format!("{nics} NICs is not a guest's"),
-                    format!("give --nics between 1 and {MAX_NICS}"),
-                ));
-            }
-            cfg.nics = nics;
+            cfg.machine.nics = nics;
         }
+        cfg.validate()?;
         self.check_modules(&extras.modules)?;
-        cfg.modprobe.extend(extras.modules.iter().cloned());
+        cfg.boot.modprobe.extend(extras.modules.iter().cloned());
         if !extras.packages.is_empty() {
-            cfg.layers.push(InitrdLayer::File(
+            cfg.boot.layers.push(InitrdLayer::File(
                 self.package_layer(&extras.packages)?.path,
             ));
         }
@@ -232,17 +238,18 @@ impl Assets {
                     "give the path of a directory on this machine",
                 ));
             }
-            cfg.layers
+            cfg.boot
+                .layers
                 .push(InitrdLayer::Bytes(Arc::new(lab_rootfs::layers::directory(
                     dir,
                 )?)));
         }
         if let Some(memory) = extras.memory_mib {
-            cfg.memory_mib = memory;
+            cfg.machine.memory_mib = memory;
         }
         let needed = self.memory_needed(cfg);
-        if u64::from(cfg.memory_mib) < needed {
-            let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.memory_mib, cfg.name);
+        if u64::from(cfg.machine.memory_mib) < needed {
+            let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.machine.memory_mib, cfg.name);
             return Err(Error::invalid(
                 what,
                 format!("give --memory {needed} or more"),
@@ -308,6 +315,7 @@ impl Assets {
     fn memory_needed(&self, cfg: &VmConfig) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let layers: u64 = cfg
+            .boot
             .layers
             .iter()
             .map(|l| match l {
@@ -315,6 +323,6 @@ impl Assets {
                 InitrdLayer::Bytes(b) => b.len() as u64,
             })
             .sum();
-        (2 * (size(&cfg.initrd) + layers)).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB
+        (2 * (size(&cfg.boot.initrd) + layers)).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB
     }
 }

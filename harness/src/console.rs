@@ -20,6 +20,8 @@ pub const MAX_BYTES: u64 = 8 << 20;
 pub const HEAD: u64 = 1 << 20;
 /// The latest output, kept when the log is cut.
 pub const TAIL: u64 = 2 << 20;
+/// How many of its last lines a guest's error shows.
+pub const ERROR_LINES: usize = 40;
 /// How much of the file's end [`tail`] reads: many more lines than an error shows.
 const TAIL_READ: u64 = 64 << 10;
 
@@ -64,6 +66,22 @@ pub fn record(from: std::os::unix::net::UnixStream, to: &Path, limit: u64) -> st
             }
         })?;
     Ok(cut)
+}
+
+/// Copies the console log `log` of guest `name` into `artifacts`, if there is such a
+/// directory; says where when the guest failed.
+pub fn keep(name: &str, artifacts: Option<&Path>, log: &Path, failed: bool) {
+    let Some(dir) = artifacts else { return };
+    if std::fs::create_dir_all(dir).is_ok() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let dest = dir.join(format!("{name}-{stamp}.console.log"));
+        if std::fs::copy(log, &dest).is_ok() && failed {
+            eprintln!("{name}: console log kept at {}", dest.display());
+        }
+    }
 }
 
 /// A console log being written.

@@ -196,6 +196,12 @@ fn show_output(out: &RunOutput) -> String {
     )
 }
 
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Error::invalid(e.to_string(), e.fix())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

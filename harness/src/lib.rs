@@ -17,12 +17,15 @@
 pub mod accel;
 pub mod agent;
 pub mod assets;
+pub mod boot;
 mod cmd;
+pub mod config;
 pub mod console;
 pub mod error;
 pub mod guest;
 pub mod host;
 pub mod lan;
+pub mod launch;
 pub mod link;
 mod mac;
 pub mod nest;
@@ -30,12 +33,19 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rundirs;
+pub mod session;
+pub mod settings;
 pub mod snapshot;
 pub mod vm;
 pub mod wait;
 
 pub use accel::Accel;
 pub use assets::{Assets, Extras, Runs};
+pub use boot::BootTally;
+pub use config::{
+    BadMacAddr, Boot, ConfigError, InitrdLayer, Keep, MacAddr, Machine, NetBackend, Policy,
+    VmConfig,
+};
 pub use error::{Error, Phase, Result};
 pub use guest::Guest;
 pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
@@ -43,5 +53,6 @@ pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy};
 pub use link::{Child, IpvlanMode, MacvlanMode, MacvtapMode};
 pub use qmp::{Qmp, QmpError, RxFilter};
-pub use snapshot::BootKind;
-pub use vm::{BadMacAddr, Cmd, InitrdLayer, MacAddr, NetBackend, Session, Vm, VmConfig};
+pub use session::Session;
+pub use settings::Settings;
+pub use vm::{BootKind, Cmd, Vm};

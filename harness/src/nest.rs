@@ -22,12 +22,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lab_proto::{Op, Ready, Reply, Request, Response, RunOutput, MAX_RESPONSE_BYTES};
+use lab_proto::{
+    Call, Hello, Op, Ready, Refused, Reply, Request, Response, RunOutput, MAX_RESPONSE_BYTES,
+};
 
 use crate::accel::Accel;
+use crate::config::MacAddr;
 use crate::error::{Error, Phase, Result};
 use crate::guest::Guest;
-use crate::vm::{Cmd, MacAddr, Vm};
+use crate::vm::{Cmd, Vm};
 
 /// Paths inside a nest guest. `lab_rootfs::nest` puts the files there; a test in xtask, which
 /// sees both crates, keeps the two in step.
@@ -240,7 +243,7 @@ impl<'h> InnerVm<'h> {
             timed_out: false,
         };
         let dir = format!("/run/nest/{}", spec.name);
-        let tsc_khz = match (accel, host.config().tsc_khz) {
+        let tsc_khz = match (accel, host.config().machine.tsc_khz) {
             (Accel::Tcg, None) => guest_tsc_khz(host).await,
             (_, known) => known,
         };
@@ -293,16 +296,13 @@ impl<'h> InnerVm<'h> {
     /// Makes a VM restored from the saved one its own: fresh randomness, the time, its name
     /// and its MAC (the saved VM's until now; QEMU's NIC takes the new one from the guest).
     async fn resume(&self) -> Result<()> {
-        let resume = crate::snapshot::resume_as(&self.spec.name, &[self.spec.mac]);
-        match self
-            .call(Op::Resume(resume), self.spec.command_timeout)
-            .await
-        {
-            Ok(Reply::Done) => Ok(()),
-            Ok(other) => Err(self
-                .error(Phase::Boot, format!("resume: unexpected reply {other:?}"))
-                .await),
+        let resume = crate::launch::resume_as(&self.spec.name, &[self.spec.mac]);
+        match self.call(resume, self.spec.command_timeout).await {
+            Ok(()) => Ok(()),
             Err(CallError::Failed(e)) => Err(e),
+            Err(CallError::Refused(why)) => {
+                Err(self.error(Phase::Boot, format!("resume: {why}")).await)
+            }
             Err(CallError::NotThere | CallError::Deadline) => {
                 Err(self.error(Phase::Boot, "resume: no answer".into()).await)
             }
@@ -387,10 +387,10 @@ impl<'h> InnerVm<'h> {
             let ask = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_secs(1), Duration::from_secs(10));
-            match self.call(Op::Hello, ask).await {
-                Ok(Reply::Ready(r)) => return Ok(Some(r)),
-                Ok(other) => {
-                    let msg = format!("answered hello with {other:?}");
+            match self.call(Hello, ask).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(CallError::Refused(why)) => {
+                    let msg = format!("answered hello with {why}");
                     return Err(fail(self.error(Phase::Boot, msg).await));
                 }
                 Err(CallError::NotThere | CallError::Deadline) => {}
@@ -426,7 +426,17 @@ impl<'h> InnerVm<'h> {
     }
 
     /// One request to the inner agent, relayed by the host's (`lab call`).
-    async fn call(&self, op: Op, within: Duration) -> std::result::Result<Reply, CallError> {
+    /// Sends `call` to the inner agent, relayed by the host's agent, and returns its answer.
+    async fn call<C: Call>(
+        &self,
+        call: C,
+        within: Duration,
+    ) -> std::result::Result<C::Ok, CallError> {
+        let reply = self.relay(call.into(), within).await?;
+        C::answer(reply).map_err(CallError::Refused)
+    }
+
+    async fn relay(&self, op: Op, within: Duration) -> std::result::Result<Reply, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = lab_proto::encode(&Request { id, op });
         let relay = Cmd::argv([
@@ -486,6 +496,8 @@ enum CallError {
     /// Nobody answered at the socket: the VM is not up yet, or gone.
     NotThere,
     Deadline,
+    /// The agent answered, but not with what was asked for: its error, or another reply.
+    Refused(Refused),
     Failed(Error),
 }
 
@@ -500,13 +512,10 @@ impl Guest for InnerVm<'_> {
 
     async fn run_cmd(&self, cmd: Cmd) -> Result<RunOutput> {
         let within = cmd.spec().timeout + Duration::from_secs(10);
-        match self.call(Op::Run(cmd.spec().clone()), within).await {
-            Ok(Reply::Ran(out)) => Ok(out),
-            Ok(Reply::Error { message }) => Err(self
-                .error(Phase::Command, format!("`{}`: {message}", cmd.describe()))
-                .await),
-            Ok(other) => Err(self
-                .error(Phase::Command, format!("unexpected reply {other:?}"))
+        match self.call(cmd.spec().clone(), within).await {
+            Ok(out) => Ok(out),
+            Err(CallError::Refused(why)) => Err(self
+                .error(Phase::Command, format!("`{}`: {why}", cmd.describe()))
                 .await),
             Err(CallError::Failed(e)) => Err(e),
             Err(CallError::NotThere) => Err(self

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::accel::Accel;
+use crate::config::{NetBackend, VmConfig};
 use crate::error::{Error, Result};
-use crate::vm::{NetBackend, VmConfig};
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// Every QEMU we start carries this in its `-name`, so leak checks can find strays.
@@ -43,10 +43,11 @@ impl StatePaths {
     }
 }
 
-/// `qemu-system-x86_64` from PATH (or `LAB_QEMU`), or an error saying how to install it.
-pub fn find_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LAB_QEMU") {
-        return Ok(PathBuf::from(p));
+/// The QEMU binary: `chosen` (a configuration's [`crate::config::Machine::qemu`], from
+/// `LAB_QEMU`), else `qemu-system-x86_64` from `PATH`, else an error saying how to install it.
+pub fn find_binary(chosen: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = chosen {
+        return Ok(p.to_path_buf());
     }
     which::which(QEMU_BINARY).map_err(|_| Error::Missing {
         what: QEMU_BINARY.into(),
@@ -82,13 +83,14 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     // the guest uses: its zero pages are holes in the memory file. Without it the freed kernel
     // and initramfs copies of the boot stay in it.
     let mut extra = vec!["init_on_free=1".to_string()];
-    if cfg.modules_disk.is_some() {
+    if cfg.boot.modules_disk.is_some() {
         // The one virtio-blk device, so the first disk. Before the caller's arguments: those may
         // end with `-- ARGS` for init, and anything after `--` is init's, not the kernel's.
         extra.push("lab.modules_disk=vda".to_string());
     }
-    extra.extend(cfg.extra_cmdline.iter().cloned());
-    cmdline(&cfg.name, cfg.accel, cfg.tsc_khz, &extra)
+    extra.extend(cfg.boot.extra_cmdline.iter().cloned());
+    let m = &cfg.machine;
+    cmdline(&cfg.name, m.accel, m.tsc_khz, &extra)
 }
 
 /// What a guest restored from a snapshot is given as `-kernel` and `-initrd`, written into its
@@ -152,82 +154,108 @@ pub fn opt(path: &Path) -> String {
 /// The machine every lab guest, and every VM inside one, boots as.
 pub const MACHINE: &str = "microvm,pit=on,pic=on,rtc=on,isa-serial=on";
 
+/// QEMU's whole command line for `cfg`, its sockets and files in `paths` (less where its
+/// memory lives: [`memory_args`]).
 pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        "-name",
-        &format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name),
-    ]);
+    [
+        machine_args(cfg),
+        boot_args(cfg, paths),
+        socket_args(paths),
+        disk_args(cfg),
+        nic_args(cfg),
+    ]
+    .concat()
+}
+
+fn strings(items: &[&str]) -> Vec<OsString> {
+    items.iter().map(OsString::from).collect()
+}
+
+/// The machine: its name for `ps`, microvm, the accelerator, memory and CPUs, and nothing QEMU
+/// would add by default.
+fn machine_args(cfg: &VmConfig) -> Vec<OsString> {
+    let m = &cfg.machine;
+    let name = format!("guest={},process={PROCESS_MARKER}-{}", cfg.name, cfg.name);
+    let mut a = strings(&["-name", &name]);
     // microvm: no PCI, no firmware tables to walk, virtio over MMIO. pit/pic/rtc are needed for
     // the stock Debian kernel to calibrate its clocks (without pit=on it hangs at TSC calibration).
-    push(&["-M", MACHINE]);
-    push(&cfg.accel.qemu_args());
-    push(&[
+    a.extend(strings(&["-M", MACHINE]));
+    a.extend(strings(&m.accel.qemu_args()));
+    a.extend(strings(&[
         "-m",
-        &cfg.memory_mib.to_string(),
+        &m.memory_mib.to_string(),
         "-smp",
-        &cfg.cpus.to_string(),
-    ]);
-    push(&[
+        &m.cpus.to_string(),
+    ]));
+    a.extend(strings(&[
         "-nodefaults",
         "-no-user-config",
         "-display",
         "none",
         "-no-reboot",
-    ]);
-    let mut file_arg = |flag: &str, path: &Path| {
-        a.push(flag.into());
-        a.push(path.into());
+    ]));
+    a
+}
+
+/// The kernel, the image (with its layers, put together in `paths`) and the command line.
+fn boot_args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
+    let initrd = if cfg.boot.layers.is_empty() {
+        &cfg.boot.initrd
+    } else {
+        &paths.initrd
     };
-    file_arg("-kernel", &cfg.kernel);
-    file_arg(
-        "-initrd",
-        if cfg.layers.is_empty() {
-            &cfg.initrd
-        } else {
-            &paths.initrd
-        },
-    );
-    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-append", &kernel_cmdline(cfg)]);
-    // QMP, the agent port and the console are unix sockets the harness listens on; QEMU connects
-    // at start-up, so there is no polling for socket files and no window in which output is
-    // lost. The console goes through us rather than to a file so that its log stays bounded.
-    push(&[
+    vec![
+        "-kernel".into(),
+        cfg.boot.kernel.clone().into(),
+        "-initrd".into(),
+        initrd.into(),
+        "-append".into(),
+        kernel_cmdline(cfg).into(),
+    ]
+}
+
+/// QMP, the agent port and the console: unix sockets the harness listens on. QEMU connects at
+/// start-up, so there is no polling for socket files and no window in which output is lost.
+/// The console goes through us rather than to a file so that its log stays bounded.
+fn socket_args(paths: &StatePaths) -> Vec<OsString> {
+    strings(&[
         "-chardev",
         &format!("socket,id=console,path={}", opt(&paths.console_sock)),
         "-serial",
         "chardev:console",
-    ]);
-    push(&[
         "-chardev",
         &format!("socket,id=qmp,path={}", opt(&paths.qmp)),
         "-mon",
         "chardev=qmp,mode=control",
-    ]);
-    push(&["-device", "virtio-serial-device,max_ports=2"]);
-    push(&[
+        "-device",
+        "virtio-serial-device,max_ports=2",
         "-chardev",
         &format!("socket,id=agent,path={}", opt(&paths.agent)),
-    ]);
-    push(&[
         "-device",
         &format!("virtserialport,chardev=agent,name={}", lab_proto::PORT_NAME),
-    ]);
-    if let Some(disk) = &cfg.modules_disk {
-        // Read-only and shared by every guest: QEMU takes no write lock on it.
-        let drive = format!(
-            "file={},if=none,id=modules,format=raw,readonly=on",
-            opt(disk)
-        );
-        push(&[
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-device,drive=modules",
-        ]);
-    }
+    ])
+}
+
+/// The module disk, read-only and shared by every guest: QEMU takes no write lock on it.
+fn disk_args(cfg: &VmConfig) -> Vec<OsString> {
+    let Some(disk) = &cfg.boot.modules_disk else {
+        return Vec::new();
+    };
+    let drive = format!(
+        "file={},if=none,id=modules,format=raw,readonly=on",
+        opt(disk)
+    );
+    strings(&[
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-device,drive=modules",
+    ])
+}
+
+/// A virtio-net device per NIC, each on its switch port or on a hub of its own.
+fn nic_args(cfg: &VmConfig) -> Vec<OsString> {
+    let mut a = Vec::new();
     for (nic, mac) in (0u8..).zip(cfg.macs()) {
         let port = match &cfg.net {
             NetBackend::Isolated => None,
@@ -243,14 +271,11 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
             // A hub of its own per NIC: frames leave and go nowhere. No host interface, no root.
             None => format!("hubport,id=net{nic},hubid={nic}"),
         };
-        push(&["-netdev", &netdev]);
-        push(&[
-            "-device",
-            &format!(
-                "virtio-net-device,netdev=net{nic},id={},mac={mac}",
-                crate::qmp::nic_id(nic)
-            ),
-        ]);
+        let device = format!(
+            "virtio-net-device,netdev=net{nic},id={},mac={mac}",
+            crate::qmp::nic_id(nic)
+        );
+        a.extend(strings(&["-netdev", &netdev, "-device", &device]));
     }
     a
 }
@@ -279,7 +304,7 @@ pub fn memory_args(cfg: &VmConfig, memory: Memory<'_>) -> Vec<OsString> {
     };
     let backend = format!(
         "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
-        cfg.memory_mib,
+        cfg.machine.memory_mib,
         opt(path)
     );
     // `-machine` options merge with the `-M` in [`args`].
@@ -300,13 +325,13 @@ pub fn incoming_args() -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::MacAddr;
+    use crate::config::MacAddr;
 
     #[test]
     fn every_path_in_an_option_has_its_commas_doubled() {
         let dir = Path::new("/tmp/a,b/x,share=on");
         let mut cfg = VmConfig::new("host1", &dir.join("bzImage"), &dir.join("initrd"));
-        cfg.modules_disk = Some(dir.join("modules.ext4"));
+        cfg.boot.modules_disk = Some(dir.join("modules.ext4"));
         cfg.net = NetBackend::Switch(vec![crate::lan::PortSockets {
             guest: dir.join("port.guest"),
             switch: dir.join("port"),
@@ -372,8 +397,8 @@ mod tests {
             Path::new("/k/vmlinuz"),
             Path::new("/k/initrd.cpio"),
         );
-        c.accel = accel;
-        c.mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
+        c.machine.accel = accel;
+        c.machine.mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
         c
     }
 
@@ -402,8 +427,8 @@ mod tests {
     #[test]
     fn the_module_disk_argument_stays_before_arguments_for_init() {
         let mut c = cfg(Accel::Kvm);
-        c.modules_disk = Some(PathBuf::from("/cache/modules.ext4"));
-        c.extra_cmdline = vec!["rdinit=/bin/sleep".into(), "--".into(), "1000".into()];
+        c.boot.modules_disk = Some(PathBuf::from("/cache/modules.ext4"));
+        c.boot.extra_cmdline = vec!["rdinit=/bin/sleep".into(), "--".into(), "1000".into()];
         let line = kernel_cmdline(&c);
         assert!(
             line.ends_with("lab.modules_disk=vda rdinit=/bin/sleep -- 1000"),
@@ -414,10 +439,10 @@ mod tests {
     #[test]
     fn tsc_hint_only_under_tcg() {
         let mut tcg = cfg(Accel::Tcg);
-        tcg.tsc_khz = Some(2_000_000);
+        tcg.machine.tsc_khz = Some(2_000_000);
         assert!(kernel_cmdline(&tcg).contains("tsc_early_khz=2000000"));
         let mut kvm = cfg(Accel::Kvm);
-        kvm.tsc_khz = Some(2_000_000);
+        kvm.machine.tsc_khz = Some(2_000_000);
         assert!(!kernel_cmdline(&kvm).contains("tsc_early_khz="));
         assert!(kernel_cmdline(&cfg(Accel::Kvm)).contains("lab.hostname=host1"));
         assert!(kernel_cmdline(&tcg).contains("cryptomgr.notests=1"));

@@ -13,15 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::qemu::PROCESS_MARKER;
 
-/// Names one run of a lab command and everything it starts; inherited through the environment
-/// by test binaries and QEMU alike.
-pub const ENV_RUN: &str = "LAB_RUN";
+pub use crate::settings::{run_id, ENV_RUN};
 const OWNER: &str = ".owner";
-
-/// This process's run: `LAB_RUN`, or its own pid when nothing set one.
-pub fn run_id() -> String {
-    std::env::var(ENV_RUN).unwrap_or_else(|_| format!("pid{}", std::process::id()))
-}
 
 /// A new directory `<temp dir>/macvlan-lab-<what>-XXXXXX` (or in `parent`), 0700, owned by
 /// this process and run; removed when the handle drops.

@@ -26,19 +26,20 @@
 //! - **Clones are not twins**: a restored guest gets its own MAC, hostname, wall clock and fresh
 //!   kernel randomness at once ([`lab_proto::Op::Resume`]).
 //!
-//! `LAB_SNAPSHOT=off` boots every guest cold.
+//! This module is the store alone: a shape's [`key`], [`find`] (is its snapshot whole?), a
+//! [`Taking`] (save a guest and publish it), [`prune`] and the per-shape [`lock`]. Whether a
+//! guest restores or boots cold is decided above it, in [`crate::boot`]; nothing here boots.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{InitrdLayer, MacAddr, NetBackend, VmConfig};
 use crate::error::{Error, Result};
-use crate::qemu::{self, Memory, StatePaths};
-use crate::vm::{InitrdLayer, MacAddr, NetBackend, Vm, VmConfig};
+use crate::qemu::{self, StatePaths};
+use crate::vm::Vm;
 
-pub const ENV_SNAPSHOT: &str = "LAB_SNAPSHOT";
 /// Bumped when what a snapshot holds or how it is keyed changes.
 const FORMAT: u32 = 2;
 const STATE: &str = "state";
@@ -53,82 +54,6 @@ pub const KEEP: usize = 16;
 const USED: &str = "used";
 /// Hex digits of the shape's key that name its directory.
 const SHORT_KEY: usize = 24;
-
-/// How a guest came up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "why", rename_all = "snake_case")]
-pub enum BootKind {
-    /// Its kernel booted from scratch: snapshots are off, or this was its shape's first guest
-    /// (which then took the snapshot).
-    Cold,
-    /// Restored from its shape's snapshot.
-    Restored,
-    /// Its shape's snapshot could not be used (the reason); it booted cold and took a new one.
-    Fallback(String),
-}
-
-/// How the guests of this process came up so far (for reports).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Tally {
-    pub restored: usize,
-    pub cold: usize,
-    /// Why each guest that should have restored booted cold instead.
-    pub fallbacks: Vec<String>,
-}
-
-fn tally_cell() -> &'static std::sync::Mutex<Tally> {
-    static TALLY: std::sync::OnceLock<std::sync::Mutex<Tally>> = std::sync::OnceLock::new();
-    TALLY.get_or_init(Default::default)
-}
-
-/// How the guests of this process came up so far.
-pub fn tally() -> Tally {
-    tally_cell()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
-
-pub(crate) fn count(kind: &BootKind) {
-    let mut tally = tally_cell().lock().unwrap_or_else(|p| p.into_inner());
-    match kind {
-        BootKind::Restored => tally.restored += 1,
-        BootKind::Cold => tally.cold += 1,
-        BootKind::Fallback(why) => tally.fallbacks.push(why.clone()),
-    }
-}
-
-impl std::fmt::Display for Tally {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} guests restored from snapshots, {} booted cold, {} fell back to a cold boot",
-            self.restored,
-            self.cold,
-            self.fallbacks.len()
-        )?;
-        if let Some(why) = self.fallbacks.first() {
-            write!(f, " (first: {why})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Whether guests start from snapshots: `LAB_SNAPSHOT` unset or `on`, not `off`.
-pub fn enabled() -> Result<bool> {
-    switch(std::env::var(ENV_SNAPSHOT).ok().as_deref())
-}
-
-fn switch(value: Option<&str>) -> Result<bool> {
-    match value.map(str::trim) {
-        None | Some("" | "on" | "1") => Ok(true),
-        Some("off" | "0") => Ok(false),
-        Some(other) => Err(Error::invalid(
-            format!("{ENV_SNAPSHOT}={other} is neither on nor off"),
-            format!("set {ENV_SNAPSHOT}=off to boot every guest cold, or unset it"),
-        )),
-    }
-}
 
 /// What `meta.json` says of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,128 +92,18 @@ impl Snapshot {
     }
 }
 
-enum Found {
+/// What the store holds for a shape.
+pub(crate) enum Found {
     Ready(Snapshot),
     Missing,
     /// There, but not usable: why.
     Broken(String),
 }
 
-/// Largest user directory (an [`InitrdLayer::Bytes`]) sent to a restored guest to unpack; a
-/// bigger one boots cold with it in its image. Requests are capped at 32 MiB of base64.
-const MAX_UNPACK: usize = 16 << 20;
-
-/// Boots `cfg` from its shape's snapshot in `store`, or cold (taking the snapshot) when there
-/// is none or it cannot be used. A user's directory is not part of the shape: it differs from
-/// run to run, so it is unpacked into the guest after the restore rather than snapshotted.
-pub(crate) async fn boot(cfg: &VmConfig, store: &Path) -> Result<Vm> {
-    let (shape, archives) = without_archives(cfg);
-    if archives.iter().map(|a| a.len()).sum::<usize>() > MAX_UNPACK {
-        return Vm::boot_cold(cfg, Memory::Anonymous).await;
-    }
-    let mut vm = boot_shape(&shape, store).await?;
-    for archive in archives {
-        vm.unpack(&archive).await?;
-    }
-    vm.set_layers(cfg.layers.clone());
-    Ok(vm)
-}
-
-/// `cfg` without its in-memory layers, and those layers.
-fn without_archives(cfg: &VmConfig) -> (VmConfig, Vec<std::sync::Arc<Vec<u8>>>) {
-    let mut shape = cfg.clone();
-    let mut archives = Vec::new();
-    shape.layers.retain(|layer| match layer {
-        InitrdLayer::File(_) => true,
-        InitrdLayer::Bytes(bytes) => {
-            archives.push(std::sync::Arc::clone(bytes));
-            false
-        }
-    });
-    (shape, archives)
-}
-
-async fn boot_shape(cfg: &VmConfig, store: &Path) -> Result<Vm> {
-    let key = key(cfg)?;
-    let dir = store.join(&key[..SHORT_KEY]);
-    let mut fallback: Option<String> = None;
-    let mut failed_id = None;
-    // Without the lock first: once a shape's snapshot exists, guests restore side by side.
-    match find(&dir, &key) {
-        Found::Ready(snap) => match restore(cfg, &snap).await {
-            Ok(vm) => return Ok(vm),
-            Err(reason) => {
-                fallback = Some(reason);
-                failed_id = Some(snap.meta.id);
-            }
-        },
-        Found::Broken(reason) => fallback = Some(reason),
-        Found::Missing => {}
-    }
-    let _lock = lock(store, &key).await?;
-    // Only the lock's holder takes this shape's snapshot: one in the making now was left by a
-    // process killed while taking it.
-    remove_takings(store, &key[..SHORT_KEY]);
-    match find(&dir, &key) {
-        // Taken by another guest while we waited for the lock, or replaced since ours failed.
-        Found::Ready(snap) if failed_id.as_ref() != Some(&snap.meta.id) => {
-            match restore(cfg, &snap).await {
-                Ok(vm) => return Ok(vm),
-                Err(reason) => {
-                    fallback = Some(reason);
-                    discard(&dir);
-                }
-            }
-        }
-        Found::Ready(_) => discard(&dir),
-        Found::Broken(reason) => {
-            fallback = Some(reason);
-            discard(&dir);
-        }
-        Found::Missing => {}
-    }
-    if let Some(reason) = &fallback {
-        tracing::warn!(
-            "{}: {reason}; booting cold and taking the snapshot again",
-            cfg.name
-        );
-    }
-    let mut vm = if let Some(why) = no_room(store, cfg.memory_mib) {
-        tracing::warn!("{}: no snapshot taken: {why}; booting cold", cfg.name);
-        Vm::boot_cold(cfg, Memory::Anonymous).await?
-    } else {
-        match take(cfg, store, &dir, &key).await? {
-            Taken::Snapshot(snap) => match restore(cfg, &snap).await {
-                Ok(vm) => vm,
-                Err(reason) => {
-                    tracing::warn!(
-                        "{}: {reason}, right after taking it; removed, booting cold",
-                        cfg.name
-                    );
-                    discard(&dir);
-                    Vm::boot_cold(cfg, Memory::Anonymous).await?
-                }
-            },
-            Taken::Not(vm) => *vm,
-        }
-    };
-    vm.set_boot_kind(fallback.map_or(BootKind::Cold, BootKind::Fallback));
-    Ok(vm)
-}
-
-/// Restores `snap`; on failure, why, naming the file.
-async fn restore(cfg: &VmConfig, snap: &Snapshot) -> std::result::Result<Vm, String> {
-    let vm = Vm::restore(cfg, &snap.state(), &snap.memory(), resume(cfg))
-        .await
-        .map_err(|e| format!("restoring snapshot {} failed: {e}", snap.dir.display()))?;
-    let _ = std::fs::write(snap.dir.join(USED), b"");
-    Ok(vm)
-}
-
 /// Removes all but the `keep` most recently used snapshots of `store`. A guest restoring one
 /// at that moment keeps reading it (its file stays open); one about to start on it falls back
 /// to a cold boot.
-fn prune(store: &Path, keep: usize) {
+pub(crate) fn prune(store: &Path, keep: usize) {
     // The store is any path a library user configured: only one the lab made (tagged when
     // [`lock`] made it) is pruned, and in it only what is named like a snapshot.
     if !lab_kernels::cache::is_ours(store) {
@@ -338,48 +153,21 @@ fn is_short_key(name: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// What makes the restored `cfg` its own guest.
-fn resume(cfg: &VmConfig) -> lab_proto::Resume {
-    resume_as(&cfg.name, &cfg.macs())
-}
-
-/// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
-/// with `mac`: entropy from this host, this host's time.
-pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr]) -> lab_proto::Resume {
-    let mut entropy = vec![0u8; 64];
-    // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
-    // the guest if it did (fewer than 32 bytes read).
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
-    if read.is_err() {
-        entropy.clear();
-    }
-    let unix_nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    lab_proto::Resume {
-        hostname: hostname.to_string(),
-        macs: macs.iter().map(ToString::to_string).collect(),
-        unix_nanos,
-        entropy,
-    }
-}
-
 /// The hash of everything a saved state depends on (see the module's documentation).
 pub fn key(cfg: &VmConfig) -> Result<String> {
-    let binary = qemu::find_binary()?;
+    let binary = qemu::find_binary(cfg.machine.qemu.as_deref())?;
     let mut text = format!(
         "format {FORMAT}\nqemu {}\naccel {}\n",
         identity(&binary)?,
-        cfg.accel
+        cfg.machine.accel
     );
     // The command line of a guest of this shape, with what differs per guest made the same:
     // name (and so hostname), MAC, socket paths. The TSC rate is measured anew by every
     // process, so only its first digits count: a restored guest keeps its snapshot's rate.
     let mut shape = cfg.clone();
     shape.name = "snapshot".into();
-    shape.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
-    shape.tsc_khz = cfg.tsc_khz.map(|khz| khz / 10_000 * 10_000);
+    shape.machine.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
+    shape.machine.tsc_khz = cfg.machine.tsc_khz.map(|khz| khz / 10_000 * 10_000);
     if let NetBackend::Switch(ports) = &shape.net {
         let placeholder = crate::lan::PortSockets {
             guest: "/port.guest".into(),
@@ -391,16 +179,16 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
         text.push_str(&arg.to_string_lossy());
         text.push('\n');
     }
-    if cfg.inner_template {
+    if cfg.boot.inner_template {
         text.push_str("inner template\n");
     }
-    for file in [&cfg.kernel, &cfg.initrd]
+    for file in [&cfg.boot.kernel, &cfg.boot.initrd]
         .into_iter()
-        .chain(cfg.modules_disk.as_ref())
+        .chain(cfg.boot.modules_disk.as_ref())
     {
         text.push_str(&format!("file {}\n", identity(file)?));
     }
-    for layer in &cfg.layers {
+    for layer in &cfg.boot.layers {
         match layer {
             InitrdLayer::File(path) => text.push_str(&format!("layer {}\n", identity(path)?)),
             InitrdLayer::Bytes(bytes) => text.push_str(&format!(
@@ -425,7 +213,8 @@ pub fn identity(path: &Path) -> Result<String> {
     Ok(format!("{} {} {mtime}", path.display(), meta.len()))
 }
 
-fn find(dir: &Path, key: &str) -> Found {
+/// Whether `dir` holds a whole snapshot of the shape `key`; if it is there but unusable, why.
+pub(crate) fn find(dir: &Path, key: &str) -> Found {
     let meta_path = dir.join(META);
     let text = match std::fs::read(&meta_path) {
         Ok(text) => text,
@@ -499,14 +288,15 @@ fn find(dir: &Path, key: &str) -> Found {
     })
 }
 
-fn discard(dir: &Path) {
+/// Removes a snapshot (or a half-made one).
+pub(crate) fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Why `store` cannot take a snapshot of a guest of `memory_mib` now, if it cannot: its memory
 /// file may need that much (its non-zero pages, often a third). Checked first, so that a full
 /// disk costs a cold boot and a warning, not a boot, a failed copy and a second boot.
-fn no_room(store: &Path, memory_mib: u32) -> Option<String> {
+pub(crate) fn no_room(store: &Path, memory_mib: u32) -> Option<String> {
     let stat = nix::sys::statvfs::statvfs(store).ok()?;
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     let need = u64::from(memory_mib) << 20;
@@ -519,80 +309,94 @@ fn no_room(store: &Path, memory_mib: u32) -> Option<String> {
     })
 }
 
-/// What [`take`] ended with.
-enum Taken {
-    /// The shape's snapshot, in place: the caller restores its guest from it.
-    Snapshot(Snapshot),
-    /// No snapshot (why was logged), but a guest booted cold all the same.
-    Not(Box<Vm>),
+/// The directory a shape's snapshot for `key` lives in.
+pub(crate) fn dir_of(store: &Path, key: &str) -> PathBuf {
+    store.join(&key[..SHORT_KEY])
 }
 
-/// Boots `cfg` cold with its memory in a memfd, saves it as the snapshot of its shape, and
-/// publishes it at `dir`. Only a failed cold boot is an error: a guest whose snapshot could
-/// not be saved carries on as a cold-booted one.
-async fn take(cfg: &VmConfig, store: &Path, dir: &Path, key: &str) -> Result<Taken> {
-    let taking = tempfile::Builder::new()
-        .prefix(&taking_prefix(&key[..SHORT_KEY]))
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir_in(store)
-        .map_err(|e| Error::io(store, e))?;
-    let memory = GuestMemory::new(&cfg.name)?;
-    let vm = Vm::boot_cold(cfg, Memory::SavedTo(&memory.path)).await?;
-    if cfg.inner_template {
-        match crate::nest::save_template(&vm).await {
-            Ok(()) => tracing::info!(
-                "{}: an inner VM saved in it, for its clones' inner VMs to restore",
-                cfg.name
-            ),
-            Err(e) => tracing::warn!(
-                "{}: its clones' inner VMs will boot, not restore: {e}",
-                cfg.name
-            ),
-        }
+/// Records that `snap` was just used, for [`prune`].
+pub(crate) fn mark_used(snap: &Snapshot) {
+    let _ = std::fs::write(snap.dir.join(USED), b"");
+}
+
+/// A snapshot being taken: a private directory in the store and the memory the guest boots
+/// on. The guest is booted by the caller on [`Taking::memory`]; then [`Taking::save`] and
+/// [`Taking::publish`] make it the shape's snapshot. Dropped unpublished, it leaves nothing.
+pub(crate) struct Taking {
+    dir: tempfile::TempDir,
+    memory: GuestMemory,
+    key: String,
+}
+
+impl Taking {
+    /// Starts taking the snapshot of shape `key` for guest `name`; hold the shape's [`lock`].
+    pub(crate) fn begin(store: &Path, key: &str, name: &str) -> Result<Self> {
+        // Only the lock's holder takes this shape's snapshot: one in the making now was left
+        // by a process killed while taking it.
+        remove_takings(store, &key[..SHORT_KEY]);
+        let dir = tempfile::Builder::new()
+            .prefix(&taking_prefix(&key[..SHORT_KEY]))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(store)
+            .map_err(|e| Error::io(store, e))?;
+        Ok(Self {
+            dir,
+            memory: GuestMemory::new(name)?,
+            key: key.to_string(),
+        })
     }
-    let started = std::time::Instant::now();
-    if let Err(e) = save(&vm, &taking.path().join(STATE)).await {
-        tracing::warn!("{}: no snapshot taken: {e}", cfg.name);
-        // It runs on, on the memfd QEMU keeps mapped.
-        return match vm.qmp().cont().await {
-            Ok(()) => Ok(Taken::Not(Box::new(vm))),
-            Err(e) => Err(vm.error(crate::Phase::Qmp, format!("cont after a failed save: {e}"))),
-        };
+
+    /// The file the guest's memory must live in ([`crate::qemu::Memory::SavedTo`]).
+    pub(crate) fn memory(&self) -> &Path {
+        &self.memory.path
     }
-    tracing::debug!("{}: state saved at {:.0?}", cfg.name, started.elapsed());
-    let taken_from = vm.name().to_string();
-    let qemu = vm.qmp().version.clone();
-    vm.quit().await;
-    tracing::debug!("{}: QEMU quit at {:.0?}", cfg.name, started.elapsed());
-    let memory_file = taking.path().join(MEMORY);
-    let published = memory
-        .copy_sparse(&memory_file)
-        .map_err(|e| Error::io(&memory_file, e))
-        .and_then(|()| publish(taking, dir, key, taken_from, qemu));
-    match published {
-        Ok(snap) => {
-            prune(store, KEEP);
-            let on_disk = disk_usage(&snap.memory()) + snap.meta.size;
-            tracing::info!(
-                "{}: snapshot of its shape taken ({:.0} MiB on disk) in {:.2?}: {}",
-                cfg.name,
-                on_disk as f64 / 1048576.0,
-                started.elapsed(),
-                dir.display()
-            );
-            Ok(Taken::Snapshot(snap))
-        }
-        Err(e) => {
-            tracing::warn!("{}: no snapshot taken: {e}; booting cold", cfg.name);
-            Ok(Taken::Not(Box::new(
-                Vm::boot_cold(cfg, Memory::Anonymous).await?,
-            )))
-        }
+
+    /// Saves the device state of `vm` (just booted cold on [`Taking::memory`], nothing run in
+    /// it yet), and leaves it stopped: its memory is then the rest of the snapshot.
+    pub(crate) async fn save(&self, vm: &Vm) -> Result<()> {
+        // The page cache (module disk reads) is not worth saving; with `init_on_free` what is
+        // dropped becomes zero pages, which the memory file leaves out as holes.
+        let _ = vm
+            .run(crate::cmd::Cmd::script(
+                "sync; echo 3 > /proc/sys/vm/drop_caches",
+            ))
+            .await;
+        tracing::debug!("{}: page cache dropped", vm.name());
+        let qmp = vm.qmp();
+        qmp.stop()
+            .await
+            .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
+        qmp.save_state(&self.dir.path().join(STATE), SAVE_WITHIN)
+            .await
+            .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))
+    }
+
+    /// Copies the saved guest's memory (its QEMU has quit) and makes the whole the shape's
+    /// snapshot at `dir`, then prunes the store to its [`KEEP`] most recently used.
+    pub(crate) fn publish(
+        self,
+        store: &Path,
+        taken_from: String,
+        qemu: String,
+    ) -> Result<Snapshot> {
+        let memory_file = self.dir.path().join(MEMORY);
+        self.memory
+            .copy_sparse(&memory_file)
+            .map_err(|e| Error::io(&memory_file, e))?;
+        let snap = publish(
+            self.dir,
+            &dir_of(store, &self.key),
+            &self.key,
+            taken_from,
+            qemu,
+        )?;
+        prune(store, KEEP);
+        Ok(snap)
     }
 }
 
 /// A guest's memory while it boots to be snapshotted: a memfd that QEMU opens by its
-/// `/proc/<our pid>/fd/<n>` path, as a file it shares (QEMU sizes nothing: [`Vm::launch`]
+/// `/proc/<our pid>/fd/<n>` path, as a file it shares (QEMU sizes nothing: [`crate::launch`]
 /// does). Our descriptor outlives QEMU, so the memory can be read once QEMU has quit.
 struct GuestMemory {
     fd: std::fs::File,
@@ -648,26 +452,6 @@ impl GuestMemory {
         // On disk before `meta.json` says the snapshot is whole.
         out.sync_all()
     }
-}
-
-/// Saves the device state of `vm` (just booted cold, nothing run in it yet) to `state`, and
-/// leaves it stopped: its memory file is then the rest of the snapshot.
-async fn save(vm: &Vm, state: &Path) -> Result<()> {
-    // The page cache (module disk reads) is not worth saving; with `init_on_free` what is
-    // dropped becomes zero pages, which the memory file leaves out as holes.
-    let _ = vm
-        .run(crate::vm::Cmd::script(
-            "sync; echo 3 > /proc/sys/vm/drop_caches",
-        ))
-        .await;
-    tracing::debug!("{}: page cache dropped", vm.name());
-    let qmp = vm.qmp();
-    qmp.stop()
-        .await
-        .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))?;
-    qmp.save_state(state, SAVE_WITHIN)
-        .await
-        .map_err(|e| vm.error(crate::Phase::Qmp, e.to_string()))
 }
 
 /// Makes the saved `taking` directory the shape's snapshot at `dir`: `meta.json` written last,
@@ -747,7 +531,7 @@ fn remove_takings(store: &Path, short_key: &str) {
 }
 
 /// Bytes a file takes on disk (holes take none).
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .map(|m| m.blocks() * 512)
@@ -790,7 +574,7 @@ fn make_private(dir: &Path) -> Result<()> {
 
 /// The per-shape lock: one guest at a time takes (or replaces) a shape's snapshot, across
 /// threads and processes. Released when dropped.
-async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub(crate) async fn lock(store: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
     make_store(store)?;
     let path = store.join(format!("{}.lock", &key[..SHORT_KEY]));
     let file = std::fs::OpenOptions::new()
@@ -977,19 +761,6 @@ mod tests {
             disk_usage(&copy) < 1 << 20,
             "{} bytes on disk for two pages in use",
             disk_usage(&copy)
-        );
-    }
-
-    #[test]
-    fn the_switch_is_on_off_or_refused() {
-        assert!(switch(None).expect("unset"));
-        assert!(switch(Some("on")).expect("on"));
-        assert!(!switch(Some("off")).expect("off"));
-        let err = switch(Some("of")).expect_err("a typo is refused");
-        assert!(
-            err.to_string()
-                .contains("LAB_SNAPSHOT=of is neither on nor off"),
-            "{err}"
         );
     }
 }

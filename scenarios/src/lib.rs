@@ -68,7 +68,7 @@ pub struct Report {
     pub scenarios: Vec<ScenarioReport>,
     /// How the run's guests came up: restored from snapshots, cold, or cold after a restore
     /// failed (and why).
-    pub boots: lab_harness::snapshot::Tally,
+    pub boots: lab_harness::BootTally,
     /// The guest image's sha256 and the Debian packages it was built from (`name=version
     /// sha256`), so that a result can be reproduced.
     pub image: String,

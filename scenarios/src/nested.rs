@@ -257,7 +257,7 @@ pub async fn passthru(assets: &Assets) -> Result<Observed<NestedMacvtapPassthru>
 /// ns2) and a VM's macvtap sit on the bond; then the active NIC's cable is pulled.
 pub async fn bond0(assets: &Assets) -> Result<Observed<NestedBond0>> {
     let mut nest = assets.nest_vm("host1", 1)?;
-    nest.nics = 2;
+    nest.machine.nics = 2;
     let lab = Lab::builder(assets, "nested-bond0")
         .host_config(nest)
         .host("peer")

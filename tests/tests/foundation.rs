@@ -216,8 +216,8 @@ async fn malformed_agent_messages_get_an_error_and_the_agent_lives_on(#[case] ga
 async fn a_guest_whose_kernel_panics_fails_fast_with_the_console_tail() {
     let mut cfg = config("panics");
     // The last rdinit= wins: the kernel finds no init and panics; panic=-1 + -no-reboot end QEMU.
-    cfg.extra_cmdline.push("rdinit=/does/not/exist".into());
-    cfg.boot_timeout = Duration::from_secs(120);
+    cfg.boot.extra_cmdline.push("rdinit=/does/not/exist".into());
+    cfg.policy.boot_timeout = Duration::from_secs(120);
     let started = Instant::now();
     let err = Vm::boot(cfg)
         .await
@@ -239,10 +239,11 @@ async fn a_guest_whose_kernel_panics_fails_fast_with_the_console_tail() {
 async fn a_guest_that_never_reaches_the_agent_fails_at_its_deadline() {
     let mut cfg = config("hangs");
     // PID 1 is busybox sleep: the kernel boots but nothing ever answers.
-    cfg.extra_cmdline
+    cfg.boot
+        .extra_cmdline
         .extend(["rdinit=/bin/sleep".to_string(), "--".into(), "1000".into()]);
-    cfg.boot_timeout = Duration::from_secs(8);
-    cfg.boot_attempts = 1;
+    cfg.policy.boot_timeout = Duration::from_secs(8);
+    cfg.policy.boot_attempts = 1;
     let started = Instant::now();
     let err = Vm::boot(cfg).await.expect_err("no agent, no boot");
     assert!(
@@ -290,7 +291,7 @@ async fn two_guests_at_once_do_not_collide() {
 async fn a_finished_guest_leaves_no_process_and_no_directory(#[case] orderly: bool) {
     let parent = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(if orderly { "tidy" } else { "dropped" });
-    cfg.state_parent = Some(parent.path().to_path_buf());
+    cfg.keep.state_parent = Some(parent.path().to_path_buf());
     let vm = boot(cfg).await;
     let pid = vm.qemu_pid();
     assert!(vm.state_dir().starts_with(parent.path()));

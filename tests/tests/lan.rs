@@ -299,7 +299,7 @@ async fn the_switch_survives_garbage_and_a_vanishing_guest() {
 #[rstest]
 #[tokio::test]
 async fn a_guest_with_two_nics_has_a_port_and_a_cable_per_nic_and_clones_their_own_macs() {
-    let two_nics = |cfg: &mut lab_harness::VmConfig| cfg.nics = 2;
+    let two_nics = |cfg: &mut lab_harness::VmConfig| cfg.machine.nics = 2;
     let lab = Lab::builder(&assets(), "lan-two-nics")
         .host_with("host1", two_nics)
         .host_with("host2", two_nics)
@@ -343,7 +343,7 @@ async fn a_guest_with_two_nics_has_a_port_and_a_cable_per_nic_and_clones_their_o
         }
     }
     assert_ne!(lab.vm("host1").macs()[1], lab.vm("host2").macs()[1]);
-    if lab_harness::snapshot::enabled().check() {
+    if lab.vm("host1").config().keep.snapshots.is_some() {
         assert!(
             ["host1", "host2"]
                 .iter()

@@ -20,7 +20,7 @@ async fn an_inner_vm_runs_our_kernel_on_a_macvtap_and_its_console_is_captured() 
     let found = guest_tsc_khz(&host)
         .await
         .expect("the guest kernel logs its TSC rate");
-    if let Some(measured) = host.config().tsc_khz {
+    if let Some(measured) = host.config().machine.tsc_khz {
         assert!(
             found.abs_diff(measured) < measured / 100,
             "guest found {found} kHz, host measured {measured} kHz"
@@ -143,7 +143,7 @@ async fn an_inner_vm_falls_back_to_tcg_when_kvm_does_not_boot_it_in_time() {
     let mut cfg = assets().nest_vm("nesthost-tcg", 1).check();
     // An inner TCG VM takes all the CPU its host has, and under TCG on a busy machine that is
     // little: every command there, the final stop too, may take minutes.
-    cfg.command_timeout = Duration::from_secs(300);
+    cfg.policy.command_timeout = Duration::from_secs(300);
     let host = boot(cfg).await;
     let has_kvm = host.run("test -w /dev/kvm").await.check().success();
     let mut spec = InnerSpec::new("slow", "macvtap0");
@@ -174,7 +174,7 @@ async fn saves_inner_vms(host: &Vm) -> bool {
         .check()
         .success();
     let kvm = host.run("test -w /dev/kvm").await.check().success();
-    let snapshots = host.config().snapshots.is_some() && lab_harness::snapshot::enabled().check();
+    let snapshots = host.config().keep.snapshots.is_some();
     assert_eq!(
         holds,
         kvm && snapshots,

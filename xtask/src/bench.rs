@@ -64,7 +64,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Part::Output) => return crate::bench_output::run(&assets_path),
         None => {}
     }
-    let accel = lab_harness::Accel::choose()?;
+    let accel = lab_harness::Settings::from_env()?.accel();
     let parallel = args.parallel.max(1);
     println!("guests: {accel}, {} MiB, {parallel} at a time; times from before Vm::boot to the agent's answer", args.memory);
 
@@ -116,18 +116,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let timed_nest = |name: &str| -> anyhow::Result<(Duration, lab_harness::BootKind)> {
             let mut cfg = nest.clone();
             cfg.name = name.into();
-            cfg.snapshots = Some(nest_store.path().to_path_buf());
+            cfg.keep.snapshots = Some(nest_store.path().to_path_buf());
             boot_to_ready(&rt, || Ok(cfg))
         };
         let (cold_nest, _) = timed_nest("nest-cold")?;
         let (restored_nest, kind) = timed_nest("nest-restore")?;
         println!(
             "nest guest ({} MiB): cold {cold_nest:.2?}, restored {restored_nest:.2?} ({kind:?})",
-            nest.memory_mib
+            nest.machine.memory_mib
         );
         let mut cfg = nest.clone();
         cfg.name = "nest-inner".into();
-        cfg.snapshots = Some(nest_store.path().to_path_buf());
+        cfg.keep.snapshots = Some(nest_store.path().to_path_buf());
         rt.block_on(inner_vms(cfg, 3))?;
     }
     lab_run(&assets_path)?;
@@ -181,10 +181,10 @@ fn boots(
             let mut set = tokio::task::JoinSet::new();
             for i in round * parallel..((round + 1) * parallel).min(n) {
                 let mut cfg = assets.vm(&format!("{label}{i}"));
-                cfg.memory_mib = args.memory;
-                cfg.snapshots = store.map(std::path::Path::to_path_buf);
+                cfg.machine.memory_mib = args.memory;
+                cfg.keep.snapshots = store.map(std::path::Path::to_path_buf);
                 // One attempt: a hang must show up in the numbers, not be retried away.
-                cfg.boot_attempts = 1;
+                cfg.policy.boot_attempts = 1;
                 set.spawn(async move {
                     let started = Instant::now();
                     let vm = Vm::boot(cfg).await;
@@ -247,7 +247,7 @@ fn lab_run(assets_path: &std::path::Path) -> anyhow::Result<()> {
             .args(["lab", "run"])
             .arg(script.path())
             .env(lab_harness::assets::ENV_ASSETS, assets_path)
-            .env(lab_harness::snapshot::ENV_SNAPSHOT, snapshot)
+            .env(lab_harness::settings::ENV_SNAPSHOT, snapshot)
             .output()?;
         anyhow::ensure!(
             out.status.success(),
@@ -395,7 +395,7 @@ fn boot_to_ready(
 ) -> anyhow::Result<(Duration, lab_harness::BootKind)> {
     let started = Instant::now();
     let mut cfg = cfg()?;
-    cfg.boot_attempts = 1;
+    cfg.policy.boot_attempts = 1;
     let vm = rt.block_on(Vm::boot(cfg))?;
     let took = started.elapsed();
     let kind = vm.boot_kind().clone();

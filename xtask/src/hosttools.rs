@@ -6,8 +6,6 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
-use lab_harness::qemu;
-
 /// The Debian package of QEMU, installed apart from the others (from backports, where the
 /// host's QEMU packages come from there).
 const QEMU_PACKAGE: &str = "qemu-system-x86";
@@ -136,7 +134,11 @@ fn missing(
 /// and the one command that installs them all.
 pub fn ensure(purpose: Purpose) -> anyhow::Result<()> {
     let probe = Probe::from_env();
-    let qemu_missing = || qemu::find_binary().is_err();
+    let qemu_missing = || {
+        lab_harness::Settings::from_env()
+            .and_then(|s| s.qemu_binary())
+            .is_err()
+    };
     let needed = missing(&probe, purpose, qemu_missing());
     if needed.is_empty() {
         return Ok(());

@@ -437,15 +437,17 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // Interrupted: the scenarios' tasks go with the runtime, and their guests with them.
     drop(rt);
     let scenarios = scenarios?;
-    let qemu = lab_harness::qemu::find_binary()
+    let qemu = assets
+        .settings
+        .qemu_binary()
         .and_then(|q| lab_harness::qemu::version(&q))
         .unwrap_or_default();
     let report = lab_scenarios::Report {
         kernel: format!("{} ({})", assets.kernel.release, assets.kernel.origin),
         qemu,
-        accel: lab_harness::Accel::choose()?.to_string(),
+        accel: lab_harness::Settings::from_env()?.accel().to_string(),
         scenarios,
-        boots: lab_harness::snapshot::tally(),
+        boots: lab_harness::boot::tally(),
         image: format!(
             "{} sha256:{}",
             assets.image.path.display(),

@@ -131,8 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     // A misspelt LAB_ACCEL (`kvmm`, `hvf`) or LAB_SNAPSHOT is an error everywhere, before
     // anything is built.
-    lab_harness::Accel::choose()?;
-    lab_harness::snapshot::enabled()?;
+    lab_harness::Settings::from_env()?;
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
         Command::Test {

@@ -103,7 +103,7 @@ fn stamp(id: &str, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::
         identity(agent)?,
         identity(&std::env::current_exe()?)?
     ));
-    match lab_harness::qemu::find_binary() {
+    match lab_harness::Settings::from_env().and_then(|s| s.qemu_binary()) {
         Ok(qemu) => text.push_str(&format!("qemu {}\n", identity(&qemu)?)),
         Err(_) => text.push_str("qemu none\n"),
     }
@@ -137,7 +137,7 @@ fn provision(
         .context("building the guest image")?;
     let modules_disk =
         lab_rootfs::modules_disk::build(apt, &kernel, cache).context("building the module disk")?;
-    let nest = match lab_harness::qemu::find_binary() {
+    let nest = match lab_harness::Settings::from_env().and_then(|s| s.qemu_binary()) {
         Ok(qemu) => Some(
             lab_rootfs::nest::build(&recipe, &kernel, &image, &qemu, cache)
                 .context("building the nest image")?,
@@ -168,6 +168,7 @@ fn provision(
         dir: lab_dir(),
         cache: cache.to_path_buf(),
         runs: lab_harness::Runs::default(),
+        settings: lab_harness::Settings::default(),
     };
     let path = lab_dir().join("assets.json");
     assets.save(&path)?;

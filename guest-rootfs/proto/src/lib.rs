@@ -83,6 +83,136 @@ pub enum Op {
     Resume(Resume),
 }
 
+/// A request that names the reply it is answered with, so a caller gets that reply's content
+/// and never matches replies by hand (as `qapi` does for QMP commands): `agent.call(ReadFile {
+/// .. })` is a `Vec<u8>`. The agent's [`Reply::Error`] and a reply of the wrong kind are the
+/// caller's error ([`Refused`]).
+pub trait Call: Into<Op> {
+    /// What a successful reply carries.
+    type Ok;
+    /// The content of `reply`, if it is the kind this request is answered with.
+    fn answer(reply: Reply) -> Result<Self::Ok, Refused>;
+}
+
+/// Why a [`Call`] got no answer of its kind.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// The agent could not do it, and said why.
+    #[error("{0}")]
+    Failed(String),
+    /// A reply of another kind: a bug in the agent or the harness.
+    #[error("unexpected reply {0:?}")]
+    Unexpected(Box<Reply>),
+}
+
+impl Refused {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Error { message } => Self::Failed(message),
+            other => Self::Unexpected(Box::new(other)),
+        }
+    }
+}
+
+/// Read a whole file: [`Op::ReadFile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFile {
+    pub path: String,
+}
+
+/// Create or replace a file: [`Op::WriteFile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFile {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Unpack a cpio archive at `/`: [`Op::Unpack`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpack {
+    pub archive: Vec<u8>,
+}
+
+/// Sync and power off: [`Op::PowerOff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowerOff;
+
+/// Is the agent up? [`Op::Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello;
+
+impl From<ReadFile> for Op {
+    fn from(c: ReadFile) -> Op {
+        Op::ReadFile { path: c.path }
+    }
+}
+
+impl From<WriteFile> for Op {
+    fn from(c: WriteFile) -> Op {
+        Op::WriteFile {
+            path: c.path,
+            data: c.data,
+            mode: c.mode,
+        }
+    }
+}
+
+impl From<Unpack> for Op {
+    fn from(c: Unpack) -> Op {
+        Op::Unpack { archive: c.archive }
+    }
+}
+
+impl From<PowerOff> for Op {
+    fn from(_: PowerOff) -> Op {
+        Op::PowerOff
+    }
+}
+
+impl From<Hello> for Op {
+    fn from(_: Hello) -> Op {
+        Op::Hello
+    }
+}
+
+impl From<RunSpec> for Op {
+    fn from(spec: RunSpec) -> Op {
+        Op::Run(spec)
+    }
+}
+
+impl From<Resume> for Op {
+    fn from(resume: Resume) -> Op {
+        Op::Resume(resume)
+    }
+}
+
+/// The [`Call`] impls: which reply answers which request, said once.
+macro_rules! answered_by {
+    ($($call:ty => $pattern:pat => $ok:ty = $value:expr;)*) => {$(
+        impl Call for $call {
+            type Ok = $ok;
+            fn answer(reply: Reply) -> Result<$ok, Refused> {
+                match reply {
+                    $pattern => Ok($value),
+                    other => Err(Refused::from(other)),
+                }
+            }
+        }
+    )*};
+}
+
+answered_by! {
+    Hello => Reply::Ready(ready) => Ready = ready;
+    RunSpec => Reply::Ran(out) => RunOutput = out;
+    ReadFile => Reply::File { data } => Vec<u8> = data;
+    WriteFile => Reply::Done => () = ();
+    Unpack => Reply::Done => () = ();
+    PowerOff => Reply::Done => () = ();
+    Resume => Reply::Done => () = ();
+}
+
 /// What makes a restored guest different from every other clone of its snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
@@ -430,6 +560,30 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_call_takes_its_own_reply_and_refuses_any_other() {
+        let file = || Reply::File {
+            data: b"x".to_vec(),
+        };
+        assert_eq!(ReadFile::answer(file()), Ok(b"x".to_vec()));
+        assert_eq!(WriteFile::answer(Reply::Done), Ok(()));
+        assert_eq!(
+            Hello::answer(Reply::Ready(Ready::default())),
+            Ok(Ready::default())
+        );
+        let failed = Reply::Error {
+            message: "no such file".into(),
+        };
+        assert_eq!(
+            ReadFile::answer(failed),
+            Err(Refused::Failed("no such file".into()))
+        );
+        let wrong = ReadFile::answer(Reply::Done).expect_err("Done answers no read");
+        assert_eq!(wrong, Refused::Unexpected(Box::new(Reply::Done)));
+        assert_eq!(wrong.to_string(), "unexpected reply Done");
+        assert!(matches!(Op::from(PowerOff), Op::PowerOff));
+    }
 
     #[test]
     fn macs_parse_as_six_hex_bytes() {

@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::assets::Assets;
+use crate::config::{NetBackend, VmConfig};
 use crate::error::{Error, Result};
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
-use crate::vm::{Cmd, NetBackend, Vm, VmConfig};
+use crate::vm::{Cmd, Vm};
 
 /// Describes a LAN before it boots.
 #[derive(Debug)]
@@ -96,7 +97,7 @@ impl LabBuilder {
         let mut ports = Vec::new();
         let mut next = 0;
         for cfg in &self.hosts {
-            let n = usize::from(cfg.nics.max(1));
+            let n = usize::from(cfg.machine.nics.max(1));
             ports.push((next..next + n).collect::<Vec<usize>>());
             next += n;
         }
@@ -112,8 +113,8 @@ impl LabBuilder {
                     .map(|&p| switch.sockets(p).clone())
                     .collect(),
             );
-            cfg.artifacts = Some(artifacts.clone());
-            cfg.keep_console |= keep_passed;
+            cfg.keep.artifacts = Some(artifacts.clone());
+            cfg.keep.console |= keep_passed;
             set.spawn(async move { (guest, Vm::boot(cfg).await) });
         }
         let mut booted: Vec<(usize, Result<Vm>)> = set.join_all().await;

@@ -1,0 +1,308 @@
+//! What defines one guest, as data: the machine, what it boots, what it is plugged into, how
+//! long things may take, and what is kept of it. Nothing here does anything; the rest of the
+//! harness reads it ([`crate::qemu::args`] turns it into QEMU's command line).
+//!
+//! A configuration is checked once, at the edge ([`VmConfig::validate`], which [`crate::Vm::boot`]
+//! calls first), so that no later step meets a name with a comma in it or a guest of no CPUs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::accel::Accel;
+pub use crate::mac::{BadMacAddr, MacAddr};
+
+/// The most NICs a guest may have: microvm has 24 virtio-mmio slots, and the agent's port and
+/// the module disk take two.
+pub const MAX_NICS: u8 = 8;
+/// The most CPUs a guest may have.
+pub const MAX_CPUS: u32 = 64;
+/// Below this no Debian kernel boots to its agent.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// Everything that defines one guest. Start from [`VmConfig::new`] (or [`crate::Assets::vm`])
+/// and adjust fields.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The guest's hostname, and its name in logs, files and QEMU's `-name`.
+    pub name: String,
+    pub machine: Machine,
+    pub boot: Boot,
+    pub net: NetBackend,
+    pub policy: Policy,
+    pub keep: Keep,
+}
+
+/// The virtual hardware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// How many NICs (`eth0`, `eth1`...): each is its own switch port with its own cable, for
+    /// bonds and the like.
+    pub nics: u8,
+    /// `eth0`'s address; `eth1`... have [`MacAddr::of_nic`] of it.
+    pub mac: MacAddr,
+    pub accel: Accel,
+    /// Under TCG, the TSC rate passed as `tsc_early_khz` (see [`crate::qemu::cmdline`]).
+    pub tsc_khz: Option<u32>,
+    /// The QEMU binary; `None` is `qemu-system-x86_64` from `PATH`.
+    pub qemu: Option<PathBuf>,
+}
+
+/// What the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Archives appended to `initrd`, in order; a later one's file replaces an earlier one's.
+    pub layers: Vec<InitrdLayer>,
+    /// The kernel's whole module tree on a read-only disk, mounted on /lib/modules.
+    pub modules_disk: Option<PathBuf>,
+    /// Modules `modprobe`d once the agent is up (the [`crate::Phase::Setup`] of a boot).
+    pub modprobe: Vec<String>,
+    /// `uname -r` the guest must report; checked at boot when set.
+    pub kernel_release: Option<String>,
+    /// Added to the kernel command line.
+    pub extra_cmdline: Vec<String>,
+    /// A nest guest: before its shape's snapshot is taken, an inner VM is booted and saved in
+    /// it, so that the inner VMs of its clones restore (see [`crate::nest`]).
+    pub inner_template: bool,
+}
+
+/// How long things may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// From QEMU's start to the agent's ready message.
+    pub boot_timeout: Duration,
+    /// Boots that time out (not ones that fail) are retried this many times in all.
+    pub boot_attempts: u32,
+    /// Default deadline of a command.
+    pub command_timeout: Duration,
+}
+
+/// Where the guest's files go, and what is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// Where the throwaway state directory is created (the system temp dir by default).
+    pub state_parent: Option<PathBuf>,
+    /// Where to keep the console log when the guest fails or its test panics.
+    pub artifacts: Option<PathBuf>,
+    /// Keep the console log in `artifacts` even when all went well (a kept run).
+    pub console: bool,
+    /// Where snapshots of guest shapes are kept ([`crate::snapshot`]); `None` boots cold.
+    pub snapshots: Option<PathBuf>,
+}
+
+/// What the guest's `eth0` is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// Nothing: frames go nowhere. No host interface is touched.
+    Isolated,
+    /// Ports of the lab's switch ([`crate::lan`]), one per NIC (`eth0` first), through unix
+    /// datagram sockets.
+    Switch(Vec<crate::lan::PortSockets>),
+}
+
+/// A cpio archive appended to a guest's image ([`lab_rootfs::layers`]): a file (a cached package
+/// layer) or bytes (a user's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitrdLayer {
+    File(PathBuf),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// A configuration that cannot be booted, and what to give instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0:?} is not a guest name: it becomes a hostname and part of QEMU's options")]
+    Name(String),
+    #[error("{0} CPUs is not a guest size")]
+    Cpus(u32),
+    #[error("{0} NICs is not a guest's")]
+    Nics(u8),
+    #[error("{0} MiB of memory is too little for any guest")]
+    Memory(u32),
+    #[error("{0} boot attempts would never boot")]
+    BootAttempts(u32),
+}
+
+impl ConfigError {
+    /// What to give instead.
+    pub fn fix(&self) -> String {
+        match self {
+            Self::Name(_) => "name it with up to 63 letters, digits and '-' (e.g. host1)".into(),
+            Self::Cpus(_) => format!("give --cpus between 1 and {MAX_CPUS}"),
+            Self::Nics(_) => format!("give --nics between 1 and {MAX_NICS}"),
+            Self::Memory(_) => format!("give --memory {MIN_MEMORY_MIB} or more"),
+            Self::BootAttempts(_) => "give at least 1 boot attempt".into(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// A guest of 256 MiB, one CPU and one NIC that plugs into nothing, on the accelerator the
+    /// host can use ([`Accel::probe`]).
+    pub fn new(name: &str, kernel: &Path, initrd: &Path) -> Self {
+        let accel = Accel::probe();
+        Self {
+            name: name.to_string(),
+            machine: Machine::on(accel),
+            boot: Boot {
+                kernel: kernel.to_path_buf(),
+                initrd: initrd.to_path_buf(),
+                layers: Vec::new(),
+                modules_disk: None,
+                modprobe: Vec::new(),
+                kernel_release: None,
+                extra_cmdline: Vec::new(),
+                inner_template: false,
+            },
+            net: NetBackend::Isolated,
+            policy: Policy::for_accel(accel),
+            keep: Keep::default(),
+        }
+    }
+
+    /// Puts the guest on `accel`, with the TSC hint and boot deadline that go with it.
+    pub fn with_accel(mut self, accel: Accel) -> Self {
+        let qemu = self.machine.qemu.take();
+        self.machine = Machine {
+            qemu,
+            ..Machine::on(accel)
+        }
+        .sized_as(&self.machine);
+        self.policy.boot_timeout = Policy::for_accel(accel).boot_timeout;
+        self
+    }
+
+    /// Every NIC's address, `eth0` first.
+    pub fn macs(&self) -> Vec<MacAddr> {
+        self.machine.macs()
+    }
+
+    /// Whether this configuration can be booted at all; the first thing [`crate::Vm::boot`]
+    /// checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_guest_name(&self.name) {
+            return Err(ConfigError::Name(self.name.clone()));
+        }
+        let m = &self.machine;
+        if !(1..=MAX_CPUS).contains(&m.cpus) {
+            return Err(ConfigError::Cpus(m.cpus));
+        }
+        if !(1..=MAX_NICS).contains(&m.nics) {
+            return Err(ConfigError::Nics(m.nics));
+        }
+        if m.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::Memory(m.memory_mib));
+        }
+        if self.policy.boot_attempts == 0 {
+            return Err(ConfigError::BootAttempts(0));
+        }
+        Ok(())
+    }
+}
+
+impl Machine {
+    /// One CPU, 256 MiB, one NIC with a new address, on `accel`.
+    pub fn on(accel: Accel) -> Self {
+        Self {
+            memory_mib: 256,
+            cpus: 1,
+            nics: 1,
+            mac: MacAddr::unique(),
+            accel,
+            tsc_khz: match accel {
+                Accel::Tcg => crate::accel::host_tsc_khz(),
+                Accel::Kvm => None,
+            },
+            qemu: None,
+        }
+    }
+
+    fn sized_as(self, other: &Machine) -> Self {
+        Self {
+            memory_mib: other.memory_mib,
+            cpus: other.cpus,
+            nics: other.nics,
+            mac: other.mac,
+            ..self
+        }
+    }
+
+    /// Every NIC's address, `eth0` first.
+    pub fn macs(&self) -> Vec<MacAddr> {
+        (0..self.nics.max(1)).map(|n| self.mac.of_nic(n)).collect()
+    }
+}
+
+impl Policy {
+    /// Deadlines that suit `accel`: a TCG boot takes seconds where KVM's takes a fraction.
+    pub fn for_accel(accel: Accel) -> Self {
+        Self {
+            boot_timeout: match accel {
+                Accel::Kvm => Duration::from_secs(20),
+                Accel::Tcg => Duration::from_secs(60),
+            },
+            boot_attempts: 2,
+            command_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A name that is a hostname label and needs no quoting anywhere: QEMU's `-name guest=NAME,...`
+/// would take a comma as the start of another option.
+fn is_guest_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig::new("host1", Path::new("/k"), Path::new("/i"))
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_boot_is_refused_naming_the_field() {
+        assert_eq!(cfg().validate(), Ok(()));
+        type Change = fn(&mut VmConfig);
+        let cases: [(Change, ConfigError); 6] = [
+            (
+                |c| c.name = "a,b=c".into(),
+                ConfigError::Name("a,b=c".into()),
+            ),
+            (|c| c.name = String::new(), ConfigError::Name(String::new())),
+            (|c| c.machine.cpus = 0, ConfigError::Cpus(0)),
+            (|c| c.machine.nics = 9, ConfigError::Nics(9)),
+            (|c| c.machine.memory_mib = 16, ConfigError::Memory(16)),
+            (|c| c.policy.boot_attempts = 0, ConfigError::BootAttempts(0)),
+        ];
+        for (change, want) in cases {
+            let mut c = cfg();
+            change(&mut c);
+            assert_eq!(c.validate(), Err(want.clone()));
+            assert!(!want.fix().is_empty());
+        }
+    }
+
+    #[test]
+    fn moving_to_tcg_keeps_the_size_and_adds_the_tsc_hint_where_the_host_has_one() {
+        let mut c = cfg().with_accel(Accel::Kvm);
+        c.machine.memory_mib = 512;
+        c.machine.qemu = Some("/opt/qemu".into());
+        let tcg = c.clone().with_accel(Accel::Tcg);
+        assert_eq!(tcg.machine.memory_mib, 512);
+        assert_eq!(tcg.machine.mac, c.machine.mac);
+        assert_eq!(tcg.machine.qemu, c.machine.qemu);
+        assert_eq!(tcg.machine.tsc_khz, crate::accel::host_tsc_khz());
+        assert_eq!(c.machine.tsc_khz, None);
+        assert!(tcg.policy.boot_timeout > c.policy.boot_timeout);
+    }
+}

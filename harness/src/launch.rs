@@ -1,0 +1,394 @@
+//! Starting one QEMU for a configuration and waiting for its agent: a kernel booted from
+//! scratch ([`cold`]), or a saved state restored ([`restore`]). What comes out is a running
+//! [`Vm`]; which of the two to do is the caller's choice ([`crate::boot`] makes it).
+//!
+//! The order is fixed and one way: the configuration gives QEMU's arguments
+//! ([`crate::qemu::args`]); QEMU connects to sockets we listen on (console, QMP, agent), so no
+//! output is lost and no socket file is polled; then the agent says it is ready. Any step
+//! that fails kills QEMU and keeps its console ([`Booting::fail`]).
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lab_proto::Ready;
+use tokio::net::UnixListener;
+
+use crate::agent::{AgentClient, AgentError};
+use crate::config::{InitrdLayer, MacAddr, VmConfig};
+use crate::error::{Error, Phase, Result};
+use crate::process::QemuProcess;
+use crate::qemu::{self, Memory, StatePaths};
+use crate::qmp::Qmp;
+use crate::vm::{BootKind, Vm};
+
+/// Boots the kernel from scratch. A boot that times out is retried up to
+/// `cfg.policy.boot_attempts` times in all; a guest that dies (kernel panic, QEMU error) is not.
+pub(crate) async fn cold(cfg: &VmConfig, memory: Memory<'_>) -> Result<Vm> {
+    let attempts = cfg.policy.boot_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match launch(cfg, attempt, Start::Boot(memory)).await {
+            Ok(vm) => return Ok(vm),
+            Err(BootFailure {
+                error,
+                retryable: true,
+            }) if attempt < attempts => {
+                tracing::warn!(
+                    "{}: boot attempt {attempt} timed out, retrying: {error}",
+                    cfg.name
+                );
+                attempt += 1;
+            }
+            Err(BootFailure { error, .. }) => return Err(error),
+        }
+    }
+}
+
+/// Starts QEMU on a saved state and its memory file and makes the guest `cfg`'s own: its
+/// name, MACs, clock and fresh randomness ([`resume_as`]). One attempt: the caller falls back
+/// to a cold boot.
+pub(crate) async fn restore(cfg: &VmConfig, state: &Path, memory: &Path) -> Result<Vm> {
+    let resume = resume_as(&cfg.name, &cfg.macs());
+    let mut vm = launch(
+        cfg,
+        1,
+        Start::Restore {
+            state,
+            memory,
+            resume,
+        },
+    )
+    .await
+    .map_err(|f| f.error)?;
+    vm.boot_kind = BootKind::Restored;
+    Ok(vm)
+}
+
+/// Starts QEMU and waits for the agent: booting the kernel, or on a saved state, where the
+/// agent makes the guest its own with the `Resume` given.
+async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, BootFailure> {
+    let fatal = |error| BootFailure {
+        error,
+        retryable: false,
+    };
+    let binary = qemu::find_binary(cfg.machine.qemu.as_deref()).map_err(fatal)?;
+    for (what, path) in [("kernel", &cfg.boot.kernel), ("initrd", &cfg.boot.initrd)] {
+        if !path.is_file() {
+            return Err(fatal(Error::Missing {
+                what: format!("{what} {}", path.display()),
+                fix: "run `cargo xtask test` (or `cargo xtask provision`), which fetches the kernel and builds the image".into(),
+            }));
+        }
+    }
+    let state = state_dir(cfg).map_err(fatal)?;
+    let paths = StatePaths::in_dir(state.path());
+    let (args, incoming) = match start {
+        Start::Boot(memory) => {
+            if let Memory::SavedTo(file) = memory {
+                // Emptied, then sized: a retried boot starts on fresh memory, not on what
+                // the last attempt left.
+                let sized = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file)
+                    .and_then(|f| {
+                        f.set_len(0)?;
+                        f.set_len(u64::from(cfg.machine.memory_mib) << 20)
+                    });
+                sized.map_err(|e| fatal(Error::io(file, e)))?;
+            }
+            compose_initrd(cfg, &paths).map_err(fatal)?;
+            let mut args = qemu::args(cfg, &paths);
+            args.extend(qemu::memory_args(cfg, memory));
+            (args, None)
+        }
+        // The saved state and memory hold the guest, image and all: what QEMU loads before
+        // the state replaces it is never read, so the layers need not be put together.
+        Start::Restore {
+            state,
+            memory,
+            resume,
+        } => {
+            let (kernel, initrd) =
+                qemu::restore_stand_ins(&cfg.boot.kernel, &paths.dir).map_err(fatal)?;
+            let mut bare = cfg.clone();
+            bare.boot.layers.clear();
+            (bare.boot.kernel, bare.boot.initrd) = (kernel, initrd);
+            let mut args = qemu::args(&bare, &paths);
+            args.extend(qemu::memory_args(cfg, Memory::RestoredFrom(memory)));
+            args.extend(qemu::incoming_args());
+            (args, Some((state, resume)))
+        }
+    };
+    let (incoming, resume) = incoming.unzip();
+    let launch_err =
+        |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
+    let console_listener = UnixListener::bind(&paths.console_sock).map_err(launch_err)?;
+    let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
+    let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
+    let started = Instant::now();
+    let mut process = QemuProcess::spawn(&binary, &args, &paths.qemu_log).map_err(launch_err)?;
+
+    let step = |what: &str| tracing::debug!("{}: {what} at {:.0?}", cfg.name, started.elapsed());
+    let mut booting = Booting {
+        cfg,
+        paths: &paths,
+        process: &mut process,
+    };
+    let console = booting
+        .accept(&console_listener, Duration::from_secs(10))
+        .await?;
+    let console_cut = console
+        .into_std()
+        .and_then(|c| {
+            c.set_nonblocking(false)?;
+            crate::console::record(c, &paths.console, crate::console::MAX_BYTES)
+        })
+        .map_err(|e| booting.fail(Phase::Launch, format!("recording the console: {e}"), false))?;
+    let qmp_stream = booting
+        .accept(&qmp_listener, Duration::from_secs(10))
+        .await?;
+    let qmp = Qmp::connect(qmp_stream, Duration::from_secs(10))
+        .await
+        .map_err(|e| booting.fail(Phase::Qmp, e.to_string(), false))?;
+    step("QMP connected");
+    let agent = AgentClient::new(
+        booting
+            .accept(&agent_listener, Duration::from_secs(10))
+            .await?,
+    );
+    if let Some(saved) = incoming {
+        let within = cfg.policy.boot_timeout.saturating_sub(started.elapsed());
+        qmp.load_state(saved, within)
+            .await
+            .map_err(|e| booting.fail(Phase::Boot, e.to_string(), false))?;
+        step("saved state loaded, guest running");
+    }
+    let ready = match resume {
+        None => {
+            booting
+                .wait_ready(&agent, started, Duration::from_secs(1))
+                .await?
+        }
+        // A restored agent does not announce itself again: ask often. Its first answer may
+        // as well be to `resume`, sent at once rather than after the hello.
+        Some(resume) => {
+            let resumed = agent.call(resume, cfg.policy.command_timeout);
+            let (ready, resumed) = tokio::join!(
+                booting.wait_ready(&agent, started, Duration::from_millis(50)),
+                resumed
+            );
+            let ready = ready?;
+            if let Err(e) = resumed {
+                return Err(booting.fail(Phase::Boot, format!("resume: {e}"), false));
+            }
+            step("resumed as its own guest");
+            ready
+        }
+    };
+    let boot_time = started.elapsed();
+    if let Some(want) = &cfg.boot.kernel_release {
+        if &ready.kernel_release != want {
+            let msg = format!(
+                "guest runs kernel {} but {want} was asked for",
+                ready.kernel_release
+            );
+            return Err(booting.fail(Phase::Boot, msg, false));
+        }
+    }
+    if incoming.is_none() {
+        // The kernel unpacks the image and its layers into memory; when that runs out it
+        // says so (at KERN_EMERG, past `quiet`) and boots on with files missing.
+        if let Some(why) = unpacking_failed(&paths.console) {
+            let msg = format!(
+                "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `VmConfig::memory_mib`)",
+                cfg.machine.memory_mib,
+                cfg.machine.memory_mib * 2
+            );
+            return Err(booting.fail(Phase::Boot, msg, false));
+        }
+    }
+    let how = if incoming.is_some() {
+        "restored"
+    } else {
+        "booted"
+    };
+    tracing::info!(
+        "{}: {how} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})",
+        cfg.name,
+        cfg.machine.accel,
+        qmp.version
+    );
+    Ok(Vm {
+        cfg: cfg.clone(),
+        agent,
+        qmp,
+        process,
+        paths,
+        ready,
+        boot_time,
+        attempts: attempt,
+        boot_kind: BootKind::Cold,
+        console_cut,
+        failed: false,
+        state: Some(state),
+    })
+}
+
+/// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
+/// with `macs`: entropy from this host, this host's time. Clones of one snapshot share its
+/// kernel's random state until they get this.
+pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr]) -> lab_proto::Resume {
+    let mut entropy = vec![0u8; 64];
+    // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
+    // the guest if it did (fewer than 32 bytes read).
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
+    if read.is_err() {
+        entropy.clear();
+    }
+    let unix_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    lab_proto::Resume {
+        hostname: hostname.to_string(),
+        macs: macs.iter().map(ToString::to_string).collect(),
+        unix_nanos,
+        entropy,
+    }
+}
+
+/// The kernel's "Initramfs unpacking failed: ..." line in a console log, if it is there.
+fn unpacking_failed(console: &Path) -> Option<String> {
+    let text = std::fs::read(console).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Initramfs unpacking failed"))?;
+    let from = line.find("Initramfs unpacking failed")?;
+    Some(line[from..].trim().to_string())
+}
+
+/// Writes the image the guest boots, `initrd` with its layers appended, into its state directory.
+fn compose_initrd(cfg: &VmConfig, paths: &StatePaths) -> Result<()> {
+    if cfg.boot.layers.is_empty() {
+        return Ok(());
+    }
+    use std::io::Write;
+    let io = |e| Error::io(&paths.initrd, e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&paths.initrd).map_err(io)?);
+    let copy = |path: &Path, out: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        std::io::copy(&mut file, out).map_err(io)?;
+        Ok(())
+    };
+    copy(&cfg.boot.initrd, &mut out)?;
+    for layer in &cfg.boot.layers {
+        match layer {
+            InitrdLayer::File(path) => copy(path, &mut out)?,
+            InitrdLayer::Bytes(bytes) => out.write_all(bytes).map_err(io)?,
+        }
+    }
+    out.flush().map_err(io)
+}
+
+/// How [`Vm::launch`] starts a guest.
+enum Start<'a> {
+    /// Boot the kernel, its memory where [`Memory`] says.
+    Boot(Memory<'a>),
+    /// Load a snapshot's device state, on its memory file, and make the guest its own.
+    Restore {
+        state: &'a Path,
+        memory: &'a Path,
+        resume: lab_proto::Resume,
+    },
+}
+
+/// A failed boot attempt, and whether trying again could help.
+struct BootFailure {
+    error: Error,
+    retryable: bool,
+}
+
+/// The state of a guest between QEMU's start and its agent's ready message.
+struct Booting<'a> {
+    cfg: &'a VmConfig,
+    paths: &'a StatePaths,
+    process: &'a mut QemuProcess,
+}
+
+impl Booting<'_> {
+    fn fail(&mut self, phase: Phase, message: String, retryable: bool) -> BootFailure {
+        self.process.kill();
+        let (cfg, log) = (self.cfg, &self.paths.console);
+        crate::console::keep(&cfg.name, cfg.keep.artifacts.as_deref(), log, true);
+        let error = Error::guest(&cfg.name, phase, message)
+            .with_console(Some(crate::console::tail(log, crate::console::ERROR_LINES)));
+        BootFailure { error, retryable }
+    }
+
+    /// Accepts QEMU's connection to one of our sockets, unless QEMU dies first.
+    async fn accept(
+        &mut self,
+        listener: &UnixListener,
+        within: Duration,
+    ) -> Result<tokio::net::UnixStream, BootFailure> {
+        tokio::select! {
+            conn = tokio::time::timeout(within, listener.accept()) => match conn {
+                Ok(Ok((stream, _))) => Ok(stream),
+                Ok(Err(e)) => Err(self.fail(Phase::Launch, format!("accepting QEMU's connection: {e}"), false)),
+                Err(_) => Err(self.fail(Phase::Launch, format!("QEMU did not connect within {within:?}"), false)),
+            },
+            status = self.process.wait() => {
+                let log = std::fs::read_to_string(&self.paths.qemu_log).unwrap_or_default();
+                Err(self.fail(Phase::Launch, format!("QEMU exited at start ({status:?}): {}", log.trim()), false))
+            }
+        }
+    }
+
+    /// Waits for the agent, failing at once if QEMU exits (a panicking kernel with `panic=-1`
+    /// and `-no-reboot` makes QEMU exit) and after the boot timeout otherwise.
+    async fn wait_ready(
+        &mut self,
+        agent: &AgentClient,
+        started: Instant,
+        nudge: Duration,
+    ) -> Result<Ready, BootFailure> {
+        let remaining = self
+            .cfg
+            .policy
+            .boot_timeout
+            .saturating_sub(started.elapsed());
+        tokio::select! {
+            ready = agent.wait_ready(remaining, nudge) => match ready {
+                Ok(r) => Ok(r),
+                Err(AgentError::Timeout(_)) => {
+                    let msg = format!("the agent was not ready within {:?} ({} accel)", self.cfg.policy.boot_timeout, self.cfg.machine.accel);
+                    Err(self.fail(Phase::Boot, msg, true))
+                }
+                Err(e) => Err(self.fail(Phase::Boot, e.to_string(), false)),
+            },
+            status = self.process.wait() => {
+                let msg = format!("QEMU exited before the agent was ready ({}); the guest kernel died or powered off", describe_status(status));
+                Err(self.fail(Phase::Boot, msg, false))
+            }
+        }
+    }
+}
+
+fn describe_status(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn state_dir(cfg: &VmConfig) -> Result<tempfile::TempDir> {
+    crate::rundirs::create(&cfg.name, cfg.keep.state_parent.as_deref()).map_err(|e| {
+        Error::guest(
+            &cfg.name,
+            Phase::Launch,
+            format!("creating its state directory: {e}"),
+        )
+    })
+}
