@@ -15,6 +15,70 @@ pub struct Expectation {
     pub check: &'static str,
     pub expected: Expect,
     pub claim: &'static str,
+    /// For a reachability check: who tries to reach whom, and under what. The report's
+    /// who-reaches-whom matrix and drawing are made from this, never from the check's name.
+    pub reach: Option<Reach>,
+}
+
+/// A reachability check's edge: `from` tries to reach `to`, with the switch's hairpin as
+/// `hairpin` says (`None`: not part of the experiment) and under `condition` besides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Reach {
+    pub from: &'static str,
+    pub to: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hairpin: Option<bool>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub condition: &'static str,
+}
+
+impl Reach {
+    /// `to` and what it was tried under: a column of the matrix.
+    pub fn column(&self) -> String {
+        let mut under: Vec<&str> = Vec::new();
+        match self.hairpin {
+            Some(true) => under.push("hairpin on"),
+            Some(false) => under.push("hairpin off"),
+            None => {}
+        }
+        if !self.condition.is_empty() {
+            under.push(self.condition);
+        }
+        if under.is_empty() {
+            self.to.to_string()
+        } else {
+            format!("{} ({})", self.to, under.join(", "))
+        }
+    }
+}
+
+impl Expectation {
+    /// Marks a reachability check: `from` tries to reach `to`.
+    pub const fn reach(mut self, from: &'static str, to: &'static str) -> Self {
+        self.reach = Some(Reach {
+            from,
+            to,
+            hairpin: None,
+            condition: "",
+        });
+        self
+    }
+
+    /// The switch's hairpin was on (or off) for this reachability check.
+    pub const fn hairpin(mut self, on: bool) -> Self {
+        if let Some(reach) = &mut self.reach {
+            reach.hairpin = Some(on);
+        }
+        self
+    }
+
+    /// What else this reachability check was tried under.
+    pub const fn when(mut self, condition: &'static str) -> Self {
+        if let Some(reach) = &mut self.reach {
+            reach.condition = condition;
+        }
+        self
+    }
 }
 
 /// The checks of a scenario, or of an experiment several share: an enum made by [`checks!`].
@@ -125,6 +189,7 @@ const fn judged(check: &'static str, expected: Expect, claim: &'static str) -> E
         check,
         expected,
         claim,
+        reach: None,
     }
 }
 
@@ -180,7 +245,7 @@ checks! {
 pub fn seed_containers(check: SeedContainers) -> Option<Expectation> {
     use SeedContainers::*;
     Some(match check {
-        Ns2ToNs1 => e("ns2 -> ns1", REACHABLE, CONTAINERS),
+        Ns2ToNs1 => e("ns2 -> ns1", REACHABLE, CONTAINERS).reach("ns2", "ns1"),
     })
 }
 
@@ -197,15 +262,18 @@ checks! {
 pub fn seed_host_isolation(check: SeedHostIsolation) -> Option<Expectation> {
     use SeedHostIsolation::*;
     Some(match check {
-        HostToChild => e("host -> child", UNREACHABLE, ISOLATION),
-        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION),
+        HostToChild => e("host -> child", UNREACHABLE, ISOLATION).reach("host", "child"),
+        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION).reach("child", "host"),
         PeerToChild => e(
             "peer -> child",
             REACHABLE,
             "children reach the physical network: other hosts reach them",
-        ),
+        )
+        .reach("peer", "child"),
         HostToChildSwitchHairpinOn => {
             e("host -> child, switch hairpin on", REACHABLE, HAIRPIN_HOST)
+                .reach("host", "child")
+                .hairpin(true)
         }
     })
 }
@@ -224,7 +292,8 @@ pub fn shim(check: Shim) -> Option<Expectation> {
             "host -> child via shim",
             REACHABLE,
             "the usual fix: a bridge-mode macvlan of the host's own, routed to the children",
-        ),
+        )
+        .reach("host", "child via shim"),
     })
 }
 
@@ -255,11 +324,13 @@ checks! {
 pub fn mode_bridge(check: Mode) -> Option<Expectation> {
     use Mode::*;
     Some(match check {
-        Sibling => e("sibling", REACHABLE, BRIDGE),
-        ArpToSibling => e("ARP broadcast -> sibling", REACHABLE, BRIDGE),
-        ChildToPeer => e("child -> peer", REACHABLE, BRIDGE),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, BRIDGE),
-        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION),
+        Sibling => e("sibling", REACHABLE, BRIDGE).reach("child", "sibling"),
+        ArpToSibling => {
+            e("ARP broadcast -> sibling", REACHABLE, BRIDGE).reach("ARP broadcast", "sibling")
+        }
+        ChildToPeer => e("child -> peer", REACHABLE, BRIDGE).reach("child", "peer"),
+        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, BRIDGE).reach("ARP broadcast", "peer"),
+        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION).reach("child", "host"),
         // A bridge's siblings meet inside the kernel: the switch's hairpin changes nothing.
         ChildToHostHairpinOn
         | SiblingHairpinOn
@@ -274,27 +345,42 @@ pub fn mode_bridge(check: Mode) -> Option<Expectation> {
 pub fn mode_private(check: Mode) -> Option<Expectation> {
     use Mode::*;
     Some(match check {
-        Sibling => e("sibling, hairpin off", UNREACHABLE, PRIVATE),
+        Sibling => e("sibling, hairpin off", UNREACHABLE, PRIVATE)
+            .reach("child", "sibling")
+            .hairpin(false),
         ArpToSibling => e(
             "ARP broadcast -> sibling, hairpin off",
             UNREACHABLE,
             PRIVATE,
-        ),
-        SiblingHairpinOn => e("sibling, hairpin on", UNREACHABLE, PRIVATE),
+        )
+        .reach("ARP broadcast", "sibling")
+        .hairpin(false),
+        SiblingHairpinOn => e("sibling, hairpin on", UNREACHABLE, PRIVATE)
+            .reach("child", "sibling")
+            .hairpin(true),
         ArpToSiblingHairpinOn => e(
             "ARP broadcast -> sibling, hairpin on",
             UNREACHABLE,
             PRIVATE_UNICAST,
-        ),
+        )
+        .reach("ARP broadcast", "sibling")
+        .hairpin(true),
         SiblingStaticNeighbours => e(
             "sibling, hairpin on, static neighbours",
             REACHABLE,
             PRIVATE_UNICAST,
-        ),
-        ChildToPeer => e("child -> peer", REACHABLE, PRIVATE),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, PRIVATE),
-        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION),
-        ChildToHostHairpinOn => e("child -> host, hairpin on", UNREACHABLE, PRIVATE_UNICAST),
+        )
+        .reach("child", "sibling")
+        .hairpin(true)
+        .when("static neighbours"),
+        ChildToPeer => e("child -> peer", REACHABLE, PRIVATE).reach("child", "peer"),
+        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, PRIVATE).reach("ARP broadcast", "peer"),
+        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION)
+            .reach("child", "host")
+            .hairpin(false),
+        ChildToHostHairpinOn => e("child -> host, hairpin on", UNREACHABLE, PRIVATE_UNICAST)
+            .reach("child", "host")
+            .hairpin(true),
         SiblingEchoRequestsAtTheSwitch | SiblingEchoRequestsOnTheCable | DefaultMode => {
             return None
         }
@@ -305,14 +391,14 @@ pub fn mode_vepa(check: Mode) -> Option<Expectation> {
     use Mode::*;
     const THROUGH_THE_SWITCH: &str = "sibling echo requests through the switch";
     Some(match check {
-        Sibling => e("sibling, hairpin off", UNREACHABLE, VEPA),
-        ArpToSibling => e("ARP broadcast -> sibling, hairpin off", UNREACHABLE, VEPA),
-        SiblingHairpinOn => e("sibling, hairpin on", REACHABLE, VEPA),
-        ArpToSiblingHairpinOn => e("ARP broadcast -> sibling, hairpin on", REACHABLE, VEPA),
-        ChildToPeer => e("child -> peer", REACHABLE, VEPA),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, VEPA),
-        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION),
-        ChildToHostHairpinOn => e("child -> host, hairpin on", REACHABLE, HAIRPIN_HOST),
+        Sibling => e("sibling, hairpin off", UNREACHABLE, VEPA).reach("child", "sibling").hairpin(false),
+        ArpToSibling => e("ARP broadcast -> sibling, hairpin off", UNREACHABLE, VEPA).reach("ARP broadcast", "sibling").hairpin(false),
+        SiblingHairpinOn => e("sibling, hairpin on", REACHABLE, VEPA).reach("child", "sibling").hairpin(true),
+        ArpToSiblingHairpinOn => e("ARP broadcast -> sibling, hairpin on", REACHABLE, VEPA).reach("ARP broadcast", "sibling").hairpin(true),
+        ChildToPeer => e("child -> peer", REACHABLE, VEPA).reach("child", "peer"),
+        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, VEPA).reach("ARP broadcast", "peer"),
+        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION).reach("child", "host").hairpin(false),
+        ChildToHostHairpinOn => e("child -> host, hairpin on", REACHABLE, HAIRPIN_HOST).reach("child", "host").hairpin(true),
         SiblingEchoRequestsAtTheSwitch => reported(THROUGH_THE_SWITCH, VEPA),
         // Out to the switch and back in: each request crosses the cable twice.
         SiblingEchoRequestsOnTheCable => judged(
@@ -348,13 +434,14 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation> {
     Some(match check {
         ChildrensMac => judged("children's MAC", Expect::SameAs("eth0's MAC"), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
-        Sibling => e("sibling", REACHABLE, IPVLAN),
-        ChildToPeer => e("child -> peer", REACHABLE, IPVLAN),
+        Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
+        ChildToPeer => e("child -> peer", REACHABLE, IPVLAN).reach("child", "peer"),
         ChildToHost => e(
             "child -> host",
             UNREACHABLE,
             "like macvlan, the parent's own stack does not see its children's traffic",
-        ),
+        )
+        .reach("child", "host"),
         ChildsLinkFlags => e(
             "child's link flags",
             "ARP",
@@ -368,21 +455,24 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation> {
 pub fn ipvlan_l3(check: Ipvlan) -> Option<Expectation> {
     use Ipvlan::*;
     Some(match check {
-        Sibling => e("sibling", REACHABLE, IPVLAN),
+        Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
         ChildrensMac => judged("children's MAC", Expect::SameAs("eth0's MAC"), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
         ChildToHost => e(
             "child -> host",
             UNREACHABLE,
             "the host answers an l3 child through eth0, where nobody answers ARP for it",
-        ),
+        )
+        .reach("child", "host"),
         ChildsLinkFlags => e("child's link flags", "NOARP", IPVLAN_L3),
-        ChildToPeer => e("child -> peer", UNREACHABLE, IPVLAN_L3),
+        ChildToPeer => e("child -> peer", UNREACHABLE, IPVLAN_L3).reach("child", "peer"),
         ChildToPeerRoutedViaHost1 => e(
             "child -> peer, peer routing via host1",
             REACHABLE,
             IPVLAN_L3,
-        ),
+        )
+        .reach("child", "peer")
+        .when("peer routing via host1"),
     })
 }
 
@@ -406,7 +496,7 @@ pub fn mode_passthru(check: ModePassthru) -> Option<Expectation> {
         Eth0PromiscuityOnceTheChildIsUp => {
             e("eth0 promiscuity once the child is up", "1", PASSTHRU)
         }
-        ChildToPeer => e("child -> peer", REACHABLE, PASSTHRU),
+        ChildToPeer => e("child -> peer", REACHABLE, PASSTHRU).reach("child", "peer"),
         ASecondMacvlanBesideIt => e(
             "a second macvlan beside it",
             "refused: Invalid argument",
@@ -434,16 +524,22 @@ checks! {
 pub fn mode_source(check: ModeSource) -> Option<Expectation> {
     use ModeSource::*;
     Some(match check {
-        ChildAndPeerMacListed => e("child <-> peer (MAC listed)", REACHABLE, SOURCE),
-        ChildAndOtherMacNotListed => e("child <-> other (MAC not listed)", UNREACHABLE, SOURCE),
-        ChildAndPeerAfterMacaddrDel => e("child <-> peer after `macaddr del`", UNREACHABLE, SOURCE),
+        ChildAndPeerMacListed => {
+            e("child <-> peer (MAC listed)", REACHABLE, SOURCE).reach("child", "peer (MAC listed)")
+        }
+        ChildAndOtherMacNotListed => e("child <-> other (MAC not listed)", UNREACHABLE, SOURCE)
+            .reach("child", "other (MAC not listed)"),
+        ChildAndPeerAfterMacaddrDel => e("child <-> peer after `macaddr del`", UNREACHABLE, SOURCE)
+            .reach("child", "peer after `macaddr del`"),
         ChildAndPeerAfterMacaddrAddAgain => e(
             "child <-> peer after `macaddr add` again",
             REACHABLE,
             SOURCE,
-        ),
+        )
+        .reach("child", "peer after `macaddr add` again"),
         ChildAndPeerAfterMacaddrFlush => {
             e("child <-> peer after `macaddr flush`", UNREACHABLE, SOURCE)
+                .reach("child", "peer after `macaddr flush`")
         }
     })
 }
@@ -472,6 +568,7 @@ pub fn claim_nic_mac_limit(check: ClaimNicMacLimit) -> Option<Expectation> {
         ),
         TheChildThatOverflowedItToPeer => {
             e("the child that overflowed it -> peer", REACHABLE, NIC_LIMIT)
+                .reach("the child that overflowed it", "peer")
         }
     })
 }
@@ -523,10 +620,10 @@ checks! {
 pub fn nested_macvtap_bridge(check: NestedMacvtapBridge) -> Option<Expectation> {
     use NestedMacvtapBridge::*;
     Some(match check {
-        Vm2OnHost2ToVm1OnHost1 => e("vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL),
-        Host1ToItsOwnVm1 => e("host1 -> its own vm1", UNREACHABLE, ISOLATION),
-        PeerToVm1 => e("peer -> vm1", REACHABLE, VIRT_INSTALL),
-        PeerToVm2 => e("peer -> vm2", REACHABLE, VIRT_INSTALL),
+        Vm2OnHost2ToVm1OnHost1 => e("vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL).reach("vm2 (on host2)", "vm1 (on host1)"),
+        Host1ToItsOwnVm1 => e("host1 -> its own vm1", UNREACHABLE, ISOLATION).reach("host1", "its own vm1"),
+        PeerToVm1 => e("peer -> vm1", REACHABLE, VIRT_INSTALL).reach("peer", "vm1"),
+        PeerToVm2 => e("peer -> vm2", REACHABLE, VIRT_INSTALL).reach("peer", "vm2"),
         DomiflistOfVm1 => e("domiflist of vm1", "macvtap0 direct eth0 virtio", DOMIFLIST),
         DomiflistMacOfVm1 => judged("domiflist MAC of vm1", Expect::SameAs("vm1's MAC, from inside"), DOMIFLIST),
         Vm1sMacFromInside => reported("vm1's MAC, from inside", DOMIFLIST),
@@ -546,9 +643,13 @@ checks! {
 pub fn nested_macvtap_vepa(check: NestedMacvtapVepa) -> Option<Expectation> {
     use NestedMacvtapVepa::*;
     Some(match check {
-        Vm2ToVm1OnOneHostHairpinOff => e("vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA),
-        Vm2ToVm1OnOneHostHairpinOn => e("vm2 -> vm1 on one host, hairpin on", REACHABLE, VEPA),
-        Vm1ToPeer => e("vm1 -> peer", REACHABLE, VIRT_INSTALL),
+        Vm2ToVm1OnOneHostHairpinOff => e("vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA)
+            .reach("vm2", "vm1 on one host")
+            .hairpin(false),
+        Vm2ToVm1OnOneHostHairpinOn => e("vm2 -> vm1 on one host, hairpin on", REACHABLE, VEPA)
+            .reach("vm2", "vm1 on one host")
+            .hairpin(true),
+        Vm1ToPeer => e("vm1 -> peer", REACHABLE, VIRT_INSTALL).reach("vm1", "peer"),
     })
 }
 
@@ -611,7 +712,9 @@ checks! {
 pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation> {
     use ClaimWifi::*;
     Some(match check {
-        StationToAccessPoint => e("station -> access point", REACHABLE, WIFI),
+        StationToAccessPoint => {
+            e("station -> access point", REACHABLE, WIFI).reach("station", "access point")
+        }
         StationsTheAccessPointKnows => e(
             "stations the access point knows",
             "1",
@@ -622,9 +725,12 @@ pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation> {
             "accepted",
             "the kernel makes the child: nothing refuses it until frames go out",
         ),
-        MacvlanChildToAccessPoint => e("macvlan child -> access point", UNREACHABLE, WIFI),
+        MacvlanChildToAccessPoint => e("macvlan child -> access point", UNREACHABLE, WIFI)
+            .reach("macvlan child", "access point"),
         AnIpvlanChildOnTheStation => e("an ipvlan child on the station", "accepted", WIFI),
-        IpvlanChildToAccessPoint => e("ipvlan child -> access point", REACHABLE, WIFI),
+        IpvlanChildToAccessPoint => {
+            e("ipvlan child -> access point", REACHABLE, WIFI).reach("ipvlan child", "access point")
+        }
     })
 }
 
@@ -648,13 +754,13 @@ pub fn nested_bond0(check: NestedBond0) -> Option<Expectation> {
     use NestedBond0::*;
     Some(match check {
         ActiveNic => e("active NIC", "eth0", BOND0),
-        PeerToChildOnBond0 => e("peer -> child on bond0", REACHABLE, BOND0),
-        Vm1MacvtapOnBond0ToPeer => e("vm1 (macvtap on bond0) -> peer", REACHABLE, BOND0),
+        PeerToChildOnBond0 => e("peer -> child on bond0", REACHABLE, BOND0).reach("peer", "child on bond0"),
+        Vm1MacvtapOnBond0ToPeer => e("vm1 (macvtap on bond0) -> peer", REACHABLE, BOND0).reach("vm1 (macvtap on bond0)", "peer"),
         DomiflistSourceOfVm1 => e("domiflist Source of vm1", "bond0", BOND0),
         ActiveNicAfterItsCableIsPulled => e("active NIC after its cable is pulled", "eth1", FAILOVER),
-        PeerToChild1AfterFailover => e("peer -> child 1 after failover", REACHABLE, FAILOVER),
-        PeerToChild2AfterFailover => e("peer -> child 2 after failover", REACHABLE, FAILOVER),
-        Vm1ToPeerAfterFailover => e("vm1 -> peer after failover", REACHABLE, FAILOVER),
+        PeerToChild1AfterFailover => e("peer -> child 1 after failover", REACHABLE, FAILOVER).reach("peer", "child 1 after failover"),
+        PeerToChild2AfterFailover => e("peer -> child 2 after failover", REACHABLE, FAILOVER).reach("peer", "child 2 after failover"),
+        Vm1ToPeerAfterFailover => e("vm1 -> peer after failover", REACHABLE, FAILOVER).reach("vm1", "peer after failover"),
         FailoverAsThePeersPingsSawIt => reported("failover, as the peer's pings saw it", FAILOVER),
         ChildrensGratuitousArpsOnEth1sCable => e("children's gratuitous ARPs on eth1's cable", "192.168.88.11, 192.168.88.12", "the children announce themselves on the new NIC: macvlan passes the bond's NETDEV_NOTIFY_PEERS on to them, so the switch relearns them at once"),
     })
@@ -676,7 +782,9 @@ checks! {
 pub fn nested_cleanup(check: NestedCleanup) -> Option<Expectation> {
     use NestedCleanup::*;
     Some(match check {
-        Vm1ToPeerBefore => e("vm1 -> peer before", REACHABLE, VIRT_INSTALL),
+        Vm1ToPeerBefore => {
+            e("vm1 -> peer before", REACHABLE, VIRT_INSTALL).reach("vm1", "peer before")
+        }
         QemuProcessesOnHost1WhileVm1Runs => {
             e("QEMU processes on host1 while vm1 runs", "1", VIRT_INSTALL)
         }
@@ -781,7 +889,7 @@ pub fn nested_macvtap_passthru(check: NestedMacvtapPassthru) -> Option<Expectati
         ),
         Vm1sMac => judged("vm1's MAC", Expect::SameAs("eth0's MAC"), MACVTAP_PASSTHRU),
         Eth0sMac => reported("eth0's MAC", MACVTAP_PASSTHRU),
-        Vm1ToPeer => e("vm1 -> peer", REACHABLE, MACVTAP_PASSTHRU),
+        Vm1ToPeer => e("vm1 -> peer", REACHABLE, MACVTAP_PASSTHRU).reach("vm1", "peer"),
         ASecondMacvtapBesideIt => e(
             "a second macvtap beside it",
             "refused: Invalid argument",

@@ -1,12 +1,13 @@
 //! `target/lab/report.html`: the report as one self-contained page, for people. No network, no
 //! script: inline CSS and SVG. Per scenario, a drawing of the LAN it built (host1 and what it
-//! holds, the switch and its hairpin, the peer), a who-reaches-whom matrix from its `A -> B`
-//! checks, coloured by whether what was observed is what was expected, and every check with the
+//! holds, the switch and its hairpin, the peer), a who-reaches-whom matrix from its
+//! reachability checks' data ([`crate::expectations::Reach`]), coloured by whether what was observed is what was expected, and every check with the
 //! seed's claim beside it. Links go to the run's captures and consoles.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
+use crate::scenarios::Drawing;
 use crate::{Check, Report, ScenarioReport};
 
 /// The page. `runs` is the kept run's directory relative to the page (`runs/<run>`), whose
@@ -76,44 +77,20 @@ fn section(page: &mut String, s: &ScenarioReport, runs: &str, files: &[String]) 
     page.push_str("</section>\n");
 }
 
-/// `from -> to` of a check, and what it was tried under (`hairpin on`, ...). Siblings are the
-/// host's two children; a check named after its pair without an arrow ("sibling") is child to
-/// sibling.
-fn edge(check: &str) -> Option<(String, String, String)> {
-    let (pair, condition) = match check.split_once(", ") {
-        Some((pair, rest)) => (pair, rest.to_string()),
-        None => (check, String::new()),
-    };
-    let (from, to) = match pair.split_once(" -> ").or_else(|| pair.split_once(" <-> ")) {
-        Some((from, to)) => (from.trim(), to.trim()),
-        None if pair == "sibling" => ("child", "sibling"),
-        None => return None,
-    };
-    // "ARP broadcast -> peer" is the child's broadcast: a row of its own.
-    Some((from.to_string(), to.to_string(), condition))
-}
-
-/// The who-reaches-whom matrix of the scenario's reachability checks: a row per sender, a
-/// column per receiver (and condition); each cell says what was observed, green when that is
-/// what the seed predicts, red when not.
+/// The who-reaches-whom matrix of the scenario's reachability checks ([`crate::Check::reach`]):
+/// a row per sender, a column per receiver (and condition); each cell says what was observed,
+/// green when that is what the seed predicts, red when not. Made from the checks' data: a
+/// check's name is only its label in the table below.
 fn matrix(s: &ScenarioReport) -> String {
-    let edges: Vec<(String, String, &Check)> = s
+    let edges: Vec<(&str, String, &Check)> = s
         .checks
         .iter()
-        .filter_map(|c| {
-            let (from, to, condition) = edge(&c.name)?;
-            let to = if condition.is_empty() {
-                to
-            } else {
-                format!("{to} ({condition})")
-            };
-            Some((from, to, c))
-        })
+        .filter_map(|c| c.reach.map(|r| (r.from, r.column(), c)))
         .collect();
     if edges.is_empty() {
         return String::new();
     }
-    let rows: BTreeSet<&str> = edges.iter().map(|(f, _, _)| f.as_str()).collect();
+    let rows: BTreeSet<&str> = edges.iter().map(|(f, _, _)| *f).collect();
     let cols: Vec<&str> = edges
         .iter()
         .map(|(_, t, _)| t.as_str())
@@ -131,7 +108,7 @@ fn matrix(s: &ScenarioReport) -> String {
     for row in rows {
         let _ = write!(out, "<tr><th>{}</th>", esc(row));
         for col in &cols {
-            match edges.iter().find(|(f, t, _)| f == row && t == col) {
+            match edges.iter().find(|(f, t, _)| *f == row && t == col) {
                 Some((_, _, c)) => {
                     let _ = write!(
                         out,
@@ -155,15 +132,15 @@ fn matrix(s: &ScenarioReport) -> String {
 /// The LAN as the scenario builds it: host1 holding its children (or VMs), the switch (hairpin
 /// off, and on when the scenario tries it), the peer, and host2 for the nested scenarios.
 fn topology(s: &ScenarioReport) -> String {
-    let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
-    let hairpin_on = names.iter().any(|n| n.contains("hairpin on"));
-    let nested = s.name.starts_with("nested/");
-    let inside = if nested {
-        vec!["vm1 (macvtap0)"]
-    } else if s.name.starts_with("ipvlan/") {
-        vec!["ns1: ipvlan child", "ns2: ipvlan child"]
-    } else {
-        vec!["ns1: mv1", "ns2: mv2"]
+    let hairpin_on = s
+        .checks
+        .iter()
+        .any(|c| c.reach.is_some_and(|r| r.hairpin == Some(true)));
+    let nested = s.drawing == Drawing::Nested;
+    let inside = match s.drawing {
+        Drawing::Nested => vec!["vm1 (macvtap0)"],
+        Drawing::Ipvlan => vec!["ns1: ipvlan child", "ns2: ipvlan child"],
+        Drawing::Macvlan => vec!["ns1: mv1", "ns2: mv2"],
     };
     let mut svg = String::from(
         "<svg class=\"topology\" viewBox=\"0 0 640 150\" width=\"640\" height=\"150\" role=\"img\" xmlns=\"http://www.w3.org/2000/svg\">",
@@ -219,21 +196,65 @@ svg rect.switch{fill:#fff8c5;stroke:#9a6700}svg line{stroke:#57606a;stroke-width
 mod tests {
     use super::*;
 
+    /// A report of `name` from its own table, every check observed as expected.
+    fn as_expected(name: &str) -> ScenarioReport {
+        let scenario = crate::scenarios::find(name).expect("a scenario of the lab");
+        let checks = (scenario.checks)()
+            .into_iter()
+            .map(|e| Check {
+                name: e.check.into(),
+                expected: e.expected.to_string(),
+                observed: e.expected.to_string(),
+                pass: true,
+                claim: e.claim.into(),
+                reach: e.reach,
+            })
+            .collect();
+        ScenarioReport {
+            name: name.into(),
+            passed: true,
+            checks,
+            notes: Default::default(),
+            error: None,
+            took: std::time::Duration::from_secs(1),
+            drawing: scenario.drawing,
+        }
+    }
+
     #[test]
-    fn checks_with_arrows_become_matrix_cells() {
-        assert_eq!(
-            edge("child -> peer"),
-            Some(("child".into(), "peer".into(), String::new()))
-        );
-        assert_eq!(
-            edge("sibling, hairpin on"),
-            Some(("child".into(), "sibling".into(), "hairpin on".into()))
-        );
-        assert_eq!(
-            edge("child <-> peer (MAC listed)"),
-            Some(("child".into(), "peer (MAC listed)".into(), String::new()))
-        );
-        assert_eq!(edge("default mode"), None);
+    fn the_matrix_comes_from_the_checks_data_not_their_names() {
+        let report = as_expected("mode/vepa");
+        let before = matrix(&report);
+        for want in [
+            "<th>child</th>",
+            "<th>ARP broadcast</th>",
+            "<th>sibling (hairpin on)</th>",
+            "<th>host (hairpin off)</th>",
+        ] {
+            assert!(before.contains(want), "{want} in {before}");
+        }
+        let mut renamed = report.clone();
+        for (n, check) in renamed.checks.iter_mut().enumerate() {
+            check.name = format!("检查 {n}");
+        }
+        assert_eq!(matrix(&renamed), before, "names are labels, not structure");
+        let mut unmarked = report;
+        unmarked.checks.iter_mut().for_each(|c| c.reach = None);
+        assert_eq!(matrix(&unmarked), "", "an arrow in a name makes no cell");
+    }
+
+    #[test]
+    fn the_drawing_is_the_scenarios_own() {
+        let nested = topology(&as_expected("nested/macvtap-bridge"));
+        assert!(nested.contains("vm1 (macvtap0)") && nested.contains("host2: vm2"));
+        let ipvlan = topology(&as_expected("ipvlan/l2"));
+        assert!(ipvlan.contains("ipvlan child") && !ipvlan.contains("host2"));
+        assert!(topology(&as_expected("mode/vepa")).contains("hairpin off → on"));
+        assert!(topology(&as_expected("mode/bridge")).contains("hairpin off<"));
+    }
+
+    #[test]
+    fn text_is_escaped() {
         assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
     }
 }

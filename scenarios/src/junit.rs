@@ -73,6 +73,7 @@ mod tests {
             observed: if pass { "reachable" } else { "unreachable" }.into(),
             pass,
             claim: "子接口之间可以直接通信".into(),
+            reach: None,
         }
     }
 
@@ -85,6 +86,7 @@ mod tests {
             notes: BTreeMap::new(),
             error: error.map(String::from),
             took: Duration::from_millis(2500),
+            drawing: Default::default(),
         };
         let report = Report {
             kernel: "6.1".into(),

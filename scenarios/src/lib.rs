@@ -32,6 +32,9 @@ pub struct Check {
     pub observed: String,
     pub pass: bool,
     pub claim: String,
+    /// Who tried to reach whom, for a reachability check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reach: Option<expectations::Reach>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,8 @@ pub struct ScenarioReport {
     /// From its first guest's boot to its last check.
     #[serde(with = "seconds")]
     pub took: std::time::Duration,
+    /// What the report draws of the LAN it built.
+    pub drawing: scenarios::Drawing,
 }
 
 mod seconds {
@@ -157,7 +162,9 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         Ok(seen) => (seen, None),
         Err(e) => (Seen::default(), Some(e.to_string())),
     };
-    let checks: Vec<Check> = scenarios::find(name)
+    let scenario = scenarios::find(name);
+    let drawing = scenario.map(|s| s.drawing).unwrap_or_default();
+    let checks: Vec<Check> = scenario
         .map(|s| (s.checks)())
         .unwrap_or_default()
         .into_iter()
@@ -175,6 +182,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
                 pass,
                 observed: observation.map_or_else(|| "not observed".into(), |o| o.to_string()),
                 claim: e.claim.into(),
+                reach: e.reach,
             }
         })
         .collect();
@@ -193,6 +201,7 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
         notes: seen.notes,
         error,
         took,
+        drawing,
     }
 }
 
@@ -271,6 +280,7 @@ mod tests {
             observed: observed.into(),
             pass: observed == "reachable",
             claim: String::new(),
+            reach: None,
         };
         let report = Report {
             kernel: "6.1".into(),
@@ -287,6 +297,7 @@ mod tests {
                     notes: BTreeMap::new(),
                     error: None,
                     took: std::time::Duration::from_secs(3),
+                    drawing: Default::default(),
                 },
                 ScenarioReport {
                     name: "mode/x".into(),
@@ -295,6 +306,7 @@ mod tests {
                     notes: BTreeMap::new(),
                     error: Some("host1: boot timed out\nconsole...".into()),
                     took: std::time::Duration::from_secs(60),
+                    drawing: Default::default(),
                 },
             ],
         };

@@ -34,6 +34,19 @@ pub struct Scenario {
     /// passed in six of six. (The test suite runs it alone and first too, in
     /// `.config/nextest.toml`.)
     pub alone: bool,
+    /// What the report draws of the LAN it builds.
+    pub drawing: Drawing,
+}
+
+/// The LAN a scenario builds, as the report draws it: host1 holding two macvlan children in
+/// namespaces (most), two ipvlan children, or a VM on a macvtap with host2 beside the peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Drawing {
+    #[default]
+    Macvlan,
+    Ipvlan,
+    Nested,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -51,6 +64,12 @@ macro_rules! scenario {
     ($name:literal, $experiment:expr, $table:path, kernel: $kernel:expr) => {
         scenario!(@make $name, $experiment, $table, Some($kernel), false)
     };
+    ($name:literal, $experiment:expr, $table:path, drawing: $drawing:ident) => {
+        Scenario {
+            drawing: Drawing::$drawing,
+            ..scenario!(@make $name, $experiment, $table, None, false)
+        }
+    };
     ($name:literal, $experiment:expr, $table:path, alone) => {
         scenario!(@make $name, $experiment, $table, None, true)
     };
@@ -62,6 +81,7 @@ macro_rules! scenario {
             check_names: || expectations::judged_names($table),
             kernel: $kernel,
             alone: $alone,
+            drawing: Drawing::Macvlan,
         }
     };
 }
@@ -103,12 +123,14 @@ pub static SCENARIOS: &[Scenario] = &[
     scenario!(
         "ipvlan/l2",
         |a| modes::ipvlan(a, IpvlanMode::L2),
-        expectations::ipvlan_l2
+        expectations::ipvlan_l2,
+        drawing: Ipvlan
     ),
     scenario!(
         "ipvlan/l3",
         |a| modes::ipvlan(a, IpvlanMode::L3),
-        expectations::ipvlan_l3
+        expectations::ipvlan_l3,
+        drawing: Ipvlan
     ),
     scenario!(
         "claim/nic-mac-limit",
@@ -135,23 +157,32 @@ pub static SCENARIOS: &[Scenario] = &[
     scenario!(
         "nested/macvtap-bridge",
         nested::bridge,
-        expectations::nested_macvtap_bridge
+        expectations::nested_macvtap_bridge,
+        drawing: Nested
     ),
     scenario!(
         "nested/macvtap-vepa",
         nested::vepa,
-        expectations::nested_macvtap_vepa
+        expectations::nested_macvtap_vepa,
+        drawing: Nested
     ),
     scenario!(
         "nested/macvtap-passthru",
         nested::passthru,
-        expectations::nested_macvtap_passthru
+        expectations::nested_macvtap_passthru,
+        drawing: Nested
     ),
-    scenario!("nested/bond0", nested::bond0, expectations::nested_bond0),
+    scenario!(
+        "nested/bond0",
+        nested::bond0,
+        expectations::nested_bond0,
+        drawing: Nested
+    ),
     scenario!(
         "nested/cleanup",
         nested::cleanup,
-        expectations::nested_cleanup
+        expectations::nested_cleanup,
+        drawing: Nested
     ),
     scenario!("cleanup", seed::cleanup, expectations::cleanup),
 ];
