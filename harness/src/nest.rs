@@ -14,8 +14,8 @@
 //! at [`TEMPLATE_DIR`]: its memory as a file (QEMU's `x-ignore-shared`: the state holds only the
 //! devices), the way the harness saves lab guests. Every clone restored from that snapshot then
 //! holds the saved VM, and [`InnerVm::start`] starts each inner VM on a copy-on-write mapping
-//! of its memory (`share=off`) with `-incoming`: ready in about a second where a boot takes 4 to
-//! 16 s (KVM inside TCG). The clone makes itself its own like a lab guest ([`lab_proto::Resume`]:
+//! of its memory (`share=off`) with `-incoming`: ready many times sooner than a boot
+//! (docs/measurements.md). The clone makes itself its own like a lab guest ([`lab_proto::Resume`]:
 //! randomness, clock, hostname, MAC). Only KVM VMs of the template's memory and kernel command
 //! line are saved and restored; anything else boots, as does everything when the restore fails.
 
@@ -75,8 +75,8 @@ pub struct InnerSpec {
     pub memory_mib: u32,
     pub accel: InnerAccel,
     pub boot_timeout: Duration,
-    /// With [`InnerAccel::Auto`], how long a KVM boot may take before TCG is tried instead:
-    /// KVM-in-TCG boots in ~15 s here, and a nested KVM that hangs guests must not hang the run.
+    /// With [`InnerAccel::Auto`], how long a KVM boot may take before TCG is tried instead: a
+    /// nested KVM that hangs guests must not hang the run.
     pub kvm_boot_limit: Duration,
     pub command_timeout: Duration,
     /// Appended to the inner kernel's command line.

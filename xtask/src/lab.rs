@@ -20,8 +20,7 @@ pub struct LabArgs {
     pub list: bool,
     /// Scenarios run at the same time (each boots two or three guests), longest first by the
     /// last run's times; a measurement (`claim/throughput`) runs alone [default: twice the
-    /// cores: scenarios spend much of their time waiting on pings; on 2 cores under TCG, 4 took
-    /// 47 s where 3 took 55 s and 5 took 48 s]
+    /// cores, since scenarios spend much of their time waiting on pings]
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
@@ -247,8 +246,8 @@ fn scenario_files(run_dir: &Path, scenario: &str) -> Vec<String> {
 /// How long each scenario took when it last ran on this kernel on this machine
 /// (`lab-times-<kernel>.json` in the machine's cache, which every lab run of every clone, whole
 /// or `--only`, brings up to date): the order to start them in. In the cache rather than the
-/// checkout, so that a fresh clone's first run starts the long ones first too (79–88 s in list
-/// order against 62–65 s longest first, 21 scenarios here).
+/// checkout, so that a fresh clone's first run starts the long ones first too (which shortens
+/// the lab: docs/measurements.md).
 fn times_path(kernel: &str) -> PathBuf {
     crate::cache_location()
         .0

@@ -294,8 +294,8 @@ fn test(
             .any(|a| a.starts_with("--test-threads") || a == "-j")
     {
         // Twice the cores: most guest tests spend their time waiting on their guests (pings,
-        // the selftests' sleeps), so one test per core leaves the cores idle. 389 s against
-        // 254 s for the suite on 2 cores.
+        // the selftests' sleeps), so one test per core leaves the cores idle
+        // (docs/measurements.md).
         nextest.arg(format!("--test-threads={}", 2 * cores()));
     }
     if let Some((k, n)) = partition {

@@ -54,8 +54,10 @@ fn only_the_settings_module_reads_the_environment() {
     let mut readers = Vec::new();
     for file in rust_files(&src) {
         let module = module_of(&src, &file);
-        let mut paths = Paths::default();
-        paths.all = true;
+        let mut paths = Paths {
+            all: true,
+            ..Paths::default()
+        };
         paths.visit_file(&parse(&file));
         let reads = paths
             .found
