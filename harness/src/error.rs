@@ -164,7 +164,7 @@ fn describe_exit(out: &RunOutput) -> String {
     if out.oom_killed {
         // The guest's commands share all of its memory but a reserve for the agent.
         return "the guest's OOM killer killed it: its commands ran out of memory (give the guest more with \
-                `VmConfig::memory_mib`, or `--memory` on the command line)"
+                `Machine::memory_mib`, or `--memory` on the command line)"
             .to_string();
     }
     match (out.timed_out, out.code, out.signal) {

@@ -201,7 +201,7 @@ async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, Bo
         // says so (at KERN_EMERG, past `quiet`) and boots on with files missing.
         if let Some(why) = unpacking_failed(&paths.console) {
             let msg = format!(
-                "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `VmConfig::memory_mib`)",
+                "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `Machine::memory_mib`)",
                 cfg.machine.memory_mib,
                 cfg.machine.memory_mib * 2
             );
