@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::scenarios::Drawing;
+use crate::registry::Drawing;
 use crate::{Check, Report, ScenarioReport};
 
 /// The page. `runs` is the kept run's directory relative to the page (`runs/<run>`), whose
@@ -198,7 +198,7 @@ mod tests {
 
     /// A report of `name` from its own table, every check observed as expected.
     fn as_expected(name: &str) -> ScenarioReport {
-        let scenario = crate::scenarios::find(name).expect("a scenario of the lab");
+        let scenario = crate::registry::find(name).expect("a scenario of the lab");
         let checks = (scenario.checks)()
             .into_iter()
             .map(|e| Check {

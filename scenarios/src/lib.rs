@@ -10,8 +10,7 @@ mod modes;
 mod nested;
 pub mod observation;
 mod probe;
-pub mod scenarios;
-pub mod script;
+pub mod registry;
 mod seed;
 mod throughput;
 mod wifi;
@@ -52,7 +51,7 @@ pub struct ScenarioReport {
     #[serde(with = "seconds")]
     pub took: std::time::Duration,
     /// What the report draws of the LAN it built.
-    pub drawing: scenarios::Drawing,
+    pub drawing: registry::Drawing,
 }
 
 mod seconds {
@@ -144,7 +143,7 @@ impl<K: Checks, O: Into<Observation>> FromIterator<(K, O)> for Observed<K> {
 /// Observations under their checks' names, as the report and [`expectations::Expect`] see them.
 pub type Labelled = BTreeMap<&'static str, Observation>;
 
-/// What a scenario saw, named by its table: what [`scenarios::Scenario::run`] returns.
+/// What a scenario saw, named by its table: what [`registry::Scenario::run`] returns.
 #[derive(Debug, Default)]
 pub struct Seen {
     checks: Labelled,
@@ -156,13 +155,13 @@ pub struct Seen {
 /// Runs scenario `name` in fresh guests and judges it against its table of expectations.
 pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
     let started = std::time::Instant::now();
-    let result = scenarios::run(name, assets).await;
+    let result = registry::run(name, assets).await;
     let took = started.elapsed();
     let (seen, error) = match result {
         Ok(seen) => (seen, None),
         Err(e) => (Seen::default(), Some(e.to_string())),
     };
-    let scenario = scenarios::find(name);
+    let scenario = registry::find(name);
     let drawing = scenario.map(|s| s.drawing).unwrap_or_default();
     let checks: Vec<Check> = scenario
         .map(|s| (s.checks)())

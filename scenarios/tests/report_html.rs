@@ -21,7 +21,7 @@ fn browser() -> PathBuf {
 
 /// A check of the lab's own tables, observed as `observed`.
 fn check(name: &str, expected: &str, observed: &str) -> Check {
-    let reach = lab_scenarios::scenarios::SCENARIOS
+    let reach = lab_scenarios::registry::SCENARIOS
         .iter()
         .flat_map(|s| (s.checks)())
         .find(|e| e.check == name)

@@ -1,7 +1,7 @@
 //! The scripts in `examples/` do what their comments say, run the way `cargo xtask lab run` runs
 //! them: the seed's commands, unchanged, in throwaway guests.
 
-use lab_scenarios::script::{self, Job, ScriptLan};
+use lab_harness::lan::script::{self, Job, ScriptLan};
 use lab_tests::{assets, Check};
 use rstest::rstest;
 

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lab_harness::lan::script::{self, Job, ScriptLan};
 use lab_harness::{Error, Extras, Stream, Verdict};
-use lab_scenarios::script::{self, Job, ScriptLan};
 use lab_tests::{assets, assets_of, Check};
 use rstest::rstest;
 

@@ -1,9 +1,9 @@
 //! The seed's experiments: every scenario of the registry
-//! (`lab_scenarios::scenarios::SCENARIOS`) is a test of its own, named as `cargo xtask lab`
+//! (`lab_scenarios::registry::SCENARIOS`) is a test of its own, named as `cargo xtask lab`
 //! names it, which must observe what the expectation table says. Nothing here lists them: a
 //! scenario added to the registry is tested.
 
-use lab_scenarios::scenarios::{Scenario, SCENARIOS};
+use lab_scenarios::registry::{Scenario, SCENARIOS};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {

@@ -27,7 +27,7 @@ pub fn soak(
     store: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mode = if store.is_some() { "restored" } else { "cold" };
-    let before = crate::leaks::Snapshot::take();
+    let before = crate::leaks::HostFootprint::take();
     let started = Instant::now();
     let mut soak = Soak::default();
     for round in 0..n.div_ceil(AT_ONCE) {
@@ -54,7 +54,7 @@ pub fn soak(
             }
         }
     }
-    let leftovers = crate::leaks::Snapshot::take().leaked_since(&before);
+    let leftovers = crate::leaks::HostFootprint::take().leaked_since(&before);
     println!(
         "soak, {mode}: {} guests {AT_ONCE} at a time in {:.0?}, each booted, asked `uname -r; ip -br link` and powered off: \
          {} failed or hung, {} fell back to a cold boot, {} leftovers; slowest boot {:.2?}",

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab_harness::assets::DIR_IN_GUEST;
+use lab_harness::lan::script::{Job, ScriptLan};
 use lab_harness::{Assets, Extras, Stream, Verdict};
-use lab_scenarios::script::{Job, ScriptLan};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -194,7 +194,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
-            for scenario in lab_scenarios::scenarios::SCENARIOS {
+            for scenario in lab_scenarios::registry::SCENARIOS {
                 if let Some(kernel) = scenario.kernel {
                     println!(
                         "{:<23} (boots {kernel}, whatever --kernel says)",
@@ -338,7 +338,7 @@ fn write_reports(report: &lab_scenarios::Report, assets: &Assets) -> anyhow::Res
 /// observation differs from its expectation.
 fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     // Before provisioning, which takes seconds: a filter that matches nothing is a typo.
-    let names: Vec<&str> = lab_scenarios::scenarios::names()
+    let names: Vec<&str> = lab_scenarios::registry::names()
         .filter(|n| args.only.as_deref().is_none_or(|o| n.contains(o)))
         .collect();
     anyhow::ensure!(
@@ -361,7 +361,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     let mut own_kernel: BTreeMap<&str, Assets> = BTreeMap::new();
     for id in names
         .iter()
-        .filter_map(|n| lab_scenarios::scenarios::find(n)?.kernel)
+        .filter_map(|n| lab_scenarios::registry::find(n)?.kernel)
     {
         if !own_kernel.contains_key(id) {
             let path = crate::provision::run(&crate::provision::ProvisionArgs {
@@ -375,7 +375,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
     for other in own_kernel.values_mut() {
         other.runs = assets.runs.clone();
     }
-    let before = crate::leaks::Snapshot::take();
+    let before = crate::leaks::HostFootprint::take();
     let rt = tokio::runtime::Runtime::new()?;
     let scenarios = rt.block_on(crate::interrupt::unless_interrupted(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
@@ -384,14 +384,14 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         // the latest times on this kernel), so that the nested scenarios do not start last
         // and leave the other slots idle while they finish.
         let last = last_times(&assets.kernel.id);
-        let alone = |n: &str| lab_scenarios::scenarios::find(n).is_some_and(|s| s.alone);
+        let alone = |n: &str| lab_scenarios::registry::find(n).is_some_and(|s| s.alone);
         let mut order: Vec<(usize, &&str)> = names.iter().enumerate().collect();
         order.sort_by(|(_, a), (_, b)| {
             let took = |n: &str| last.get(n).copied().unwrap_or(f64::INFINITY);
             alone(b).cmp(&alone(a)).then(took(b).total_cmp(&took(a)))
         });
         for (i, name) in order {
-            let scenario = lab_scenarios::scenarios::find(name);
+            let scenario = lab_scenarios::registry::find(name);
             // A measurement takes every slot: nothing runs beside it.
             let slots = if scenario.is_some_and(|s| s.alone) {
                 jobs
@@ -475,7 +475,7 @@ fn run_scenarios(args: &LabArgs) -> anyhow::Result<()> {
         "lab: captures, consoles and summaries of each scenario (and the report) are in {}",
         crate::runs::shown(&assets.runs).display()
     );
-    let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
+    let leaks = crate::leaks::HostFootprint::take().leaked_since(&before);
     anyhow::ensure!(
         leaks.is_empty(),
         "the lab left things behind:\n  {}",
@@ -526,7 +526,7 @@ fn run_job(
         "lab: running {what} on host1 (192.168.88.1): {}",
         lan.describe()
     );
-    let before = crate::leaks::Snapshot::take();
+    let before = crate::leaks::HostFootprint::take();
     let rt = tokio::runtime::Runtime::new()?;
     // Straight to the descriptors, past std's buffers (flushed first): a write that waits for
     // a reader gives up when the run is interrupted.
@@ -543,11 +543,11 @@ fn run_job(
         }
     };
     let out = rt.block_on(crate::interrupt::unless_interrupted(
-        lab_scenarios::script::run(&assets, &job, &lan.lan(timeout), show),
+        lab_harness::lan::script::run(&assets, &job, &lan.lan(timeout), show),
     ));
     drop(rt);
     let out = out??;
-    let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
+    let leaks = crate::leaks::HostFootprint::take().leaked_since(&before);
     anyhow::ensure!(
         leaks.is_empty(),
         "the run left things behind:\n  {}",

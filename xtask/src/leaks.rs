@@ -34,14 +34,16 @@ pub fn start_run() {
     }
 }
 
+/// What a run could leave on the host, at one moment: its QEMUs, its state directories, host
+/// network interfaces. A run takes one before and after, and names what is new.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub struct HostFootprint {
     qemus: BTreeSet<String>,
     state_dirs: BTreeSet<String>,
     host_links: BTreeSet<String>,
 }
 
-impl Snapshot {
+impl HostFootprint {
     pub fn take() -> Self {
         Self {
             qemus: lab_qemus(),
@@ -51,7 +53,7 @@ impl Snapshot {
     }
 
     /// Everything present now that was not in `before`, and host interfaces that vanished.
-    pub fn leaked_since(&self, before: &Snapshot) -> Vec<String> {
+    pub fn leaked_since(&self, before: &HostFootprint) -> Vec<String> {
         let mut out = Vec::new();
         out.extend(
             self.qemus

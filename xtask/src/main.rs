@@ -277,7 +277,7 @@ fn test(
     }
     let assets_path = provision::run(args)?;
     let selftests = selftests::provide()?;
-    let before = leaks::Snapshot::take();
+    let before = leaks::HostFootprint::take();
     let with_env = |cmd: &mut std::process::Command| {
         cmd.current_dir(workspace_root())
             .env(lab_harness::assets::ENV_ASSETS, &assets_path)
@@ -328,7 +328,7 @@ fn test(
         tally.failed += doc_tally.failed;
     }
     // Check for leftovers whether or not the tests passed: a leak is a bug either way.
-    let leaks = leaks::Snapshot::take().leaked_since(&before);
+    let leaks = leaks::HostFootprint::take().leaked_since(&before);
     if leaks.is_empty() {
         ui::status!(
             "xtask: no QEMU process, no state directory and no host network change left behind"

@@ -22,13 +22,13 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     assets.runs = crate::runs::start("shell")?;
-    let before = crate::leaks::Snapshot::take();
+    let before = crate::leaks::HostFootprint::take();
     let rt = tokio::runtime::Runtime::new()?;
     let code = rt.block_on(shell(&assets, lan));
     // The thread reading our stdin may still be blocked in a read: do not wait for it.
     rt.shutdown_background();
     let code = code?;
-    let leaks = crate::leaks::Snapshot::take().leaked_since(&before);
+    let leaks = crate::leaks::HostFootprint::take().leaked_since(&before);
     anyhow::ensure!(
         leaks.is_empty(),
         "the shell's lab left things behind:\n  {}",
@@ -44,7 +44,7 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
 
 async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
     eprintln!("lab: booting {}", lan.describe());
-    let lab = lab_scenarios::script::boot(assets, "lab-shell", &lan.lan(Duration::ZERO)).await?;
+    let lab = lab_harness::lan::script::boot(assets, "lab-shell", &lan.lan(Duration::ZERO)).await?;
     let code = {
         let control = Control::open(&lab)?;
         eprint!("{}", banner(&lab, assets, lan));

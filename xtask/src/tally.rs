@@ -6,12 +6,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitStatus, Stdio};
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Tally {
+pub struct TestCounts {
     pub passed: usize,
     pub failed: usize,
 }
 
-pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, Tally)> {
+pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, TestCounts)> {
     // nextest reports on stderr, cargo test on stdout: read both, each passed through as is.
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (out, err) = (child.stdout.take(), child.stderr.take());
@@ -25,8 +25,11 @@ pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, Tally)> {
     Ok((child.wait()?, tally))
 }
 
-fn pass_through(from: Option<impl std::io::Read>, mut to: impl Write) -> anyhow::Result<Tally> {
-    let mut tally = Tally::default();
+fn pass_through(
+    from: Option<impl std::io::Read>,
+    mut to: impl Write,
+) -> anyhow::Result<TestCounts> {
+    let mut tally = TestCounts::default();
     if let Some(from) = from {
         for line in BufReader::new(from).lines() {
             let line = line?;
@@ -57,7 +60,7 @@ pub fn junit_counts(path: &std::path::Path) -> anyhow::Result<(usize, usize)> {
     Ok((cases.len(), failed))
 }
 
-impl Tally {
+impl TestCounts {
     /// `test result: ok. 12 passed; 0 failed; 0 ignored; ...` (cargo test) or
     /// `Summary [ 12.3s] 14 tests run: 12 passed, 2 failed, 0 skipped` (nextest).
     fn add(&mut self, line: &str) {
@@ -67,7 +70,7 @@ impl Tally {
             // nextest's summary is its last word on the whole run: it replaces whatever came
             // before, such as the `test result:` or `Summary` lines of a failed test's own output
             // (a test that runs `cargo xtask test` inside prints them).
-            *self = Tally::default();
+            *self = TestCounts::default();
             line.split_once("tests run:")
                 .or_else(|| line.split_once("test run:"))
                 .map_or("", |(_, counts)| counts)
@@ -99,14 +102,14 @@ mod tests {
 
     #[test]
     fn adds_result_lines_and_ignores_others() {
-        let mut t = Tally::default();
+        let mut t = TestCounts::default();
         t.add("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 24.19s");
         t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s");
         t.add("running 3 tests");
         t.add("        PASS [   0.1s] xtask::bin/xtask tally::tests::adds");
         assert_eq!(
             t,
-            Tally {
+            TestCounts {
                 passed: 13,
                 failed: 2
             }
@@ -115,14 +118,14 @@ mod tests {
 
     #[test]
     fn the_last_nextest_summary_is_the_count() {
-        let mut t = Tally::default();
+        let mut t = TestCounts::default();
         // A failed test's own output, shown before the end: it ran `cargo xtask test` inside.
         t.add("    test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
         t.add("     Summary [   0.037s] 6 tests run: 6 passed, 7 skipped");
         t.add("     Summary [ 600.0s] 3 tests run: 2 passed, 1 timed out, 0 skipped");
         assert_eq!(
             t,
-            Tally {
+            TestCounts {
                 passed: 2,
                 failed: 1
             }
@@ -130,7 +133,7 @@ mod tests {
         t.add("     Summary [ 387.7s] 127 tests run: 126 passed (3 slow), 1 failed, 0 skipped");
         assert_eq!(
             t,
-            Tally {
+            TestCounts {
                 passed: 126,
                 failed: 1
             }

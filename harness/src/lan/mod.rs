@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod lab;
+pub mod script;
 pub mod switch;
 
 use std::path::{Path, PathBuf};

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use lab_harness::assets::DIR_IN_GUEST;
-use lab_harness::{Assets, Cmd, Extras, Lab, PortPolicy, Result, RunOutput, Stream};
+use crate::assets::DIR_IN_GUEST;
+use crate::{Assets, Cmd, Extras, Lab, PortPolicy, Result, RunOutput, Stream};
 
 /// The LAN a job runs on.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl Default for ScriptLan {
 pub enum Job {
     /// A script's text: run through its `#!` interpreter if it has one, else by `/bin/sh`.
     Script(String),
-    /// A program and its arguments, started in [`lab_harness::Extras::dir`]'s copy (`/lab`) when
+    /// A program and its arguments, started in [`crate::Extras::dir`]'s copy (`/lab`) when
     /// there is one: a relative path is taken from there, and its `#!` line is honoured.
     Program(Vec<String>),
 }
