@@ -10,10 +10,14 @@
 
 /// One check of a scenario as the report shows it: its name, the predicate its observation
 /// must meet, and the seed's claim it answers.
+///
+/// In a scenario's table `K` is its checks' enum, so that [`Expect::SameAs`] and
+/// [`Expect::Times`] name another check by its variant; [`list`] resolves those to the checks'
+/// names, the form (`K = &'static str`) the report and the judging use.
 #[derive(Debug, Clone, Copy)]
-pub struct Expectation {
+pub struct Expectation<K = &'static str> {
     pub check: &'static str,
-    pub expected: Expect,
+    pub expected: Expect<K>,
     pub claim: &'static str,
     /// For a reachability check: who tries to reach whom, and under what. The report's
     /// who-reaches-whom matrix and drawing are made from this, never from the check's name.
@@ -52,7 +56,7 @@ impl Reach {
     }
 }
 
-impl Expectation {
+impl<K: Copy> Expectation<K> {
     /// Marks a reachability check: `from` tries to reach `to`.
     pub const fn reach(mut self, from: &'static str, to: &'static str) -> Self {
         self.reach = Some(Reach {
@@ -88,12 +92,26 @@ pub trait Checks: Copy + Ord + std::fmt::Debug + Send + 'static {
 }
 
 /// A scenario's table: what each of its checks must be (`None`: not looked at in it).
-pub type Table<K> = fn(K) -> Option<Expectation>;
+pub type Table<K> = fn(K) -> Option<Expectation<K>>;
 
-/// The expectations `table` holds, in report order.
+/// The expectations `table` holds, in report order, each check another refers to named as
+/// the table names it.
 pub fn list<K: Checks>(table: Table<K>) -> Vec<Expectation> {
-    K::ALL.iter().filter_map(|k| table(*k)).collect()
+    K::ALL
+        .iter()
+        .filter_map(|k| table(*k))
+        .map(|e| Expectation {
+            check: e.check,
+            expected: e.expected.named_by(table),
+            claim: e.claim,
+            reach: e.reach,
+        })
+        .collect()
 }
+
+/// What [`list`] names a check that its own table does not judge: the judging finds no such
+/// observation, and a test says which table refers to it.
+pub const NOT_JUDGED: &str = "(a check this scenario does not judge)";
 
 /// The names of the checks `table` judges, as the enum spells them (for the test that finds
 /// each one recorded by some experiment).
@@ -123,7 +141,7 @@ macro_rules! checks {
 /// What a check's observation must be: a predicate over it, shown in the report's "expected"
 /// column.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Expect {
+pub enum Expect<K = &'static str> {
     /// This text, word for word.
     Is(&'static str),
     /// Anything the scenario saw: a fact worth reporting (which accelerator ran, how long a
@@ -133,12 +151,27 @@ pub enum Expect {
     AtLeast(f64),
     /// A number of at most this.
     AtMost(f64),
-    /// What the scenario's check of this name observed, word for word (two views of one thing:
+    /// What the scenario's other check `K` observed, word for word (two views of one thing:
     /// the MAC a listing shows and the one the guest has).
-    SameAs(&'static str),
-    /// A count this many times the (non-zero) count the scenario's check of this name
-    /// observed: frames that cross a cable twice each.
-    Times(u32, &'static str),
+    SameAs(K),
+    /// A count this many times the (non-zero) count the scenario's other check `K` observed:
+    /// frames that cross a cable twice each.
+    Times(u32, K),
+}
+
+impl<K: Copy> Expect<K> {
+    /// This predicate with the check it refers to named as `table` names it.
+    fn named_by(self, table: fn(K) -> Option<Expectation<K>>) -> Expect {
+        let name = |k| table(k).map_or(NOT_JUDGED, |e| e.check);
+        match self {
+            Expect::Is(text) => Expect::Is(text),
+            Expect::Reported => Expect::Reported,
+            Expect::AtLeast(n) => Expect::AtLeast(n),
+            Expect::AtMost(n) => Expect::AtMost(n),
+            Expect::SameAs(k) => Expect::SameAs(name(k)),
+            Expect::Times(times, k) => Expect::Times(times, name(k)),
+        }
+    }
 }
 
 impl Expect {
@@ -180,11 +213,11 @@ impl std::fmt::Display for Expect {
 }
 
 /// An expectation that the observation is `expected`, word for word.
-const fn e(check: &'static str, expected: &'static str, claim: &'static str) -> Expectation {
+const fn e<K>(check: &'static str, expected: &'static str, claim: &'static str) -> Expectation<K> {
     judged(check, Expect::Is(expected), claim)
 }
 
-const fn judged(check: &'static str, expected: Expect, claim: &'static str) -> Expectation {
+const fn judged<K>(check: &'static str, expected: Expect<K>, claim: &'static str) -> Expectation<K> {
     Expectation {
         check,
         expected,
@@ -194,7 +227,7 @@ const fn judged(check: &'static str, expected: Expect, claim: &'static str) -> E
 }
 
 /// A fact to report: any observation passes, as long as the scenario ran to its end.
-const fn reported(check: &'static str, claim: &'static str) -> Expectation {
+const fn reported<K>(check: &'static str, claim: &'static str) -> Expectation<K> {
     judged(check, Expect::Reported, claim)
 }
 
@@ -242,7 +275,7 @@ checks! {
     }
 }
 
-pub fn seed_containers(check: SeedContainers) -> Option<Expectation> {
+pub fn seed_containers(check: SeedContainers) -> Option<Expectation<SeedContainers>> {
     use SeedContainers::*;
     Some(match check {
         Ns2ToNs1 => e("ns2 -> ns1", REACHABLE, CONTAINERS).reach("ns2", "ns1"),
@@ -259,7 +292,7 @@ checks! {
     }
 }
 
-pub fn seed_host_isolation(check: SeedHostIsolation) -> Option<Expectation> {
+pub fn seed_host_isolation(check: SeedHostIsolation) -> Option<Expectation<SeedHostIsolation>> {
     use SeedHostIsolation::*;
     Some(match check {
         HostToChild => e("host -> child", UNREACHABLE, ISOLATION).reach("host", "child"),
@@ -285,7 +318,7 @@ checks! {
     }
 }
 
-pub fn shim(check: Shim) -> Option<Expectation> {
+pub fn shim(check: Shim) -> Option<Expectation<Shim>> {
     use Shim::*;
     Some(match check {
         HostToChildViaShim => e(
@@ -321,7 +354,7 @@ checks! {
     }
 }
 
-pub fn mode_bridge(check: Mode) -> Option<Expectation> {
+pub fn mode_bridge(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     Some(match check {
         Sibling => e("sibling", REACHABLE, BRIDGE).reach("child", "sibling"),
@@ -342,7 +375,7 @@ pub fn mode_bridge(check: Mode) -> Option<Expectation> {
     })
 }
 
-pub fn mode_private(check: Mode) -> Option<Expectation> {
+pub fn mode_private(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     Some(match check {
         Sibling => e("sibling, hairpin off", UNREACHABLE, PRIVATE)
@@ -387,7 +420,7 @@ pub fn mode_private(check: Mode) -> Option<Expectation> {
     })
 }
 
-pub fn mode_vepa(check: Mode) -> Option<Expectation> {
+pub fn mode_vepa(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     const THROUGH_THE_SWITCH: &str = "sibling echo requests through the switch";
     Some(match check {
@@ -403,7 +436,7 @@ pub fn mode_vepa(check: Mode) -> Option<Expectation> {
         // Out to the switch and back in: each request crosses the cable twice.
         SiblingEchoRequestsOnTheCable => judged(
             "sibling echo requests on host1's cable",
-            Expect::Times(2, THROUGH_THE_SWITCH),
+            Expect::Times(2, SiblingEchoRequestsAtTheSwitch),
             VEPA,
         ),
         DefaultMode => e(
@@ -429,10 +462,10 @@ checks! {
     }
 }
 
-pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation> {
+pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
     use Ipvlan::*;
     Some(match check {
-        ChildrensMac => judged("children's MAC", Expect::SameAs("eth0's MAC"), IPVLAN),
+        ChildrensMac => judged("children's MAC", Expect::SameAs(Eth0sMac), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
         Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
         ChildToPeer => e("child -> peer", REACHABLE, IPVLAN).reach("child", "peer"),
@@ -452,11 +485,11 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation> {
     })
 }
 
-pub fn ipvlan_l3(check: Ipvlan) -> Option<Expectation> {
+pub fn ipvlan_l3(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
     use Ipvlan::*;
     Some(match check {
         Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
-        ChildrensMac => judged("children's MAC", Expect::SameAs("eth0's MAC"), IPVLAN),
+        ChildrensMac => judged("children's MAC", Expect::SameAs(Eth0sMac), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
         ChildToHost => e(
             "child -> host",
@@ -488,10 +521,10 @@ checks! {
     }
 }
 
-pub fn mode_passthru(check: ModePassthru) -> Option<Expectation> {
+pub fn mode_passthru(check: ModePassthru) -> Option<Expectation<ModePassthru>> {
     use ModePassthru::*;
     Some(match check {
-        ChildsMac => judged("child's MAC", Expect::SameAs("eth0's MAC"), PASSTHRU),
+        ChildsMac => judged("child's MAC", Expect::SameAs(Eth0sMac), PASSTHRU),
         Eth0sMac => reported("eth0's MAC", PASSTHRU),
         Eth0PromiscuityOnceTheChildIsUp => {
             e("eth0 promiscuity once the child is up", "1", PASSTHRU)
@@ -521,7 +554,7 @@ checks! {
     }
 }
 
-pub fn mode_source(check: ModeSource) -> Option<Expectation> {
+pub fn mode_source(check: ModeSource) -> Option<Expectation<ModeSource>> {
     use ModeSource::*;
     Some(match check {
         ChildAndPeerMacListed => {
@@ -553,7 +586,7 @@ checks! {
     }
 }
 
-pub fn claim_nic_mac_limit(check: ClaimNicMacLimit) -> Option<Expectation> {
+pub fn claim_nic_mac_limit(check: ClaimNicMacLimit) -> Option<Expectation<ClaimNicMacLimit>> {
     use ClaimNicMacLimit::*;
     Some(match check {
         ChildrenWhenTheUnicastTableOverflows => e(
@@ -582,7 +615,7 @@ checks! {
     }
 }
 
-pub fn claim_switch_mac_limit(check: ClaimSwitchMacLimit) -> Option<Expectation> {
+pub fn claim_switch_mac_limit(check: ClaimSwitchMacLimit) -> Option<Expectation<ClaimSwitchMacLimit>> {
     use ClaimSwitchMacLimit::*;
     Some(match check {
         MacvlanChildrenReachingPeerCapOf2Macs => e(
@@ -617,7 +650,7 @@ checks! {
     }
 }
 
-pub fn nested_macvtap_bridge(check: NestedMacvtapBridge) -> Option<Expectation> {
+pub fn nested_macvtap_bridge(check: NestedMacvtapBridge) -> Option<Expectation<NestedMacvtapBridge>> {
     use NestedMacvtapBridge::*;
     Some(match check {
         Vm2OnHost2ToVm1OnHost1 => e("vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL).reach("vm2 (on host2)", "vm1 (on host1)"),
@@ -625,7 +658,7 @@ pub fn nested_macvtap_bridge(check: NestedMacvtapBridge) -> Option<Expectation> 
         PeerToVm1 => e("peer -> vm1", REACHABLE, VIRT_INSTALL).reach("peer", "vm1"),
         PeerToVm2 => e("peer -> vm2", REACHABLE, VIRT_INSTALL).reach("peer", "vm2"),
         DomiflistOfVm1 => e("domiflist of vm1", "macvtap0 direct eth0 virtio", DOMIFLIST),
-        DomiflistMacOfVm1 => judged("domiflist MAC of vm1", Expect::SameAs("vm1's MAC, from inside"), DOMIFLIST),
+        DomiflistMacOfVm1 => judged("domiflist MAC of vm1", Expect::SameAs(Vm1sMacFromInside), DOMIFLIST),
         Vm1sMacFromInside => reported("vm1's MAC, from inside", DOMIFLIST),
         InnerAccelerator => reported("inner accelerator", "the VMs use KVM when their host has /dev/kvm (nested virtualization), else TCG; restored from the nest's saved VM when it has one"),
     })
@@ -640,7 +673,7 @@ checks! {
     }
 }
 
-pub fn nested_macvtap_vepa(check: NestedMacvtapVepa) -> Option<Expectation> {
+pub fn nested_macvtap_vepa(check: NestedMacvtapVepa) -> Option<Expectation<NestedMacvtapVepa>> {
     use NestedMacvtapVepa::*;
     Some(match check {
         Vm2ToVm1OnOneHostHairpinOff => e("vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA)
@@ -667,7 +700,7 @@ checks! {
     }
 }
 
-pub fn claim_throughput(check: ClaimThroughput) -> Option<Expectation> {
+pub fn claim_throughput(check: ClaimThroughput) -> Option<Expectation<ClaimThroughput>> {
     use ClaimThroughput::*;
     Some(match check {
         MacvlanThroughputNsToNs => judged(
@@ -709,7 +742,7 @@ checks! {
     }
 }
 
-pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation> {
+pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation<ClaimWifi>> {
     use ClaimWifi::*;
     Some(match check {
         StationToAccessPoint => {
@@ -750,7 +783,7 @@ checks! {
     }
 }
 
-pub fn nested_bond0(check: NestedBond0) -> Option<Expectation> {
+pub fn nested_bond0(check: NestedBond0) -> Option<Expectation<NestedBond0>> {
     use NestedBond0::*;
     Some(match check {
         ActiveNic => e("active NIC", "eth0", BOND0),
@@ -779,7 +812,7 @@ checks! {
     }
 }
 
-pub fn nested_cleanup(check: NestedCleanup) -> Option<Expectation> {
+pub fn nested_cleanup(check: NestedCleanup) -> Option<Expectation<NestedCleanup>> {
     use NestedCleanup::*;
     Some(match check {
         Vm1ToPeerBefore => {
@@ -806,7 +839,7 @@ checks! {
     }
 }
 
-pub fn claim_promisc(check: ClaimPromisc) -> Option<Expectation> {
+pub fn claim_promisc(check: ClaimPromisc) -> Option<Expectation<ClaimPromisc>> {
     use ClaimPromisc::*;
     Some(match check {
         BridgeChildrenReachPeerWithPromiscOff => e(
@@ -839,7 +872,7 @@ checks! {
     }
 }
 
-pub fn cleanup(check: Cleanup) -> Option<Expectation> {
+pub fn cleanup(check: Cleanup) -> Option<Expectation<Cleanup>> {
     use Cleanup::*;
     Some(match check {
         NamespacesLeft => e(
@@ -856,7 +889,7 @@ pub fn cleanup(check: Cleanup) -> Option<Expectation> {
         Eth0Before => reported("eth0 before", "清理环境"),
         Eth0After => judged(
             "eth0 after",
-            Expect::SameAs("eth0 before"),
+            Expect::SameAs(Eth0Before),
             "清理环境: eth0 as it was before (state, promiscuity, address)",
         ),
     })
@@ -874,7 +907,7 @@ checks! {
     }
 }
 
-pub fn nested_macvtap_passthru(check: NestedMacvtapPassthru) -> Option<Expectation> {
+pub fn nested_macvtap_passthru(check: NestedMacvtapPassthru) -> Option<Expectation<NestedMacvtapPassthru>> {
     use NestedMacvtapPassthru::*;
     Some(match check {
         ModeOfAMacvtapMadeWithoutMode => e(
@@ -884,10 +917,10 @@ pub fn nested_macvtap_passthru(check: NestedMacvtapPassthru) -> Option<Expectati
         ),
         PassthruMacvtapsMac => judged(
             "passthru macvtap's MAC",
-            Expect::SameAs("eth0's MAC"),
+            Expect::SameAs(Eth0sMac),
             MACVTAP_PASSTHRU,
         ),
-        Vm1sMac => judged("vm1's MAC", Expect::SameAs("eth0's MAC"), MACVTAP_PASSTHRU),
+        Vm1sMac => judged("vm1's MAC", Expect::SameAs(Eth0sMac), MACVTAP_PASSTHRU),
         Eth0sMac => reported("eth0's MAC", MACVTAP_PASSTHRU),
         Vm1ToPeer => e("vm1 -> peer", REACHABLE, MACVTAP_PASSTHRU).reach("vm1", "peer"),
         ASecondMacvtapBesideIt => e(
