@@ -116,7 +116,7 @@ pub fn packages(
             tree.add_host_dir(&package.root, "", &skip, u64::MAX)
                 .map_err(|e| Error::io(&package.root, e))?;
         }
-        write_atomically(&path, &tree.to_cpio().map_err(|e| Error::io(&path, e))?)?;
+        lab_kernels::write_atomically(&path, &tree.to_cpio().map_err(|e| Error::io(&path, e))?)?;
     }
     let size = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
@@ -127,7 +127,7 @@ pub fn packages(
         contents,
     };
     let json = serde_json::to_vec_pretty(&layer).map_err(|e| Error::Missing(e.to_string()))?;
-    write_atomically(&resolved, &json)?;
+    lab_kernels::write_atomically(&resolved, &json)?;
     Ok(layer)
 }
 
@@ -197,11 +197,6 @@ pub fn lists_fingerprint(cache: &Path) -> String {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// [`lab_kernels::write_atomically`]: a temporary file beside `path`, renamed onto it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(lab_kernels::write_atomically(path, bytes)?)
 }
 
 #[cfg(test)]

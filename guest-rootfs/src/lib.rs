@@ -127,9 +127,9 @@ fn store(bytes: &[u8], stem: &str, cache: &Path) -> Result<Image> {
                 there.len(),
                 bytes.len()
             );
-            layers::write_atomically(&path, bytes)?;
+            lab_kernels::write_atomically(&path, bytes)?;
         }
-        Err(_) => layers::write_atomically(&path, bytes)?,
+        Err(_) => lab_kernels::write_atomically(&path, bytes)?,
     }
     Ok(Image {
         path,

@@ -161,7 +161,10 @@ impl Assets {
         }
         let json = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         // A reader (another run starting) sees the old file or the new one, never half of one.
-        Ok(lab_rootfs::layers::write_atomically(path, json.as_bytes())?)
+        Ok(
+            lab_kernels::write_atomically(path, json.as_bytes())
+                .map_err(lab_rootfs::Error::from)?,
+        )
     }
 
     /// A guest that can run `inner_vms` VMs of its own ([`crate::nest`]): the nest image and

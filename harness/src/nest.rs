@@ -32,11 +32,8 @@ use crate::error::{Error, Phase, Result};
 use crate::guest::Guest;
 use crate::vm::{Cmd, Vm};
 
-/// Paths inside a nest guest. `lab_rootfs::nest` puts the files there; a test in xtask, which
-/// sees both crates, keeps the two in step.
-pub const QEMU: &str = "/nest/bin/qemu-system-x86_64";
-pub const INNER_KERNEL: &str = "/nest/inner/vmlinuz";
-pub const INNER_INITRD: &str = "/nest/inner/initrd.cpio";
+/// Paths inside a nest guest, where `lab_rootfs::nest` puts the files: one definition.
+pub use lab_rootfs::nest::{INNER_INITRD, INNER_KERNEL, QEMU_WRAPPER as QEMU};
 /// The agent binary inside every lab guest.
 const AGENT: &str = "/init";
 /// A shell command printing how many QEMU processes run in a lab guest. The guest has no

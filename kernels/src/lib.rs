@@ -73,7 +73,7 @@ pub enum Error {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it: a reader never sees half a
 /// file, and two writers of the same content end with one good file. Every cache and report
-/// file of the lab is written this way (`lab_rootfs::layers::write_atomically` is this one).
+/// file of the lab is written this way.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;

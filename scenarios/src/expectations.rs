@@ -217,7 +217,11 @@ const fn e<K>(check: &'static str, expected: &'static str, claim: &'static str) 
     judged(check, Expect::Is(expected), claim)
 }
 
-const fn judged<K>(check: &'static str, expected: Expect<K>, claim: &'static str) -> Expectation<K> {
+const fn judged<K>(
+    check: &'static str,
+    expected: Expect<K>,
+    claim: &'static str,
+) -> Expectation<K> {
     Expectation {
         check,
         expected,
@@ -615,7 +619,9 @@ checks! {
     }
 }
 
-pub fn claim_switch_mac_limit(check: ClaimSwitchMacLimit) -> Option<Expectation<ClaimSwitchMacLimit>> {
+pub fn claim_switch_mac_limit(
+    check: ClaimSwitchMacLimit,
+) -> Option<Expectation<ClaimSwitchMacLimit>> {
     use ClaimSwitchMacLimit::*;
     Some(match check {
         MacvlanChildrenReachingPeerCapOf2Macs => e(
@@ -650,7 +656,9 @@ checks! {
     }
 }
 
-pub fn nested_macvtap_bridge(check: NestedMacvtapBridge) -> Option<Expectation<NestedMacvtapBridge>> {
+pub fn nested_macvtap_bridge(
+    check: NestedMacvtapBridge,
+) -> Option<Expectation<NestedMacvtapBridge>> {
     use NestedMacvtapBridge::*;
     Some(match check {
         Vm2OnHost2ToVm1OnHost1 => e("vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL).reach("vm2 (on host2)", "vm1 (on host1)"),
@@ -907,7 +915,9 @@ checks! {
     }
 }
 
-pub fn nested_macvtap_passthru(check: NestedMacvtapPassthru) -> Option<Expectation<NestedMacvtapPassthru>> {
+pub fn nested_macvtap_passthru(
+    check: NestedMacvtapPassthru,
+) -> Option<Expectation<NestedMacvtapPassthru>> {
     use NestedMacvtapPassthru::*;
     Some(match check {
         ModeOfAMacvtapMadeWithoutMode => e(

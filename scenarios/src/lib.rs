@@ -206,17 +206,22 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
 
 /// The table a person reads at a glance; columns as wide as their widest cell.
 pub fn table(report: &Report) -> String {
+    table_marked(report, &|pass| if pass { "yes" } else { "NO" }.to_string())
+}
+
+/// [`table`] with each row's pass mark as `mark` makes it (coloured, say): the mark is last
+/// on its line, so what it adds to its width misaligns nothing.
+pub fn table_marked(report: &Report, mark: &dyn Fn(bool) -> String) -> String {
     let header = ["scenario", "check", "expected", "observed", "pass"];
     let mut rows: Vec<[String; 5]> = Vec::new();
     for s in &report.scenarios {
         for c in &s.checks {
-            let mark = if c.pass { "yes" } else { "NO" };
             rows.push([
                 s.name.clone(),
                 c.name.clone(),
                 c.expected.clone(),
                 c.observed.clone(),
-                mark.into(),
+                mark(c.pass),
             ]);
         }
         if let Some(e) = &s.error {
@@ -225,7 +230,7 @@ pub fn table(report: &Report) -> String {
                 "(scenario error)".into(),
                 String::new(),
                 e.lines().next().unwrap_or_default().into(),
-                "NO".into(),
+                mark(false),
             ]);
         }
     }

@@ -13,6 +13,7 @@ mod lab;
 mod leaks;
 mod provision;
 mod runs;
+mod schedule;
 mod selftests;
 mod shell;
 mod tally;

@@ -247,7 +247,7 @@ fn record_booted(id: &str, assets: &Assets) -> anyhow::Result<()> {
         .iter()
         .map(|p| Booted::of(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    lab_rootfs::layers::write_atomically(&booted_record(id), &serde_json::to_vec_pretty(&record)?)?;
+    lab_kernels::write_atomically(&booted_record(id), &serde_json::to_vec_pretty(&record)?)?;
     Ok(())
 }
 
@@ -345,15 +345,6 @@ pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_harness_looks_for_the_nest_where_the_image_puts_it() {
-        use lab_harness::nest as harness;
-        use lab_rootfs::nest as image;
-        assert_eq!(harness::QEMU, image::QEMU_WRAPPER);
-        assert_eq!(harness::INNER_KERNEL, image::INNER_KERNEL);
-        assert_eq!(harness::INNER_INITRD, image::INNER_INITRD);
-    }
 
     #[test]
     fn a_booted_file_changed_since_provisioning_is_refused_and_a_touched_one_is_not() {
