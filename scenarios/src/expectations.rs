@@ -142,6 +142,8 @@ macro_rules! checks {
 /// column.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Expect<K = &'static str> {
+    /// A probe answered (`true`) or not: an [`Observation::Reach`] of that.
+    Reaches(bool),
     /// This text, word for word.
     Is(&'static str),
     /// Anything the scenario saw: a fact worth reporting (which accelerator ran, how long a
@@ -164,6 +166,7 @@ impl<K: Copy> Expect<K> {
     fn named_by(self, table: fn(K) -> Option<Expectation<K>>) -> Expect {
         let name = |k| table(k).map_or(NOT_JUDGED, |e| e.check);
         match self {
+            Expect::Reaches(answered) => Expect::Reaches(answered),
             Expect::Is(text) => Expect::Is(text),
             Expect::Reported => Expect::Reported,
             Expect::AtLeast(n) => Expect::AtLeast(n),
@@ -179,6 +182,7 @@ impl Expect {
     /// (for [`Expect::SameAs`]).
     pub fn admits(&self, observed: &Observation, others: &crate::Labelled) -> bool {
         match *self {
+            Expect::Reaches(answered) => *observed == Observation::Reach(answered),
             Expect::Is(text) => observed.to_string() == text,
             Expect::Reported => true,
             Expect::AtLeast(least) => observed.number().is_some_and(|n| n >= least),
@@ -202,6 +206,7 @@ impl std::fmt::Display for Expect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // `pad`, so that `{:<12}` in `--list` lines up.
         match self {
+            Expect::Reaches(answered) => f.pad(&Observation::Reach(*answered).to_string()),
             Expect::Is(text) => f.pad(text),
             Expect::Reported => f.pad("(reported)"),
             Expect::AtLeast(n) => f.pad(&format!(">= {n:.2}x")),
@@ -235,7 +240,6 @@ const fn reported<K>(check: &'static str, claim: &'static str) -> Expectation<K>
     judged(check, Expect::Reported, claim)
 }
 
-pub use crate::observation::{REACHABLE, UNREACHABLE};
 use crate::Observation;
 
 const CONTAINERS: &str =
@@ -282,7 +286,7 @@ checks! {
 pub fn seed_containers(check: SeedContainers) -> Option<Expectation<SeedContainers>> {
     use SeedContainers::*;
     Some(match check {
-        Ns2ToNs1 => e("ns2 -> ns1", REACHABLE, CONTAINERS).reach("ns2", "ns1"),
+        Ns2ToNs1 => judged("ns2 -> ns1", Expect::Reaches(true), CONTAINERS).reach("ns2", "ns1"),
     })
 }
 
@@ -299,19 +303,25 @@ checks! {
 pub fn seed_host_isolation(check: SeedHostIsolation) -> Option<Expectation<SeedHostIsolation>> {
     use SeedHostIsolation::*;
     Some(match check {
-        HostToChild => e("host -> child", UNREACHABLE, ISOLATION).reach("host", "child"),
-        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION).reach("child", "host"),
-        PeerToChild => e(
+        HostToChild => {
+            judged("host -> child", Expect::Reaches(false), ISOLATION).reach("host", "child")
+        }
+        ChildToHost => {
+            judged("child -> host", Expect::Reaches(false), ISOLATION).reach("child", "host")
+        }
+        PeerToChild => judged(
             "peer -> child",
-            REACHABLE,
+            Expect::Reaches(true),
             "children reach the physical network: other hosts reach them",
         )
         .reach("peer", "child"),
-        HostToChildSwitchHairpinOn => {
-            e("host -> child, switch hairpin on", REACHABLE, HAIRPIN_HOST)
-                .reach("host", "child")
-                .hairpin(true)
-        }
+        HostToChildSwitchHairpinOn => judged(
+            "host -> child, switch hairpin on",
+            Expect::Reaches(true),
+            HAIRPIN_HOST,
+        )
+        .reach("host", "child")
+        .hairpin(true),
     })
 }
 
@@ -325,9 +335,9 @@ checks! {
 pub fn shim(check: Shim) -> Option<Expectation<Shim>> {
     use Shim::*;
     Some(match check {
-        HostToChildViaShim => e(
+        HostToChildViaShim => judged(
             "host -> child via shim",
-            REACHABLE,
+            Expect::Reaches(true),
             "the usual fix: a bridge-mode macvlan of the host's own, routed to the children",
         )
         .reach("host", "child via shim"),
@@ -361,13 +371,17 @@ checks! {
 pub fn mode_bridge(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     Some(match check {
-        Sibling => e("sibling", REACHABLE, BRIDGE).reach("child", "sibling"),
-        ArpToSibling => {
-            e("ARP broadcast -> sibling", REACHABLE, BRIDGE).reach("ARP broadcast", "sibling")
+        Sibling => judged("sibling", Expect::Reaches(true), BRIDGE).reach("child", "sibling"),
+        ArpToSibling => judged("ARP broadcast -> sibling", Expect::Reaches(true), BRIDGE)
+            .reach("ARP broadcast", "sibling"),
+        ChildToPeer => {
+            judged("child -> peer", Expect::Reaches(true), BRIDGE).reach("child", "peer")
         }
-        ChildToPeer => e("child -> peer", REACHABLE, BRIDGE).reach("child", "peer"),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, BRIDGE).reach("ARP broadcast", "peer"),
-        ChildToHost => e("child -> host", UNREACHABLE, ISOLATION).reach("child", "host"),
+        ArpToPeer => judged("ARP broadcast -> peer", Expect::Reaches(true), BRIDGE)
+            .reach("ARP broadcast", "peer"),
+        ChildToHost => {
+            judged("child -> host", Expect::Reaches(false), ISOLATION).reach("child", "host")
+        }
         // A bridge's siblings meet inside the kernel: the switch's hairpin changes nothing.
         ChildToHostHairpinOn
         | SiblingHairpinOn
@@ -382,42 +396,53 @@ pub fn mode_bridge(check: Mode) -> Option<Expectation<Mode>> {
 pub fn mode_private(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     Some(match check {
-        Sibling => e("sibling, hairpin off", UNREACHABLE, PRIVATE)
+        Sibling => judged("sibling, hairpin off", Expect::Reaches(false), PRIVATE)
             .reach("child", "sibling")
             .hairpin(false),
-        ArpToSibling => e(
+        ArpToSibling => judged(
             "ARP broadcast -> sibling, hairpin off",
-            UNREACHABLE,
+            Expect::Reaches(false),
             PRIVATE,
         )
         .reach("ARP broadcast", "sibling")
         .hairpin(false),
-        SiblingHairpinOn => e("sibling, hairpin on", UNREACHABLE, PRIVATE)
+        SiblingHairpinOn => judged("sibling, hairpin on", Expect::Reaches(false), PRIVATE)
             .reach("child", "sibling")
             .hairpin(true),
-        ArpToSiblingHairpinOn => e(
+        ArpToSiblingHairpinOn => judged(
             "ARP broadcast -> sibling, hairpin on",
-            UNREACHABLE,
+            Expect::Reaches(false),
             PRIVATE_UNICAST,
         )
         .reach("ARP broadcast", "sibling")
         .hairpin(true),
-        SiblingStaticNeighbours => e(
+        SiblingStaticNeighbours => judged(
             "sibling, hairpin on, static neighbours",
-            REACHABLE,
+            Expect::Reaches(true),
             PRIVATE_UNICAST,
         )
         .reach("child", "sibling")
         .hairpin(true)
         .when("static neighbours"),
-        ChildToPeer => e("child -> peer", REACHABLE, PRIVATE).reach("child", "peer"),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, PRIVATE).reach("ARP broadcast", "peer"),
-        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION)
-            .reach("child", "host")
-            .hairpin(false),
-        ChildToHostHairpinOn => e("child -> host, hairpin on", UNREACHABLE, PRIVATE_UNICAST)
-            .reach("child", "host")
-            .hairpin(true),
+        ChildToPeer => {
+            judged("child -> peer", Expect::Reaches(true), PRIVATE).reach("child", "peer")
+        }
+        ArpToPeer => judged("ARP broadcast -> peer", Expect::Reaches(true), PRIVATE)
+            .reach("ARP broadcast", "peer"),
+        ChildToHost => judged(
+            "child -> host, hairpin off",
+            Expect::Reaches(false),
+            ISOLATION,
+        )
+        .reach("child", "host")
+        .hairpin(false),
+        ChildToHostHairpinOn => judged(
+            "child -> host, hairpin on",
+            Expect::Reaches(false),
+            PRIVATE_UNICAST,
+        )
+        .reach("child", "host")
+        .hairpin(true),
         SiblingEchoRequestsAtTheSwitch | SiblingEchoRequestsOnTheCable | DefaultMode => {
             return None
         }
@@ -428,14 +453,14 @@ pub fn mode_vepa(check: Mode) -> Option<Expectation<Mode>> {
     use Mode::*;
     const THROUGH_THE_SWITCH: &str = "sibling echo requests through the switch";
     Some(match check {
-        Sibling => e("sibling, hairpin off", UNREACHABLE, VEPA).reach("child", "sibling").hairpin(false),
-        ArpToSibling => e("ARP broadcast -> sibling, hairpin off", UNREACHABLE, VEPA).reach("ARP broadcast", "sibling").hairpin(false),
-        SiblingHairpinOn => e("sibling, hairpin on", REACHABLE, VEPA).reach("child", "sibling").hairpin(true),
-        ArpToSiblingHairpinOn => e("ARP broadcast -> sibling, hairpin on", REACHABLE, VEPA).reach("ARP broadcast", "sibling").hairpin(true),
-        ChildToPeer => e("child -> peer", REACHABLE, VEPA).reach("child", "peer"),
-        ArpToPeer => e("ARP broadcast -> peer", REACHABLE, VEPA).reach("ARP broadcast", "peer"),
-        ChildToHost => e("child -> host, hairpin off", UNREACHABLE, ISOLATION).reach("child", "host").hairpin(false),
-        ChildToHostHairpinOn => e("child -> host, hairpin on", REACHABLE, HAIRPIN_HOST).reach("child", "host").hairpin(true),
+        Sibling => judged("sibling, hairpin off", Expect::Reaches(false), VEPA).reach("child", "sibling").hairpin(false),
+        ArpToSibling => judged("ARP broadcast -> sibling, hairpin off", Expect::Reaches(false), VEPA).reach("ARP broadcast", "sibling").hairpin(false),
+        SiblingHairpinOn => judged("sibling, hairpin on", Expect::Reaches(true), VEPA).reach("child", "sibling").hairpin(true),
+        ArpToSiblingHairpinOn => judged("ARP broadcast -> sibling, hairpin on", Expect::Reaches(true), VEPA).reach("ARP broadcast", "sibling").hairpin(true),
+        ChildToPeer => judged("child -> peer", Expect::Reaches(true), VEPA).reach("child", "peer"),
+        ArpToPeer => judged("ARP broadcast -> peer", Expect::Reaches(true), VEPA).reach("ARP broadcast", "peer"),
+        ChildToHost => judged("child -> host, hairpin off", Expect::Reaches(false), ISOLATION).reach("child", "host").hairpin(false),
+        ChildToHostHairpinOn => judged("child -> host, hairpin on", Expect::Reaches(true), HAIRPIN_HOST).reach("child", "host").hairpin(true),
         SiblingEchoRequestsAtTheSwitch => reported(THROUGH_THE_SWITCH, VEPA),
         // Out to the switch and back in: each request crosses the cable twice.
         SiblingEchoRequestsOnTheCable => judged(
@@ -471,11 +496,13 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
     Some(match check {
         ChildrensMac => judged("children's MAC", Expect::SameAs(Eth0sMac), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
-        Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
-        ChildToPeer => e("child -> peer", REACHABLE, IPVLAN).reach("child", "peer"),
-        ChildToHost => e(
+        Sibling => judged("sibling", Expect::Reaches(true), IPVLAN).reach("child", "sibling"),
+        ChildToPeer => {
+            judged("child -> peer", Expect::Reaches(true), IPVLAN).reach("child", "peer")
+        }
+        ChildToHost => judged(
             "child -> host",
-            UNREACHABLE,
+            Expect::Reaches(false),
             "like macvlan, the parent's own stack does not see its children's traffic",
         )
         .reach("child", "host"),
@@ -492,20 +519,22 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
 pub fn ipvlan_l3(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
     use Ipvlan::*;
     Some(match check {
-        Sibling => e("sibling", REACHABLE, IPVLAN).reach("child", "sibling"),
+        Sibling => judged("sibling", Expect::Reaches(true), IPVLAN).reach("child", "sibling"),
         ChildrensMac => judged("children's MAC", Expect::SameAs(Eth0sMac), IPVLAN),
         Eth0sMac => reported("eth0's MAC", IPVLAN),
-        ChildToHost => e(
+        ChildToHost => judged(
             "child -> host",
-            UNREACHABLE,
+            Expect::Reaches(false),
             "the host answers an l3 child through eth0, where nobody answers ARP for it",
         )
         .reach("child", "host"),
         ChildsLinkFlags => e("child's link flags", "NOARP", IPVLAN_L3),
-        ChildToPeer => e("child -> peer", UNREACHABLE, IPVLAN_L3).reach("child", "peer"),
-        ChildToPeerRoutedViaHost1 => e(
+        ChildToPeer => {
+            judged("child -> peer", Expect::Reaches(false), IPVLAN_L3).reach("child", "peer")
+        }
+        ChildToPeerRoutedViaHost1 => judged(
             "child -> peer, peer routing via host1",
-            REACHABLE,
+            Expect::Reaches(true),
             IPVLAN_L3,
         )
         .reach("child", "peer")
@@ -533,7 +562,9 @@ pub fn mode_passthru(check: ModePassthru) -> Option<Expectation<ModePassthru>> {
         Eth0PromiscuityOnceTheChildIsUp => {
             e("eth0 promiscuity once the child is up", "1", PASSTHRU)
         }
-        ChildToPeer => e("child -> peer", REACHABLE, PASSTHRU).reach("child", "peer"),
+        ChildToPeer => {
+            judged("child -> peer", Expect::Reaches(true), PASSTHRU).reach("child", "peer")
+        }
         ASecondMacvlanBesideIt => e(
             "a second macvlan beside it",
             "refused: Invalid argument",
@@ -562,22 +593,33 @@ pub fn mode_source(check: ModeSource) -> Option<Expectation<ModeSource>> {
     use ModeSource::*;
     Some(match check {
         ChildAndPeerMacListed => {
-            e("child <-> peer (MAC listed)", REACHABLE, SOURCE).reach("child", "peer (MAC listed)")
+            judged("child <-> peer (MAC listed)", Expect::Reaches(true), SOURCE)
+                .reach("child", "peer (MAC listed)")
         }
-        ChildAndOtherMacNotListed => e("child <-> other (MAC not listed)", UNREACHABLE, SOURCE)
-            .reach("child", "other (MAC not listed)"),
-        ChildAndPeerAfterMacaddrDel => e("child <-> peer after `macaddr del`", UNREACHABLE, SOURCE)
-            .reach("child", "peer after `macaddr del`"),
-        ChildAndPeerAfterMacaddrAddAgain => e(
+        ChildAndOtherMacNotListed => judged(
+            "child <-> other (MAC not listed)",
+            Expect::Reaches(false),
+            SOURCE,
+        )
+        .reach("child", "other (MAC not listed)"),
+        ChildAndPeerAfterMacaddrDel => judged(
+            "child <-> peer after `macaddr del`",
+            Expect::Reaches(false),
+            SOURCE,
+        )
+        .reach("child", "peer after `macaddr del`"),
+        ChildAndPeerAfterMacaddrAddAgain => judged(
             "child <-> peer after `macaddr add` again",
-            REACHABLE,
+            Expect::Reaches(true),
             SOURCE,
         )
         .reach("child", "peer after `macaddr add` again"),
-        ChildAndPeerAfterMacaddrFlush => {
-            e("child <-> peer after `macaddr flush`", UNREACHABLE, SOURCE)
-                .reach("child", "peer after `macaddr flush`")
-        }
+        ChildAndPeerAfterMacaddrFlush => judged(
+            "child <-> peer after `macaddr flush`",
+            Expect::Reaches(false),
+            SOURCE,
+        )
+        .reach("child", "peer after `macaddr flush`"),
     })
 }
 
@@ -603,10 +645,12 @@ pub fn claim_nic_mac_limit(check: ClaimNicMacLimit) -> Option<Expectation<ClaimN
             "off: every unicast frame is taken",
             NIC_LIMIT,
         ),
-        TheChildThatOverflowedItToPeer => {
-            e("the child that overflowed it -> peer", REACHABLE, NIC_LIMIT)
-                .reach("the child that overflowed it", "peer")
-        }
+        TheChildThatOverflowedItToPeer => judged(
+            "the child that overflowed it -> peer",
+            Expect::Reaches(true),
+            NIC_LIMIT,
+        )
+        .reach("the child that overflowed it", "peer"),
     })
 }
 
@@ -661,10 +705,10 @@ pub fn nested_macvtap_bridge(
 ) -> Option<Expectation<NestedMacvtapBridge>> {
     use NestedMacvtapBridge::*;
     Some(match check {
-        Vm2OnHost2ToVm1OnHost1 => e("vm2 (on host2) -> vm1 (on host1)", REACHABLE, VIRT_INSTALL).reach("vm2 (on host2)", "vm1 (on host1)"),
-        Host1ToItsOwnVm1 => e("host1 -> its own vm1", UNREACHABLE, ISOLATION).reach("host1", "its own vm1"),
-        PeerToVm1 => e("peer -> vm1", REACHABLE, VIRT_INSTALL).reach("peer", "vm1"),
-        PeerToVm2 => e("peer -> vm2", REACHABLE, VIRT_INSTALL).reach("peer", "vm2"),
+        Vm2OnHost2ToVm1OnHost1 => judged("vm2 (on host2) -> vm1 (on host1)", Expect::Reaches(true), VIRT_INSTALL).reach("vm2 (on host2)", "vm1 (on host1)"),
+        Host1ToItsOwnVm1 => judged("host1 -> its own vm1", Expect::Reaches(false), ISOLATION).reach("host1", "its own vm1"),
+        PeerToVm1 => judged("peer -> vm1", Expect::Reaches(true), VIRT_INSTALL).reach("peer", "vm1"),
+        PeerToVm2 => judged("peer -> vm2", Expect::Reaches(true), VIRT_INSTALL).reach("peer", "vm2"),
         DomiflistOfVm1 => e("domiflist of vm1", "macvtap0 direct eth0 virtio", DOMIFLIST),
         DomiflistMacOfVm1 => judged("domiflist MAC of vm1", Expect::SameAs(Vm1sMacFromInside), DOMIFLIST),
         Vm1sMacFromInside => reported("vm1's MAC, from inside", DOMIFLIST),
@@ -684,13 +728,23 @@ checks! {
 pub fn nested_macvtap_vepa(check: NestedMacvtapVepa) -> Option<Expectation<NestedMacvtapVepa>> {
     use NestedMacvtapVepa::*;
     Some(match check {
-        Vm2ToVm1OnOneHostHairpinOff => e("vm2 -> vm1 on one host, hairpin off", UNREACHABLE, VEPA)
-            .reach("vm2", "vm1 on one host")
-            .hairpin(false),
-        Vm2ToVm1OnOneHostHairpinOn => e("vm2 -> vm1 on one host, hairpin on", REACHABLE, VEPA)
-            .reach("vm2", "vm1 on one host")
-            .hairpin(true),
-        Vm1ToPeer => e("vm1 -> peer", REACHABLE, VIRT_INSTALL).reach("vm1", "peer"),
+        Vm2ToVm1OnOneHostHairpinOff => judged(
+            "vm2 -> vm1 on one host, hairpin off",
+            Expect::Reaches(false),
+            VEPA,
+        )
+        .reach("vm2", "vm1 on one host")
+        .hairpin(false),
+        Vm2ToVm1OnOneHostHairpinOn => judged(
+            "vm2 -> vm1 on one host, hairpin on",
+            Expect::Reaches(true),
+            VEPA,
+        )
+        .reach("vm2", "vm1 on one host")
+        .hairpin(true),
+        Vm1ToPeer => {
+            judged("vm1 -> peer", Expect::Reaches(true), VIRT_INSTALL).reach("vm1", "peer")
+        }
     })
 }
 
@@ -753,9 +807,8 @@ checks! {
 pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation<ClaimWifi>> {
     use ClaimWifi::*;
     Some(match check {
-        StationToAccessPoint => {
-            e("station -> access point", REACHABLE, WIFI).reach("station", "access point")
-        }
+        StationToAccessPoint => judged("station -> access point", Expect::Reaches(true), WIFI)
+            .reach("station", "access point"),
         StationsTheAccessPointKnows => e(
             "stations the access point knows",
             "1",
@@ -766,11 +819,16 @@ pub fn claim_wifi(check: ClaimWifi) -> Option<Expectation<ClaimWifi>> {
             "accepted",
             "the kernel makes the child: nothing refuses it until frames go out",
         ),
-        MacvlanChildToAccessPoint => e("macvlan child -> access point", UNREACHABLE, WIFI)
-            .reach("macvlan child", "access point"),
+        MacvlanChildToAccessPoint => judged(
+            "macvlan child -> access point",
+            Expect::Reaches(false),
+            WIFI,
+        )
+        .reach("macvlan child", "access point"),
         AnIpvlanChildOnTheStation => e("an ipvlan child on the station", "accepted", WIFI),
         IpvlanChildToAccessPoint => {
-            e("ipvlan child -> access point", REACHABLE, WIFI).reach("ipvlan child", "access point")
+            judged("ipvlan child -> access point", Expect::Reaches(true), WIFI)
+                .reach("ipvlan child", "access point")
         }
     })
 }
@@ -795,13 +853,13 @@ pub fn nested_bond0(check: NestedBond0) -> Option<Expectation<NestedBond0>> {
     use NestedBond0::*;
     Some(match check {
         ActiveNic => e("active NIC", "eth0", BOND0),
-        PeerToChildOnBond0 => e("peer -> child on bond0", REACHABLE, BOND0).reach("peer", "child on bond0"),
-        Vm1MacvtapOnBond0ToPeer => e("vm1 (macvtap on bond0) -> peer", REACHABLE, BOND0).reach("vm1 (macvtap on bond0)", "peer"),
+        PeerToChildOnBond0 => judged("peer -> child on bond0", Expect::Reaches(true), BOND0).reach("peer", "child on bond0"),
+        Vm1MacvtapOnBond0ToPeer => judged("vm1 (macvtap on bond0) -> peer", Expect::Reaches(true), BOND0).reach("vm1 (macvtap on bond0)", "peer"),
         DomiflistSourceOfVm1 => e("domiflist Source of vm1", "bond0", BOND0),
         ActiveNicAfterItsCableIsPulled => e("active NIC after its cable is pulled", "eth1", FAILOVER),
-        PeerToChild1AfterFailover => e("peer -> child 1 after failover", REACHABLE, FAILOVER).reach("peer", "child 1 after failover"),
-        PeerToChild2AfterFailover => e("peer -> child 2 after failover", REACHABLE, FAILOVER).reach("peer", "child 2 after failover"),
-        Vm1ToPeerAfterFailover => e("vm1 -> peer after failover", REACHABLE, FAILOVER).reach("vm1", "peer after failover"),
+        PeerToChild1AfterFailover => judged("peer -> child 1 after failover", Expect::Reaches(true), FAILOVER).reach("peer", "child 1 after failover"),
+        PeerToChild2AfterFailover => judged("peer -> child 2 after failover", Expect::Reaches(true), FAILOVER).reach("peer", "child 2 after failover"),
+        Vm1ToPeerAfterFailover => judged("vm1 -> peer after failover", Expect::Reaches(true), FAILOVER).reach("vm1", "peer after failover"),
         FailoverAsThePeersPingsSawIt => reported("failover, as the peer's pings saw it", FAILOVER),
         ChildrensGratuitousArpsOnEth1sCable => e("children's gratuitous ARPs on eth1's cable", "192.168.88.11, 192.168.88.12", "the children announce themselves on the new NIC: macvlan passes the bond's NETDEV_NOTIFY_PEERS on to them, so the switch relearns them at once"),
     })
@@ -823,9 +881,8 @@ checks! {
 pub fn nested_cleanup(check: NestedCleanup) -> Option<Expectation<NestedCleanup>> {
     use NestedCleanup::*;
     Some(match check {
-        Vm1ToPeerBefore => {
-            e("vm1 -> peer before", REACHABLE, VIRT_INSTALL).reach("vm1", "peer before")
-        }
+        Vm1ToPeerBefore => judged("vm1 -> peer before", Expect::Reaches(true), VIRT_INSTALL)
+            .reach("vm1", "peer before"),
         QemuProcessesOnHost1WhileVm1Runs => {
             e("QEMU processes on host1 while vm1 runs", "1", VIRT_INSTALL)
         }
@@ -850,9 +907,9 @@ checks! {
 pub fn claim_promisc(check: ClaimPromisc) -> Option<Expectation<ClaimPromisc>> {
     use ClaimPromisc::*;
     Some(match check {
-        BridgeChildrenReachPeerWithPromiscOff => e(
+        BridgeChildrenReachPeerWithPromiscOff => judged(
             "bridge children reach peer with promisc off",
-            REACHABLE,
+            Expect::Reaches(true),
             PROMISC,
         ),
         ChildrensMacsInTheNicsUnicastFilter => e(
@@ -932,7 +989,9 @@ pub fn nested_macvtap_passthru(
         ),
         Vm1sMac => judged("vm1's MAC", Expect::SameAs(Eth0sMac), MACVTAP_PASSTHRU),
         Eth0sMac => reported("eth0's MAC", MACVTAP_PASSTHRU),
-        Vm1ToPeer => e("vm1 -> peer", REACHABLE, MACVTAP_PASSTHRU).reach("vm1", "peer"),
+        Vm1ToPeer => {
+            judged("vm1 -> peer", Expect::Reaches(true), MACVTAP_PASSTHRU).reach("vm1", "peer")
+        }
         ASecondMacvtapBesideIt => e(
             "a second macvtap beside it",
             "refused: Invalid argument",
@@ -953,8 +1012,13 @@ mod tests {
             ratio: r,
             of: "the bridge's".into(),
         };
-        assert!(Expect::Is(REACHABLE).admits(&Observation::Reach(true), &none));
-        assert!(!Expect::Is(REACHABLE).admits(&Observation::Reach(false), &none));
+        assert!(Expect::Reaches(true).admits(&Observation::Reach(true), &none));
+        assert!(!Expect::Reaches(true).admits(&Observation::Reach(false), &none));
+        assert!(
+            !Expect::Reaches(true).admits(&text("reachable"), &none),
+            "a probe's answer, not text that reads like one"
+        );
+        assert_eq!(Expect::<&str>::Reaches(false).to_string(), "unreachable");
         assert!(Expect::Is("vepa").admits(&text("vepa"), &none));
         assert!(!Expect::Is("vepa").admits(&text("vepa "), &none));
         assert!(Expect::AtLeast(1.0).admits(&ratio(1.19), &none));
