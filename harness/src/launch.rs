@@ -72,150 +72,30 @@ async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, Bo
         error,
         retryable: false,
     };
-    let binary = qemu::find_binary(cfg.machine.qemu.as_deref()).map_err(fatal)?;
-    for (what, path) in [("kernel", &cfg.boot.kernel), ("initrd", &cfg.boot.initrd)] {
-        if !path.is_file() {
-            return Err(fatal(Error::Missing {
-                what: format!("{what} {}", path.display()),
-                fix: "run `cargo xtask test` (or `cargo xtask provision`), which fetches the kernel and builds the image".into(),
-            }));
-        }
-    }
+    let binary = binary_and_files(cfg).map_err(fatal)?;
     let state = state_dir(cfg).map_err(fatal)?;
     let paths = StatePaths::in_dir(state.path());
-    let (args, incoming) = match start {
-        Start::Boot(memory) => {
-            if let Memory::SavedTo(file) = memory {
-                // Emptied, then sized: a retried boot starts on fresh memory, not on what
-                // the last attempt left.
-                let sized = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(file)
-                    .and_then(|f| {
-                        f.set_len(0)?;
-                        f.set_len(u64::from(cfg.machine.memory_mib) << 20)
-                    });
-                sized.map_err(|e| fatal(Error::io(file, e)))?;
-            }
-            compose_initrd(cfg, &paths).map_err(fatal)?;
-            let mut args = qemu::args(cfg, &paths);
-            args.extend(qemu::memory_args(cfg, memory));
-            (args, None)
-        }
-        // The saved state and memory hold the guest, image and all: what QEMU loads before
-        // the state replaces it is never read, so the layers need not be put together.
-        Start::Restore {
-            state,
-            memory,
-            resume,
-        } => {
-            let (kernel, initrd) =
-                qemu::restore_stand_ins(&cfg.boot.kernel, &paths.dir).map_err(fatal)?;
-            let mut bare = cfg.clone();
-            bare.boot.layers.clear();
-            (bare.boot.kernel, bare.boot.initrd) = (kernel, initrd);
-            let mut args = qemu::args(&bare, &paths);
-            args.extend(qemu::memory_args(cfg, Memory::RestoredFrom(memory)));
-            args.extend(qemu::incoming_args());
-            (args, Some((state, resume)))
-        }
-    };
-    let (incoming, resume) = incoming.unzip();
+    let (args, incoming) = command_line(cfg, start, &paths).map_err(fatal)?;
     let launch_err =
         |e: std::io::Error| fatal(Error::guest(&cfg.name, Phase::Launch, e.to_string()));
-    let console_listener = UnixListener::bind(&paths.console_sock).map_err(launch_err)?;
-    let qmp_listener = UnixListener::bind(&paths.qmp).map_err(launch_err)?;
-    let agent_listener = UnixListener::bind(&paths.agent).map_err(launch_err)?;
+    let sockets = Sockets::bind(&paths).map_err(launch_err)?;
     let started = Instant::now();
     let mut process = QemuProcess::spawn(&binary, &args, &paths.qemu_log).map_err(launch_err)?;
-
-    let step = |what: &str| tracing::debug!("{}: {what} at {:.0?}", cfg.name, started.elapsed());
     let mut booting = Booting {
         cfg,
         paths: &paths,
         process: &mut process,
+        started,
     };
-    let console = booting
-        .accept(&console_listener, Duration::from_secs(10))
-        .await?;
-    let console_cut = console
-        .into_std()
-        .and_then(|c| {
-            c.set_nonblocking(false)?;
-            crate::console::record(c, &paths.console, crate::console::MAX_BYTES)
-        })
-        .map_err(|e| booting.fail(Phase::Launch, format!("recording the console: {e}"), false))?;
-    let qmp_stream = booting
-        .accept(&qmp_listener, Duration::from_secs(10))
-        .await?;
-    let qmp = Qmp::connect(qmp_stream, Duration::from_secs(10))
-        .await
-        .map_err(|e| booting.fail(Phase::Qmp, e.to_string(), false))?;
-    step("QMP connected");
-    let agent = AgentClient::new(
-        booting
-            .accept(&agent_listener, Duration::from_secs(10))
-            .await?,
-    );
-    if let Some(saved) = incoming {
-        let within = cfg.policy.boot_timeout.saturating_sub(started.elapsed());
-        qmp.load_state(saved, within)
-            .await
-            .map_err(|e| booting.fail(Phase::Boot, e.to_string(), false))?;
-        step("saved state loaded, guest running");
-    }
-    let ready = match resume {
-        None => {
-            booting
-                .wait_ready(&agent, started, Duration::from_secs(1))
-                .await?
-        }
-        // A restored agent does not announce itself again: ask often. Its first answer may
-        // as well be to `resume`, sent at once rather than after the hello.
-        Some(resume) => {
-            let resumed = agent.call(resume, cfg.policy.command_timeout);
-            let (ready, resumed) = tokio::join!(
-                booting.wait_ready(&agent, started, Duration::from_millis(50)),
-                resumed
-            );
-            let ready = ready?;
-            if let Err(e) = resumed {
-                return Err(booting.fail(Phase::Boot, format!("resume: {e}"), false));
-            }
-            step("resumed as its own guest");
-            ready
-        }
-    };
+    let (console_cut, qmp, agent) = booting.connect(sockets).await?;
+    let restored = incoming.is_some();
+    let ready = booting.come_up(&qmp, &agent, incoming).await?;
+    booting.check(&ready, restored)?;
     let boot_time = started.elapsed();
-    if let Some(want) = &cfg.boot.kernel_release {
-        if &ready.kernel_release != want {
-            let msg = format!(
-                "guest runs kernel {} but {want} was asked for",
-                ready.kernel_release
-            );
-            return Err(booting.fail(Phase::Boot, msg, false));
-        }
-    }
-    if incoming.is_none() {
-        // The kernel unpacks the image and its layers into memory; when that runs out it
-        // says so (at KERN_EMERG, past `quiet`) and boots on with files missing.
-        if let Some(why) = unpacking_failed(&paths.console) {
-            let msg = format!(
-                "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `Machine::memory_mib`)",
-                cfg.machine.memory_mib,
-                cfg.machine.memory_mib * 2
-            );
-            return Err(booting.fail(Phase::Boot, msg, false));
-        }
-    }
-    let how = if incoming.is_some() {
-        "restored"
-    } else {
-        "booted"
-    };
     tracing::info!(
-        "{}: {how} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})",
+        "{}: {} in {boot_time:.2?} (attempt {attempt}, {}, QEMU {})",
         cfg.name,
+        if restored { "restored" } else { "booted" },
         cfg.machine.accel,
         qmp.version
     );
@@ -233,6 +113,84 @@ async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, Bo
         failed: false,
         state: Some(state),
     })
+}
+
+/// The QEMU binary, once the kernel and image the guest boots are known to be there.
+fn binary_and_files(cfg: &VmConfig) -> Result<std::path::PathBuf> {
+    let binary = qemu::find_binary(cfg.machine.qemu.as_deref())?;
+    for (what, path) in [("kernel", &cfg.boot.kernel), ("initrd", &cfg.boot.initrd)] {
+        if !path.is_file() {
+            return Err(Error::Missing {
+                what: format!("{what} {}", path.display()),
+                fix: "run `cargo xtask test` (or `cargo xtask provision`), which fetches the kernel and builds the image".into(),
+            });
+        }
+    }
+    Ok(binary)
+}
+
+/// A saved state to load, and what makes the restored guest its own.
+type Incoming<'a> = Option<(&'a Path, lab_proto::Resume)>;
+
+/// QEMU's arguments for `start`, with what it starts from put in place in `paths`.
+fn command_line<'a>(
+    cfg: &VmConfig,
+    start: Start<'a>,
+    paths: &StatePaths,
+) -> Result<(Vec<std::ffi::OsString>, Incoming<'a>)> {
+    match start {
+        Start::Boot(memory) => {
+            if let Memory::SavedTo(file) = memory {
+                // Emptied, then sized: a retried boot starts on fresh memory, not on what
+                // the last attempt left.
+                let sized = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file)
+                    .and_then(|f| {
+                        f.set_len(0)?;
+                        f.set_len(u64::from(cfg.machine.memory_mib) << 20)
+                    });
+                sized.map_err(|e| Error::io(file, e))?;
+            }
+            compose_initrd(cfg, paths)?;
+            let mut args = qemu::args(cfg, paths);
+            args.extend(qemu::memory_args(cfg, memory));
+            Ok((args, None))
+        }
+        // The saved state and memory hold the guest, image and all: what QEMU loads before
+        // the state replaces it is never read, so the layers need not be put together.
+        Start::Restore {
+            state,
+            memory,
+            resume,
+        } => {
+            let (kernel, initrd) = qemu::restore_stand_ins(&cfg.boot.kernel, &paths.dir)?;
+            let mut bare = cfg.clone();
+            bare.boot.layers.clear();
+            (bare.boot.kernel, bare.boot.initrd) = (kernel, initrd);
+            let mut args = qemu::args(&bare, paths);
+            args.extend(qemu::memory_args(cfg, Memory::RestoredFrom(memory)));
+            args.extend(qemu::incoming_args());
+            Ok((args, Some((state, resume))))
+        }
+    }
+}
+
+/// The sockets QEMU connects to, bound before it starts.
+struct Sockets {
+    console: UnixListener,
+    qmp: UnixListener,
+    agent: UnixListener,
+}
+
+impl Sockets {
+    fn bind(paths: &StatePaths) -> std::io::Result<Self> {
+        Ok(Self {
+            console: UnixListener::bind(&paths.console_sock)?,
+            qmp: UnixListener::bind(&paths.qmp)?,
+            agent: UnixListener::bind(&paths.agent)?,
+        })
+    }
 }
 
 /// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
@@ -315,9 +273,101 @@ struct Booting<'a> {
     cfg: &'a VmConfig,
     paths: &'a StatePaths,
     process: &'a mut QemuProcess,
+    /// When QEMU was started: the boot deadline counts from it.
+    started: Instant,
 }
 
 impl Booting<'_> {
+    fn step(&self, what: &str) {
+        let elapsed = self.started.elapsed();
+        tracing::debug!("{}: {what} at {elapsed:.0?}", self.cfg.name);
+    }
+
+    /// Takes QEMU's connections, in the order it makes them: the console (recorded from then
+    /// on), QMP (negotiated), the agent's port.
+    async fn connect(
+        &mut self,
+        sockets: Sockets,
+    ) -> Result<(crate::console::Cut, Qmp, AgentClient), BootFailure> {
+        let within = Duration::from_secs(10);
+        let console = self.accept(&sockets.console, within).await?;
+        let console_cut = console
+            .into_std()
+            .and_then(|c| {
+                c.set_nonblocking(false)?;
+                crate::console::record(c, &self.paths.console, crate::console::MAX_BYTES)
+            })
+            .map_err(|e| self.fail(Phase::Launch, format!("recording the console: {e}"), false))?;
+        let qmp_stream = self.accept(&sockets.qmp, within).await?;
+        let qmp = Qmp::connect(qmp_stream, within)
+            .await
+            .map_err(|e| self.fail(Phase::Qmp, e.to_string(), false))?;
+        self.step("QMP connected");
+        let agent = AgentClient::new(self.accept(&sockets.agent, within).await?);
+        Ok((console_cut, qmp, agent))
+    }
+
+    /// Waits for the agent's ready message: after the kernel boots, or after the saved state
+    /// is loaded and the restored guest made its own.
+    async fn come_up(
+        &mut self,
+        qmp: &Qmp,
+        agent: &AgentClient,
+        incoming: Incoming<'_>,
+    ) -> Result<Ready, BootFailure> {
+        let Some((saved, resume)) = incoming else {
+            return self.wait_ready(agent, Duration::from_secs(1)).await;
+        };
+        let within = self
+            .cfg
+            .policy
+            .boot_timeout
+            .saturating_sub(self.started.elapsed());
+        qmp.load_state(saved, within)
+            .await
+            .map_err(|e| self.fail(Phase::Boot, e.to_string(), false))?;
+        self.step("saved state loaded, guest running");
+        // A restored agent does not announce itself again: ask often. Its first answer may as
+        // well be to `resume`, sent at once rather than after the hello.
+        let resumed = agent.call(resume, self.cfg.policy.command_timeout);
+        let (ready, resumed) =
+            tokio::join!(self.wait_ready(agent, Duration::from_millis(50)), resumed);
+        let ready = ready?;
+        if let Err(e) = resumed {
+            return Err(self.fail(Phase::Boot, format!("resume: {e}"), false));
+        }
+        self.step("resumed as its own guest");
+        Ok(ready)
+    }
+
+    /// Whether the guest that came up is the one asked for: its kernel, and (booted, not
+    /// restored) its whole image.
+    fn check(&mut self, ready: &Ready, restored: bool) -> Result<(), BootFailure> {
+        let cfg = self.cfg;
+        if let Some(want) = &cfg.boot.kernel_release {
+            if &ready.kernel_release != want {
+                let msg = format!(
+                    "guest runs kernel {} but {want} was asked for",
+                    ready.kernel_release
+                );
+                return Err(self.fail(Phase::Boot, msg, false));
+            }
+        }
+        // The kernel unpacks the image and its layers into memory; when that runs out it says
+        // so (at KERN_EMERG, past `quiet`) and boots on with files missing.
+        if !restored {
+            if let Some(why) = unpacking_failed(&self.paths.console) {
+                let msg = format!(
+                    "the image and its layers did not fit in {} MiB of memory (the kernel said \"{why}\", and files are missing in the guest): give the guest more memory (`--memory {}`, `Machine::memory_mib`)",
+                    cfg.machine.memory_mib,
+                    cfg.machine.memory_mib * 2
+                );
+                return Err(self.fail(Phase::Boot, msg, false));
+            }
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, phase: Phase, message: String, retryable: bool) -> BootFailure {
         self.process.kill();
         let (cfg, log) = (self.cfg, &self.paths.console);
@@ -351,14 +401,13 @@ impl Booting<'_> {
     async fn wait_ready(
         &mut self,
         agent: &AgentClient,
-        started: Instant,
         nudge: Duration,
     ) -> Result<Ready, BootFailure> {
         let remaining = self
             .cfg
             .policy
             .boot_timeout
-            .saturating_sub(started.elapsed());
+            .saturating_sub(self.started.elapsed());
         tokio::select! {
             ready = agent.wait_ready(remaining, nudge) => match ready {
                 Ok(r) => Ok(r),
