@@ -79,6 +79,9 @@ pub struct Policy {
     pub boot_attempts: u32,
     /// Default deadline of a command.
     pub command_timeout: Duration,
+    /// A guest whose kernel reports a problem on its console (a WARN, a BUG, an Oops...) does
+    /// not fail its run: for a test that provokes one on purpose.
+    pub allow_splats: bool,
 }
 
 /// Where the guest's files go, and what is kept.
@@ -247,6 +250,7 @@ impl Policy {
             },
             boot_attempts: 2,
             command_timeout: Duration::from_secs(60),
+            allow_splats: false,
         }
     }
 }

@@ -6,6 +6,10 @@
 //! boot's first [`HEAD`] bytes, a line that says how much was cut, and the latest [`TAIL`]
 //! bytes, then goes on: a failure's last lines, the ones an error shows, are always there.
 //! Readers of the tail read only the file's end ([`tail`]).
+//!
+//! The recorder also reads every line as it passes for the kernel saying it went wrong (a
+//! WARN, a BUG, an Oops, KASAN, UBSAN, an RCU stall, a hung task, a panic): [`Watch::splats`]
+//! keeps the first [`MAX_SPLATS`] of them, even when the log itself is later cut.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,6 +29,11 @@ pub const ERROR_LINES: usize = 40;
 /// How much of the file's end [`tail`] reads: many more lines than an error shows.
 const TAIL_READ: u64 = 64 << 10;
 
+/// The kernel problems a console showed that are kept, at most.
+pub const MAX_SPLATS: usize = 16;
+/// The longest line scanned for a splat; the rest of a longer one is not read.
+const MAX_LINE: usize = 4096;
+
 /// Bytes a console's log left out, shared by its recorder and the guest's handle.
 #[derive(Debug, Clone, Default)]
 pub struct Cut(Arc<AtomicU64>);
@@ -35,10 +44,142 @@ impl Cut {
     }
 }
 
+/// What the guest's handle sees of its console's recorder: how much the log cut, the kernel
+/// problems it saw, and whether the console has closed (QEMU gone, every line read).
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub cut: Cut,
+    splats: Arc<std::sync::Mutex<Vec<Splat>>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watch {
+    /// The first [`MAX_SPLATS`] kernel problems the console showed, in order.
+    pub fn splats(&self) -> Vec<Splat> {
+        self.splats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Whether the recorder has read the console to its end.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        if let Some(kind) = splat_kind(&line) {
+            if let Ok(mut splats) = self.splats.lock() {
+                if splats.len() < MAX_SPLATS {
+                    splats.push(Splat {
+                        kind,
+                        line: message_of(&line).to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Splits the console's bytes into lines for [`Watch::saw`], however they were cut into reads.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    fn feed(&mut self, data: &[u8], watch: &Watch) {
+        let mut rest = data;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            self.take(&rest[..end]);
+            watch.saw(&self.partial);
+            self.partial.clear();
+            rest = &rest[end + 1..];
+        }
+        self.take(rest);
+    }
+
+    fn take(&mut self, piece: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&piece[..piece.len().min(room)]);
+    }
+}
+
+/// What kind of trouble a kernel line reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplatKind {
+    /// `WARNING: CPU: ...` (WARN_ON) and lockdep's `WARNING: possible ... locking ...`.
+    Warning,
+    /// `BUG: ...` (a bad access, scheduling while atomic, a soft lockup) and `kernel BUG at`.
+    Bug,
+    /// `Oops: ...`, `general protection fault`.
+    Oops,
+    Kasan,
+    Ubsan,
+    /// `rcu: INFO: ... detected stall(s)`.
+    RcuStall,
+    /// `INFO: task ... blocked for more than N seconds`.
+    HungTask,
+    /// `Kernel panic - not syncing`.
+    Panic,
+}
+
+/// One line of a guest's console that says its kernel went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Splat {
+    pub kind: SplatKind,
+    /// The line as the kernel printed it, less its timestamp.
+    pub line: String,
+}
+
+/// The kind of trouble `line` (a console line, maybe `[   12.345678] `-stamped) reports, if any.
+pub fn splat_kind(line: &str) -> Option<SplatKind> {
+    let message = message_of(line);
+    let kind = if message.starts_with("WARNING: ") {
+        SplatKind::Warning
+    } else if message.contains("KASAN: ") {
+        SplatKind::Kasan
+    } else if message.starts_with("UBSAN: ") {
+        SplatKind::Ubsan
+    } else if message.starts_with("kernel BUG at ") || message.contains("BUG: ") {
+        SplatKind::Bug
+    } else if message.starts_with("Oops: ") || message.starts_with("general protection fault") {
+        SplatKind::Oops
+    } else if message.starts_with("rcu: ") && message.contains("detected stall") {
+        SplatKind::RcuStall
+    } else if message.starts_with("INFO: task ") && message.contains(" blocked for more than ") {
+        SplatKind::HungTask
+    } else if message.starts_with("Kernel panic - not syncing") {
+        SplatKind::Panic
+    } else {
+        return None;
+    };
+    Some(kind)
+}
+
+/// `line` without the `[    1.234567] ` the kernel stamps it with.
+fn message_of(line: &str) -> &str {
+    let line = line.trim_end_matches('\r');
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((stamp, message)) if stamp.trim().chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            message
+        }
+        _ => line,
+    }
+}
+
 /// Writes what comes from `from` (QEMU's console socket) into a new file at `to` until the
-/// socket closes, keeping it under `limit` bytes; returns at once, the writing goes on in a
-/// thread of its own (independent of any async runtime, so the guest never waits for one).
-pub fn record(from: std::os::unix::net::UnixStream, to: &Path, limit: u64) -> std::io::Result<Cut> {
+/// socket closes, keeping it under `limit` bytes, and watches it for kernel problems; returns
+/// at once, the work goes on in a thread of its own (independent of any async runtime, so the
+/// guest never waits for one).
+pub fn record(
+    from: std::os::unix::net::UnixStream,
+    to: &Path,
+    limit: u64,
+) -> std::io::Result<Watch> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .read(true)
@@ -46,26 +187,30 @@ pub fn record(from: std::os::unix::net::UnixStream, to: &Path, limit: u64) -> st
         .truncate(true)
         .mode(0o600)
         .open(to)?;
-    let cut = Cut::default();
+    let watch = Watch::default();
     let mut log = Log {
         file,
         len: 0,
         limit: limit.max(HEAD + TAIL + 4096),
-        cut: cut.clone(),
+        cut: watch.cut.clone(),
     };
+    let seen = watch.clone();
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
             let mut from = from;
             let mut buf = vec![0u8; 64 << 10];
+            let mut lines = Lines::default();
             // Ends when QEMU closes the socket (it quit or was killed).
             while let Ok(n @ 1..) = from.read(&mut buf) {
+                lines.feed(&buf[..n], &seen);
                 if log.append(&buf[..n]).is_err() {
                     break;
                 }
             }
+            seen.closed.store(true, Ordering::Release);
         })?;
-    Ok(cut)
+    Ok(watch)
 }
 
 /// Copies the console log `log` of guest `name` into `artifacts`, if there is such a
@@ -153,6 +298,98 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn each_kind_of_kernel_problem_is_told_from_ordinary_lines() {
+        let cases = [
+            (
+                "[   12.345678] WARNING: CPU: 0 PID: 1 at net/core/dev.c:10 f+0x1/0x2",
+                Some(SplatKind::Warning),
+            ),
+            (
+                "WARNING: possible circular locking dependency detected",
+                Some(SplatKind::Warning),
+            ),
+            (
+                "[    3.1] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+                Some(SplatKind::Bug),
+            ),
+            (
+                "[    3.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]",
+                Some(SplatKind::Bug),
+            ),
+            ("kernel BUG at mm/slub.c:123!", Some(SplatKind::Bug)),
+            (
+                "[    3.1] BUG: KASAN: use-after-free in f+0x1/0x2",
+                Some(SplatKind::Kasan),
+            ),
+            (
+                "UBSAN: shift-out-of-bounds in lib/x.c:1:2",
+                Some(SplatKind::Ubsan),
+            ),
+            ("Oops: 0002 [#1] PREEMPT SMP NOPTI", Some(SplatKind::Oops)),
+            (
+                "general protection fault, probably for non-canonical address",
+                Some(SplatKind::Oops),
+            ),
+            (
+                "[   30.0] rcu: INFO: rcu_preempt self-detected stall on CPU",
+                Some(SplatKind::RcuStall),
+            ),
+            (
+                "[  243.1] INFO: task sh:99 blocked for more than 1 seconds.",
+                Some(SplatKind::HungTask),
+            ),
+            (
+                "Kernel panic - not syncing: Attempted to kill init!",
+                Some(SplatKind::Panic),
+            ),
+            ("[    0.5] Run /init as init process", None),
+            ("lab: WARNING in a user's own words, not the kernel's", None),
+            ("[    1.0] i8042: PNP: No PS/2 controller found.", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(splat_kind(line), want, "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_splat_is_kept_whole_however_the_console_cut_it_and_only_the_first_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let (guest, host) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let watch = record(host, &path, MAX_BYTES).expect("record");
+        let mut guest = guest;
+        guest
+            .write_all(b"[    1.0] booting\n[    2.0] WARNING: CPU: 0 PID")
+            .expect("a piece");
+        guest.write_all(b": 1 at x.c:1 f\n").expect("its end");
+        for n in 0..(MAX_SPLATS + 5) {
+            guest
+                .write_all(format!("BUG: number {n}\n").as_bytes())
+                .expect("more");
+        }
+        guest.write_all(&[b'y'; 3 * MAX_LINE]).expect("a long line");
+        guest
+            .write_all(b" BUG: past the scanned part\n")
+            .expect("its end");
+        drop(guest);
+        let closed = crate::wait::until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(10),
+            || {
+                let closed = watch.closed();
+                async move { closed.then_some(()) }
+            },
+        )
+        .await;
+        assert!(closed.is_some(), "the recorder read to the end");
+        let splats = watch.splats();
+        assert_eq!(splats.len(), MAX_SPLATS);
+        assert_eq!(splats[0].kind, SplatKind::Warning);
+        assert_eq!(splats[0].line, "WARNING: CPU: 0 PID: 1 at x.c:1 f");
+        assert_eq!(splats[1].line, "BUG: number 0");
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("console.log");
@@ -211,9 +448,9 @@ mod tests {
             "the cut is said in the file"
         );
         assert!(
-            cut.bytes() >= 20_000_000 - bound,
+            cut.cut.bytes() >= 20_000_000 - bound,
             "{} bytes cut",
-            cut.bytes()
+            cut.cut.bytes()
         );
     }
 

@@ -22,6 +22,8 @@ pub enum Phase {
     Command,
     /// Powering off.
     Shutdown,
+    /// The guest's kernel reported a problem (a WARN, a BUG, an Oops...) on its console.
+    Kernel,
 }
 
 impl fmt::Display for Phase {
@@ -33,6 +35,7 @@ impl fmt::Display for Phase {
             Phase::Qmp => "qmp",
             Phase::Command => "command",
             Phase::Shutdown => "shutdown",
+            Phase::Kernel => "kernel",
         })
     }
 }

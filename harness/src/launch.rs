@@ -87,7 +87,7 @@ async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, Bo
         process: &mut process,
         started,
     };
-    let (console_cut, qmp, agent) = booting.connect(sockets).await?;
+    let (console, qmp, agent) = booting.connect(sockets).await?;
     let restored = incoming.is_some();
     let ready = booting.come_up(&qmp, &agent, incoming).await?;
     booting.check(&ready, restored)?;
@@ -109,7 +109,7 @@ async fn launch(cfg: &VmConfig, attempt: u32, start: Start<'_>) -> Result<Vm, Bo
         boot_time,
         attempts: attempt,
         boot_kind: BootKind::Cold,
-        console_cut,
+        console,
         failed: false,
         state: Some(state),
     })
@@ -288,10 +288,10 @@ impl Booting<'_> {
     async fn connect(
         &mut self,
         sockets: Sockets,
-    ) -> Result<(crate::console::Cut, Qmp, AgentClient), BootFailure> {
+    ) -> Result<(crate::console::Watch, Qmp, AgentClient), BootFailure> {
         let within = Duration::from_secs(10);
         let console = self.accept(&sockets.console, within).await?;
-        let console_cut = console
+        let watch = console
             .into_std()
             .and_then(|c| {
                 c.set_nonblocking(false)?;
@@ -304,7 +304,7 @@ impl Booting<'_> {
             .map_err(|e| self.fail(Phase::Qmp, e.to_string(), false))?;
         self.step("QMP connected");
         let agent = AgentClient::new(self.accept(&sockets.agent, within).await?);
-        Ok((console_cut, qmp, agent))
+        Ok((watch, qmp, agent))
     }
 
     /// Waits for the agent's ready message: after the kernel boots, or after the saved state

@@ -126,6 +126,10 @@ pub fn cmdline(name: &str, accel: Accel, tsc_khz: Option<u32>, extra: &[String])
         "rdinit=/init".into(),
         "panic=-1".into(),
         "quiet".into(),
+        // Warnings too (`quiet` shows errors and worse): a WARN_ON and lockdep's reports are
+        // printed at KERN_WARNING, and the console is where a run finds them
+        // ([`crate::console::splat_kind`]).
+        "loglevel=5".into(),
         format!("lab.hostname={name}"),
         // Debian's kernels test every crypto algorithm they register as they boot; under TCG
         // that is a fifth of the kernel's start-up (1.46-1.56 s to /init with the tests, 1.16-

@@ -46,8 +46,8 @@ pub struct Vm {
     pub(crate) boot_time: Duration,
     pub(crate) attempts: u32,
     pub(crate) boot_kind: BootKind,
-    /// Bytes the console log left out to stay bounded.
-    pub(crate) console_cut: crate::console::Cut,
+    /// What the console's recorder saw: bytes its log left out, the kernel's problems.
+    pub(crate) console: crate::console::Watch,
     pub(crate) failed: bool,
     pub(crate) state: Option<tempfile::TempDir>,
 }
@@ -128,7 +128,33 @@ impl Vm {
     /// Bytes of the console that its log left out to stay under [`crate::console::MAX_BYTES`]
     /// (the log says where, in a line of its own).
     pub fn console_cut(&self) -> u64 {
-        self.console_cut.bytes()
+        self.console.cut.bytes()
+    }
+
+    /// The problems the guest's kernel reported on its console so far (a WARN, a BUG, an
+    /// Oops, KASAN, UBSAN, an RCU stall, a hung task), the first
+    /// [`crate::console::MAX_SPLATS`]. [`Vm::shutdown`] fails on them unless
+    /// [`crate::Policy::allow_splats`].
+    pub fn kernel_splats(&self) -> Vec<crate::console::Splat> {
+        self.console.splats()
+    }
+
+    /// The error a guest whose kernel reported a problem ends with, naming the first line.
+    fn splat_error(&self) -> Option<Error> {
+        if self.cfg.policy.allow_splats {
+            return None;
+        }
+        let splats = self.kernel_splats();
+        let first = splats.first()?;
+        let more = match splats.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        let message = format!(
+            "it printed \"{}\"{more} on its console; if that is provoked on purpose, allow it (`--allow-kernel-splats`, `Policy::allow_splats`)",
+            first.line
+        );
+        Some(self.error(Phase::Kernel, message))
     }
 
     /// Everything the guest printed on its serial console so far (at most
@@ -248,8 +274,29 @@ impl Vm {
     }
 
     /// Powers the guest off: through the agent, then ACPI `system_powerdown`, then QMP `quit`,
-    /// then SIGKILL, each step only if the one before did not end QEMU in time.
+    /// then SIGKILL, each step only if the one before did not end QEMU in time. Fails, once
+    /// the guest is off, if its kernel reported a problem ([`Vm::kernel_splats`]).
     pub async fn shutdown(mut self) -> Result<()> {
+        self.power_off().await?;
+        // The recorder reads what the console held when QEMU ended; then it is all there.
+        let drained = crate::wait::until(Duration::from_secs(2), Duration::from_millis(20), || {
+            let closed = self.console.closed();
+            async move { closed.then_some(()) }
+        })
+        .await;
+        if drained.is_none() {
+            tracing::debug!("{}: console still open after power-off", self.cfg.name);
+        }
+        match self.splat_error() {
+            Some(e) => {
+                self.failed = true;
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn power_off(&mut self) -> Result<()> {
         let _ = self.agent.call(PowerOff, Duration::from_secs(5)).await;
         if self.exited_within(Duration::from_secs(10)).await {
             return Ok(());

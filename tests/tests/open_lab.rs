@@ -266,3 +266,39 @@ async fn an_image_that_does_not_fit_in_memory_fails_its_boot_with_the_fix() {
         "{text}"
     );
 }
+
+/// A real kernel splat: a task stuck in uninterruptible sleep past the hung-task detector's
+/// one second (a write to a frozen filesystem), which the kernel reports as
+/// "INFO: task ... blocked for more than 1 seconds". Debian's kernels have no LKDTM to WARN
+/// on request; this needs nothing but busybox and the loop and ext4 modules.
+const HUNG_TASK: &str = include_str!("../data/hung-task.sh");
+
+#[rstest]
+#[case::fails_the_run(false)]
+#[case::allowed(true)]
+#[tokio::test]
+async fn a_kernel_splat_fails_the_run_naming_its_line_unless_allowed(#[case] allow: bool) {
+    let on = ScriptLan {
+        allow_splats: allow,
+        ..ScriptLan::default()
+    };
+    let job = Job::Script(HUNG_TASK.into());
+    let result = script::run(&assets(), &job, &on, |_, _| {}).await;
+    if allow {
+        let out = result.check();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+        return;
+    }
+    let err = result.expect_err("a guest whose kernel reported a hung task fails its run");
+    assert_eq!(err.phase(), Some(lab_harness::Phase::Kernel), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"INFO: task ") && text.contains("blocked for more than 1 seconds."),
+        "the error names the console line: {text}"
+    );
+    assert!(
+        text.contains("--allow-kernel-splats"),
+        "and the way out: {text}"
+    );
+}

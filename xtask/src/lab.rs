@@ -118,6 +118,10 @@ pub struct LanArgs {
     /// bond: `--nics 2 --module bonding`). Only eth0 is numbered (192.168.88.1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=lab_harness::assets::MAX_NICS as i64))]
     pub nics: Option<u8>,
+    /// A kernel problem on a guest's console (a WARN, a BUG, an Oops, KASAN, UBSAN, an RCU
+    /// stall, a hung task) does not fail the run: for a job that provokes one on purpose.
+    #[arg(long)]
+    pub allow_kernel_splats: bool,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -138,6 +142,7 @@ impl LanArgs {
             nest: self.nest,
             timeout,
             extras,
+            allow_splats: self.allow_kernel_splats,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct ScriptLan {
     pub timeout: Duration,
     /// What host1 gets beyond the base image: packages, modules, a directory, its size.
     pub extras: Extras,
+    /// A kernel problem on a guest's console does not fail the run
+    /// ([`crate::Policy::allow_splats`]).
+    pub allow_splats: bool,
 }
 
 impl Default for ScriptLan {
@@ -28,6 +31,7 @@ impl Default for ScriptLan {
             nest: false,
             timeout: Duration::from_secs(300),
             extras: Extras::default(),
+            allow_splats: false,
         }
     }
 }
@@ -54,6 +58,7 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
         assets.vm("host1")
     };
     assets.apply(&mut host1, &on.extras)?;
+    host1.policy.allow_splats = on.allow_splats;
     let builder = Lab::builder(assets, run)
         .ports(PortPolicy {
             hairpin: on.hairpin,
@@ -61,7 +66,11 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
         })
         .host_config(host1);
     let lab = (2..=on.hosts.max(1))
-        .fold(builder, |b, i| b.host(&format!("host{i}")))
+        .fold(builder, |b, i| {
+            b.host_with(&format!("host{i}"), |c| {
+                c.policy.allow_splats = on.allow_splats
+            })
+        })
         .boot()
         .await?;
     lab.number_hosts().await?;
