@@ -42,11 +42,16 @@ impl Accel {
     }
 
     fn decide(kvm_opens: bool, cpuinfo: &str) -> Accel {
-        if kvm_opens && cpu_has_virtualisation(cpuinfo) {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
+        match why_not_kvm(kvm_opens, cpuinfo) {
+            None => Accel::Kvm,
+            Some(_) => Accel::Tcg,
         }
+    }
+
+    /// Why the host gives guests TCG rather than KVM, if it does.
+    pub fn why_not_kvm() -> Option<&'static str> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        why_not_kvm(kvm_opens(), &cpuinfo)
     }
 
     /// QEMU's `-accel` and `-cpu` for this accelerator. Under TCG, `max` gives the guest SVM,
@@ -60,6 +65,16 @@ impl Accel {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
             Accel::Tcg => ["-accel", "tcg", "-cpu", "max,-erms,-fsrm"],
         }
+    }
+}
+
+fn why_not_kvm(kvm_opens: bool, cpuinfo: &str) -> Option<&'static str> {
+    if !kvm_opens {
+        Some("/dev/kvm is missing or does not open read-write for this user")
+    } else if !cpu_has_virtualisation(cpuinfo) {
+        Some("/dev/kvm opens, but the CPU shows neither vmx nor svm (a nested /dev/kvm that stock kernels hang on)")
+    } else {
+        None
     }
 }
 

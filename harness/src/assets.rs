@@ -124,8 +124,10 @@ impl Assets {
         Self::load_with(path, Settings::from_env()?)
     }
 
-    /// The assets file at `path`, with `settings` whatever the environment says.
+    /// The assets file at `path`, with `settings` whatever the environment says. Fails when
+    /// the settings require an accelerator guests would not get.
     pub fn load_with(path: &Path, settings: Settings) -> Result<Self> {
+        settings.checked_accel()?;
         let text = std::fs::read_to_string(path).map_err(|_| Error::Missing {
             what: format!("guest assets ({})", path.display()),
             fix: "run `cargo xtask test` (or `cargo xtask provision`): it fetches the kernel and builds the guest image".into(),

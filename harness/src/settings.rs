@@ -16,6 +16,7 @@ pub const ENV_ACCEL: &str = "LAB_ACCEL";
 pub const ENV_QEMU: &str = "LAB_QEMU";
 pub const ENV_ARTIFACTS: &str = "LAB_ARTIFACTS";
 pub const ENV_SNAPSHOT: &str = "LAB_SNAPSHOT";
+pub const ENV_REQUIRE_ACCEL: &str = "LAB_REQUIRE_ACCEL";
 /// Names one run of a lab command and everything it starts; inherited through the environment
 /// by test binaries and QEMU alike ([`crate::rundirs`]).
 pub const ENV_RUN: &str = "LAB_RUN";
@@ -33,6 +34,9 @@ pub struct Settings {
     pub artifacts: Option<PathBuf>,
     /// `LAB_SNAPSHOT=off` boots every guest cold.
     pub snapshots: bool,
+    /// `LAB_REQUIRE_ACCEL=kvm|tcg`: a run that would get another accelerator fails at once
+    /// instead (CI that must not fall back to TCG unnoticed).
+    pub require_accel: Option<Accel>,
 }
 
 impl Default for Settings {
@@ -44,6 +48,7 @@ impl Default for Settings {
             qemu: None,
             artifacts: None,
             snapshots: true,
+            require_accel: None,
         }
     }
 }
@@ -65,11 +70,45 @@ impl Settings {
         let path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         Ok(Self {
             assets: path(ENV_ASSETS),
-            accel: text(ENV_ACCEL).map(|v| accel(&v)).transpose()?,
+            accel: text(ENV_ACCEL)
+                .map(|v| parse_accel(ENV_ACCEL, &v))
+                .transpose()?,
             qemu: path(ENV_QEMU),
             artifacts: path(ENV_ARTIFACTS),
             snapshots: snapshots(text(ENV_SNAPSHOT).as_deref())?,
+            require_accel: text(ENV_REQUIRE_ACCEL)
+                .map(|v| parse_accel(ENV_REQUIRE_ACCEL, &v))
+                .transpose()?,
         })
+    }
+
+    /// The accelerator guests get, or an error if it is not the one required, saying why the
+    /// host gives the other.
+    pub fn checked_accel(&self) -> Result<Accel> {
+        self.checked_accel_on(Accel::why_not_kvm)
+    }
+
+    fn checked_accel_on(&self, why_not_kvm: impl Fn() -> Option<&'static str>) -> Result<Accel> {
+        let reason = why_not_kvm();
+        let accel = self.accel.unwrap_or(if reason.is_none() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        });
+        match self.require_accel {
+            Some(required) if required != accel => {
+                let why = match (self.accel, reason) {
+                    (Some(chosen), _) => format!("{ENV_ACCEL}={chosen} asks for it"),
+                    (None, Some(reason)) => reason.to_string(),
+                    (None, None) => "the host can do no other".into(),
+                };
+                Err(Error::invalid(
+                    format!("{ENV_REQUIRE_ACCEL}={required}, but guests would run on {accel}: {why}"),
+                    format!("run where {required} works (for KVM: /dev/kvm read-write and a CPU with vmx or svm), or unset {ENV_REQUIRE_ACCEL}"),
+                ))
+            }
+            _ => Ok(accel),
+        }
     }
 
     /// The QEMU binary guests run on ([`crate::qemu::find_binary`]).
@@ -83,13 +122,11 @@ impl Settings {
     }
 }
 
-fn accel(value: &str) -> Result<Accel> {
+fn parse_accel(var: &str, value: &str) -> Result<Accel> {
     Accel::parse(value).ok_or_else(|| {
         Error::invalid(
-            format!("{ENV_ACCEL}={value} is not an accelerator the lab knows (kvm, tcg)"),
-            format!(
-                "set {ENV_ACCEL}=kvm or {ENV_ACCEL}=tcg, or unset it to let the lab probe the host"
-            ),
+            format!("{var}={value} is not an accelerator the lab knows (kvm, tcg)"),
+            format!("set {var}=kvm or {var}=tcg, or unset it"),
         )
     })
 }
@@ -158,8 +195,34 @@ mod tests {
     }
 
     #[test]
+    fn a_required_accelerator_the_run_would_not_get_fails_saying_why() {
+        let kvm_works = || None;
+        let nested = || Some("the CPU shows neither vmx nor svm");
+        let required = from(&[(ENV_REQUIRE_ACCEL, "kvm")]).expect("valid");
+        assert_eq!(required.checked_accel_on(kvm_works).ok(), Some(Accel::Kvm));
+        let e = required.checked_accel_on(nested).expect_err("TCG refused");
+        assert!(
+            e.to_string().contains("LAB_REQUIRE_ACCEL=kvm, but guests would run on tcg: the CPU shows neither vmx nor svm"),
+            "{e}"
+        );
+        let forced = from(&[(ENV_REQUIRE_ACCEL, "kvm"), (ENV_ACCEL, "tcg")]).expect("valid");
+        let e = forced
+            .checked_accel_on(kvm_works)
+            .expect_err("LAB_ACCEL=tcg refused");
+        assert!(e.to_string().contains("LAB_ACCEL=tcg asks for it"), "{e}");
+        assert_eq!(
+            from(&[]).expect("valid").checked_accel_on(nested).ok(),
+            Some(Accel::Tcg)
+        );
+    }
+
+    #[test]
     fn a_value_that_means_nothing_is_refused_naming_the_variable() {
-        for (var, value) in [(ENV_ACCEL, "hvf"), (ENV_SNAPSHOT, "maybe")] {
+        for (var, value) in [
+            (ENV_ACCEL, "hvf"),
+            (ENV_SNAPSHOT, "maybe"),
+            (ENV_REQUIRE_ACCEL, "xen"),
+        ] {
             let e = from(&[(var, value)]).expect_err("refused").to_string();
             assert!(e.contains(&format!("{var}={value}")), "{e}");
         }

@@ -38,6 +38,10 @@ struct Cli {
     /// Also say how each guest came up (boot or restore, with times) and each snapshot taken.
     #[arg(short, long, global = true, conflicts_with = "quiet")]
     verbose: bool,
+    /// Fail at once unless guests run on this accelerator (kvm or tcg), rather than fall back
+    /// to TCG unnoticed; the same as LAB_REQUIRE_ACCEL. For CI on runners with /dev/kvm.
+    #[arg(long, global = true, value_name = "ACCEL", value_parser = ["kvm", "tcg"])]
+    require_accel: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +122,11 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(accel) = &cli.require_accel {
+        // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
+        // Set for the test binaries and QEMU this run starts, which check it too.
+        std::env::set_var(lab_harness::settings::ENV_REQUIRE_ACCEL, accel);
+    }
     leaks::start_run();
     // The harness's warnings (a snapshot that could not be used, a boot retried) by default;
     // RUST_LOG=lab_harness=debug shows where a guest's start-up time goes.
@@ -131,8 +140,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     // A misspelt LAB_ACCEL (`kvmm`, `hvf`) or LAB_SNAPSHOT is an error everywhere, before
-    // anything is built.
-    lab_harness::Settings::from_env()?;
+    // anything is built; so is a required accelerator that guests would not get, for every
+    // command that boots them.
+    let settings = lab_harness::Settings::from_env()?;
+    if matches!(
+        cli.command,
+        Command::Test { .. } | Command::Bench(_) | Command::Lab(_)
+    ) {
+        let accel = settings.checked_accel()?;
+        ui::step_summary(&format!("Guests run on **{accel}**."));
+    }
     match cli.command {
         Command::Provision(args) => provision::run(&args).map(drop),
         Command::Test {

@@ -59,3 +59,19 @@ mod tests {
         assert_eq!(paint("yes", true, true), "\x1b[32myes\x1b[0m");
     }
 }
+
+/// Adds `markdown` to the GitHub Actions step summary, when running in one: what a run ran on
+/// is seen on the run's page, not only in its log.
+pub fn step_summary(markdown: &str) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+        return;
+    };
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{markdown}");
+    }
+}

@@ -7,7 +7,9 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.args(args)
         .env("RUST_BACKTRACE", "0")
-        .env_remove("LAB_ACCEL");
+        .env_remove("LAB_ACCEL")
+        .env_remove("LAB_REQUIRE_ACCEL")
+        .env_remove("GITHUB_STEP_SUMMARY");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -51,6 +53,51 @@ fn a_misspelt_accelerator_is_refused_by_every_command() {
             started.elapsed()
         );
     }
+}
+
+#[test]
+fn a_required_accelerator_guests_would_not_get_fails_before_anything_boots() {
+    // LAB_ACCEL=tcg puts guests on TCG on any host, so requiring KVM must refuse the run.
+    for (args, env) in [
+        (
+            &["lab", "--require-accel", "kvm"][..],
+            &[("LAB_ACCEL", "tcg")][..],
+        ),
+        (
+            &["test"],
+            &[("LAB_ACCEL", "tcg"), ("LAB_REQUIRE_ACCEL", "kvm")],
+        ),
+        (&["bench", "--require-accel=kvm"], &[("LAB_ACCEL", "tcg")]),
+    ] {
+        let started = std::time::Instant::now();
+        let out = xtask(args, env);
+        fails_saying(
+            &out,
+            &[
+                "LAB_REQUIRE_ACCEL=kvm, but guests would run on tcg",
+                "LAB_ACCEL=tcg asks for it",
+            ],
+        );
+        assert!(started.elapsed().as_secs() < 10, "{args:?} failed late");
+    }
+    let out = xtask(&["lab", "--require-accel", "xen"], &[]);
+    fails_saying(&out, &["invalid value 'xen'", "kvm, tcg"]);
+}
+
+#[test]
+fn the_accelerator_is_in_the_step_summary_on_github_actions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.md");
+    let path = summary.to_string_lossy().into_owned();
+    let env = [("LAB_ACCEL", "tcg"), ("GITHUB_STEP_SUMMARY", path.as_str())];
+    let out = xtask(&["lab", "--list", "--require-accel", "tcg"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&summary).expect("a step summary");
+    assert!(text.contains("Guests run on **tcg**."), "{text}");
 }
 
 #[test]
