@@ -49,17 +49,6 @@ macro_rules! status {
 }
 pub(crate) use status;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paint_only_when_asked() {
-        assert_eq!(paint("NO", false, false), "NO");
-        assert_eq!(paint("yes", true, true), "\x1b[32myes\x1b[0m");
-    }
-}
-
 /// Adds `markdown` to the GitHub Actions step summary, when running in one: what a run ran on
 /// is seen on the run's page, not only in its log.
 pub fn step_summary(markdown: &str) {
@@ -73,5 +62,16 @@ pub fn step_summary(markdown: &str) {
         .open(path);
     if let Ok(mut file) = file {
         let _ = writeln!(file, "{markdown}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paint_only_when_asked() {
+        assert_eq!(paint("NO", false, false), "NO");
+        assert_eq!(paint("yes", true, true), "\x1b[32myes\x1b[0m");
     }
 }
