@@ -50,7 +50,7 @@ pub use error::{Error, Phase, Result};
 pub use guest::Guest;
 pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
 pub use lan::lab::{Lab, LabBuilder};
-pub use lan::{PortCounters, PortPolicy};
+pub use lan::{PortCounters, PortPolicy, PortVlans, VlanSet};
 pub use link::{Child, IpvlanMode, MacvlanMode, MacvtapMode};
 pub use qmp::{Qmp, QmpError, RxFilter};
 pub use session::Session;

@@ -170,6 +170,7 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSw
         PortPolicy {
             hairpin: false,
             max_macs: Some(2),
+            ..PortPolicy::default()
         },
     );
     async fn count_reaching(vm: &Vm) -> Result<usize> {

@@ -164,6 +164,7 @@ async fn a_mac_cap_of_one_drops_the_second_mac_and_keeps_the_first() {
         PortPolicy {
             hairpin: false,
             max_macs: Some(1),
+            ..PortPolicy::default()
         },
     );
 
@@ -398,5 +399,65 @@ async fn a_guest_with_two_nics_has_a_port_and_a_cable_per_nic_and_clones_their_o
     peer.wait_until_succeeds("ping -c1 -W1 192.168.88.1", SETTLE)
         .await
         .check();
+    lab.shutdown().await.check();
+}
+
+/// 802.1Q through the switch, the case the NixOS driver's switch failed (nixpkgs#182324):
+/// VLAN subinterfaces on two trunks ping each other, an access port of the VLAN reaches them
+/// untagged, and a VLAN a trunk does not carry is dropped at its port and counted.
+#[rstest]
+#[tokio::test]
+async fn vlan_subinterfaces_ping_across_trunks_and_a_vlan_not_allowed_is_dropped() {
+    use lab_harness::PortVlans;
+    let lab = lan("lan-vlan", &["host1", "host2", "host3"]).await;
+    let port = |vlans| PortPolicy {
+        vlans,
+        ..PortPolicy::default()
+    };
+    let trunk = |ids: &[u16]| port(PortVlans::trunk(ids).check());
+    lab.set_policy("host1", trunk(&[10, 20]));
+    lab.set_policy("host2", trunk(&[10]));
+    lab.set_policy("host3", port(PortVlans::Access(10)));
+    let sub = |vid: u16, n: u8| {
+        format!(
+            "ip link add link eth0 name eth0.{vid} type vlan id {vid} \
+             && ip addr add 10.0.{vid}.{n}/24 dev eth0.{vid} && ip link set eth0.{vid} up"
+        )
+    };
+    let (host1, host2, host3) = (lab.vm("host1"), lab.vm("host2"), lab.vm("host3"));
+    host1
+        .succeed(format!("{} && {}", sub(10, 1), sub(20, 1)))
+        .await
+        .check();
+    host2
+        .succeed(format!("{} && {}", sub(10, 2), sub(20, 2)))
+        .await
+        .check();
+    // The access port's guest knows nothing of VLANs: plain eth0 in 10.0.10.0/24.
+    host3
+        .succeed("ip addr flush dev eth0 && ip addr add 10.0.10.3/24 dev eth0")
+        .await
+        .check();
+    host1
+        .wait_until_succeeds("ping -c1 -W1 10.0.10.2", SETTLE)
+        .await
+        .check();
+    host1.succeed("ping -c2 -W2 10.0.10.3").await.check();
+    host3.succeed("ping -c2 -W2 10.0.10.2").await.check();
+    // Untagged frames between the trunks have no VLAN to go in: no native VLAN.
+    host1.fail("ping -c2 -W1 192.168.88.2").await.check();
+    let before = lab.counters("host2").drop_vlan;
+    host2.fail("ping -c2 -W1 10.0.20.1").await.check();
+    assert!(
+        lab.counters("host2").drop_vlan > before,
+        "host2's frames of VLAN 20 are dropped at its port: {:?}",
+        lab.counters("host2")
+    );
+    assert!(
+        lab.switch()
+            .learned_in_vlans(lab.port("host1"))
+            .contains(&(10, host1.mac())),
+        "learned per VLAN"
+    );
     lab.shutdown().await.check();
 }

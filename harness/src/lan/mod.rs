@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixDatagram;
 
 use capture::Capture;
-pub use switch::{PortCounters, PortPolicy, Switch};
+pub use switch::{BadVlan, Forward, PortCounters, PortPolicy, PortVlans, Switch, VlanSet};
 
 /// How a guest joins a port: QEMU binds `guest`, sends to `switch`; the switch does the reverse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,11 @@ impl SwitchHandle {
         self.lock().switch.learned_on(port)
     }
 
+    /// What is learned on `port`, each address with its VLAN.
+    pub fn learned_in_vlans(&self, port: usize) -> Vec<(u16, crate::mac::MacAddr)> {
+        self.lock().switch.learned_in_vlans(port)
+    }
+
     pub fn set_policy(&self, port: usize, policy: PortPolicy) {
         self.lock().switch.set_policy(port, policy);
     }
@@ -157,20 +162,28 @@ async fn port_loop(
             continue;
         };
         let frame = &buf[..n];
-        let out = {
+        let out: Vec<(usize, std::borrow::Cow<'_, [u8]>)> = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             s.all.write(frame);
             s.per_port[port].write(frame);
-            let out = s.switch.ingress(port, frame, Instant::now());
-            for &o in &out {
-                s.per_port[o].write(frame);
+            let Some(fwd) = s.switch.forward(port, frame, Instant::now()) else {
+                continue;
+            };
+            // Each port's own bytes: a trunk tags, an access port strips (a copy only then).
+            let out: Vec<(usize, std::borrow::Cow<'_, [u8]>)> = fwd
+                .ports
+                .iter()
+                .map(|&o| (o, s.switch.frame_for(o, frame, &fwd)))
+                .collect();
+            for (o, bytes) in &out {
+                s.per_port[*o].write(bytes);
             }
             out
         };
-        for o in out {
+        for (o, bytes) in out {
             // Non-blocking: a guest that is gone or not keeping up loses the frame, like a
             // congested port, and never stalls the others.
-            if all[o].try_send_to(frame, &guests[o]).is_err() {
+            if all[o].try_send_to(&bytes, &guests[o]).is_err() {
                 state
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -63,6 +63,7 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
         .ports(PortPolicy {
             hairpin: on.hairpin,
             max_macs: None,
+            ..PortPolicy::default()
         })
         .host_config(host1);
     let lab = (2..=on.hosts.max(1))

@@ -1,5 +1,13 @@
 //! The switch's forwarding logic, free of I/O: learn, age, flood, forward, and the per-port
-//! policies a real access switch has (reflective relay, port security, link state).
+//! policies a real access switch has (reflective relay, port security, link state, 802.1Q
+//! VLANs).
+//!
+//! VLANs: a port is VLAN-unaware (the default: frames pass as they came, tagged or not, as
+//! through a Linux bridge without `vlan_filtering`), an access port of one VLAN (untagged on
+//! its cable), or a trunk (the VLANs it allows tagged, and a native one untagged if it has
+//! one). Every frame is classified into a VLAN as it enters, learned per VLAN (the same MAC
+//! on two VLANs is two entries), sent only to ports of that VLAN, tagged or untagged as each
+//! port wants; a frame of a VLAN its port is not in is dropped and counted (`drop_vlan`).
 //!
 //! Its address table is bounded as a real switch's is: past [`FDB_MAX`] addresses it learns no
 //! new ones (their frames are still forwarded, unknown destinations flooded) and counts them.
@@ -10,6 +18,7 @@
 //! Architecture invariant: every forwarding decision of the lab's LAN is made here, so it can be
 //! tested frame by frame without a guest.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -26,6 +35,11 @@ pub const FDB_MAX: usize = 8192;
 /// How often stale entries are swept out of the whole table.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The 802.1Q tag's ethertype (TPID).
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// The VLAN an untagged frame on a VLAN-unaware port belongs to (802.1Q's default PVID).
+pub const DEFAULT_VLAN: u16 = 1;
+
 /// Behaviour of one port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortPolicy {
@@ -34,6 +48,8 @@ pub struct PortPolicy {
     pub hairpin: bool,
     /// Port security: at most this many source MACs are learned; frames from others are dropped.
     pub max_macs: Option<usize>,
+    /// Which VLANs the port is in, and which it tags.
+    pub vlans: PortVlans,
 }
 
 impl PortPolicy {
@@ -41,7 +57,122 @@ impl PortPolicy {
     pub const HAIRPIN: PortPolicy = PortPolicy {
         hairpin: true,
         max_macs: None,
+        vlans: PortVlans::Unaware,
     };
+}
+
+/// A port's 802.1Q membership.
+// A trunk's set is a 512-byte bitmap, so that a frame's VLAN is one bit test; a policy is
+// copied only when a port's is set, never per frame.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PortVlans {
+    /// In every VLAN; frames leave as they came in (untagged ones are in [`DEFAULT_VLAN`]).
+    #[default]
+    Unaware,
+    /// An access port: its frames are untagged on its cable and in this VLAN on the switch; a
+    /// tagged frame arriving is dropped unless tagged with this VLAN.
+    Access(u16),
+    /// A trunk: the `allowed` VLANs tagged on its cable, and untagged frames in `native`
+    /// (dropped without one).
+    Trunk {
+        native: Option<u16>,
+        allowed: VlanSet,
+    },
+}
+
+/// A set of VLAN ids, 1 to 4094.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct VlanSet([u64; 64]);
+
+impl VlanSet {
+    pub const EMPTY: VlanSet = VlanSet([0; 64]);
+
+    /// The set of `ids`; an id outside 1..=4094 is an error naming it.
+    pub fn of(ids: &[u16]) -> Result<Self, BadVlan> {
+        let mut set = Self::EMPTY;
+        for &id in ids {
+            set.insert(id)?;
+        }
+        Ok(set)
+    }
+
+    pub fn insert(&mut self, id: u16) -> Result<(), BadVlan> {
+        check_vlan(id)?;
+        self.0[usize::from(id / 64)] |= 1 << (id % 64);
+        Ok(())
+    }
+
+    pub fn contains(&self, id: u16) -> bool {
+        id < 4096 && self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        (1..4095).filter(|id| self.contains(*id))
+    }
+}
+
+impl std::fmt::Debug for VlanSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.ids()).finish()
+    }
+}
+
+/// A VLAN id outside 1..=4094 (0 means "no VLAN" in a tag, 4095 is reserved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("VLAN {0} is not a VLAN id: give one from 1 to 4094")]
+pub struct BadVlan(pub u16);
+
+/// `id`, if it is a VLAN id a port can be in.
+pub fn check_vlan(id: u16) -> Result<u16, BadVlan> {
+    if (1..=4094).contains(&id) {
+        Ok(id)
+    } else {
+        Err(BadVlan(id))
+    }
+}
+
+impl PortVlans {
+    /// A trunk carrying `allowed` tagged, with no native VLAN.
+    pub fn trunk(allowed: &[u16]) -> Result<Self, BadVlan> {
+        Ok(PortVlans::Trunk {
+            native: None,
+            allowed: VlanSet::of(allowed)?,
+        })
+    }
+
+    /// The VLAN a frame arriving with `tag` (its VLAN id, if tagged) is in, or `None` if this
+    /// port does not take it.
+    fn classify(&self, tag: Option<u16>) -> Option<u16> {
+        match (*self, tag) {
+            (PortVlans::Unaware, Some(vid)) => Some(vid),
+            (PortVlans::Unaware, None) => Some(DEFAULT_VLAN),
+            (PortVlans::Access(vid), None) => Some(vid),
+            (PortVlans::Access(vid), Some(tag)) => (tag == vid).then_some(vid),
+            (PortVlans::Trunk { native, .. }, None) => native,
+            (PortVlans::Trunk { native, allowed }, Some(tag)) => {
+                (allowed.contains(tag) || native == Some(tag)).then_some(tag)
+            }
+        }
+    }
+
+    /// Whether frames of `vid` may leave through this port.
+    fn carries(&self, vid: u16) -> bool {
+        match *self {
+            PortVlans::Unaware => true,
+            PortVlans::Access(own) => own == vid,
+            PortVlans::Trunk { native, allowed } => allowed.contains(vid) || native == Some(vid),
+        }
+    }
+
+    /// Whether a frame of `vid` leaves this port tagged (`None`: as it came in).
+    fn tags(&self, vid: u16) -> Option<bool> {
+        match *self {
+            PortVlans::Unaware => None,
+            PortVlans::Access(_) => Some(false),
+            PortVlans::Trunk { native, .. } => Some(native != Some(vid)),
+        }
+    }
 }
 
 /// Frame and drop counts of one port, readable by tests.
@@ -64,6 +195,8 @@ pub struct PortCounters {
     pub drop_bad_source: u64,
     /// Could not be delivered to the guest (gone, or its socket full).
     pub drop_tx_error: u64,
+    /// Of a VLAN the port is not in (or untagged on a trunk without a native VLAN).
+    pub drop_vlan: u64,
     /// Forwarded, but its source not learned: the address table was full.
     pub unlearned_table_full: u64,
 }
@@ -93,10 +226,13 @@ enum Learn {
 
 /// The forwarding database: where each address was last seen, by address and by port, so that
 /// a lookup, a refresh and a port's cap each cost O(1) (or O(the cap)).
+/// An address on a VLAN: what the table learns (802.1Q's independent learning).
+type Key = (u16, MacAddr);
+
 #[derive(Debug)]
 struct Fdb {
-    by_mac: HashMap<MacAddr, Learned>,
-    by_port: Vec<HashSet<MacAddr>>,
+    by_mac: HashMap<Key, Learned>,
+    by_port: Vec<HashSet<Key>>,
     ageing: Duration,
     max: usize,
     swept: Option<Instant>,
@@ -118,14 +254,14 @@ impl Fdb {
     }
 
     /// The port `mac` was last seen on, unless that is older than the ageing time.
-    fn port_of(&self, mac: &MacAddr, now: Instant) -> Option<usize> {
+    fn port_of(&self, mac: &Key, now: Instant) -> Option<usize> {
         self.by_mac
             .get(mac)
             .filter(|l| self.fresh(l, now))
             .map(|l| l.port)
     }
 
-    fn insert(&mut self, mac: MacAddr, port: usize, now: Instant) {
+    fn insert(&mut self, mac: Key, port: usize, now: Instant) {
         if let Some(old) = self.by_mac.insert(mac, Learned { port, seen: now }) {
             if old.port != port {
                 self.by_port[old.port].remove(&mac);
@@ -134,7 +270,7 @@ impl Fdb {
         self.by_port[port].insert(mac);
     }
 
-    fn remove(&mut self, mac: &MacAddr) {
+    fn remove(&mut self, mac: &Key) {
         if let Some(old) = self.by_mac.remove(mac) {
             self.by_port[old.port].remove(mac);
         }
@@ -142,7 +278,7 @@ impl Fdb {
 
     /// Drops the stale entries of one port: O(what the port holds).
     fn expire_port(&mut self, port: usize, now: Instant) {
-        let stale: Vec<MacAddr> = self.by_port[port]
+        let stale: Vec<Key> = self.by_port[port]
             .iter()
             .filter(|m| self.by_mac.get(m).is_none_or(|l| !self.fresh(l, now)))
             .copied()
@@ -210,63 +346,104 @@ impl Switch {
 
     /// Takes a frame received on `port` and returns the ports it leaves through (tx counted).
     pub fn ingress(&mut self, port: usize, frame: &[u8], now: Instant) -> Vec<usize> {
-        let Some(p) = self.ports.get_mut(port) else {
-            return Vec::new();
-        };
+        self.forward(port, frame, now)
+            .map_or_else(Vec::new, |f| f.ports)
+    }
+
+    /// Takes a frame received on `port`: where it goes, and in which VLAN ([`Switch::frame_for`]
+    /// gives the bytes each port sends). `None` when it is dropped (counted).
+    pub fn forward(&mut self, port: usize, frame: &[u8], now: Instant) -> Option<Forward> {
+        let p = self.ports.get_mut(port)?;
         p.counters.rx_frames += 1;
         p.counters.rx_bytes += frame.len() as u64;
         if frame.len() < MIN_FRAME {
             p.counters.drop_runt += 1;
-            return Vec::new();
+            return None;
         }
         if frame.len() > MAX_FRAME {
             p.counters.drop_oversize += 1;
-            return Vec::new();
+            return None;
         }
         if !p.up {
             p.counters.drop_link_down += 1;
-            return Vec::new();
+            return None;
         }
         let dst = mac_at(frame, 0);
         let src = mac_at(frame, 6);
         if src.0[0] & 1 == 1 {
             p.counters.drop_bad_source += 1;
-            return Vec::new();
+            return None;
         }
+        let tag = vlan_tag(frame);
+        let Some(vid) = p.policy.vlans.classify(tag) else {
+            p.counters.drop_vlan += 1;
+            return None;
+        };
         self.fdb.sweep(now);
-        match self.learn(port, src, now) {
+        match self.learn(port, (vid, src), now) {
             Learn::Learned => {}
             Learn::OverPortCap => {
                 self.ports[port].counters.drop_mac_limit += 1;
-                return Vec::new();
+                return None;
             }
             Learn::TableFull => self.ports[port].counters.unlearned_table_full += 1,
         }
-        let out = self.egress_ports(port, dst, now);
+        let out = self.egress_ports(port, (vid, dst), now);
         for &o in &out {
+            let len = self.frame_len_on(o, frame, tag, vid);
             self.ports[o].counters.tx_frames += 1;
-            self.ports[o].counters.tx_bytes += frame.len() as u64;
+            self.ports[o].counters.tx_bytes += len as u64;
         }
-        out
+        Some(Forward {
+            vid,
+            tagged: tag.is_some(),
+            ports: out,
+        })
     }
 
-    fn egress_ports(&mut self, ingress: usize, dst: MacAddr, now: Instant) -> Vec<usize> {
+    /// The bytes port `port` sends for `frame` as [`Switch::forward`] sent it on: tagged with
+    /// its VLAN on a trunk, untagged on an access port, as it came on a VLAN-unaware one.
+    pub fn frame_for<'f>(&self, port: usize, frame: &'f [u8], fwd: &Forward) -> Cow<'f, [u8]> {
+        let wants = self
+            .ports
+            .get(port)
+            .and_then(|p| p.policy.vlans.tags(fwd.vid));
+        match (wants, fwd.tagged) {
+            (Some(true), false) => Cow::Owned(with_tag(frame, fwd.vid)),
+            (Some(false), true) => Cow::Owned(without_tag(frame)),
+            _ => Cow::Borrowed(frame),
+        }
+    }
+
+    fn frame_len_on(&self, port: usize, frame: &[u8], tag: Option<u16>, vid: u16) -> usize {
+        match (self.ports[port].policy.vlans.tags(vid), tag.is_some()) {
+            (Some(true), false) => frame.len() + 4,
+            (Some(false), true) => frame.len() - 4,
+            _ => frame.len(),
+        }
+    }
+
+    fn egress_ports(&mut self, ingress: usize, dst: Key, now: Instant) -> Vec<usize> {
         let hairpin = self.ports[ingress].policy.hairpin;
-        let known = (dst.0[0] & 1 == 0)
+        let vid = dst.0;
+        let known = (dst.1 .0[0] & 1 == 0)
             .then(|| self.fdb.port_of(&dst, now))
             .flatten();
         let Some(to) = known else {
             // A reflective-relay port gets its own floods back too, as a Linux bridge port in
             // hairpin mode does: that is how ARP between VEPA siblings works.
             return (0..self.ports.len())
-                .filter(|&o| self.ports[o].up && (o != ingress || hairpin))
+                .filter(|&o| {
+                    let p = &self.ports[o];
+                    p.up && p.policy.vlans.carries(vid) && (o != ingress || hairpin)
+                })
                 .collect();
         };
         if to == ingress && !hairpin {
             self.ports[ingress].counters.drop_same_port += 1;
             return Vec::new();
         }
-        if self.ports[to].up {
+        if self.ports[to].up && self.ports[to].policy.vlans.carries(vid) {
             vec![to]
         } else {
             Vec::new()
@@ -274,7 +451,7 @@ impl Switch {
     }
 
     /// Learns (or refreshes) `src` on `port`, within the port's MAC cap and the table's size.
-    fn learn(&mut self, port: usize, src: MacAddr, now: Instant) -> Learn {
+    fn learn(&mut self, port: usize, src: Key, now: Instant) -> Learn {
         if self.fdb.port_of(&src, now) == Some(port) {
             self.fdb.insert(src, port, now);
             return Learn::Learned;
@@ -292,20 +469,33 @@ impl Switch {
         Learn::Learned
     }
 
-    /// MACs currently learned on `port` (an entry past its ageing time, not swept yet, is not).
+    /// MACs currently learned on `port`, in any VLAN (an entry past its ageing time, not
+    /// swept yet, is not).
     pub fn learned_on(&self, port: usize) -> Vec<MacAddr> {
-        let now = Instant::now();
         let mut macs: Vec<MacAddr> = self
+            .learned_in_vlans(port)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        macs.sort_by_key(|m| m.0);
+        macs.dedup();
+        macs
+    }
+
+    /// What is learned on `port`, each address with its VLAN.
+    pub fn learned_in_vlans(&self, port: usize) -> Vec<(u16, MacAddr)> {
+        let now = Instant::now();
+        let mut keys: Vec<Key> = self
             .fdb
             .by_port
             .get(port)
             .into_iter()
             .flatten()
-            .filter(|m| self.fdb.port_of(m, now) == Some(port))
+            .filter(|k| self.fdb.port_of(k, now) == Some(port))
             .copied()
             .collect();
-        macs.sort_by_key(|m| m.0);
-        macs
+        keys.sort_by_key(|(vid, m)| (*vid, m.0));
+        keys
     }
 
     /// Addresses in the table, stale ones not yet swept included.
@@ -348,6 +538,36 @@ impl Switch {
     }
 }
 
+/// Where a frame went: its VLAN, whether it came tagged, the ports it leaves through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub vid: u16,
+    pub tagged: bool,
+    pub ports: Vec<usize>,
+}
+
+/// The VLAN id of a frame's 802.1Q tag; `None` for an untagged frame or a priority tag (id 0).
+fn vlan_tag(frame: &[u8]) -> Option<u16> {
+    if frame.len() < 18 || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_VLAN {
+        return None;
+    }
+    let vid = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+    (vid != 0).then_some(vid)
+}
+
+fn with_tag(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.extend_from_slice(&frame[..12]);
+    out.extend_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+fn without_tag(frame: &[u8]) -> Vec<u8> {
+    [&frame[..12], &frame[16..]].concat()
+}
+
 fn mac_at(frame: &[u8], at: usize) -> MacAddr {
     let mut m = [0u8; 6];
     m.copy_from_slice(&frame[at..at + 6]);
@@ -373,6 +593,113 @@ mod tests {
 
     fn switch(ports: usize, policy: PortPolicy) -> Switch {
         Switch::new(&vec![policy; ports], Duration::from_secs(300))
+    }
+
+    fn vlan_ports(vlans: &[PortVlans]) -> Switch {
+        let policies: Vec<PortPolicy> = vlans
+            .iter()
+            .map(|&vlans| PortPolicy {
+                vlans,
+                ..PortPolicy::default()
+            })
+            .collect();
+        Switch::new(&policies, Duration::from_secs(300))
+    }
+
+    fn tagged(dst: [u8; 6], src: [u8; 6], vid: u16) -> Vec<u8> {
+        with_tag(&frame(dst, src), vid)
+    }
+
+    #[test]
+    fn access_ports_of_one_vlan_meet_and_of_two_do_not() {
+        let mut s = vlan_ports(&[
+            PortVlans::Access(10),
+            PortVlans::Access(10),
+            PortVlans::Access(20),
+        ]);
+        let now = Instant::now();
+        assert_eq!(s.ingress(0, &frame(BCAST, A), now), vec![1]);
+        assert_eq!(s.ingress(2, &frame(BCAST, C), now), Vec::<usize>::new());
+        assert_eq!(
+            s.ingress(2, &frame(A, C), now),
+            Vec::<usize>::new(),
+            "A is in 10"
+        );
+        assert_eq!(s.ingress(1, &frame(A, B), now), vec![0]);
+    }
+
+    #[test]
+    fn a_trunk_tags_what_an_access_port_sends_and_the_access_port_gets_it_untagged() {
+        let trunk = PortVlans::trunk(&[10, 20]).expect("valid");
+        let mut s = vlan_ports(&[trunk, PortVlans::Access(10), PortVlans::Access(20)]);
+        let now = Instant::now();
+        let untagged = frame(BCAST, B);
+        let fwd = s.forward(1, &untagged, now).expect("forwarded");
+        assert_eq!((fwd.vid, fwd.ports.clone()), (10, vec![0]));
+        let on_trunk = s.frame_for(0, &untagged, &fwd);
+        assert_eq!(vlan_tag(&on_trunk), Some(10));
+        assert_eq!(on_trunk.len(), untagged.len() + 4);
+        assert_eq!(s.counters(0).tx_bytes, on_trunk.len() as u64);
+        let from_trunk = tagged(B, A, 10);
+        let fwd = s.forward(0, &from_trunk, now).expect("forwarded");
+        assert_eq!(
+            (fwd.vid, fwd.ports.clone()),
+            (10, vec![1]),
+            "B was learned in 10"
+        );
+        let on_access = s.frame_for(1, &from_trunk, &fwd);
+        assert_eq!(
+            on_access.as_ref(),
+            frame(B, A).as_slice(),
+            "the tag comes off"
+        );
+        let in_20 = s.forward(0, &tagged(BCAST, A, 20), now).expect("forwarded");
+        assert_eq!(in_20.ports, vec![2]);
+    }
+
+    #[test]
+    fn a_frame_of_a_vlan_its_port_is_not_in_is_dropped_and_counted() {
+        let trunk = PortVlans::trunk(&[10]).expect("valid");
+        let mut s = vlan_ports(&[trunk, PortVlans::Access(10), PortVlans::Unaware]);
+        let now = Instant::now();
+        assert_eq!(
+            s.forward(0, &tagged(BCAST, A, 20), now),
+            None,
+            "20 not allowed"
+        );
+        assert_eq!(s.forward(0, &frame(BCAST, A), now), None, "no native VLAN");
+        assert_eq!(
+            s.forward(1, &tagged(BCAST, B, 30), now),
+            None,
+            "tagged on access"
+        );
+        assert_eq!(s.counters(0).drop_vlan, 2);
+        assert_eq!(s.counters(1).drop_vlan, 1);
+        // A VLAN-unaware port passes tagged frames as they are, to the ports of their VLAN.
+        let fwd = s.forward(2, &tagged(BCAST, C, 10), now).expect("forwarded");
+        assert_eq!(fwd.ports, vec![0, 1]);
+    }
+
+    #[test]
+    fn one_mac_on_two_vlans_is_learned_twice() {
+        let trunk = PortVlans::trunk(&[10, 20]).expect("valid");
+        let mut s = vlan_ports(&[trunk, PortVlans::Access(10), PortVlans::Access(20)]);
+        let now = Instant::now();
+        s.ingress(1, &frame(BCAST, A), now);
+        s.ingress(2, &frame(BCAST, A), now);
+        assert_eq!(s.learned_in_vlans(1), vec![(10, MacAddr(A))]);
+        assert_eq!(s.learned_in_vlans(2), vec![(20, MacAddr(A))]);
+        assert_eq!(s.ingress(0, &tagged(A, B, 20), now), vec![2]);
+        assert_eq!(s.ingress(0, &tagged(A, B, 10), now), vec![1]);
+    }
+
+    #[test]
+    fn only_ids_from_1_to_4094_are_vlans() {
+        assert_eq!(VlanSet::of(&[0]), Err(BadVlan(0)));
+        assert_eq!(PortVlans::trunk(&[4095]), Err(BadVlan(4095)));
+        let set = VlanSet::of(&[1, 64, 4094]).expect("valid");
+        assert_eq!(set.ids().collect::<Vec<_>>(), vec![1, 64, 4094]);
+        assert!(BadVlan(4095).to_string().contains("from 1 to 4094"));
     }
 
     #[test]
@@ -419,6 +746,7 @@ mod tests {
             PortPolicy {
                 hairpin: false,
                 max_macs: Some(1),
+                ..PortPolicy::default()
             },
         );
         let t = Instant::now();
@@ -479,6 +807,7 @@ mod tests {
         let policy = PortPolicy {
             hairpin: false,
             max_macs: Some(1),
+            ..PortPolicy::default()
         };
         let mut s = Switch::new(&[policy; 2], Duration::from_secs(1));
         let t = Instant::now();
@@ -566,7 +895,7 @@ mod tests {
         proptest! {
             #[test]
             fn any_frames_keep_the_rules(hairpin in any::<bool>(), cap in prop::option::of(1usize..3), frames in frames(), downs in prop::collection::vec(0usize..5, 0..3)) {
-                let mut s = switch(4, PortPolicy { hairpin, max_macs: cap });
+                let mut s = switch(4, PortPolicy { hairpin, max_macs: cap, ..PortPolicy::default() });
                 for port in downs {
                     s.set_up(port, false);
                 }
