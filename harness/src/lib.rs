@@ -49,6 +49,7 @@ pub use config::{
 pub use error::{Error, Phase, Result};
 pub use guest::Guest;
 pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
+pub use lan::impair::{Impairment, Loss};
 pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy, PortVlans, VlanSet};
 pub use link::{Child, IpvlanMode, MacvlanMode, MacvtapMode};

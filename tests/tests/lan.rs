@@ -461,3 +461,80 @@ async fn vlan_subinterfaces_ping_across_trunks_and_a_vlan_not_allowed_is_dropped
     );
     lab.shutdown().await.check();
 }
+
+/// The average RTT (ms) and the loss (%) of iputils ping's summary.
+fn ping_stats(out: &str) -> (Option<f64>, f64) {
+    let avg = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok());
+    let loss = out
+        .lines()
+        .find_map(|l| l.split(", ").find(|p| p.ends_with("% packet loss")))
+        .and_then(|p| p.trim_end_matches("% packet loss").parse().ok())
+        .unwrap_or_else(|| panic!("no loss in ping's summary: {out}"));
+    (avg, loss)
+}
+
+/// A bad cable without root or `tc`: the switch delays and loses what was set on host2's
+/// cable, both ways, measured by ping from host1; a good cable again is as before, and an
+/// impossible setting is refused naming its field.
+#[rstest]
+#[tokio::test]
+async fn a_bad_cable_delays_and_loses_what_was_set_then_recovers() {
+    use lab_harness::{Impairment, Loss};
+    let lab = lan("lan-impair", &["host1", "host2"]).await;
+    let host1 = lab.vm("host1");
+    host1
+        .wait_until_succeeds("ping -c1 -W1 192.168.88.2", SETTLE)
+        .await
+        .check();
+    let ping =
+        |count: u32, interval: &str| format!("ping -c {count} -i {interval} -W 2 192.168.88.2");
+    let (base, _) = ping_stats(&host1.succeed(ping(5, "0.2")).await.check());
+    let base = base.expect("an RTT");
+    let delayed = Impairment {
+        delay: Duration::from_millis(50),
+        jitter: Duration::from_millis(5),
+        seed: Some(1),
+        ..Impairment::default()
+    };
+    lab.set_impairment("host2", delayed).check();
+    let (rtt, loss) = ping_stats(&host1.succeed(ping(10, "0.2")).await.check());
+    let added = rtt.expect("an RTT") - base;
+    // 50 ms each way through host2's cable, ± the jitter and TCG's own noise.
+    assert!(
+        (90.0..=130.0).contains(&added),
+        "50 ms of delay each way added {added:.1} ms to a {base:.1} ms RTT"
+    );
+    assert_eq!(loss, 0.0);
+    let lossy = Impairment {
+        loss: Loss::Random(0.3),
+        seed: Some(42),
+        ..Impairment::default()
+    };
+    lab.set_impairment("host2", lossy).check();
+    let out = host1.run(ping(100, "0.02")).await.check();
+    let (_, loss) = ping_stats(&String::from_utf8_lossy(&out.stdout));
+    // A request and its reply each cross the cable: 1 - 0.7² = 51% of pings go unanswered.
+    assert!(
+        (35.0..=67.0).contains(&loss),
+        "30% loss each way lost {loss}% of pings"
+    );
+    eprintln!("host2's bad cable: +{added:.1} ms RTT for 50 ms each way, {loss}% of pings lost for 30% each way");
+    assert!(lab.counters("host2").impaired_lost > 0);
+    lab.set_impairment("host2", Impairment::default()).check();
+    let (_, loss) = ping_stats(&host1.succeed(ping(5, "0.2")).await.check());
+    assert_eq!(loss, 0.0, "a good cable again");
+    let impossible = Impairment {
+        loss: Loss::Random(1.5),
+        ..Impairment::default()
+    };
+    let err = lab
+        .set_impairment("host2", impossible)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("loss = 150%"), "{err}");
+    lab.shutdown().await.check();
+}

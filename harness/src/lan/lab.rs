@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::assets::Assets;
 use crate::config::{NetBackend, VmConfig};
 use crate::error::{Error, Result};
+use crate::lan::impair::Impairment;
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
 use crate::vm::{Cmd, Vm};
 
@@ -189,6 +190,26 @@ impl Lab {
 
     pub fn set_policy(&self, name: &str, policy: PortPolicy) {
         self.switch.set_policy(self.port(name), policy);
+    }
+
+    /// Makes the cable of `name`'s `eth0` bad, both ways (delay, jitter, loss, duplicates,
+    /// reordering, a rate limit), or good again with `Impairment::default()`. No root and no
+    /// `tc`: the lab's switch does it. Refused, naming the field, if it cannot be.
+    pub fn set_impairment(&self, name: &str, impairment: Impairment) -> Result<()> {
+        self.set_nic_impairment(name, 0, impairment)
+    }
+
+    /// [`Lab::set_impairment`] of `name`'s NIC `nic` (`eth<nic>`).
+    pub fn set_nic_impairment(&self, name: &str, nic: u8, impairment: Impairment) -> Result<()> {
+        impairment.validate().map_err(|e| {
+            Error::invalid(
+                format!("the impairment of {name}'s eth{nic}: {e}"),
+                "give shares from 0 to 1 (0% to 100%) and a rate above zero",
+            )
+        })?;
+        self.switch
+            .set_impairment(self.nic_port(name, nic), impairment);
+        Ok(())
     }
 
     /// Plugs or pulls the cable of `name`'s `eth0`: QMP `set_link` on the guest's NIC (the

@@ -3,17 +3,25 @@
 //! travel between QEMU processes through this process only.
 
 pub mod capture;
+pub mod impair;
 pub mod lab;
 pub mod script;
 pub mod switch;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixDatagram;
 
 use capture::Capture;
+use impair::{Fate, Impairment, Link};
+
+/// The most bytes of frames one cable holds while its impairment delays them; more is dropped
+/// and counted (`impaired_overflow`), so a delayed flood costs bounded memory.
+pub const MAX_DELAYED_BYTES: usize = 16 << 20;
 pub use switch::{BadVlan, Forward, PortCounters, PortPolicy, PortVlans, Switch, VlanSet};
 
 /// How a guest joins a port: QEMU binds `guest`, sends to `switch`; the switch does the reverse.
@@ -36,6 +44,18 @@ struct State {
     switch: Switch,
     all: Capture,
     per_port: Vec<Capture>,
+    /// Each port's cable, and what its impairment does.
+    links: Vec<Link>,
+}
+
+/// What a port task needs to switch and send frames, shared by every task.
+#[derive(Debug, Clone)]
+struct Net {
+    sockets: Vec<Arc<UnixDatagram>>,
+    guests: Arc<Vec<PathBuf>>,
+    state: Arc<Mutex<State>>,
+    /// Bytes each cable holds delayed right now.
+    delayed: Arc<Vec<AtomicUsize>>,
 }
 
 impl SwitchHandle {
@@ -62,19 +82,19 @@ impl SwitchHandle {
             switch: Switch::new(policies, Duration::from_secs(300)),
             all: Capture::create(&captures.join("switch.pcap"))?,
             per_port,
+            links: (0..policies.len())
+                .map(|_| Link::new(Impairment::default()))
+                .collect(),
         };
         let state = Arc::new(Mutex::new(state));
-        let guests: Arc<Vec<PathBuf>> = Arc::new(ports.iter().map(|p| p.guest.clone()).collect());
+        let net = Net {
+            sockets: bound.clone(),
+            guests: Arc::new(ports.iter().map(|p| p.guest.clone()).collect()),
+            state: Arc::clone(&state),
+            delayed: Arc::new((0..ports.len()).map(|_| AtomicUsize::new(0)).collect()),
+        };
         let tasks = (0..ports.len())
-            .map(|i| {
-                tokio::spawn(port_loop(
-                    i,
-                    Arc::clone(&bound[i]),
-                    bound.clone(),
-                    Arc::clone(&guests),
-                    Arc::clone(&state),
-                ))
-            })
+            .map(|i| tokio::spawn(port_loop(i, Arc::clone(&bound[i]), net.clone())))
             .collect();
         Ok(Self {
             state,
@@ -116,6 +136,22 @@ impl SwitchHandle {
         self.lock().switch.set_up(port, up);
     }
 
+    /// Makes port `port`'s cable bad (or good again, with the default): frames crossing it
+    /// either way meet `impairment` from now on.
+    pub fn set_impairment(&self, port: usize, impairment: Impairment) {
+        if let Some(link) = self.lock().links.get_mut(port) {
+            *link = Link::new(impairment);
+        }
+    }
+
+    pub fn impairment(&self, port: usize) -> Impairment {
+        self.lock()
+            .links
+            .get(port)
+            .map(|l| l.impairment)
+            .unwrap_or_default()
+    }
+
     /// Flushes the captures and returns the path of `switch.pcap` (every frame received).
     pub fn flush_captures(&self) -> PathBuf {
         let mut s = self.lock();
@@ -149,47 +185,104 @@ impl Drop for SwitchHandle {
     }
 }
 
-async fn port_loop(
-    port: usize,
-    sock: Arc<UnixDatagram>,
-    all: Vec<Arc<UnixDatagram>>,
-    guests: Arc<Vec<PathBuf>>,
-    state: Arc<Mutex<State>>,
-) {
+async fn port_loop(port: usize, sock: Arc<UnixDatagram>, net: Net) {
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok(n) = sock.recv(&mut buf).await else {
             continue;
         };
         let frame = &buf[..n];
-        let out: Vec<(usize, std::borrow::Cow<'_, [u8]>)> = {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        // The sender's cable first: its impairment meets the frame on its way in.
+        let fate = {
+            let mut s = net.lock();
+            let fate = s.links[port].admit(n, Instant::now());
+            s.switch.count_impairment(port, &fate);
+            fate
+        };
+        match fate {
+            Fate::Now => net.switch_frame(port, frame),
+            Fate::Lost | Fate::Overflow => {}
+            Fate::SendAt(times) => {
+                for at in times {
+                    net.later(port, at, frame.to_vec(), |net, port, bytes| {
+                        net.switch_frame(port, &bytes)
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Net {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forwards a frame that came in on `port`, and sends it out of each port it goes to,
+    /// through that port's cable.
+    fn switch_frame(&self, port: usize, frame: &[u8]) {
+        let now = Instant::now();
+        let out: Vec<(usize, Cow<'_, [u8]>, Fate)> = {
+            let mut s = self.lock();
             s.all.write(frame);
             s.per_port[port].write(frame);
-            let Some(fwd) = s.switch.forward(port, frame, Instant::now()) else {
-                continue;
+            let Some(fwd) = s.switch.forward(port, frame, now) else {
+                return;
             };
             // Each port's own bytes: a trunk tags, an access port strips (a copy only then).
-            let out: Vec<(usize, std::borrow::Cow<'_, [u8]>)> = fwd
-                .ports
-                .iter()
-                .map(|&o| (o, s.switch.frame_for(o, frame, &fwd)))
-                .collect();
-            for (o, bytes) in &out {
-                s.per_port[*o].write(bytes);
+            let mut out = Vec::with_capacity(fwd.ports.len());
+            for &o in &fwd.ports {
+                let bytes = s.switch.frame_for(o, frame, &fwd);
+                let fate = s.links[o].admit(bytes.len(), now);
+                s.switch.count_impairment(o, &fate);
+                if !matches!(fate, Fate::Lost | Fate::Overflow) {
+                    s.per_port[o].write(&bytes);
+                }
+                out.push((o, bytes, fate));
             }
             out
         };
-        for (o, bytes) in out {
-            // Non-blocking: a guest that is gone or not keeping up loses the frame, like a
-            // congested port, and never stalls the others.
-            if all[o].try_send_to(&bytes, &guests[o]).is_err() {
-                state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .switch
-                    .count_tx_error(o);
+        for (o, bytes, fate) in out {
+            match fate {
+                Fate::Now => self.send(o, &bytes),
+                Fate::Lost | Fate::Overflow => {}
+                Fate::SendAt(times) => {
+                    for at in times {
+                        self.later(o, at, bytes.to_vec(), |net, o, bytes| net.send(o, &bytes));
+                    }
+                }
             }
+        }
+    }
+
+    /// Runs `then` with `bytes` at `at` (at once if that has passed), within the cable's
+    /// budget of delayed bytes; past it the frame is dropped and counted.
+    fn later(&self, port: usize, at: Instant, bytes: Vec<u8>, then: fn(&Net, usize, Vec<u8>)) {
+        if at <= Instant::now() {
+            return then(self, port, bytes);
+        }
+        let held = &self.delayed[port];
+        if held.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > MAX_DELAYED_BYTES {
+            held.fetch_sub(bytes.len(), Ordering::Relaxed);
+            self.lock().switch.count_impairment(port, &Fate::Overflow);
+            return;
+        }
+        let net = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            net.delayed[port].fetch_sub(bytes.len(), Ordering::Relaxed);
+            then(&net, port, bytes);
+        });
+    }
+
+    fn send(&self, port: usize, bytes: &[u8]) {
+        // Non-blocking: a guest that is gone or not keeping up loses the frame, like a
+        // congested port, and never stalls the others.
+        if self.sockets[port]
+            .try_send_to(bytes, &self.guests[port])
+            .is_err()
+        {
+            self.lock().switch.count_tx_error(port);
         }
     }
 }

@@ -197,6 +197,13 @@ pub struct PortCounters {
     pub drop_tx_error: u64,
     /// Of a VLAN the port is not in (or untagged on a trunk without a native VLAN).
     pub drop_vlan: u64,
+    /// Lost on the port's cable by its impairment ([`super::impair::Loss`]).
+    pub impaired_lost: u64,
+    /// Dropped by the cable's impairment: queued past its rate limit, or past the bytes a
+    /// cable may hold delayed.
+    pub impaired_overflow: u64,
+    /// Sent twice by the cable's impairment.
+    pub impaired_duplicated: u64,
     /// Forwarded, but its source not learned: the address table was full.
     pub unlearned_table_full: u64,
 }
@@ -508,6 +515,20 @@ impl Switch {
             .get(port)
             .map(|p| p.counters.clone())
             .unwrap_or_default()
+    }
+
+    /// Counts what the cable of `port` did to a frame.
+    pub fn count_impairment(&mut self, port: usize, fate: &super::impair::Fate) {
+        use super::impair::Fate;
+        let Some(p) = self.ports.get_mut(port) else {
+            return;
+        };
+        match fate {
+            Fate::Lost => p.counters.impaired_lost += 1,
+            Fate::Overflow => p.counters.impaired_overflow += 1,
+            Fate::SendAt(times) if times.len() > 1 => p.counters.impaired_duplicated += 1,
+            Fate::SendAt(_) | Fate::Now => {}
+        }
     }
 
     pub fn count_tx_error(&mut self, port: usize) {
