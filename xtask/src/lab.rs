@@ -122,12 +122,18 @@ pub struct LanArgs {
     /// stall, a hung task) does not fail the run: for a job that provokes one on purpose.
     #[arg(long)]
     pub allow_kernel_splats: bool,
+    /// The LAN described in FILE (see examples/*.toml): hosts with their size, NICs, packages,
+    /// modules and setup commands; each cable's VLANs and impairment (delay, loss...). Instead
+    /// of --hosts, --hairpin, --nest and host1's options; the job runs on its first host, and
+    /// --dir goes there.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["hosts", "hairpin", "nest", "packages", "modules", "cpus", "memory", "nics"])]
+    pub topology: Option<PathBuf>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
 
 impl LanArgs {
-    pub fn lan(&self, timeout: Duration) -> ScriptLan {
+    pub fn lan(&self, timeout: Duration) -> anyhow::Result<ScriptLan> {
         let extras = Extras {
             packages: self.packages.clone(),
             modules: self.modules.clone(),
@@ -136,18 +142,26 @@ impl LanArgs {
             memory_mib: self.memory,
             nics: self.nics,
         };
-        ScriptLan {
+        Ok(ScriptLan {
             hosts: self.hosts,
             hairpin: self.hairpin,
             nest: self.nest,
             timeout,
             extras,
             allow_splats: self.allow_kernel_splats,
-        }
+            topology: self
+                .topology
+                .as_deref()
+                .map(lab_harness::lan::topology::Topology::load)
+                .transpose()?,
+        })
     }
 
     /// What can be checked before provisioning, which takes seconds.
     pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(file) = &self.topology {
+            lab_harness::lan::topology::Topology::load(file)?;
+        }
         if let Some(dir) = &self.dir {
             anyhow::ensure!(
                 dir.is_dir(),
@@ -160,6 +174,9 @@ impl LanArgs {
 
     /// What a person reads before the guests boot.
     pub fn describe(&self) -> String {
+        if let Some(file) = &self.topology {
+            return format!("the LAN of {}", file.display());
+        }
         let mut parts = vec![
             format!("{} guest(s)", self.hosts),
             format!("hairpin {}", if self.hairpin { "on" } else { "off" }),
@@ -512,7 +529,7 @@ fn run_job(
         }
     };
     let out = rt.block_on(crate::interrupt::unless_interrupted(
-        lab_harness::lan::script::run(&assets, &job, &lan.lan(timeout), show),
+        lab_harness::lan::script::run(&assets, &job, &lan.lan(timeout)?, show),
     ));
     drop(rt);
     let out = out??;

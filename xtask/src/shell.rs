@@ -44,7 +44,9 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
 
 async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
     eprintln!("lab: booting {}", lan.describe());
-    let lab = lab_harness::lan::script::boot(assets, "lab-shell", &lan.lan(Duration::ZERO)).await?;
+    let on = lan.lan(Duration::ZERO)?;
+    let lab = lab_harness::lan::script::boot(assets, "lab-shell", &on).await?;
+    let first = on.first_host();
     let code = {
         let control = Control::open(&lab)?;
         eprint!("{}", banner(&lab, assets, lan));
@@ -54,7 +56,7 @@ async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
             "/root"
         };
         let session = lab
-            .vm("host1")
+            .vm(&first)
             .interactive(guest_shell(cwd, &terminal::kind()), terminal::size())
             .await?;
         tokio::select! {
@@ -69,9 +71,10 @@ async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
 
 /// What a person reads before the prompt: each host, its address, how to reach the others.
 fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
+    let first = lab.vms().first().map_or("host1", |vm| vm.name());
     let mut text = format!(
-        "\nmacvlan-lab shell: root on host1 ({}/24 on eth0), kernel {}\n",
-        lab.ip("host1"),
+        "\nmacvlan-lab shell: root on {first} ({}/24 on eth0), kernel {}\n",
+        lab.ip(first),
         assets.kernel.release
     );
     for vm in lab.vms().iter().skip(1) {
@@ -95,9 +98,9 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
             "  A shell on another host, from another terminal: cargo xtask lab attach {}\n",
             other.name()
         )),
-        None => text.push_str(
-            "  Another shell on host1, from another terminal: cargo xtask lab attach host1\n",
-        ),
+        None => text.push_str(&format!(
+            "  Another shell on {first}, from another terminal: cargo xtask lab attach {first}\n"
+        )),
     }
     text.push_str("  `exit` or Ctrl-D powers the lab off.\n\n");
     text

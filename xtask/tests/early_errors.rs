@@ -101,6 +101,56 @@ fn the_accelerator_is_in_the_step_summary_on_github_actions() {
 }
 
 #[test]
+fn a_topology_file_with_a_mistake_is_refused_naming_its_line_before_anything_boots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lan.toml");
+    let cases = [
+        (
+            "[[host]]\nname = \"a\"\nmemroy = 512\n",
+            ":3: unknown field `memroy`",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[link]]\nhost = \"b\"\n",
+            ":4: link to host \"b\"",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[link]]\nhost = \"a\"\naccess = 5000\n",
+            ":5: VLAN 5000",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[link]]\nhost = \"a\"\nimpair = { loss_percent = 150 }\n",
+            ":5: loss_percent = 150 is not a share",
+        ),
+        (
+            "[[host]]\nname = \"a\"\n[[link]]\nhost = \"a\"\nimpair = { delay_ms = -1 }\n",
+            ":5: delay_ms = -1 is not a delay",
+        ),
+    ];
+    for (text, says) in cases {
+        std::fs::write(&file, text).expect("write");
+        let started = std::time::Instant::now();
+        let path = file.to_string_lossy().into_owned();
+        let out = xtask(&["lab", "run", "--topology", &path, "--", "true"], &[]);
+        fails_saying(&out, &[&format!("lan.toml{says}")]);
+        assert!(started.elapsed().as_secs() < 10, "refused late");
+    }
+    let out = xtask(
+        &[
+            "lab",
+            "run",
+            "--topology",
+            "x.toml",
+            "--hosts",
+            "2",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    fails_saying(&out, &["cannot be used with"]);
+}
+
+#[test]
 fn a_scenario_filter_matching_nothing_is_refused_before_provisioning() {
     let out = xtask(&["lab", "--only", "mode/vepaa"], &[]);
     fails_saying(

@@ -192,6 +192,11 @@ impl Lab {
         self.switch.set_policy(self.port(name), policy);
     }
 
+    /// [`Lab::set_policy`] of the port of `name`'s NIC `nic` (`eth<nic>`).
+    pub fn set_nic_policy(&self, name: &str, nic: u8, policy: PortPolicy) {
+        self.switch.set_policy(self.nic_port(name, nic), policy);
+    }
+
     /// Makes the cable of `name`'s `eth0` bad, both ways (delay, jitter, loss, duplicates,
     /// reordering, a rate limit), or good again with `Impairment::default()`. No root and no
     /// `tc`: the lab's switch does it. Refused, naming the field, if it cannot be.

@@ -7,6 +7,7 @@ pub mod impair;
 pub mod lab;
 pub mod script;
 pub mod switch;
+pub mod topology;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

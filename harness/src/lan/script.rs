@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::assets::DIR_IN_GUEST;
+use crate::lan::topology::Topology;
 use crate::{Assets, Cmd, Extras, Lab, PortPolicy, Result, RunOutput, Stream};
 
 /// The LAN a job runs on.
@@ -21,6 +22,19 @@ pub struct ScriptLan {
     /// A kernel problem on a guest's console does not fail the run
     /// ([`crate::Policy::allow_splats`]).
     pub allow_splats: bool,
+    /// The LAN from a file instead ([`Topology`]): `hosts`, `hairpin`, `nest` and `extras`
+    /// are not used, and the job runs on its first host.
+    pub topology: Option<Topology>,
+}
+
+impl ScriptLan {
+    /// The host the job runs on.
+    pub fn first_host(&self) -> String {
+        self.topology
+            .as_ref()
+            .and_then(|t| t.names().first().map(|n| n.to_string()))
+            .unwrap_or_else(|| "host1".into())
+    }
 }
 
 impl Default for ScriptLan {
@@ -32,6 +46,7 @@ impl Default for ScriptLan {
             timeout: Duration::from_secs(300),
             extras: Extras::default(),
             allow_splats: false,
+            topology: None,
         }
     }
 }
@@ -52,6 +67,16 @@ const SCRIPT: &str = "/run/lab-run.sh";
 /// Boots the LAN `on` describes, every guest numbered, host1 with its extras. Checks the extras
 /// (unknown package or module, missing directory, too little memory) before anything boots.
 pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
+    if let Some(topology) = &on.topology {
+        return boot_topology(
+            assets,
+            run,
+            topology,
+            on.extras.dir.as_deref(),
+            on.allow_splats,
+        )
+        .await;
+    }
     let mut host1 = if on.nest {
         assets.nest_vm("host1", 2)?
     } else {
@@ -78,6 +103,59 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
     Ok(lab)
 }
 
+/// Boots the LAN `topology` describes: its hosts (the first with `dir`), each numbered on eth0
+/// once the LAN has settled, then each link's port and impairment, then each host's `setup`
+/// commands in order. Sizes, packages and modules are checked before anything boots.
+pub async fn boot_topology(
+    assets: &Assets,
+    run: &str,
+    topology: &Topology,
+    dir: Option<&std::path::Path>,
+    allow_splats: bool,
+) -> Result<Lab> {
+    let mut builder = Lab::builder(assets, run);
+    for (i, host) in topology.hosts.iter().enumerate() {
+        let name = host.name.get_ref();
+        let mut cfg = if host.nest {
+            assets.nest_vm(name, 2)?
+        } else {
+            assets.vm(name)
+        };
+        let extras = Extras {
+            packages: host.packages.clone(),
+            modules: host.modules.clone(),
+            // The user's directory goes where the job runs: the first host.
+            dir: dir.filter(|_| i == 0).map(std::path::Path::to_path_buf),
+            cpus: host.cpus,
+            memory_mib: host.memory,
+            nics: host.nics,
+        };
+        assets.apply(&mut cfg, &extras)?;
+        cfg.policy.allow_splats = allow_splats;
+        builder = builder.host_config(cfg);
+    }
+    let lab = builder.boot().await?;
+    lab.number_hosts().await?;
+    for link in &topology.links {
+        let bad = |(at, why): (usize, String)| {
+            crate::Error::invalid(
+                format!("line {}: {why}", topology.line(at)),
+                "fix the topology file",
+            )
+        };
+        let host = link.host.get_ref();
+        lab.set_nic_policy(host, link.nic, link.policy().map_err(bad)?);
+        lab.set_nic_impairment(host, link.nic, link.impairment().map_err(bad)?)?;
+    }
+    for host in &topology.hosts {
+        let vm = lab.vm(host.name.get_ref());
+        for command in &host.setup {
+            vm.succeed(Cmd::script(command.clone())).await?;
+        }
+    }
+    Ok(lab)
+}
+
 /// Boots the LAN, runs `job` on host1 and powers everything off; returns the job's result, its
 /// stdout and stderr apart. `output` is called with each piece of output while the job runs.
 pub async fn run(
@@ -87,7 +165,7 @@ pub async fn run(
     output: impl FnMut(Stream, &[u8]),
 ) -> Result<RunOutput> {
     let lab = boot(assets, "lab-run", on).await?;
-    let host1 = lab.vm("host1");
+    let host1 = lab.vm(&on.first_host());
     let cmd = match job {
         Job::Script(text) => {
             host1
