@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod config;
 pub mod deb;
 pub mod manifest;
 pub mod modules;

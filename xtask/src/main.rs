@@ -70,6 +70,10 @@ enum Command {
     /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
     /// for `lab run --dir` (see examples/bonding-selftest.sh).
     Selftests,
+    /// Print the kernel configuration the lab needs (kernels/lab.config), to merge into the
+    /// .config of a tree of your own: `scripts/kconfig/merge_config.sh .config <(cargo xtask
+    /// kernel-config)`, then `make olddefconfig`.
+    KernelConfig,
     /// Print a completion script for `cargo xtask` in SHELL (bash, zsh, fish, elvish, powershell).
     ///
     /// Example (bash): `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`
@@ -161,6 +165,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(args) => lab::run(&args),
         Command::Selftests => {
             println!("{}", selftests::provide()?.display());
+            Ok(())
+        }
+        Command::KernelConfig => {
+            print!("{}", lab_kernels::config::FRAGMENT);
             Ok(())
         }
         Command::CleanCache { snapshots } => clean_cache(snapshots),
