@@ -48,3 +48,62 @@ fn dependencies_pass_cargo_deny() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The reusable action's step (`.github/actions/lab/run.sh`), run as the runner runs it: the
+/// caller's inputs as INPUT_* variables, their workspace elsewhere, the outputs file. `act` is
+/// not available here; the composite's other steps are setup and upload.
+fn action(inputs: &[(&str, &str)], workspace: &std::path::Path) -> (std::process::Output, String) {
+    let outputs = tempfile::NamedTempFile::new().expect("outputs file");
+    let mut cmd = Command::new(root().join(".github/actions/lab/run.sh"));
+    cmd.env("GITHUB_WORKSPACE", workspace)
+        .env("GITHUB_OUTPUT", outputs.path())
+        .env("LAB_XTASK", env!("CARGO_BIN_EXE_xtask"))
+        .env("RUST_BACKTRACE", "0");
+    for (k, v) in inputs {
+        cmd.env(format!("INPUT_{k}"), v);
+    }
+    let out = cmd.output().expect("run.sh runs");
+    let written = std::fs::read_to_string(outputs.path()).unwrap_or_default();
+    (out, written)
+}
+
+#[test]
+fn the_action_runs_the_callers_script_on_their_topology_and_says_how_it_went() {
+    let (out, outputs) = action(
+        &[
+            ("SCRIPT", ".ci/action-check.sh"),
+            ("TOPOLOGY", "examples/vlan-trunk.toml"),
+            ("TIMEOUT", "120"),
+        ],
+        &root(),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(outputs.contains("exit-code=0\n"), "{outputs}");
+    let report = outputs
+        .lines()
+        .find_map(|l| l.strip_prefix("report="))
+        .expect("a report output");
+    assert!(std::path::Path::new(report).is_dir(), "{report}");
+}
+
+#[test]
+fn the_action_fails_with_the_scripts_exit_code_or_a_missing_input_named() {
+    let workspace = tempfile::tempdir().expect("their workspace");
+    std::fs::write(workspace.path().join("fails.sh"), "echo failing; exit 3\n").expect("write");
+    let (out, outputs) = action(&[("SCRIPT", "fails.sh")], workspace.path());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(outputs.contains("exit-code=3\n"), "{outputs}");
+    let (out, _) = action(&[], workspace.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give the `script` input"));
+}
