@@ -296,6 +296,9 @@ checks! {
         HostToChild,
         ChildToHost,
         PeerToChild,
+        HostToChildV6,
+        ChildToHostV6,
+        PeerToChildV6,
         HostToChildSwitchHairpinOn,
     }
 }
@@ -315,6 +318,20 @@ pub fn seed_host_isolation(check: SeedHostIsolation) -> Option<Expectation<SeedH
             "children reach the physical network: other hosts reach them",
         )
         .reach("peer", "child"),
+        // The isolation is macvlan's, below IP: it holds for IPv6 as for IPv4.
+        HostToChildV6 => judged("host -> child, IPv6", Expect::Reaches(false), ISOLATION)
+            .reach("host", "child")
+            .when("IPv6"),
+        ChildToHostV6 => judged("child -> host, IPv6", Expect::Reaches(false), ISOLATION)
+            .reach("child", "host")
+            .when("IPv6"),
+        PeerToChildV6 => judged(
+            "peer -> child, IPv6",
+            Expect::Reaches(true),
+            "children reach the physical network: other hosts reach them",
+        )
+        .reach("peer", "child")
+        .when("IPv6"),
         HostToChildSwitchHairpinOn => judged(
             "host -> child, switch hairpin on",
             Expect::Reaches(true),

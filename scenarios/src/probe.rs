@@ -58,7 +58,7 @@ pub(crate) fn children(mode: MacvlanMode) -> String {
 }
 
 /// `count` children `<prefix>1..` of eth0 of link `kind` (a macvlan or an ipvlan, in its mode),
-/// child i in netns `ns<i>` with 192.168.88.1<i>/24.
+/// child i in netns `ns<i>` with 192.168.88.1<i>/24 and fd00:88::1<i>/64.
 pub(crate) fn children_of(kind: Child, prefix: &str, count: u8) -> String {
     children_on("eth0", kind, prefix, count)
 }
@@ -72,6 +72,7 @@ pub(crate) fn children_on(parent: &str, kind: Child, prefix: &str, count: u8) ->
            ip link add link {parent} name {prefix}$i type {kind}
            ip link set {prefix}$i netns ns$i
            ip -n ns$i addr add 192.168.88.1$i/24 dev {prefix}$i
+           ip -n ns$i -6 addr add fd00:88::1$i/64 dev {prefix}$i nodad
            ip -n ns$i link set {prefix}$i up
          done"
     )

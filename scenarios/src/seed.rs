@@ -39,6 +39,18 @@ pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostI
             SeedHostIsolation::PeerToChild,
             reach(peer, None, "192.168.88.11").await?,
         ),
+        (
+            SeedHostIsolation::HostToChildV6,
+            reach(host1, None, "fd00:88::11").await?,
+        ),
+        (
+            SeedHostIsolation::ChildToHostV6,
+            reach(host1, Some("ns1"), &lab.ip6("host1")).await?,
+        ),
+        (
+            SeedHostIsolation::PeerToChildV6,
+            reach(peer, None, "fd00:88::11").await?,
+        ),
     ]);
     lab.set_policy("host1", PortPolicy::HAIRPIN);
     o.insert(

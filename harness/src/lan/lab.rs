@@ -241,7 +241,14 @@ impl Lab {
         format!("{LAN_PREFIX}.{}", self.index(name) + 1)
     }
 
-    /// Gives every guest its [`Lab::ip`] (/24) on `eth0` and waits until the LAN is usable:
+    /// `name`'s IPv6 address on `eth0`: `fd00:88::N` in the LAN's unique local prefix (/64),
+    /// N as in [`Lab::ip`]. Its link-local address is the kernel's, from its MAC.
+    pub fn ip6(&self, name: &str) -> String {
+        format!("{LAN_PREFIX6}::{}", self.index(name) + 1)
+    }
+
+    /// Gives every guest its [`Lab::ip`] (/24) and [`Lab::ip6`] (/64) on `eth0` and waits until
+    /// the LAN is usable:
     /// the first guest pings every other, and every `eth0` is operationally UP (the kernel's
     /// linkwatch applies carrier up to a second after the link is set up, and macvlan children
     /// only come up once their parent's operstate is UP).
@@ -251,11 +258,14 @@ impl Lab {
         let numbered = self.vms.iter().map(|vm| {
             // Up, then wait in the guest until the kernel calls the link operational: frames
             // queued before then may be dropped.
+            // `nodad`: the addresses are unique by construction, and duplicate detection would
+            // hold the v6 one back for a second or more.
             vm.succeed(format!(
-                "ip addr add {}/24 dev eth0 && ip link set eth0 up && \
+                "ip addr add {}/24 dev eth0 && ip -6 addr add {}/64 dev eth0 nodad && ip link set eth0 up && \
                  for i in $(seq 500); do [ \"$(cat /sys/class/net/eth0/operstate)\" = up ] && exit 0; sleep 0.02; done; \
                  echo 'eth0 never became operational' >&2; exit 1",
-                self.ip(vm.name())
+                self.ip(vm.name()),
+                self.ip6(vm.name())
             ))
         });
         for result in futures::future::join_all(numbered).await {
@@ -400,3 +410,5 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 
 /// The /24 every lab LAN numbers its guests in, as the seed does (`192.168.88.0/24`).
 pub const LAN_PREFIX: &str = "192.168.88";
+/// The IPv6 /64 beside it: a unique local prefix (`fd00:88::/64`), so nothing leaves it.
+pub const LAN_PREFIX6: &str = "fd00:88";
