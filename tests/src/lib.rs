@@ -51,3 +51,18 @@ impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
         self.unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// The average RTT in ms (if any reply came) and the loss in % of iputils ping's summary.
+pub fn ping_stats(out: &str) -> (Option<f64>, f64) {
+    let avg = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok());
+    let loss = out
+        .lines()
+        .find_map(|l| l.split(", ").find(|p| p.ends_with("% packet loss")))
+        .and_then(|p| p.trim_end_matches("% packet loss").parse().ok())
+        .unwrap_or_else(|| panic!("no loss in ping's summary: {out}"));
+    (avg, loss)
+}

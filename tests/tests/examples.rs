@@ -87,17 +87,8 @@ fn topology(name: &str) -> lab_harness::lan::topology::Topology {
 
 /// The stats line of iputils ping: `(average RTT in ms, % lost)`.
 fn ping_summary(stdout: &str) -> (f64, f64) {
-    let avg = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|v| v.split('/').nth(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("no RTT in {stdout}"));
-    let loss = stdout
-        .lines()
-        .find_map(|l| l.split(", ").find(|p| p.ends_with("% packet loss")))
-        .and_then(|p| p.trim_end_matches("% packet loss").parse().ok())
-        .unwrap_or_else(|| panic!("no loss in {stdout}"));
-    (avg, loss)
+    let (avg, loss) = lab_tests::ping_stats(stdout);
+    (avg.unwrap_or_else(|| panic!("no RTT in {stdout}")), loss)
 }
 
 /// examples/vlan-trunk.toml: host1 reaches host2 over VLAN 10 through two trunks, host2's

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lab_harness::lan::capture::{ethertype, is_icmp, macs, read_frames};
 use lab_harness::{Lab, PortPolicy};
-use lab_tests::{assets, Check};
+use lab_tests::{assets, ping_stats, Check};
 use rstest::rstest;
 
 use lab_harness::lan::lab::SETTLE;
@@ -460,21 +460,6 @@ async fn vlan_subinterfaces_ping_across_trunks_and_a_vlan_not_allowed_is_dropped
         "learned per VLAN"
     );
     lab.shutdown().await.check();
-}
-
-/// The average RTT (ms) and the loss (%) of iputils ping's summary.
-fn ping_stats(out: &str) -> (Option<f64>, f64) {
-    let avg = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|v| v.parse().ok());
-    let loss = out
-        .lines()
-        .find_map(|l| l.split(", ").find(|p| p.ends_with("% packet loss")))
-        .and_then(|p| p.trim_end_matches("% packet loss").parse().ok())
-        .unwrap_or_else(|| panic!("no loss in ping's summary: {out}"));
-    (avg, loss)
 }
 
 /// A bad cable without root or `tc`: the switch delays and loses what was set on host2's
