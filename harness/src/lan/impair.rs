@@ -60,12 +60,12 @@ pub const RATE_QUEUE: Duration = Duration::from_millis(200);
 impl Impairment {
     /// Whether it changes anything.
     pub fn is_none(&self) -> bool {
-        *self == Impairment::default()
-            || *self
-                == Impairment {
-                    seed: self.seed,
-                    ..Default::default()
-                }
+        // The seed alone changes nothing.
+        *self
+            == Impairment {
+                seed: self.seed,
+                ..Impairment::default()
+            }
     }
 
     /// Checks every share is a probability and the rate is not zero.
