@@ -411,22 +411,29 @@ impl Switch {
     /// The bytes port `port` sends for `frame` as [`Switch::forward`] sent it on: tagged with
     /// its VLAN on a trunk, untagged on an access port, as it came on a VLAN-unaware one.
     pub fn frame_for<'f>(&self, port: usize, frame: &'f [u8], fwd: &Forward) -> Cow<'f, [u8]> {
-        let wants = self
-            .ports
-            .get(port)
-            .and_then(|p| p.policy.vlans.tags(fwd.vid));
-        match (wants, fwd.tagged) {
-            (Some(true), false) => Cow::Owned(with_tag(frame, fwd.vid)),
-            (Some(false), true) => Cow::Owned(without_tag(frame)),
-            _ => Cow::Borrowed(frame),
+        match self.retag(port, fwd.vid, fwd.tagged) {
+            Retag::Add => Cow::Owned(with_tag(frame, fwd.vid)),
+            Retag::Strip => Cow::Owned(without_tag(frame)),
+            Retag::Keep => Cow::Borrowed(frame),
         }
     }
 
+    /// The length of what [`Switch::frame_for`] sends, without making it.
     fn frame_len_on(&self, port: usize, frame: &[u8], tag: Option<u16>, vid: u16) -> usize {
-        match (self.ports[port].policy.vlans.tags(vid), tag.is_some()) {
-            (Some(true), false) => frame.len() + 4,
-            (Some(false), true) => frame.len() - 4,
-            _ => frame.len(),
+        match self.retag(port, vid, tag.is_some()) {
+            Retag::Add => frame.len() + 4,
+            Retag::Strip => frame.len() - 4,
+            Retag::Keep => frame.len(),
+        }
+    }
+
+    /// What port `port` does to the tag of a frame of `vid` that came `tagged` or not.
+    fn retag(&self, port: usize, vid: u16, tagged: bool) -> Retag {
+        let wants = self.ports.get(port).and_then(|p| p.policy.vlans.tags(vid));
+        match (wants, tagged) {
+            (Some(true), false) => Retag::Add,
+            (Some(false), true) => Retag::Strip,
+            _ => Retag::Keep,
         }
     }
 
@@ -557,6 +564,14 @@ impl Switch {
     pub fn policy(&self, port: usize) -> PortPolicy {
         self.ports.get(port).map(|p| p.policy).unwrap_or_default()
     }
+}
+
+/// What an egress port does to a frame's 802.1Q tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retag {
+    Add,
+    Strip,
+    Keep,
 }
 
 /// Where a frame went: its VLAN, whether it came tagged, the ports it leaves through.
