@@ -66,6 +66,29 @@ pub enum LabCommand {
         #[command(flatten)]
         lan: LanArgs,
     },
+    /// The LAN of a topology file with a root shell on every host: the first host's on this
+    /// terminal and, inside tmux, one pane for each other host (elsewhere `lab attach HOST` from
+    /// another terminal opens them). `exit` in the first host's shell powers the lab off.
+    ///
+    /// Examples:
+    ///   cargo xtask lab up examples/vlan-trunk.toml
+    ///   tmux new-session 'cargo xtask lab up examples/bond.toml'
+    #[command(verbatim_doc_comment)]
+    Up {
+        /// The topology file (see examples/*.toml).
+        file: PathBuf,
+        /// A directory of this machine, copied to /lab in the first host.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Do not open tmux panes for the other hosts, even inside tmux.
+        #[arg(long)]
+        no_panes: bool,
+        /// A kernel problem on a guest's console does not fail the run (see `lab run --help`).
+        #[arg(long)]
+        allow_kernel_splats: bool,
+        #[command(flatten)]
+        provision: crate::provision::ProvisionArgs,
+    },
     /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
     /// `exit` detaches; the lab runs on until its `lab shell` exits.
     ///
@@ -83,7 +106,7 @@ pub enum LabCommand {
 }
 
 /// The LAN and what host1 gets beyond the base image; shared by `lab run` and `lab shell`.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct LanArgs {
     /// Guests on the LAN: host1 runs the job, host2..hostN (192.168.88.2..N) are there to be
     /// reached.
@@ -213,7 +236,28 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             Duration::from_secs(*timeout),
             lan,
         ),
-        Some(LabCommand::Shell { lan }) => crate::shell::run(lan),
+        Some(LabCommand::Shell { lan }) => crate::shell::run(lan, crate::shell::Panes::None),
+        Some(LabCommand::Up {
+            file,
+            dir,
+            no_panes,
+            allow_kernel_splats,
+            provision,
+        }) => {
+            let lan = LanArgs {
+                topology: Some(file.clone()),
+                hosts: 1,
+                dir: dir.clone(),
+                allow_kernel_splats: *allow_kernel_splats,
+                provision: provision.clone(),
+                ..LanArgs::default()
+            };
+            let panes = match std::env::var_os("TMUX") {
+                Some(_) if !no_panes => crate::shell::Panes::Tmux,
+                _ => crate::shell::Panes::None,
+            };
+            crate::shell::run(&lan, panes)
+        }
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
         None if args.list => {
             for scenario in lab_scenarios::registry::SCENARIOS {

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use lab_harness::assets::DIR_IN_GUEST;
 use lab_harness::{Assets, Lab, TtySize};
 
@@ -17,14 +19,23 @@ use crate::attach::{guest_shell, Control};
 use crate::lab::LanArgs;
 use crate::terminal::{self, say, Remote};
 
-pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
+/// Where the other hosts' shells open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Panes {
+    /// Nowhere by themselves: the banner says how to `lab attach` them.
+    None,
+    /// In a tmux pane each, beside this one (`lab up` inside tmux).
+    Tmux,
+}
+
+pub fn run(lan: &LanArgs, panes: Panes) -> anyhow::Result<()> {
     lan.check()?;
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     assets.runs = crate::runs::start("shell")?;
     let before = crate::leaks::HostFootprint::take();
     let rt = tokio::runtime::Runtime::new()?;
-    let code = rt.block_on(shell(&assets, lan));
+    let code = rt.block_on(shell(&assets, lan, panes));
     // The thread reading our stdin may still be blocked in a read: do not wait for it.
     rt.shutdown_background();
     let code = code?;
@@ -42,14 +53,17 @@ pub fn run(lan: &LanArgs) -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
+async fn shell(assets: &Assets, lan: &LanArgs, panes: Panes) -> anyhow::Result<i32> {
     eprintln!("lab: booting {}", lan.describe());
     let on = lan.lan(Duration::ZERO)?;
     let lab = lab_harness::lan::script::boot(assets, "lab-shell", &on).await?;
     let first = on.first_host();
     let code = {
         let control = Control::open(&lab)?;
-        eprint!("{}", banner(&lab, assets, lan));
+        eprint!("{}", banner(&lab, assets, lan, panes));
+        if panes == Panes::Tmux {
+            open_panes(&lab)?;
+        }
         let cwd = if lan.dir.is_some() {
             DIR_IN_GUEST
         } else {
@@ -69,8 +83,44 @@ async fn shell(assets: &Assets, lan: &LanArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// A pane beside this one for every host but the first, each a `lab attach` of this lab, laid
+/// out so that all are seen at once. The first host's shell keeps the focus.
+fn open_panes(lab: &Lab) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this program to attach with")?;
+    let pid = std::process::id().to_string();
+    // The pane this runs in, or tmux's idea of the current one.
+    let here = std::env::var("TMUX_PANE").map_or_else(|_| vec![], |p| vec!["-t".to_string(), p]);
+    let here: Vec<&str> = here.iter().map(String::as_str).collect();
+    for vm in lab.vms().iter().skip(1) {
+        // Arguments apart, so tmux runs the program itself: no shell to quote for. TMPDIR, so
+        // the attach looks where this process keeps its control socket, whatever the tmux
+        // server's environment says.
+        let tmpdir = format!("TMPDIR={}", std::env::temp_dir().display());
+        tmux(&[&["split-window", "-d", "-e", &tmpdir], &here[..]].concat())?
+            .arg(&exe)
+            .args(["lab", "attach", vm.name(), "--pid", &pid])
+            .status()
+            .context("running tmux")?
+            .success()
+            .then_some(())
+            .with_context(|| format!("tmux could not open a pane for {}", vm.name()))?;
+    }
+    tmux(&[&["select-layout"], &here[..], &["tiled"]].concat())?.status()?;
+    Ok(())
+}
+
+fn tmux(args: &[&str]) -> anyhow::Result<std::process::Command> {
+    let tmux = which::which("tmux")
+        .context("tmux is not on PATH (`sudo apt-get install tmux`), or run `lab up --no-panes`")?;
+    let mut cmd = std::process::Command::new(tmux);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    Ok(cmd)
+}
+
 /// What a person reads before the prompt: each host, its address, how to reach the others.
-fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
+fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs, panes: Panes) -> String {
     let first = lab.vms().first().map_or("host1", |vm| vm.name());
     let mut text = format!(
         "\nmacvlan-lab shell: root on {first} ({}/24 on eth0), kernel {}\n",
@@ -78,11 +128,17 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
         assets.kernel.release
     );
     for vm in lab.vms().iter().skip(1) {
+        let switch = match &lan.topology {
+            Some(file) => format!("as {} says", file.display()),
+            None => format!(
+                "on the same switch (hairpin {})",
+                if lan.hairpin { "on" } else { "off" }
+            ),
+        };
         text.push_str(&format!(
-            "  {:<6} {:<14} on the same switch (hairpin {}): ping {}\n",
+            "  {:<6} {:<14} {switch}: ping {}\n",
             vm.name(),
             lab.ip(vm.name()),
-            if lan.hairpin { "on" } else { "off" },
             lab.ip(vm.name())
         ));
     }
@@ -94,6 +150,9 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs) -> String {
     }
     text.push_str("  Every kernel module is a `modprobe` away.\n");
     match lab.vms().get(1) {
+        Some(_) if panes == Panes::Tmux => {
+            text.push_str("  The other hosts' shells are in the panes beside this one.\n")
+        }
         Some(other) => text.push_str(&format!(
             "  A shell on another host, from another terminal: cargo xtask lab attach {}\n",
             other.name()

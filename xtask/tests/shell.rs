@@ -1,73 +1,10 @@
 //! `cargo xtask lab shell` and `lab attach` on real terminals: tmux gives each a pty, the test
 //! types the seed's container section key by key and reads the screens, as a person would.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
-
-/// A tmux session running one command on a 120x40 terminal; killed on drop.
-struct Terminal {
-    name: String,
-}
-
-impl Terminal {
-    fn start(label: &str, command: &str) -> Self {
-        let name = format!("lab-{label}-test-{}", std::process::id());
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", command])
-            .status()
-            .unwrap_or_else(|e| panic!("tmux is needed to test the shell on a terminal (`sudo apt-get install tmux`): {e}"));
-        assert!(status.success(), "tmux new-session failed");
-        Self { name }
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-J", "-S", "-200", "-t", &self.name])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux")
-            .args(["send-keys", "-t", &self.name])
-            .args(keys)
-            .status()
-            .expect("tmux send-keys");
-        assert!(status.success());
-    }
-
-    fn type_line(&self, line: &str) {
-        self.keys(&["-l", line]);
-        self.keys(&["Enter"]);
-    }
-
-    /// Waits until the screen shows `text` `times` times; panics with the screen otherwise.
-    fn wait_for(&self, text: &str, times: usize, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let screen = self.screen();
-            if screen.matches(text).count() >= times {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} ({times}x) not on the screen within {within:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.name])
-            .status();
-    }
-}
+use support::terminal::Terminal;
 
 #[test]
 fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shell() {

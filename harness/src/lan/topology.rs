@@ -113,13 +113,21 @@ fn hundred() -> f64 {
     100.0
 }
 
-/// A mistake in a topology file, with where it is.
+/// A mistake in a topology file, with where it is (`line` 0: the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{file}{}: {message}", at_line(*line))]
 pub struct TopologyError {
     pub file: String,
     pub line: usize,
     pub message: String,
+}
+
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
 }
 
 impl Topology {
@@ -128,7 +136,9 @@ impl Topology {
         let text = std::fs::read_to_string(path).map_err(|e| TopologyError {
             file: path.display().to_string(),
             line: 0,
-            message: format!("cannot read it: {e}"),
+            message: format!(
+                "cannot read it ({e}); examples/*.toml of macvlan-lab are topology files to start from"
+            ),
         })?;
         Self::parse(&path.display().to_string(), &text)
     }
