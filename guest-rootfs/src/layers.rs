@@ -5,6 +5,7 @@
 //! - [`packages`]: Debian packages and everything they depend on, resolved by apt itself against
 //!   the same archive and release as the base image, cached by the hash of what went in.
 //! - [`directory`]: a host directory, copied to [`DIR_IN_GUEST`].
+//! - [`modules`]: kernel modules built from a user's source, put in [`MODULES_IN_GUEST`].
 //!
 //! Why a copy and not a share: Debian's cloud kernels have no 9p, and virtiofs would need a
 //! `virtiofsd` daemon on the host and shared guest memory. A copied-in archive needs nothing,
@@ -21,6 +22,9 @@ use crate::{Error, Result};
 
 /// Where [`directory`] puts the user's files in the guest.
 pub const DIR_IN_GUEST: &str = "/lab";
+/// Where [`modules`] puts the modules built from a user's source: not under /lib/modules, on
+/// which the module disk is mounted.
+pub const MODULES_IN_GUEST: &str = "/lab-modules";
 /// Bumped whenever a layer's layout changes, so cached layers of the old layout are rebuilt.
 const FORMAT: u32 = 2;
 /// Package contents nobody needs in a throwaway guest, and files the base image owns.
@@ -150,6 +154,33 @@ pub fn directory(dir: &Path) -> Result<Vec<u8>> {
     tree.add_host_dir(dir, DIR_IN_GUEST, &|_| false, MAX_DIR_BYTES)
         .map_err(|e| Error::io(dir, e))?;
     tree.to_cpio().map_err(|e| Error::io(dir, e))
+}
+
+/// The archive of kernel modules `kos` (`.ko` files on the host), placed in
+/// [`MODULES_IN_GUEST`] under their own names; with their paths in the guest, in order.
+pub fn modules(kos: &[PathBuf]) -> Result<(Vec<u8>, Vec<String>)> {
+    let mut tree = Tree::default();
+    tree.dir(MODULES_IN_GUEST);
+    let mut in_guest = Vec::new();
+    for ko in kos {
+        let name = ko
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Missing(format!("{} names no file", ko.display())))?;
+        let path = format!("{MODULES_IN_GUEST}/{name}");
+        if in_guest.contains(&path) {
+            return Err(Error::Missing(format!(
+                "two modules are named {name}: give each module source its own module names"
+            )));
+        }
+        let data = std::fs::read(ko).map_err(|e| Error::io(ko, e))?;
+        tree.file(&path, data, 0o644);
+        in_guest.push(path);
+    }
+    let archive = tree
+        .to_cpio()
+        .map_err(|e| Error::io(Path::new(MODULES_IN_GUEST), e))?;
+    Ok((archive, in_guest))
 }
 
 /// The paths of the regular files in a cpio archive (`/bin/dash`). Links are left out: busybox's

@@ -65,8 +65,9 @@ pub struct KernelAsset {
     /// Its `/lib/modules/<release>` on the host, to check module names before a boot.
     #[serde(default)]
     pub modules_dir: PathBuf,
-    /// Where it came from, e.g. `linux-image-6.1.0-56-cloud-amd64 6.1.192-2 sha256:...`.
-    pub origin: String,
+    /// Where it came from: a Debian package (shown as `linux-image-6.1.0-56-cloud-amd64
+    /// 6.1.192-2 sha256:...`) or a file of the user's. Modules are built for it from it.
+    pub origin: lab_kernels::Origin,
 }
 
 /// What a user adds to a guest beyond the base image. Everything is checked, and packages are
@@ -77,6 +78,10 @@ pub struct Extras {
     pub packages: Vec<String>,
     /// Kernel modules `modprobe`d at boot, with what they depend on.
     pub modules: Vec<String>,
+    /// Directories of out-of-tree modules (a `Kbuild` saying `obj-m := NAME.o` and its
+    /// sources), built on the host against the guests' kernel and `insmod`ed at boot after
+    /// [`Extras::modules`]; the `.ko` files are in `/lab-modules` too.
+    pub module_sources: Vec<PathBuf>,
     /// A host directory copied to `/lab` in the guest.
     pub dir: Option<PathBuf>,
     pub cpus: Option<u32>,
@@ -235,6 +240,11 @@ impl Assets {
                 self.package_layer(&extras.packages)?.path,
             ));
         }
+        if !extras.module_sources.is_empty() {
+            let (archive, in_guest) = self.built_modules(&extras.module_sources)?;
+            cfg.boot.layers.push(InitrdLayer::Bytes(Arc::new(archive)));
+            cfg.boot.insmod.extend(in_guest);
+        }
         if let Some(dir) = &extras.dir {
             if !dir.is_dir() {
                 let what = format!("--dir {}: no such directory", dir.display());
@@ -271,6 +281,45 @@ impl Assets {
             &self.image.path,
             &self.cache_dir(),
         )?)
+    }
+
+    /// The modules of `sources` built for these assets' kernel, as a layer, with their paths in
+    /// the guest in load order.
+    pub fn built_modules(&self, sources: &[PathBuf]) -> Result<(Vec<u8>, Vec<String>)> {
+        let build = self.kernel_build()?;
+        let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let mut kos = Vec::new();
+        for source in sources {
+            kos.extend(
+                build
+                    .build(source, scratch.path())
+                    .map_err(lab_rootfs::Error::from)?,
+            );
+        }
+        Ok(lab_rootfs::layers::modules(&kos)?)
+    }
+
+    /// Where modules for this kernel are built: Debian's headers of its package, fetched into
+    /// the cache on first use.
+    fn kernel_build(&self) -> Result<lab_kernels::build::KernelBuild> {
+        match &self.kernel.origin {
+            lab_kernels::Origin::Debian {
+                package, version, ..
+            } => Ok(lab_kernels::build::KernelBuild::debian(
+                &self.apt()?,
+                package,
+                version,
+                &self.cache_dir(),
+            )
+            .map_err(lab_rootfs::Error::from)?),
+            lab_kernels::Origin::Override { .. } => Err(Error::invalid(
+                format!(
+                    "modules cannot be built for a {} kernel: the lab has no build directory for it",
+                    lab_kernels::ENV_KERNEL
+                ),
+                "build the module in your kernel tree and copy the .ko with --dir, or use a kernel of kernels/kernels.toml",
+            )),
+        }
     }
 
     /// apt pointed at the manifest's archive, with its state in these assets' cache.

@@ -24,7 +24,7 @@ const MAX_UNPACK: usize = 16 << 20;
 impl Vm {
     /// Boots a guest and waits for its agent: from its shape's snapshot when there is one
     /// (`cfg.keep.snapshots` names the store; `None` boots cold), else its kernel from scratch.
-    /// Then loads `cfg.boot.modprobe` ([`Phase::Setup`]).
+    /// Then loads `cfg.boot.modprobe` and `cfg.boot.insmod` ([`Phase::Setup`]).
     pub async fn boot(cfg: VmConfig) -> Result<Vm> {
         cfg.validate()?;
         let vm = match &cfg.keep.snapshots {
@@ -37,23 +37,28 @@ impl Vm {
     }
 }
 
-/// Loads the modules the configuration asks for. A failure keeps the console, like a failed
-/// boot (dropping the guest on the way out).
+/// Loads the modules the configuration asks for: the kernel's own, then those built from a
+/// user's source. A failure keeps the console, like a failed boot (dropping the guest on the
+/// way out).
 async fn setup(vm: &Vm) -> Result<()> {
     let modules = &vm.cfg.boot.modprobe;
-    if modules.is_empty() {
-        return Ok(());
+    if !modules.is_empty() {
+        let argv = ["modprobe", "-a"].into_iter().map(String::from);
+        load(vm, argv.chain(modules.iter().cloned()).collect()).await?;
     }
-    let argv = ["modprobe", "-a"]
-        .into_iter()
-        .map(String::from)
-        .chain(modules.iter().cloned());
+    for ko in &vm.cfg.boot.insmod {
+        load(vm, vec!["insmod".into(), ko.clone()]).await?;
+    }
+    Ok(())
+}
+
+async fn load(vm: &Vm, argv: Vec<String>) -> Result<()> {
+    let shown = argv.join(" ");
     let out = vm.run(crate::cmd::Cmd::argv(argv)).await?;
     if !out.success() {
         vm.keep_console(true);
         let message = format!(
-            "modprobe {} failed: {}",
-            modules.join(" "),
+            "{shown} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
         return Err(vm.error(Phase::Setup, message));

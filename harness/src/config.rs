@@ -61,6 +61,9 @@ pub struct Boot {
     pub modules_disk: Option<PathBuf>,
     /// Modules `modprobe`d once the agent is up (the [`crate::Phase::Setup`] of a boot).
     pub modprobe: Vec<String>,
+    /// Module files in the guest (built from a user's source) `insmod`ed in order after
+    /// [`Boot::modprobe`], which loads what they depend on.
+    pub insmod: Vec<String>,
     /// `uname -r` the guest must report; checked at boot when set.
     pub kernel_release: Option<String>,
     /// Added to the kernel command line.
@@ -157,6 +160,7 @@ impl VmConfig {
                 layers: Vec::new(),
                 modules_disk: None,
                 modprobe: Vec::new(),
+                insmod: Vec::new(),
                 kernel_release: None,
                 extra_cmdline: Vec::new(),
                 inner_template: false,

@@ -57,7 +57,7 @@ impl Unpacked {
 }
 
 /// sha256 of every regular file under `root`, by path relative to it.
-fn hash_tree(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+pub(crate) fn hash_tree(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     crate::files_under(root)?
         .into_iter()
         .map(|(rel, _)| {
@@ -340,7 +340,7 @@ fn parse_stanza(text: &str) -> Option<PackageInfo> {
     })
 }
 
-fn only_deb(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn only_deb(dir: &Path) -> Result<PathBuf> {
     std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .flatten()
@@ -363,7 +363,7 @@ pub(crate) fn tool(name: &'static str) -> Result<PathBuf> {
     })
 }
 
-fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
     let out = cmd.output().map_err(|e| Error::Command {
         what: what.into(),
         stderr: e.to_string(),

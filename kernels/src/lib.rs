@@ -4,6 +4,7 @@
 //! The output of this crate is a [`Kernel`]: a bzImage, its module tree, and where it came from.
 
 pub mod archive;
+pub mod build;
 pub mod cache;
 pub mod config;
 pub mod deb;
@@ -41,6 +42,21 @@ pub enum Origin {
     Override {
         bzimage_sha256: String,
     },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Debian {
+                package,
+                version,
+                sha256,
+            } => write!(f, "{package} {version} sha256:{sha256}"),
+            Origin::Override { bzimage_sha256 } => {
+                write!(f, "{ENV_KERNEL} sha256:{bzimage_sha256}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

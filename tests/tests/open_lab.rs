@@ -1,7 +1,7 @@
 //! The open lab: a user's own files, packages, modules and programs in the guests, what they
 //! exit with, and a clear error (before anything boots) for what cannot be.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab_harness::lan::script::{self, Job, ScriptLan};
@@ -70,6 +70,7 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
     let extras = Extras {
         packages: vec!["jq".into(), "coreutils".into()],
         modules: vec!["bonding".into()],
+        module_sources: Vec::new(),
         dir: Some(dir.path().to_path_buf()),
         cpus: Some(2),
         memory_mib: Some(320),
@@ -264,6 +265,46 @@ async fn an_image_that_does_not_fit_in_memory_fails_its_boot_with_the_fix() {
             && text.contains("Initramfs unpacking failed")
             && text.contains("--memory 512"),
         "{text}"
+    );
+}
+
+/// A real WARN: the init of a module of ours calls WARN(). Debian's kernels have no LKDTM,
+/// so the module is built from its source (`tests/data/warn-module`) against the guests'
+/// kernel, the way `lab run --module-source` builds a user's, and loaded at boot.
+#[rstest]
+#[case::fails_the_run(false)]
+#[case::allowed(true)]
+#[tokio::test]
+async fn a_warn_from_a_module_built_from_source_fails_the_run_naming_its_line_unless_allowed(
+    #[case] allow: bool,
+) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/warn-module");
+    let on = ScriptLan {
+        allow_splats: allow,
+        ..lan(Extras {
+            module_sources: vec![source.clone()],
+            ..Extras::default()
+        })
+    };
+    let job = Job::Script("lsmod | grep -o '^lab_warn'; ls /lab-modules".into());
+    let result = script::run(&assets(), &job, &on, |_, _| {}).await;
+    if allow {
+        let out = result.check();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "lab_warn\nlab_warn.ko",
+            "the module is loaded, and its file is in /lab-modules"
+        );
+        return;
+    }
+    let err = result.expect_err("a guest whose kernel WARNed fails its run");
+    assert_eq!(err.phase(), Some(lab_harness::Phase::Kernel), "{err}");
+    let text = err.to_string();
+    let at = format!("{}:", source.join("lab_warn.c").display());
+    assert!(
+        text.contains("\"WARNING: CPU: ") && text.contains(&at) && text.contains("lab_warn_init"),
+        "the error names the console line, with the user's source file in it: {text}"
     );
 }
 

@@ -59,6 +59,24 @@ const NEEDS: &[Need] = &[
         present: |_| Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").is_file(),
     },
     Need {
+        what: "make (the test of --module-source builds a kernel module)",
+        package: "make",
+        purpose: Purpose::Tests,
+        present: |p| p.command("make"),
+    },
+    Need {
+        what: "gcc (the test of --module-source builds a kernel module)",
+        package: "gcc",
+        purpose: Purpose::Tests,
+        present: |p| p.command("gcc"),
+    },
+    Need {
+        what: "libelf (the kernel's objtool, run when a module is built)",
+        package: "libelf1",
+        purpose: Purpose::Tests,
+        present: |_| Path::new("/usr/lib/x86_64-linux-gnu/libelf.so.1").exists(),
+    },
+    Need {
         what: "xz (unpacks the upstream selftests)",
         package: "xz-utils",
         purpose: Purpose::Tests,

@@ -127,6 +127,12 @@ pub struct LanArgs {
     /// `--module bonding`. Every module can also be `modprobe`d from inside.
     #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
     pub modules: Vec<String>,
+    /// A directory with an out-of-tree kernel module's source (a Kbuild saying `obj-m :=
+    /// NAME.o`): built on this machine against the guests' kernel (Debian's headers are fetched
+    /// on first use; make and gcc are needed) and insmod'ed in host1 after --module. The .ko
+    /// files are in /lab-modules too. Repeat it for more.
+    #[arg(long = "module-source", value_name = "DIR")]
+    pub module_sources: Vec<PathBuf>,
     /// A directory of this machine, copied to /lab in host1 (the job's working directory).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -149,7 +155,7 @@ pub struct LanArgs {
     /// modules and setup commands; each cable's VLANs and impairment (delay, loss...). Instead
     /// of --hosts, --hairpin, --nest and host1's options; the job runs on its first host, and
     /// --dir goes there.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["hosts", "hairpin", "nest", "packages", "modules", "cpus", "memory", "nics"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["hosts", "hairpin", "nest", "packages", "modules", "module_sources", "cpus", "memory", "nics"])]
     pub topology: Option<PathBuf>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
@@ -160,6 +166,7 @@ impl LanArgs {
         let extras = Extras {
             packages: self.packages.clone(),
             modules: self.modules.clone(),
+            module_sources: self.module_sources.clone(),
             dir: self.dir.clone(),
             cpus: self.cpus,
             memory_mib: self.memory,
@@ -192,6 +199,9 @@ impl LanArgs {
                 dir.display()
             );
         }
+        for source in &self.module_sources {
+            lab_kernels::build::check_source(source)?;
+        }
         Ok(())
     }
 
@@ -215,6 +225,9 @@ impl LanArgs {
         }
         if !self.modules.is_empty() {
             parts.push(format!("modules {}", self.modules.join(",")));
+        }
+        for source in &self.module_sources {
+            parts.push(format!("the module(s) of {}", source.display()));
         }
         if let Some(dir) = &self.dir {
             parts.push(format!("{} at {DIR_IN_GUEST}", dir.display()));

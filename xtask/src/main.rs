@@ -66,7 +66,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run lab experiments in throwaway guests.
     #[command(after_help = LAB_EXAMPLES)]
-    Lab(lab::LabArgs),
+    Lab(Box<lab::LabArgs>),
     /// Fetch the upstream kernel selftests (Debian's linux-source-6.12) and print their directory,
     /// for `lab run --dir` (see examples/bonding-selftest.sh).
     Selftests,

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::Context;
 use lab_harness::assets::{Assets, ImageAsset, KernelAsset};
-use lab_kernels::{Kernel, Manifest, Origin};
+use lab_kernels::Manifest;
 
 use crate::{lab_dir, workspace_root};
 
@@ -160,7 +160,7 @@ fn provision(
             release: kernel.release.clone(),
             bzimage: kernel.bzimage.clone(),
             modules_dir: kernel.modules_dir.clone(),
-            origin: describe_origin(&kernel),
+            origin: kernel.origin.clone(),
         },
         image: asset(&image),
         nest: nest.as_ref().map(asset),
@@ -278,19 +278,6 @@ fn unchanged(booted: &Booted) -> anyhow::Result<()> {
         booted.path.display()
     );
     Ok(())
-}
-
-fn describe_origin(kernel: &Kernel) -> String {
-    match &kernel.origin {
-        Origin::Debian {
-            package,
-            version,
-            sha256,
-        } => format!("{package} {version} sha256:{sha256}"),
-        Origin::Override { bzimage_sha256 } => {
-            format!("{} sha256:{bzimage_sha256}", kernel.bzimage.display())
-        }
-    }
 }
 
 /// Static, and with the paths of this checkout and of cargo's registry written as fixed

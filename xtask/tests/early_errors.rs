@@ -125,6 +125,10 @@ fn a_topology_file_with_a_mistake_is_refused_naming_its_line_before_anything_boo
             "[[host]]\nname = \"a\"\n[[link]]\nhost = \"a\"\nimpair = { delay_ms = -1 }\n",
             ":5: delay_ms = -1 is not a delay",
         ),
+        (
+            "[[host]]\nname = \"a\"\nmodule_sources = [\"no-such-module\"]\n",
+            ":3: module_sources: ",
+        ),
     ];
     for (text, says) in cases {
         std::fs::write(&file, text).expect("write");
@@ -148,6 +152,22 @@ fn a_topology_file_with_a_mistake_is_refused_naming_its_line_before_anything_boo
         &[],
     );
     fails_saying(&out, &["cannot be used with"]);
+}
+
+#[test]
+fn a_module_source_that_is_no_module_is_refused_before_provisioning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("warn.c"), "").expect("write");
+    let source = dir.path().to_string_lossy().into_owned();
+    for (given, says) in [
+        ("/nonexistent/module", "no such directory"),
+        (source.as_str(), "obj-m := NAME.o"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = xtask(&["lab", "run", "--module-source", given, "--", "true"], &[]);
+        fails_saying(&out, &[&format!("--module-source {given}"), says]);
+        assert!(started.elapsed().as_secs() < 10, "refused late");
+    }
 }
 
 #[test]
@@ -377,6 +397,7 @@ fn a_host_without_the_tests_tools_is_told_every_package_before_anything_is_built
             "a headless browser",
             "package chromium",
             "package tmux",
+            "package make",
             "sudo apt-get install --no-install-recommends",
         ],
     );

@@ -124,6 +124,11 @@ pub async fn boot_topology(
         let extras = Extras {
             packages: host.packages.clone(),
             modules: host.modules.clone(),
+            module_sources: host
+                .module_sources
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect(),
             // The user's directory goes where the job runs: the first host.
             dir: dir.filter(|_| i == 0).map(std::path::Path::to_path_buf),
             cpus: host.cpus,

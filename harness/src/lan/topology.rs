@@ -20,7 +20,7 @@
 //! impair = { delay_ms = 50, loss_percent = 1 }
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,6 +54,10 @@ pub struct Host {
     pub packages: Vec<String>,
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Directories of out-of-tree modules, built for the guests' kernel and loaded at boot
+    /// (`Extras::module_sources`); a relative path is relative to the file.
+    #[serde(default)]
+    pub module_sources: Vec<Spanned<PathBuf>>,
     /// Boots the nest image, to run VMs of its own.
     #[serde(default)]
     pub nest: bool,
@@ -140,7 +144,40 @@ impl Topology {
                 "cannot read it ({e}); examples/*.toml of macvlan-lab are topology files to start from"
             ),
         })?;
-        Self::parse(&path.display().to_string(), &text)
+        let file = path.display().to_string();
+        let mut topology = Self::parse(&file, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        topology
+            .resolve_module_sources(base)
+            .map_err(|(at, message)| TopologyError {
+                line: line_of(&text, at),
+                file,
+                message,
+            })?;
+        Ok(topology)
+    }
+
+    /// Makes the hosts' module sources relative to `base` (the file's directory), and checks
+    /// that they are directories.
+    fn resolve_module_sources(&mut self, base: &Path) -> Result<(), (usize, String)> {
+        for host in &mut self.hosts {
+            for source in &mut host.module_sources {
+                let at = source.span().start;
+                let path = base.join(source.get_ref());
+                if !path.is_dir() {
+                    return Err((
+                        at,
+                        format!(
+                            "module_sources: {} is not a directory (a path relative to the file \
+                             is relative to its directory)",
+                            path.display()
+                        ),
+                    ));
+                }
+                *source.get_mut() = path;
+            }
+        }
+        Ok(())
     }
 
     /// The topology `text` describes (`file` names it in errors), checked.
