@@ -110,6 +110,9 @@ pub fn build(
     })
 }
 
+/// Images (and module disks) of one kernel release kept in the cache: the newest builds.
+pub const KEEP_BUILDS: usize = 2;
+
 /// Writes `bytes` to `<cache>/images/<stem>-<sha256 prefix>.cpio` unless it is there already,
 /// whole: a file of that name with other contents (cut short by a full disk, damaged on disk)
 /// is named and written again. Reading it back costs ~20 ms, against seconds to build it.
@@ -129,7 +132,13 @@ fn store(bytes: &[u8], stem: &str, cache: &Path) -> Result<Image> {
             );
             lab_kernels::write_atomically(&path, bytes)?;
         }
-        Err(_) => lab_kernels::write_atomically(&path, bytes)?,
+        Err(_) => {
+            lab_kernels::write_atomically(&path, bytes)?;
+            // A new build of the same kernel (a rebuilt tree, a new agent) replaces the old.
+            lab_kernels::cache::keep_newest(&dir, KEEP_BUILDS, |name| {
+                lab_kernels::cache::is_keyed(name, stem, ".cpio")
+            });
+        }
     }
     Ok(Image {
         path,

@@ -70,6 +70,9 @@ pub fn build(
     let image = staging.path().join("disk.ext4");
     mkfs(&staging.path().join("lib/modules"), &image)?;
     std::fs::rename(&image, &path).map_err(|e| Error::io(&path, e))?;
+    lab_kernels::cache::keep_newest(&dir, crate::KEEP_BUILDS, |name| {
+        lab_kernels::cache::is_keyed(name, &kernel.release, ".ext4")
+    });
     let size = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();

@@ -299,8 +299,8 @@ impl Assets {
         Ok(lab_rootfs::layers::modules(&kos)?)
     }
 
-    /// Where modules for this kernel are built: Debian's headers of its package, fetched into
-    /// the cache on first use.
+    /// Where modules for this kernel are built: Debian's headers of its package (fetched into
+    /// the cache on first use), or the user's own tree.
     fn kernel_build(&self) -> Result<lab_kernels::build::KernelBuild> {
         match &self.kernel.origin {
             lab_kernels::Origin::Debian {
@@ -312,12 +312,16 @@ impl Assets {
                 &self.cache_dir(),
             )
             .map_err(lab_rootfs::Error::from)?),
+            lab_kernels::Origin::Tree { dir, .. } => Ok(lab_kernels::build::KernelBuild::tree(
+                dir,
+                &self.kernel.release,
+            )),
             lab_kernels::Origin::Override { .. } => Err(Error::invalid(
                 format!(
                     "modules cannot be built for a {} kernel: the lab has no build directory for it",
                     lab_kernels::ENV_KERNEL
                 ),
-                "build the module in your kernel tree and copy the .ko with --dir, or use a kernel of kernels/kernels.toml",
+                "boot your kernel with --kernel-tree DIR (modules are then built in that tree), or copy the .ko in with --dir",
             )),
         }
     }

@@ -193,6 +193,41 @@ pub fn sweep_staging(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Removes the entries of `dir` that `ours` picks by name, all but the `keep` newest (by time
+/// of change): how the cache bounds what each new build adds (a kernel tree rebuilt fifty times
+/// keeps the images of its last few builds, not fifty). A guest that has such a file open
+/// keeps reading it; a later boot of assets that named it provisions again.
+pub fn keep_newest(dir: &Path, keep: usize, ours: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| ours(&e.file_name().to_string_lossy()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    entries
+        .into_iter()
+        .skip(keep)
+        .map(|(_, path)| path)
+        .filter(|path| {
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).is_ok()
+            } else {
+                std::fs::remove_file(path).is_ok()
+            }
+        })
+        .collect()
+}
+
+/// Whether `name` is `<stem>-<16 hex digits><ext>`: a file the lab keyed by a hash.
+pub fn is_keyed(name: &str, stem: &str, ext: &str) -> bool {
+    name.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(ext))
+        .is_some_and(|key| key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Whether nobody holds the staging directory `path`, and it is past its grace.
 fn abandoned(path: &Path) -> bool {
     let old = std::fs::symlink_metadata(path)
@@ -238,6 +273,41 @@ fn refused(dir: &Path, why: &str, fix: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_newest_keyed_files_of_a_stem_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |secs| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let names = [
+            ("initramfs-6.1.0-1-0000000000000001.cpio", 1),
+            ("initramfs-6.1.0-1-0000000000000002.cpio", 2),
+            ("initramfs-6.1.0-1-0000000000000003.cpio", 3),
+            ("initramfs-6.1.0-1-cloud-0000000000000004.cpio", 0),
+            ("initramfs-6.1.0-1-photo.cpio", 0),
+        ];
+        for (name, secs) in names {
+            let file = std::fs::File::create(dir.path().join(name)).expect("create");
+            file.set_modified(at(secs)).expect("mtime");
+        }
+        let removed = super::keep_newest(dir.path(), 2, |n| {
+            super::is_keyed(n, "initramfs-6.1.0-1", ".cpio")
+        });
+        assert_eq!(
+            removed,
+            [dir.path().join("initramfs-6.1.0-1-0000000000000001.cpio")]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left.len(),
+            4,
+            "another release's and a stranger's stay: {left:?}"
+        );
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

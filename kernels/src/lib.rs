@@ -10,6 +10,7 @@ pub mod config;
 pub mod deb;
 pub mod manifest;
 pub mod modules;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,8 @@ pub use manifest::{KernelSpec, Manifest};
 /// A kernel ready to boot: everything the image builder and the harness need to know about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
-    /// Manifest id (`debian-6.1`) or `custom` for a `LAB_KERNEL` override.
+    /// Manifest id (`debian-6.1`), `custom` for a `LAB_KERNEL` override, `tree` for a
+    /// `--kernel-tree`.
     pub id: String,
     /// `uname -r` inside the guest.
     pub release: String,
@@ -42,6 +44,11 @@ pub enum Origin {
     Override {
         bzimage_sha256: String,
     },
+    /// A kernel tree the user built (`--kernel-tree`).
+    Tree {
+        dir: PathBuf,
+        bzimage_sha256: String,
+    },
 }
 
 impl std::fmt::Display for Origin {
@@ -55,6 +62,10 @@ impl std::fmt::Display for Origin {
             Origin::Override { bzimage_sha256 } => {
                 write!(f, "{ENV_KERNEL} sha256:{bzimage_sha256}")
             }
+            Origin::Tree {
+                dir,
+                bzimage_sha256,
+            } => write!(f, "the tree {} sha256:{bzimage_sha256}", dir.display()),
         }
     }
 }

@@ -486,6 +486,7 @@ fn provision_for(
         if !own_kernel.contains_key(id) {
             let path = crate::provision::run(&crate::provision::ProvisionArgs {
                 kernel: Some(id.to_string()),
+                ..Default::default()
             })?;
             own_kernel.insert(id, Assets::load(&path)?);
         }

@@ -299,6 +299,7 @@ fn test(
     for id in manifest.kernels.keys().filter(|id| **id != chosen) {
         provision::run(&provision::ProvisionArgs {
             kernel: Some(id.clone()),
+            ..Default::default()
         })?;
     }
     let assets_path = provision::run(args)?;

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::Context;
 use lab_harness::assets::{Assets, ImageAsset, KernelAsset};
-use lab_kernels::Manifest;
+use lab_kernels::{Manifest, Origin};
 
 use crate::{lab_dir, workspace_root};
 
@@ -14,6 +14,31 @@ pub struct ProvisionArgs {
     /// Kernel id from kernels/kernels.toml (default: the manifest's default).
     #[arg(long)]
     pub kernel: Option<String>,
+    /// Boot the kernel built in this Linux tree (its arch/x86/boot/bzImage), with its modules
+    /// (`make modules_install` into the lab's cache); modules of --module-source are built in
+    /// it. `cargo xtask kernel-config` prints the options the lab needs.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LAB_KERNEL_TREE",
+        conflicts_with = "kernel"
+    )]
+    pub kernel_tree: Option<PathBuf>,
+}
+
+impl ProvisionArgs {
+    /// The id of the kernel these arguments pick, whose assets are `assets-<id>.json`.
+    fn id(&self, manifest: &Manifest) -> String {
+        if self.kernel_tree.is_some() {
+            "tree".into()
+        } else if std::env::var_os(lab_kernels::ENV_KERNEL).is_some() {
+            "custom".into()
+        } else {
+            self.kernel
+                .clone()
+                .unwrap_or_else(|| manifest.default.clone())
+        }
+    }
 }
 
 /// The agent is built for an explicit target so that +crt-static applies to it alone, not to
@@ -21,11 +46,13 @@ pub struct ProvisionArgs {
 const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The assets file named by `LAB_ASSETS` (as `cargo xtask test` sets for its tests), or a fresh
-/// provisioning's.
+/// provisioning's; a kernel asked for by name or tree is provisioned whatever `LAB_ASSETS` says.
 pub fn assets_path(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     match std::env::var_os(lab_harness::assets::ENV_ASSETS) {
-        Some(path) => Ok(PathBuf::from(path)),
-        None => run(args),
+        Some(path) if args.kernel.is_none() && args.kernel_tree.is_none() => {
+            Ok(PathBuf::from(path))
+        }
+        _ => run(args),
     }
 }
 
@@ -41,17 +68,15 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::load(&Manifest::bundled_path())?;
     let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
-    let id = if std::env::var_os(lab_kernels::ENV_KERNEL).is_some() {
-        "custom".to_string()
-    } else {
-        args.kernel
-            .clone()
-            .unwrap_or_else(|| manifest.default.clone())
-    };
+    let id = args.id(&manifest);
     let stamp = stamp(&id, &agent, &cache)?;
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
-    if let Some(path) = warm(&id, &stamp, &stamp_path)? {
-        return Ok(path);
+    // A tree changes under the lab (the developer's next `make`): it is looked at every time,
+    // which costs a hash of its bzImage when nothing changed.
+    if args.kernel_tree.is_none() {
+        if let Some(path) = warm(&id, &stamp, &stamp_path)? {
+            return Ok(path);
+        }
     }
     let path = provision(&apt, args, &manifest, &agent, &cache)?;
     std::fs::write(&stamp_path, &stamp)
@@ -130,8 +155,12 @@ fn provision(
     agent: &std::path::Path,
     cache: &std::path::Path,
 ) -> anyhow::Result<PathBuf> {
-    let kernel = lab_kernels::provide(apt, manifest, args.kernel.as_deref(), cache)
-        .context("providing the guest kernel")?;
+    let kernel = match &args.kernel_tree {
+        Some(tree) => lab_kernels::tree::provide(&std::path::absolute(tree)?, cache)
+            .context("providing the kernel of your tree")?,
+        None => lab_kernels::provide(apt, manifest, args.kernel.as_deref(), cache)
+            .context("providing the guest kernel")?,
+    };
     let recipe = lab_rootfs::Recipe::load(&lab_rootfs::Recipe::bundled_path())?;
     let image = lab_rootfs::build(apt, &recipe, &kernel, agent, cache)
         .context("building the guest image")?;
@@ -170,7 +199,12 @@ fn provision(
         runs: lab_harness::Runs::default(),
         settings: lab_harness::Settings::default(),
     };
-    let path = lab_dir().join("assets.json");
+    // A tree's assets are not made the default: the tests and the next `lab run` boot the
+    // manifest's kernels unless asked for the tree again.
+    let path = match kernel.origin {
+        Origin::Tree { .. } => lab_dir().join(format!("assets-{}.json", kernel.id)),
+        _ => lab_dir().join("assets.json"),
+    };
     assets.save(&path)?;
     assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
     record_booted(&kernel.id, &assets)?;

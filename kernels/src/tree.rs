@@ -1,0 +1,196 @@
+//! A kernel of the user's own tree (`--kernel-tree DIR`): the `arch/x86/boot/bzImage` that
+//! `make` left there, and its modules installed with `make modules_install INSTALL_MOD_PATH`
+//! into the cache (no root, and nothing written into the tree).
+//!
+//! What is booted is a copy, keyed by what the build made: the bzImage's hash and the size and
+//! time of every module `modules.order` lists. A rebuild gives a new key, so a run never mixes
+//! a kernel with another build's modules, and a developer's next `make` during a run changes
+//! nothing under it. The cache keeps the last few builds' copies.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{deb, Error, Kernel, Origin, Result};
+
+/// Where `make` leaves the kernel, relative to the tree.
+pub const BZIMAGE: &str = "arch/x86/boot/bzImage";
+/// What `make kernelrelease` prints, as the build writes it.
+const RELEASE: &str = "include/config/kernel.release";
+/// Written last into a whole installed copy.
+const DONE: &str = "installed";
+/// Installed builds kept in the cache, the most recently made.
+const KEEP: usize = 3;
+
+/// The kernel built in tree `dir`, with its modules installed in `cache/trees` unless that
+/// build's are there already.
+pub fn provide(dir: &Path, cache: &Path) -> Result<Kernel> {
+    let (bzimage, release, order) = built(dir)?;
+    let bytes = std::fs::read(&bzimage).map_err(|e| Error::io(&bzimage, e))?;
+    let bzimage_sha256 = deb::sha256_hex(&bytes);
+    let key = build_key(dir, &bzimage_sha256, &order)?;
+    let installed = cache
+        .join("trees")
+        .join(format!("{release}-{}", &key[..16]));
+    if !installed.join(DONE).is_file() {
+        install(dir, &bytes, &installed, cache)?;
+    }
+    Ok(Kernel {
+        id: "tree".into(),
+        bzimage: installed.join("bzImage"),
+        modules_dir: installed.join("lib/modules").join(&release),
+        release,
+        origin: Origin::Tree {
+            dir: dir.to_path_buf(),
+            bzimage_sha256,
+        },
+    })
+}
+
+/// The tree's bzImage, release and `modules.order`, or what to run to make them.
+fn built(dir: &Path) -> Result<(PathBuf, String, String)> {
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "--kernel-tree {}: no such directory on this machine",
+            dir.display()
+        )));
+    }
+    let build_it = format!(
+        "\n  fix: build it first, with the options the lab needs: `cargo xtask kernel-config > \
+         lab.config`, then in {}: `scripts/kconfig/merge_config.sh -m .config lab.config && \
+         make olddefconfig && make -j$(nproc) bzImage modules`",
+        dir.display()
+    );
+    let bzimage = dir.join(BZIMAGE);
+    let release = std::fs::read_to_string(dir.join(RELEASE)).unwrap_or_default();
+    if !bzimage.is_file() || release.trim().is_empty() {
+        return Err(Error::Invalid(format!(
+            "--kernel-tree {}: it has no {BZIMAGE} and {RELEASE}: it is not a built kernel \
+             tree{build_it}",
+            dir.display()
+        )));
+    }
+    let order = std::fs::read_to_string(dir.join("modules.order")).map_err(|_| {
+        Error::Invalid(format!(
+            "--kernel-tree {}: it has no modules.order: its modules were not built (the lab \
+             needs CONFIG_MODULES=y and `make modules`){build_it}",
+            dir.display()
+        ))
+    })?;
+    Ok((bzimage, release.trim().to_string(), order))
+}
+
+/// What identifies a build: its bzImage, and each module's path, size and time of change.
+fn build_key(dir: &Path, bzimage_sha256: &str, order: &str) -> Result<String> {
+    let mut text = format!("bzImage {bzimage_sha256}\n");
+    for line in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let ko = dir.join(Path::new(line).with_extension("ko"));
+        let meta = std::fs::metadata(&ko).map_err(|e| Error::io(&ko, e))?;
+        text.push_str(&format!(
+            "{line} {} {}.{}\n",
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ));
+    }
+    Ok(deb::sha256_hex(text.as_bytes()))
+}
+
+/// Copies the bzImage and runs the tree's `make modules_install` into `installed`.
+fn install(dir: &Path, bzimage: &[u8], installed: &Path, cache: &Path) -> Result<()> {
+    let staging = crate::cache::Staging::new(&cache.join("trees"), "tree")?;
+    let copy = staging.path().join("bzImage");
+    std::fs::write(&copy, bzimage).map_err(|e| Error::io(&copy, e))?;
+    let make = which::which("make").map_err(|_| Error::MissingTool {
+        tool: "make",
+        fix: "install make (`sudo apt-get install make`)".into(),
+    })?;
+    let shown = format!(
+        "make -C {} modules_install INSTALL_MOD_PATH={}",
+        dir.display(),
+        staging.path().display()
+    );
+    // The lab runs depmod itself, Debian's, when it makes the module disk: the host's may be
+    // missing or older than the tree.
+    let out = Command::new(make)
+        .arg("-C")
+        .arg(dir)
+        .arg("modules_install")
+        .arg(format!("INSTALL_MOD_PATH={}", staging.path().display()))
+        .arg("DEPMOD=true")
+        .output()
+        .map_err(|e| Error::Command {
+            what: shown.clone(),
+            stderr: e.to_string(),
+            fix: "install make (`sudo apt-get install make`)".into(),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            what: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            fix: format!(
+                "run `make modules` in {} and try again; the lab needs CONFIG_MODULES=y",
+                dir.display()
+            ),
+        });
+    }
+    let done = staging.path().join(DONE);
+    std::fs::write(&done, "").map_err(|e| Error::io(&done, e))?;
+    // Another run may have installed the same build meanwhile; theirs is as good as ours.
+    if !installed.join(DONE).is_file() {
+        let _ = std::fs::remove_dir_all(installed);
+        std::fs::rename(staging.path(), installed).map_err(|e| Error::io(installed, e))?;
+        let _ = staging.keep();
+    }
+    crate::cache::keep_newest(&cache.join("trees"), KEEP, |name| {
+        !name.starts_with(crate::cache::STAGING)
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_that_was_not_built_says_how_to_build_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = built(dir.path()).expect_err("nothing built");
+        let text = err.to_string();
+        assert!(
+            text.contains("arch/x86/boot/bzImage") && text.contains("cargo xtask kernel-config"),
+            "{text}"
+        );
+        let boot = dir.path().join("arch/x86/boot");
+        std::fs::create_dir_all(&boot).expect("mkdir");
+        std::fs::write(boot.join("bzImage"), "kernel").expect("write");
+        std::fs::create_dir_all(dir.path().join("include/config")).expect("mkdir");
+        std::fs::write(dir.path().join(RELEASE), "6.18.0-rc1+\n").expect("write");
+        let err = built(dir.path()).expect_err("no modules built");
+        assert!(err.to_string().contains("CONFIG_MODULES=y"), "{err}");
+        std::fs::write(dir.path().join("modules.order"), "").expect("write");
+        let (_, release, _) = built(dir.path()).expect("built");
+        assert_eq!(release, "6.18.0-rc1+");
+        let err = built(&dir.path().join("nope")).expect_err("no directory");
+        assert!(err.to_string().contains("no such directory"), "{err}");
+    }
+
+    #[test]
+    fn a_rebuilt_module_gives_a_new_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ko = dir.path().join("net/a.ko");
+        std::fs::create_dir_all(ko.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&ko, "one").expect("write");
+        let order = "net/a.o\n";
+        let before = build_key(dir.path(), "abc", order).expect("key");
+        assert_eq!(before, build_key(dir.path(), "abc", order).expect("key"));
+        assert_ne!(before, build_key(dir.path(), "abd", order).expect("key"));
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&ko)
+            .expect("open");
+        file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .expect("touch");
+        assert_ne!(before, build_key(dir.path(), "abc", order).expect("key"));
+    }
+}

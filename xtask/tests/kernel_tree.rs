@@ -1,0 +1,152 @@
+//! `--kernel-tree DIR`: a kernel developer's own build boots in the lab, with its modules, and
+//! modules of `--module-source` are built in that tree.
+//!
+//! Building a real Linux tree takes hours on a 2-core machine without KVM, so the test's tree
+//! is a stand-in that is, to the lab, what a built tree is: `arch/x86/boot/bzImage` (Debian's
+//! kernel), `include/config/kernel.release`, `modules.order`, and a Makefile whose
+//! `modules_install` installs Debian's modules under `INSTALL_MOD_PATH` and whose `M=` builds
+//! go to Debian's headers, as a real tree's own would. The lab calls the same targets with the
+//! same variables on both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lab_harness::Assets;
+
+/// A stand-in built tree in `dir` for the suite's kernel; its Makefile appends a line to
+/// `installs.log` each time `modules_install` runs.
+fn stand_in_tree(dir: &Path, assets: &Assets) -> PathBuf {
+    let kernel = &assets.kernel;
+    let lab_kernels::Origin::Debian {
+        package, version, ..
+    } = &kernel.origin
+    else {
+        panic!("the suite's kernel is Debian's: {}", kernel.origin);
+    };
+    let apt = assets.apt().expect("apt");
+    let headers = lab_kernels::build::KernelBuild::debian(&apt, package, version, &assets.cache)
+        .expect("Debian's headers");
+    let tree = dir.join("linux");
+    std::fs::create_dir_all(tree.join("arch/x86/boot")).expect("mkdir");
+    std::fs::create_dir_all(tree.join("include/config")).expect("mkdir");
+    std::fs::copy(&kernel.bzimage, tree.join("arch/x86/boot/bzImage")).expect("bzImage");
+    std::fs::write(
+        tree.join("include/config/kernel.release"),
+        format!("{}\n", kernel.release),
+    )
+    .expect("release");
+    std::fs::write(tree.join("modules.order"), "").expect("modules.order");
+    let makefile = format!(
+        "# A stand-in for a built Linux tree (xtask/tests/kernel_tree.rs).\n\
+         modules_install:\n\
+         \tmkdir -p $(INSTALL_MOD_PATH)/lib/modules/{release}\n\
+         \tcp -R {modules}/. $(INSTALL_MOD_PATH)/lib/modules/{release}/\n\
+         \techo $(INSTALL_MOD_PATH) >> {log}\n\
+         modules:\n\
+         \t$(MAKE) -C {headers} M=$(M) modules\n",
+        release = kernel.release,
+        modules = kernel.modules_dir.display(),
+        log = tree.join("installs.log").display(),
+        headers = headers.dir.display(),
+    );
+    std::fs::write(tree.join("Makefile"), makefile).expect("Makefile");
+    tree
+}
+
+fn lab_run(tree: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["lab", "run", "--kernel-tree"])
+        .arg(tree)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("xtask runs")
+}
+
+#[test]
+fn a_kernel_tree_boots_with_its_modules_and_builds_module_sources_in_it() {
+    let assets = lab_tests::assets();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = stand_in_tree(dir.path(), &assets);
+    let warn = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/warn-module");
+    let job = "uname -r; modprobe bonding && echo bonding-loaded; lsmod | grep -o '^lab_warn'";
+    for _ in 0..2 {
+        let out = lab_run(
+            &tree,
+            &[
+                "--module-source",
+                warn.to_str().expect("utf-8"),
+                "--allow-kernel-splats",
+                "--",
+                "sh",
+                "-c",
+                job,
+            ],
+        );
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [assets.kernel.release.as_str(), "bonding-loaded", "lab_warn"],
+            "the tree's kernel, a module of its modules_install, and one built in it:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("the tree {}", tree.display())),
+            "the run says which kernel it booted:\n{stderr}"
+        );
+    }
+    let installs = std::fs::read_to_string(tree.join("installs.log")).unwrap_or_default();
+    assert_eq!(
+        installs.lines().count(),
+        1,
+        "an unchanged build is installed once: {installs}"
+    );
+    assert!(
+        installs.starts_with(&assets.cache.join("trees").display().to_string()),
+        "installed into the lab's cache, not the host: {installs}"
+    );
+    // The suite's kernel stays the default one.
+    let default =
+        Assets::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab/assets.json"))
+            .expect("assets.json");
+    assert!(
+        matches!(default.kernel.origin, lab_kernels::Origin::Debian { .. }),
+        "assets.json is still Debian's kernel: {}",
+        default.kernel.origin
+    );
+}
+
+#[test]
+fn a_kernel_tree_that_was_not_built_says_how_to_build_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    let out = lab_run(dir.path(), &["--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it is not a built kernel tree")
+            && stderr.contains("cargo xtask kernel-config"),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 60, "refused late");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "lab",
+            "run",
+            "--kernel-tree",
+            "/x",
+            "--kernel",
+            "debian-6.12",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("xtask runs");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "one kernel at a time"
+    );
+}
