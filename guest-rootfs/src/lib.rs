@@ -101,7 +101,11 @@ pub fn build(
     );
 
     let bytes = tree.to_cpio().map_err(|e| Error::io(cache, e))?;
-    let image = store(&bytes, &format!("initramfs-{}", kernel.release), cache)?;
+    let image = store(
+        &bytes,
+        &format!("initramfs-{}", kernel.release),
+        &kernel.made_in(cache),
+    )?;
     Ok(Image {
         kernel_release: kernel.release.clone(),
         modules,

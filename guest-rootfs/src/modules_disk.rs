@@ -45,10 +45,10 @@ pub fn build(
 ) -> Result<ModulesDisk> {
     let files = module_files(&kernel.modules_dir)?;
     let key = cache_key(&kernel.release, &files);
-    let dir = cache.join("modules");
+    let dir = kernel.made_in(cache).join("modules");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{}-{}.ext4", kernel.release, &key[..16]));
-    let modules = files.iter().filter(|(p, _)| is_module(p)).count();
+    let modules = files.iter().filter(|f| is_module(&f.rel)).count();
     if let Ok(meta) = std::fs::metadata(&path) {
         return Ok(ModulesDisk {
             path,
@@ -89,32 +89,52 @@ fn is_module(path: &Path) -> bool {
     name.ends_with(".ko") || name.ends_with(".ko.xz") || name.ends_with(".ko.zst")
 }
 
-/// Every file under `root`, relative, with its size, sorted.
-fn module_files(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
-    let mut out: Vec<(PathBuf, u64)> = lab_kernels::files_under(root)?
+/// A file of a module tree, and what says it changed without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ModuleFile {
+    rel: PathBuf,
+    size: u64,
+    /// Time of the last change, in ns: a Debian package's files keep the package's; a tree's
+    /// `make modules_install` gives new ones, so a module rebuilt at the same size is seen.
+    mtime_ns: i128,
+}
+
+/// Every file under `root`, relative, with its size and time, sorted.
+fn module_files(root: &Path) -> Result<Vec<ModuleFile>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<ModuleFile> = lab_kernels::files_under(root)?
         .into_iter()
-        .map(|(rel, meta)| (rel, meta.len()))
+        .map(|(rel, meta)| ModuleFile {
+            rel,
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
         .collect();
     out.sort();
     Ok(out)
 }
 
-/// What the disk depends on: the release, every file's path and size, and the layout.
-fn cache_key(release: &str, files: &[(PathBuf, u64)]) -> String {
+/// What the disk depends on: the release, every file's path, size and time, and the layout.
+fn cache_key(release: &str, files: &[ModuleFile]) -> String {
     let mut text = format!(
         "format {FORMAT}\nrelease {release}\ndepmod {}\n",
         DEPMOD_PACKAGES.join(",")
     );
-    for (path, size) in files {
-        text.push_str(&format!("{} {size}\n", path.display()));
+    for file in files {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            file.rel.display(),
+            file.size,
+            file.mtime_ns
+        ));
     }
     lab_kernels::deb::sha256_hex(text.as_bytes())
 }
 
 /// Hard-links (or copies) the module tree; Debian's own `modules.*` indexes are not shipped in
 /// the package anyway, and ours are written next.
-fn copy_tree(from: &Path, to: &Path, files: &[(PathBuf, u64)]) -> Result<()> {
-    for (rel, _) in files {
+fn copy_tree(from: &Path, to: &Path, files: &[ModuleFile]) -> Result<()> {
+    for ModuleFile { rel, .. } in files {
         let (src, dest) = (from.join(rel), to.join(rel));
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -241,7 +261,7 @@ fn find_mkfs() -> Result<PathBuf> {
 /// Data blocks of every file under `dir`, in bytes (4 KiB each, rounded up).
 fn tree_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for (_, size) in module_files(dir)? {
+    for ModuleFile { size, .. } in module_files(dir)? {
         total += size.div_ceil(4096) * 4096;
     }
     Ok(total)
@@ -252,16 +272,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_changes_with_any_file_and_with_the_release() {
-        let files = vec![
-            (PathBuf::from("kernel/net/bonding.ko"), 10),
-            (PathBuf::from("modules.order"), 3),
-        ];
+    fn key_changes_with_any_file_its_time_and_the_release() {
+        let file = |rel: &str, size| ModuleFile {
+            rel: PathBuf::from(rel),
+            size,
+            mtime_ns: 1,
+        };
+        let files = vec![file("kernel/net/bonding.ko", 10), file("modules.order", 3)];
         let a = cache_key("6.1.0-1", &files);
         assert_eq!(a, cache_key("6.1.0-1", &files));
         assert_ne!(a, cache_key("6.1.0-2", &files));
         let mut other = files.clone();
-        other[0].1 = 11;
+        other[0].size = 11;
         assert_ne!(a, cache_key("6.1.0-1", &other));
+        let mut rebuilt = files.clone();
+        rebuilt[0].mtime_ns = 2;
+        assert_ne!(
+            a,
+            cache_key("6.1.0-1", &rebuilt),
+            "a module rebuilt at the same size"
+        );
     }
 }

@@ -61,7 +61,11 @@ pub fn build(
 
     let mut bytes = base_bytes;
     bytes.extend(tree.to_cpio().map_err(|e| Error::io(cache, e))?);
-    let image = crate::store(&bytes, &format!("nest-{}", kernel.release), cache)?;
+    let image = crate::store(
+        &bytes,
+        &format!("nest-{}", kernel.release),
+        &kernel.made_in(cache),
+    )?;
     Ok(Image {
         modules,
         packages: base.packages.clone(),

@@ -33,6 +33,22 @@ pub struct Kernel {
     pub origin: Origin,
 }
 
+impl Kernel {
+    /// Where what is made for this kernel (images, the module disk) is kept, under `images/`
+    /// and `modules/`: the cache itself, shared by every clone, or for a kernel tree's build
+    /// the directory of that build, so that they go when it is evicted and never evict what
+    /// the cache holds for Debian's kernels.
+    pub fn made_in(&self, cache: &Path) -> PathBuf {
+        match &self.origin {
+            Origin::Tree { .. } => self
+                .bzimage
+                .parent()
+                .map_or_else(|| cache.to_path_buf(), Path::to_path_buf),
+            _ => cache.to_path_buf(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {

@@ -5,7 +5,8 @@
 //! What is booted is a copy, keyed by what the build made: the bzImage's hash and the size and
 //! time of every module `modules.order` lists. A rebuild gives a new key, so a run never mixes
 //! a kernel with another build's modules, and a developer's next `make` during a run changes
-//! nothing under it. The cache keeps the last few builds' copies.
+//! nothing under it. The cache keeps the last few builds' copies, each with the images and
+//! module disk made for it ([`Kernel::made_in`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -35,7 +35,10 @@ fn stand_in_tree(dir: &Path, assets: &Assets) -> PathBuf {
         format!("{}\n", kernel.release),
     )
     .expect("release");
-    std::fs::write(tree.join("modules.order"), "").expect("modules.order");
+    // One module of its own, made now: each test run is a build the cache has not seen.
+    std::fs::create_dir_all(tree.join("lab")).expect("mkdir");
+    std::fs::write(tree.join("lab/stamp.ko"), "").expect("stamp.ko");
+    std::fs::write(tree.join("modules.order"), "lab/stamp.o\n").expect("modules.order");
     let makefile = format!(
         "# A stand-in for a built Linux tree (xtask/tests/kernel_tree.rs).\n\
          modules_install:\n\
@@ -117,6 +120,34 @@ fn a_kernel_tree_boots_with_its_modules_and_builds_module_sources_in_it() {
         "assets.json is still Debian's kernel: {}",
         default.kernel.origin
     );
+    // What was made for the tree is kept with its build, apart from Debian's kernels' files.
+    let tree_assets =
+        Assets::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab/assets-tree.json"))
+            .expect("assets-tree.json");
+    let build = tree_assets
+        .kernel
+        .bzimage
+        .parent()
+        .expect("its build's directory");
+    assert!(
+        build.starts_with(assets.cache.join("trees")),
+        "{}",
+        build.display()
+    );
+    for made in [
+        Some(&tree_assets.image.path),
+        tree_assets.modules_disk.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(
+            made.starts_with(build),
+            "{} is not in {}",
+            made.display(),
+            build.display()
+        );
+    }
 }
 
 #[test]
