@@ -326,6 +326,22 @@ impl Assets {
         }
     }
 
+    /// Fails unless this kernel was built with kmemleak (`--kmemleak`), from its config file:
+    /// Debian's beside its image (`/boot/config-<release>`), a tree's `.config`. A
+    /// `LAB_KERNEL` file has none here; the guest's scan then says whether it has kmemleak.
+    pub fn check_kmemleak(&self) -> Result<()> {
+        let kernel = &self.kernel;
+        let path = match &kernel.origin {
+            lab_kernels::Origin::Debian { .. } => kernel
+                .bzimage
+                .with_file_name(format!("config-{}", kernel.release)),
+            lab_kernels::Origin::Tree { dir, .. } => dir.join(".config"),
+            lab_kernels::Origin::Override { .. } => return Ok(()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        crate::kmemleak::check_config_text(&path, &text, &kernel.release)
+    }
+
     /// apt pointed at the manifest's archive, with its state in these assets' cache.
     pub fn apt(&self) -> Result<lab_kernels::archive::Apt> {
         let manifest = lab_kernels::Manifest::load(&lab_kernels::Manifest::bundled_path())

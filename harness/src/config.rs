@@ -85,6 +85,9 @@ pub struct Policy {
     /// A guest whose kernel reports a problem on its console (a WARN, a BUG, an Oops...) does
     /// not fail its run: for a test that provokes one on purpose.
     pub allow_splats: bool,
+    /// Scan with kmemleak when the job is done and fail on a leak (a kernel built with
+    /// `CONFIG_DEBUG_KMEMLEAK`; see [`crate::kmemleak`]).
+    pub kmemleak: bool,
 }
 
 /// Where the guest's files go, and what is kept.
@@ -255,6 +258,7 @@ impl Policy {
             boot_attempts: 2,
             command_timeout: Duration::from_secs(60),
             allow_splats: false,
+            kmemleak: false,
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod console;
 pub mod error;
 pub mod guest;
 pub mod host;
+pub mod kmemleak;
 pub mod lan;
 pub mod launch;
 pub mod link;

@@ -157,6 +157,31 @@ impl Vm {
         Some(self.error(Phase::Kernel, message))
     }
 
+    /// The error a guest ends with when kmemleak finds a leak (or cannot scan), naming the
+    /// first unreferenced object and its backtrace.
+    async fn kmemleak_error(&self) -> Option<Error> {
+        let scan = crate::cmd::Cmd::script(crate::kmemleak::SCAN).timeout(Duration::from_secs(120));
+        let out = match self.run(scan).await {
+            Ok(out) => out,
+            Err(e) => return Some(e),
+        };
+        let report = String::from_utf8_lossy(&out.stdout);
+        if !out.success() {
+            let message = format!(
+                "--kmemleak: the scan failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return Some(self.error(Phase::Kernel, message));
+        }
+        let leaks = crate::kmemleak::leaks(&report);
+        let first = leaks.first()?;
+        let message = format!(
+            "kmemleak found {} unreferenced object(s); the first:\n{first}",
+            leaks.len()
+        );
+        Some(self.error(Phase::Kernel, message))
+    }
+
     /// Everything the guest printed on its serial console so far (at most
     /// [`crate::console::MAX_BYTES`]: a flood is cut in the middle).
     pub fn console_log(&self) -> String {
@@ -277,6 +302,10 @@ impl Vm {
     /// then SIGKILL, each step only if the one before did not end QEMU in time. Fails, once
     /// the guest is off, if its kernel reported a problem ([`Vm::kernel_splats`]).
     pub async fn shutdown(mut self) -> Result<()> {
+        let leaked = match self.cfg.policy.kmemleak {
+            true => self.kmemleak_error().await,
+            false => None,
+        };
         self.power_off().await?;
         // The recorder reads what the console held when QEMU ended; then it is all there.
         let drained = crate::wait::until(Duration::from_secs(2), Duration::from_millis(20), || {
@@ -287,7 +316,7 @@ impl Vm {
         if drained.is_none() {
             tracing::debug!("{}: console still open after power-off", self.cfg.name);
         }
-        match self.splat_error() {
+        match self.splat_error().or(leaked) {
             Some(e) => {
                 self.failed = true;
                 Err(e)

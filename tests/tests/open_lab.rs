@@ -308,6 +308,51 @@ async fn a_warn_from_a_module_built_from_source_fails_the_run_naming_its_line_un
     );
 }
 
+/// `--kmemleak` on a kernel built without it (every Debian kernel) is refused before a guest
+/// boots, naming the kernel's config and the way to a kernel that has it.
+#[tokio::test]
+async fn kmemleak_on_a_kernel_without_it_is_refused_before_anything_boots() {
+    let assets = assets();
+    let on = ScriptLan {
+        kmemleak: true,
+        ..ScriptLan::default()
+    };
+    let started = std::time::Instant::now();
+    let err = script::run(&assets, &Job::Script("true".into()), &on, |_, _| {})
+        .await
+        .expect_err("Debian's kernels have no kmemleak");
+    let text = err.to_string();
+    let config = assets
+        .kernel
+        .bzimage
+        .with_file_name(format!("config-{}", assets.kernel.release));
+    assert!(
+        text.contains(&format!(
+            "CONFIG_DEBUG_KMEMLEAK is not set in {}",
+            config.display()
+        )) && text.contains("--kernel-tree"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "refused late");
+}
+
+/// The guest's half of `--kmemleak` (debugfs mounted, the scan, its report read) on a kernel
+/// the config check was not asked about: a kernel without kmemleak fails the guest's shutdown
+/// saying so, rather than passing as "no leaks".
+#[tokio::test]
+async fn a_kmemleak_scan_on_a_kernel_without_it_fails_instead_of_passing() {
+    let mut cfg = lab_tests::config("noleakscan");
+    cfg.policy.kmemleak = true;
+    let vm = lab_tests::boot(cfg).await;
+    let err = vm.shutdown().await.expect_err("nothing was scanned");
+    assert_eq!(err.phase(), Some(lab_harness::Phase::Kernel), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the scan failed: kmemleak: no /sys/kernel/debug/kmemleak"),
+        "{err}"
+    );
+}
+
 /// A real kernel splat: a task stuck in uninterruptible sleep past the hung-task detector's
 /// one second (a write to a frozen filesystem), which the kernel reports as
 /// "INFO: task ... blocked for more than 1 seconds". Debian's kernels have no LKDTM to WARN

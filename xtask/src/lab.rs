@@ -151,6 +151,10 @@ pub struct LanArgs {
     /// stall, a hung task) does not fail the run: for a job that provokes one on purpose.
     #[arg(long)]
     pub allow_kernel_splats: bool,
+    /// Scan every guest's kernel with kmemleak when the job is done, and fail on a leak. Needs
+    /// a kernel built with CONFIG_DEBUG_KMEMLEAK (--kernel-tree; Debian's have none).
+    #[arg(long)]
+    pub kmemleak: bool,
     /// The LAN described in FILE (see examples/*.toml): hosts with their size, NICs, packages,
     /// modules and setup commands; each cable's VLANs and impairment (delay, loss...). Instead
     /// of --hosts, --hairpin, --nest and host1's options; the job runs on its first host, and
@@ -179,6 +183,7 @@ impl LanArgs {
             timeout,
             extras,
             allow_splats: self.allow_kernel_splats,
+            kmemleak: self.kmemleak,
             topology: self
                 .topology
                 .as_deref()

@@ -22,6 +22,9 @@ pub struct ScriptLan {
     /// A kernel problem on a guest's console does not fail the run
     /// ([`crate::Policy::allow_splats`]).
     pub allow_splats: bool,
+    /// Every guest's kernel is scanned with kmemleak when the job is done, and a leak fails
+    /// the run ([`crate::Policy::kmemleak`]); a kernel without kmemleak is refused first.
+    pub kmemleak: bool,
     /// The LAN from a file instead ([`Topology`]): `hosts`, `hairpin`, `nest` and `extras`
     /// are not used, and the job runs on its first host.
     pub topology: Option<Topology>,
@@ -46,7 +49,27 @@ impl Default for ScriptLan {
             timeout: Duration::from_secs(300),
             extras: Extras::default(),
             allow_splats: false,
+            kmemleak: false,
             topology: None,
+        }
+    }
+}
+
+/// What every guest's kernel is watched for: splats (unless allowed) and, asked for, leaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelWatch {
+    pub allow_splats: bool,
+    pub kmemleak: bool,
+}
+
+impl KernelWatch {
+    fn apply(self, cfg: &mut crate::VmConfig) {
+        cfg.policy.allow_splats = self.allow_splats;
+        cfg.policy.kmemleak = self.kmemleak;
+        if self.kmemleak {
+            cfg.boot
+                .extra_cmdline
+                .push(crate::kmemleak::CMDLINE.to_string());
         }
     }
 }
@@ -67,15 +90,15 @@ const SCRIPT: &str = "/run/lab-run.sh";
 /// Boots the LAN `on` describes, every guest numbered, host1 with its extras. Checks the extras
 /// (unknown package or module, missing directory, too little memory) before anything boots.
 pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
+    if on.kmemleak {
+        assets.check_kmemleak()?;
+    }
+    let watch = KernelWatch {
+        allow_splats: on.allow_splats,
+        kmemleak: on.kmemleak,
+    };
     if let Some(topology) = &on.topology {
-        return boot_topology(
-            assets,
-            run,
-            topology,
-            on.extras.dir.as_deref(),
-            on.allow_splats,
-        )
-        .await;
+        return boot_topology(assets, run, topology, on.extras.dir.as_deref(), watch).await;
     }
     let mut host1 = if on.nest {
         assets.nest_vm("host1", 2)?
@@ -83,7 +106,7 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
         assets.vm("host1")
     };
     assets.apply(&mut host1, &on.extras)?;
-    host1.policy.allow_splats = on.allow_splats;
+    watch.apply(&mut host1);
     let builder = Lab::builder(assets, run)
         .ports(PortPolicy {
             hairpin: on.hairpin,
@@ -93,9 +116,7 @@ pub async fn boot(assets: &Assets, run: &str, on: &ScriptLan) -> Result<Lab> {
         .host_config(host1);
     let lab = (2..=on.hosts.max(1))
         .fold(builder, |b, i| {
-            b.host_with(&format!("host{i}"), |c| {
-                c.policy.allow_splats = on.allow_splats
-            })
+            b.host_with(&format!("host{i}"), |c| watch.apply(c))
         })
         .boot()
         .await?;
@@ -111,7 +132,7 @@ pub async fn boot_topology(
     run: &str,
     topology: &Topology,
     dir: Option<&std::path::Path>,
-    allow_splats: bool,
+    watch: KernelWatch,
 ) -> Result<Lab> {
     let mut builder = Lab::builder(assets, run);
     for (i, host) in topology.hosts.iter().enumerate() {
@@ -136,7 +157,7 @@ pub async fn boot_topology(
             nics: host.nics,
         };
         assets.apply(&mut cfg, &extras)?;
-        cfg.policy.allow_splats = allow_splats;
+        watch.apply(&mut cfg);
         builder = builder.host_config(cfg);
     }
     let lab = builder.boot().await?;
