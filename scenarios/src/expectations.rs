@@ -374,6 +374,10 @@ checks! {
         ChildToHostHairpinOn,
         SiblingHairpinOn,
         ArpToSiblingHairpinOn,
+        ChildToPeerV6,
+        ChildToHostV6,
+        SiblingV6,
+        SiblingHairpinOnV6,
         /// private: unicast with static neighbour entries, the switch hairpinning.
         SiblingStaticNeighbours,
         /// vepa: each echo request to the sibling, as the switch took it in.
@@ -399,9 +403,19 @@ pub fn mode_bridge(check: Mode) -> Option<Expectation<Mode>> {
         ChildToHost => {
             judged("child -> host", Expect::Reaches(false), ISOLATION).reach("child", "host")
         }
+        SiblingV6 => judged("sibling, IPv6", Expect::Reaches(true), BRIDGE)
+            .reach("child", "sibling")
+            .when("IPv6"),
+        ChildToPeerV6 => judged("child -> peer, IPv6", Expect::Reaches(true), BRIDGE)
+            .reach("child", "peer")
+            .when("IPv6"),
+        ChildToHostV6 => judged("child -> host, IPv6", Expect::Reaches(false), ISOLATION)
+            .reach("child", "host")
+            .when("IPv6"),
         // A bridge's siblings meet inside the kernel: the switch's hairpin changes nothing.
         ChildToHostHairpinOn
         | SiblingHairpinOn
+        | SiblingHairpinOnV6
         | ArpToSiblingHairpinOn
         | SiblingStaticNeighbours
         | SiblingEchoRequestsAtTheSwitch
@@ -460,6 +474,34 @@ pub fn mode_private(check: Mode) -> Option<Expectation<Mode>> {
         )
         .reach("child", "host")
         .hairpin(true),
+        SiblingV6 => judged(
+            "sibling, hairpin off, IPv6",
+            Expect::Reaches(false),
+            PRIVATE,
+        )
+        .reach("child", "sibling")
+        .hairpin(false)
+        .when("IPv6"),
+        // Neighbour solicitations are multicast: dropped like ARP's broadcasts.
+        SiblingHairpinOnV6 => judged(
+            "sibling, hairpin on, IPv6",
+            Expect::Reaches(false),
+            PRIVATE_UNICAST,
+        )
+        .reach("child", "sibling")
+        .hairpin(true)
+        .when("IPv6"),
+        ChildToPeerV6 => judged("child -> peer, IPv6", Expect::Reaches(true), PRIVATE)
+            .reach("child", "peer")
+            .when("IPv6"),
+        ChildToHostV6 => judged(
+            "child -> host, hairpin off, IPv6",
+            Expect::Reaches(false),
+            ISOLATION,
+        )
+        .reach("child", "host")
+        .hairpin(false)
+        .when("IPv6"),
         SiblingEchoRequestsAtTheSwitch | SiblingEchoRequestsOnTheCable | DefaultMode => {
             return None
         }
@@ -478,6 +520,10 @@ pub fn mode_vepa(check: Mode) -> Option<Expectation<Mode>> {
         ArpToPeer => judged("ARP broadcast -> peer", Expect::Reaches(true), VEPA).reach("ARP broadcast", "peer"),
         ChildToHost => judged("child -> host, hairpin off", Expect::Reaches(false), ISOLATION).reach("child", "host").hairpin(false),
         ChildToHostHairpinOn => judged("child -> host, hairpin on", Expect::Reaches(true), HAIRPIN_HOST).reach("child", "host").hairpin(true),
+        SiblingV6 => judged("sibling, hairpin off, IPv6", Expect::Reaches(false), VEPA).reach("child", "sibling").hairpin(false).when("IPv6"),
+        SiblingHairpinOnV6 => judged("sibling, hairpin on, IPv6", Expect::Reaches(true), VEPA).reach("child", "sibling").hairpin(true).when("IPv6"),
+        ChildToPeerV6 => judged("child -> peer, IPv6", Expect::Reaches(true), VEPA).reach("child", "peer").when("IPv6"),
+        ChildToHostV6 => judged("child -> host, hairpin off, IPv6", Expect::Reaches(false), ISOLATION).reach("child", "host").hairpin(false).when("IPv6"),
         SiblingEchoRequestsAtTheSwitch => reported(THROUGH_THE_SWITCH, VEPA),
         // Out to the switch and back in: each request crosses the cable twice.
         SiblingEchoRequestsOnTheCable => judged(

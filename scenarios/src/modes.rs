@@ -6,7 +6,8 @@ use lab_harness::{Assets, Child, Cmd, IpvlanMode, Lab, MacvlanMode, PortPolicy, 
 
 use crate::expectations::{Ipvlan, Mode, ModePassthru, ModeSource};
 use crate::probe::{
-    arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, HOST, PEER,
+    arp, children, children_of, json_field, lan, lan_of, mac_of, reach, refusal, CHILD1_V6, HOST,
+    HOST_V6, PEER, PEER_V6,
 };
 use crate::{Observation, Observed};
 
@@ -27,6 +28,19 @@ pub(crate) async fn mode(assets: &Assets, mode: MacvlanMode) -> Result<Observed<
     o.insert(Mode::ChildToHost, reach(host1, Some("ns1"), HOST).await?);
     o.insert(Mode::Sibling, sibling().await?);
     o.insert(Mode::ArpToSibling, arp_sibling().await?);
+    // The modes are macvlan's, below IP: neighbour discovery (multicast) meets what ARP
+    // (broadcast) met, and IPv6 reaches what IPv4 reaches.
+    let sibling_v6 = || reach(host1, Some("ns2"), CHILD1_V6);
+    o.insert(
+        Mode::ChildToPeerV6,
+        reach(host1, Some("ns1"), PEER_V6).await?,
+    );
+    let _ = reach(host1, Some("ns2"), PEER_V6).await?;
+    o.insert(
+        Mode::ChildToHostV6,
+        reach(host1, Some("ns1"), HOST_V6).await?,
+    );
+    o.insert(Mode::SiblingV6, sibling_v6().await?);
     if mode != MacvlanMode::Bridge {
         lab.set_policy("host1", PortPolicy::HAIRPIN);
         o.insert(
@@ -35,6 +49,7 @@ pub(crate) async fn mode(assets: &Assets, mode: MacvlanMode) -> Result<Observed<
         );
         o.insert(Mode::SiblingHairpinOn, sibling().await?);
         o.insert(Mode::ArpToSiblingHairpinOn, arp_sibling().await?);
+        o.insert(Mode::SiblingHairpinOnV6, sibling_v6().await?);
     }
     match mode {
         MacvlanMode::Vepa => {

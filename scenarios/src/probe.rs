@@ -11,6 +11,10 @@ use crate::Observation;
 /// host1's address on the LAN, and peer's.
 pub(crate) const HOST: &str = "192.168.88.1";
 pub(crate) const PEER: &str = "192.168.88.2";
+/// The same on the LAN's IPv6 prefix (`fd00:88::N`), and child ns1's there.
+pub(crate) const HOST_V6: &str = "fd00:88::1";
+pub(crate) const PEER_V6: &str = "fd00:88::2";
+pub(crate) const CHILD1_V6: &str = "fd00:88::11";
 
 /// `host1` (192.168.88.1) and `peer` (.2) on one switch, both up and talking.
 pub(crate) async fn lan(assets: &Assets, run: &str) -> Result<Lab> {
