@@ -551,6 +551,9 @@ checks! {
         ChildsLinkFlags,
         /// l3: with the peer routing to the child through host1.
         ChildToPeerRoutedViaHost1,
+        ChildToPeerV6,
+        SiblingV6,
+        ChildToHostV6,
     }
 }
 
@@ -574,6 +577,19 @@ pub fn ipvlan_l2(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
             "ARP",
             "ipvlan l2: children answer ARP themselves, all with the parent's MAC",
         ),
+        SiblingV6 => judged("sibling, IPv6", Expect::Reaches(true), IPVLAN)
+            .reach("child", "sibling")
+            .when("IPv6"),
+        ChildToPeerV6 => judged("child -> peer, IPv6", Expect::Reaches(true), IPVLAN)
+            .reach("child", "peer")
+            .when("IPv6"),
+        ChildToHostV6 => judged(
+            "child -> host, IPv6",
+            Expect::Reaches(false),
+            "like macvlan, the parent's own stack does not see its children's traffic",
+        )
+        .reach("child", "host")
+        .when("IPv6"),
         // An l2 child is on the LAN itself: nothing to route.
         ChildToPeerRoutedViaHost1 => return None,
     })
@@ -602,6 +618,11 @@ pub fn ipvlan_l3(check: Ipvlan) -> Option<Expectation<Ipvlan>> {
         )
         .reach("child", "peer")
         .when("peer routing via host1"),
+        SiblingV6 => judged("sibling, IPv6", Expect::Reaches(true), IPVLAN)
+            .reach("child", "sibling")
+            .when("IPv6"),
+        // Reached across the LAN over IPv4 only with a route on the peer: not repeated for v6.
+        ChildToPeerV6 | ChildToHostV6 => return None,
     })
 }
 

@@ -218,6 +218,20 @@ pub(crate) async fn ipvlan(assets: &Assets, mode: IpvlanMode) -> Result<Observed
     );
     o.insert(Ipvlan::ChildToHost, reach(host1, Some("ns1"), HOST).await?);
     o.insert(
+        Ipvlan::SiblingV6,
+        reach(host1, Some("ns2"), CHILD1_V6).await?,
+    );
+    if mode == IpvlanMode::L2 {
+        o.insert(
+            Ipvlan::ChildToPeerV6,
+            reach(host1, Some("ns1"), PEER_V6).await?,
+        );
+        o.insert(
+            Ipvlan::ChildToHostV6,
+            reach(host1, Some("ns1"), HOST_V6).await?,
+        );
+    }
+    o.insert(
         Ipvlan::ChildrensMac,
         mac_of(host1, Some("ns1"), "iv1").await?,
     );
