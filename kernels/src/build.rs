@@ -152,6 +152,9 @@ impl KernelBuild {
             stderr: e.to_string(),
             fix: "install make and a C compiler (`sudo apt-get install make gcc`)".into(),
         })?;
+        if let Some(stopped) = crate::stopped(&shown, &out.status) {
+            return Err(stopped);
+        }
         if !out.status.success() {
             let stderr = last_lines(&out.stdout, &out.stderr, 30).replace(&from, &to);
             let fix = if stderr.contains("error while loading shared libraries") {

@@ -370,11 +370,13 @@ pub(crate) fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
         fix: fix.into(),
     })?;
     if !out.status.success() {
-        return Err(Error::Command {
-            what: what.into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            fix: fix.into(),
-        });
+        return Err(
+            crate::stopped(what, &out.status).unwrap_or_else(|| Error::Command {
+                what: what.into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                fix: fix.into(),
+            }),
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -406,6 +408,21 @@ mod tests {
                 "initramfs-tools",
                 "linux-initramfs-tool"
             ]
+        );
+    }
+
+    #[test]
+    fn a_command_a_signal_ended_says_so_instead_of_blaming_its_input() {
+        let err = run(
+            Command::new("sh").args(["-c", "kill -TERM $$"]),
+            "dpkg-deb -x x.deb",
+            "the download may be damaged",
+        )
+        .expect_err("killed");
+        let text = err.to_string();
+        assert!(
+            text.contains("stopped by signal 15") && !text.contains("damaged"),
+            "{text}"
         );
     }
 

@@ -149,6 +149,18 @@ pub fn files_under(root: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
     Ok(out)
 }
 
+/// The error of a command a signal ended (Ctrl-C reaches the lab's children too): it says so,
+/// rather than blaming what the command was given.
+pub(crate) fn stopped(what: &str, status: &std::process::ExitStatus) -> Option<Error> {
+    use std::os::unix::process::ExitStatusExt;
+    let signal = status.signal()?;
+    Some(Error::Command {
+        what: what.into(),
+        stderr: format!("it was stopped by signal {signal} (Ctrl-C, or a kill)"),
+        fix: "nothing is left half-made: run it again".into(),
+    })
+}
+
 /// What to do about an I/O error, where there is one thing to do; every crate's `Io` error
 /// ends with it, so a full disk reads the same wherever it is met.
 pub fn io_fix(e: &std::io::Error) -> &'static str {

@@ -125,6 +125,9 @@ fn install(dir: &Path, bzimage: &[u8], installed: &Path, cache: &Path) -> Result
             stderr: e.to_string(),
             fix: "install make (`sudo apt-get install make`)".into(),
         })?;
+    if let Some(stopped) = crate::stopped(&shown, &out.status) {
+        return Err(stopped);
+    }
     if !out.status.success() {
         return Err(Error::Command {
             what: shown,
