@@ -91,6 +91,42 @@ fn the_action_runs_the_callers_script_on_their_topology_and_says_how_it_went() {
     assert!(std::path::Path::new(report).is_dir(), "{report}");
 }
 
+/// A caller's module, from their repository: built for the guests' kernel and loaded; the
+/// WARN it provokes fails the run, as it would fail their CI.
+#[test]
+fn the_action_builds_and_loads_the_callers_module_and_fails_on_its_warn() {
+    let workspace = tempfile::tempdir().expect("their workspace");
+    let module = workspace.path().join("kmod/lab-warn");
+    std::fs::create_dir_all(&module).expect("mkdir");
+    for file in ["Kbuild", "lab_warn.c"] {
+        std::fs::copy(
+            root().join("tests/data/warn-module").join(file),
+            module.join(file),
+        )
+        .expect("copy");
+    }
+    std::fs::write(
+        workspace.path().join("check.sh"),
+        "lsmod | grep -q '^lab_warn' && echo loaded\n",
+    )
+    .expect("write");
+    let (out, outputs) = action(
+        &[("SCRIPT", "check.sh"), ("MODULE_SOURCES", "kmod/lab-warn")],
+        workspace.path(),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("loaded"), "{stdout}{stderr}");
+    assert!(!out.status.success(), "the WARN fails the run: {stderr}");
+    assert!(
+        stderr.contains("WARNING: CPU:") && stderr.contains("kmod/lab-warn/lab_warn.c:"),
+        "naming the line in their file: {stderr}"
+    );
+    assert!(outputs.contains("report="), "{outputs}");
+}
+
 #[test]
 fn the_action_fails_with_the_scripts_exit_code_or_a_missing_input_named() {
     let workspace = tempfile::tempdir().expect("their workspace");

@@ -14,6 +14,11 @@ args=(lab run --timeout "${INPUT_TIMEOUT:-300}")
 [ -n "${INPUT_KERNEL:-}" ] && args+=(--kernel "$INPUT_KERNEL")
 [ -n "${INPUT_PACKAGES:-}" ] && args+=(--package "$INPUT_PACKAGES")
 [ -n "${INPUT_MODULES:-}" ] && args+=(--module "$INPUT_MODULES")
+[ -n "${INPUT_KERNEL_TREE:-}" ] && args+=(--kernel-tree "$(theirs "$INPUT_KERNEL_TREE")")
+IFS=',' read -ra sources <<< "${INPUT_MODULE_SOURCES:-}"
+for source in "${sources[@]}"; do
+  [ -n "$source" ] && args+=(--module-source "$(theirs "$source")")
+done
 [ -n "${INPUT_DIR:-}" ] && args+=(--dir "$(theirs "$INPUT_DIR")")
 [ -n "${INPUT_REQUIRE_ACCEL:-}" ] && args+=(--require-accel "$INPUT_REQUIRE_ACCEL")
 if [ -z "${INPUT_SCRIPT:-}" ]; then
