@@ -523,3 +523,70 @@ async fn a_bad_cable_delays_and_loses_what_was_set_then_recovers() {
     assert!(err.contains("loss = 150%"), "{err}");
     lab.shutdown().await.check();
 }
+
+/// A one-shot iperf3 server in the background, and the wait until port 5201 (1451 in hex)
+/// listens, as /proc tells: the image has no `ss`.
+const IPERF3_SERVER: &str = "iperf3 -s -1 -D && for i in $(seq 100); do \
+     cat /proc/net/tcp /proc/net/tcp6 | awk '$2 ~ /:1451$/ && $4 == \"0A\" {f=1} END {exit !f}' && exit 0; \
+     sleep 0.05; done; echo 'iperf3 never listened' >&2; exit 1";
+
+/// What iperf3 -J says arrived, in bits per second.
+fn received_bps(json: &str) -> f64 {
+    let report: serde_json::Value = serde_json::from_str(json).expect("iperf3's JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no sum_received in {json}"))
+}
+
+/// A rate-limited cable without root or `tc`: TCP through host2's cable, limited to 5 Mbit/s,
+/// carries about that much by iperf3's count, where the same cable unlimited carries well more.
+#[tokio::test]
+async fn a_rate_limited_cable_carries_the_rate_set_by_iperf3s_count() {
+    use lab_harness::{Extras, Impairment};
+    let assets = assets();
+    let extras = Extras {
+        packages: vec!["iperf3".into()],
+        memory_mib: Some(512),
+        ..Extras::default()
+    };
+    let builder = ["host1", "host2"]
+        .iter()
+        .fold(Lab::builder(&assets, "lan-rate"), |b, name| {
+            b.host_config(assets.vm_with(name, &extras).check())
+        });
+    let lab = builder.boot().await.check();
+    lab.number_hosts().await.check();
+    let (host1, host2) = (lab.vm("host1"), lab.vm("host2"));
+    let measure = || async {
+        host2.succeed(IPERF3_SERVER).await.check();
+        let json = host1
+            .succeed("iperf3 -c 192.168.88.2 -t 5 -J")
+            .await
+            .check();
+        received_bps(&json)
+    };
+    let unlimited = measure().await;
+    const RATE: f64 = 5e6;
+    let limited = Impairment {
+        rate_bps: Some(RATE as u64),
+        ..Impairment::default()
+    };
+    lab.set_impairment("host2", limited).check();
+    let measured = measure().await;
+    eprintln!(
+        "iperf3 over host2's cable: {:.1} Mbit/s unlimited, {:.2} Mbit/s limited to {:.0}",
+        unlimited / 1e6,
+        measured / 1e6,
+        RATE / 1e6
+    );
+    assert!(
+        unlimited > 2.0 * RATE,
+        "the cable alone must carry more than the limit for the limit to be what is measured: {unlimited}"
+    );
+    // TCP fills most of a link; frames carry headers iperf3 does not count.
+    assert!(
+        (0.6 * RATE..=1.05 * RATE).contains(&measured),
+        "{measured} bit/s through a cable limited to {RATE}"
+    );
+    lab.shutdown().await.check();
+}

@@ -16,28 +16,38 @@ pub fn run(mut cmd: Command) -> anyhow::Result<(ExitStatus, TestCounts)> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let stderr_tally = std::thread::spawn(move || pass_through(err, std::io::stderr()));
-    let mut tally = pass_through(out, std::io::stdout())?;
-    let from_stderr = stderr_tally
+    let (mut tally, _) = pass_through(out, std::io::stdout())?;
+    let (from_stderr, nextest_summary) = stderr_tally
         .join()
         .map_err(|_| anyhow::anyhow!("the stderr reader panicked"))??;
-    tally.passed += from_stderr.passed;
-    tally.failed += from_stderr.failed;
+    if nextest_summary {
+        // nextest's summary counts the whole run; what reached stdout were tests' own lines
+        // (`--no-capture` passes a test's `test result:` through).
+        tally = from_stderr;
+    } else {
+        tally.passed += from_stderr.passed;
+        tally.failed += from_stderr.failed;
+    }
     Ok((child.wait()?, tally))
 }
 
+/// Copies `from` to `to` line by line; the counts it reported, and whether one of its lines
+/// was nextest's summary.
 fn pass_through(
     from: Option<impl std::io::Read>,
     mut to: impl Write,
-) -> anyhow::Result<TestCounts> {
+) -> anyhow::Result<(TestCounts, bool)> {
     let mut tally = TestCounts::default();
+    let mut summary = false;
     if let Some(from) = from {
         for line in BufReader::new(from).lines() {
             let line = line?;
             writeln!(to, "{line}")?;
+            summary |= line.trim_start().starts_with("Summary [");
             tally.add(&line);
         }
     }
-    Ok(tally)
+    Ok((tally, summary))
 }
 
 /// Test cases and the failed or erroring ones among them, in a JUnit XML file.
@@ -99,6 +109,22 @@ impl TestCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_says_whether_it_held_nextests_summary() {
+        let text = "test result: ok. 1 passed; 0 failed\n";
+        let (counts, summary) =
+            pass_through(Some(text.as_bytes()), std::io::sink()).expect("reads");
+        assert_eq!(
+            (counts.passed, summary),
+            (1, false),
+            "a test's own line, on stdout"
+        );
+        let text = "     Summary [   1.0s] 1 test run: 1 passed, 3 skipped\n";
+        let (counts, summary) =
+            pass_through(Some(text.as_bytes()), std::io::sink()).expect("reads");
+        assert_eq!((counts.passed, summary), (1, true));
+    }
 
     #[test]
     fn adds_result_lines_and_ignores_others() {
