@@ -280,6 +280,7 @@ checks! {
     /// What `seed/containers` observes.
     pub enum SeedContainers {
         Ns2ToNs1,
+        Ns2ToNs1V6,
     }
 }
 
@@ -287,6 +288,9 @@ pub fn seed_containers(check: SeedContainers) -> Option<Expectation<SeedContaine
     use SeedContainers::*;
     Some(match check {
         Ns2ToNs1 => judged("ns2 -> ns1", Expect::Reaches(true), CONTAINERS).reach("ns2", "ns1"),
+        Ns2ToNs1V6 => judged("ns2 -> ns1, IPv6", Expect::Reaches(true), CONTAINERS)
+            .reach("ns2", "ns1")
+            .when("IPv6"),
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lab_harness::{Assets, MacvlanMode, PortPolicy, Result};
 
 use crate::expectations::{Cleanup, SeedContainers, SeedHostIsolation, Shim};
-use crate::probe::{children, lan, none_or, reach, HOST};
+use crate::probe::{children, lan, none_or, reach, CHILD1_V6, HOST};
 use crate::Observed;
 
 pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainers>> {
@@ -14,10 +14,16 @@ pub(crate) async fn containers(assets: &Assets) -> Result<Observed<SeedContainer
     let host1 = lab.vm("host1");
     host1.succeed("ip link set eth0 promisc on").await?;
     host1.succeed(children(MacvlanMode::Bridge)).await?;
-    let o = Observed::from_iter([(
-        SeedContainers::Ns2ToNs1,
-        reach(host1, Some("ns2"), "192.168.88.11").await?,
-    )]);
+    let o = Observed::from_iter([
+        (
+            SeedContainers::Ns2ToNs1,
+            reach(host1, Some("ns2"), "192.168.88.11").await?,
+        ),
+        (
+            SeedContainers::Ns2ToNs1V6,
+            reach(host1, Some("ns2"), CHILD1_V6).await?,
+        ),
+    ]);
     lab.shutdown().await?;
     Ok(o)
 }
