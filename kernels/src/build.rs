@@ -114,32 +114,12 @@ impl KernelBuild {
     /// order the build lists them (`modules.order`), which is the order to load them in.
     pub fn build(&self, source: &Path, scratch: &Path) -> Result<Vec<PathBuf>> {
         check_source(source)?;
-        let name = source
-            .canonicalize()
-            .map_err(|e| Error::io(source, e))?
+        let original = source.canonicalize().map_err(|e| Error::io(source, e))?;
+        let name = original
             .file_name()
             .map_or_else(|| "module".into(), |n| n.to_string_lossy().into_owned());
         let copy = scratch.join(&name);
         copy_tree(source, &copy)?;
-        let make = which::which("make").map_err(|_| Error::MissingTool {
-            tool: "make",
-            fix: "install make and a C compiler (`sudo apt-get install make gcc libelf1`)".into(),
-        })?;
-        let mut cmd = Command::new(make);
-        cmd.arg("-C")
-            .arg(&self.dir)
-            .arg(format!("M={}", copy.display()))
-            .arg(format!("-j{}", jobs()))
-            .arg("modules");
-        // WARN()s and BUG()s name their file: the user's, not the copy, which is gone by then.
-        let original = source.canonicalize().map_err(|e| Error::io(source, e))?;
-        let (from, to) = (copy.display().to_string(), original.display().to_string());
-        if !from.contains(char::is_whitespace) && !to.contains(char::is_whitespace) {
-            cmd.arg(format!("KCFLAGS=-fmacro-prefix-map={from}={to}"));
-        }
-        if self.debian && which::which("gcc-12").is_err() {
-            cmd.arg("CC=gcc");
-        }
         let shown = format!(
             "make -C {} M={} modules (the module in {}, for kernel {})",
             self.dir.display(),
@@ -147,35 +127,77 @@ impl KernelBuild {
             source.display(),
             self.release
         );
-        let out = cmd.output().map_err(|e| Error::Command {
-            what: shown.clone(),
-            stderr: e.to_string(),
-            fix: "install make and a C compiler (`sudo apt-get install make gcc`)".into(),
-        })?;
-        if let Some(stopped) = crate::stopped(&shown, &out.status) {
-            return Err(stopped);
-        }
+        let out = run_make(&self.make_args(&copy, &original), &shown)?;
         if !out.status.success() {
-            let stderr = last_lines(&out.stdout, &out.stderr, 30).replace(&from, &to);
-            let fix = if stderr.contains("error while loading shared libraries") {
-                "the kernel's build tools need a library this host lacks (named above): \
-                 `sudo apt-get install libelf1 libssl3`"
-                    .to_string()
-            } else {
-                format!(
-                    "fix the module's source in {} (the compiler's words are above); it is \
-                     built against the headers of {}",
-                    source.display(),
-                    self.release
-                )
-            };
-            return Err(Error::Command {
-                what: shown,
-                stderr,
-                fix,
-            });
+            // The compiler named the copy's files: name the user's instead.
+            let said = last_lines(&out.stdout, &out.stderr, 30)
+                .replace(&copy.display().to_string(), &original.display().to_string());
+            return Err(self.failed(shown, said, source));
         }
         built_modules(&copy, source)
+    }
+
+    /// `make`'s arguments to build the module copied to `copy` from `original`.
+    fn make_args(&self, copy: &Path, original: &Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-C".into(),
+            self.dir.clone().into(),
+            format!("M={}", copy.display()).into(),
+            format!("-j{}", jobs()).into(),
+            "modules".into(),
+        ];
+        // WARN()s and BUG()s name their file: the user's, not the copy, which is gone by then.
+        let (from, to) = (copy.display().to_string(), original.display().to_string());
+        if !from.contains(char::is_whitespace) && !to.contains(char::is_whitespace) {
+            args.push(format!("KCFLAGS=-fmacro-prefix-map={from}={to}").into());
+        }
+        if self.debian && which::which("gcc-12").is_err() {
+            args.push("CC=gcc".into());
+        }
+        args
+    }
+
+    /// The error of a build that failed, from what make and the compiler `said`.
+    fn failed(&self, what: String, said: String, source: &Path) -> Error {
+        let fix = if said.contains("error while loading shared libraries") {
+            "the kernel's build tools need a library this host lacks (named above): \
+             `sudo apt-get install libelf1 libssl3`"
+                .to_string()
+        } else {
+            format!(
+                "fix the module's source in {} (the compiler's words are above); it is built \
+                 against the headers of {}",
+                source.display(),
+                self.release
+            )
+        };
+        Error::Command {
+            what,
+            stderr: said,
+            fix,
+        }
+    }
+}
+
+/// Runs the host's `make` with `args` (`shown` names it in errors). No make, or a make a
+/// signal ended, is an error here; a build that failed is the caller's to explain.
+pub(crate) fn run_make(args: &[std::ffi::OsString], shown: &str) -> Result<std::process::Output> {
+    let fix = "install make and a C compiler (`sudo apt-get install make gcc libelf1`)";
+    let make = which::which("make").map_err(|_| Error::MissingTool {
+        tool: "make",
+        fix: fix.into(),
+    })?;
+    let out = Command::new(make)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Command {
+            what: shown.into(),
+            stderr: e.to_string(),
+            fix: fix.into(),
+        })?;
+    match crate::stopped(shown, &out.status) {
+        Some(stopped) => Err(stopped),
+        None => Ok(out),
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::{deb, Error, Kernel, Origin, Result};
 
@@ -102,10 +101,6 @@ fn install(dir: &Path, bzimage: &[u8], installed: &Path, cache: &Path) -> Result
     let staging = crate::cache::Staging::new(&cache.join("trees"), "tree")?;
     let copy = staging.path().join("bzImage");
     std::fs::write(&copy, bzimage).map_err(|e| Error::io(&copy, e))?;
-    let make = which::which("make").map_err(|_| Error::MissingTool {
-        tool: "make",
-        fix: "install make (`sudo apt-get install make`)".into(),
-    })?;
     let shown = format!(
         "make -C {} modules_install INSTALL_MOD_PATH={}",
         dir.display(),
@@ -113,21 +108,14 @@ fn install(dir: &Path, bzimage: &[u8], installed: &Path, cache: &Path) -> Result
     );
     // The lab runs depmod itself, Debian's, when it makes the module disk: the host's may be
     // missing or older than the tree.
-    let out = Command::new(make)
-        .arg("-C")
-        .arg(dir)
-        .arg("modules_install")
-        .arg(format!("INSTALL_MOD_PATH={}", staging.path().display()))
-        .arg("DEPMOD=true")
-        .output()
-        .map_err(|e| Error::Command {
-            what: shown.clone(),
-            stderr: e.to_string(),
-            fix: "install make (`sudo apt-get install make`)".into(),
-        })?;
-    if let Some(stopped) = crate::stopped(&shown, &out.status) {
-        return Err(stopped);
-    }
+    let args = [
+        "-C".into(),
+        dir.as_os_str().to_owned(),
+        "modules_install".into(),
+        format!("INSTALL_MOD_PATH={}", staging.path().display()).into(),
+        "DEPMOD=true".into(),
+    ];
+    let out = crate::build::run_make(&args, &shown)?;
     if !out.status.success() {
         return Err(Error::Command {
             what: shown,

@@ -308,6 +308,42 @@ async fn a_warn_from_a_module_built_from_source_fails_the_run_naming_its_line_un
     );
 }
 
+/// A module that does not compile is refused before any guest boots, with the compiler's
+/// words on the user's own paths (not the copy it was built in) and what to fix.
+#[test]
+fn a_module_that_does_not_compile_is_refused_with_the_compilers_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("broken");
+    std::fs::create_dir_all(&source).expect("mkdir");
+    std::fs::write(source.join("Kbuild"), "obj-m := broken.o\n").expect("write");
+    std::fs::write(
+        source.join("broken.c"),
+        "#include <linux/module.h>\nstatic int __init b(void) { return nope; }\n\
+         module_init(b);\nMODULE_LICENSE(\"GPL\");\n",
+    )
+    .expect("write");
+    let extras = Extras {
+        module_sources: vec![source.clone()],
+        ..Extras::default()
+    };
+    let err = assets()
+        .vm_with("broken", &extras)
+        .expect_err("it does not compile")
+        .to_string();
+    let file = source.canonicalize().expect("path").join("broken.c");
+    assert!(
+        err.contains(&format!("{}:2:", file.display()))
+            && err.contains("nope")
+            && err.contains("fix the module's source"),
+        "{err}"
+    );
+    assert_eq!(
+        source.read_dir().expect("read").count(),
+        2,
+        "nothing was built in the user's directory"
+    );
+}
+
 /// `--kmemleak` on a kernel built without it (every Debian kernel) is refused before a guest
 /// boots, naming the kernel's config and the way to a kernel that has it.
 #[tokio::test]
