@@ -113,9 +113,6 @@ pub(crate) fn prune(store: &Path, keep: usize) {
         );
         return;
     }
-    let Ok(entries) = std::fs::read_dir(store) else {
-        return;
-    };
     let last_use = |dir: &Path| {
         [dir.join(USED), dir.join(META)]
             .iter()
@@ -123,19 +120,13 @@ pub(crate) fn prune(store: &Path, keep: usize) {
             .max()
             .unwrap_or(UNIX_EPOCH)
     };
-    let mut snapshots: Vec<(SystemTime, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(is_short_key)
-        })
-        .map(|p| (last_use(&p), p))
-        .collect();
-    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
-    for (_, dir) in snapshots.into_iter().skip(keep) {
+    let snapshot = |p: &Path| {
+        p.is_dir()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_short_key)
+    };
+    for dir in lab_kernels::cache::beyond_newest(store, keep, snapshot, last_use) {
         tracing::info!(
             "removing snapshot {}: the store keeps the {keep} most recently used",
             dir.display()

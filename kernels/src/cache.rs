@@ -198,18 +198,14 @@ pub fn sweep_staging(cache: &Path) -> Vec<PathBuf> {
 /// keeps the images of its last few builds, not fifty). A guest that has such a file open
 /// keeps reading it; a later boot of assets that named it provisions again.
 pub fn keep_newest(dir: &Path, keep: usize, ours: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+    let changed = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH)
+    };
+    let named = |path: &Path| path.file_name().is_some_and(|n| ours(&n.to_string_lossy()));
+    beyond_newest(dir, keep, named, changed)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| ours(&e.file_name().to_string_lossy()))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
-    entries
-        .into_iter()
-        .skip(keep)
-        .map(|(_, path)| path)
         .filter(|path| {
             if path.is_dir() {
                 std::fs::remove_dir_all(path).is_ok()
@@ -217,6 +213,30 @@ pub fn keep_newest(dir: &Path, keep: usize, ours: impl Fn(&str) -> bool) -> Vec<
                 std::fs::remove_file(path).is_ok()
             }
         })
+        .collect()
+}
+
+/// The entries of `dir` that `ours` picks, all but the `keep` newest by `time`, oldest last:
+/// what a store bounded to `keep` entries removes.
+pub fn beyond_newest(
+    dir: &Path,
+    keep: usize,
+    ours: impl Fn(&Path) -> bool,
+    time: impl Fn(&Path) -> std::time::SystemTime,
+) -> Vec<PathBuf> {
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|path| ours(path))
+        .map(|path| (time(&path), path))
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    entries
+        .into_iter()
+        .skip(keep)
+        .map(|(_, path)| path)
         .collect()
 }
 
