@@ -47,6 +47,14 @@ pub fn provide(dir: &Path, cache: &Path) -> Result<Kernel> {
     })
 }
 
+/// What identifies the build in tree `dir` (its bzImage's hash, its modules' sizes and times):
+/// what [`provide`] keys its copy by, for a caller that wants to know whether it changed.
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    let (bzimage, _, order) = built(dir)?;
+    let bytes = std::fs::read(&bzimage).map_err(|e| Error::io(&bzimage, e))?;
+    build_key(dir, &deb::sha256_hex(&bytes), &order)
+}
+
 /// The tree's bzImage, release and `modules.order`, or what to run to make them.
 fn built(dir: &Path) -> Result<(PathBuf, String, String)> {
     if !dir.is_dir() {

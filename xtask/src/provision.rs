@@ -69,14 +69,10 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
         .context("pointing apt at Debian's archive")?;
     let id = args.id(&manifest);
-    let stamp = stamp(&id, &agent, &cache)?;
+    let stamp = stamp(&id, &agent, &cache, args.kernel_tree.as_deref())?;
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
-    // A tree changes under the lab (the developer's next `make`): it is looked at every time,
-    // which costs a hash of its bzImage when nothing changed.
-    if args.kernel_tree.is_none() {
-        if let Some(path) = warm(&id, &stamp, &stamp_path)? {
-            return Ok(path);
-        }
+    if let Some(path) = warm(&id, &stamp, &stamp_path)? {
+        return Ok(path);
     }
     let path = provision(&apt, args, &manifest, &agent, &cache)?;
     std::fs::write(&stamp_path, &stamp)
@@ -102,16 +98,35 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
     if !whole || !booted_unchanged(id)? {
         return Ok(None);
     }
-    let path = lab_dir().join("assets.json");
-    assets.save(&path)?;
+    let path = publish(&assets)?;
     crate::ui::status!("xtask: kernel {} and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, path.display());
     Ok(Some(path))
 }
 
+/// Saves `assets` as `assets-<id>.json` and returns the path runs use: `assets.json`, made
+/// the default, for a manifest kernel; `assets-tree.json` for a tree, since the tests and the
+/// next plain `lab run` boot the manifest's kernels unless asked for the tree again.
+fn publish(assets: &Assets) -> anyhow::Result<PathBuf> {
+    let own = lab_dir().join(format!("assets-{}.json", assets.kernel.id));
+    assets.save(&own)?;
+    if let Origin::Tree { .. } = assets.kernel.origin {
+        return Ok(own);
+    }
+    let path = lab_dir().join("assets.json");
+    assets.save(&path)?;
+    Ok(path)
+}
+
 /// The hash of what provisioning kernel `id` is made from: the manifest and the recipe, the
 /// agent and this program (whose code builds the images), the host's QEMU (the nest image holds
-/// it), a `LAB_KERNEL` override, and apt's package lists.
-fn stamp(id: &str, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::Result<String> {
+/// it), a `LAB_KERNEL` override, a kernel tree's build (its bzImage and modules: the
+/// developer's next `make` changes them), and apt's package lists.
+fn stamp(
+    id: &str,
+    agent: &std::path::Path,
+    cache: &std::path::Path,
+    tree: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
     let identity =
         |path: &std::path::Path| lab_harness::snapshot::identity(path).map_err(anyhow::Error::from);
     let mut text = format!("format {STAMP_FORMAT}\nkernel {id}\n");
@@ -139,6 +154,14 @@ fn stamp(id: &str, agent: &std::path::Path, cache: &std::path::Path) -> anyhow::
                 identity(std::path::Path::new(&value))?
             ));
         }
+    }
+    if let Some(tree) = tree {
+        let tree = std::path::absolute(tree)?;
+        text.push_str(&format!(
+            "tree {} {}\n",
+            tree.display(),
+            lab_kernels::tree::fingerprint(&tree)?
+        ));
     }
     text.push_str(&format!(
         "lists {}\n",
@@ -199,14 +222,7 @@ fn provision(
         runs: lab_harness::Runs::default(),
         settings: lab_harness::Settings::default(),
     };
-    // A tree's assets are not made the default: the tests and the next `lab run` boot the
-    // manifest's kernels unless asked for the tree again.
-    let path = match kernel.origin {
-        Origin::Tree { .. } => lab_dir().join(format!("assets-{}.json", kernel.id)),
-        _ => lab_dir().join("assets.json"),
-    };
-    assets.save(&path)?;
-    assets.save(&lab_dir().join(format!("assets-{}.json", kernel.id)))?;
+    let path = publish(&assets)?;
     record_booted(&kernel.id, &assets)?;
     crate::ui::status!(
         "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), module disk of {} modules ({:.0} MiB){}, assets in {}",
