@@ -99,7 +99,7 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
         return Ok(None);
     }
     let path = publish(&assets)?;
-    crate::ui::status!("xtask: kernel {} and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, path.display());
+    crate::ui::status!("xtask: kernel {} ({}) and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, assets.kernel.origin, path.display());
     Ok(Some(path))
 }
 
