@@ -25,24 +25,21 @@ const KEEP: usize = 3;
 /// The kernel built in tree `dir`, with its modules installed in `cache/trees` unless that
 /// build's are there already.
 pub fn provide(dir: &Path, cache: &Path) -> Result<Kernel> {
-    let (bzimage, release, order) = built(dir)?;
-    let bytes = std::fs::read(&bzimage).map_err(|e| Error::io(&bzimage, e))?;
-    let bzimage_sha256 = deb::sha256_hex(&bytes);
-    let key = build_key(dir, &bzimage_sha256, &order)?;
+    let build = Build::of(dir)?;
     let installed = cache
         .join("trees")
-        .join(format!("{release}-{}", &key[..16]));
+        .join(format!("{}-{}", build.release, &build.key[..16]));
     if !installed.join(DONE).is_file() {
-        install(dir, &bytes, &installed, cache)?;
+        install(dir, &build.bzimage, &installed, cache)?;
     }
     Ok(Kernel {
         id: "tree".into(),
         bzimage: installed.join("bzImage"),
-        modules_dir: installed.join("lib/modules").join(&release),
-        release,
+        modules_dir: installed.join("lib/modules").join(&build.release),
+        release: build.release,
         origin: Origin::Tree {
             dir: dir.to_path_buf(),
-            bzimage_sha256,
+            bzimage_sha256: build.bzimage_sha256,
         },
     })
 }
@@ -50,9 +47,31 @@ pub fn provide(dir: &Path, cache: &Path) -> Result<Kernel> {
 /// What identifies the build in tree `dir` (its bzImage's hash, its modules' sizes and times):
 /// what [`provide`] keys its copy by, for a caller that wants to know whether it changed.
 pub fn fingerprint(dir: &Path) -> Result<String> {
-    let (bzimage, _, order) = built(dir)?;
-    let bytes = std::fs::read(&bzimage).map_err(|e| Error::io(&bzimage, e))?;
-    build_key(dir, &deb::sha256_hex(&bytes), &order)
+    Ok(Build::of(dir)?.key)
+}
+
+/// One build of a tree, as read from it.
+struct Build {
+    bzimage: Vec<u8>,
+    bzimage_sha256: String,
+    release: String,
+    /// [`build_key`] of it.
+    key: String,
+}
+
+impl Build {
+    fn of(dir: &Path) -> Result<Self> {
+        let (path, release, order) = built(dir)?;
+        let bzimage = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bzimage_sha256 = deb::sha256_hex(&bzimage);
+        let key = build_key(dir, &bzimage_sha256, &order)?;
+        Ok(Self {
+            bzimage,
+            bzimage_sha256,
+            release,
+            key,
+        })
+    }
 }
 
 /// The tree's bzImage, release and `modules.order`, or what to run to make them.
