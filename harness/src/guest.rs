@@ -45,6 +45,11 @@ pub trait Guest {
             if !out.success() {
                 return Err(unexpected(self.name(), &cmd, "must succeed", out));
             }
+            if out.truncated {
+                // What it returns would not be all it printed.
+                let cut = "must succeed with all of its output (more than the protocol's cap per stream was cut; stream it with `run_streaming`)";
+                return Err(unexpected(self.name(), &cmd, cut, out));
+            }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         }
     }

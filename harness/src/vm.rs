@@ -213,8 +213,14 @@ impl Vm {
         Guest::wait_until_succeeds(self, cmd, within).await
     }
 
-    /// Runs a command, passing each piece of its output to `on_output` as it comes; returns its
-    /// result with stdout and stderr kept apart (each up to the protocol's cap).
+    /// Runs a command, passing each piece of its output to `on_output` as it comes, in order and
+    /// whole: the guest's output is flow-controlled ([`crate::agent::OUTPUT_WINDOW`]), so an
+    /// `on_output` that takes its time (a pipe nobody drains yet) slows the command instead of
+    /// losing bytes. The result's `stdout` and `stderr` are empty: all of it went to
+    /// `on_output`. Its `truncated` says a guest broke the window and bytes were dropped.
+    ///
+    /// The reply is awaited until the command's timeout and 10 s more, counted from the last
+    /// piece of output taken: the time `on_output` spends is the reader's, not the guest's.
     pub async fn run_streaming(
         &self,
         cmd: impl Into<Cmd>,
@@ -225,42 +231,32 @@ impl Vm {
             cmd = cmd.timeout(self.cfg.policy.command_timeout);
         }
         cmd.spec.stream = true;
-        let within = cmd.spec.timeout + Duration::from_secs(10);
+        let grace = Duration::from_secs(10);
         let started = self
             .agent
             .start(Op::Run(cmd.spec.clone()))
             .await
             .map_err(|e| self.agent_failure(&cmd.describe(), e))?;
-        let (id, mut output, reply) = (started.id, started.output, started.reply);
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let waiting = self.agent.wait(id, reply, within);
-        tokio::pin!(waiting);
+        let (id, mut output, mut reply) = (started.id, started.output, started.reply);
+        let mut deadline = tokio::time::Instant::now() + cmd.spec.timeout.saturating_add(grace);
         let reply = loop {
             tokio::select! {
                 Some((stream, data)) = output.recv() => {
                     on_output(stream, &data);
-                    keep(if stream == Stream::Stdout { &mut stdout } else { &mut stderr }, &data);
+                    deadline = deadline.max(tokio::time::Instant::now() + grace);
                 }
-                reply = &mut waiting => break reply,
+                reply = &mut reply => break reply.map_err(|_| AgentError::Closed),
+                () = tokio::time::sleep_until(deadline) => {
+                    self.agent.forget(id);
+                    break Err(AgentError::Timeout(cmd.spec.timeout.saturating_add(grace)));
+                }
             }
         };
         // Pieces sent before the reply may still sit in the channel.
-        while let Ok((stream, data)) = output.try_recv() {
+        while let Some((stream, data)) = output.try_recv() {
             on_output(stream, &data);
-            keep(
-                if stream == Stream::Stdout {
-                    &mut stdout
-                } else {
-                    &mut stderr
-                },
-                &data,
-            );
         }
-        self.ran(&cmd.describe(), reply).map(|out| RunOutput {
-            stdout,
-            stderr,
-            ..out
-        })
+        self.ran(&cmd.describe(), reply)
     }
 
     /// The result of a run from the agent's answer to it; anything else is an error naming `what`.
@@ -419,10 +415,4 @@ impl Drop for Vm {
         // TempDir's own drop removes the directory and the sockets in it.
         drop(self.state.take());
     }
-}
-
-/// Keeps `data` in `buf` up to the protocol's per-stream cap.
-fn keep(buf: &mut Vec<u8>, data: &[u8]) {
-    let room = lab_proto::MAX_OUTPUT_BYTES.saturating_sub(buf.len());
-    buf.extend_from_slice(&data[..data.len().min(room)]);
 }

@@ -66,3 +66,23 @@ pub fn ping_stats(out: &str) -> (Option<f64>, f64) {
         .unwrap_or_else(|| panic!("no loss in ping's summary: {out}"));
     (avg, loss)
 }
+
+/// `lab run`'s job on its LAN, with what it printed collected into the result's `stdout` and
+/// `stderr` (a streaming run returns them empty: all of it went by as it came).
+pub async fn run_job(
+    assets: &Assets,
+    job: &lab_harness::lan::script::Job,
+    on: &lab_harness::lan::script::ScriptLan,
+) -> lab_harness::Result<lab_harness::RunOutput> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let out = lab_harness::lan::script::run(assets, job, on, |stream, bytes| match stream {
+        lab_harness::Stream::Stdout => stdout.extend_from_slice(bytes),
+        lab_harness::Stream::Stderr => stderr.extend_from_slice(bytes),
+    })
+    .await?;
+    Ok(lab_harness::RunOutput {
+        stdout,
+        stderr,
+        ..out
+    })
+}

@@ -1,7 +1,7 @@
 //! The scripts in `examples/` do what their comments say, run the way `cargo xtask lab run` runs
 //! them: the seed's commands, unchanged, in throwaway guests.
 
-use lab_harness::lan::script::{self, Job, ScriptLan};
+use lab_harness::lan::script::{Job, ScriptLan};
 use lab_tests::{assets, Check};
 use rstest::rstest;
 
@@ -15,11 +15,10 @@ fn example(name: &str) -> String {
 #[rstest]
 #[tokio::test]
 async fn seed_containers_ping_each_other_and_clean_up() {
-    let out = script::run(
+    let out = lab_tests::run_job(
         &assets(),
         &Job::Script(example("seed-containers.sh")),
         &ScriptLan::default(),
-        |_, _| {},
     )
     .await
     .check();
@@ -44,19 +43,8 @@ async fn seed_vm_reaches_the_lan_but_not_its_host_until_the_shim() {
         nest: true,
         ..ScriptLan::default()
     };
-    let mut streamed = Vec::new();
     let job = Job::Script(example("seed-vm.sh"));
-    let out = script::run(&assets(), &job, &on, |stream, b| {
-        if stream == lab_harness::Stream::Stdout {
-            streamed.extend_from_slice(b)
-        }
-    })
-    .await
-    .check();
-    assert_eq!(
-        streamed, out.stdout,
-        "what was shown while it ran is all it printed"
-    );
+    let out = lab_tests::run_job(&assets(), &job, &on).await.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.success(),
@@ -103,7 +91,7 @@ async fn the_vlan_trunk_topology_pings_across_with_its_delay_and_loss() {
     // The first ping waits for ARP across the VLAN (seconds on a busy machine): measured after.
     let job =
         Job::Script("ping -c1 -W10 10.0.10.2 >/dev/null; ping -c 50 -i 0.1 -W 2 10.0.10.2".into());
-    let out = script::run(&assets(), &job, &on, |_, _| {}).await.check();
+    let out = lab_tests::run_job(&assets(), &job, &on).await.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (rtt, loss) = ping_summary(&stdout);
     // 50 ms each way on host2's cable; 1% each way loses ~2% of 50 pings: 0 to a few.
@@ -115,9 +103,7 @@ async fn the_vlan_trunk_topology_pings_across_with_its_delay_and_loss() {
             .map(String::from)
             .to_vec(),
     );
-    let out = script::run(&assets(), &untagged, &on, |_, _| {})
-        .await
-        .check();
+    let out = lab_tests::run_job(&assets(), &untagged, &on).await.check();
     assert!(!out.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
@@ -133,7 +119,7 @@ async fn the_bond_topology_bonds_two_nics_that_reach_the_peer() {
         "grep -E 'Bonding Mode|Slave Interface' /proc/net/bonding/bond0 && ping -c 2 -W 2 192.168.88.2"
             .into(),
     );
-    let out = script::run(&assets(), &job, &on, |_, _| {}).await.check();
+    let out = lab_tests::run_job(&assets(), &job, &on).await.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.success(),

@@ -89,8 +89,12 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
     )
     .await
     .check();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty() && !out.truncated,
+        "a streamed run's output all went by as it came: {out:?}"
+    );
+    let stdout = String::from_utf8_lossy(&streamed.0);
+    let stderr = String::from_utf8_lossy(&streamed.1);
     assert_eq!(
         out.code,
         Some(exit.parse().expect("code")),
@@ -115,23 +119,18 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
     }
     assert_eq!(stderr.trim(), "to stderr", "stderr stays apart from stdout");
     assert!(!stdout.contains("to stderr"));
-    assert_eq!(
-        (streamed.0, streamed.1),
-        (out.stdout.clone(), out.stderr.clone()),
-        "what streamed is what came back"
-    );
 }
 
 #[rstest]
 #[tokio::test]
 async fn a_script_runs_by_its_shebang_and_without_one_by_sh() {
     let bash = Job::Script("#!/bin/bash\necho \"${BASH_VERSION%%.*}\"\n".into());
-    let out = script::run(&assets(), &bash, &lan(Extras::default()), |_, _| {})
+    let out = lab_tests::run_job(&assets(), &bash, &lan(Extras::default()))
         .await
         .check();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5", "{out:?}");
     let sh = Job::Script("echo \"[${BASH_VERSION:-dash}]\"\n".into());
-    let out = script::run(&assets(), &sh, &lan(Extras::default()), |_, _| {})
+    let out = lab_tests::run_job(&assets(), &sh, &lan(Extras::default()))
         .await
         .check();
     assert_eq!(
@@ -150,7 +149,7 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
         ..Extras::default()
     };
     let job = Job::Program(vec!["./needs-python.sh".into()]);
-    let err = script::run(&assets(), &job, &lan(extras), |_, _| {})
+    let err = lab_tests::run_job(&assets(), &job, &lan(extras))
         .await
         .expect_err("no python in the guest")
         .to_string();
@@ -220,7 +219,7 @@ async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kern
         ..ScriptLan::default()
     };
     let job = Job::Program(vec!["drivers/net/bonding/bond_macvlan_ipvlan.sh".into()]);
-    let out = script::run(&assets_of(kernel), &job, &on, |_, _| {})
+    let out = lab_tests::run_job(&assets_of(kernel), &job, &on)
         .await
         .check();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -287,7 +286,7 @@ async fn a_warn_from_a_module_built_from_source_fails_the_run_naming_its_line_un
         })
     };
     let job = Job::Script("lsmod | grep -o '^lab_warn'; ls /lab-modules".into());
-    let result = script::run(&assets(), &job, &on, |_, _| {}).await;
+    let result = lab_tests::run_job(&assets(), &job, &on).await;
     if allow {
         let out = result.check();
         assert!(out.success(), "{out:?}");
@@ -354,7 +353,7 @@ async fn kmemleak_on_a_kernel_without_it_is_refused_before_anything_boots() {
         ..ScriptLan::default()
     };
     let started = std::time::Instant::now();
-    let err = script::run(&assets, &Job::Script("true".into()), &on, |_, _| {})
+    let err = lab_tests::run_job(&assets, &Job::Script("true".into()), &on)
         .await
         .expect_err("Debian's kernels have no kmemleak");
     let text = err.to_string();
@@ -405,7 +404,7 @@ async fn a_kernel_splat_fails_the_run_naming_its_line_unless_allowed(#[case] all
         ..ScriptLan::default()
     };
     let job = Job::Script(HUNG_TASK.into());
-    let result = script::run(&assets(), &job, &on, |_, _| {}).await;
+    let result = lab_tests::run_job(&assets(), &job, &on).await;
     if allow {
         let out = result.check();
         assert!(out.success(), "{out:?}");

@@ -22,7 +22,13 @@ use nix::unistd::Pid;
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where a streaming run's output goes as it comes.
-pub type Sink = Arc<dyn Fn(Stream, &[u8]) + Send + Sync>;
+pub trait Sink: Send + Sync {
+    /// Sends a piece on, waiting while the host has no room for it ([`crate::window`]).
+    fn pass(&self, stream: Stream, data: &[u8]);
+    /// Whether a [`Sink::pass`] waits for the host now: that time is the reader's, and does
+    /// not count against [`DRAIN`].
+    fn stalled(&self) -> bool;
+}
 
 /// What the server keeps of a running interactive program: where its input goes, its
 /// terminal (to resize), and its process group (to hang up).
@@ -73,14 +79,15 @@ impl Input {
 /// out without them: a background job that keeps a finished session's terminal open must not
 /// hold the reply, nor may a timed-out fork bomb's 850 processes, which took about 3 s to die under
 /// TCG on a loaded host (the host waits only 10 s past the timeout). They go on dying after it;
-/// their cgroup is removed once they have.
+/// their cgroup is removed once they have. Time in which the host holds the output back (its
+/// window full) does not count: what the program wrote before it ended is all sent.
 const DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs `spec` to its end. A streaming run's output goes to `sink` instead of the result; an
 /// interactive one (on a terminal) hands its [`Io`] to `started` as soon as it runs.
 pub fn run(
     spec: &RunSpec,
-    sink: Option<Sink>,
+    sink: Option<Arc<dyn Sink>>,
     started: impl FnOnce(Io),
 ) -> Result<RunOutput, String> {
     let started_at = Instant::now();
@@ -92,8 +99,8 @@ pub fn run(
         stderr,
         done,
     } = match (&group, spec.tty) {
-        (Some(group), None) => start_in(group, spec, sink)?,
-        _ => start_with_std(group.as_ref(), spec, sink, started)?,
+        (Some(group), None) => start_in(group, spec, sink.clone())?,
+        _ => start_with_std(group.as_ref(), spec, sink.clone(), started)?,
     };
 
     let ended = match done.recv_timeout(spec.timeout) {
@@ -107,17 +114,19 @@ pub fn run(
         if let Some(group) = &group {
             group.kill();
         }
+        let _ = killpg(pgid, Signal::SIGKILL);
     }
-    // Kill the process group either way: a finished shell may have left background children
-    // that still hold the output pipes open, and we must not wait for them.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    // Past its end (or kill), output drains for at most DRAIN: a child in a session of its own
-    // (`setsid sleep 100 &`, a daemon) may hold the pipes open for as long as it lives, and the
-    // reply does not wait for it. Such a child lives on, detached, in the command's cgroup.
-    let drain = Some(Instant::now() + DRAIN);
+    // A command that ended by itself leaves its children be, as a shell over ssh does: a
+    // daemon, `setsid cmd &` or `nohup cmd &` lives on in the command's cgroup. Ending them
+    // here would race them: a child that has not yet called setsid() when the shell exits
+    // looks like any background job. Past the end (or kill), output drains for at most DRAIN:
+    // a child may hold the pipes open for as long as it lives, and the reply does not wait
+    // for it.
+    let stalled = || sink.as_ref().is_some_and(|s| s.stalled());
     let status = ended.or_else(|| done.recv_timeout(DRAIN).ok()?.ok());
-    let (stdout, out_cut) = finish(stdout, drain);
-    let (stderr, err_cut) = finish(stderr, drain);
+    let drain = Drain::new(DRAIN);
+    let (stdout, out_cut) = finish(stdout, &drain, &stalled);
+    let (stderr, err_cut) = finish(stderr, &drain, &stalled);
     let oom_killed = group.as_ref().is_some_and(|g| g.oom_kills() > 0);
     Ok(RunOutput {
         oom_killed,
@@ -149,7 +158,7 @@ struct Started {
 fn start_in(
     group: &crate::limits::Group,
     spec: &RunSpec,
-    sink: Option<Sink>,
+    sink: Option<Arc<dyn Sink>>,
 ) -> Result<Started, String> {
     let argv = argv(spec);
     let env = environment(spec);
@@ -175,7 +184,7 @@ fn start_in(
 fn start_with_std(
     group: Option<&crate::limits::Group>,
     spec: &RunSpec,
-    sink: Option<Sink>,
+    sink: Option<Arc<dyn Sink>>,
     started: impl FnOnce(Io),
 ) -> Result<Started, String> {
     let mut cmd = command(spec);
@@ -427,7 +436,7 @@ struct Captured {
 fn capture<R: Read + Send + 'static>(
     pipe: Option<R>,
     stream: Stream,
-    sink: Option<Sink>,
+    sink: Option<Arc<dyn Sink>>,
 ) -> Captured {
     let kept = Arc::new(Mutex::new((Vec::new(), false)));
     let (tx, ended) = mpsc::channel();
@@ -438,7 +447,7 @@ fn capture<R: Read + Send + 'static>(
             // A terminal whose far end closed reads as EIO: that is its end of file.
             while let Ok(n @ 1..) = pipe.read(&mut chunk) {
                 match &sink {
-                    Some(sink) => sink(stream, &chunk[..n]),
+                    Some(sink) => sink.pass(stream, &chunk[..n]),
                     None => {
                         let (kept, cut) = &mut *keep.lock().unwrap_or_else(|p| p.into_inner());
                         let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
@@ -453,15 +462,40 @@ fn capture<R: Read + Send + 'static>(
     Captured { kept, ended }
 }
 
-/// What a capture kept, waiting for its end until `deadline` (forever when `None`). Past the
-/// deadline, what came so far is the result.
-fn finish(captured: Captured, deadline: Option<Instant>) -> (Vec<u8>, bool) {
-    let _ = match deadline {
-        Some(d) => captured
-            .ended
-            .recv_timeout(d.saturating_duration_since(Instant::now()))
-            .map_err(drop),
-        None => captured.ended.recv().map_err(drop),
-    };
+/// The time output may still drain after a command's end, shared by its streams; time in which
+/// the host holds the output back does not count.
+struct Drain {
+    deadline: std::cell::Cell<Instant>,
+}
+
+impl Drain {
+    fn new(within: Duration) -> Self {
+        Self {
+            deadline: std::cell::Cell::new(Instant::now() + within),
+        }
+    }
+}
+
+/// What a capture kept, waiting for its end until the drain's deadline. Past it, what came so
+/// far is the result.
+fn finish(captured: Captured, drain: &Drain, stalled: &dyn Fn() -> bool) -> (Vec<u8>, bool) {
+    const STEP: Duration = Duration::from_millis(20);
+    let mut last = Instant::now();
+    loop {
+        let now = Instant::now();
+        if stalled() {
+            // The reader's time: the deadline moves with it.
+            drain.deadline.set(drain.deadline.get() + (now - last));
+        }
+        last = now;
+        let left = drain.deadline.get().saturating_duration_since(now);
+        if left.is_zero() {
+            break;
+        }
+        match captured.ended.recv_timeout(left.min(STEP)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            _ => break,
+        }
+    }
     std::mem::take(&mut *captured.kept.lock().unwrap_or_else(|p| p.into_inner()))
 }

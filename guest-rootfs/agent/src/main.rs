@@ -10,6 +10,7 @@ mod resume;
 mod serve;
 mod spawn;
 mod unpack;
+mod window;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -16,6 +16,7 @@ use lab_proto::{
 };
 
 use crate::exec::{Io, Sink};
+use crate::window::Window;
 
 type Writer = Arc<Mutex<File>>;
 
@@ -23,6 +24,42 @@ type Writer = Arc<Mutex<File>>;
 fn running() -> &'static Mutex<HashMap<u64, Io>> {
     static RUNNING: OnceLock<Mutex<HashMap<u64, Io>>> = OnceLock::new();
     RUNNING.get_or_init(Mutex::default)
+}
+
+/// The output windows of streaming runs still going, by the id of the request that started them.
+fn windows() -> &'static Mutex<HashMap<u64, Arc<Window>>> {
+    static WINDOWS: OnceLock<Mutex<HashMap<u64, Arc<Window>>>> = OnceLock::new();
+    WINDOWS.get_or_init(Mutex::default)
+}
+
+/// A streaming run's output on its way to the host: as [`Reply::Output`] pieces of its request,
+/// each sent only once the host has room for it.
+struct Streamed {
+    writer: Writer,
+    id: u64,
+    window: Arc<Window>,
+}
+
+impl Sink for Streamed {
+    fn pass(&self, stream: lab_proto::Stream, mut data: &[u8]) {
+        while !data.is_empty() {
+            // Closed: the run has answered, and what comes now goes nowhere.
+            let Some(n) = self.window.take(data.len()) else {
+                return;
+            };
+            let (piece, rest) = data.split_at(n);
+            let output = Reply::Output {
+                stream,
+                data: piece.to_vec(),
+            };
+            send(&self.writer, Some(self.id), output);
+            data = rest;
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.window.stalled()
+    }
 }
 
 pub fn run(port: &str) -> std::io::Result<()> {
@@ -86,6 +123,12 @@ fn dispatch(writer: &Writer, line: Line) {
             })
         }
         Op::Hangup { run } => return to_running(writer, request.id, run, crate::exec::hang_up),
+        Op::Grant { run, bytes } => {
+            if let Some(window) = lock(windows()).get(&run) {
+                window.grant(bytes);
+            }
+            return;
+        }
         _ => {}
     }
     let writer = Arc::clone(writer);
@@ -106,7 +149,7 @@ fn to_running(
     run: u64,
     action: impl FnOnce(&mut Io) -> Result<(), String>,
 ) {
-    let mut runs = running().lock().unwrap_or_else(|p| p.into_inner());
+    let mut runs = lock(running());
     let result = match runs.get_mut(&run) {
         Some(io) => action(io),
         None => Err(format!(
@@ -123,28 +166,21 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
     let result = match op {
         Op::Hello => Ok(ready()),
         Op::Run(spec) => {
-            let out = Arc::clone(writer);
-            let sink: Sink = Arc::new(move |stream, data: &[u8]| {
-                send(
-                    &out,
-                    Some(id),
-                    Reply::Output {
-                        stream,
-                        data: data.to_vec(),
-                    },
-                )
+            let window = Arc::new(Window::new(spec.window));
+            lock(windows()).insert(id, Arc::clone(&window));
+            let sink: Arc<dyn Sink> = Arc::new(Streamed {
+                writer: Arc::clone(writer),
+                id,
+                window: Arc::clone(&window),
             });
             let register = |io| {
-                running()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, io);
+                lock(running()).insert(id, io);
             };
             let result = crate::exec::run(&spec, Some(sink), register).map(Reply::Ran);
-            running()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            lock(running()).remove(&id);
+            lock(windows()).remove(&id);
+            // A detached child's output after the answer goes nowhere, and waits for nothing.
+            window.close();
             result
         }
         Op::ReadFile { path } => fs::read(&path)
@@ -153,7 +189,11 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
         Op::Resume(resume) => crate::resume::resume(&resume).map(|()| Reply::Done),
         Op::Unpack { archive } => crate::unpack::unpack(&archive).map(|()| Reply::Done),
-        Op::PowerOff | Op::Input { .. } | Op::Resize { .. } | Op::Hangup { .. } => {
+        Op::PowerOff
+        | Op::Input { .. }
+        | Op::Resize { .. }
+        | Op::Hangup { .. }
+        | Op::Grant { .. } => {
             unreachable!("handled before dispatch to a thread")
         }
     };
@@ -186,6 +226,10 @@ fn ready() -> Reply {
         uptime_secs,
         modules,
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn send(writer: &Writer, id: Option<u64>, reply: Reply) {

@@ -20,7 +20,7 @@ pub mod attach;
 pub const PORT_NAME: &str = "lab.agent";
 
 /// Protocol version, bumped on any incompatible change; the agent announces it in [`Ready`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest request line the agent accepts (a `write_file` of a few MiB fits, base64-encoded).
 pub const MAX_REQUEST_BYTES: usize = 32 << 20;
@@ -68,6 +68,10 @@ pub enum Op {
     },
     /// The terminal of the running request `run` changed size. Not answered unless it fails.
     Resize { run: u64, rows: u16, cols: u16 },
+    /// The host took `bytes` more of the running request `run`'s output off the wire: the agent
+    /// may send that many more ([`RunSpec::window`]). Not answered: a grant for a run that has
+    /// just ended is normal and ignored.
+    Grant { run: u64, bytes: u64 },
     /// The person at the running request `run`'s terminal went away: its process group gets
     /// SIGHUP, as when a terminal window closes. Not answered unless it fails.
     Hangup { run: u64 },
@@ -285,6 +289,12 @@ pub struct RunSpec {
     /// `stream`; input comes in [`Op::Input`], and stdout and stderr are both the terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtySize>,
+    /// Flow control of a streaming run, as an SSH channel's window: the agent sends at most
+    /// this many bytes of output (stdout and stderr together) beyond what the host granted
+    /// with [`Op::Grant`], and stops reading the program's pipes until more is granted, so a
+    /// slow reader slows the program and loses nothing. `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
 }
 
 impl RunSpec {
@@ -299,6 +309,7 @@ impl RunSpec {
             cwd: None,
             stream: false,
             tty: None,
+            window: None,
         }
     }
 
@@ -609,6 +620,7 @@ mod tests {
                 cwd: Some("/lab".into()),
                 stream: true,
                 tty: Some(TtySize { rows: 24, cols: 80 }),
+                window: Some(4 << 20),
             }),
         };
         let line = encode(&req);
@@ -733,6 +745,7 @@ mod tests {
                     cwd: None,
                     stream,
                     tty: None,
+                    window: None,
                 })
         }
 
