@@ -19,6 +19,8 @@ pub const MAX_NICS: u8 = 8;
 pub const MAX_CPUS: u32 = 64;
 /// Below this no Debian kernel boots to its agent.
 pub const MIN_MEMORY_MIB: u32 = 64;
+/// The most memory a guest may have: 64 GiB, more than a lab host lends one guest.
+pub const MAX_MEMORY_MIB: u32 = 64 << 10;
 
 /// Everything that defines one guest. Start from [`VmConfig::new`] (or [`crate::Assets::vm`])
 /// and adjust fields.
@@ -130,7 +132,7 @@ pub enum ConfigError {
     Cpus(u32),
     #[error("{0} NICs is not a guest's")]
     Nics(u8),
-    #[error("{0} MiB of memory is too little for any guest")]
+    #[error("{0} MiB of memory is not a guest's size")]
     Memory(u32),
     #[error("{0} boot attempts would never boot")]
     BootAttempts(u32),
@@ -143,7 +145,9 @@ impl ConfigError {
             Self::Name(_) => "name it with up to 63 letters, digits and '-' (e.g. host1)".into(),
             Self::Cpus(_) => format!("give --cpus between 1 and {MAX_CPUS}"),
             Self::Nics(_) => format!("give --nics between 1 and {MAX_NICS}"),
-            Self::Memory(_) => format!("give --memory {MIN_MEMORY_MIB} or more"),
+            Self::Memory(_) => {
+                format!("give --memory between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} (MiB)")
+            }
             Self::BootAttempts(_) => "give at least 1 boot attempt".into(),
         }
     }
@@ -204,7 +208,7 @@ impl VmConfig {
         if !(1..=MAX_NICS).contains(&m.nics) {
             return Err(ConfigError::Nics(m.nics));
         }
-        if m.memory_mib < MIN_MEMORY_MIB {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&m.memory_mib) {
             return Err(ConfigError::Memory(m.memory_mib));
         }
         if self.policy.boot_attempts == 0 {

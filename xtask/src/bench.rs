@@ -13,28 +13,28 @@ use lab_harness::{Assets, Extras, Vm};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// How many guests to boot cold.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub boots: usize,
     /// How many guests to restore from a snapshot (after its first guest took it).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub restores: usize,
     /// How many guests boot at the same time (the host's cores are shared among them).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub parallel: usize,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(lab_harness::config::MIN_MEMORY_MIB)..=i64::from(lab_harness::config::MAX_MEMORY_MIB)))]
     pub memory: u32,
     /// How many times to run the nested bridge scenario (two hosts, a VM on each), timed from
     /// the lab guests' boot to its end; 0 skips it.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100))]
     pub nested: usize,
     /// Boots with `--package` and `--dir` extras, each paired with a plain boot; 0 skips the
     /// extras' measurements.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100))]
     pub extras: usize,
     /// Soak: this many guests restored, then this many cold, 8 at a time, each running a
     /// command; counts hangs, fallbacks and leftovers. 0 skips it.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10000))]
     pub soak: usize,
     /// Measure only this part.
     #[arg(long, value_enum)]

@@ -21,7 +21,7 @@ pub struct LabArgs {
     /// Scenarios run at the same time (each boots two or three guests), longest first by the
     /// last run's times; a measurement (`claim/throughput`) runs alone [default: twice the
     /// cores, since scenarios spend much of their time waiting on pings]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub jobs: Option<usize>,
     /// Run only shard K of N (the K-th of every N scenarios in `--list` order), to spread the lab
     /// over CI runners.
@@ -46,8 +46,8 @@ pub enum LabCommand {
         /// A script file (run by its #! interpreter, else /bin/sh). Leave it out to run a program
         /// given after `--`.
         script: Option<PathBuf>,
-        /// Seconds the job may run.
-        #[arg(long, default_value_t = 300)]
+        /// Seconds the job may run (at most a week).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
         timeout: u64,
         #[command(flatten)]
         lan: LanArgs,
@@ -137,11 +137,11 @@ pub struct LanArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// host1's virtual CPUs (default 1).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(lab_harness::config::MAX_CPUS)))]
     pub cpus: Option<u32>,
     /// host1's memory in MiB (default 256; with --nest 1024: 512, and 256 for each of the two
     /// VMs it may run).
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(i64::from(lab_harness::config::MIN_MEMORY_MIB)..=i64::from(lab_harness::config::MAX_MEMORY_MIB)))]
     pub memory: Option<u32>,
     /// host1's NICs, eth0..eth(N-1), each on its own switch port with its own cable (for a
     /// bond: `--nics 2 --module bonding`). Only eth0 is numbered (192.168.88.1).
@@ -609,6 +609,12 @@ fn run_job(
     if out.timed_out {
         anyhow::bail!("{what} timed out after {timeout:?} (give more with --timeout SECONDS)");
     }
+    // Whatever its exit code: a run whose output did not all arrive did not pass.
+    anyhow::ensure!(
+        !out.truncated,
+        "some of {what}'s output was lost on the way (the guest sent more than the host let it); its exit code was {:?}",
+        out.code
+    );
     let code = match (out.code, out.signal) {
         (Some(code), _) => code,
         (None, Some(signal)) => {

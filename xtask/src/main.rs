@@ -470,3 +470,70 @@ pub fn lab_dir() -> PathBuf {
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every number the command line takes, in the commands that take it.
+    const NUMBERS: &[(&[&str], &str)] = &[
+        (&["lab", "run"], "--timeout"),
+        (&["lab", "run"], "--hosts"),
+        (&["lab", "run"], "--cpus"),
+        (&["lab", "run"], "--memory"),
+        (&["lab", "run"], "--nics"),
+        (&["lab", "shell"], "--memory"),
+        (&["lab"], "--jobs"),
+        (&["lab"], "--partition"),
+        (&["lab", "attach", "host2"], "--pid"),
+        (&["test"], "--partition"),
+        (&["bench"], "--boots"),
+        (&["bench"], "--restores"),
+        (&["bench"], "--parallel"),
+        (&["bench"], "--memory"),
+        (&["bench"], "--nested"),
+        (&["bench"], "--extras"),
+        (&["bench"], "--soak"),
+    ];
+
+    /// Numbers as a person or a script might type them: small, huge, negative, fractional,
+    /// exponents, two joined by a slash.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i128>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            (0u32..10, 0u32..10).prop_map(|(k, n)| format!("{k}/{n}")),
+            "[0-9eE.+-]{1,30}",
+        ]
+    }
+
+    proptest! {
+        /// A number out of range is an error naming the range, never a panic; one accepted
+        /// goes through the checks that run before provisioning without a panic either.
+        #[test]
+        fn every_command_line_number_is_taken_or_refused_without_a_panic(
+            which in 0..NUMBERS.len(),
+            value in number(),
+        ) {
+            let (command, flag) = NUMBERS[which];
+            let mut argv = vec!["cargo xtask"];
+            argv.extend_from_slice(command);
+            argv.extend([flag, value.as_str()]);
+            if command == ["lab", "run"] {
+                argv.extend(["--", "true"]);
+            }
+            match Cli::try_parse_from(&argv) {
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+                Ok(cli) => {
+                    if let Command::Lab(lab) = cli.command {
+                        if let Some(lab::LabCommand::Run { timeout, lan, .. }) = &lab.command {
+                            let _ = lan.lan(std::time::Duration::from_secs(*timeout));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

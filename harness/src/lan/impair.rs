@@ -56,6 +56,11 @@ pub struct BadImpairment {
 
 /// A queued frame past this much waiting for the link's rate is dropped (netem's `limit`).
 pub const RATE_QUEUE: Duration = Duration::from_millis(200);
+/// The longest delay (and jitter) a cable may add: an hour, longer than any lab waits, and far
+/// from where adding it to a clock overflows.
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// The fastest rate limit: 100 Gbit/s, beyond any emulated link.
+pub const MAX_RATE_BPS: u64 = 100_000_000_000;
 
 impl Impairment {
     /// Whether it changes anything.
@@ -98,12 +103,21 @@ impl Impairment {
                 share("loss.bad", loss_bad)?;
             }
         }
-        if self.rate_bps == Some(0) {
+        if let Some(rate) = self.rate_bps.filter(|r| !(1..=MAX_RATE_BPS).contains(r)) {
             return Err(BadImpairment {
                 field: "rate",
-                value: "0".into(),
-                what: "a rate a link can carry",
+                value: format!("{rate} bit/s"),
+                what: "a rate from 1 bit/s to 100 Gbit/s",
             });
+        }
+        for (field, value) in [("delay", self.delay), ("jitter", self.jitter)] {
+            if value > MAX_DELAY {
+                return Err(BadImpairment {
+                    field,
+                    value: format!("{value:?}"),
+                    what: "a delay of at most an hour",
+                });
+            }
         }
         Ok(())
     }
@@ -136,7 +150,12 @@ pub enum Fate {
 }
 
 impl Link {
-    pub fn new(impairment: Impairment) -> Self {
+    /// A cable with `impairment`. Callers validate it first ([`Impairment::validate`]); one
+    /// that was not is held to its bounds here, so that no setting makes the switch panic.
+    pub fn new(mut impairment: Impairment) -> Self {
+        impairment.delay = impairment.delay.min(MAX_DELAY);
+        impairment.jitter = impairment.jitter.min(MAX_DELAY);
+        impairment.rate_bps = impairment.rate_bps.map(|r| r.clamp(1, MAX_RATE_BPS));
         let rng = match impairment.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),

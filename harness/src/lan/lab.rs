@@ -209,7 +209,7 @@ impl Lab {
         impairment.validate().map_err(|e| {
             Error::invalid(
                 format!("the impairment of {name}'s eth{nic}: {e}"),
-                "give shares from 0 to 1 (0% to 100%) and a rate above zero",
+                "give shares from 0 to 1 (0% to 100%), delays of at most an hour and a rate from 1 bit/s to 100 Gbit/s",
             )
         })?;
         self.switch

@@ -152,9 +152,9 @@ pub async fn boot_topology(
                 .collect(),
             // The user's directory goes where the job runs: the first host.
             dir: dir.filter(|_| i == 0).map(std::path::Path::to_path_buf),
-            cpus: host.cpus,
-            memory_mib: host.memory,
-            nics: host.nics,
+            cpus: host.cpus.as_ref().map(|c| *c.get_ref()),
+            memory_mib: host.memory.as_ref().map(|m| *m.get_ref()),
+            nics: host.nics.as_ref().map(|n| *n.get_ref()),
         };
         assets.apply(&mut cfg, &extras)?;
         watch.apply(&mut cfg);
@@ -182,8 +182,10 @@ pub async fn boot_topology(
     Ok(lab)
 }
 
-/// Boots the LAN, runs `job` on host1 and powers everything off; returns the job's result, its
-/// stdout and stderr apart. `output` is called with each piece of output while the job runs.
+/// Boots the LAN, runs `job` on host1 and powers everything off; returns the job's result.
+/// `output` is called with each piece of output, stdout and stderr apart, while the job runs:
+/// all of it, in order (a slow `output` slows the job), and the result's `stdout` and `stderr`
+/// are empty ([`crate::Vm::run_streaming`]).
 pub async fn run(
     assets: &Assets,
     job: &Job,

@@ -26,8 +26,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::lan::impair::{Impairment, Loss};
-use crate::lan::switch::{check_vlan, PortPolicy, PortVlans, VlanSet};
+use crate::config::{MAX_CPUS, MAX_MEMORY_MIB, MAX_NICS, MIN_MEMORY_MIB};
+use crate::lan::impair::{Impairment, Loss, MAX_DELAY, MAX_RATE_BPS};
+use crate::lan::switch::{check_vlan, PortPolicy, PortVlans, VlanSet, FDB_MAX};
 
 /// A LAN: hosts on one switch, the first one where a job runs.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,9 +48,9 @@ pub struct Topology {
 #[serde(deny_unknown_fields)]
 pub struct Host {
     pub name: Spanned<String>,
-    pub memory: Option<u32>,
-    pub cpus: Option<u32>,
-    pub nics: Option<u8>,
+    pub memory: Option<Spanned<u32>>,
+    pub cpus: Option<Spanned<u32>>,
+    pub nics: Option<Spanned<u8>>,
     #[serde(default)]
     pub packages: Vec<String>,
     #[serde(default)]
@@ -82,7 +83,7 @@ pub struct Link {
     pub native: Option<Spanned<i64>>,
     #[serde(default)]
     pub hairpin: bool,
-    pub max_macs: Option<usize>,
+    pub max_macs: Option<Spanned<usize>>,
     pub impair: Option<Spanned<Impair>>,
 }
 
@@ -215,8 +216,22 @@ impl Topology {
             if names[..i].contains(&name.as_str()) {
                 return Err((host.name.span().start, format!("host {name:?} twice")));
             }
+            host.check()?;
         }
-        for link in &self.links {
+        for (i, link) in self.links.iter().enumerate() {
+            let same_cable =
+                |l: &&Link| l.host.get_ref() == link.host.get_ref() && l.nic == link.nic;
+            if let Some(first) = self.links[..i].iter().find(same_cable) {
+                return Err((
+                    link.host.span().start,
+                    format!(
+                        "a second [[link]] for {}'s eth{} (the first is at line {}): a NIC has one cable; put its settings in one [[link]]",
+                        link.host.get_ref(),
+                        link.nic,
+                        self.line(first.host.span().start)
+                    ),
+                ));
+            }
             let host = link.host.get_ref();
             let Some(h) = self.hosts.iter().find(|h| h.name.get_ref() == host) else {
                 return Err((
@@ -227,13 +242,13 @@ impl Topology {
                     ),
                 ));
             };
-            if link.nic >= h.nics.unwrap_or(1) {
+            let nics = h.nics.as_ref().map_or(1, |n| *n.get_ref());
+            if link.nic >= nics {
                 return Err((
                     link.host.span().start,
                     format!(
-                        "link to {host}'s eth{}, but it has {} NIC(s): give it `nics`",
+                        "link to {host}'s eth{}, but it has {nics} NIC(s): give it `nics`",
                         link.nic,
-                        h.nics.unwrap_or(1)
                     ),
                 ));
             }
@@ -248,6 +263,44 @@ impl Topology {
     /// The line of byte `at` of the file (1 for the first).
     pub fn line(&self, at: usize) -> usize {
         line_of(&self.text, at)
+    }
+}
+
+/// `value` if it lies in `range`, else an error at its place naming the range.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    field: &str,
+    value: &Spanned<T>,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<T, (usize, String)> {
+    let v = *value.get_ref();
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err((
+            value.span().start,
+            format!(
+                "{field} = {v} is out of range: give {} to {}{unit}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+impl Host {
+    /// Its size within what a guest can be.
+    fn check(&self) -> Result<(), (usize, String)> {
+        if let Some(m) = &self.memory {
+            within("memory", m, MIN_MEMORY_MIB..=MAX_MEMORY_MIB, " (MiB)")?;
+        }
+        if let Some(c) = &self.cpus {
+            within("cpus", c, 1..=MAX_CPUS, "")?;
+        }
+        if let Some(n) = &self.nics {
+            within("nics", n, 1..=MAX_NICS, "")?;
+        }
+        Ok(())
     }
 }
 
@@ -268,6 +321,12 @@ impl Link {
                     )
                 })
         };
+        if let (Some(native), None) = (&self.native, &self.trunk) {
+            return Err((
+                native.span().start,
+                "native names a trunk's untagged VLAN, but this port is no trunk: give `trunk = [...]`, or use `access` for an untagged port".into(),
+            ));
+        }
         let vlans = match (&self.access, &self.trunk) {
             (Some(_), Some(t)) => {
                 return Err((
@@ -276,6 +335,12 @@ impl Link {
                 ))
             }
             (Some(a), None) => PortVlans::Access(vlan(a)?),
+            (None, Some(t)) if t.get_ref().is_empty() => {
+                return Err((
+                    t.span().start,
+                    "trunk = [] carries no VLAN: name at least one, or leave `trunk` out for a plain port".into(),
+                ))
+            }
             (None, Some(t)) => {
                 let mut allowed = VlanSet::EMPTY;
                 for id in t.get_ref() {
@@ -287,9 +352,14 @@ impl Link {
             }
             (None, None) => PortVlans::Unaware,
         };
+        let max_macs = self
+            .max_macs
+            .as_ref()
+            .map(|m| within("max_macs", m, 1..=FDB_MAX, " addresses"))
+            .transpose()?;
         Ok(PortPolicy {
             hairpin: self.hairpin,
-            max_macs: self.max_macs,
+            max_macs,
             vlans,
         })
     }
@@ -307,14 +377,15 @@ impl Impair {
         let ms = |field: &str, v: &Option<Spanned<f64>>| -> Result<Duration, (usize, String)> {
             match v {
                 None => Ok(Duration::ZERO),
-                Some(v) if *v.get_ref() >= 0.0 && v.get_ref().is_finite() => {
+                Some(v) if (0.0..=MAX_DELAY.as_secs_f64() * 1000.0).contains(v.get_ref()) => {
                     Ok(Duration::from_secs_f64(v.get_ref() / 1000.0))
                 }
                 Some(v) => Err((
                     v.span().start,
                     format!(
-                        "{field} = {} is not a delay: give 0 or more milliseconds",
-                        v.get_ref()
+                        "{field} = {} is not a delay: give 0 to {} milliseconds",
+                        v.get_ref(),
+                        MAX_DELAY.as_millis()
                     ),
                 )),
             }
@@ -358,6 +429,7 @@ impl Impair {
                     "rate_kbit = 0 carries nothing: give a rate above 0".into(),
                 ));
             }
+            within("rate_kbit", rate, 1..=MAX_RATE_BPS / 1000, " (kbit/s)")?;
         }
         Ok(Impairment {
             delay: ms("delay_ms", &self.delay_ms)?,
@@ -476,5 +548,119 @@ access = 10
             );
         }
         assert!(error("").to_string().contains("missing field `host`"));
+    }
+
+    #[test]
+    fn mistakes_once_taken_silently_are_refused_naming_their_line() {
+        let cases = [
+            // The same NIC linked twice: the later link would have won.
+            (
+                format!("{GOOD}\n[[link]]\nhost = \"host1\"\naccess = 5\n"),
+                23,
+                "a second [[link]] for host1's eth0 (the first is at line 12)",
+            ),
+            (
+                GOOD.replace("access = 10", "access = 10\nnative = 10"),
+                21,
+                "this port is no trunk",
+            ),
+            (
+                GOOD.replace("trunk = [10, 20]", "trunk = []"),
+                13,
+                "trunk = [] carries no VLAN",
+            ),
+            (
+                GOOD.replace("delay_ms = 50", "delay_ms = 1e30"),
+                15,
+                "give 0 to 3600000 milliseconds",
+            ),
+            (
+                GOOD.replace("seed = 7", "rate_kbit = 9223372036854775807"),
+                15,
+                "rate_kbit = 9223372036854775807 is out of range",
+            ),
+            (
+                GOOD.replace("nics = 2", "nics = 2\nmemory = 4294967295"),
+                10,
+                "memory = 4294967295 is out of range: give 64 to 65536 (MiB)",
+            ),
+            (
+                GOOD.replace("nics = 2", "nics = 0"),
+                9,
+                "nics = 0 is out of range",
+            ),
+            (
+                GOOD.replace("access = 10", "access = 10\nmax_macs = 0"),
+                21,
+                "max_macs = 0 is out of range",
+            ),
+        ];
+        for (text, line, says) in cases {
+            let e = error(&text);
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(e.line, line, "{e}");
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// TOML values of every kind a number field might be given.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                Just("inf".to_string()),
+                Just("-inf".to_string()),
+                Just("nan".to_string()),
+                (1u32..40).prop_map(|e| format!("1e{e}")),
+                any::<u64>().prop_map(|n| format!("[{n}]")),
+                Just("[]".to_string()),
+                Just("\"x\"".to_string()),
+            ]
+        }
+
+        const FIELDS: &[&str] = &[
+            "memory", "cpus", "nics", "nic", "access", "native", "max_macs", "trunk",
+        ];
+        const IMPAIR: &[&str] = &[
+            "delay_ms",
+            "jitter_ms",
+            "loss_percent",
+            "duplicate_percent",
+            "reorder_percent",
+            "rate_kbit",
+            "seed",
+        ];
+
+        proptest! {
+            /// Any value in any number field is refused (with a line) or gives a LAN whose
+            /// ports and impairments are valid: no value makes the parser or the switch panic.
+            #[test]
+            fn any_number_anywhere_is_refused_or_valid(
+                host_field in 0..3usize,
+                link_field in 3..FIELDS.len(),
+                impair_field in 0..IMPAIR.len(),
+                a in value(), b in value(), c in value(),
+            ) {
+                let text = format!(
+                    "[[host]]\nname = \"h\"\n{} = {a}\n\n[[link]]\nhost = \"h\"\n{} = {b}\nimpair = {{ {} = {c} }}\n",
+                    FIELDS[host_field], FIELDS[link_field], IMPAIR[impair_field]
+                );
+                match Topology::parse("t.toml", &text) {
+                    Err(e) => prop_assert!(e.line > 0, "{e} has no line"),
+                    Ok(t) => {
+                        for link in &t.links {
+                            prop_assert!(link.policy().is_ok());
+                            let imp = link.impairment().expect("checked");
+                            prop_assert!(imp.validate().is_ok(), "{imp:?}");
+                            let mut cable = crate::lan::impair::Link::new(imp);
+                            let _ = cable.admit(1500, std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+        }
     }
 }
