@@ -264,6 +264,12 @@ impl Assets {
             cfg.machine.memory_mib = memory;
         }
         let needed = self.memory_needed(cfg);
+        if extras.memory_mib.is_none() && u64::from(cfg.machine.memory_mib) < needed {
+            // Nobody chose the size: give what the layers need (in steps of 32 MiB, so that
+            // near sizes share a snapshot shape) rather than refuse a size nobody asked for.
+            let grown = needed.div_ceil(32) * 32;
+            cfg.machine.memory_mib = u32::try_from(grown).unwrap_or(u32::MAX);
+        }
         if u64::from(cfg.machine.memory_mib) < needed {
             let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.machine.memory_mib, cfg.name);
             return Err(Error::invalid(

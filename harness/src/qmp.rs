@@ -121,8 +121,13 @@ impl std::fmt::Debug for Qmp {
 #[derive(Default)]
 struct Logs {
     raw: VecDeque<String>,
-    events: Vec<QmpEvent>,
+    /// The newest [`EVENTS`]: a guest can make QEMU send events without end (a NIC's filter
+    /// changed, say), and the log must not grow with them.
+    events: VecDeque<QmpEvent>,
 }
+
+/// QMP events kept per guest.
+const EVENTS: usize = 1024;
 
 impl Qmp {
     /// Greets and negotiates on a connected QMP socket.
@@ -334,9 +339,9 @@ impl Qmp {
         }
     }
 
-    /// Every event received so far, in order.
+    /// The events received so far (the newest 1024 of them), in order.
     pub fn events(&self) -> Vec<QmpEvent> {
-        self.logs().events.clone()
+        self.logs().events.iter().cloned().collect()
     }
 
     /// Waits for an event called `name` (already received ones count).
@@ -398,7 +403,10 @@ async fn pump(
             push_raw(&mut logs, format!("<- {line}"));
             if let Some(name) = value.get("event").and_then(|e| e.as_str()) {
                 let data = value.get("data").cloned().unwrap_or_default();
-                logs.events.push(QmpEvent {
+                if logs.events.len() == EVENTS {
+                    logs.events.pop_front();
+                }
+                logs.events.push_back(QmpEvent {
                     name: name.to_string(),
                     data,
                     received: Instant::now(),

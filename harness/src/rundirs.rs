@@ -91,6 +91,12 @@ impl Owner {
     }
 }
 
+/// Records this process as the maker of `dir` (a directory that outlives it, such as a kept
+/// run's), so that [`owner`] can later tell whether its maker is gone.
+pub fn mark(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join(OWNER), Owner::me().to_line())
+}
+
 /// Who made `dir`, if it says so in the current format. A directory of an older lab (its
 /// `.owner` without namespace and boot) cannot prove its maker dead, and is left alone.
 pub fn owner(dir: &Path) -> Option<Owner> {

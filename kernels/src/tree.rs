@@ -104,7 +104,25 @@ fn built(dir: &Path) -> Result<(PathBuf, String, String)> {
             dir.display()
         ))
     })?;
-    Ok((bzimage, release.trim().to_string(), order))
+    let release = release.trim();
+    if !is_release(release) {
+        return Err(Error::Invalid(format!(
+            "--kernel-tree {}: its {RELEASE} says {release:?}, which is no kernel release: the              lab names directories after it, so it must be one path component of letters,              digits and `.+-_~` (CONFIG_LOCALVERSION is where it comes from)",
+            dir.display()
+        )));
+    }
+    Ok((bzimage, release.to_string(), order))
+}
+
+/// Whether `release` can name a directory as it is: one path component, not `.` or `..`,
+/// of the characters kernel releases use.
+fn is_release(release: &str) -> bool {
+    (1..=64).contains(&release.len())
+        && release != "."
+        && release != ".."
+        && release
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-~".contains(&b))
 }
 
 /// What identifies a build: its bzImage, and each module's path, size and time of change.
@@ -190,6 +208,14 @@ mod tests {
         std::fs::write(dir.path().join("modules.order"), "").expect("write");
         let (_, release, _) = built(dir.path()).expect("built");
         assert_eq!(release, "6.18.0-rc1+");
+        for bad in ["../../../../tmp/x", "a/b", "..", "6.1 x", ""] {
+            std::fs::write(dir.path().join(RELEASE), format!("{bad}\n")).expect("release");
+            let e = built(dir.path()).expect_err(bad).to_string();
+            assert!(
+                e.contains("no kernel release") || e.contains("not a built kernel tree"),
+                "{bad}: {e}"
+            );
+        }
         let err = built(&dir.path().join("nope")).expect_err("no directory");
         assert!(err.to_string().contains("no such directory"), "{err}");
     }

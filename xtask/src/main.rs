@@ -119,10 +119,34 @@ const LAB_EXAMPLES: &str = "Examples:
   cargo xtask lab attach host2             a second terminal into that shell's lab";
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("Error: {e:?}");
+    let cli = Cli::parse();
+    // A refusal is a sentence for a person, not a crash: no backtrace unless asked for with
+    // LAB_BACKTRACE or -v (RUST_BACKTRACE, which many set for their own programs, is not asking).
+    let backtrace = cli.verbose || std::env::var_os("LAB_BACKTRACE").is_some_and(|v| v != "0");
+    if backtrace {
+        // SAFETY (edition 2021 `set_var`): no other thread exists yet to read the environment.
+        std::env::set_var("RUST_LIB_BACKTRACE", "1");
+    }
+    if let Err(e) = run(cli) {
+        eprintln!("Error: {}", report(&e, backtrace));
         std::process::exit(interrupt::exit_code(&e));
     }
+}
+
+/// An error as a person reads it: what failed, then each cause; its backtrace only on request.
+fn report(e: &anyhow::Error, backtrace: bool) -> String {
+    let mut text = e.to_string();
+    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        text.push_str("\n\nCaused by:");
+        for cause in causes {
+            text.push_str(&format!("\n    {cause}"));
+        }
+    }
+    if backtrace {
+        text.push_str(&format!("\n\nBacktrace:\n{}", e.backtrace()));
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -507,6 +531,16 @@ mod tests {
             (0u32..10, 0u32..10).prop_map(|(k, n)| format!("{k}/{n}")),
             "[0-9eE.+-]{1,30}",
         ]
+    }
+
+    #[test]
+    fn an_error_is_its_causes_without_a_backtrace_unless_asked() {
+        let e = anyhow::anyhow!("disk full").context("cannot write the image");
+        assert_eq!(
+            report(&e, false),
+            "cannot write the image\n\nCaused by:\n    disk full"
+        );
+        assert!(report(&e, true).contains("Backtrace:"));
     }
 
     proptest! {

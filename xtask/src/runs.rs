@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::os::unix::fs::DirBuilderExt;
+
 use anyhow::Context;
 use lab_harness::Runs;
 
@@ -29,7 +31,13 @@ pub fn start(command: &str) -> anyhow::Result<Runs> {
         std::process::id()
     );
     let dir = root.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    // Only its user reads what a run kept (pcaps hold every frame of the LAN).
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    lab_harness::rundirs::mark(&dir).with_context(|| format!("marking {}", dir.display()))?;
     point_latest(&root, &name)?;
     prune(&root, KEEP);
     Ok(Runs {
@@ -72,10 +80,17 @@ fn prune(root: &Path, keep: usize) {
     runs.sort();
     let old = runs.len().saturating_sub(keep);
     for (name, pid) in runs.into_iter().take(old) {
-        if pid.is_some_and(lab_harness::rundirs::alive) {
-            continue;
+        let dir = root.join(&name);
+        // Its maker's pid namespace, boot and start time tell a live run from a dead one with
+        // the same pid (a run in a container sharing this checkout); a directory of an older
+        // lab, without them, falls back to the pid alone.
+        let running = match lab_harness::rundirs::owner(&dir) {
+            Some(owner) => !owner.is_gone(),
+            None => pid.is_some_and(lab_harness::rundirs::alive),
+        };
+        if !running {
+            let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = std::fs::remove_dir_all(root.join(name));
     }
 }
 
@@ -152,6 +167,48 @@ mod tests {
         assert_eq!(run_pid("latest"), None);
         assert_eq!(run_pid("lab-shell-1795933761126"), None);
         assert_eq!(run_pid("2026112-0071530-lab-4242"), None);
+    }
+
+    #[test]
+    fn pruning_tells_a_run_by_its_owner_not_its_pid_alone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let me = std::process::id();
+        // This process's pid, but another process's start time: a dead run whose pid was
+        // reused. And a pid nothing here has, but in another pid namespace: a container's
+        // run, alive for all we can see.
+        let reused = format!("20260101-000000-run-{me}");
+        let elsewhere = "20260102-000000-run-999999999".to_string();
+        let newest = format!("20260103-000000-run-{me}");
+        for (name, owner) in [
+            (&reused, format!("r {me} pid:[1] {} 1\n", boot.trim())),
+            (
+                &elsewhere,
+                format!("r 999999999 pid:[1] {} 1\n", boot.trim()),
+            ),
+            (&newest, String::new()),
+        ] {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).expect("mkdir");
+            if owner.is_empty() {
+                lab_harness::rundirs::mark(&dir).expect("mark");
+            } else {
+                std::fs::write(dir.join(".owner"), owner).expect("owner");
+            }
+        }
+        // A reused pid in our own namespace: make its owner line name our namespace.
+        let ns = std::fs::read_link("/proc/self/ns/pid").expect("ns");
+        let ns = ns.to_string_lossy().replace(' ', "_");
+        let line = format!("r {me} {ns} {} 1\n", boot.trim());
+        std::fs::write(root.path().join(&reused).join(".owner"), line).expect("owner");
+        prune(root.path(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [elsewhere, newest]);
     }
 
     #[test]
