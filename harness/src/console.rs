@@ -51,9 +51,17 @@ pub struct Watch {
     pub cut: Cut,
     splats: Arc<std::sync::Mutex<Vec<Splat>>>,
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// The first error writing the log (a full disk): the log stops there, the console is
+    /// still read to its end and scanned.
+    write_error: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Watch {
+    /// Why the log stopped being written, if it did.
+    pub fn write_error(&self) -> Option<&str> {
+        self.write_error.get().map(String::as_str)
+    }
+
     /// The first [`MAX_SPLATS`] kernel problems the console showed, in order.
     pub fn splats(&self) -> Vec<Splat> {
         self.splats.lock().map(|s| s.clone()).unwrap_or_default()
@@ -195,6 +203,7 @@ pub fn record(
         cut: watch.cut.clone(),
     };
     let seen = watch.clone();
+    let path = to.to_path_buf();
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
@@ -202,10 +211,15 @@ pub fn record(
             let mut buf = vec![0u8; 64 << 10];
             let mut lines = Lines::default();
             // Ends when QEMU closes the socket (it quit or was killed).
+            // A log that cannot be written (a full disk) must not stall the guest, whose
+            // console writes wait for us: we read on and scan, and say why the log stops.
             while let Ok(n @ 1..) = from.read(&mut buf) {
                 lines.feed(&buf[..n], &seen);
-                if log.append(&buf[..n]).is_err() {
-                    break;
+                if seen.write_error.get().is_none() {
+                    if let Err(e) = log.append(&buf[..n]) {
+                        tracing::warn!("console log {}: {e}; it stops here", path.display());
+                        let _ = seen.write_error.set(e.to_string());
+                    }
                 }
             }
             seen.closed.store(true, Ordering::Release);
@@ -349,6 +363,41 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(splat_kind(line), want, "{line}");
         }
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_is_said_and_the_console_is_still_drained_and_scanned() {
+        let (guest, host) = std::os::unix::net::UnixStream::pair().expect("pair");
+        // Every write to /dev/full fails as a full disk does.
+        let watch = record(host, Path::new("/dev/full"), MAX_BYTES).expect("record");
+        let mut guest = guest;
+        guest.write_all(b"[    1.0] booting\n").expect("a line");
+        // Far more than a socket buffers: a recorder that stopped reading would stall this.
+        for _ in 0..64 {
+            guest.write_all(&[b'x'; 64 << 10]).expect("drained");
+        }
+        guest
+            .write_all(b"\n[    9.0] BUG: kernel NULL pointer dereference\n")
+            .expect("a splat");
+        drop(guest);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !watch.closed() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(watch.closed(), "read to its end");
+        assert!(
+            watch
+                .write_error()
+                .is_some_and(|e| e.contains("No space left")),
+            "{:?}",
+            watch.write_error()
+        );
+        assert_eq!(
+            watch.splats().len(),
+            1,
+            "still scanned: {:?}",
+            watch.splats()
+        );
     }
 
     #[tokio::test]

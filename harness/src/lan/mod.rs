@@ -3,6 +3,7 @@
 //! travel between QEMU processes through this process only.
 
 pub mod capture;
+pub mod delay_queue;
 pub mod impair;
 pub mod lab;
 pub mod script;
@@ -11,17 +12,18 @@ pub mod topology;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixDatagram;
 
 use capture::Capture;
+use delay_queue::{DelayQueue, Then};
 use impair::{Fate, Impairment, Link};
 
-/// The most bytes of frames one cable holds while its impairment delays them; more is dropped
-/// and counted (`impaired_overflow`), so a delayed flood costs bounded memory.
+/// The most bytes one cable holds while its impairment delays frames, each frame's bookkeeping
+/// counted in; more is dropped and counted (`impaired_overflow`), so a delayed flood costs
+/// bounded memory.
 pub const MAX_DELAYED_BYTES: usize = 16 << 20;
 pub use switch::{BadVlan, Forward, PortCounters, PortPolicy, PortVlans, Switch, VlanSet};
 
@@ -32,10 +34,12 @@ pub struct PortSockets {
     pub guest: PathBuf,
 }
 
-/// A running switch: one task per port moving frames between sockets and the [`Switch`] logic.
+/// A running switch: per port, a task moving frames between its socket and the [`Switch`]
+/// logic and a task releasing what its cable holds delayed; all of them end with the handle.
 #[derive(Debug)]
 pub struct SwitchHandle {
     state: Arc<Mutex<State>>,
+    delayed: Arc<Vec<Cable>>,
     ports: Vec<PortSockets>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -55,8 +59,15 @@ struct Net {
     sockets: Vec<Arc<UnixDatagram>>,
     guests: Arc<Vec<PathBuf>>,
     state: Arc<Mutex<State>>,
-    /// Bytes each cable holds delayed right now.
-    delayed: Arc<Vec<AtomicUsize>>,
+    /// What each cable holds delayed.
+    delayed: Arc<Vec<Cable>>,
+}
+
+/// One cable's delayed frames and the wake-up of the task that releases them.
+#[derive(Debug)]
+struct Cable {
+    queue: Mutex<DelayQueue>,
+    sooner: tokio::sync::Notify,
 }
 
 impl SwitchHandle {
@@ -92,13 +103,26 @@ impl SwitchHandle {
             sockets: bound.clone(),
             guests: Arc::new(ports.iter().map(|p| p.guest.clone()).collect()),
             state: Arc::clone(&state),
-            delayed: Arc::new((0..ports.len()).map(|_| AtomicUsize::new(0)).collect()),
+            delayed: Arc::new(
+                (0..ports.len())
+                    .map(|_| Cable {
+                        queue: Mutex::new(DelayQueue::new(MAX_DELAYED_BYTES)),
+                        sooner: tokio::sync::Notify::new(),
+                    })
+                    .collect(),
+            ),
         };
         let tasks = (0..ports.len())
-            .map(|i| tokio::spawn(port_loop(i, Arc::clone(&bound[i]), net.clone())))
+            .flat_map(|i| {
+                [
+                    tokio::spawn(port_loop(i, Arc::clone(&bound[i]), net.clone())),
+                    tokio::spawn(release_loop(i, net.clone())),
+                ]
+            })
             .collect();
         Ok(Self {
             state,
+            delayed: Arc::clone(&net.delayed),
             ports,
             tasks,
         })
@@ -153,6 +177,14 @@ impl SwitchHandle {
             .unwrap_or_default()
     }
 
+    /// What port `port`'s cable holds delayed now, in bytes with each frame's bookkeeping
+    /// (at most [`MAX_DELAYED_BYTES`]).
+    pub fn delayed_bytes(&self, port: usize) -> usize {
+        self.delayed
+            .get(port)
+            .map_or(0, |cable| lock(&cable.queue).bytes())
+    }
+
     /// Flushes the captures and returns the path of `switch.pcap` (every frame received).
     pub fn flush_captures(&self) -> PathBuf {
         let mut s = self.lock();
@@ -205,13 +237,39 @@ async fn port_loop(port: usize, sock: Arc<UnixDatagram>, net: Net) {
             Fate::Lost | Fate::Overflow => {}
             Fate::SendAt(times) => {
                 for at in times {
-                    net.later(port, at, frame.to_vec(), |net, port, bytes| {
-                        net.switch_frame(port, &bytes)
-                    });
+                    net.later(port, at, Then::Switch, frame.to_vec());
                 }
             }
         }
     }
+}
+
+/// Releases what port `port`'s cable holds, each frame when it is due: one timer per cable,
+/// however many frames it holds.
+async fn release_loop(port: usize, net: Net) {
+    let cable = &net.delayed[port];
+    loop {
+        let next = lock(&cable.queue).next_due();
+        match next {
+            None => cable.sooner.notified().await,
+            Some(at) if at > Instant::now() => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = cable.sooner.notified() => {}
+                }
+            }
+            Some(_) => {
+                let due = lock(&cable.queue).due(Instant::now());
+                for held in due {
+                    net.release(port, held.then, &held.bytes);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Net {
@@ -249,31 +307,33 @@ impl Net {
                 Fate::Lost | Fate::Overflow => {}
                 Fate::SendAt(times) => {
                     for at in times {
-                        self.later(o, at, bytes.to_vec(), |net, o, bytes| net.send(o, &bytes));
+                        self.later(o, at, Then::Send, bytes.to_vec());
                     }
                 }
             }
         }
     }
 
-    /// Runs `then` with `bytes` at `at` (at once if that has passed), within the cable's
+    /// Does `then` with `bytes` at `at` (at once if that has passed), within the cable's
     /// budget of delayed bytes; past it the frame is dropped and counted.
-    fn later(&self, port: usize, at: Instant, bytes: Vec<u8>, then: fn(&Net, usize, Vec<u8>)) {
+    fn later(&self, port: usize, at: Instant, then: Then, bytes: Vec<u8>) {
         if at <= Instant::now() {
-            return then(self, port, bytes);
+            return self.release(port, then, &bytes);
         }
-        let held = &self.delayed[port];
-        if held.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > MAX_DELAYED_BYTES {
-            held.fetch_sub(bytes.len(), Ordering::Relaxed);
-            self.lock().switch.count_impairment(port, &Fate::Overflow);
-            return;
+        let cable = &self.delayed[port];
+        let held = lock(&cable.queue).hold(at, then, bytes);
+        match held {
+            Ok(true) => cable.sooner.notify_one(),
+            Ok(false) => {}
+            Err(_) => self.lock().switch.count_impairment(port, &Fate::Overflow),
         }
-        let net = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            net.delayed[port].fetch_sub(bytes.len(), Ordering::Relaxed);
-            then(&net, port, bytes);
-        });
+    }
+
+    fn release(&self, port: usize, then: Then, bytes: &[u8]) {
+        match then {
+            Then::Switch => self.switch_frame(port, bytes),
+            Then::Send => self.send(port, bytes),
+        }
     }
 
     fn send(&self, port: usize, bytes: &[u8]) {
@@ -285,5 +345,73 @@ impl Net {
         {
             self.lock().switch.count_tx_error(port);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's resident memory (nextest runs each test in a process of its own).
+    fn rss() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flood_over_a_ten_minute_delay_costs_the_cables_bound_and_is_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let switch = SwitchHandle::start(
+            &[PortPolicy::default(); 2],
+            dir.path(),
+            &dir.path().join("captures"),
+        )
+        .expect("switch");
+        switch.set_impairment(
+            1,
+            Impairment {
+                delay: Duration::from_secs(600),
+                ..Impairment::default()
+            },
+        );
+        let guest = UnixDatagram::bind(&switch.sockets(0).guest).expect("bind");
+        // Broadcast, so every frame goes out through port 1's slow cable.
+        let mut frame = vec![0xff; 6];
+        frame.extend([2, 0, 0, 0, 0, 0xa, 0x08, 0x00]);
+        frame.resize(60, 0);
+        let before = rss();
+        let frames = 300_000u64;
+        for _ in 0..frames {
+            guest
+                .send_to(&frame, &switch.sockets(0).switch)
+                .await
+                .expect("send");
+        }
+        let took_all =
+            crate::wait::until(Duration::from_secs(120), Duration::from_millis(20), || {
+                let c = switch.counters(0);
+                async move { (c.rx_frames >= frames).then_some(()) }
+            })
+            .await;
+        assert!(took_all.is_some(), "{:?}", switch.counters(0));
+        let held = switch.delayed_bytes(1);
+        let overflow = switch.counters(1).impaired_overflow;
+        assert!(held <= MAX_DELAYED_BYTES, "{held}");
+        assert!(
+            overflow > 0 && overflow < frames,
+            "some held, the rest dropped and counted: {overflow}"
+        );
+        let grown = rss().saturating_sub(before);
+        assert!(
+            grown < 2 * MAX_DELAYED_BYTES + (16 << 20),
+            "the host grew by {} MiB",
+            grown >> 20
+        );
+        drop(switch);
     }
 }
