@@ -123,6 +123,19 @@ async fn only_the_user_who_started_a_guest_can_reach_it() {
     let vm: &Vm = lab.vm("host1");
     assert_private(vm.state_dir());
     assert_private(lab.sockets_dir());
+    // What the run keeps holds every frame of the LAN: the user's alone.
+    assert_private(lab.artifacts());
+    let captures: Vec<_> = std::fs::read_dir(lab.artifacts())
+        .expect("artifacts")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    assert!(!captures.is_empty(), "the switch captures");
+    for pcap in captures {
+        let mode = std::fs::metadata(&pcap).expect("pcap").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", pcap.display());
+    }
     let agent = vm.state_dir().join("agent.sock");
     let qmp = vm.state_dir().join("qmp.sock");
     let port = std::fs::read_dir(lab.sockets_dir())

@@ -17,6 +17,17 @@ use crate::lan::impair::Impairment;
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
 use crate::vm::{Cmd, Vm};
 
+/// The most guests one LAN takes: each is a QEMU with its own memory, and the LAN's addresses
+/// (`192.168.88.N`) and switch ports are counted for a few dozen.
+pub const MAX_HOSTS: usize = 64;
+
+/// How many guests start at once: each start (a cold boot, or a restore's state load and
+/// re-translation under TCG) keeps a core busy, so more at once only makes each slower and
+/// every deadline tighter.
+pub fn starts_at_once() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Describes a LAN before it boots.
 #[derive(Debug)]
 pub struct LabBuilder {
@@ -79,8 +90,14 @@ impl LabBuilder {
         self
     }
 
-    /// Starts the switch and boots every guest in parallel.
+    /// Starts the switch and boots the guests, [`starts_at_once`] at a time.
     pub async fn boot(self) -> Result<Lab> {
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(Error::invalid(
+                format!("a LAN of {} hosts", self.hosts.len()),
+                format!("give at most {MAX_HOSTS} hosts"),
+            ));
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -107,6 +124,7 @@ impl LabBuilder {
             .map_err(|e| Error::io(&artifacts, e))?;
 
         let mut set = tokio::task::JoinSet::new();
+        let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(starts_at_once()));
         for ((guest, mut cfg), nic_ports) in self.hosts.into_iter().enumerate().zip(&ports) {
             cfg.net = NetBackend::Switch(
                 nic_ports
@@ -116,7 +134,12 @@ impl LabBuilder {
             );
             cfg.keep.artifacts = Some(artifacts.clone());
             cfg.keep.console |= keep_passed;
-            set.spawn(async move { (guest, Vm::boot(cfg).await) });
+            let at_once = std::sync::Arc::clone(&at_once);
+            set.spawn(async move {
+                // Never closed: a permit always comes.
+                let _turn = at_once.acquire().await;
+                (guest, Vm::boot(cfg).await)
+            });
         }
         let mut booted: Vec<(usize, Result<Vm>)> = set.join_all().await;
         booted.sort_by_key(|(guest, _)| *guest);
@@ -379,7 +402,8 @@ impl Lab {
             })
             .collect();
         if let Ok(json) = serde_json::to_vec_pretty(&guests) {
-            let _ = std::fs::write(self.artifacts.join("summary.json"), json);
+            let _ = crate::rundirs::private_file(&self.artifacts.join("summary.json"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &json));
         }
     }
 }

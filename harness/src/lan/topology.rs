@@ -210,6 +210,16 @@ impl Topology {
         if self.hosts.is_empty() {
             return Err((0, "no [[host]]: a topology needs at least one".into()));
         }
+        if let Some(extra) = self.hosts.get(crate::lan::lab::MAX_HOSTS) {
+            return Err((
+                extra.name.span().start,
+                format!(
+                    "{} hosts: a LAN takes at most {}",
+                    self.hosts.len(),
+                    crate::lan::lab::MAX_HOSTS
+                ),
+            ));
+        }
         let names = self.names();
         for (i, host) in self.hosts.iter().enumerate() {
             let name = host.name.get_ref();
@@ -593,6 +603,13 @@ access = 10
                 GOOD.replace("access = 10", "access = 10\nmax_macs = 0"),
                 21,
                 "max_macs = 0 is out of range",
+            ),
+            (
+                (0..65)
+                    .map(|i| format!("[[host]]\nname = \"h{i}\"\n"))
+                    .collect(),
+                130,
+                "65 hosts: a LAN takes at most 64",
             ),
         ];
         for (text, line, says) in cases {
