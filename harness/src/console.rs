@@ -79,7 +79,7 @@ impl Watch {
                 if splats.len() < MAX_SPLATS {
                     splats.push(Splat {
                         kind,
-                        line: message_of(&line).to_string(),
+                        line: crate::text::printable(message_of(&line)),
                     });
                 }
             }

@@ -157,7 +157,7 @@ fn tail(console: &Option<String>) -> String {
     match console {
         Some(c) if !c.trim().is_empty() => format!(
             "\n--- last console lines ---\n{}\n--- end of console ---",
-            c.trim_end()
+            crate::text::printable(c.trim_end())
         ),
         _ => String::new(),
     }
@@ -194,8 +194,8 @@ fn show_output(out: &RunOutput) -> String {
     };
     format!(
         "--- stdout ---\n{}\n--- stderr ---\n{}",
-        clip(&out.stdout),
-        clip(&out.stderr)
+        crate::text::printable(&clip(&out.stdout)),
+        crate::text::printable(&clip(&out.stderr))
     )
 }
 

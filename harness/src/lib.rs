@@ -54,6 +54,7 @@ pub mod rundirs;
 pub mod session;
 pub mod settings;
 pub mod snapshot;
+pub mod text;
 pub mod vm;
 pub mod wait;
 
