@@ -152,6 +152,9 @@ impl Sysroot {
         let host = self
             .resolve(busybox)
             .ok_or_else(|| Error::Missing(format!("{busybox} not found in the packages")))?;
+        // Checked against its fetch's hashes before it runs here, not only before it is
+        // copied: the cache holds what we execute.
+        let bytes = self.read(busybox)?;
         // busybox-static is a static x86_64 binary: asking it for its applets is the only list
         // that is always right for the version we ship.
         let out = Command::new(&host)
@@ -165,7 +168,7 @@ impl Sysroot {
                 host.display()
             )));
         }
-        tree.file("/bin/busybox", self.read(busybox)?, 0o755);
+        tree.file("/bin/busybox", bytes, 0o755);
         for applet in applets
             .lines()
             .map(str::trim)
