@@ -51,6 +51,11 @@ pub enum LabCommand {
         timeout: u64,
         #[command(flatten)]
         lan: LanArgs,
+        /// Write the path of this run's directory (captures, consoles, summary.json) to FILE
+        /// as soon as it exists: for the GitHub Action, whose `report` output is this run's
+        /// and not whichever `runs/latest` names.
+        #[arg(long, value_name = "FILE", hide = true)]
+        run_dir_to: Option<PathBuf>,
         /// A program and its arguments, started in --dir's copy (/lab) when there is one: a
         /// relative path is taken from there.
         #[arg(last = true, value_name = "PROGRAM")]
@@ -247,12 +252,14 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             script,
             timeout,
             lan,
+            run_dir_to,
             program,
         }) => run_job(
             script.as_deref(),
             program,
             Duration::from_secs(*timeout),
             lan,
+            run_dir_to.as_deref(),
         ),
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan, crate::shell::Panes::None),
         Some(LabCommand::Up {
@@ -553,6 +560,7 @@ fn run_job(
     program: &[String],
     timeout: Duration,
     lan: &LanArgs,
+    run_dir_to: Option<&Path>,
 ) -> anyhow::Result<()> {
     let job = match (script, program.is_empty()) {
         (Some(path), true) => {
@@ -567,6 +575,10 @@ fn run_job(
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
     assets.runs = crate::runs::start("run")?;
+    if let Some(file) = run_dir_to {
+        std::fs::write(file, format!("{}\n", assets.runs.dir.display()))
+            .map_err(|e| anyhow::anyhow!("--run-dir-to {}: {e}", file.display()))?;
+    }
     let what = match &job {
         Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
         Job::Program(argv) => argv.join(" "),

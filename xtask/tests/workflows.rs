@@ -88,7 +88,53 @@ fn the_action_runs_the_callers_script_on_their_topology_and_says_how_it_went() {
         .lines()
         .find_map(|l| l.strip_prefix("report="))
         .expect("a report output");
-    assert!(std::path::Path::new(report).is_dir(), "{report}");
+    // This run's own directory, not `runs/latest` (which another run may move), holding the
+    // LAN's captures.
+    let report = std::path::Path::new(report);
+    assert!(report.is_dir(), "{}", report.display());
+    assert_ne!(report.file_name().expect("a name"), "latest");
+    let captures = std::fs::read_dir(report)
+        .expect("the run's directory")
+        .flatten()
+        .any(|lan| lan.path().join("switch.pcap").is_file());
+    assert!(captures, "{} holds no capture", report.display());
+    let artifact = outputs
+        .lines()
+        .find_map(|l| l.strip_prefix("artifact="))
+        .expect("an artifact name");
+    assert!(
+        artifact.starts_with("macvlan-lab-")
+            && artifact.ends_with(&*report.file_name().expect("a name").to_string_lossy()),
+        "one name per run: {artifact}"
+    );
+}
+
+#[test]
+fn the_action_refuses_a_path_that_leads_out_of_the_callers_workspace() {
+    let workspace = tempfile::tempdir().expect("their workspace");
+    let outside = tempfile::tempdir().expect("elsewhere");
+    std::fs::write(outside.path().join("x.sh"), "true\n").expect("write");
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("link")).expect("symlink");
+    let escape = outside.path().join("x.sh").display().to_string();
+    for (input, path) in [
+        ("SCRIPT", escape.as_str()),
+        ("SCRIPT", "../x.sh"),
+        ("SCRIPT", "link/x.sh"),
+        ("DIR", "/etc"),
+    ] {
+        let mut inputs = vec![(input, path)];
+        if input != "SCRIPT" {
+            inputs.push(("SCRIPT", "check.sh"));
+        }
+        let (out, outputs) = action(&inputs, workspace.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}={path}: {stderr}");
+        assert!(
+            stderr.contains("is outside the workspace"),
+            "{input}={path}: {stderr}"
+        );
+        assert!(outputs.is_empty(), "nothing ran: {outputs}");
+    }
 }
 
 /// A caller's module, from their repository: built for the guests' kernel and loaded; the
