@@ -185,8 +185,16 @@ impl Expect {
             Expect::Reaches(answered) => *observed == Observation::Reach(answered),
             Expect::Is(text) => observed.to_string() == text,
             Expect::Reported => true,
-            Expect::AtLeast(least) => observed.number().is_some_and(|n| n >= least),
-            Expect::AtMost(most) => observed.number().is_some_and(|n| n <= most),
+            // Paired rounds fail a bound only when every round is on its wrong side: rounds
+            // on both sides are no verdict ([`Expect::inconclusive`]), and the report says so.
+            Expect::AtLeast(least) => match observed {
+                Observation::Paired { ratios, .. } => ratios.iter().any(|&r| r >= least),
+                _ => observed.number().is_some_and(|n| n >= least),
+            },
+            Expect::AtMost(most) => match observed {
+                Observation::Paired { ratios, .. } => ratios.iter().any(|&r| r <= most),
+                _ => observed.number().is_some_and(|n| n <= most),
+            },
             // Two views of one thing may come as different kinds (a MAC the guest printed, a
             // MAC parsed): what they show must agree.
             Expect::SameAs(check) => others
@@ -199,6 +207,22 @@ impl Expect {
                 _ => false,
             },
         }
+    }
+}
+
+impl Expect {
+    /// Whether `observed` leaves this bound undecided: paired rounds on both sides of it, so
+    /// that the spread of the measurement is wider than its distance from the bound (a busy
+    /// host's noise). Reported as inconclusive, neither a pass nor a failure.
+    pub fn inconclusive(&self, observed: &Observation) -> bool {
+        let Observation::Paired { ratios, .. } = observed else {
+            return false;
+        };
+        let bound = match *self {
+            Expect::AtLeast(bound) | Expect::AtMost(bound) => bound,
+            _ => return false,
+        };
+        ratios.iter().any(|&r| r >= bound) && ratios.iter().any(|&r| r < bound)
     }
 }
 
@@ -1112,6 +1136,25 @@ mod tests {
         assert!(Expect::AtLeast(1.0).admits(&ratio(1.19), &none));
         assert!(Expect::AtLeast(1.0).admits(&ratio(1.0), &none));
         assert!(!Expect::AtLeast(1.0).admits(&ratio(0.99), &none));
+        let paired = |ratios: &[f64]| Observation::Paired {
+            ratios: ratios.to_vec(),
+            of: "the bridge's".into(),
+        };
+        let above = paired(&[1.3, 1.5]);
+        let below = paired(&[0.8, 0.9, 0.95]);
+        let straddling = paired(&[0.88, 1.2, 1.05]);
+        assert!(Expect::AtLeast(1.0).admits(&above, &none));
+        assert!(!Expect::AtLeast(1.0).inconclusive(&above));
+        assert!(
+            !Expect::AtLeast(1.0).admits(&below, &none),
+            "every round below"
+        );
+        assert!(!Expect::AtLeast(1.0).inconclusive(&below));
+        assert!(Expect::AtLeast(1.0).inconclusive(&straddling));
+        assert!(Expect::AtMost(1.0).inconclusive(&straddling));
+        assert!(Expect::AtMost(1.0).admits(&below, &none));
+        assert!(!Expect::AtMost(1.0).admits(&above, &none));
+        assert!(!Expect::Reported.inconclusive(&straddling));
         assert!(Expect::AtMost(1.0).admits(&ratio(0.79), &none));
         assert!(!Expect::AtMost(1.0).admits(&ratio(1.01), &none));
         assert!(

@@ -53,7 +53,11 @@ fn section(page: &mut String, s: &ScenarioReport, runs: &str, files: &[String]) 
         let _ = writeln!(
             page,
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td lang=\"zh\">{}</td></tr>",
-            if c.pass { "pass" } else { "fail" },
+            match (c.inconclusive, c.pass) {
+                (true, _) => "inconclusive",
+                (false, true) => "pass",
+                (false, false) => "fail",
+            },
             esc(&c.name),
             esc(&c.expected),
             esc(&c.observed),
@@ -188,7 +192,7 @@ h2 small{color:#777;font-weight:normal}.meta{color:#555}\
 section{border-left:6px solid #1a7f37;padding-left:1em;margin:2em 0}section.fail{border-color:#cf222e}\
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}\
 .cell.as-expected{background:#dafbe1}.cell.not-as-expected{background:#ffebe9;font-weight:bold}\
-.checks tr.fail td{background:#ffebe9}pre.error{background:#fff8c5;padding:.5em}\
+.checks tr.fail td{background:#ffebe9}.checks tr.inconclusive td{background:#fff8c5}pre.error{background:#fff8c5;padding:.5em}\
 svg rect.host{fill:#f6f8fa;stroke:#57606a}svg rect.child{fill:#ddf4ff;stroke:#0969da}\
 svg rect.switch{fill:#fff8c5;stroke:#9a6700}svg line{stroke:#57606a;stroke-width:2}svg text{font-size:12px}";
 
@@ -206,6 +210,7 @@ mod tests {
                 expected: e.expected.to_string(),
                 observed: e.expected.to_string(),
                 pass: true,
+                inconclusive: false,
                 claim: e.claim.into(),
                 reach: e.reach,
             })

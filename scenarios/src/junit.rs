@@ -37,7 +37,17 @@ fn suite(scenario: &ScenarioReport) -> TestSuite {
 }
 
 fn case(scenario: &str, check: &Check) -> TestCase {
-    let status = if check.pass {
+    let status = if check.inconclusive {
+        // Neither a pass nor a failure: a skip, with why.
+        let mut status = TestCaseStatus::skipped();
+        status
+            .set_message(format!(
+                "inconclusive: expected {}, observed {}",
+                check.expected, check.observed
+            ))
+            .set_description(format!("seed claim: {}", check.claim));
+        status
+    } else if check.pass {
         TestCaseStatus::success()
     } else {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
@@ -72,6 +82,7 @@ mod tests {
             expected: "reachable".into(),
             observed: if pass { "reachable" } else { "unreachable" }.into(),
             pass,
+            inconclusive: false,
             claim: "子接口之间可以直接通信".into(),
             reach: None,
         }

@@ -30,6 +30,10 @@ pub struct Check {
     pub expected: String,
     pub observed: String,
     pub pass: bool,
+    /// Passed only because the measurement could not decide: its paired rounds fell on both
+    /// sides of the bound (a busy host). Shown as such, not as a pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
     pub claim: String,
     /// Who tried to reach whom, for a reachability check.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,10 +179,12 @@ pub async fn run(name: &str, assets: &Assets) -> ScenarioReport {
                 (Some(_), Expect::Reported) => error.is_none(),
                 (Some(o), expected) => expected.admits(o, &seen.checks),
             };
+            let inconclusive = pass && observation.is_some_and(|o| e.expected.inconclusive(o));
             Check {
                 name: e.check.into(),
                 expected: e.expected.to_string(),
                 pass,
+                inconclusive,
                 observed: observation.map_or_else(|| "not observed".into(), |o| o.to_string()),
                 claim: e.claim.into(),
                 reach: e.reach,
@@ -221,7 +227,11 @@ pub fn table_marked(report: &Report, mark: &dyn Fn(bool) -> String) -> String {
                 c.name.clone(),
                 c.expected.clone(),
                 c.observed.clone(),
-                mark(c.pass),
+                if c.inconclusive {
+                    "inconclusive".into()
+                } else {
+                    mark(c.pass)
+                },
             ]);
         }
         if let Some(e) = &s.error {
@@ -283,6 +293,7 @@ mod tests {
             expected: "reachable".into(),
             observed: observed.into(),
             pass: observed == "reachable",
+            inconclusive: false,
             claim: String::new(),
             reach: None,
         };

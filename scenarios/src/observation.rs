@@ -14,6 +14,11 @@ pub enum Observation {
     Count(u64),
     /// A ratio to a baseline, with the figures it comes from: "1.36x the bridge's (…)".
     Ratio { ratio: f64, of: String },
+    /// A ratio to a baseline measured in several paired rounds (both measured together, so
+    /// that whatever else the host does slows them alike), one ratio per round: its median
+    /// is the figure, its spread says how far a verdict may be trusted
+    /// ([`crate::expectations::Expect::inconclusive`]).
+    Paired { ratios: Vec<f64>, of: String },
     /// A MAC address, as the kernel prints it.
     Mac(MacAddr),
     /// Anything else: a mode, a listing, a refusal's reason.
@@ -28,6 +33,7 @@ impl Observation {
     pub fn number(&self) -> Option<f64> {
         match self {
             Observation::Ratio { ratio, .. } => Some(*ratio),
+            Observation::Paired { ratios, .. } => median(ratios),
             // Counts here are far below 2^53: the conversion is exact.
             Observation::Count(n) => Some(*n as f64),
             _ => None,
@@ -42,6 +48,16 @@ impl fmt::Display for Observation {
             Observation::Reach(false) => f.write_str(UNREACHABLE),
             Observation::Count(n) => write!(f, "{n}"),
             Observation::Ratio { ratio, of } => write!(f, "{ratio:.2}x {of}"),
+            Observation::Paired { ratios, of } => {
+                let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                write!(
+                    f,
+                    "{:.2}x {of}, median of {} paired rounds ({})",
+                    median(ratios).unwrap_or(f64::NAN),
+                    ratios.len(),
+                    rounds.join(", ")
+                )
+            }
             Observation::Mac(mac) => write!(f, "{mac}"),
             Observation::Text(text) => f.write_str(text),
         }
@@ -57,6 +73,18 @@ impl From<String> for Observation {
 impl From<&str> for Observation {
     fn from(text: &str) -> Self {
         Observation::Text(text.to_string())
+    }
+}
+
+/// The middle value (the mean of the middle two for an even count); `None` for none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2]),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
     }
 }
 
@@ -84,6 +112,16 @@ mod tests {
             "1.36x the bridge's (1.5 against 1.1 Mbit/s)"
         );
         assert_eq!(ratio.number(), Some(1.364));
+        let paired = Observation::Paired {
+            ratios: vec![1.5, 1.2, 1.4],
+            of: "the bridge's".into(),
+        };
+        assert_eq!(
+            paired.to_string(),
+            "1.40x the bridge's, median of 3 paired rounds (1.50, 1.20, 1.40)"
+        );
+        assert_eq!(median(&[1.0, 3.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
         let mac: MacAddr = "52:54:00:AB:00:01".parse().expect("a MAC");
         assert_eq!(Observation::from(mac).to_string(), "52:54:00:ab:00:01");
         assert_eq!(Observation::from("vepa").number(), None);

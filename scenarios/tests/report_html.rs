@@ -31,6 +31,7 @@ fn check(name: &str, expected: &str, observed: &str) -> Check {
         expected: expected.into(),
         observed: observed.into(),
         pass: expected == observed,
+        inconclusive: false,
         claim: "宿主机无法直接访问 macvlan 子接口".into(),
         reach,
     }

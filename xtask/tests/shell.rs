@@ -94,10 +94,12 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
         .lines()
         .find_map(|l| l.split("captures and consoles of this lab are in ").nth(1))
         .unwrap_or_else(|| panic!("no kept run named:\n{end}"));
+    // Its LANs are its directories (`.owner` says whose run it is).
     let lans: Vec<_> = std::fs::read_dir(kept.trim())
         .expect("the kept run's directory")
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(lans.len(), 1, "one LAN: {lans:?}");
     let files: Vec<String> = std::fs::read_dir(&lans[0])
