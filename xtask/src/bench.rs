@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Measure only this part.
     #[arg(long, value_enum)]
     pub only: Option<Part>,
+    /// Every part once with small counts, for a bench that cannot rot: the test suite runs
+    /// it, so a part that breaks fails the tests. Its figures are not worth quoting.
+    #[arg(long)]
+    pub quick: bool,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
 }
@@ -48,8 +52,64 @@ pub struct BenchArgs {
 pub enum Part {
     /// The switch: frames per second alone, from one source and from 200k random ones.
     Switch,
-    /// `lab run` whose guest writes 1 GiB: the host's peak memory, its stdout read or not.
+    /// `lab run` whose guest writes 1 GiB: byte-exact, its rate, the host's peak memory with
+    /// its stdout read at once and through a reader that stalls.
     Output,
+    /// A flood over a cable that delays it ten minutes: what the cable holds.
+    Flood,
+    /// A LAN of 32 hosts: time to ready, the host's memory.
+    Lan,
+}
+
+/// How much each part measures: the full bench's counts, or `--quick`'s.
+struct Counts {
+    boots: usize,
+    restores: usize,
+    eight: usize,
+    inner_vms: usize,
+    lab_run_pairs: usize,
+    switch_frames: usize,
+    pings: usize,
+    output_mib: u64,
+    flood: u64,
+    lan_hosts: usize,
+    extras: usize,
+    nested: usize,
+}
+
+impl Counts {
+    fn of(args: &BenchArgs) -> Self {
+        if args.quick {
+            return Self {
+                boots: 1,
+                restores: 2,
+                eight: 2,
+                inner_vms: 1,
+                lab_run_pairs: 1,
+                switch_frames: 5_000,
+                pings: 100,
+                output_mib: 32,
+                flood: 50_000,
+                lan_hosts: 3,
+                extras: 1,
+                nested: 0,
+            };
+        }
+        Self {
+            boots: args.boots,
+            restores: args.restores,
+            eight: 8,
+            inner_vms: 3,
+            lab_run_pairs: 3,
+            switch_frames: 200_000,
+            pings: 2000,
+            output_mib: 1024,
+            flood: 1_170_000,
+            lan_hosts: 32,
+            extras: args.extras,
+            nested: args.nested,
+        }
+    }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -57,18 +117,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let assets_path = crate::provision::run(&args.provision)?;
     let assets = Assets::load(&assets_path)?;
     let rt = tokio::runtime::Runtime::new()?;
+    let counts = Counts::of(args);
     match args.only {
         Some(Part::Switch) => {
-            return rt.block_on(crate::bench_switch::alone_and_flooded(200_000, 200_000))
+            return rt.block_on(crate::bench_switch::alone_and_flooded(
+                counts.switch_frames,
+                counts.switch_frames,
+            ))
         }
-        Some(Part::Output) => return crate::bench_output::run(&assets_path),
+        Some(Part::Output) => return crate::bench_output::run(&assets_path, counts.output_mib),
+        Some(Part::Flood) => return rt.block_on(crate::bench_switch::delayed_flood(counts.flood)),
+        Some(Part::Lan) => {
+            return rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))
+        }
         None => {}
     }
     let accel = lab_harness::Settings::from_env()?.accel();
     let parallel = args.parallel.max(1);
     println!("guests: {accel}, {} MiB, {parallel} at a time; times from before Vm::boot to the agent's answer", args.memory);
 
-    let cold = boots(&rt, &assets, args, "cold", args.boots, parallel, None)?;
+    let cold = boots(&rt, &assets, args, "cold", counts.boots, parallel, None)?;
     report("cold boot", &cold);
     crate::bench_soak::cold_boot_breakdown(&rt, &assets)?;
     // A store of this bench's own: its first guest takes the snapshot, the rest restore it.
@@ -79,13 +147,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &assets,
         args,
         "restore",
-        args.restores,
+        counts.restores,
         parallel,
         Some(store.path()),
     )?;
     report("restore", &restored);
-    let eight = boots(&rt, &assets, args, "eight", 8, 8, Some(store.path()))?;
-    report("restore, 8 at once", &eight);
+    let eight = boots(
+        &rt,
+        &assets,
+        args,
+        "eight",
+        counts.eight,
+        counts.eight,
+        Some(store.path()),
+    )?;
+    report(&format!("restore, {} at once", counts.eight), &eight);
     // On disk: the memory file's blocks (its zero pages are holes) and the device state.
     let snapshot = std::fs::read_dir(store.path())?
         .flatten()
@@ -128,16 +204,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut cfg = nest.clone();
         cfg.name = "nest-inner".into();
         cfg.keep.snapshots = Some(nest_store.path().to_path_buf());
-        rt.block_on(inner_vms(cfg, 3))?;
+        rt.block_on(inner_vms(cfg, counts.inner_vms))?;
     }
-    lab_run(&assets_path)?;
-    rt.block_on(crate::bench_switch::alone_and_flooded(200_000, 200_000))?;
-    rt.block_on(crate::bench_switch::guest_to_guest(&assets, 2000))?;
-    crate::bench_output::run(&assets_path)?;
-    if args.extras > 0 {
-        extras(&assets, &rt, args.extras)?;
+    lab_run(&assets_path, counts.lab_run_pairs)?;
+    rt.block_on(crate::bench_switch::alone_and_flooded(
+        counts.switch_frames,
+        counts.switch_frames,
+    ))?;
+    rt.block_on(crate::bench_switch::guest_to_guest(&assets, counts.pings))?;
+    rt.block_on(crate::bench_switch::delayed_flood(counts.flood))?;
+    crate::bench_output::run(&assets_path, counts.output_mib)?;
+    rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))?;
+    if counts.extras > 0 {
+        extras(&assets, &rt, counts.extras)?;
     }
-    for _ in 0..args.nested {
+    for _ in 0..counts.nested {
         rt.block_on(nested(&assets))?;
     }
     if args.soak > 0 {
@@ -237,7 +318,7 @@ fn report(what: &str, b: &Boots) {
 
 /// `cargo xtask lab run` of `uname -r`, end to end as a user runs it, restoring against
 /// `LAB_SNAPSHOT=off`, paired.
-fn lab_run(assets_path: &std::path::Path) -> anyhow::Result<()> {
+fn lab_run(assets_path: &std::path::Path, pairs: usize) -> anyhow::Result<()> {
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), "uname -r\n")?;
     let exe = std::env::current_exe()?;
@@ -258,14 +339,14 @@ fn lab_run(assets_path: &std::path::Path) -> anyhow::Result<()> {
     };
     time("on")?; // the shape's snapshot exists from here on
     let (mut warm, mut cold) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..pairs {
         warm.push(time("on")?);
         cold.push(time("off")?);
     }
     warm.sort();
     cold.sort();
     let (w, c) = (pct(&warm, 50), pct(&cold, 50));
-    println!("lab run of `uname -r`, end to end: median {w:.2?} restoring, {c:.2?} booting cold ({:.1}x), 3 pairs", c.as_secs_f64() / w.as_secs_f64());
+    println!("lab run of `uname -r`, end to end: median {w:.2?} restoring, {c:.2?} booting cold ({:.1}x), {pairs} pairs", c.as_secs_f64() / w.as_secs_f64());
     Ok(())
 }
 

@@ -1,103 +1,116 @@
-//! What a guest's output costs the host: `lab run` of a command writing 1 GiB, its stdout read
-//! (to /dev/null) against never read (a pipe nobody drains, as `| sleep 600` is). The host's
-//! buffers are bounded, so the second's peak memory stays near the first's instead of growing
-//! with what the guest writes.
+//! What a guest's output costs and whether it all arrives: `lab run` of a job that writes
+//! random bytes to a file, prints their sha256 on stderr and then the file on stdout, read as
+//! fast as this process can against read by a reader that stalls for seconds mid-stream. Both
+//! must arrive byte for byte (the hash of what was read against the guest's); the figures are
+//! the rate (from the first byte read to the last) and `lab run`'s peak private memory, which
+//! flow control bounds by its window whatever the guest writes.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What the guest writes, then the line on its console that says it has.
-const GUEST: &str = "head -c 1073741824 /dev/zero; echo lab-bench-wrote-it > /dev/ttyS0";
-/// The longest the guest may take to write it.
-const WITHIN: Duration = Duration::from_secs(600);
+use sha2::Digest;
 
-pub fn run(assets_path: &Path) -> anyhow::Result<()> {
-    let read = peak(assets_path, false)?;
-    let stalled = peak(assets_path, true)?;
+/// How long the stalling reader stops, after its first MiB.
+const STALL: Duration = Duration::from_secs(5);
+
+/// What one run through `lab run` showed.
+struct Through {
+    bytes: u64,
+    exact: bool,
+    /// From the first byte read to the last.
+    took: Duration,
+    /// `lab run`'s peak private memory (RssAnon, sampled), in KiB.
+    rss_kib: u64,
+}
+
+/// `mib`: how much the guest writes.
+pub fn run(assets_path: &Path, mib: u64) -> anyhow::Result<()> {
+    let read = through(assets_path, mib, None)?;
+    let stalled = through(assets_path, mib, Some(STALL))?;
+    let rate = |t: &Through| t.bytes as f64 / t.took.as_secs_f64().max(1e-9) / 1e6;
     println!(
-        "lab run writing 1 GiB: peak RSS of the host's process {:.0} MiB with its stdout never read, \
-         {:.0} MiB with it read ({:.2}x); the guest wrote it in {:.1?} and {:.1?}",
-        stalled.rss_kib as f64 / 1024.0,
+        "lab run writing {mib} MiB: byte-exact {} read at once and {} through a reader that \
+         stalls {STALL:?}; {:.1} MB/s read at once; peak private memory of lab run {:.0} MiB \
+         read at once, {:.0} MiB stalled",
+        if read.exact { "yes" } else { "NO" },
+        if stalled.exact { "yes" } else { "NO" },
+        rate(&read),
         read.rss_kib as f64 / 1024.0,
-        stalled.rss_kib as f64 / read.rss_kib.max(1) as f64,
-        stalled.took,
-        read.took,
+        stalled.rss_kib as f64 / 1024.0,
+    );
+    anyhow::ensure!(
+        read.exact && stalled.exact,
+        "output was lost or changed on its way: {} and {} bytes arrived of {mib} MiB",
+        read.bytes,
+        stalled.bytes
     );
     Ok(())
 }
 
-struct Peak {
-    rss_kib: u64,
-    took: Duration,
-}
-
-/// Runs the guest's writer through `lab run` and samples the peak memory of that process until
-/// the guest says it has written everything; then kills it (a run blocked writing to a pipe
-/// nobody reads does not end by itself) and removes what it left.
-fn peak(assets_path: &Path, stalled: bool) -> anyhow::Result<Peak> {
+/// Runs the writer through `lab run`, reads its stdout (stopping `stall` after the first
+/// MiB), and compares the hash of what came with the one the guest printed.
+fn through(assets_path: &Path, mib: u64, stall: Option<Duration>) -> anyhow::Result<Through> {
     let tmp = tempfile::tempdir()?;
-    let (reader, writer) = std::io::pipe()?;
-    let stdout = if stalled {
-        Stdio::from(writer)
-    } else {
-        drop(writer);
-        Stdio::null()
-    };
+    let job = format!(
+        "head -c {} /dev/urandom > /tmp/out && sha256sum /tmp/out >&2 && cat /tmp/out && rm /tmp/out",
+        mib << 20
+    );
+    // The file lives in the guest's memory: room for it and what the guest needs besides.
+    let memory = (2 * mib + 512).to_string();
     let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "-q",
-            "lab",
-            "run",
-            "--timeout",
-            "900",
-            "--",
-            "sh",
-            "-c",
-            GUEST,
-        ])
+        .args(["-q", "lab", "run", "--timeout", "3600", "--memory", &memory])
+        .args(["--", "sh", "-c", &job])
         .env(lab_harness::assets::ENV_ASSETS, assets_path)
         .env("TMPDIR", tmp.path())
-        .stdout(stdout)
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
-    let started = Instant::now();
-    let mut rss_kib = 0;
-    let wrote = loop {
-        rss_kib = rss_kib.max(hwm_kib(child.id()));
-        if said_on_a_console(tmp.path()) {
-            break true;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut bytes, mut rss_kib) = (0u64, 0u64);
+    let mut first = None;
+    let mut stall = stall;
+    let private = || crate::bench::memory_kib(pid, "status", "RssAnon:");
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
         }
-        if started.elapsed() > WITHIN || child.try_wait()?.is_some() {
-            break false;
+        first.get_or_insert_with(Instant::now);
+        hash.update(&buf[..n]);
+        bytes += n as u64;
+        rss_kib = rss_kib.max(private());
+        if bytes >= 1 << 20 {
+            if let Some(pause) = stall.take() {
+                let until = Instant::now() + pause;
+                while Instant::now() < until {
+                    rss_kib = rss_kib.max(private());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let took = started.elapsed();
-    rss_kib = rss_kib.max(hwm_kib(child.id()));
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(reader);
-    // Its QEMUs die with it (PR_SET_PDEATHSIG); its directories are in `tmp`, removed here.
+    }
+    let took = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let out = child.wait_with_output()?;
     lab_harness::rundirs::sweep_stale_in(tmp.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(
-        wrote,
-        "the guest did not write 1 GiB within {WITHIN:?} (or the run ended first)"
+        out.status.success(),
+        "lab run of the writer failed: {stderr}"
     );
-    Ok(Peak { rss_kib, took })
-}
-
-/// The process's peak resident memory (`VmHWM`), 0 once it is gone.
-fn hwm_kib(pid: u32) -> u64 {
-    crate::bench::memory_kib(pid, "status", "VmHWM:")
-}
-
-/// Whether a guest's console log under `tmp` holds the line the writer ends with.
-fn said_on_a_console(tmp: &Path) -> bool {
-    std::fs::read_dir(tmp)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("console.log"))
-        .any(|log| lab_harness::console::tail(&log, 5).contains("lab-bench-wrote-it"))
+    let guest = stderr
+        .lines()
+        .find(|l| l.ends_with("/tmp/out"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default();
+    Ok(Through {
+        bytes,
+        exact: bytes == mib << 20 && format!("{:x}", hash.finalize()) == guest,
+        took,
+        rss_kib,
+    })
 }

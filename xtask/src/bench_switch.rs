@@ -145,3 +145,87 @@ fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f[12..14].copy_from_slice(&[0x08, 0x00]);
     f
 }
+
+/// A flood over a cable that delays every frame ten minutes: `frames` small broadcast frames
+/// through port 1's delayed cable. The cable holds at most its bound
+/// ([`lab_harness::lan::MAX_DELAYED_BYTES`], bookkeeping included) and counts the rest as
+/// dropped; this process's private memory grows by about that bound, not with the flood.
+pub async fn delayed_flood(frames: u64) -> anyhow::Result<()> {
+    let dir = lab_harness::rundirs::create("bench", None)?;
+    let switch = SwitchHandle::start(
+        &[PortPolicy::default(); 2],
+        dir.path(),
+        &dir.path().join("captures"),
+    )?;
+    switch.set_impairment(
+        1,
+        lab_harness::lan::impair::Impairment {
+            delay: Duration::from_secs(600),
+            ..Default::default()
+        },
+    );
+    let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
+    let mut small = frame([0xff; 6], [2, 0, 0, 0, 0, 0xa]);
+    small.truncate(60);
+    let own = || crate::bench::memory_kib(std::process::id(), "status", "RssAnon:");
+    let before = own();
+    let started = Instant::now();
+    for _ in 0..frames {
+        a.send_to(&small, &switch.sockets(0).switch).await?;
+    }
+    let took_all =
+        lab_harness::wait::until(Duration::from_secs(120), Duration::from_millis(20), || {
+            let rx = switch.counters(0).rx_frames;
+            async move { (rx >= frames).then_some(()) }
+        })
+        .await;
+    anyhow::ensure!(
+        took_all.is_some(),
+        "the switch did not take the flood in within 120 s"
+    );
+    let grown = own().saturating_sub(before);
+    let held = switch.delayed_bytes(1);
+    let dropped = switch.counters(1).impaired_overflow;
+    println!(
+        "a flood of {frames} 60-byte frames over a 600 s delay (in {:.1?}): the cable holds {:.1} MiB \
+         ({} frames; bound {} MiB), {dropped} dropped and counted; this process grew by {:.1} MiB",
+        started.elapsed(),
+        held as f64 / 1048576.0,
+        frames - dropped,
+        lab_harness::lan::MAX_DELAYED_BYTES >> 20,
+        grown as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// A LAN of `hosts` guests: how long until it is ready (every guest booted or restored,
+/// [`lab_harness::lan::lab::starts_at_once`] at a time, then numbered, host1 reaching every
+/// other) and what it costs the host (this process's private memory, each QEMU's PSS).
+pub async fn big_lan(assets: &Assets, hosts: usize) -> anyhow::Result<()> {
+    let names: Vec<String> = (1..=hosts).map(|i| format!("host{i}")).collect();
+    let started = Instant::now();
+    let lab = names
+        .iter()
+        .fold(Lab::builder(assets, "bench-lan"), |b, name| b.host(name))
+        .boot()
+        .await?;
+    let booted = started.elapsed();
+    lab.number_hosts().await?;
+    let ready = started.elapsed();
+    let own = crate::bench::memory_kib(std::process::id(), "status", "RssAnon:");
+    let qemus: u64 = names
+        .iter()
+        .map(|n| crate::bench::memory_kib(lab.vm(n).qemu_pid(), "smaps_rollup", "Pss:"))
+        .sum();
+    println!(
+        "a LAN of {hosts} hosts: ready in {ready:.1?} ({booted:.1?} booted, {} at a time, then \
+         numbered); host memory: this process {:.0} MiB private, the QEMUs {:.0} MiB PSS ({:.0} \
+         MiB a guest)",
+        lab_harness::lan::lab::starts_at_once(),
+        own as f64 / 1024.0,
+        qemus as f64 / 1024.0,
+        qemus as f64 / 1024.0 / hosts as f64
+    );
+    lab.shutdown().await?;
+    Ok(())
+}

@@ -57,6 +57,10 @@ enum Command {
         /// `--partition count:K/N`. The doctests run in shard 1.
         #[arg(long, value_name = "K/N", value_parser = parse_partition)]
         partition: Option<(u32, u32)>,
+        /// Run as many busy loops as there are cores beside the tests, as a shared CI runner's
+        /// neighbours would: the suite must hold on a loaded machine too.
+        #[arg(long)]
+        busy: bool,
         /// Extra arguments for cargo nextest (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -183,8 +187,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test {
             provision,
             partition,
+            busy,
             test_args,
-        } => test(&provision, partition, &test_args),
+        } => test(&provision, partition, busy, &test_args),
         Command::Bench(args) => bench::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Selftests => {
@@ -305,9 +310,48 @@ pub(crate) fn parse_partition(text: &str) -> Result<(u32, u32), String> {
     Ok((k, n))
 }
 
+/// As many threads spinning as there are cores, until dropped: `cargo xtask test --busy`.
+/// Threads of this process, so nothing of them can be left behind.
+struct BusyLoops {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyLoops {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..cores())
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        eprintln!(
+            "xtask: {} busy loops run beside the tests (--busy)",
+            cores()
+        );
+        Self { stop, threads }
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn test(
     args: &provision::ProvisionArgs,
     partition: Option<(u32, u32)>,
+    busy: bool,
     test_args: &[String],
 ) -> anyhow::Result<()> {
     hosttools::ensure(hosttools::Purpose::Tests)?;
@@ -355,7 +399,9 @@ fn test(
     nextest.args(test_args);
     with_env(&mut nextest);
     let sampler = cpu_by_test::Sampler::start(std::process::id());
+    let load = busy.then(BusyLoops::start);
     let (status, mut tally) = tally::run(nextest)?;
+    drop(load);
     report_cpu_by_test(sampler.finish());
     let mut ok = status.success();
     // The JUnit file is what CI shows: it must say what nextest said.
