@@ -47,6 +47,7 @@ pub mod launch;
 pub mod link;
 mod mac;
 pub mod nest;
+pub mod private;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
@@ -67,7 +68,7 @@ pub use config::{
 };
 pub use error::{Error, Phase, Result};
 pub use guest::Guest;
-pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict};
+pub use lab_proto::{Reply, RunOutput, Stream, TtySize, Verdict, INPUT_WINDOW};
 pub use lan::impair::{Impairment, Loss};
 pub use lan::lab::{Lab, LabBuilder};
 pub use lan::{PortCounters, PortPolicy, PortVlans, VlanSet};

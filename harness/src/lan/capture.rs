@@ -48,7 +48,7 @@ impl Capture {
 
     /// A capture that keeps at most `limit` bytes.
     pub fn with_limit(path: &Path, limit: u64) -> std::io::Result<Self> {
-        let mut file = BufWriter::new(crate::rundirs::private_file(path)?);
+        let mut file = BufWriter::new(crate::private::file(path)?);
         let header = PcapHeader {
             endianness: Endianness::Little,
             snaplen: SNAPLEN,

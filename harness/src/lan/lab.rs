@@ -402,7 +402,7 @@ impl Lab {
             })
             .collect();
         if let Ok(json) = serde_json::to_vec_pretty(&guests) {
-            let _ = crate::rundirs::private_file(&self.artifacts.join("summary.json"))
+            let _ = crate::private::file(&self.artifacts.join("summary.json"))
                 .and_then(|mut f| std::io::Write::write_all(&mut f, &json));
         }
     }

@@ -77,7 +77,7 @@ impl SwitchHandle {
         sockets: &Path,
         captures: &Path,
     ) -> std::io::Result<Self> {
-        crate::rundirs::private_dir_all(captures)?;
+        crate::private::dir_all(captures)?;
         let mut per_port = Vec::new();
         let mut ports = Vec::new();
         let mut bound = Vec::new();
