@@ -55,6 +55,8 @@ struct Waiter {
 #[derive(Debug)]
 struct Output {
     to: mpsc::UnboundedSender<(Stream, Vec<u8>)>,
+    /// Room for input to its terminal: the agent's [`Reply::InputTaken`] adds to it.
+    input_room: Arc<tokio::sync::Semaphore>,
     /// Bytes the agent may have sent in all: the window and every grant since.
     allowed: Arc<AtomicU64>,
     received: u64,
@@ -77,13 +79,49 @@ impl Output {
     }
 }
 
-/// A request in flight whose output streams back: its id (to send it input), the pieces of
-/// output as they come, and the final reply.
+/// A request in flight whose output streams back: its id, the pieces of output as they come,
+/// where its input goes, and the final reply.
 #[derive(Debug)]
 pub struct Started {
     pub id: u64,
     pub output: OutputStream,
+    pub input: InputSender,
     pub reply: oneshot::Receiver<Reply>,
+}
+
+/// Input for a running program's terminal, flow-controlled as its output is: at most
+/// [`lab_proto::INPUT_WINDOW`] bytes ahead of what the program took, so a program that does not
+/// read its terminal holds up its typist, not the agent's memory, and no key is dropped. A
+/// handle of its own (cloneable), so that input can wait for room while output is read.
+#[derive(Debug, Clone)]
+pub struct InputSender {
+    run: u64,
+    room: Arc<tokio::sync::Semaphore>,
+    writer: Arc<Writer>,
+}
+
+impl InputSender {
+    /// Sends `data` in order, waiting for room as the program takes what came before. Once the
+    /// program has ended its input goes nowhere, as a closed terminal's does: `Ok`.
+    pub async fn send(&self, data: &[u8]) -> Result<(), AgentError> {
+        let most = usize::try_from(lab_proto::INPUT_WINDOW).unwrap_or(usize::MAX);
+        for piece in data.chunks(most) {
+            // Held until the piece is written: cancelled before, the room is given back.
+            let Ok(room) = self.room.acquire_many(piece.len() as u32).await else {
+                return Ok(());
+            };
+            let input = lab_proto::encode(&Request {
+                id: 0,
+                op: Op::Input {
+                    run: self.run,
+                    data: piece.to_vec(),
+                },
+            });
+            self.writer.write(&input, WRITE_WITHIN).await?;
+            room.forget();
+        }
+        Ok(())
+    }
 }
 
 /// A streaming run's output, piece by piece, in order. Taking a piece makes room for more
@@ -306,8 +344,12 @@ impl AgentClient {
         let (tx, reply) = oneshot::channel();
         let (to, pieces) = mpsc::unbounded_channel();
         let allowed = Arc::new(AtomicU64::new(OUTPUT_WINDOW));
+        let input_room = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(lab_proto::INPUT_WINDOW).unwrap_or(usize::MAX),
+        ));
         let output = Output {
             to,
+            input_room: Arc::clone(&input_room),
             allowed: Arc::clone(&allowed),
             received: 0,
             overrun: 0,
@@ -326,11 +368,21 @@ impl AgentClient {
             taken: 0,
             writer: Arc::clone(&self.writer),
         };
+        let input = InputSender {
+            run: id,
+            room: input_room,
+            writer: Arc::clone(&self.writer),
+        };
         if let Err(e) = self.write(&Request { id, op }, WRITE_WITHIN).await {
             lock(&self.pending).remove(&id);
             return Err(e);
         }
-        Ok(Started { id, output, reply })
+        Ok(Started {
+            id,
+            output,
+            input,
+            reply,
+        })
     }
 
     /// Sends a request nobody waits for (input to, or resize of, an interactive run); the agent
@@ -431,6 +483,19 @@ fn route(
         ready.send_replace(Some(r.clone()));
         return;
     }
+    if let Reply::InputTaken { bytes } = resp.reply {
+        if let Some(id) = resp.id {
+            if let Some(out) = lock(pending).get(&id).and_then(|w| w.output.as_ref()) {
+                // Never past the window: a guest cannot grant itself more.
+                let window = usize::try_from(lab_proto::INPUT_WINDOW).unwrap_or(usize::MAX);
+                let room = usize::try_from(bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(window.saturating_sub(out.input_room.available_permits()));
+                out.input_room.add_permits(room);
+            }
+        }
+        return;
+    }
     if let Reply::Output { stream, data } = resp.reply {
         // Pieces for a request nobody streams (it timed out, say) are dropped.
         if let Some(id) = resp.id {
@@ -442,6 +507,10 @@ fn route(
     }
     match resp.id.and_then(|id| lock(pending).remove(&id)) {
         Some(waiter) => {
+            // The run has ended: input waiting for room goes nowhere.
+            if let Some(output) = &waiter.output {
+                output.input_room.close();
+            }
             let mut reply = resp.reply;
             if let (Reply::Ran(out), Some(output)) = (&mut reply, &waiter.output) {
                 if output.overrun > 0 {

@@ -50,20 +50,23 @@ impl Session<'_> {
             .map(|(_, data)| data)
     }
 
-    /// Types `data` (keys, Ctrl-C as byte 3, ...) into the terminal.
+    /// Types `data` (keys, Ctrl-C as byte 3, ...) into the terminal, waiting while the program
+    /// has not taken what was typed before ([`Session::input_sender`]).
     pub async fn input(&self, data: &[u8]) -> Result<()> {
-        let Some(started) = &self.started else {
+        let Some(input) = self.input_sender() else {
             return Ok(());
         };
-        let op = Op::Input {
-            run: started.id,
-            data: data.to_vec(),
-        };
-        self.vm
-            .agent
-            .notify(op)
+        input
+            .send(data)
             .await
             .map_err(|e| self.vm.agent_failure("terminal input", e))
+    }
+
+    /// Where the terminal's input goes, as a handle of its own: a relay waits for input room
+    /// with it while it goes on reading [`Session::output`] (a program that writes and does not
+    /// read would otherwise hold up both).
+    pub fn input_sender(&self) -> Option<crate::agent::InputSender> {
+        self.started.as_ref().map(|s| s.input.clone())
     }
 
     /// The terminal changed size.

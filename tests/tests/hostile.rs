@@ -131,13 +131,15 @@ async fn a_command_ends_when_it_does_and_a_terminal_nobody_reads_holds_up_nothin
         started.elapsed()
     );
 
-    // A program that never reads its terminal, typed at (1 MiB): the agent's request loop
-    // queues the input, refuses what does not fit, and serves on.
+    // A program that never reads its terminal, typed at (1 MiB): input is flow-controlled, so
+    // the typing waits once the window is sent (the agent holds no more), and the agent
+    // serves on meanwhile.
     let size = lab_harness::TtySize { rows: 24, cols: 80 };
     let session = vm.interactive("sleep 600", size).await.check();
-    for _ in 0..256 {
-        session.input(&[b'x'; 4096]).await.check();
-    }
+    let mib = vec![b'x'; 1 << 20];
+    let typing = session.input(&mib);
+    let waited = tokio::time::timeout(Duration::from_secs(3), typing).await;
+    assert!(waited.is_err(), "1 MiB went into a terminal nobody reads");
     still_serves(&vm).await;
 
     // The terminal's ends are close-on-exec: a command started beside the session does not
@@ -148,6 +150,34 @@ async fn a_command_ends_when_it_does_and_a_terminal_nobody_reads_holds_up_nothin
         "a command inherited the session's terminal:\n{fds}"
     );
     drop(session);
+
+    // A program that reads its terminal, typed at faster than it reads: every byte arrives,
+    // in order (before, input past 256 queued pieces was dropped).
+    let reader = "stty raw -echo && head -c 1048576 | sha256sum";
+    let mut session = vm.interactive(reader, size).await.check();
+    let typed: Vec<u8> = (0..1u32 << 20)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz"[(i % 26) as usize])
+        .collect();
+    // After the prompt-less `stty`: typed sooner, the terminal's line discipline would still
+    // be cooked and take some bytes as editing keys.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let input = session.input_sender().expect("running");
+    let typing = tokio::spawn(async move { input.send(&typed).await });
+    let mut shown = Vec::new();
+    while let Some(piece) = session.output().await {
+        shown.extend_from_slice(&piece);
+    }
+    typing.await.expect("joins").check();
+    let want = {
+        use sha2::Digest;
+        let data: Vec<u8> = (0..1u32 << 20)
+            .map(|i| b"abcdefghijklmnopqrstuvwxyz"[(i % 26) as usize])
+            .collect();
+        format!("{:x}", sha2::Sha256::digest(&data))
+    };
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(shown.contains(&want), "{shown}");
+    session.finish().await.check();
     vm.shutdown().await.check();
 }
 

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::terminal::{self, say, Remote};
+use crate::terminal::{self, next_send, say, Remote, Sending, MAX_TYPED};
 
 const SOCKET: &str = "control.sock";
 const ABOUT: &str = "lab.json";
@@ -121,14 +121,24 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
         host,
     })
     .await?;
+    // Keys wait for room apart from the screen: a program that writes and does not read must
+    // not hold up its output behind its input. Past MAX_TYPED waiting, this stops reading the
+    // socket, and the attached terminal waits.
+    let keys = crate::shell::GuestKeys(session.input_sender());
+    let (mut typed, mut sending): (Vec<u8>, Option<Sending>) = (Vec::new(), None);
     loop {
+        next_send(&keys, &mut typed, &mut sending);
         tokio::select! {
             out = session.output() => match out {
                 Some(data) => to.send(&ToAttach::Output { data }).await?,
                 None => break,
             },
-            msg = from.next::<ToShell>() => match msg {
-                Ok(Some(ToShell::Input { data })) => session.input(&data).await?,
+            sent = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                sent?;
+                sending = None;
+            }
+            msg = from.next::<ToShell>(), if typed.len() < MAX_TYPED => match msg {
+                Ok(Some(ToShell::Input { data })) => typed.extend_from_slice(&data),
                 Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
                 Ok(Some(ToShell::Attach { .. })) => {}
                 // The attached terminal went away: hang its shell up, as a closed window does.
@@ -178,7 +188,7 @@ async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
     let (read, write) = stream.into_split();
     let mut remote = Attached {
         from: Lines::new(read),
-        to: Sender(write),
+        to: SharedSender(std::sync::Arc::new(tokio::sync::Mutex::new(Sender(write)))),
         ended: None,
         shell_pid: shell.pid,
     };
@@ -207,12 +217,34 @@ async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
 /// The attached shell, seen from `lab attach`.
 struct Attached {
     from: Lines,
-    to: Sender,
+    to: SharedSender,
     ended: Option<i32>,
     shell_pid: u32,
 }
 
+/// The control socket's write half, shared by keys and window sizes.
+#[derive(Clone)]
+struct SharedSender(std::sync::Arc<tokio::sync::Mutex<Sender>>);
+
+impl SharedSender {
+    async fn send<T: serde::Serialize>(&self, msg: &T) -> anyhow::Result<()> {
+        self.0.lock().await.send(msg).await
+    }
+}
+
+impl crate::terminal::Keys for SharedSender {
+    async fn send(&self, data: Vec<u8>) -> anyhow::Result<()> {
+        SharedSender::send(self, &ToShell::Input { data }).await
+    }
+}
+
 impl Remote for Attached {
+    type Keys = SharedSender;
+
+    fn keys(&self) -> SharedSender {
+        self.to.clone()
+    }
+
     async fn output(&mut self) -> Option<Vec<u8>> {
         loop {
             match self.from.next::<ToAttach>().await {
@@ -225,14 +257,6 @@ impl Remote for Attached {
                 Ok(None) | Err(_) => return None,
             }
         }
-    }
-
-    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.to
-            .send(&ToShell::Input {
-                data: data.to_vec(),
-            })
-            .await
     }
 
     async fn resize(&mut self, size: TtySize) -> anyhow::Result<()> {

@@ -168,13 +168,31 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs, panes: Panes) -> String {
 /// host1's shell, run from here.
 struct HostShell<'a>(lab_harness::Session<'a>);
 
+/// Keys for a guest's terminal, straight to its agent.
+#[derive(Clone)]
+pub(crate) struct GuestKeys(pub(crate) Option<lab_harness::agent::InputSender>);
+
+impl crate::terminal::Keys for GuestKeys {
+    async fn send(&self, data: Vec<u8>) -> anyhow::Result<()> {
+        match &self.0 {
+            Some(input) => input
+                .send(&data)
+                .await
+                .context("typing into the guest's terminal"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Remote for HostShell<'_> {
-    async fn output(&mut self) -> Option<Vec<u8>> {
-        self.0.output().await
+    type Keys = GuestKeys;
+
+    fn keys(&self) -> GuestKeys {
+        GuestKeys(self.0.input_sender())
     }
 
-    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        Ok(self.0.input(data).await?)
+    async fn output(&mut self) -> Option<Vec<u8>> {
+        self.0.output().await
     }
 
     async fn resize(&mut self, size: TtySize) -> anyhow::Result<()> {

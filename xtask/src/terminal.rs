@@ -10,12 +10,35 @@ use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Where keys typed here go: a handle apart from the output, since sending them may wait for
+/// room (the program has not taken what came before) while its screen must still be read.
+pub(crate) trait Keys: Clone + 'static {
+    /// Sends `data`, in order, once there is room for it.
+    fn send(&self, data: Vec<u8>) -> impl std::future::Future<Output = anyhow::Result<()>>;
+}
+
+/// Keys typed and not yet sent that a relay holds before it stops reading more: past it, the
+/// typist waits (their terminal buffers), as the program's own terminal would make them.
+pub(crate) const MAX_TYPED: usize = lab_harness::INPUT_WINDOW as usize;
+
+/// A send of keys in flight, polled beside the output.
+pub(crate) type Sending = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+/// The next send: all that was typed and not yet sent, if nothing is being sent now.
+pub(crate) fn next_send<K: Keys>(keys: &K, typed: &mut Vec<u8>, sending: &mut Option<Sending>) {
+    if sending.is_none() && !typed.is_empty() {
+        let (keys, data) = (keys.clone(), std::mem::take(typed));
+        *sending = Some(Box::pin(async move { keys.send(data).await }));
+    }
+}
+
 /// A shell running on a terminal somewhere else.
 pub(crate) trait Remote {
+    type Keys: Keys;
+    /// Where keys typed here go.
+    fn keys(&self) -> Self::Keys;
     /// The next piece of what its terminal shows; `None` once it has ended.
     async fn output(&mut self) -> Option<Vec<u8>>;
-    /// Keys typed here.
-    async fn input(&mut self, data: &[u8]) -> anyhow::Result<()>;
     /// This terminal changed size.
     async fn resize(&mut self, size: TtySize) -> anyhow::Result<()>;
     /// Its exit code, once [`Remote::output`] has said `None`.
@@ -34,7 +57,10 @@ pub(crate) async fn relay(mut remote: impl Remote) -> anyhow::Result<i32> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let keys = remote.keys();
+    let (mut typed, mut sending): (Vec<u8>, Option<Sending>) = (Vec::new(), None);
     loop {
+        next_send(&keys, &mut typed, &mut sending);
         tokio::select! {
             out = remote.output() => match out {
                 Some(bytes) => {
@@ -43,12 +69,16 @@ pub(crate) async fn relay(mut remote: impl Remote) -> anyhow::Result<i32> {
                 }
                 None => break,
             },
-            n = stdin.read(&mut buf), if stdin_open => match n {
-                Ok(n @ 1..) => remote.input(&buf[..n]).await?,
+            sent = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                sent?;
+                sending = None;
+            }
+            n = stdin.read(&mut buf), if stdin_open && typed.len() < MAX_TYPED => match n {
+                Ok(n @ 1..) => typed.extend_from_slice(&buf[..n]),
                 // Our input ended: as if Ctrl-D was typed at the prompt.
                 _ => {
                     stdin_open = false;
-                    remote.input(b"\x04").await?;
+                    typed.push(0x04);
                 }
             },
             _ = winch.recv() => remote.resize(size()).await?,

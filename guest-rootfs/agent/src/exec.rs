@@ -28,6 +28,8 @@ pub trait Sink: Send + Sync {
     /// Whether a [`Sink::pass`] waits for the host now: that time is the reader's, and does
     /// not count against [`DRAIN`].
     fn stalled(&self) -> bool;
+    /// The program's terminal took `bytes` of input: the host may send more.
+    fn input_taken(&self, bytes: usize);
 }
 
 /// What the server keeps of a running interactive program: where its input goes, its
@@ -41,37 +43,57 @@ pub struct Io {
 
 /// Typed input on its way to a program's terminal, written by a thread of its own: a program
 /// that does not read its terminal fills it (4 KiB), and a write there blocks. The request loop
-/// only queues; a full queue is refused, never waited on.
-#[derive(Debug)]
-pub struct Input(mpsc::SyncSender<Vec<u8>>);
+/// only queues; what is written is said to the host ([`Sink::input_taken`]), which sends no
+/// more than [`lab_proto::INPUT_WINDOW`] ahead of it, so the queue holds at most that.
+pub struct Input {
+    queue: mpsc::Sender<Vec<u8>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-/// Pieces of input queued for one terminal before more are refused.
-const INPUT_QUEUE: usize = 256;
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input").finish_non_exhaustive()
+    }
+}
 
 impl Input {
-    fn new(mut to: File) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
+    fn new(mut to: File, taken: Option<Arc<dyn Sink>>) -> Self {
+        let (queue, rx) = mpsc::channel::<Vec<u8>>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&queued);
         thread::spawn(move || {
             // Ends when the run ends (its Io, and so the sender, dropped) or its terminal closes.
             while let Ok(data) = rx.recv() {
                 if to.write_all(&data).is_err() {
                     break;
                 }
+                counted.fetch_sub(data.len(), std::sync::atomic::Ordering::Relaxed);
+                if let Some(sink) = &taken {
+                    sink.input_taken(data.len());
+                }
             }
         });
-        Self(tx)
+        Self { queue, queued }
     }
 
-    /// Queues `data` for the terminal, in order; refused when the program has not read what
-    /// was typed before.
+    /// Queues `data` for the terminal, in order. Refused only when the host sent more than its
+    /// window allows (it does not: the window is its own).
     pub fn send(&self, data: Vec<u8>) -> Result<(), String> {
-        self.0.try_send(data).map_err(|e| match e {
-            mpsc::TrySendError::Full(d) => format!(
-                "the program does not read its terminal: {} bytes of input dropped ({INPUT_QUEUE} pieces wait already)",
-                d.len()
-            ),
-            mpsc::TrySendError::Disconnected(_) => "its terminal is closed".to_string(),
-        })
+        let window = usize::try_from(lab_proto::INPUT_WINDOW).unwrap_or(usize::MAX);
+        let len = data.len();
+        let queued = self
+            .queued
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        if queued + len > window {
+            self.queued
+                .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+            return Err(format!(
+                "{len} bytes of input past the window of {window}: the host must wait until the program takes what it sent"
+            ));
+        }
+        self.queue
+            .send(data)
+            .map_err(|_| "its terminal is closed".to_string())
     }
 }
 
@@ -206,7 +228,10 @@ fn start_with_std(
         Some(master) => {
             let reader = File::from(master.try_clone().map_err(|e| e.to_string())?);
             started(Io {
-                input: Input::new(File::from(master.try_clone().map_err(|e| e.to_string())?)),
+                input: Input::new(
+                    File::from(master.try_clone().map_err(|e| e.to_string())?),
+                    sink.clone(),
+                ),
                 tty: Some(master),
                 group: pgid,
             });

@@ -60,6 +60,11 @@ impl Sink for Streamed {
     fn stalled(&self) -> bool {
         self.window.stalled()
     }
+
+    fn input_taken(&self, bytes: usize) {
+        let bytes = bytes as u64;
+        send(&self.writer, Some(self.id), Reply::InputTaken { bytes });
+    }
 }
 
 pub fn run(port: &str) -> std::io::Result<()> {

@@ -32,6 +32,12 @@ pub const MAX_RESPONSE_BYTES: usize = 192 << 20;
 /// Per-stream cap on captured command output; more is discarded and flagged as truncated.
 pub const MAX_OUTPUT_BYTES: usize = 32 << 20;
 
+/// Bytes of input ([`Op::Input`]) the host may have sent to a run's terminal that its program
+/// has not taken yet; the agent says what it took with [`Reply::InputTaken`]. A host that sends
+/// more is refused, as a program that is not reading its terminal would make it buffer without
+/// end.
+pub const INPUT_WINDOW: u64 = 64 << 10;
+
 /// A message from the host to the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -345,6 +351,11 @@ pub struct Response {
 pub enum Reply {
     Ready(Ready),
     Ran(RunOutput),
+    /// The running request's program took `bytes` of its input (they are written to its
+    /// terminal): the host may send that many more ([`INPUT_WINDOW`]).
+    InputTaken {
+        bytes: u64,
+    },
     /// A piece of a streaming run's output; more may follow, then [`Reply::Ran`].
     Output {
         stream: Stream,
