@@ -172,7 +172,7 @@ pub(crate) async fn switch_mac_limit(assets: &Assets) -> Result<Observed<ClaimSw
             max_macs: Some(2),
             ..PortPolicy::default()
         },
-    );
+    )?;
     async fn count_reaching(vm: &Vm) -> Result<usize> {
         let mut n = 0;
         for ns in ["ns1", "ns2", "ns3"] {

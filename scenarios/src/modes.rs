@@ -42,7 +42,7 @@ pub(crate) async fn mode(assets: &Assets, mode: MacvlanMode) -> Result<Observed<
     );
     o.insert(Mode::SiblingV6, sibling_v6().await?);
     if mode != MacvlanMode::Bridge {
-        lab.set_policy("host1", PortPolicy::HAIRPIN);
+        lab.set_policy("host1", PortPolicy::HAIRPIN)?;
         o.insert(
             Mode::ChildToHostHairpinOn,
             reach(host1, Some("ns1"), HOST).await?,

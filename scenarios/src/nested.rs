@@ -136,7 +136,7 @@ pub async fn vepa(assets: &Assets) -> Result<Observed<NestedMacvtapVepa>> {
     let to_peer = reach(&vm1, None, &lab.ip("peer")).await?;
     let _ = reach(&vm2, None, &lab.ip("peer")).await?;
     let off = reach(&vm2, None, VM1).await?;
-    lab.set_policy("host1", PortPolicy::HAIRPIN);
+    lab.set_policy("host1", PortPolicy::HAIRPIN)?;
     let on = reach(&vm2, None, VM1).await?;
     let o = Observed::from_iter([
         (NestedMacvtapVepa::Vm2ToVm1OnOneHostHairpinOff, off),

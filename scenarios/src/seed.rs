@@ -58,7 +58,7 @@ pub(crate) async fn host_isolation(assets: &Assets) -> Result<Observed<SeedHostI
             reach(peer, None, "fd00:88::11").await?,
         ),
     ]);
-    lab.set_policy("host1", PortPolicy::HAIRPIN);
+    lab.set_policy("host1", PortPolicy::HAIRPIN)?;
     o.insert(
         SeedHostIsolation::HostToChildSwitchHairpinOn,
         reach(host1, None, "192.168.88.11").await?,

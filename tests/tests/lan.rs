@@ -142,7 +142,7 @@ async fn hairpin_decides_whether_a_frame_goes_back_out_of_its_port() {
         lab.counters("host1")
     );
 
-    lab.set_policy("host1", PortPolicy::HAIRPIN);
+    lab.set_policy("host1", PortPolicy::HAIRPIN).check();
     host1
         .succeed(lab_harness::Cmd::script("ping -c2 -W2 192.168.88.11").netns("ns2"))
         .await
@@ -166,7 +166,8 @@ async fn a_mac_cap_of_one_drops_the_second_mac_and_keeps_the_first() {
             max_macs: Some(1),
             ..PortPolicy::default()
         },
-    );
+    )
+    .check();
 
     host1
         .succeed("ip netns add c1 && ip link add link eth0 name mv1 type macvlan mode bridge && ip link set mv1 netns c1 \
@@ -415,9 +416,25 @@ async fn vlan_subinterfaces_ping_across_trunks_and_a_vlan_not_allowed_is_dropped
         ..PortPolicy::default()
     };
     let trunk = |ids: &[u16]| port(PortVlans::trunk(ids).check());
-    lab.set_policy("host1", trunk(&[10, 20]));
-    lab.set_policy("host2", trunk(&[10]));
-    lab.set_policy("host3", port(PortVlans::Access(10)));
+    lab.set_policy("host1", trunk(&[10, 20])).check();
+    lab.set_policy("host2", trunk(&[10])).check();
+    lab.set_policy("host3", port(PortVlans::Access(10))).check();
+    // What no port can be is refused, naming it, and changes nothing.
+    for bad in [
+        port(PortVlans::Access(4095)),
+        trunk(&[]),
+        PortPolicy {
+            max_macs: Some(0),
+            ..PortPolicy::default()
+        },
+    ] {
+        let e = lab.set_policy("host3", bad).expect_err("no port is so");
+        assert!(e.to_string().contains("the port of host3's eth0"), "{e}");
+    }
+    assert_eq!(
+        lab.switch().policy(lab.port("host3")),
+        port(PortVlans::Access(10))
+    );
     let sub = |vid: u16, n: u8| {
         format!(
             "ip link add link eth0 name eth0.{vid} type vlan id {vid} \

@@ -92,6 +92,12 @@ impl LabBuilder {
 
     /// Starts the switch and boots the guests, [`starts_at_once`] at a time.
     pub async fn boot(self) -> Result<Lab> {
+        self.policy.validate().map_err(|e| {
+            Error::invalid(
+                format!("the ports' policy: {e}"),
+                "give a MAC cap from 1 to 8192, VLANs from 1 to 4094 and a trunk at least one",
+            )
+        })?;
         if self.hosts.len() > MAX_HOSTS {
             return Err(Error::invalid(
                 format!("a LAN of {} hosts", self.hosts.len()),
@@ -211,13 +217,22 @@ impl Lab {
         self.switch.counters(self.port(name))
     }
 
-    pub fn set_policy(&self, name: &str, policy: PortPolicy) {
-        self.switch.set_policy(self.port(name), policy);
+    /// Gives the port of `name`'s `eth0` `policy` (hairpin, MAC cap, VLANs). Refused, naming
+    /// what is wrong, if no port can be so.
+    pub fn set_policy(&self, name: &str, policy: PortPolicy) -> Result<()> {
+        self.set_nic_policy(name, 0, policy)
     }
 
     /// [`Lab::set_policy`] of the port of `name`'s NIC `nic` (`eth<nic>`).
-    pub fn set_nic_policy(&self, name: &str, nic: u8, policy: PortPolicy) {
+    pub fn set_nic_policy(&self, name: &str, nic: u8, policy: PortPolicy) -> Result<()> {
+        policy.validate().map_err(|e| {
+            Error::invalid(
+                format!("the port of {name}'s eth{nic}: {e}"),
+                "give a MAC cap from 1 to 8192, VLANs from 1 to 4094 and a trunk at least one",
+            )
+        })?;
         self.switch.set_policy(self.nic_port(name, nic), policy);
+        Ok(())
     }
 
     /// Makes the cable of `name`'s `eth0` bad, both ways (delay, jitter, loss, duplicates,

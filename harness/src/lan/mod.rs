@@ -25,7 +25,9 @@ use impair::{Fate, Impairment, Link};
 /// counted in; more is dropped and counted (`impaired_overflow`), so a delayed flood costs
 /// bounded memory.
 pub const MAX_DELAYED_BYTES: usize = 16 << 20;
-pub use switch::{BadVlan, Forward, PortCounters, PortPolicy, PortVlans, Switch, VlanSet};
+pub use switch::{
+    BadPolicy, BadVlan, Forward, PortCounters, PortPolicy, PortVlans, Switch, VlanSet,
+};
 
 /// How a guest joins a port: QEMU binds `guest`, sends to `switch`; the switch does the reverse.
 #[derive(Debug, Clone, PartialEq, Eq)]

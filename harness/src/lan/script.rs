@@ -170,7 +170,7 @@ pub async fn boot_topology(
             )
         };
         let host = link.host.get_ref();
-        lab.set_nic_policy(host, link.nic, link.policy().map_err(bad)?);
+        lab.set_nic_policy(host, link.nic, link.policy().map_err(bad)?)?;
         lab.set_nic_impairment(host, link.nic, link.impairment().map_err(bad)?)?;
     }
     for host in &topology.hosts {

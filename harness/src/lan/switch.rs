@@ -59,6 +59,40 @@ impl PortPolicy {
         max_macs: None,
         vlans: PortVlans::Unaware,
     };
+
+    /// Checks what its types allow and a port cannot be: a MAC cap of 0 or past the address
+    /// table, a VLAN outside 1..=4094, a trunk that carries no VLAN.
+    pub fn validate(&self) -> Result<(), BadPolicy> {
+        if let Some(cap) = self.max_macs.filter(|c| !(1..=FDB_MAX).contains(c)) {
+            return Err(BadPolicy::MaxMacs(cap));
+        }
+        match self.vlans {
+            PortVlans::Unaware => {}
+            PortVlans::Access(id) => {
+                check_vlan(id)?;
+            }
+            PortVlans::Trunk { native, allowed } => {
+                if allowed.ids().next().is_none() {
+                    return Err(BadPolicy::EmptyTrunk);
+                }
+                if let Some(id) = native {
+                    check_vlan(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A port policy that cannot be, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPolicy {
+    #[error("max_macs = {0} is out of range: give 1 to {FDB_MAX} addresses")]
+    MaxMacs(usize),
+    #[error("a trunk carrying no VLAN: name at least one, or make the port VLAN-unaware")]
+    EmptyTrunk,
+    #[error(transparent)]
+    Vlan(#[from] BadVlan),
 }
 
 /// A port's 802.1Q membership.
