@@ -540,13 +540,7 @@ mod tests {
 
     /// This process's resident memory (nextest runs each test in a process of its own).
     fn rss() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
-            * 1024
+        crate::host::memory_kib(std::process::id(), "status", "VmRSS:") * 1024
     }
 
     fn streaming_run() -> Op {

@@ -97,6 +97,16 @@ pub fn start_time(pid: u32) -> Option<u64> {
     parse_stat(&stat).map(|(_, start, _)| start)
 }
 
+/// A memory figure of process `pid` in KiB: `field` (`VmRSS:`, `RssAnon:`, `VmHWM:`, `Pss:`)
+/// of its `/proc/PID/file` (`status`, `smaps_rollup`); 0 once the process is gone.
+pub fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The clock ticks in a second, the unit of [`Process::cpu_ticks`].
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf only reads a constant of the system.

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use lab_harness::host::memory_kib;
 use lab_harness::{Assets, Extras, Vm};
 
 #[derive(clap::Args, Debug)]
@@ -497,14 +498,4 @@ fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {
         return T::default();
     }
     sorted[((sorted.len() - 1) * p).div_ceil(100)]
-}
-
-/// A `KiB` figure of `/proc/PID/<file>`, the line starting with `field`.
-pub(crate) fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }

@@ -74,7 +74,7 @@ fn through(assets_path: &Path, mib: u64, stall: Option<Duration>) -> anyhow::Res
     let (mut bytes, mut rss_kib) = (0u64, 0u64);
     let mut first = None;
     let mut stall = stall;
-    let private = || crate::bench::memory_kib(pid, "status", "RssAnon:");
+    let private = || lab_harness::host::memory_kib(pid, "status", "RssAnon:");
     loop {
         let n = stdout.read(&mut buf)?;
         if n == 0 {

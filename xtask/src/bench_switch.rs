@@ -52,14 +52,21 @@ fn source(i: usize) -> [u8; 6] {
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
-/// Frames per second through the switch alone, `frames` frames from `sources` sources.
-async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
+/// A switch of two plain ports alone, its sockets and captures in a directory of its own
+/// (held by the caller while the switch runs).
+fn two_ports() -> anyhow::Result<(tempfile::TempDir, SwitchHandle)> {
     let dir = lab_harness::rundirs::create("bench", None)?;
     let switch = SwitchHandle::start(
         &[PortPolicy::default(); 2],
         dir.path(),
         &dir.path().join("captures"),
     )?;
+    Ok((dir, switch))
+}
+
+/// Frames per second through the switch alone, `frames` frames from `sources` sources.
+async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
+    let (_dir, switch) = two_ports()?;
     let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
     let b = UnixDatagram::bind(&switch.sockets(1).guest)?;
     let (mac_a, mac_b) = ([2u8, 0, 0, 0, 0, 0xa], [2u8, 0, 0, 0, 0, 0xb]);
@@ -151,12 +158,7 @@ fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 /// ([`lab_harness::lan::MAX_DELAYED_BYTES`], bookkeeping included) and counts the rest as
 /// dropped; this process's private memory grows by about that bound, not with the flood.
 pub async fn delayed_flood(frames: u64) -> anyhow::Result<()> {
-    let dir = lab_harness::rundirs::create("bench", None)?;
-    let switch = SwitchHandle::start(
-        &[PortPolicy::default(); 2],
-        dir.path(),
-        &dir.path().join("captures"),
-    )?;
+    let (_dir, switch) = two_ports()?;
     switch.set_impairment(
         1,
         lab_harness::lan::impair::Impairment {
@@ -167,7 +169,7 @@ pub async fn delayed_flood(frames: u64) -> anyhow::Result<()> {
     let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
     let mut small = frame([0xff; 6], [2, 0, 0, 0, 0, 0xa]);
     small.truncate(60);
-    let own = || crate::bench::memory_kib(std::process::id(), "status", "RssAnon:");
+    let own = || lab_harness::host::memory_kib(std::process::id(), "status", "RssAnon:");
     let before = own();
     let started = Instant::now();
     for _ in 0..frames {
@@ -212,10 +214,10 @@ pub async fn big_lan(assets: &Assets, hosts: usize) -> anyhow::Result<()> {
     let booted = started.elapsed();
     lab.number_hosts().await?;
     let ready = started.elapsed();
-    let own = crate::bench::memory_kib(std::process::id(), "status", "RssAnon:");
+    let own = lab_harness::host::memory_kib(std::process::id(), "status", "RssAnon:");
     let qemus: u64 = names
         .iter()
-        .map(|n| crate::bench::memory_kib(lab.vm(n).qemu_pid(), "smaps_rollup", "Pss:"))
+        .map(|n| lab_harness::host::memory_kib(lab.vm(n).qemu_pid(), "smaps_rollup", "Pss:"))
         .sum();
     println!(
         "a LAN of {hosts} hosts: ready in {ready:.1?} ({booted:.1?} booted, {} at a time, then \

@@ -169,6 +169,17 @@ mod tests {
         assert_eq!(run_pid("2026112-0071530-lab-4242"), None);
     }
 
+    /// What `dir` holds, by name, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn pruning_tells_a_run_by_its_owner_not_its_pid_alone() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -202,12 +213,7 @@ mod tests {
         let line = format!("r {me} {ns} {} 1\n", boot.trim());
         std::fs::write(root.path().join(&reused).join(".owner"), line).expect("owner");
         prune(root.path(), 1);
-        let mut left: Vec<String> = std::fs::read_dir(root.path())
-            .expect("ls")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(root.path());
         assert_eq!(left, [elsewhere, newest]);
     }
 
@@ -227,12 +233,7 @@ mod tests {
             std::fs::create_dir(root.path().join(n)).expect("mkdir");
         }
         prune(root.path(), 2);
-        let mut left: Vec<String> = std::fs::read_dir(root.path())
-            .expect("ls")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(root.path());
         assert_eq!(
             left,
             [

@@ -14,16 +14,7 @@ use support::xtask;
 /// costs. Not VmHWM: while xtask takes a guest's first snapshot it maps the guest's memory (a
 /// memfd QEMU shares), which is the guest's, not the output path's.
 fn private_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kib * 1024)
+    Some(lab_harness::host::memory_kib(pid, "status", "RssAnon:") * 1024).filter(|b| *b > 0)
 }
 
 #[test]

@@ -356,13 +356,8 @@ mod tests {
 
     /// This process's resident memory (nextest runs each test in a process of its own).
     fn rss() -> usize {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-            .expect("VmRSS")
-            * 1024
+        let kib = crate::host::memory_kib(std::process::id(), "status", "VmRSS:");
+        usize::try_from(kib).unwrap_or(usize::MAX) * 1024
     }
 
     #[tokio::test(flavor = "multi_thread")]
