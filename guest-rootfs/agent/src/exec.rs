@@ -146,9 +146,9 @@ pub fn run(
     // for it.
     let stalled = || sink.as_ref().is_some_and(|s| s.stalled());
     let status = ended.or_else(|| done.recv_timeout(DRAIN).ok()?.ok());
-    let drain = Drain::new(DRAIN);
-    let (stdout, out_cut) = finish(stdout, &drain, &stalled);
-    let (stderr, err_cut) = finish(stderr, &drain, &stalled);
+    let mut drain_until = Instant::now() + DRAIN;
+    let (stdout, out_cut) = finish(stdout, &mut drain_until, &stalled);
+    let (stderr, err_cut) = finish(stderr, &mut drain_until, &stalled);
     let oom_killed = group.as_ref().is_some_and(|g| g.oom_kills() > 0);
     Ok(RunOutput {
         oom_killed,
@@ -487,33 +487,23 @@ fn capture<R: Read + Send + 'static>(
     Captured { kept, ended }
 }
 
-/// The time output may still drain after a command's end, shared by its streams; time in which
-/// the host holds the output back does not count.
-struct Drain {
-    deadline: std::cell::Cell<Instant>,
-}
-
-impl Drain {
-    fn new(within: Duration) -> Self {
-        Self {
-            deadline: std::cell::Cell::new(Instant::now() + within),
-        }
-    }
-}
-
-/// What a capture kept, waiting for its end until the drain's deadline. Past it, what came so
-/// far is the result.
-fn finish(captured: Captured, drain: &Drain, stalled: &dyn Fn() -> bool) -> (Vec<u8>, bool) {
+/// What a capture kept, waiting for its end until `deadline` (shared by a command's streams).
+/// Past it, what came so far is the result. Time in which the host holds the output back
+/// (`stalled`) moves the deadline with it: that time is the reader's.
+fn finish(
+    captured: Captured,
+    deadline: &mut Instant,
+    stalled: &dyn Fn() -> bool,
+) -> (Vec<u8>, bool) {
     const STEP: Duration = Duration::from_millis(20);
     let mut last = Instant::now();
     loop {
         let now = Instant::now();
         if stalled() {
-            // The reader's time: the deadline moves with it.
-            drain.deadline.set(drain.deadline.get() + (now - last));
+            *deadline += now - last;
         }
         last = now;
-        let left = drain.deadline.get().saturating_duration_since(now);
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             break;
         }
