@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::terminal::{self, next_send, say, Remote, Sending, MAX_TYPED};
+use crate::terminal::{self, say, Remote, Typing};
 
 const SOCKET: &str = "control.sock";
 const ABOUT: &str = "lab.json";
@@ -124,21 +124,16 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
     // Keys wait for room apart from the screen: a program that writes and does not read must
     // not hold up its output behind its input. Past MAX_TYPED waiting, this stops reading the
     // socket, and the attached terminal waits.
-    let keys = crate::shell::GuestKeys(session.input_sender());
-    let (mut typed, mut sending): (Vec<u8>, Option<Sending>) = (Vec::new(), None);
+    let mut typing = Typing::new(crate::shell::GuestKeys(session.input_sender()));
     loop {
-        next_send(&keys, &mut typed, &mut sending);
         tokio::select! {
             out = session.output() => match out {
                 Some(data) => to.send(&ToAttach::Output { data }).await?,
                 None => break,
             },
-            sent = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
-                sent?;
-                sending = None;
-            }
-            msg = from.next::<ToShell>(), if typed.len() < MAX_TYPED => match msg {
-                Ok(Some(ToShell::Input { data })) => typed.extend_from_slice(&data),
+            sent = typing.sent() => sent?,
+            msg = from.next::<ToShell>(), if typing.has_room() => match msg {
+                Ok(Some(ToShell::Input { data })) => typing.push(&data),
                 Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
                 Ok(Some(ToShell::Attach { .. })) => {}
                 // The attached terminal went away: hang its shell up, as a closed window does.

@@ -22,13 +22,54 @@ pub(crate) trait Keys: Clone + 'static {
 pub(crate) const MAX_TYPED: usize = lab_harness::INPUT_WINDOW as usize;
 
 /// A send of keys in flight, polled beside the output.
-pub(crate) type Sending = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+type Sending = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
-/// The next send: all that was typed and not yet sent, if nothing is being sent now.
-pub(crate) fn next_send<K: Keys>(keys: &K, typed: &mut Vec<u8>, sending: &mut Option<Sending>) {
-    if sending.is_none() && !typed.is_empty() {
-        let (keys, data) = (keys.clone(), std::mem::take(typed));
-        *sending = Some(Box::pin(async move { keys.send(data).await }));
+/// Keys typed and not yet sent, and the send in flight: a relay reads keys while there is room
+/// ([`Typing::has_room`]) and polls [`Typing::sent`] beside the output, so keys wait for the
+/// program without holding up its screen.
+pub(crate) struct Typing<K> {
+    keys: K,
+    typed: Vec<u8>,
+    sending: Option<Sending>,
+}
+
+impl<K: Keys> Typing<K> {
+    pub(crate) fn new(keys: K) -> Self {
+        Self {
+            keys,
+            typed: Vec::new(),
+            sending: None,
+        }
+    }
+
+    /// Whether more keys may be taken: at most [`MAX_TYPED`] wait.
+    pub(crate) fn has_room(&self) -> bool {
+        self.typed.len() < MAX_TYPED
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        self.typed.extend_from_slice(data);
+        self.start();
+    }
+
+    /// Ends when the send in flight has (then the next one starts); never while none is.
+    /// Cancel-safe: a send cut off here goes on at the next call.
+    pub(crate) async fn sent(&mut self) -> anyhow::Result<()> {
+        let Some(sending) = &mut self.sending else {
+            return std::future::pending().await;
+        };
+        let result = sending.await;
+        self.sending = None;
+        self.start();
+        result
+    }
+
+    /// All that was typed and not yet sent, if nothing is being sent now.
+    fn start(&mut self) {
+        if self.sending.is_none() && !self.typed.is_empty() {
+            let (keys, data) = (self.keys.clone(), std::mem::take(&mut self.typed));
+            self.sending = Some(Box::pin(async move { keys.send(data).await }));
+        }
     }
 }
 
@@ -57,10 +98,8 @@ pub(crate) async fn relay(mut remote: impl Remote) -> anyhow::Result<i32> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let keys = remote.keys();
-    let (mut typed, mut sending): (Vec<u8>, Option<Sending>) = (Vec::new(), None);
+    let mut typing = Typing::new(remote.keys());
     loop {
-        next_send(&keys, &mut typed, &mut sending);
         tokio::select! {
             out = remote.output() => match out {
                 Some(bytes) => {
@@ -69,16 +108,13 @@ pub(crate) async fn relay(mut remote: impl Remote) -> anyhow::Result<i32> {
                 }
                 None => break,
             },
-            sent = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
-                sent?;
-                sending = None;
-            }
-            n = stdin.read(&mut buf), if stdin_open && typed.len() < MAX_TYPED => match n {
-                Ok(n @ 1..) => typed.extend_from_slice(&buf[..n]),
+            sent = typing.sent() => sent?,
+            n = stdin.read(&mut buf), if stdin_open && typing.has_room() => match n {
+                Ok(n @ 1..) => typing.push(&buf[..n]),
                 // Our input ended: as if Ctrl-D was typed at the prompt.
                 _ => {
                     stdin_open = false;
-                    typed.push(0x04);
+                    typing.push(b"\x04");
                 }
             },
             _ = winch.recv() => remote.resize(size()).await?,
