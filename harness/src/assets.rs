@@ -70,26 +70,7 @@ pub struct KernelAsset {
     pub origin: lab_kernels::Origin,
 }
 
-/// What a user adds to a guest beyond the base image. Everything is checked, and packages are
-/// fetched, before any guest boots ([`Assets::vm_with`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extras {
-    /// Debian packages (same archive and release as the image), with their dependencies.
-    pub packages: Vec<String>,
-    /// Kernel modules `modprobe`d at boot, with what they depend on.
-    pub modules: Vec<String>,
-    /// Directories of out-of-tree modules (a `Kbuild` saying `obj-m := NAME.o` and its
-    /// sources), built on the host against the guests' kernel and `insmod`ed at boot after
-    /// [`Extras::modules`]; the `.ko` files are in `/lab-modules` too.
-    pub module_sources: Vec<PathBuf>,
-    /// A host directory copied to `/lab` in the guest.
-    pub dir: Option<PathBuf>,
-    pub cpus: Option<u32>,
-    pub memory_mib: Option<u32>,
-    /// NICs (`eth0`, `eth1`...), each its own switch port with its own cable: bonds and the
-    /// like.
-    pub nics: Option<u8>,
-}
+pub use crate::spec::Extras;
 
 pub use crate::config::MAX_NICS;
 
@@ -113,16 +94,43 @@ pub struct ImageAsset {
 }
 
 impl Assets {
-    /// Where `cargo xtask` leaves the assets file in this workspace.
-    pub fn default_path() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab/assets.json")
+    /// Where `cargo xtask` leaves the assets file of this workspace: `lab/assets.json` in its
+    /// target directory (`CARGO_TARGET_DIR` when set, as cargo and xtask take it).
+    pub fn default_path(settings: &Settings) -> PathBuf {
+        settings
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("lab/assets.json")
     }
 
     /// `LAB_ASSETS`, else the workspace default, with the environment's [`Settings`].
     pub fn from_env() -> Result<Self> {
         let settings = Settings::from_env()?;
-        let path = settings.assets.clone().unwrap_or_else(Self::default_path);
+        let path = settings
+            .assets
+            .clone()
+            .unwrap_or_else(|| Self::default_path(&settings));
         Self::load_with(&path, settings)
+    }
+
+    /// The assets of kernel `id` (of `kernels/kernels.toml`) beside these, with the same
+    /// settings and run directory: `assets-<id>.json`, which `cargo xtask provision --kernel
+    /// <id>` writes (and `cargo xtask lab` does for every kernel a lab names).
+    pub fn for_kernel(&self, id: &str) -> Result<Assets> {
+        if id == self.kernel.id {
+            return Ok(self.clone());
+        }
+        let path = self.dir.join(format!("assets-{id}.json"));
+        if !path.exists() {
+            return Err(Error::Missing {
+                what: format!("kernel {id} (no {})", path.display()),
+                fix: format!("run `cargo xtask provision --kernel {id}`"),
+            });
+        }
+        let mut other = Self::load_with(&path, self.settings.clone())?;
+        other.runs = self.runs.clone();
+        Ok(other)
     }
 
     /// The assets file at `path`, with the environment's [`Settings`].
@@ -136,7 +144,10 @@ impl Assets {
         settings.checked_accel()?;
         let text = std::fs::read_to_string(path).map_err(|_| Error::Missing {
             what: format!("guest assets ({})", path.display()),
-            fix: "run `cargo xtask test` (or `cargo xtask provision`): it fetches the kernel and builds the guest image".into(),
+            fix: format!(
+                "run `cargo xtask provision` in macvlan-lab's workspace (it fetches the kernel and builds the guest image), \
+                 and from elsewhere point {ENV_ASSETS} at the assets.json it writes"
+            ),
         })?;
         let assets: Assets = serde_json::from_str(&text).map_err(|e| Error::Missing {
             what: format!("valid guest assets in {}: {e}", path.display()),

@@ -269,7 +269,7 @@ impl Policy {
 
 /// A name that is a hostname label and needs no quoting anywhere: QEMU's `-name guest=NAME,...`
 /// would take a comma as the start of another option.
-fn is_guest_name(name: &str) -> bool {
+pub(crate) fn is_guest_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name
             .bytes()

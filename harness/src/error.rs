@@ -53,6 +53,11 @@ pub enum Error {
     #[error("{what}\n  fix: {fix}")]
     Invalid { what: String, fix: String },
 
+    /// A lab's description has a mistake, named with where it was written (a file's line, a
+    /// flag, a builder call). Found before anything boots.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+
     /// Building what a guest boots from (packages, the module disk) failed.
     #[error(transparent)]
     Image(#[from] lab_rootfs::Error),

@@ -26,6 +26,9 @@ pub const ENV_RUN: &str = "LAB_RUN";
 pub struct Settings {
     /// `LAB_ASSETS`: the assets file to load instead of the workspace's.
     pub assets: Option<PathBuf>,
+    /// `CARGO_TARGET_DIR`: where cargo, and so `cargo xtask`, puts the workspace's `target`
+    /// (and the assets file in its `lab/`).
+    pub target_dir: Option<PathBuf>,
     /// `LAB_ACCEL=kvm|tcg`; `None` lets the lab probe the host ([`Accel::probe`]).
     pub accel: Option<Accel>,
     /// `LAB_QEMU`: the QEMU binary instead of `qemu-system-x86_64` from `PATH`.
@@ -44,6 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             assets: None,
+            target_dir: None,
             accel: None,
             qemu: None,
             artifacts: None,
@@ -70,6 +74,7 @@ impl Settings {
         let path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         Ok(Self {
             assets: path(ENV_ASSETS),
+            target_dir: path("CARGO_TARGET_DIR"),
             accel: text(ENV_ACCEL)
                 .map(|v| parse_accel(ENV_ACCEL, &v))
                 .transpose()?,

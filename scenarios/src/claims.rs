@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lab_harness::lan::lab::SETTLE;
+use lab_harness::lab::SETTLE;
 use lab_harness::{Assets, Child, Cmd, Error, IpvlanMode, MacvlanMode, PortPolicy, Result, Vm};
 
 use crate::expectations::{ClaimNicMacLimit, ClaimPromisc, ClaimSwitchMacLimit};

@@ -1,7 +1,7 @@
 //! The five macvlan modes, and ipvlan beside them.
 
+use lab_harness::lab::SETTLE;
 use lab_harness::lan::capture::{icmp_type, macs, read_frames};
-use lab_harness::lan::lab::SETTLE;
 use lab_harness::{Assets, Child, Cmd, IpvlanMode, Lab, MacvlanMode, PortPolicy, Result};
 
 use crate::expectations::{Ipvlan, Mode, ModePassthru, ModeSource};

@@ -1,7 +1,7 @@
 //! The seed's second half, one level down: lab guests are the hosts, and each starts VMs of its
 //! own on a macvtap of its `eth0`, as `virt-install --network type=direct` does.
 
-use lab_harness::lan::lab::SETTLE;
+use lab_harness::lab::SETTLE;
 use lab_harness::nest::{domiflist, InnerSpec, InnerVm, COUNT_QEMU};
 use lab_harness::{
     Assets, Child, Cmd, Guest, Lab, MacvlanMode, MacvtapMode, PortPolicy, Result, Vm,

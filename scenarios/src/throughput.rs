@@ -209,7 +209,7 @@ pub(crate) async fn throughput(assets: &Assets) -> Result<Observed<ClaimThroughp
         host1
             .wait_until_succeeds(
                 Cmd::script(format!("ping -c1 -W1 {peer_ip}")).netns(&format!("{ns}1")),
-                lab_harness::lan::lab::SETTLE,
+                lab_harness::lab::SETTLE,
             )
             .await?;
         let run = measure(peer, None, host1, ns, &peer_ip).await?;

@@ -67,22 +67,55 @@ pub fn ping_stats(out: &str) -> (Option<f64>, f64) {
     (avg, loss)
 }
 
-/// `lab run`'s job on its LAN, with what it printed collected into the result's `stdout` and
-/// `stderr` (a streaming run returns them empty: all of it went by as it came).
+/// What `lab run --hosts N` boots with host1's options `extras`: host1..hostN on one switch,
+/// numbered, written as a builder's calls.
+pub fn lan(assets: &Assets, hosts: u8, extras: &lab_harness::Extras) -> lab_harness::Spec {
+    let builder = (2..=hosts).fold(
+        lab_harness::Lab::builder(assets, "lab-run")
+            .host("host1")
+            .extras(extras.clone()),
+        |b, i| b.host(&format!("host{i}")),
+    );
+    builder.numbered().spec().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `lab run`'s job on `spec`'s first host, given 5 minutes, with what it printed collected
+/// into the result's `stdout` and `stderr` (a streaming run returns them empty: all of it went
+/// by as it came).
 pub async fn run_job(
     assets: &Assets,
-    job: &lab_harness::lan::script::Job,
-    on: &lab_harness::lan::script::ScriptLan,
+    job: &lab_harness::Job,
+    spec: lab_harness::Spec,
 ) -> lab_harness::Result<lab_harness::RunOutput> {
+    run_job_for(assets, job, spec, std::time::Duration::from_secs(300)).await
+}
+
+/// [`run_job`] given `timeout`.
+pub async fn run_job_for(
+    assets: &Assets,
+    job: &lab_harness::Job,
+    spec: lab_harness::Spec,
+    timeout: std::time::Duration,
+) -> lab_harness::Result<lab_harness::RunOutput> {
+    let in_dir = spec.hosts()[0].extras.dir.is_some();
+    let lab = lab_harness::Lab::boot(assets, spec).await?;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let out = lab_harness::lan::script::run(assets, job, on, |stream, bytes| match stream {
-        lab_harness::Stream::Stdout => stdout.extend_from_slice(bytes),
-        lab_harness::Stream::Stderr => stderr.extend_from_slice(bytes),
-    })
-    .await?;
+    let first = lab.spec().first_host().to_string();
+    let out = job
+        .run_on(
+            lab.vm(&first),
+            in_dir,
+            timeout,
+            |stream, bytes| match stream {
+                lab_harness::Stream::Stdout => stdout.extend_from_slice(bytes),
+                lab_harness::Stream::Stderr => stderr.extend_from_slice(bytes),
+            },
+        )
+        .await;
+    lab.shutdown().await?;
     Ok(lab_harness::RunOutput {
         stdout,
         stderr,
-        ..out
+        ..out?
     })
 }

@@ -8,7 +8,7 @@ use lab_harness::{Lab, PortPolicy};
 use lab_tests::{assets, ping_stats, Check};
 use rstest::rstest;
 
-use lab_harness::lan::lab::SETTLE;
+use lab_harness::lab::SETTLE;
 
 /// Boots `names` on one switch, each `192.168.88.<1+i>/24` on `eth0`, the LAN settled.
 async fn lan(run: &str, names: &[&str]) -> Lab {

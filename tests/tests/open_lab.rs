@@ -4,16 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lab_harness::lan::script::{self, Job, ScriptLan};
 use lab_harness::{Error, Extras, Stream, Verdict};
+use lab_harness::{Job, Spec};
 use lab_tests::{assets, assets_of, Check};
 use rstest::rstest;
 
-fn lan(extras: Extras) -> ScriptLan {
-    ScriptLan {
-        extras,
-        ..ScriptLan::default()
-    }
+/// What `lab run` boots for host1 with `extras`.
+fn lan(extras: Extras) -> Spec {
+    lab_tests::lan(&assets(), 1, &extras)
 }
 
 /// A directory with a bash program that checks what the guest has, and its sibling file.
@@ -78,17 +76,20 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
     };
     let mut streamed = (Vec::new(), Vec::new());
     let job = Job::Program(vec!["./check.sh".into(), exit.into()]);
-    let out = script::run(
-        &assets(),
-        &job,
-        &lan(extras),
-        |stream, bytes| match stream {
-            Stream::Stdout => streamed.0.extend_from_slice(bytes),
-            Stream::Stderr => streamed.1.extend_from_slice(bytes),
-        },
-    )
-    .await
-    .check();
+    let lab = lab_harness::Lab::boot(&assets(), lan(extras)).await.check();
+    let out = job
+        .run_on(
+            lab.vm("host1"),
+            true,
+            Duration::from_secs(300),
+            |stream, bytes| match stream {
+                Stream::Stdout => streamed.0.extend_from_slice(bytes),
+                Stream::Stderr => streamed.1.extend_from_slice(bytes),
+            },
+        )
+        .await
+        .check();
+    lab.shutdown().await.check();
     assert!(
         out.stdout.is_empty() && out.stderr.is_empty() && !out.truncated,
         "a streamed run's output all went by as it came: {out:?}"
@@ -125,12 +126,12 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
 #[tokio::test]
 async fn a_script_runs_by_its_shebang_and_without_one_by_sh() {
     let bash = Job::Script("#!/bin/bash\necho \"${BASH_VERSION%%.*}\"\n".into());
-    let out = lab_tests::run_job(&assets(), &bash, &lan(Extras::default()))
+    let out = lab_tests::run_job(&assets(), &bash, lan(Extras::default()))
         .await
         .check();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5", "{out:?}");
     let sh = Job::Script("echo \"[${BASH_VERSION:-dash}]\"\n".into());
-    let out = lab_tests::run_job(&assets(), &sh, &lan(Extras::default()))
+    let out = lab_tests::run_job(&assets(), &sh, lan(Extras::default()))
         .await
         .check();
     assert_eq!(
@@ -149,7 +150,7 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
         ..Extras::default()
     };
     let job = Job::Program(vec!["./needs-python.sh".into()]);
-    let err = lab_tests::run_job(&assets(), &job, &lan(extras))
+    let err = lab_tests::run_job(&assets(), &job, lan(extras))
         .await
         .expect_err("no python in the guest")
         .to_string();
@@ -213,13 +214,10 @@ async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kern
         memory_mib: Some(512),
         ..Extras::default()
     };
-    let on = ScriptLan {
-        extras,
-        timeout: Duration::from_secs(600),
-        ..ScriptLan::default()
-    };
+    let assets = assets_of(kernel);
+    let on = lab_tests::lan(&assets, 1, &extras);
     let job = Job::Program(vec!["drivers/net/bonding/bond_macvlan_ipvlan.sh".into()]);
-    let out = lab_tests::run_job(&assets_of(kernel), &job, &on)
+    let out = lab_tests::run_job_for(&assets, &job, on, Duration::from_secs(600))
         .await
         .check();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -278,15 +276,13 @@ async fn a_warn_from_a_module_built_from_source_fails_the_run_naming_its_line_un
     #[case] allow: bool,
 ) {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/warn-module");
-    let on = ScriptLan {
-        allow_splats: allow,
-        ..lan(Extras {
-            module_sources: vec![source.clone()],
-            ..Extras::default()
-        })
-    };
+    let on = lan(Extras {
+        module_sources: vec![source.clone()],
+        ..Extras::default()
+    })
+    .with_watch(allow, false);
     let job = Job::Script("lsmod | grep -o '^lab_warn'; ls /lab-modules".into());
-    let result = lab_tests::run_job(&assets(), &job, &on).await;
+    let result = lab_tests::run_job(&assets(), &job, on).await;
     if allow {
         let out = result.check();
         assert!(out.success(), "{out:?}");
@@ -348,12 +344,9 @@ fn a_module_that_does_not_compile_is_refused_with_the_compilers_words() {
 #[tokio::test]
 async fn kmemleak_on_a_kernel_without_it_is_refused_before_anything_boots() {
     let assets = assets();
-    let on = ScriptLan {
-        kmemleak: true,
-        ..ScriptLan::default()
-    };
+    let on = lan(Extras::default()).with_watch(false, true);
     let started = std::time::Instant::now();
-    let err = lab_tests::run_job(&assets, &Job::Script("true".into()), &on)
+    let err = lab_tests::run_job(&assets, &Job::Script("true".into()), on)
         .await
         .expect_err("Debian's kernels have no kmemleak");
     let text = err.to_string();
@@ -399,12 +392,9 @@ const HUNG_TASK: &str = include_str!("../data/hung-task.sh");
 #[case::allowed(true)]
 #[tokio::test]
 async fn a_kernel_splat_fails_the_run_naming_its_line_unless_allowed(#[case] allow: bool) {
-    let on = ScriptLan {
-        allow_splats: allow,
-        ..ScriptLan::default()
-    };
+    let on = lan(Extras::default()).with_watch(allow, false);
     let job = Job::Script(HUNG_TASK.into());
-    let result = lab_tests::run_job(&assets(), &job, &on).await;
+    let result = lab_tests::run_job(&assets(), &job, on).await;
     if allow {
         let out = result.check();
         assert!(out.success(), "{out:?}");

@@ -57,7 +57,7 @@ fn source(i: usize) -> [u8; 6] {
 fn two_ports() -> anyhow::Result<(tempfile::TempDir, SwitchHandle)> {
     let dir = lab_harness::rundirs::create("bench", None)?;
     let switch = SwitchHandle::start(
-        &[PortPolicy::default(); 2],
+        &[(PortPolicy::default(), lab_harness::Impairment::default()); 2],
         dir.path(),
         &dir.path().join("captures"),
     )?;
@@ -201,7 +201,7 @@ pub async fn delayed_flood(frames: u64) -> anyhow::Result<()> {
 }
 
 /// A LAN of `hosts` guests: how long until it is ready (every guest booted or restored,
-/// [`lab_harness::lan::lab::starts_at_once`] at a time, then numbered, host1 reaching every
+/// [`lab_harness::lab::starts_at_once`] at a time, then numbered, host1 reaching every
 /// other) and what it costs the host (this process's private memory, each QEMU's PSS).
 pub async fn big_lan(assets: &Assets, hosts: usize) -> anyhow::Result<()> {
     let names: Vec<String> = (1..=hosts).map(|i| format!("host{i}")).collect();
@@ -223,7 +223,7 @@ pub async fn big_lan(assets: &Assets, hosts: usize) -> anyhow::Result<()> {
         "a LAN of {hosts} hosts: ready in {ready:.1?} ({booted:.1?} booted, {} at a time, then \
          numbered); host memory: this process {:.0} MiB private, the QEMUs {:.0} MiB PSS ({:.0} \
          MiB a guest)",
-        lab_harness::lan::lab::starts_at_once(),
+        lab_harness::lab::starts_at_once(),
         own as f64 / 1024.0,
         qemus as f64 / 1024.0,
         qemus as f64 / 1024.0 / hosts as f64

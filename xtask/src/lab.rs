@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab_harness::assets::DIR_IN_GUEST;
-use lab_harness::lan::script::{Job, ScriptLan};
-use lab_harness::{Assets, Extras, Stream, Verdict};
+use lab_harness::spec::{RawHost, RawLan, RawPort, RawSwitch, Source, Sourced, DEFAULT_SWITCH};
+use lab_harness::{Assets, Job, Lab, Spec, Stream, Topology, Verdict};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -94,6 +94,25 @@ pub enum LabCommand {
         #[command(flatten)]
         provision: crate::provision::ProvisionArgs,
     },
+    /// Boot each topology file's lab, run the checks it carries (`[[check]]`: on a host, a
+    /// command's exit status, output or value, or an address reachable or not), print a table
+    /// and write JUnit (target/lab/junit-<file>.xml, one test case per check). Fails when any
+    /// check does.
+    ///
+    /// Examples:
+    ///   cargo xtask lab test examples/*.toml
+    ///   cargo xtask lab test my-routing-lab.toml
+    #[command(verbatim_doc_comment)]
+    Test {
+        /// Topology files, each with at least one [[check]] (see examples/*.toml).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// A kernel problem on a guest's console does not fail the file (see `lab run --help`).
+        #[arg(long)]
+        allow_kernel_splats: bool,
+        #[command(flatten)]
+        provision: crate::provision::ProvisionArgs,
+    },
     /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
     /// `exit` detaches; the lab runs on until its `lab shell` exits.
     ///
@@ -171,37 +190,60 @@ pub struct LanArgs {
 }
 
 impl LanArgs {
-    pub fn lan(&self, timeout: Duration) -> anyhow::Result<ScriptLan> {
-        let extras = Extras {
-            packages: self.packages.clone(),
-            modules: self.modules.clone(),
-            module_sources: self.module_sources.clone(),
-            dir: self.dir.clone(),
-            cpus: self.cpus,
-            memory_mib: self.memory,
-            nics: self.nics,
+    /// The lab these flags describe: a topology file's, or `--hosts` guests on one switch,
+    /// numbered, host1 with its options. Checked as a file or a builder's would be, each
+    /// refusal naming its flag.
+    pub fn spec(&self) -> anyhow::Result<Spec> {
+        let spec = match &self.topology {
+            Some(file) => Topology::load(file)?
+                .spec
+                .named("lab-run")
+                .with_dir_on_first(self.dir.clone()),
+            None => self.raw().resolve()?,
         };
-        Ok(ScriptLan {
-            hosts: self.hosts,
-            hairpin: self.hairpin,
-            nest: self.nest,
-            timeout,
-            extras,
-            allow_splats: self.allow_kernel_splats,
-            kmemleak: self.kmemleak,
-            topology: self
-                .topology
-                .as_deref()
-                .map(lab_harness::lan::topology::Topology::load)
-                .transpose()?,
-        })
+        Ok(spec.with_watch(self.allow_kernel_splats, self.kmemleak))
+    }
+
+    /// The flags as a [`RawLan`] (without --topology, which is a file's).
+    pub fn raw(&self) -> RawLan {
+        let flag = |f: &str| Source::Flag(f.into());
+        let mut lab = RawLan::new(flag("--hosts"));
+        lab.name = "lab-run".into();
+        lab.numbered = true;
+        lab.switches.push(RawSwitch {
+            name: Sourced::new(DEFAULT_SWITCH.into(), flag("--hosts")),
+            port: RawPort {
+                hairpin: Some(Sourced::new(self.hairpin, flag("--hairpin"))),
+                ..RawPort::default()
+            },
+        });
+        let number = |v: Option<u64>, f: &str| v.map(|v| Sourced::new(v as i64, flag(f)));
+        let mut host1 = RawHost::new(Sourced::new("host1".into(), flag("--hosts")));
+        host1.nest = self.nest;
+        host1.packages.clone_from(&self.packages);
+        host1.modules.clone_from(&self.modules);
+        host1.module_sources = self
+            .module_sources
+            .iter()
+            .map(|s| Sourced::new(s.clone(), flag("--module-source")))
+            .collect();
+        host1.dir = self.dir.clone().map(|d| Sourced::new(d, flag("--dir")));
+        host1.cpus = number(self.cpus.map(u64::from), "--cpus");
+        host1.memory = number(self.memory.map(u64::from), "--memory");
+        host1.nics = number(self.nics.map(u64::from), "--nics");
+        lab.hosts.push(host1);
+        for i in 2..=self.hosts.max(1) {
+            lab.hosts.push(RawHost::new(Sourced::new(
+                format!("host{i}"),
+                flag("--hosts"),
+            )));
+        }
+        lab
     }
 
     /// What can be checked before provisioning, which takes seconds.
     pub fn check(&self) -> anyhow::Result<()> {
-        if let Some(file) = &self.topology {
-            lab_harness::lan::topology::Topology::load(file)?;
-        }
+        self.spec()?;
         if let Some(dir) = &self.dir {
             anyhow::ensure!(
                 dir.is_dir(),
@@ -246,6 +288,28 @@ impl LanArgs {
     }
 }
 
+/// The run's assets (as --kernel, --kernel-tree or `LAB_ASSETS` say), once every other kernel
+/// the labs' hosts name is provisioned beside them.
+pub fn assets_for(
+    specs: &[&Spec],
+    provision: &crate::provision::ProvisionArgs,
+) -> anyhow::Result<Assets> {
+    let assets = Assets::load(&crate::provision::assets_path(provision)?)?;
+    let mut kernels: Vec<&str> = specs.iter().flat_map(|s| s.kernels()).collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    for id in kernels {
+        if id != assets.kernel.id {
+            crate::provision::run(&crate::provision::ProvisionArgs {
+                kernel: Some(id.to_string()),
+                beside: true,
+                ..Default::default()
+            })?;
+        }
+    }
+    Ok(assets)
+}
+
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(LabCommand::Run {
@@ -284,6 +348,11 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             crate::shell::run(&lan, panes)
         }
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
+        Some(LabCommand::Test {
+            files,
+            allow_kernel_splats,
+            provision,
+        }) => crate::lab_test::run(files, *allow_kernel_splats, provision),
         None if args.list => {
             for scenario in lab_scenarios::registry::SCENARIOS {
                 if let Some(kernel) = scenario.kernel {
@@ -572,8 +641,9 @@ fn run_job(
         (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     };
     lan.check()?;
+    let spec = lan.spec()?;
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
-    let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    let mut assets = assets_for(&[&spec], &lan.provision)?;
     assets.runs = crate::runs::start("run")?;
     if let Some(file) = run_dir_to {
         std::fs::write(file, format!("{}\n", assets.runs.dir.display()))
@@ -584,7 +654,12 @@ fn run_job(
         Job::Program(argv) => argv.join(" "),
     };
     crate::ui::status!(
-        "lab: running {what} on host1 (192.168.88.1): {}",
+        "lab: running {what} on {}: {}",
+        if lan.topology.is_some() {
+            spec.first_host().to_string()
+        } else {
+            "host1 (192.168.88.1)".into()
+        },
         lan.describe()
     );
     let before = crate::leaks::HostFootprint::take();
@@ -603,9 +678,15 @@ fn run_job(
             }
         }
     };
-    let out = rt.block_on(crate::interrupt::unless_interrupted(
-        lab_harness::lan::script::run(&assets, &job, &lan.lan(timeout)?, show),
-    ));
+    let out = rt.block_on(crate::interrupt::unless_interrupted(async {
+        let lab = Lab::boot(&assets, spec).await?;
+        let first = lab.spec().first_host().to_string();
+        let out = job
+            .run_on(lab.vm(&first), lan.dir.is_some(), timeout, show)
+            .await;
+        lab.shutdown().await?;
+        out
+    }));
     drop(rt);
     let out = out??;
     let leaks = crate::leaks::HostFootprint::take().leaked_since(&before);

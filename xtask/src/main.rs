@@ -10,6 +10,7 @@ mod cpu_by_test;
 mod hosttools;
 mod interrupt;
 mod lab;
+mod lab_test;
 mod leaks;
 mod provision;
 mod runs;
@@ -609,7 +610,7 @@ mod tests {
                 Ok(cli) => {
                     if let Command::Lab(lab) = cli.command {
                         if let Some(lab::LabCommand::Run { timeout, lan, .. }) = &lab.command {
-                            let _ = lan.lan(std::time::Duration::from_secs(*timeout));
+                            let _ = (timeout, lan.spec());
                         }
                     }
                 }

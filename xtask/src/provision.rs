@@ -24,6 +24,10 @@ pub struct ProvisionArgs {
         conflicts_with = "kernel"
     )]
     pub kernel_tree: Option<PathBuf>,
+    /// Made beside the run's kernel (a kernel a lab's host names): `assets.json` stays
+    /// whichever kernel the run boots.
+    #[arg(skip)]
+    pub beside: bool,
 }
 
 impl ProvisionArgs {
@@ -71,7 +75,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let id = args.id(&manifest);
     let stamp = stamp(&id, &agent, &cache, args.kernel_tree.as_deref())?;
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
-    if let Some(path) = warm(&id, &stamp, &stamp_path)? {
+    if let Some(path) = warm(&id, &stamp, &stamp_path, args.beside)? {
         return Ok(path);
     }
     let path = provision(&apt, args, &manifest, &agent, &cache)?;
@@ -82,7 +86,12 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
 
 /// The assets of kernel `id`, made the default ones, when `stamp` says nothing changed since
 /// they were made and they are all still there.
-fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+fn warm(
+    id: &str,
+    stamp: &str,
+    stamp_path: &std::path::Path,
+    beside: bool,
+) -> anyhow::Result<Option<PathBuf>> {
     if std::fs::read_to_string(stamp_path).ok().as_deref() != Some(stamp) {
         return Ok(None);
     }
@@ -98,18 +107,19 @@ fn warm(id: &str, stamp: &str, stamp_path: &std::path::Path) -> anyhow::Result<O
     if !whole || !booted_unchanged(id)? {
         return Ok(None);
     }
-    let path = publish(&assets)?;
+    let path = publish(&assets, beside)?;
     crate::ui::status!("xtask: kernel {} ({}) and its images are up to date (nothing they are made from changed); assets in {}", assets.kernel.release, assets.kernel.origin, path.display());
     Ok(Some(path))
 }
 
 /// Saves `assets` as `assets-<id>.json` and returns the path runs use: `assets.json`, made
 /// the default, for a manifest kernel; `assets-tree.json` for a tree, since the tests and the
-/// next plain `lab run` boot the manifest's kernels unless asked for the tree again.
-fn publish(assets: &Assets) -> anyhow::Result<PathBuf> {
+/// next plain `lab run` boot the manifest's kernels unless asked for the tree again; only
+/// `assets-<id>.json` when made `beside` the run's.
+fn publish(assets: &Assets, beside: bool) -> anyhow::Result<PathBuf> {
     let own = lab_dir().join(format!("assets-{}.json", assets.kernel.id));
     assets.save(&own)?;
-    if let Origin::Tree { .. } = assets.kernel.origin {
+    if beside || matches!(assets.kernel.origin, Origin::Tree { .. }) {
         return Ok(own);
     }
     let path = lab_dir().join("assets.json");
@@ -222,7 +232,7 @@ fn provision(
         runs: lab_harness::Runs::default(),
         settings: lab_harness::Settings::default(),
     };
-    let path = publish(&assets)?;
+    let path = publish(&assets, args.beside)?;
     record_booted(&kernel.id, &assets)?;
     crate::ui::status!(
         "xtask: kernel {} ({}), image {} ({:.1} MiB, sha256 {}), module disk of {} modules ({:.0} MiB){}, assets in {}",

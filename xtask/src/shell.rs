@@ -8,8 +8,6 @@
 //! While it runs, `lab attach HOST` in another terminal opens a shell on any host of the same
 //! lab, through this process (see `attach.rs`).
 
-use std::time::Duration;
-
 use anyhow::Context;
 
 use lab_harness::assets::DIR_IN_GUEST;
@@ -30,12 +28,13 @@ pub enum Panes {
 
 pub fn run(lan: &LanArgs, panes: Panes) -> anyhow::Result<()> {
     lan.check()?;
+    let spec = lan.spec()?;
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
-    let mut assets = Assets::load(&crate::provision::assets_path(&lan.provision)?)?;
+    let mut assets = crate::lab::assets_for(&[&spec], &lan.provision)?;
     assets.runs = crate::runs::start("shell")?;
     let before = crate::leaks::HostFootprint::take();
     let rt = tokio::runtime::Runtime::new()?;
-    let code = rt.block_on(shell(&assets, lan, panes));
+    let code = rt.block_on(shell(&assets, spec.named("lab-shell"), lan, panes));
     // The thread reading our stdin may still be blocked in a read: do not wait for it.
     rt.shutdown_background();
     let code = code?;
@@ -53,11 +52,15 @@ pub fn run(lan: &LanArgs, panes: Panes) -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-async fn shell(assets: &Assets, lan: &LanArgs, panes: Panes) -> anyhow::Result<i32> {
+async fn shell(
+    assets: &Assets,
+    spec: lab_harness::Spec,
+    lan: &LanArgs,
+    panes: Panes,
+) -> anyhow::Result<i32> {
     eprintln!("lab: booting {}", lan.describe());
-    let on = lan.lan(Duration::ZERO)?;
-    let lab = lab_harness::lan::script::boot(assets, "lab-shell", &on).await?;
-    let first = on.first_host();
+    let lab = lab_harness::Lab::boot(assets, spec).await?;
+    let first = lab.spec().first_host().to_string();
     let code = {
         let control = Control::open(&lab)?;
         eprint!("{}", banner(&lab, assets, lan, panes));

@@ -46,6 +46,90 @@ fn the_harness_modules_form_no_cycle() {
     }
 }
 
+/// Architecture invariant: a folder is one module too (`lan/` and its files, `spec/` and its),
+/// and folders form no cycle with the rest; the switch, impairments and captures (`lan/`) are
+/// a leaf that imports nothing above it: no lab, guest, host or spec.
+#[test]
+fn folders_form_no_cycle_and_the_lan_imports_nothing_above_it() {
+    let graph = module_graph(&harness_src());
+    let folded = fold(&graph);
+    assert!(
+        folded.contains_key("lan") && folded.contains_key("spec"),
+        "{:?}",
+        folded.keys()
+    );
+    let cycles = cycles(&folded);
+    assert!(
+        cycles.is_empty(),
+        "folders of lab-harness in a circle with other modules:\n{}",
+        cycles
+            .iter()
+            .map(|c| describe(&folded, c))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // What the leaf may use: leaf types and helpers that know nothing of guests.
+    let below = ["mac", "private"];
+    let upward: Vec<String> = graph
+        .iter()
+        .filter(|(from, _)| *from == "lan" || from.starts_with("lan::"))
+        .flat_map(|(from, edges)| {
+            edges
+                .iter()
+                .filter(|(to, _)| {
+                    !(to.as_str() == "lan"
+                        || to.starts_with("lan::")
+                        || below.contains(&to.as_str()))
+                })
+                .map(move |(to, path)| format!("{from} → {to} ({path})"))
+        })
+        .collect();
+    assert!(
+        upward.is_empty(),
+        "lan/ imports from above it:\n{}",
+        upward.join("\n")
+    );
+}
+
+/// The graph with every module of a folder made one: `lan::switch` → `lan`.
+fn fold(graph: &Graph) -> Graph {
+    let top = |m: &str| m.split("::").next().unwrap_or(m).to_string();
+    let mut folded = Graph::new();
+    for (from, edges) in graph {
+        let entry = folded.entry(top(from)).or_default();
+        for (to, path) in edges {
+            if top(to) != top(from) {
+                entry
+                    .entry(top(to))
+                    .or_insert_with(|| format!("{from} → {to}: {path}"));
+            }
+        }
+    }
+    folded
+}
+
+/// The folding itself must find a cycle that runs through a folder's files.
+#[test]
+fn a_cycle_through_a_folder_is_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    write("lib.rs", "mod a; mod f;");
+    write("a.rs", "fn x() { crate::f::low::y() }");
+    write("f/mod.rs", "pub mod low; pub mod high;");
+    write("f/low.rs", "pub fn y() {}");
+    write("f/high.rs", "fn z() { crate::a::x() }");
+    let graph = module_graph(dir.path());
+    assert!(cycles(&graph).is_empty(), "file by file, no cycle");
+    assert_eq!(
+        cycles(&fold(&graph)),
+        vec![vec!["a".to_string(), "f".to_string()]]
+    );
+}
+
 /// Architecture invariant: `LAB_*` settings are read from the environment in settings.rs
 /// alone; everything else gets them as data.
 #[test]

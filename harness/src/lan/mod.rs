@@ -1,14 +1,14 @@
 //! The lab's LAN: a switch of our own that guests join through QEMU's `-netdev dgram` (unix
 //! datagram sockets, QEMU >= 7.2). No root, no host interface, no bridge on the host: frames
 //! travel between QEMU processes through this process only.
+//!
+//! A leaf: it knows ports, frames and cables, not hosts, guests or labs (`crate::lab` plugs
+//! guests into it), and imports nothing from above it.
 
 pub mod capture;
 pub mod delay_queue;
 pub mod impair;
-pub mod lab;
-pub mod script;
 pub mod switch;
-pub mod topology;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -73,12 +73,14 @@ struct Cable {
 }
 
 impl SwitchHandle {
-    /// Starts a switch with one port per policy; sockets live in `sockets`, captures in `captures`.
+    /// Starts a switch with one port per `(policy, impairment of its cable)`; sockets live in
+    /// `sockets`, captures in `captures`.
     pub fn start(
-        policies: &[PortPolicy],
+        ports_setup: &[(PortPolicy, Impairment)],
         sockets: &Path,
         captures: &Path,
     ) -> std::io::Result<Self> {
+        let policies: Vec<PortPolicy> = ports_setup.iter().map(|(p, _)| *p).collect();
         crate::private::dir_all(captures)?;
         let mut per_port = Vec::new();
         let mut ports = Vec::new();
@@ -93,12 +95,10 @@ impl SwitchHandle {
             per_port.push(Capture::create(&captures.join(format!("port{i}.pcap")))?);
         }
         let state = State {
-            switch: Switch::new(policies, Duration::from_secs(300)),
+            switch: Switch::new(&policies, Duration::from_secs(300)),
             all: Capture::create(&captures.join("switch.pcap"))?,
             per_port,
-            links: (0..policies.len())
-                .map(|_| Link::new(Impairment::default()))
-                .collect(),
+            links: ports_setup.iter().map(|(_, i)| Link::new(*i)).collect(),
         };
         let state = Arc::new(Mutex::new(state));
         let net = Net {
@@ -364,7 +364,7 @@ mod tests {
     async fn a_flood_over_a_ten_minute_delay_costs_the_cables_bound_and_is_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let switch = SwitchHandle::start(
-            &[PortPolicy::default(); 2],
+            &[(PortPolicy::default(), Impairment::default()); 2],
             dir.path(),
             &dir.path().join("captures"),
         )

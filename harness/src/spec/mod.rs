@@ -1,0 +1,283 @@
+//! One network model. Whatever describes a lab (a topology file, `lab run`'s flags, or
+//! [`crate::LabBuilder`] calls) is first a [`RawLan`]: what was written, each part with its
+//! [`Source`]. [`RawLan::resolve`] checks all of it once and gives a [`Spec`], which
+//! [`crate::Lab::boot`] boots and nothing else does:
+//!
+//! ```text
+//! topology file ─┐
+//! lab run flags ─┼─▶ RawLan (values + where each came from) ──resolve──▶ Spec ──▶ Lab::boot
+//! LabBuilder    ─┘                  every mistake refused here, naming its source
+//! ```
+//!
+//! A `Spec` cannot be made any other way, so whatever boots was checked: its hosts with their
+//! kernel, image, extras, NICs, addresses and routes; its segments (switches), each port with
+//! the policy and impairment it starts with. It holds no sources: the same LAN written three
+//! ways is the same `Spec`.
+
+pub mod file;
+mod raw;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+use crate::config::VmConfig;
+use crate::lan::impair::Impairment;
+use crate::lan::PortPolicy;
+
+pub use file::{Check, Probe, Topology};
+pub use raw::{
+    RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch, Sourced, DEFAULT_SWITCH,
+    MAX_HOSTS,
+};
+
+/// What a user adds to a guest beyond the base image. Everything is checked, and packages are
+/// fetched, before any guest boots ([`crate::Assets::vm_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Debian packages (same archive and release as the image), with their dependencies.
+    pub packages: Vec<String>,
+    /// Kernel modules `modprobe`d at boot, with what they depend on.
+    pub modules: Vec<String>,
+    /// Directories of out-of-tree modules (a `Kbuild` saying `obj-m := NAME.o` and its
+    /// sources), built on the host against the guests' kernel and `insmod`ed at boot after
+    /// [`Extras::modules`]; the `.ko` files are in `/lab-modules` too.
+    pub module_sources: Vec<PathBuf>,
+    /// A host directory copied to `/lab` in the guest.
+    pub dir: Option<PathBuf>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// NICs (`eth0`, `eth1`...), each its own switch port with its own cable: bonds and the
+    /// like.
+    pub nics: Option<u8>,
+}
+
+/// Where something a user wrote came from, named in its refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A line of a topology file.
+    Line {
+        file: std::sync::Arc<str>,
+        line: usize,
+    },
+    /// A command-line flag, as it is spelt (`--hosts`).
+    Flag(String),
+    /// A builder call, as it was written (`LabBuilder::host("h1")`).
+    Call(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Line { file, line: 0 } => write!(f, "{file}"),
+            Source::Line { file, line } => write!(f, "{file}:{line}"),
+            Source::Flag(flag) => write!(f, "{flag}"),
+            Source::Call(call) => write!(f, "{call}"),
+        }
+    }
+}
+
+/// A mistake in a lab's description, and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct SpecError {
+    pub at: Source,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(source: &Source, message: impl Into<String>) -> Self {
+        Self {
+            at: source.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The line of the file it is at, when it comes from a file.
+    pub fn line(&self) -> Option<usize> {
+        match self.at {
+            Source::Line { line, .. } => Some(line),
+            _ => None,
+        }
+    }
+}
+
+/// A lab, checked: what [`crate::Lab::boot`] boots. Made only by [`RawLan::resolve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Names the lab's run directory.
+    name: String,
+    hosts: Vec<HostSpec>,
+    segments: Vec<Segment>,
+    /// A flat LAN numbered as [`lan_addresses`] says, ready once its first host reaches every
+    /// other's `eth0`.
+    numbered: bool,
+}
+
+/// One guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    pub name: String,
+    /// A kernel of `kernels/kernels.toml` by id; `None` is the assets' own.
+    pub kernel: Option<String>,
+    pub image: Image,
+    pub extras: Extras,
+    /// A kernel problem on its console does not fail the run ([`crate::Policy::allow_splats`]).
+    pub allow_splats: bool,
+    /// Its kernel is scanned for leaks at the end ([`crate::Policy::kmemleak`]).
+    pub kmemleak: bool,
+    /// `eth0`, `eth1`...: where each is plugged in and what it is given.
+    pub nics: Vec<Nic>,
+    /// It routes between its NICs (IPv4 and IPv6 forwarding on).
+    pub forwarding: bool,
+    /// Commands run as root once every host has its addresses and routes, in order.
+    pub setup: Vec<String>,
+}
+
+/// What a guest boots.
+#[derive(Debug, Clone)]
+pub enum Image {
+    /// The base image.
+    Base,
+    /// The nest image, with room for this many VMs of its own ([`crate::Assets::nest_vm`]).
+    Nest { inner_vms: u32 },
+    /// A configuration made in code ([`crate::LabBuilder::host_config`]); its NICs are the
+    /// lab's to plug.
+    Given(Box<VmConfig>),
+}
+
+impl PartialEq for Image {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Image::Base, Image::Base) => true,
+            (Image::Nest { inner_vms: a }, Image::Nest { inner_vms: b }) => a == b,
+            // A configuration made in code is its own: equal only to itself.
+            (Image::Given(a), Image::Given(b)) => std::ptr::eq(&**a, &**b),
+            _ => false,
+        }
+    }
+}
+
+/// One NIC of a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The segment it is plugged into, and the port there.
+    pub segment: usize,
+    pub port: usize,
+    /// Its addresses, v4 and v6, with their prefix.
+    pub addresses: Vec<IpNet>,
+    /// Routes through a gateway on this NIC's subnets.
+    pub routes: Vec<Route>,
+}
+
+/// A static route: `to` (none: the default route of `via`'s family) through `via`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub to: Option<IpNet>,
+    pub via: IpAddr,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to {
+            Some(to) => write!(f, "{to} via {}", self.via),
+            None => write!(f, "default via {}", self.via),
+        }
+    }
+}
+
+/// One switch, or the two ends of a cable between two hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub name: String,
+    pub ports: Vec<Port>,
+}
+
+/// A switch port: which NIC it takes, and how it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    pub host: usize,
+    pub nic: u8,
+    pub policy: PortPolicy,
+    /// What its cable does to frames either way.
+    pub impairment: Impairment,
+}
+
+impl Spec {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same lab under another name (its run directory's).
+    pub fn named(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    pub fn numbered(&self) -> bool {
+        self.numbered
+    }
+
+    pub fn hosts(&self) -> &[HostSpec] {
+        &self.hosts
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The kernels its hosts boot beyond the assets' own, each once.
+    pub fn kernels(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.kernel.as_deref())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The first host's name: where `lab run` runs its job.
+    pub fn first_host(&self) -> &str {
+        &self.hosts[0].name
+    }
+
+    /// Gives the first host `dir` (copied to `/lab`), where a job runs.
+    pub fn with_dir_on_first(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.hosts[0].extras.dir = dir;
+        self
+    }
+
+    /// Every host's kernel watched for splats unless `allow_splats`, and for leaks if
+    /// `kmemleak`.
+    pub fn with_watch(mut self, allow_splats: bool, kmemleak: bool) -> Self {
+        for host in &mut self.hosts {
+            host.allow_splats |= allow_splats;
+            host.kmemleak |= kmemleak;
+        }
+        self
+    }
+}
+
+/// The /24 a flat lab numbers its guests in, as the seed does (`192.168.88.0/24`).
+pub const LAN_PREFIX: &str = "192.168.88";
+/// The IPv6 /64 beside it: a unique local prefix (`fd00:88::/64`), so nothing leaves it.
+pub const LAN_PREFIX6: &str = "fd00:88";
+
+/// The addresses the `n`-th host (from 0) of a numbered LAN has on `eth0`.
+pub fn lan_addresses(n: usize) -> [IpNet; 2] {
+    let v4 = format!("{LAN_PREFIX}.{}/24", n + 1);
+    // Decimal digits read as hex, as [`crate::Lab::ip6`] spells them: host 12 is `fd00:88::12`.
+    let v6 = format!("{LAN_PREFIX6}::{}/64", n + 1);
+    [
+        v4.parse().expect("a /24 of the LAN"),
+        v6.parse().expect("a /64 of the LAN"),
+    ]
+}
