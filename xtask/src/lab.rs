@@ -252,7 +252,7 @@ impl LanArgs {
             );
         }
         for source in &self.module_sources {
-            lab_kernels::build::check_source(source)?;
+            lab_kernels::kbuild::check_source(source)?;
         }
         Ok(())
     }
@@ -729,6 +729,166 @@ fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use lab_harness::{Extras, PortPolicy};
+
+    /// `lab run`'s LAN flags alone.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        lan: LanArgs,
+    }
+
+    fn flags(argv: &[&str]) -> LanArgs {
+        Flags::try_parse_from([&["lab run"], argv].concat())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .lan
+    }
+
+    /// The provisioned assets (`cargo xtask test` provisions before the tests run); the
+    /// builder only clones them here, nothing boots.
+    fn assets() -> Assets {
+        Assets::from_env().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One LAN written three ways, flags, a file and builder calls, is one `Spec`.
+    #[test]
+    fn the_same_lan_from_flags_a_file_and_the_builder_is_the_same_spec() {
+        let from_flags = flags(&[
+            "--hosts",
+            "3",
+            "--hairpin",
+            "--memory",
+            "512",
+            "--nics",
+            "2",
+            "--package",
+            "jq",
+            "--module",
+            "bonding",
+        ])
+        .spec()
+        .expect("valid");
+        let file = r#"
+[[switch]]
+name = "lan"
+hairpin = true
+
+[[host]]
+name = "host1"
+memory = 512
+nics = 2
+packages = ["jq"]
+modules = ["bonding"]
+
+[[host]]
+name = "host2"
+
+[[host]]
+name = "host3"
+"#;
+        let from_file = Topology::parse("lan.toml", file)
+            .expect("valid")
+            .spec
+            .named("lab-run");
+        let from_builder = Lab::builder(&assets(), "lab-run")
+            .host("host1")
+            .extras(Extras {
+                memory_mib: Some(512),
+                nics: Some(2),
+                packages: vec!["jq".into()],
+                modules: vec!["bonding".into()],
+                ..Extras::default()
+            })
+            .host("host2")
+            .host("host3")
+            .ports(PortPolicy::HAIRPIN)
+            .numbered()
+            .spec()
+            .expect("valid");
+        assert_eq!(from_flags, from_file);
+        assert_eq!(from_flags, from_builder);
+        // And it says what was asked: three numbered hosts, host1's two NICs, hairpin ports.
+        assert_eq!(from_flags.hosts().len(), 3);
+        assert_eq!(from_flags.hosts()[0].nics.len(), 2);
+        assert!(from_flags.segments()[0]
+            .ports
+            .iter()
+            .all(|p| p.policy.hairpin));
+        assert_eq!(
+            from_flags.hosts()[2].nics[0].addresses[0].to_string(),
+            "192.168.88.3/24"
+        );
+        // Not a vacuous equality: a change on one side shows.
+        assert_ne!(from_flags, flags(&["--hosts", "3"]).spec().expect("valid"));
+    }
+
+    /// A mistake is refused before anything boots, naming where it was written: a file's
+    /// line, a flag, a builder call.
+    #[test]
+    fn mistakes_are_refused_with_their_source_from_a_file_the_flags_and_the_builder() {
+        let file = Topology::parse(
+            "bad.toml",
+            "[[host]]\nname = \"a\"\n\n[[host]]\nname = \"a\"\n",
+        )
+        .expect_err("two hosts called a");
+        assert_eq!(
+            file.to_string(),
+            "bad.toml:5: host \"a\" twice (the first at bad.toml:2)"
+        );
+        let dir = flags(&["--dir", "/no/such/dir"])
+            .spec()
+            .expect_err("no such dir");
+        assert_eq!(
+            dir.to_string(),
+            "--dir: /no/such/dir: no such directory on this machine"
+        );
+        let source = flags(&["--module-source", "/no/such/module"])
+            .spec()
+            .expect_err("no such dir");
+        assert!(
+            source.to_string().starts_with("--module-source: "),
+            "{source}"
+        );
+        let builder = Lab::builder(&assets(), "t")
+            .host("a")
+            .host("a")
+            .spec()
+            .expect_err("twice");
+        assert_eq!(
+            builder.to_string(),
+            "LabBuilder::host(\"a\"): host \"a\" twice (the first at LabBuilder::host(\"a\"))"
+        );
+        let vlan = Lab::builder(&assets(), "t")
+            .host("a")
+            .ports(PortPolicy {
+                max_macs: Some(0),
+                ..PortPolicy::default()
+            })
+            .spec()
+            .expect_err("a cap of 0");
+        assert!(
+            vlan.to_string().starts_with("LabBuilder::ports(")
+                && vlan.to_string().contains("max_macs = 0 is out of range"),
+            "{vlan}"
+        );
+        let kernel = Lab::builder(&assets(), "t")
+            .host("a")
+            .with(|h| {
+                h.kernel = Some(lab_harness::spec::Sourced::new(
+                    "debian-5".into(),
+                    Source::Call("with(kernel)".into()),
+                ))
+            })
+            .spec()
+            .expect_err("no such kernel");
+        assert!(
+            kernel
+                .to_string()
+                .contains("is no kernel of kernels/kernels.toml"),
+            "{kernel}"
+        );
+    }
 
     #[test]
     fn shards_split_the_scenarios_between_them() {
