@@ -319,18 +319,18 @@ impl Assets {
 
     /// Where modules for this kernel are built: Debian's headers of its package (fetched into
     /// the cache on first use), or the user's own tree.
-    fn kernel_build(&self) -> Result<lab_kernels::build::KernelBuild> {
+    fn kernel_build(&self) -> Result<lab_kernels::kbuild::KernelBuild> {
         match &self.kernel.origin {
             lab_kernels::Origin::Debian {
                 package, version, ..
-            } => Ok(lab_kernels::build::KernelBuild::debian(
+            } => Ok(lab_kernels::kbuild::KernelBuild::debian(
                 &self.apt()?,
                 package,
                 version,
                 &self.cache_dir(),
             )
             .map_err(lab_rootfs::Error::from)?),
-            lab_kernels::Origin::Tree { dir, .. } => Ok(lab_kernels::build::KernelBuild::tree(
+            lab_kernels::Origin::Tree { dir, .. } => Ok(lab_kernels::kbuild::KernelBuild::tree(
                 dir,
                 &self.kernel.release,
             )),

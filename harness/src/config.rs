@@ -251,6 +251,132 @@ impl Machine {
     }
 }
 
+/// What every guest of a shape shares: what its saved state depends on, and so what
+/// [`crate::snapshot::key`] hashes. Made only by [`VmConfig::split`], which must place each
+/// field of [`VmConfig`] here or in [`Instance`]: a field added to either without being placed
+/// does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub nics: u8,
+    pub accel: Accel,
+    /// The TSC rate's band (10 MHz wide): every process measures the rate anew, and a restored
+    /// guest keeps its snapshot's.
+    pub tsc_band: Option<u32>,
+    pub qemu: Option<PathBuf>,
+    pub boot: Boot,
+    /// Plugged into switch ports (one per NIC) rather than nothing.
+    pub switched: bool,
+}
+
+/// What is each guest's own, beside its [`Shape`]: none of it is in a snapshot's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub mac: MacAddr,
+    pub tsc_khz: Option<u32>,
+    /// Its switch ports' sockets (none when isolated).
+    pub sockets: Vec<crate::lan::PortSockets>,
+    pub policy: Policy,
+    pub keep: Keep,
+}
+
+/// The width of a [`Shape::tsc_band`].
+const TSC_BAND_KHZ: u32 = 10_000;
+
+impl VmConfig {
+    /// Its shape and what is its own. Every field is named here, none by `..`: the compiler
+    /// makes a new one be put in one or the other.
+    pub fn split(&self) -> (Shape, Instance) {
+        let VmConfig {
+            name,
+            machine,
+            boot,
+            net,
+            policy,
+            keep,
+        } = self;
+        let Machine {
+            memory_mib,
+            cpus,
+            nics,
+            mac,
+            accel,
+            tsc_khz,
+            qemu,
+        } = machine;
+        let (switched, sockets) = match net {
+            NetBackend::Isolated => (false, Vec::new()),
+            NetBackend::Switch(ports) => (true, ports.clone()),
+        };
+        let shape = Shape {
+            memory_mib: *memory_mib,
+            cpus: *cpus,
+            nics: *nics,
+            accel: *accel,
+            tsc_band: tsc_khz.map(|khz| khz / TSC_BAND_KHZ),
+            qemu: qemu.clone(),
+            boot: boot.clone(),
+            switched,
+        };
+        let instance = Instance {
+            name: name.clone(),
+            mac: *mac,
+            tsc_khz: *tsc_khz,
+            sockets,
+            policy: policy.clone(),
+            keep: keep.clone(),
+        };
+        (shape, instance)
+    }
+
+    /// The guest of `shape` that `instance` is.
+    pub fn join(shape: Shape, instance: Instance) -> VmConfig {
+        VmConfig {
+            name: instance.name,
+            machine: Machine {
+                memory_mib: shape.memory_mib,
+                cpus: shape.cpus,
+                nics: shape.nics,
+                mac: instance.mac,
+                accel: shape.accel,
+                tsc_khz: instance.tsc_khz,
+                qemu: shape.qemu,
+            },
+            boot: shape.boot,
+            net: if shape.switched {
+                NetBackend::Switch(instance.sockets)
+            } else {
+                NetBackend::Isolated
+            },
+            policy: instance.policy,
+            keep: instance.keep,
+        }
+    }
+}
+
+impl Shape {
+    /// A guest of this shape that is no one in particular: what a snapshot's key renders.
+    pub fn anyone(&self) -> VmConfig {
+        let placeholder = crate::lan::PortSockets {
+            guest: "/port.guest".into(),
+            switch: "/port".into(),
+        };
+        VmConfig::join(
+            self.clone(),
+            Instance {
+                name: "snapshot".into(),
+                mac: MacAddr([0x02, 0, 0, 0, 0, 0]),
+                tsc_khz: self.tsc_band.map(|band| band * TSC_BAND_KHZ),
+                sockets: vec![placeholder; usize::from(self.nics)],
+                policy: Policy::for_accel(self.accel),
+                keep: Keep::default(),
+            },
+        )
+    }
+}
+
 impl Policy {
     /// Deadlines that suit `accel`: a TCG boot takes seconds where KVM's takes a fraction.
     pub fn for_accel(accel: Accel) -> Self {
@@ -283,6 +409,24 @@ mod tests {
 
     fn cfg() -> VmConfig {
         VmConfig::new("host1", Path::new("/k"), Path::new("/i"))
+    }
+
+    /// Two guests that differ only in what is their own have one shape; a difference in what
+    /// their saved state holds makes two. Split and joined, a configuration is itself.
+    #[test]
+    fn a_shape_is_what_guests_share_and_an_instance_what_is_their_own() {
+        let a = cfg();
+        let mut b = VmConfig::new("host2", Path::new("/k"), Path::new("/i"));
+        b.keep.console = true;
+        b.policy.command_timeout = Duration::from_secs(1);
+        assert_ne!(a.split().1, b.split().1);
+        assert_eq!(a.split().0, b.split().0);
+        b.machine.memory_mib += 32;
+        assert_ne!(a.split().0, b.split().0);
+        let (shape, instance) = a.split();
+        let again = VmConfig::join(shape, instance);
+        assert_eq!(again.split(), a.split());
+        assert_eq!(again.name, a.name);
     }
 
     #[test]

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 
 /// A QEMU process found in /proc.
 #[derive(Debug, Clone)]
-pub struct QemuProcess {
+pub struct FoundQemu {
     pub pid: u32,
     /// Its command line, arguments joined by spaces.
     pub cmdline: String,
 }
 
-impl QemuProcess {
+impl FoundQemu {
     /// Whether its environment holds `entry` (`NAME=value`) exactly. False once it is gone.
     pub fn env_has(&self, entry: &str) -> bool {
         std::fs::read(format!("/proc/{}/environ", self.pid))
@@ -24,12 +24,12 @@ impl QemuProcess {
 }
 
 /// Every `qemu-system-*` process this user can see, ours or not.
-pub fn qemu_processes() -> Vec<QemuProcess> {
+pub fn qemu_processes() -> Vec<FoundQemu> {
     processes()
         .into_iter()
         .filter_map(|p| {
             let cmdline = p.argv.join(" ");
-            cmdline.contains("qemu-system").then_some(QemuProcess {
+            cmdline.contains("qemu-system").then_some(FoundQemu {
                 pid: p.pid,
                 cmdline,
             })

@@ -1,22 +1,6 @@
-//! The host side of macvlan-lab: boots throwaway QEMU microVMs without root, controls them over
-//! QMP, and runs commands in them through the `lab` agent.
+#![doc = include_str!("../README.md")]
 //!
-//! Several guests on the lab's switch, one with a bad cable, as another crate would write it:
-//!
-//! ```no_run
-//! # async fn lan() -> lab_harness::Result<()> {
-//! use lab_harness::{Assets, Impairment, Lab};
-//! let assets = Assets::from_env()?;
-//! let lab = Lab::builder(&assets, "my-test").host("host1").host("host2").boot().await?;
-//! lab.number_hosts().await?;
-//! let slow = Impairment { delay: std::time::Duration::from_millis(50), ..Impairment::default() };
-//! lab.set_impairment("host2", slow)?;
-//! lab.vm("host1").succeed("ping -c 3 192.168.88.2").await?;
-//! lab.shutdown().await
-//! # }
-//! ```
-//!
-//! One guest:
+//! ## One guest
 //!
 //! Start at [`Vm::boot`]; tests read like the experiment:
 //!

@@ -296,11 +296,11 @@ impl<'h> InnerVm<'h> {
         let resume = crate::launch::resume_as(&self.spec.name, &[self.spec.mac]);
         match self.call(resume, self.spec.command_timeout).await {
             Ok(()) => Ok(()),
-            Err(CallError::Failed(e)) => Err(e),
-            Err(CallError::Refused(why)) => {
+            Err(InnerCallError::Failed(e)) => Err(e),
+            Err(InnerCallError::Refused(why)) => {
                 Err(self.error(Phase::Boot, format!("resume: {why}")).await)
             }
-            Err(CallError::NotThere | CallError::Deadline) => {
+            Err(InnerCallError::NotThere | InnerCallError::Deadline) => {
                 Err(self.error(Phase::Boot, "resume: no answer".into()).await)
             }
         }
@@ -386,12 +386,12 @@ impl<'h> InnerVm<'h> {
                 .clamp(Duration::from_secs(1), Duration::from_secs(10));
             match self.call(Hello, ask).await {
                 Ok(r) => return Ok(Some(r)),
-                Err(CallError::Refused(why)) => {
+                Err(InnerCallError::Refused(why)) => {
                     let msg = format!("answered hello with {why}");
                     return Err(fail(self.error(Phase::Boot, msg).await));
                 }
-                Err(CallError::NotThere | CallError::Deadline) => {}
-                Err(CallError::Failed(e)) => return Err(fail(e)),
+                Err(InnerCallError::NotThere | InnerCallError::Deadline) => {}
+                Err(InnerCallError::Failed(e)) => return Err(fail(e)),
             }
             let alive = self
                 .host
@@ -428,12 +428,12 @@ impl<'h> InnerVm<'h> {
         &self,
         call: C,
         within: Duration,
-    ) -> std::result::Result<C::Ok, CallError> {
+    ) -> std::result::Result<C::Ok, InnerCallError> {
         let reply = self.relay(call.into(), within).await?;
-        C::answer(reply).map_err(CallError::Refused)
+        C::answer(reply).map_err(InnerCallError::Refused)
     }
 
-    async fn relay(&self, op: Op, within: Duration) -> std::result::Result<Reply, CallError> {
+    async fn relay(&self, op: Op, within: Duration) -> std::result::Result<Reply, InnerCallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = lab_proto::encode(&Request { id, op });
         let relay = Cmd::argv([
@@ -444,17 +444,17 @@ impl<'h> InnerVm<'h> {
         ])
         .stdin(request)
         .timeout(within + Duration::from_secs(10));
-        let out = self.host.run(relay).await.map_err(CallError::Failed)?;
+        let out = self.host.run(relay).await.map_err(InnerCallError::Failed)?;
         match out.code {
             Some(0) => {}
-            Some(3) => return Err(CallError::NotThere),
-            Some(4) => return Err(CallError::Deadline),
+            Some(3) => return Err(InnerCallError::NotThere),
+            Some(4) => return Err(InnerCallError::Deadline),
             _ => {
                 let msg = format!(
                     "relaying to it failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
-                return Err(CallError::Failed(Error::guest(
+                return Err(InnerCallError::Failed(Error::guest(
                     &self.spec.name,
                     Phase::Command,
                     msg,
@@ -463,7 +463,7 @@ impl<'h> InnerVm<'h> {
         }
         let line = out.stdout.trim_ascii();
         let response: Response = lab_proto::decode(line, MAX_RESPONSE_BYTES).map_err(|e| {
-            CallError::Failed(Error::guest(
+            InnerCallError::Failed(Error::guest(
                 &self.spec.name,
                 Phase::Command,
                 format!("bad response: {e}"),
@@ -489,7 +489,7 @@ struct BootFailure {
     timed_out: bool,
 }
 
-enum CallError {
+enum InnerCallError {
     /// Nobody answered at the socket: the VM is not up yet, or gone.
     NotThere,
     Deadline,
@@ -511,17 +511,17 @@ impl Guest for InnerVm<'_> {
         let within = cmd.spec().timeout + Duration::from_secs(10);
         match self.call(cmd.spec().clone(), within).await {
             Ok(out) => Ok(out),
-            Err(CallError::Refused(why)) => Err(self
+            Err(InnerCallError::Refused(why)) => Err(self
                 .error(Phase::Command, format!("`{}`: {why}", cmd.describe()))
                 .await),
-            Err(CallError::Failed(e)) => Err(e),
-            Err(CallError::NotThere) => Err(self
+            Err(InnerCallError::Failed(e)) => Err(e),
+            Err(InnerCallError::NotThere) => Err(self
                 .error(
                     Phase::Command,
                     format!("`{}`: the VM is gone", cmd.describe()),
                 )
                 .await),
-            Err(CallError::Deadline) => Err(self
+            Err(InnerCallError::Deadline) => Err(self
                 .error(
                     Phase::Command,
                     format!("`{}`: no answer within {within:?}", cmd.describe()),

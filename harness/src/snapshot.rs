@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{InitrdLayer, MacAddr, NetBackend, VmConfig};
+use crate::config::{InitrdLayer, VmConfig};
 use crate::error::{Error, Result};
 use crate::qemu::{self, StatePaths};
 use crate::vm::Vm;
@@ -152,21 +152,11 @@ pub fn key(cfg: &VmConfig) -> Result<String> {
         identity(&binary)?,
         cfg.machine.accel
     );
-    // The command line of a guest of this shape, with what differs per guest made the same:
-    // name (and so hostname), MAC, socket paths. The TSC rate is measured anew by every
-    // process, so only its first digits count: a restored guest keeps its snapshot's rate.
-    let mut shape = cfg.clone();
-    shape.name = "snapshot".into();
-    shape.machine.mac = MacAddr([0x02, 0, 0, 0, 0, 0]);
-    shape.machine.tsc_khz = cfg.machine.tsc_khz.map(|khz| khz / 10_000 * 10_000);
-    if let NetBackend::Switch(ports) = &shape.net {
-        let placeholder = crate::lan::PortSockets {
-            guest: "/port.guest".into(),
-            switch: "/port".into(),
-        };
-        shape.net = NetBackend::Switch(vec![placeholder; ports.len()]);
-    }
-    for arg in qemu::args(&shape, &StatePaths::in_dir(Path::new("/state"))) {
+    // The command line of a guest of this shape who is no one in particular: what is each
+    // guest's own (name, MAC, sockets, the exact TSC rate) is in its `Instance`, which the
+    // type system makes every field of a configuration choose (`VmConfig::split`).
+    let (shape, _) = cfg.split();
+    for arg in qemu::args(&shape.anyone(), &StatePaths::in_dir(Path::new("/state"))) {
         text.push_str(&arg.to_string_lossy());
         text.push('\n');
     }

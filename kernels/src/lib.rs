@@ -4,10 +4,10 @@
 //! The output of this crate is a [`Kernel`]: a bzImage, its module tree, and where it came from.
 
 pub mod archive;
-pub mod build;
 pub mod cache;
 pub mod config;
 pub mod deb;
+pub mod kbuild;
 pub mod manifest;
 pub mod modules;
 pub mod tree;

@@ -160,7 +160,7 @@ fn install(dir: &Path, bzimage: &[u8], installed: &Path, cache: &Path) -> Result
         format!("INSTALL_MOD_PATH={}", staging.path().display()).into(),
         "DEPMOD=true".into(),
     ];
-    let out = crate::build::run_make(&args, &shown)?;
+    let out = crate::kbuild::run_make(&args, &shown)?;
     if !out.status.success() {
         return Err(Error::Command {
             what: shown,

@@ -24,7 +24,7 @@ fn stand_in_tree(dir: &Path, assets: &Assets) -> PathBuf {
         panic!("the suite's kernel is Debian's: {}", kernel.origin);
     };
     let apt = assets.apt().expect("apt");
-    let headers = lab_kernels::build::KernelBuild::debian(&apt, package, version, &assets.cache)
+    let headers = lab_kernels::kbuild::KernelBuild::debian(&apt, package, version, &assets.cache)
         .expect("Debian's headers");
     let tree = dir.join("linux");
     std::fs::create_dir_all(tree.join("arch/x86/boot")).expect("mkdir");
