@@ -138,9 +138,18 @@ async fn only_the_user_who_started_a_guest_can_reach_it() {
     }
     let agent = vm.state_dir().join("agent.sock");
     let qmp = vm.state_dir().join("qmp.sock");
-    let port = std::fs::read_dir(lab.sockets_dir())
+    // Each segment's sockets in a directory of its own, as private as the one above it.
+    let segments: Vec<_> = std::fs::read_dir(lab.sockets_dir())
         .expect("sockets")
         .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(!segments.is_empty(), "a directory per segment");
+    segments.iter().for_each(|d| assert_private(d));
+    let port = segments
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).expect("a segment's sockets").flatten())
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "sock"))
         .expect("a switch socket");
