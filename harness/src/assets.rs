@@ -114,21 +114,43 @@ impl Assets {
         Self::load_with(&path, settings)
     }
 
-    /// The assets of kernel `id` (of `kernels/kernels.toml`) beside these, with the same
-    /// settings and run directory: `assets-<id>.json`, which `cargo xtask provision --kernel
-    /// <id>` writes (and `cargo xtask lab` does for every kernel a lab names).
-    pub fn for_kernel(&self, id: &str) -> Result<Assets> {
-        if id == self.kernel.id {
-            return Ok(self.clone());
-        }
-        let path = self.dir.join(format!("assets-{id}.json"));
+    /// The assets of `kernel` beside these, with the same settings and run directory:
+    /// `assets-<id>.json` for a kernel of `kernels/kernels.toml`, `assets-tree.json` for a
+    /// tree's, as `cargo xtask provision --kernel <id>` (or `--kernel-tree <dir>`) writes them
+    /// (and `cargo xtask lab` does for every kernel a lab names).
+    pub fn for_kernel(&self, kernel: &crate::spec::Kernel) -> Result<Assets> {
+        use crate::spec::Kernel;
+        let (file, fix) = match kernel {
+            Kernel::Id(id) if *id == self.kernel.id => return Ok(self.clone()),
+            Kernel::Id(id) => (
+                format!("assets-{id}.json"),
+                format!("run `cargo xtask provision --kernel {id}`"),
+            ),
+            Kernel::Tree(dir) => (
+                "assets-tree.json".into(),
+                format!(
+                    "run `cargo xtask provision --kernel-tree {}`",
+                    dir.display()
+                ),
+            ),
+        };
+        let path = self.dir.join(file);
+        let missing = || Error::Missing {
+            what: format!("{kernel}'s assets ({})", path.display()),
+            fix: fix.clone(),
+        };
         if !path.exists() {
-            return Err(Error::Missing {
-                what: format!("kernel {id} (no {})", path.display()),
-                fix: format!("run `cargo xtask provision --kernel {id}`"),
-            });
+            return Err(missing());
         }
         let mut other = Self::load_with(&path, self.settings.clone())?;
+        if let (Kernel::Tree(dir), lab_kernels::Origin::Tree { dir: built, .. }) =
+            (kernel, &other.kernel.origin)
+        {
+            // assets-tree.json is the latest tree provisioned: another tree's is not this one.
+            if built.canonicalize().ok().as_ref() != Some(dir) {
+                return Err(missing());
+            }
+        }
         other.runs = self.runs.clone();
         Ok(other)
     }
@@ -259,7 +281,7 @@ impl Assets {
         }
         if let Some(dir) = &extras.dir {
             if !dir.is_dir() {
-                let what = format!("--dir {}: no such directory", dir.display());
+                let what = format!("the directory {}: no such directory", dir.display());
                 return Err(Error::invalid(
                     what,
                     "give the path of a directory on this machine",
@@ -285,7 +307,7 @@ impl Assets {
             let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.machine.memory_mib, cfg.name);
             return Err(Error::invalid(
                 what,
-                format!("give --memory {needed} or more"),
+                format!("give it {needed} MiB or more (`memory` of its [[host]], `--memory`, `Extras::memory_mib`)"),
             ));
         }
         Ok(())

@@ -143,10 +143,10 @@ impl ConfigError {
     pub fn fix(&self) -> String {
         match self {
             Self::Name(_) => "name it with up to 63 letters, digits and '-' (e.g. host1)".into(),
-            Self::Cpus(_) => format!("give --cpus between 1 and {MAX_CPUS}"),
-            Self::Nics(_) => format!("give --nics between 1 and {MAX_NICS}"),
+            Self::Cpus(_) => format!("give it between 1 and {MAX_CPUS} CPUs"),
+            Self::Nics(_) => format!("give it between 1 and {MAX_NICS} NICs"),
             Self::Memory(_) => {
-                format!("give --memory between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} (MiB)")
+                format!("give it between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB of memory")
             }
             Self::BootAttempts(_) => "give at least 1 boot attempt".into(),
         }

@@ -28,7 +28,7 @@ pub(crate) fn check_config_text(path: &Path, config: &str, release: &str) -> Res
     }
     Err(Error::invalid(
         format!(
-            "--kmemleak: kernel {release} was built without kmemleak ({OPTION} is not set in {}); \
+            "kmemleak: kernel {release} was built without kmemleak ({OPTION} is not set in {}); \
              none of Debian's kernels has it",
             path.display()
         ),

@@ -614,7 +614,7 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 /// watch.
 fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
     let assets = match &host.kernel {
-        Some(id) => assets.for_kernel(id)?,
+        Some(kernel) => assets.for_kernel(kernel)?,
         None => assets.clone(),
     };
     let mut cfg = match &host.image {
@@ -622,7 +622,10 @@ fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
         Image::Nest { inner_vms } => assets.nest_vm(&host.name, *inner_vms)?,
         Image::Given(cfg) => (**cfg).clone(),
     };
-    assets.apply(&mut cfg, &host.extras)?;
+    // A configuration made in code is booted as it was made, unless extras were added to it.
+    if !matches!(host.image, Image::Given(_)) || host.extras != crate::assets::Extras::default() {
+        assets.apply(&mut cfg, &host.extras)?;
+    }
     cfg.policy.allow_splats |= host.allow_splats;
     if host.kmemleak {
         // Asked for, kmemleak is checked to be in the kernel and turned on there: a policy

@@ -166,8 +166,8 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
 #[case::unknown_module(Extras { modules: vec!["bondingg".into()], ..Extras::default() }, &["no module 'bondingg'", "did you mean bonding"])]
 #[case::missing_dir(Extras { dir: Some(PathBuf::from("/nonexistent/selftests")), ..Extras::default() }, &["/nonexistent/selftests", "no such directory"])]
 #[case::memory_too_small(Extras { memory_mib: Some(48), ..Extras::default() }, &["48 MiB of memory is too small", "--memory"])]
-#[case::cpus(Extras { cpus: Some(0), ..Extras::default() }, &["0 CPUs", "--cpus"])]
-#[case::nics(Extras { nics: Some(9), ..Extras::default() }, &["9 NICs", "--nics between 1 and 8"])]
+#[case::cpus(Extras { cpus: Some(0), ..Extras::default() }, &["0 CPUs", "between 1 and 64 CPUs"])]
+#[case::nics(Extras { nics: Some(9), ..Extras::default() }, &["9 NICs", "between 1 and 8 NICs"])]
 fn bad_extras_are_refused_before_anything_boots(#[case] extras: Extras, #[case] said: &[&str]) {
     let started = std::time::Instant::now();
     let err = assets()

@@ -295,17 +295,25 @@ pub fn assets_for(
     provision: &crate::provision::ProvisionArgs,
 ) -> anyhow::Result<Assets> {
     let assets = Assets::load(&crate::provision::assets_path(provision)?)?;
-    let mut kernels: Vec<&str> = specs.iter().flat_map(|s| s.kernels()).collect();
+    let mut kernels: Vec<&lab_harness::spec::Kernel> =
+        specs.iter().flat_map(|s| s.kernels()).collect();
     kernels.sort_unstable();
     kernels.dedup();
-    for id in kernels {
-        if id != assets.kernel.id {
-            crate::provision::run(&crate::provision::ProvisionArgs {
-                kernel: Some(id.to_string()),
+    for kernel in kernels {
+        let args = match kernel {
+            lab_harness::spec::Kernel::Id(id) if *id == assets.kernel.id => continue,
+            lab_harness::spec::Kernel::Id(id) => crate::provision::ProvisionArgs {
+                kernel: Some(id.clone()),
                 beside: true,
                 ..Default::default()
-            })?;
-        }
+            },
+            lab_harness::spec::Kernel::Tree(dir) => crate::provision::ProvisionArgs {
+                kernel_tree: Some(dir.clone()),
+                beside: true,
+                ..Default::default()
+            },
+        };
+        crate::provision::run(&args)?;
     }
     Ok(assets)
 }

@@ -57,6 +57,17 @@ pub fn run(
                 topology.spec.hosts().len(),
                 topology.checks.len()
             );
+            // Which kernel a host of its own boots, said as `lab run` says the run's.
+            for host in topology.spec.hosts() {
+                if let Some(Ok(own)) = host.kernel.as_ref().map(|k| assets.for_kernel(k)) {
+                    crate::ui::status!(
+                        "lab test:   {} boots {} ({})",
+                        host.name,
+                        own.kernel.release,
+                        own.kernel.origin
+                    );
+                }
+            }
             results.push(test_file(&assets, file, topology, allow_kernel_splats).await);
         }
         results

@@ -101,6 +101,37 @@ fn a_kernel_tree_boots_with_its_modules_and_builds_module_sources_in_it() {
             "the run says which kernel it booted:\n{stderr}"
         );
     }
+    // One host of a lab on the tree's kernel, beside one on the suite's (a file's
+    // `kernel_tree`, relative to the file): in the same test, since the lab keeps one tree's
+    // build at a time.
+    let file = dir.path().join("tree-beside-debian.toml");
+    std::fs::write(
+        &file,
+        "[[host]]\nname = \"dev\"\nkernel_tree = \"linux\"\n\n[[host]]\nname = \"peer\"\n\n\
+         [[check]]\nhost = \"dev\"\nreachable = \"192.168.88.2\"\n\n\
+         [[check]]\nhost = \"peer\"\nrun = \"modprobe bonding\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["lab", "test"])
+        .arg(&file)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("xtask runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "dev boots {} (the tree {}",
+            assets.kernel.release,
+            tree.display()
+        )),
+        "the lab says dev booted the tree's kernel:\n{stderr}"
+    );
     let installs = std::fs::read_to_string(tree.join("installs.log")).unwrap_or_default();
     assert_eq!(
         installs.lines().count(),

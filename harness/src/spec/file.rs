@@ -108,6 +108,8 @@ struct FileSwitch {
 struct FileHost {
     name: Spanned<String>,
     kernel: Option<Spanned<String>>,
+    /// A built Linux tree whose kernel it boots; a relative path is relative to the file.
+    kernel_tree: Option<Spanned<PathBuf>>,
     memory: Option<Spanned<i64>>,
     cpus: Option<Spanned<i64>>,
     nics: Option<Spanned<i64>>,
@@ -331,6 +333,10 @@ fn to_raw(file: &File, lines: &Lines, base: &Path) -> Result<RawLan, SpecError> 
 fn host(h: &FileHost, lines: &Lines, base: &Path) -> RawHost {
     let mut raw = RawHost::new(lines.sourced(&h.name));
     raw.kernel = h.kernel.as_ref().map(|k| lines.sourced(k));
+    raw.kernel_tree = h
+        .kernel_tree
+        .as_ref()
+        .map(|t| Sourced::new(base.join(t.get_ref()), lines.of(t)));
     raw.memory = h.memory.as_ref().map(|v| lines.sourced(v));
     raw.cpus = h.cpus.as_ref().map(|v| lines.sourced(v));
     raw.nics = h.nics.as_ref().map(|v| lines.sourced(v));
@@ -905,6 +911,31 @@ impair = { delay_ms = 5 }
             .map(|(e, line, says)| format!("expected line {line} saying {says:?}, got {e}"))
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_kernel_tree_must_be_built_and_the_only_kernel_of_its_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[[host]]\nname = \"a\"\nkernel_tree = \"{}\"\n",
+            dir.path().display()
+        );
+        let e = error(&text);
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert!(e.to_string().contains("not a built kernel tree"), "{e}");
+        std::fs::create_dir_all(dir.path().join("arch/x86/boot")).expect("mkdir");
+        std::fs::write(dir.path().join("arch/x86/boot/bzImage"), "").expect("write");
+        let spec = Topology::parse("t.toml", &text).expect("built").spec;
+        let tree = dir.path().canonicalize().expect("canonical");
+        assert_eq!(
+            spec.hosts()[0].kernel,
+            Some(super::super::Kernel::Tree(tree))
+        );
+        let both = error(&format!("{text}kernel = \"debian-6.1\"\n"));
+        assert!(
+            both.to_string().contains("a host boots one kernel"),
+            "{both}"
+        );
     }
 
     mod fuzz {

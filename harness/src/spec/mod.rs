@@ -119,8 +119,8 @@ pub struct Spec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostSpec {
     pub name: String,
-    /// A kernel of `kernels/kernels.toml` by id; `None` is the assets' own.
-    pub kernel: Option<String>,
+    /// Its own kernel; `None` is the assets' own.
+    pub kernel: Option<Kernel>,
     pub image: Image,
     pub extras: Extras,
     /// A kernel problem on its console does not fail the run ([`crate::Policy::allow_splats`]).
@@ -133,6 +133,25 @@ pub struct HostSpec {
     pub forwarding: bool,
     /// Commands run as root once every host has its addresses and routes, in order.
     pub setup: Vec<String>,
+}
+
+/// A host's own kernel.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernel {
+    /// A kernel of `kernels/kernels.toml`, by id.
+    Id(String),
+    /// The kernel built in this Linux tree (its `arch/x86/boot/bzImage` and `make
+    /// modules_install`), as `--kernel-tree` boots it.
+    Tree(PathBuf),
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kernel::Id(id) => write!(f, "{id}"),
+            Kernel::Tree(dir) => write!(f, "the tree {}", dir.display()),
+        }
+    }
 }
 
 /// What a guest boots.
@@ -233,11 +252,11 @@ impl Spec {
     }
 
     /// The kernels its hosts boot beyond the assets' own, each once.
-    pub fn kernels(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self
+    pub fn kernels(&self) -> Vec<&Kernel> {
+        let mut ids: Vec<&Kernel> = self
             .hosts
             .iter()
-            .filter_map(|h| h.kernel.as_deref())
+            .filter_map(|h| h.kernel.as_ref())
             .collect();
         ids.sort_unstable();
         ids.dedup();

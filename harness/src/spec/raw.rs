@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::{
-    lan_addresses, Extras, HostSpec, Image, Nic, Port, Route, Segment, Source, Spec, SpecError,
+    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, Route, Segment, Source, Spec,
+    SpecError,
 };
 use crate::config::{VmConfig, MAX_CPUS, MAX_MEMORY_MIB, MAX_NICS, MIN_MEMORY_MIB};
 use crate::lan::impair::Impairment;
@@ -55,7 +56,10 @@ pub struct RawLan {
 #[derive(Debug, Clone)]
 pub struct RawHost {
     pub name: Sourced<String>,
+    /// A kernel of `kernels/kernels.toml` by id.
     pub kernel: Option<Sourced<String>>,
+    /// Or the kernel built in a Linux tree.
+    pub kernel_tree: Option<Sourced<PathBuf>>,
     /// MiB.
     pub memory: Option<Sourced<i64>>,
     pub cpus: Option<Sourced<i64>>,
@@ -82,6 +86,7 @@ impl RawHost {
         Self {
             name,
             kernel: None,
+            kernel_tree: None,
             memory: None,
             cpus: None,
             nics: None,
@@ -398,6 +403,21 @@ impl RawLan {
             let host = raw.host()?;
             nic_counts.push(host.1);
             hosts.push(host.0);
+        }
+        // The lab keeps one tree's build (`assets-tree.json`) at a time.
+        let mut trees = self.hosts.iter().filter_map(|h| h.kernel_tree.as_ref());
+        if let Some(first) = trees.next() {
+            let first_dir = first.value.canonicalize().ok();
+            if let Some(other) = trees.find(|t| t.value.canonicalize().ok() != first_dir) {
+                return Err(SpecError::new(
+                    &other.source,
+                    format!(
+                        "a second kernel tree (the first, {}, at {}): a lab boots at most one tree's kernel",
+                        first.value.display(),
+                        first.source
+                    ),
+                ));
+            }
         }
         let switches = self.switches()?;
         let plugs = self.plugs(&switches, &nic_counts)?;
@@ -770,9 +790,20 @@ impl RawHost {
             .as_ref()
             .map(|n| within("nics", n, 1..=i64::from(MAX_NICS), ""))
             .transpose()?;
-        if let Some(kernel) = &self.kernel {
-            check_kernel(kernel)?;
-        }
+        let kernel = match (&self.kernel, &self.kernel_tree) {
+            (Some(_), Some(tree)) => {
+                return Err(SpecError::new(
+                    &tree.source,
+                    "a host boots one kernel: give kernel (an id) or kernel_tree (a built tree), not both",
+                ))
+            }
+            (Some(id), None) => {
+                check_kernel(id)?;
+                Some(Kernel::Id(id.value.clone()))
+            }
+            (None, Some(tree)) => Some(Kernel::Tree(check_tree(tree)?)),
+            (None, None) => None,
+        };
         for source in &self.module_sources {
             if !source.value.is_dir() {
                 return Err(SpecError::new(
@@ -811,7 +842,7 @@ impl RawHost {
             .unwrap_or(1);
         let spec = HostSpec {
             name: name.clone(),
-            kernel: self.kernel.as_ref().map(|k| k.value.clone()),
+            kernel,
             image,
             extras: Extras {
                 packages: self.packages.clone(),
@@ -841,6 +872,26 @@ impl RawHost {
         };
         Ok((spec, nic_count))
     }
+}
+
+/// A built Linux tree (it has `arch/x86/boot/bzImage`), as an absolute path.
+fn check_tree(tree: &Sourced<PathBuf>) -> Result<PathBuf, SpecError> {
+    let dir = tree.value.canonicalize().map_err(|e| {
+        SpecError::new(
+            &tree.source,
+            format!("kernel_tree {}: {e}", tree.value.display()),
+        )
+    })?;
+    if !dir.join("arch/x86/boot/bzImage").is_file() {
+        return Err(SpecError::new(
+            &tree.source,
+            format!(
+                "kernel_tree {}: it is not a built kernel tree (no arch/x86/boot/bzImage): build it with `make`, its options from `cargo xtask kernel-config`",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 /// A kernel id `kernels/kernels.toml` knows.
