@@ -124,26 +124,39 @@ fn tmux(args: &[&str]) -> anyhow::Result<std::process::Command> {
 
 /// What a person reads before the prompt: each host, its address, how to reach the others.
 fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs, panes: Panes) -> String {
-    let first = lab.vms().first().map_or("host1", |vm| vm.name());
+    let first = lab.spec().first_host();
     let mut text = format!(
-        "\nmacvlan-lab shell: root on {first} ({}/24 on eth0), kernel {}\n",
-        lab.ip(first),
+        "\nmacvlan-lab shell: root on {first}, kernel {}\n",
         assets.kernel.release
     );
-    for vm in lab.vms().iter().skip(1) {
-        let switch = match &lan.topology {
-            Some(file) => format!("as {} says", file.display()),
-            None => format!(
-                "on the same switch (hairpin {})",
-                if lan.hairpin { "on" } else { "off" }
-            ),
-        };
+    if lan.topology.is_none() {
         text.push_str(&format!(
-            "  {:<6} {:<14} {switch}: ping {}\n",
-            vm.name(),
-            lab.ip(vm.name()),
-            lab.ip(vm.name())
+            "  every host's eth0 on one switch, hairpin {}\n",
+            if lan.hairpin { "on" } else { "off" }
         ));
+    }
+    // Each host's NICs as the spec plugged and numbered them: the lab's real network.
+    for host in lab.spec().hosts() {
+        let nics: Vec<String> = host
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(n, nic)| {
+                let addresses: Vec<String> =
+                    nic.addresses.iter().map(ToString::to_string).collect();
+                let segment = &lab.spec().segments()[nic.segment].name;
+                match addresses.is_empty() {
+                    true => format!("eth{n} on {segment}"),
+                    false => format!("{} on eth{n} ({segment})", addresses.join(" ")),
+                }
+            })
+            .collect();
+        let kernel = host
+            .kernel
+            .as_ref()
+            .map(|k| format!(", kernel {k}"))
+            .unwrap_or_default();
+        text.push_str(&format!("  {:<6} {}{kernel}\n", host.name, nics.join(", ")));
     }
     if let Some(dir) = &lan.dir {
         text.push_str(&format!(
