@@ -204,6 +204,20 @@ impl LanArgs {
         Ok(spec.with_watch(self.allow_kernel_splats, self.kmemleak))
     }
 
+    /// Says that a topology file's checks are not run by this command, which uses the rest of
+    /// the file: `lab test` runs them.
+    pub fn say_checks_not_run(&self) {
+        let Some(file) = &self.topology else { return };
+        let checks = Topology::load(file).map_or(0, |t| t.checks.len());
+        if checks > 0 {
+            crate::ui::status!(
+                "lab: the {checks} [[check]](s) of {} are not run here: `cargo xtask lab test {}` runs them",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+
     /// The flags as a [`RawLan`] (without --topology, which is a file's).
     pub fn raw(&self) -> RawLan {
         let flag = |f: &str| Source::Flag(f.into());
@@ -650,6 +664,7 @@ fn run_job(
     };
     lan.check()?;
     let spec = lan.spec()?;
+    lan.say_checks_not_run();
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = assets_for(&[&spec], &lan.provision)?;
     assets.runs = crate::runs::start("run")?;
