@@ -70,7 +70,7 @@ pub struct KernelAsset {
     pub origin: lab_kernels::Origin,
 }
 
-pub use crate::spec::Extras;
+pub use crate::spec::{Extras, Size};
 
 pub use crate::config::MAX_NICS;
 
@@ -250,20 +250,22 @@ impl Assets {
         cfg
     }
 
-    /// [`Assets::vm`] with `extras`: packages fetched (or found in the cache), modules and sizes
-    /// checked, the directory archived. Blocks while apt works (seconds, on a cold cache).
-    pub fn vm_with(&self, name: &str, extras: &Extras) -> Result<VmConfig> {
+    /// [`Assets::vm`] of `size` with `extras`: packages fetched (or found in the cache),
+    /// modules and sizes checked, the directory archived. Blocks while apt works (seconds, on a
+    /// cold cache).
+    pub fn vm_with(&self, name: &str, extras: &Extras, size: Size) -> Result<VmConfig> {
         let mut cfg = self.vm(name);
-        self.apply(&mut cfg, extras)?;
+        self.apply(&mut cfg, extras, size)?;
         Ok(cfg)
     }
 
-    /// Adds `extras` to a configuration made from these assets (a nest guest's, say).
-    pub fn apply(&self, cfg: &mut VmConfig, extras: &Extras) -> Result<()> {
-        if let Some(cpus) = extras.cpus {
+    /// Adds `extras` to a configuration made from these assets (a nest guest's, say) and
+    /// gives it `size`; memory left out grows to what the image and extras need.
+    pub fn apply(&self, cfg: &mut VmConfig, extras: &Extras, size: Size) -> Result<()> {
+        if let Some(cpus) = size.cpus {
             cfg.machine.cpus = cpus;
         }
-        if let Some(nics) = extras.nics {
+        if let Some(nics) = size.nics {
             cfg.machine.nics = nics;
         }
         cfg.validate()?;
@@ -293,11 +295,11 @@ impl Assets {
                     dir,
                 )?)));
         }
-        if let Some(memory) = extras.memory_mib {
+        if let Some(memory) = size.memory_mib {
             cfg.machine.memory_mib = memory;
         }
         let needed = self.memory_needed(cfg);
-        if extras.memory_mib.is_none() && u64::from(cfg.machine.memory_mib) < needed {
+        if size.memory_mib.is_none() && u64::from(cfg.machine.memory_mib) < needed {
             // Nobody chose the size: give what the layers need (in steps of 32 MiB, so that
             // near sizes share a snapshot shape) rather than refuse a size nobody asked for.
             let grown = needed.div_ceil(32) * 32;
@@ -307,7 +309,7 @@ impl Assets {
             let what = format!("{} MiB of memory is too small for guest {}: its image and layers need about {needed} MiB", cfg.machine.memory_mib, cfg.name);
             return Err(Error::invalid(
                 what,
-                format!("give it {needed} MiB or more (`memory` of its [[host]], `--memory`, `Extras::memory_mib`)"),
+                format!("give it {needed} MiB or more (`memory` of its [[host]], `--memory`, `Size::memory_mib`)"),
             ));
         }
         Ok(())

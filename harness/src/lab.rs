@@ -121,7 +121,16 @@ impl LabBuilder {
         self
     }
 
-    /// The last host added gets `extras` (packages, modules, a directory, its size).
+    /// The last host added is of `size` (CPUs, memory, NICs).
+    pub fn size(mut self, size: crate::assets::Size) -> Self {
+        if let Some(host) = self.raw.hosts.last_mut() {
+            let at = Self::call(format!("size({size:?}) of {:?}", host.name.value));
+            host.set_size(&size, &at);
+        }
+        self
+    }
+
+    /// The last host added gets `extras` (packages, modules, a directory).
     pub fn extras(mut self, extras: crate::assets::Extras) -> Self {
         if let Some(host) = self.raw.hosts.last_mut() {
             let at = Self::call(format!("extras(..) of {:?}", host.name.value));
@@ -623,8 +632,11 @@ fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
         Image::Given(cfg) => (**cfg).clone(),
     };
     // A configuration made in code is booted as it was made, unless extras were added to it.
-    if !matches!(host.image, Image::Given(_)) || host.extras != crate::assets::Extras::default() {
-        assets.apply(&mut cfg, &host.extras)?;
+    let given_as_made = matches!(host.image, Image::Given(_))
+        && host.extras == crate::assets::Extras::default()
+        && host.size == crate::assets::Size::default();
+    if !given_as_made {
+        assets.apply(&mut cfg, &host.extras, host.size)?;
     }
     cfg.policy.allow_splats |= host.allow_splats;
     if host.kmemleak {

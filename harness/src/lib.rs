@@ -48,7 +48,7 @@ pub mod vm;
 pub mod wait;
 
 pub use accel::Accel;
-pub use assets::{Assets, Extras, Runs};
+pub use assets::{Assets, Extras, Runs, Size};
 pub use boot::BootTally;
 pub use config::{
     BadMacAddr, Boot, ConfigError, InitrdLayer, Keep, MacAddr, Machine, NetBackend, Policy,

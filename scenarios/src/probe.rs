@@ -2,7 +2,7 @@
 //! the probes that turn "can A talk to B" into an observation.
 
 use lab_harness::{
-    Assets, Child, Cmd, Error, Extras, Guest, Lab, MacAddr, MacvlanMode, Phase, Result, Vm,
+    Assets, Child, Cmd, Error, Extras, Guest, Lab, MacAddr, MacvlanMode, Phase, Result, Size, Vm,
     VmConfig,
 };
 
@@ -42,6 +42,7 @@ pub(crate) async fn configs_with(
     assets: &Assets,
     names: &[&str],
     extras: &Extras,
+    size: Size,
 ) -> Result<Vec<VmConfig>> {
     let what = format!("provisioning {}", extras.packages.join(","));
     let (assets, extras) = (assets.clone(), extras.clone());
@@ -49,7 +50,7 @@ pub(crate) async fn configs_with(
     tokio::task::spawn_blocking(move || {
         names
             .iter()
-            .map(|name| assets.vm_with(name, &extras))
+            .map(|name| assets.vm_with(name, &extras, size))
             .collect()
     })
     .await

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lab_harness::{Assets, Cmd, Error, Extras, Lab, Phase, Result, Vm};
+use lab_harness::{Assets, Cmd, Error, Extras, Lab, Phase, Result, Size, Vm};
 
 use crate::expectations::ClaimThroughput;
 use crate::probe::configs_with;
@@ -162,12 +162,15 @@ impl Path {
 pub(crate) async fn throughput(assets: &Assets) -> Result<Observed<ClaimThroughput>> {
     let iperf = Extras {
         packages: vec!["iperf3".into()],
-        // iperf3 brings ~75 MiB of packages with it (adduser, so perl...), which the guest
-        // unpacks into its memory.
-        memory_mib: Some(384),
         ..Extras::default()
     };
-    let lab = configs_with(assets, &["host1", "peer"], &iperf)
+    // iperf3 brings ~75 MiB of packages with it (adduser, so perl...), which the guest
+    // unpacks into its memory.
+    let size = Size {
+        memory_mib: Some(384),
+        ..Size::default()
+    };
+    let lab = configs_with(assets, &["host1", "peer"], &iperf, size)
         .await?
         .into_iter()
         .fold(Lab::builder(assets, "claim-throughput"), |b, cfg| {

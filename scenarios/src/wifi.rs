@@ -4,7 +4,7 @@
 //! of its own, is the station that macvlan and ipvlan children hang off. Debian's cloud kernels
 //! leave wireless out, so this runs on the generic kernel ([`KERNEL`]).
 
-use lab_harness::{Assets, Child, Cmd, Extras, IpvlanMode, Lab, MacvlanMode, Result, Vm};
+use lab_harness::{Assets, Child, Cmd, Extras, IpvlanMode, Lab, MacvlanMode, Result, Size, Vm};
 
 use crate::expectations::ClaimWifi;
 use crate::probe::{configs_with, reach, refusal};
@@ -43,10 +43,13 @@ pub(crate) async fn wifi(assets: &Assets) -> Result<Observed<ClaimWifi>> {
         // hostapd pulls in ~75 MiB of packages; the guest unpacks them into its memory.
         packages: vec!["iw".into(), "hostapd".into()],
         modules: vec!["mac80211_hwsim".into()],
-        memory_mib: Some(512),
         ..Extras::default()
     };
-    let mut configs = configs_with(assets, &["host1"], &radio).await?;
+    let size = Size {
+        memory_mib: Some(512),
+        ..Size::default()
+    };
+    let mut configs = configs_with(assets, &["host1"], &radio, size).await?;
     let lab = Lab::builder(assets, "claim-wifi")
         .host_config(configs.remove(0))
         .boot()

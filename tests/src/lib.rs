@@ -70,10 +70,21 @@ pub fn ping_stats(out: &str) -> (Option<f64>, f64) {
 /// What `lab run --hosts N` boots with host1's options `extras`: host1..hostN on one switch,
 /// numbered, written as a builder's calls.
 pub fn lan(assets: &Assets, hosts: u8, extras: &lab_harness::Extras) -> lab_harness::Spec {
+    lan_of(assets, hosts, extras, lab_harness::Size::default())
+}
+
+/// [`lan`] with host1 of `size`.
+pub fn lan_of(
+    assets: &Assets,
+    hosts: u8,
+    extras: &lab_harness::Extras,
+    size: lab_harness::Size,
+) -> lab_harness::Spec {
     let builder = (2..=hosts).fold(
         lab_harness::Lab::builder(assets, "lab-run")
             .host("host1")
-            .extras(extras.clone()),
+            .extras(extras.clone())
+            .size(size),
         |b, i| b.host(&format!("host{i}")),
     );
     builder.numbered().spec().unwrap_or_else(|e| panic!("{e}"))

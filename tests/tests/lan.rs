@@ -559,17 +559,20 @@ fn received_bps(json: &str) -> f64 {
 /// carries about that much by iperf3's count, where the same cable unlimited carries well more.
 #[tokio::test]
 async fn a_rate_limited_cable_carries_the_rate_set_by_iperf3s_count() {
-    use lab_harness::{Extras, Impairment};
+    use lab_harness::{Extras, Impairment, Size};
     let assets = assets();
     let extras = Extras {
         packages: vec!["iperf3".into()],
-        memory_mib: Some(512),
         ..Extras::default()
+    };
+    let size = Size {
+        memory_mib: Some(512),
+        ..Size::default()
     };
     let builder = ["host1", "host2"]
         .iter()
         .fold(Lab::builder(&assets, "lan-rate"), |b, name| {
-            b.host_config(assets.vm_with(name, &extras).check())
+            b.host_config(assets.vm_with(name, &extras, size).check())
         });
     let lab = builder.boot().await.check();
     lab.number_hosts().await.check();

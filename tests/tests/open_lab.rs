@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab_harness::{Error, Extras, Stream, Verdict};
-use lab_harness::{Job, Spec};
+use lab_harness::{Job, Size, Spec};
 use lab_tests::{assets, assets_of, Check};
 use rstest::rstest;
 
@@ -70,13 +70,16 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
         modules: vec!["bonding".into()],
         module_sources: Vec::new(),
         dir: Some(dir.path().to_path_buf()),
+    };
+    let size = Size {
         cpus: Some(2),
         memory_mib: Some(320),
         nics: Some(2),
     };
     let mut streamed = (Vec::new(), Vec::new());
     let job = Job::Program(vec!["./check.sh".into(), exit.into()]);
-    let lab = lab_harness::Lab::boot(&assets(), lan(extras)).await.check();
+    let spec = lab_tests::lan_of(&assets(), 1, &extras, size);
+    let lab = lab_harness::Lab::boot(&assets(), spec).await.check();
     let out = job
         .run_on(
             lab.vm("host1"),
@@ -162,16 +165,20 @@ async fn a_missing_interpreter_is_named_with_the_fix() {
 
 /// Bad requests fail at once, naming the cause and the fix, before any guest boots.
 #[rstest]
-#[case::unknown_package(Extras { packages: vec!["jqq-no-such-package".into()], ..Extras::default() }, &["jqq-no-such-package", "Unable to locate package"])]
-#[case::unknown_module(Extras { modules: vec!["bondingg".into()], ..Extras::default() }, &["no module 'bondingg'", "did you mean bonding"])]
-#[case::missing_dir(Extras { dir: Some(PathBuf::from("/nonexistent/selftests")), ..Extras::default() }, &["/nonexistent/selftests", "no such directory"])]
-#[case::memory_too_small(Extras { memory_mib: Some(48), ..Extras::default() }, &["48 MiB of memory is too small", "--memory"])]
-#[case::cpus(Extras { cpus: Some(0), ..Extras::default() }, &["0 CPUs", "between 1 and 64 CPUs"])]
-#[case::nics(Extras { nics: Some(9), ..Extras::default() }, &["9 NICs", "between 1 and 8 NICs"])]
-fn bad_extras_are_refused_before_anything_boots(#[case] extras: Extras, #[case] said: &[&str]) {
+#[case::unknown_package(Extras { packages: vec!["jqq-no-such-package".into()], ..Extras::default() }, Size::default(), &["jqq-no-such-package", "Unable to locate package"])]
+#[case::unknown_module(Extras { modules: vec!["bondingg".into()], ..Extras::default() }, Size::default(), &["no module 'bondingg'", "did you mean bonding"])]
+#[case::missing_dir(Extras { dir: Some(PathBuf::from("/nonexistent/selftests")), ..Extras::default() }, Size::default(), &["/nonexistent/selftests", "no such directory"])]
+#[case::memory_too_small(Extras::default(), Size { memory_mib: Some(48), ..Size::default() }, &["48 MiB of memory is too small", "--memory"])]
+#[case::cpus(Extras::default(), Size { cpus: Some(0), ..Size::default() }, &["0 CPUs", "between 1 and 64 CPUs"])]
+#[case::nics(Extras::default(), Size { nics: Some(9), ..Size::default() }, &["9 NICs", "between 1 and 8 NICs"])]
+fn bad_extras_are_refused_before_anything_boots(
+    #[case] extras: Extras,
+    #[case] size: Size,
+    #[case] said: &[&str],
+) {
     let started = std::time::Instant::now();
     let err = assets()
-        .vm_with("host1", &extras)
+        .vm_with("host1", &extras, size)
         .expect_err("must be refused");
     assert!(
         matches!(err, Error::Invalid { .. } | Error::Image(_)),
@@ -211,11 +218,14 @@ async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kern
     let extras = Extras {
         packages: vec!["jq".into(), "coreutils".into()],
         dir: Some(selftests()),
-        memory_mib: Some(512),
         ..Extras::default()
     };
     let assets = assets_of(kernel);
-    let on = lab_tests::lan(&assets, 1, &extras);
+    let size = Size {
+        memory_mib: Some(512),
+        ..Size::default()
+    };
+    let on = lab_tests::lan_of(&assets, 1, &extras, size);
     let job = Job::Program(vec!["drivers/net/bonding/bond_macvlan_ipvlan.sh".into()]);
     let out = lab_tests::run_job_for(&assets, &job, on, Duration::from_secs(600))
         .await
@@ -322,7 +332,7 @@ fn a_module_that_does_not_compile_is_refused_with_the_compilers_words() {
         ..Extras::default()
     };
     let err = assets()
-        .vm_with("broken", &extras)
+        .vm_with("broken", &extras, Size::default())
         .expect_err("it does not compile")
         .to_string();
     let file = source.canonicalize().expect("path").join("broken.c");

@@ -424,7 +424,12 @@ fn extras(assets: &Assets, rt: &tokio::runtime::Runtime, pairs: usize) -> anyhow
     let (mut plain, mut extra) = (Vec::new(), Vec::new());
     for i in 0..pairs {
         plain.push(boot_to_ready(rt, || Ok(assets.vm(&format!("plain{i}"))))?.0);
-        extra.push(boot_to_ready(rt, || Ok(assets.vm_with(&format!("extras{i}"), &with)?))?.0);
+        extra.push(
+            boot_to_ready(rt, || {
+                Ok(assets.vm_with(&format!("extras{i}"), &with, Default::default())?)
+            })?
+            .0,
+        );
     }
     plain.sort();
     extra.sort();

@@ -817,11 +817,14 @@ name = "host3"
         let from_builder = Lab::builder(&assets(), "lab-run")
             .host("host1")
             .extras(Extras {
-                memory_mib: Some(512),
-                nics: Some(2),
                 packages: vec!["jq".into()],
                 modules: vec!["bonding".into()],
                 ..Extras::default()
+            })
+            .size(lab_harness::Size {
+                memory_mib: Some(512),
+                nics: Some(2),
+                ..Default::default()
             })
             .host("host2")
             .host("host3")

@@ -46,6 +46,12 @@ pub struct Extras {
     pub module_sources: Vec<PathBuf>,
     /// A host directory copied to `/lab` in the guest.
     pub dir: Option<PathBuf>,
+}
+
+/// A guest's size; what is left out is the default (memory: what its image and extras need,
+/// at least 256 MiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
     /// NICs (`eth0`, `eth1`...), each its own switch port with its own cable: bonds and the
@@ -122,6 +128,7 @@ pub struct HostSpec {
     /// Its own kernel; `None` is the assets' own.
     pub kernel: Option<Kernel>,
     pub image: Image,
+    pub size: Size,
     pub extras: Extras,
     /// A kernel problem on its console does not fail the run ([`crate::Policy::allow_splats`]).
     pub allow_splats: bool,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::{
-    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, Route, Segment, Source, Spec,
+    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, Route, Segment, Size, Source, Spec,
     SpecError,
 };
 use crate::config::{VmConfig, MAX_CPUS, MAX_MEMORY_MIB, MAX_NICS, MIN_MEMORY_MIB};
@@ -107,11 +107,18 @@ impl RawHost {
 }
 
 impl RawHost {
-    /// Gives it `extras`, each written at `at`.
-    pub fn set_extras(&mut self, extras: &Extras, at: &Source) {
+    /// Gives it `size`, each number written at `at`.
+    pub fn set_size(&mut self, size: &Size, at: &Source) {
         let number = |v: Option<u64>| {
             v.map(|v| Sourced::new(i64::try_from(v).unwrap_or(i64::MAX), at.clone()))
         };
+        self.cpus = number(size.cpus.map(u64::from));
+        self.memory = number(size.memory_mib.map(u64::from));
+        self.nics = number(size.nics.map(u64::from));
+    }
+
+    /// Gives it `extras`, each written at `at`.
+    pub fn set_extras(&mut self, extras: &Extras, at: &Source) {
         self.packages.clone_from(&extras.packages);
         self.modules.clone_from(&extras.modules);
         self.module_sources = extras
@@ -120,9 +127,6 @@ impl RawHost {
             .map(|s| Sourced::new(s.clone(), at.clone()))
             .collect();
         self.dir = extras.dir.clone().map(|d| Sourced::new(d, at.clone()));
-        self.cpus = number(extras.cpus.map(u64::from));
-        self.memory = number(extras.memory_mib.map(u64::from));
-        self.nics = number(extras.nics.map(u64::from));
     }
 }
 
@@ -853,6 +857,8 @@ impl RawHost {
                     .map(|s| s.value.clone())
                     .collect(),
                 dir: self.dir.as_ref().map(|d| d.value.clone()),
+            },
+            size: Size {
                 cpus: narrow(cpus),
                 memory_mib: narrow(memory),
                 nics: nics.and_then(|n| u8::try_from(n).ok()),
