@@ -243,7 +243,7 @@ impl Assets {
         cfg.boot.kernel_release = Some(self.kernel.release.clone());
         cfg.boot.modules_disk.clone_from(&self.modules_disk);
         cfg.keep.artifacts.clone_from(&self.settings.artifacts);
-        cfg.keep.snapshots = self
+        cfg.snapshots = self
             .settings
             .snapshots
             .then(|| self.cache_dir().join("snapshots"));

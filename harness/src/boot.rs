@@ -23,11 +23,11 @@ const MAX_UNPACK: usize = 16 << 20;
 
 impl Vm {
     /// Boots a guest and waits for its agent: from its shape's snapshot when there is one
-    /// (`cfg.keep.snapshots` names the store; `None` boots cold), else its kernel from scratch.
+    /// (`cfg.snapshots` names the store; `None` boots cold), else its kernel from scratch.
     /// Then loads `cfg.boot.modprobe` and `cfg.boot.insmod` ([`Phase::Setup`]).
     pub async fn boot(cfg: VmConfig) -> Result<Vm> {
         cfg.validate()?;
-        let vm = match &cfg.keep.snapshots {
+        let vm = match &cfg.snapshots {
             Some(store) => from_store(&cfg, store).await?,
             None => crate::launch::cold(&cfg, Memory::Anonymous).await?,
         };

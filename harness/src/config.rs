@@ -33,6 +33,9 @@ pub struct VmConfig {
     pub net: NetBackend,
     pub policy: Policy,
     pub keep: Keep,
+    /// The store of snapshots of guests' shapes ([`crate::snapshot`]) it restores from, or saves
+    /// its own shape's in; `None` boots cold.
+    pub snapshots: Option<PathBuf>,
 }
 
 /// The virtual hardware.
@@ -101,8 +104,6 @@ pub struct Keep {
     pub artifacts: Option<PathBuf>,
     /// Keep the console log in `artifacts` even when all went well (a kept run).
     pub console: bool,
-    /// Where snapshots of guest shapes are kept ([`crate::snapshot`]); `None` boots cold.
-    pub snapshots: Option<PathBuf>,
 }
 
 /// What the guest's `eth0` is plugged into.
@@ -175,6 +176,7 @@ impl VmConfig {
             net: NetBackend::Isolated,
             policy: Policy::for_accel(accel),
             keep: Keep::default(),
+            snapshots: None,
         }
     }
 
@@ -280,6 +282,7 @@ pub struct Instance {
     pub sockets: Vec<crate::lan::PortSockets>,
     pub policy: Policy,
     pub keep: Keep,
+    pub snapshots: Option<PathBuf>,
 }
 
 /// The width of a [`Shape::tsc_band`].
@@ -296,6 +299,7 @@ impl VmConfig {
             net,
             policy,
             keep,
+            snapshots,
         } = self;
         let Machine {
             memory_mib,
@@ -327,6 +331,7 @@ impl VmConfig {
             sockets,
             policy: policy.clone(),
             keep: keep.clone(),
+            snapshots: snapshots.clone(),
         };
         (shape, instance)
     }
@@ -352,6 +357,7 @@ impl VmConfig {
             },
             policy: instance.policy,
             keep: instance.keep,
+            snapshots: instance.snapshots,
         }
     }
 }
@@ -372,6 +378,7 @@ impl Shape {
                 sockets: vec![placeholder; usize::from(self.nics)],
                 policy: Policy::for_accel(self.accel),
                 keep: Keep::default(),
+                snapshots: None,
             },
         )
     }

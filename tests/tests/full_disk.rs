@@ -65,7 +65,7 @@ fn in_the_namespace(disk: &Path) {
     let assets = assets();
     let boot = |name: &str| {
         let mut cfg = assets.vm(name);
-        cfg.keep.snapshots = Some(store.clone());
+        cfg.snapshots = Some(store.clone());
         let vm = rt.block_on(Vm::boot(cfg)).check();
         assert_eq!(
             vm.boot_kind(),

@@ -345,7 +345,7 @@ async fn a_guest_with_two_nics_has_a_port_and_a_cable_per_nic_and_clones_their_o
         }
     }
     assert_ne!(lab.vm("host1").macs()[1], lab.vm("host2").macs()[1]);
-    if lab.vm("host1").config().keep.snapshots.is_some() {
+    if lab.vm("host1").config().snapshots.is_some() {
         assert!(
             ["host1", "host2"]
                 .iter()

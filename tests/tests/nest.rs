@@ -177,7 +177,7 @@ async fn saves_inner_vms(host: &Vm) -> bool {
         .check()
         .success();
     let kvm = host.run("test -w /dev/kvm").await.check().success();
-    let snapshots = host.config().keep.snapshots.is_some();
+    let snapshots = host.config().snapshots.is_some();
     assert_eq!(
         holds,
         kvm && snapshots,

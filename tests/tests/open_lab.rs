@@ -257,7 +257,7 @@ async fn an_image_that_does_not_fit_in_memory_fails_its_boot_with_the_fix() {
         .collect();
     std::fs::write(dir.path().join("big"), big).expect("write");
     let mut cfg = assets().vm("too-small");
-    cfg.keep.snapshots = None;
+    cfg.snapshots = None;
     cfg.boot
         .layers
         .push(lab_harness::InitrdLayer::Bytes(std::sync::Arc::new(

@@ -11,7 +11,7 @@ fn in_store(
     name: &str,
 ) -> lab_harness::VmConfig {
     let mut cfg = assets.vm(name);
-    cfg.keep.snapshots = Some(store.to_path_buf());
+    cfg.snapshots = Some(store.to_path_buf());
     cfg
 }
 
@@ -193,7 +193,7 @@ async fn a_broken_snapshot_is_named_booted_around_and_taken_again(
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_store_every_guest_boots_its_kernel() {
     let mut cfg = assets().vm("cold");
-    cfg.keep.snapshots = None;
+    cfg.snapshots = None;
     let vm = Vm::boot(cfg).await.check();
     assert_eq!(vm.boot_kind(), &BootKind::Cold);
     let dmesg = vm.succeed("dmesg | head -1").await.check();

@@ -193,7 +193,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let timed_nest = |name: &str| -> anyhow::Result<(Duration, lab_harness::BootKind)> {
             let mut cfg = nest.clone();
             cfg.name = name.into();
-            cfg.keep.snapshots = Some(nest_store.path().to_path_buf());
+            cfg.snapshots = Some(nest_store.path().to_path_buf());
             boot_to_ready(&rt, || Ok(cfg))
         };
         let (cold_nest, _) = timed_nest("nest-cold")?;
@@ -204,7 +204,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         let mut cfg = nest.clone();
         cfg.name = "nest-inner".into();
-        cfg.keep.snapshots = Some(nest_store.path().to_path_buf());
+        cfg.snapshots = Some(nest_store.path().to_path_buf());
         rt.block_on(inner_vms(cfg, counts.inner_vms))?;
     }
     lab_run(&assets_path, counts.lab_run_pairs)?;
@@ -264,7 +264,7 @@ fn boots(
             for i in round * parallel..((round + 1) * parallel).min(n) {
                 let mut cfg = assets.vm(&format!("{label}{i}"));
                 cfg.machine.memory_mib = args.memory;
-                cfg.keep.snapshots = store.map(std::path::Path::to_path_buf);
+                cfg.snapshots = store.map(std::path::Path::to_path_buf);
                 // One attempt: a hang must show up in the numbers, not be retried away.
                 cfg.policy.boot_attempts = 1;
                 set.spawn(async move {

@@ -35,7 +35,7 @@ pub fn soak(
             let mut set = tokio::task::JoinSet::new();
             for i in round * AT_ONCE..((round + 1) * AT_ONCE).min(n) {
                 let mut cfg = assets.vm(&format!("soak{i}"));
-                cfg.keep.snapshots = store.map(std::path::Path::to_path_buf);
+                cfg.snapshots = store.map(std::path::Path::to_path_buf);
                 cfg.policy.boot_attempts = 1;
                 set.spawn(one(cfg));
             }
@@ -93,7 +93,7 @@ async fn one(cfg: lab_harness::VmConfig) -> lab_harness::Result<(Duration, BootK
 /// (mounts, modules, the module disk) until the agent answers.
 pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> anyhow::Result<()> {
     let mut cfg = assets.vm("breakdown");
-    cfg.keep.snapshots = None;
+    cfg.snapshots = None;
     let vm = rt.block_on(Vm::boot(cfg))?;
     let total = vm.boot_time().as_secs_f64();
     let uptime = vm.ready_info().uptime_secs;
