@@ -420,13 +420,17 @@ impl Lab {
     /// The address [`Lab::number_hosts`] gives `name`: `192.168.88.<n>` for the n-th guest
     /// added (host1 .1, host2 .2...).
     pub fn ip(&self, name: &str) -> String {
-        format!("{LAN_PREFIX}.{}", self.index(name) + 1)
+        crate::spec::lan_addresses(self.index(name))[0]
+            .addr()
+            .to_string()
     }
 
     /// `name`'s IPv6 address on `eth0`: `fd00:88::N` in the LAN's unique local prefix (/64),
     /// N as in [`Lab::ip`]. Its link-local address is the kernel's, from its MAC.
     pub fn ip6(&self, name: &str) -> String {
-        format!("{LAN_PREFIX6}::{}", self.index(name) + 1)
+        crate::spec::lan_addresses(self.index(name))[1]
+            .addr()
+            .to_string()
     }
 
     /// Gives every guest its [`Lab::ip`] (/24) and [`Lab::ip6`] (/64) on `eth0` and waits until
@@ -437,18 +441,9 @@ impl Lab {
     pub async fn number_hosts(&self) -> Result<()> {
         // Every guest at once, each in one command: a command costs a guest ~0.1 s under TCG,
         // more right after a restore, when QEMU translates every code path anew.
-        let numbered = self.vms.iter().map(|vm| {
-            // Up, then wait in the guest until the kernel calls the link operational: frames
-            // queued before then may be dropped.
-            // `nodad`: the addresses are unique by construction, and duplicate detection would
-            // hold the v6 one back for a second or more.
-            vm.succeed(format!(
-                "ip addr add {}/24 dev eth0 && ip -6 addr add {}/64 dev eth0 nodad && ip link set eth0 up && \
-                 for i in $(seq 500); do [ \"$(cat /sys/class/net/eth0/operstate)\" = up ] && exit 0; sleep 0.02; done; \
-                 echo 'eth0 never became operational' >&2; exit 1",
-                self.ip(vm.name()),
-                self.ip6(vm.name())
-            ))
+        let numbered = self.vms.iter().enumerate().map(|(i, vm)| {
+            let lines = address_lines(&[(0, &crate::spec::lan_addresses(i)[..])]);
+            vm.succeed(Cmd::script(format!("set -e\n{}", lines.join("\n"))))
         });
         for result in futures::future::join_all(numbered).await {
             result?;
@@ -651,33 +646,47 @@ fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
     Ok(cfg)
 }
 
-/// The one command that gives `host` its addresses, brings their NICs up (waiting until the
-/// kernel calls each operational: frames queued before may be dropped), adds its routes and
-/// turns forwarding on; `None` when it has none of these.
-fn network_script(host: &HostSpec) -> Option<String> {
+/// Shell lines giving each NIC `(n, addresses)` (`eth<n>`) its addresses and bringing it up,
+/// then waiting until the kernel calls each operational (the kernel's linkwatch applies
+/// carrier up to a second after the link is set up; frames queued before may be dropped).
+fn address_lines(nics: &[(usize, &[ipnet::IpNet])]) -> Vec<String> {
     let mut lines = Vec::new();
-    let mut up = Vec::new();
-    for (n, nic) in host.nics.iter().enumerate() {
-        for a in &nic.addresses {
-            // `nodad`: duplicates are refused by the spec, and duplicate detection would hold a
-            // v6 address back for a second or more.
+    for &(n, addresses) in nics {
+        for a in addresses {
+            // `nodad`: addresses are unique (the spec refuses one twice; the LAN's are by
+            // construction), and duplicate detection would hold a v6 one back for a second or
+            // more.
             match a {
                 ipnet::IpNet::V4(_) => lines.push(format!("ip addr add {a} dev eth{n}")),
                 ipnet::IpNet::V6(_) => lines.push(format!("ip -6 addr add {a} dev eth{n} nodad")),
             }
         }
-        if !nic.addresses.is_empty() || !nic.routes.is_empty() {
-            lines.push(format!("ip link set eth{n} up"));
-            up.push(format!("eth{n}"));
-        }
+        lines.push(format!("ip link set eth{n} up"));
     }
-    if !up.is_empty() {
+    if !nics.is_empty() {
+        let names: Vec<String> = nics.iter().map(|(n, _)| format!("eth{n}")).collect();
         lines.push(format!(
             "for nic in {}; do i=0; until [ \"$(cat /sys/class/net/$nic/operstate)\" = up ]; do \
              i=$((i+1)); [ $i -gt 500 ] && {{ echo \"$nic never became operational\" >&2; exit 1; }}; sleep 0.02; done; done",
-            up.join(" ")
+            names.join(" ")
         ));
     }
+    lines
+}
+
+/// The one command that gives `host` its addresses, brings their NICs up (waiting until the
+/// kernel calls each operational: frames queued before may be dropped), adds its routes and
+/// turns forwarding on; `None` when it has none of these.
+fn network_script(host: &HostSpec) -> Option<String> {
+    // A NIC with routes but no address of its own is brought up too: its routes need it.
+    let addressed: Vec<(usize, &[ipnet::IpNet])> = host
+        .nics
+        .iter()
+        .enumerate()
+        .filter(|(_, nic)| !nic.addresses.is_empty() || !nic.routes.is_empty())
+        .map(|(n, nic)| (n, &nic.addresses[..]))
+        .collect();
+    let mut lines = address_lines(&addressed);
     for (n, nic) in host.nics.iter().enumerate() {
         for r in &nic.routes {
             let family = if r.via.is_ipv4() { "-4" } else { "-6" };

@@ -237,6 +237,7 @@ impl RawPort {
 
     /// The policy these settings make, checked by the switch's own rules.
     fn policy(&self) -> Result<PortPolicy, SpecError> {
+        // An id past u16 fits no `BadVlan`: refused here, in its words; the rest by the switch.
         let vlan = |v: &Sourced<i64>| {
             u16::try_from(v.value).map_err(|_| {
                 SpecError::new(
@@ -300,7 +301,7 @@ impl RawPort {
                     self.max_macs.as_ref().map_or(0, |m| m.value)
                 ),
                 BadPolicy::EmptyTrunk => "trunk = [] carries no VLAN: name at least one, or leave `trunk` out for a plain port".into(),
-                BadPolicy::Vlan(v) => format!("VLAN {} is not a VLAN id: give one from 1 to 4094", v.0),
+                BadPolicy::Vlan(v) => v.to_string(),
             };
             SpecError::new(at.unwrap_or(&Source::Call("PortPolicy".into())), message)
         })?;
