@@ -192,30 +192,23 @@ pub struct LanArgs {
 impl LanArgs {
     /// The lab these flags describe: a topology file's, or `--hosts` guests on one switch,
     /// numbered, host1 with its options. Checked as a file or a builder's would be, each
-    /// refusal naming its flag.
-    pub fn spec(&self) -> anyhow::Result<Spec> {
-        let spec = match &self.topology {
-            Some(file) => Topology::load(file)?
-                .spec
-                .named("lab-run")
-                .with_dir_on_first(self.dir.clone()),
-            None => self.raw().resolve()?,
+    /// refusal naming its flag. With it, how many `[[check]]`s its topology file carries.
+    fn resolve(&self) -> anyhow::Result<(Spec, usize)> {
+        let (spec, checks) = match &self.topology {
+            Some(file) => {
+                let topology = Topology::load(file)?;
+                let spec = topology
+                    .spec
+                    .named("lab-run")
+                    .with_dir_on_first(self.dir.clone());
+                (spec, topology.checks.len())
+            }
+            None => (self.raw().resolve()?, 0),
         };
-        Ok(spec.with_watch(self.allow_kernel_splats, self.kmemleak))
-    }
-
-    /// Says that a topology file's checks are not run by this command, which uses the rest of
-    /// the file: `lab test` runs them.
-    pub fn say_checks_not_run(&self) {
-        let Some(file) = &self.topology else { return };
-        let checks = Topology::load(file).map_or(0, |t| t.checks.len());
-        if checks > 0 {
-            crate::ui::status!(
-                "lab: the {checks} [[check]](s) of {} are not run here: `cargo xtask lab test {}` runs them",
-                file.display(),
-                file.display()
-            );
-        }
+        Ok((
+            spec.with_watch(self.allow_kernel_splats, self.kmemleak),
+            checks,
+        ))
     }
 
     /// The flags as a [`RawLan`] (without --topology, which is a file's).
@@ -255,9 +248,11 @@ impl LanArgs {
         lab
     }
 
-    /// What can be checked before provisioning, which takes seconds.
-    pub fn check(&self) -> anyhow::Result<()> {
-        self.spec()?;
+    /// The lab to boot, with what can be checked before provisioning (which takes seconds)
+    /// checked. A topology file's checks are not run by `lab run`, `shell` or `up`, which use
+    /// the rest of the file: it says so, and that `lab test` runs them.
+    pub fn checked(&self) -> anyhow::Result<Spec> {
+        let (spec, checks) = self.resolve()?;
         if let Some(dir) = &self.dir {
             anyhow::ensure!(
                 dir.is_dir(),
@@ -268,7 +263,14 @@ impl LanArgs {
         for source in &self.module_sources {
             lab_kernels::kbuild::check_source(source)?;
         }
-        Ok(())
+        if let (Some(file), 1..) = (&self.topology, checks) {
+            crate::ui::status!(
+                "lab: the {checks} [[check]](s) of {} are not run here: `cargo xtask lab test {}` runs them",
+                file.display(),
+                file.display()
+            );
+        }
+        Ok(spec)
     }
 
     /// What a person reads before the guests boot.
@@ -662,9 +664,7 @@ fn run_job(
         (Some(_), false) => anyhow::bail!("give a script or a program after `--`, not both"),
         (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     };
-    lan.check()?;
-    let spec = lan.spec()?;
-    lan.say_checks_not_run();
+    let spec = lan.checked()?;
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = assets_for(&[&spec], &lan.provision)?;
     assets.runs = crate::runs::start("run")?;
@@ -790,7 +790,7 @@ mod tests {
             "--module",
             "bonding",
         ])
-        .spec()
+        .checked()
         .expect("valid");
         let file = r#"
 [[switch]]
@@ -846,7 +846,10 @@ name = "host3"
             "192.168.88.3/24"
         );
         // Not a vacuous equality: a change on one side shows.
-        assert_ne!(from_flags, flags(&["--hosts", "3"]).spec().expect("valid"));
+        assert_ne!(
+            from_flags,
+            flags(&["--hosts", "3"]).checked().expect("valid")
+        );
     }
 
     /// A mistake is refused before anything boots, naming where it was written: a file's
@@ -863,14 +866,14 @@ name = "host3"
             "bad.toml:5: host \"a\" twice (the first at bad.toml:2)"
         );
         let dir = flags(&["--dir", "/no/such/dir"])
-            .spec()
+            .checked()
             .expect_err("no such dir");
         assert_eq!(
             dir.to_string(),
             "--dir: /no/such/dir: no such directory on this machine"
         );
         let source = flags(&["--module-source", "/no/such/module"])
-            .spec()
+            .checked()
             .expect_err("no such dir");
         assert!(
             source.to_string().starts_with("--module-source: "),

@@ -610,7 +610,7 @@ mod tests {
                 Ok(cli) => {
                     if let Command::Lab(lab) = cli.command {
                         if let Some(lab::LabCommand::Run { timeout, lan, .. }) = &lab.command {
-                            let _ = (timeout, lan.spec());
+                            let _ = (timeout, lan.checked());
                         }
                     }
                 }

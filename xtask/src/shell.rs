@@ -27,9 +27,7 @@ pub enum Panes {
 }
 
 pub fn run(lan: &LanArgs, panes: Panes) -> anyhow::Result<()> {
-    lan.check()?;
-    let spec = lan.spec()?;
-    lan.say_checks_not_run();
+    let spec = lan.checked()?;
     crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
     let mut assets = crate::lab::assets_for(&[&spec], &lan.provision)?;
     assets.runs = crate::runs::start("shell")?;
