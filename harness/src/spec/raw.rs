@@ -331,6 +331,25 @@ fn within(
     }
 }
 
+/// Refuses `name` when one of the `earlier` names of its `kind` (a host, a switch) is the same,
+/// naming where that one was written.
+fn named_once<'a>(
+    kind: &str,
+    name: &Sourced<String>,
+    mut earlier: impl Iterator<Item = &'a Sourced<String>>,
+) -> Result<(), SpecError> {
+    match earlier.find(|e| e.value == name.value) {
+        None => Ok(()),
+        Some(first) => Err(SpecError::new(
+            &name.source,
+            format!(
+                "{kind} {:?} twice (the first at {})",
+                name.value, first.source
+            ),
+        )),
+    }
+}
+
 /// `eth3` → 3, if the host has it.
 fn nic_index(name: &Sourced<String>, host: &str, nics: u8) -> Result<u8, SpecError> {
     name.value
@@ -393,18 +412,7 @@ impl RawLan {
         let mut hosts = Vec::new();
         let mut nic_counts = Vec::new();
         for (i, raw) in self.hosts.iter().enumerate() {
-            if let Some(first) = self.hosts[..i]
-                .iter()
-                .find(|h| h.name.value == raw.name.value)
-            {
-                return Err(SpecError::new(
-                    &raw.name.source,
-                    format!(
-                        "host {:?} twice (the first at {})",
-                        raw.name.value, first.name.source
-                    ),
-                ));
-            }
+            named_once("host", &raw.name, self.hosts[..i].iter().map(|h| &h.name))?;
             let host = raw.host()?;
             nic_counts.push(host.1);
             hosts.push(host.0);
@@ -452,18 +460,11 @@ impl RawLan {
                     ),
                 ));
             }
-            if let Some(first) = self.switches[..i]
-                .iter()
-                .find(|o| o.name.value == s.name.value)
-            {
-                return Err(SpecError::new(
-                    &s.name.source,
-                    format!(
-                        "switch {:?} twice (the first at {})",
-                        s.name.value, first.name.source
-                    ),
-                ));
-            }
+            named_once(
+                "switch",
+                &s.name,
+                self.switches[..i].iter().map(|o| &o.name),
+            )?;
             s.port.policy()?;
             out.push((s.name.value.clone(), s.port.clone()));
         }
