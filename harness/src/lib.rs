@@ -28,6 +28,7 @@ pub mod guest;
 pub mod host;
 pub mod job;
 pub mod kmemleak;
+pub mod ktap;
 pub mod lab;
 pub mod lan;
 pub mod launch;
