@@ -93,6 +93,10 @@ pub struct Policy {
     /// Scan with kmemleak when the job is done and fail on a leak (a kernel built with
     /// `CONFIG_DEBUG_KMEMLEAK`; see [`crate::kmemleak`]).
     pub kmemleak: bool,
+    /// A restored guest's kernel randomness comes from this seed (and its name) rather than
+    /// the host's: a rerun with the seed of a failure restores the same random state. A cold
+    /// boot's randomness is its kernel's own whatever this says.
+    pub seed: Option<u64>,
 }
 
 /// Where the guest's files go, and what is kept.
@@ -396,6 +400,7 @@ impl Policy {
             command_timeout: Duration::from_secs(60),
             allow_splats: false,
             kmemleak: false,
+            seed: None,
         }
     }
 }

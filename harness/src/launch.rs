@@ -49,7 +49,7 @@ pub(crate) async fn cold(cfg: &VmConfig, memory: Memory<'_>) -> Result<Vm> {
 /// name, MACs, clock and fresh randomness ([`resume_as`]). One attempt: the caller falls back
 /// to a cold boot.
 pub(crate) async fn restore(cfg: &VmConfig, state: &Path, memory: &Path) -> Result<Vm> {
-    let resume = resume_as(&cfg.name, &cfg.macs());
+    let resume = resume_as(&cfg.name, &cfg.macs(), cfg.policy.seed);
     let mut vm = launch(
         cfg,
         1,
@@ -194,16 +194,23 @@ impl Sockets {
 }
 
 /// What makes a restored guest (a lab guest, or an inner VM of a nest) the guest `hostname`
-/// with `macs`: entropy from this host, this host's time. Clones of one snapshot share its
-/// kernel's random state until they get this.
-pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr]) -> lab_proto::Resume {
-    let mut entropy = vec![0u8; 64];
-    // /dev/urandom does not fail on Linux once the host is up; zeros would still be refused by
-    // the guest if it did (fewer than 32 bytes read).
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
-    if read.is_err() {
-        entropy.clear();
-    }
+/// with `macs`: entropy from this host (or from `seed`, to repeat a run), this host's time.
+/// Clones of one snapshot share its kernel's random state until they get this.
+pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr], seed: Option<u64>) -> lab_proto::Resume {
+    let entropy = match seed {
+        Some(seed) => seeded_entropy(seed, hostname),
+        None => {
+            let mut entropy = vec![0u8; 64];
+            // /dev/urandom does not fail on Linux once the host is up; zeros would still be
+            // refused by the guest if it did (fewer than 32 bytes read).
+            let read =
+                std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
+            if read.is_err() {
+                entropy.clear();
+            }
+            entropy
+        }
+    };
     let unix_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -214,6 +221,16 @@ pub(crate) fn resume_as(hostname: &str, macs: &[MacAddr]) -> lab_proto::Resume {
         unix_nanos,
         entropy,
     }
+}
+
+/// 64 bytes that `seed` and `hostname` alone decide: the same for a rerun, another for each
+/// host of a lab. Not secret (a seeded run is for repeating, and its ssh keys follow from it).
+fn seeded_entropy(seed: u64, hostname: &str) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for b in hostname.bytes() {
+        rng = fastrand::Rng::with_seed(rng.u64(..) ^ u64::from(b));
+    }
+    (0..64).map(|_| rng.u8(..)).collect()
 }
 
 /// The kernel's "Initramfs unpacking failed: ..." line in a console log, if it is there.

@@ -293,7 +293,7 @@ impl<'h> InnerVm<'h> {
     /// Makes a VM restored from the saved one its own: fresh randomness, the time, its name
     /// and its MAC (the saved VM's until now; QEMU's NIC takes the new one from the guest).
     async fn resume(&self) -> Result<()> {
-        let resume = crate::launch::resume_as(&self.spec.name, &[self.spec.mac]);
+        let resume = crate::launch::resume_as(&self.spec.name, &[self.spec.mac], None);
         match self.call(resume, self.spec.command_timeout).await {
             Ok(()) => Ok(()),
             Err(InnerCallError::Failed(e)) => Err(e),
