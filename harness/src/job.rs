@@ -21,13 +21,14 @@ const SCRIPT: &str = "/run/lab-run.sh";
 
 impl Job {
     /// Runs on `vm` for at most `timeout`, in `/lab` if `in_dir` (the guest has a user's
-    /// directory) else `/root`. `output` is called with each piece of output, stdout and
+    /// directory) else `/root`, with `env` added to its environment. `output` is called with each piece of output, stdout and
     /// stderr apart, while it runs: all of it, in order (a slow `output` slows the job), and
     /// the result's `stdout` and `stderr` are empty ([`crate::Vm::run_streaming`]).
     pub async fn run_on(
         &self,
         vm: &Vm,
         in_dir: bool,
+        env: &[(String, String)],
         timeout: Duration,
         output: impl FnMut(Stream, &[u8]),
     ) -> Result<RunOutput> {
@@ -45,7 +46,9 @@ impl Job {
             Job::Program(argv) => Cmd::argv(argv.clone()),
         };
         let cwd = if in_dir { DIR_IN_GUEST } else { "/root" };
-        vm.run_streaming(cmd.cwd(cwd).timeout(timeout), output)
-            .await
+        let cmd = env
+            .iter()
+            .fold(cmd.cwd(cwd).timeout(timeout), |cmd, (k, v)| cmd.env(k, v));
+        vm.run_streaming(cmd, output).await
     }
 }

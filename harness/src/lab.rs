@@ -162,6 +162,20 @@ impl LabBuilder {
         self
     }
 
+    /// Every host reaches every other as root over ssh ([`crate::ssh`]).
+    pub fn ssh(mut self) -> Self {
+        self.raw.ssh = Some(Sourced::new(true, Self::call("ssh()".into())));
+        self
+    }
+
+    /// `host` is the remote end of the first host's drivers/net tests
+    /// ([`crate::spec::RemoteEnd`]); implies [`LabBuilder::ssh`].
+    pub fn remote(mut self, host: &str) -> Self {
+        let at = Self::call(format!("remote({host:?})"));
+        self.raw.remote = Some(Sourced::new(host.into(), at));
+        self
+    }
+
     /// What the calls describe, as written.
     pub fn raw(&self) -> &RawLan {
         &self.raw
@@ -188,7 +202,11 @@ impl Lab {
         let configs = spec
             .hosts()
             .iter()
-            .map(|h| host_config(assets, h))
+            .map(|h| {
+                let mut cfg = host_config(assets, h)?;
+                cfg.policy.seed = spec.seed();
+                Ok(cfg)
+            })
             .collect::<Result<Vec<_>>>()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -206,7 +224,17 @@ impl Lab {
             let ports: Vec<(PortPolicy, Impairment)> = segment
                 .ports
                 .iter()
-                .map(|p| (p.policy, p.impairment))
+                .enumerate()
+                .map(|(i, p)| {
+                    let seed = spec.impairment_seed(s, i);
+                    (
+                        p.policy,
+                        Impairment {
+                            seed,
+                            ..p.impairment
+                        },
+                    )
+                })
                 .collect();
             let dir = sockets.path().join(s.to_string());
             crate::private::dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -263,6 +291,10 @@ impl Lab {
             return Err(e);
         }
         lab.configure().await?;
+        if lab.spec.ssh() {
+            crate::ssh::connect(&lab.vms, &lab.spec).await?;
+        }
+        lab.prepare_remote().await?;
         lab.run_setup().await?;
         Ok(lab)
     }
@@ -270,17 +302,38 @@ impl Lab {
     /// Every host's addresses, routes and forwarding, all hosts at once; a numbered LAN is
     /// ready when its first host reaches every other.
     async fn configure(&self) -> Result<()> {
+        let names = self.spec.etc_hosts();
         let configured = self
             .vms
             .iter()
             .zip(self.spec.hosts())
-            .filter_map(|(vm, host)| network_script(host).map(|s| vm.succeed(Cmd::script(s))));
+            .filter_map(|(vm, host)| {
+                network_script(host, &names).map(|s| vm.succeed(Cmd::script(s)))
+            });
         for result in futures::future::join_all(configured).await {
             result?;
         }
         if self.spec.numbered() {
             self.settle(false).await?;
         }
+        Ok(())
+    }
+
+    /// With a remote end for the first host's drivers/net tests: its `net.config` written
+    /// where a copy of the selftests has `drivers/net`, and the connection to it opened, so
+    /// that a broken one fails here and the tests' first command is as fast as the rest.
+    async fn prepare_remote(&self) -> Result<()> {
+        let (Some((_, remote)), Some(config)) = (self.spec.remote(), self.spec.net_config()) else {
+            return Ok(());
+        };
+        let first = &self.vms[0];
+        let dir = format!("{}/drivers/net", crate::assets::DIR_IN_GUEST);
+        if first.run(Cmd::argv(["test", "-d", &dir])).await?.code == Some(0) {
+            first
+                .write_file(&format!("{dir}/net.config"), config, 0o644)
+                .await?;
+        }
+        first.succeed(Cmd::argv(["ssh", remote, "true"])).await?;
         Ok(())
     }
 
@@ -675,9 +728,9 @@ fn address_lines(nics: &[(usize, &[ipnet::IpNet])]) -> Vec<String> {
 }
 
 /// The one command that gives `host` its addresses, brings their NICs up (waiting until the
-/// kernel calls each operational: frames queued before may be dropped), adds its routes and
-/// turns forwarding on; `None` when it has none of these.
-fn network_script(host: &HostSpec) -> Option<String> {
+/// kernel calls each operational: frames queued before may be dropped), adds its routes, turns
+/// forwarding on and adds the lab's `names` to `/etc/hosts`; `None` when it has none of these.
+fn network_script(host: &HostSpec, names: &str) -> Option<String> {
     // A NIC with routes but no address of its own is brought up too: its routes need it.
     let addressed: Vec<(usize, &[ipnet::IpNet])> = host
         .nics
@@ -696,6 +749,10 @@ fn network_script(host: &HostSpec) -> Option<String> {
     if host.forwarding {
         lines.push("echo 1 > /proc/sys/net/ipv4/ip_forward".into());
         lines.push("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding".into());
+    }
+    if !names.is_empty() {
+        // Names and addresses the resolver checked: nothing in them a here-document reads.
+        lines.push(format!("cat >> /etc/hosts <<'EOF'\n{}EOF", names));
     }
     (!lines.is_empty()).then(|| format!("set -e\n{}", lines.join("\n")))
 }

@@ -44,6 +44,7 @@ pub mod session;
 pub mod settings;
 pub mod snapshot;
 pub mod spec;
+pub mod ssh;
 pub mod text;
 pub mod vm;
 pub mod wait;

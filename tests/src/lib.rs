@@ -112,10 +112,12 @@ pub async fn run_job_for(
     let lab = lab_harness::Lab::boot(assets, spec).await?;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let first = lab.spec().first_host().to_string();
+    let env = lab.spec().job_env();
     let out = job
         .run_on(
             lab.vm(&first),
             in_dir,
+            &env,
             timeout,
             |stream, bytes| match stream {
                 lab_harness::Stream::Stdout => stdout.extend_from_slice(bytes),

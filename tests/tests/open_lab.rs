@@ -84,6 +84,7 @@ async fn a_program_from_the_users_directory_gets_its_packages_modules_and_size(
         .run_on(
             lab.vm("host1"),
             true,
+            &[],
             Duration::from_secs(300),
             |stream, bytes| match stream {
                 Stream::Stdout => streamed.0.extend_from_slice(bytes),

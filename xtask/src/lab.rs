@@ -179,11 +179,26 @@ pub struct LanArgs {
     /// a kernel built with CONFIG_DEBUG_KMEMLEAK (--kernel-tree; Debian's have none).
     #[arg(long)]
     pub kmemleak: bool,
+    /// Every host reaches every other as root over ssh (`ssh host2 ip -br a`, `scp`), with keys
+    /// made for this lab and persistent connections.
+    #[arg(long)]
+    pub ssh: bool,
+    /// The host the selftests' drivers/net tests on host1 use as their remote end, over ssh
+    /// (implies --ssh): their variables (NETIF=eth0, LOCAL_V4..., REMOTE_TYPE=ssh,
+    /// REMOTE_ARGS=HOST) are in the job's environment and in --dir's drivers/net/net.config,
+    /// and both hosts get python3, ethtool, socat, iperf3 and jq, e.g.
+    /// `--hosts 2 --remote host2 --dir "$(cargo xtask selftests)" -- drivers/net/ping.py`.
+    #[arg(long, value_name = "HOST")]
+    pub remote: Option<String>,
+    /// The kernel host2..hostN boot (an id of kernels/kernels.toml), whatever host1's is: the
+    /// kernel under test (--kernel, --kernel-tree) beside a stable peer.
+    #[arg(long, value_name = "ID")]
+    pub peer_kernel: Option<String>,
     /// The LAN described in FILE (see examples/*.toml): hosts with their size, NICs, packages,
     /// modules and setup commands; each cable's VLANs and impairment (delay, loss...). Instead
     /// of --hosts, --hairpin, --nest and host1's options; the job runs on its first host, and
     /// --dir goes there.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["hosts", "hairpin", "nest", "packages", "modules", "module_sources", "cpus", "memory", "nics"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["hosts", "hairpin", "nest", "packages", "modules", "module_sources", "cpus", "memory", "nics", "ssh", "remote", "peer_kernel"])]
     pub topology: Option<PathBuf>,
     #[command(flatten)]
     pub provision: crate::provision::ProvisionArgs,
@@ -240,11 +255,18 @@ impl LanArgs {
         host1.nics = number(self.nics.map(u64::from), "--nics");
         lab.hosts.push(host1);
         for i in 2..=self.hosts.max(1) {
-            lab.hosts.push(RawHost::new(Sourced::new(
-                format!("host{i}"),
-                flag("--hosts"),
-            )));
+            let mut peer = RawHost::new(Sourced::new(format!("host{i}"), flag("--hosts")));
+            peer.kernel = self
+                .peer_kernel
+                .clone()
+                .map(|k| Sourced::new(k, flag("--peer-kernel")));
+            lab.hosts.push(peer);
         }
+        lab.ssh = self.ssh.then(|| Sourced::new(true, flag("--ssh")));
+        lab.remote = self
+            .remote
+            .clone()
+            .map(|r| Sourced::new(r, flag("--remote")));
         lab
     }
 
@@ -253,6 +275,10 @@ impl LanArgs {
     /// the rest of the file: it says so, and that `lab test` runs them.
     pub fn checked(&self) -> anyhow::Result<Spec> {
         let (spec, checks) = self.resolve()?;
+        anyhow::ensure!(
+            self.peer_kernel.is_none() || self.hosts > 1,
+            "--peer-kernel: it names the kernel of host2..hostN, and there is only host1: add --hosts 2"
+        );
         if let Some(dir) = &self.dir {
             anyhow::ensure!(
                 dir.is_dir(),
@@ -284,6 +310,14 @@ impl LanArgs {
         ];
         if self.nest {
             parts.push("host1 with the nest image".into());
+        }
+        if let Some(kernel) = &self.peer_kernel {
+            parts.push(format!("host2.. on {kernel}"));
+        }
+        match &self.remote {
+            Some(remote) => parts.push(format!("ssh, {remote} the drivers/net remote end")),
+            None if self.ssh => parts.push("ssh between the hosts".into()),
+            None => {}
         }
         if let Some(nics) = self.nics {
             parts.push(format!("host1 with {nics} NICs"));
@@ -704,8 +738,9 @@ fn run_job(
     let out = rt.block_on(crate::interrupt::unless_interrupted(async {
         let lab = Lab::boot(&assets, spec).await?;
         let first = lab.spec().first_host().to_string();
+        let env = lab.spec().job_env();
         let out = job
-            .run_on(lab.vm(&first), lan.dir.is_some(), timeout, show)
+            .run_on(lab.vm(&first), lan.dir.is_some(), &env, timeout, show)
             .await;
         lab.shutdown().await?;
         out

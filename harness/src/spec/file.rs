@@ -80,6 +80,10 @@ pub enum Probe {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// Every host reaches every other as root over ssh.
+    ssh: Option<Spanned<bool>>,
+    /// The host the first one's drivers/net tests use as their remote end (implies `ssh`).
+    remote: Option<Spanned<String>>,
     #[serde(rename = "switch", default)]
     switches: Vec<FileSwitch>,
     #[serde(rename = "host", default)]
@@ -315,6 +319,8 @@ fn to_raw(file: &File, lines: &Lines, base: &Path) -> Result<RawLan, SpecError> 
     // A file that gives no host an address is a flat LAN, numbered as `lab run --hosts`
     // numbers it.
     lab.numbered = file.hosts.iter().all(|h| h.addresses.is_none());
+    lab.ssh = file.ssh.as_ref().map(|s| lines.sourced(s));
+    lab.remote = file.remote.as_ref().map(|r| lines.sourced(r));
     for s in &file.switches {
         lab.switches.push(RawSwitch {
             name: lines.sourced(&s.name),
@@ -839,6 +845,59 @@ impair = { delay_ms = 5 }
             );
         }
         assert!(error("").to_string().contains("no [[host]]"));
+    }
+
+    #[test]
+    fn a_remote_end_gives_the_tests_their_variables_and_both_hosts_their_tools() {
+        let spec = Topology::parse(
+            "t.toml",
+            "remote = \"b\"\n[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n[[host]]\nname = \"c\"\n",
+        )
+        .expect("valid")
+        .spec;
+        assert!(spec.ssh(), "a remote end is reached over ssh");
+        assert_eq!(
+            spec.net_config().expect("a remote end"),
+            "# Written by macvlan-lab: this lab's remote end, over ssh\n\
+             NETIF=eth0\nLOCAL_V4=192.168.88.1\nREMOTE_V4=192.168.88.2\n\
+             LOCAL_V6=fd00:88::1\nREMOTE_V6=fd00:88::2\nREMOTE_TYPE=ssh\nREMOTE_ARGS=b\n"
+        );
+        let packages = |h: &str| spec.host(h).expect("host").extras.packages.clone();
+        for h in ["a", "b"] {
+            assert!(packages(h).contains(&"python3".to_string()), "{h}");
+            assert!(packages(h).contains(&"openssh-server".to_string()), "{h}");
+        }
+        assert!(!packages("c").contains(&"python3".to_string()));
+        assert!(packages("c").contains(&"openssh-client".to_string()));
+        let plain = Topology::parse("t.toml", "[[host]]\nname = \"a\"\n")
+            .expect("valid")
+            .spec;
+        assert!(!plain.ssh() && plain.net_config().is_none() && plain.job_env().is_empty());
+        assert!(plain.hosts()[0].extras.packages.is_empty());
+    }
+
+    #[test]
+    fn a_remote_end_that_cannot_be_one_is_refused_naming_its_line() {
+        let two = "[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n";
+        let cases = [
+            (format!("remote = \"a\"\n{two}"), "\"a\" is the host the tests run on"),
+            (format!("remote = \"z\"\n{two}"), "no host is called \"z\""),
+            (
+                format!("remote = \"b\"\n{two}addresses = {{ eth0 = [\"10.0.0.2/24\"] }}\n"),
+                "share no segment where both have an address",
+            ),
+            (
+                "remote = \"b\"\n[[host]]\nname = \"a\"\naddresses = { eth0 = [\"10.0.0.1/24\"] }\n\
+                 [[host]]\nname = \"b\"\naddresses = { eth0 = [\"fd00::2/64\"] }\n"
+                    .to_string(),
+                "no address family in common",
+            ),
+        ];
+        for (text, words) in cases {
+            let e = error(&text);
+            assert_eq!(e.line(), Some(1), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+        }
     }
 
     #[test]

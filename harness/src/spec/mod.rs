@@ -119,6 +119,56 @@ pub struct Spec {
     /// A flat LAN numbered as [`lan_addresses`] says, ready once its first host reaches every
     /// other's `eth0`.
     numbered: bool,
+    /// Every host reaches every other as root over ssh ([`crate::ssh`]).
+    ssh: bool,
+    /// The remote end of the first host's drivers/net tests.
+    remote: Option<RemoteEnd>,
+    /// Decides every random choice the lab makes (impairments without a seed of their own,
+    /// restored guests' kernel randomness): a run repeated with it is repeated as far as the
+    /// lab can. `None`: fresh randomness.
+    seed: Option<u64>,
+}
+
+/// Where the tests of the selftests' `drivers/net` find their remote end, in HW mode: the
+/// first host's NIC `netif` on a segment with `host`, and the addresses either has there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEnd {
+    /// The remote host's index.
+    pub host: usize,
+    /// The device under test, on the first host (`eth0`).
+    pub netif: String,
+    pub local_v4: Option<IpAddr>,
+    pub local_v6: Option<IpAddr>,
+    pub remote_v4: Option<IpAddr>,
+    pub remote_v6: Option<IpAddr>,
+}
+
+impl RemoteEnd {
+    /// The families both ends have: `(local, remote, "4" or "6")`.
+    pub fn pairs(&self) -> Vec<(IpAddr, IpAddr, &'static str)> {
+        let mut pairs = Vec::new();
+        if let (Some(l), Some(r)) = (self.local_v4, self.remote_v4) {
+            pairs.push((l, r, "4"));
+        }
+        if let (Some(l), Some(r)) = (self.local_v6, self.remote_v6) {
+            pairs.push((l, r, "6"));
+        }
+        pairs
+    }
+
+    /// The variables `drivers/net/README.rst` names (`NETIF`, `LOCAL_V4`...,
+    /// `REMOTE_TYPE=ssh`, `REMOTE_ARGS` the remote host's name), for the environment or
+    /// `net.config`; a family only one end has is left out, as the tests require.
+    pub fn variables(&self, remote_name: &str) -> Vec<(String, String)> {
+        let mut vars = vec![("NETIF".to_string(), self.netif.clone())];
+        for (local, remote, family) in self.pairs() {
+            vars.push((format!("LOCAL_V{family}"), local.to_string()));
+            vars.push((format!("REMOTE_V{family}"), remote.to_string()));
+        }
+        vars.push(("REMOTE_TYPE".into(), "ssh".into()));
+        vars.push(("REMOTE_ARGS".into(), remote_name.to_string()));
+        vars
+    }
 }
 
 /// One guest.
@@ -245,6 +295,48 @@ impl Spec {
         self.numbered
     }
 
+    /// Whether its hosts reach each other over ssh.
+    pub fn ssh(&self) -> bool {
+        self.ssh
+    }
+
+    /// The remote end of the first host's drivers/net tests, and its host's name.
+    pub fn remote(&self) -> Option<(&RemoteEnd, &str)> {
+        self.remote
+            .as_ref()
+            .map(|r| (r, self.hosts[r.host].name.as_str()))
+    }
+
+    /// Lines for `/etc/hosts`: every host's name at each of its addresses, so that `ssh host2`
+    /// and `ping host2` work from every host (`getent hosts host2` gives them all).
+    pub fn etc_hosts(&self) -> String {
+        let mut text = String::new();
+        for host in &self.hosts {
+            for a in host.nics.iter().flat_map(|n| &n.addresses) {
+                text.push_str(&format!("{} {}\n", a.addr(), host.name));
+            }
+        }
+        text
+    }
+
+    /// What a job on the first host finds in its environment: its remote end's variables
+    /// ([`RemoteEnd::variables`]), if it has one.
+    pub fn job_env(&self) -> Vec<(String, String)> {
+        self.remote()
+            .map(|(end, name)| end.variables(name))
+            .unwrap_or_default()
+    }
+
+    /// `drivers/net/net.config` for the first host's tests, when it has a remote end.
+    pub fn net_config(&self) -> Option<String> {
+        let (end, name) = self.remote()?;
+        let mut text = String::from("# Written by macvlan-lab: this lab's remote end, over ssh\n");
+        for (key, value) in end.variables(name) {
+            text.push_str(&format!("{key}={value}\n"));
+        }
+        Some(text)
+    }
+
     pub fn hosts(&self) -> &[HostSpec] {
         &self.hosts
     }
@@ -279,6 +371,27 @@ impl Spec {
     pub fn with_dir_on_first(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.hosts[0].extras.dir = dir;
         self
+    }
+
+    /// The lab's randomness decided by `seed` ([`Spec::seed`]).
+    pub fn with_seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// The seed of segment `segment`'s port `port`'s impairment: its own if it has one, else
+    /// one the lab's seed decides.
+    pub fn impairment_seed(&self, segment: usize, port: usize) -> Option<u64> {
+        let own = self.segments[segment].ports[port].impairment.seed;
+        own.or_else(|| {
+            let mut rng = fastrand::Rng::with_seed(self.seed?);
+            let mix = rng.u64(..) ^ ((segment as u64) << 32 | port as u64);
+            Some(fastrand::Rng::with_seed(mix).u64(..))
+        })
     }
 
     /// Every host's kernel watched for splats unless `allow_splats`, and for leaks if

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::{
-    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, Route, Segment, Size, Source, Spec,
-    SpecError,
+    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, RemoteEnd, Route, Segment, Size,
+    Source, Spec, SpecError,
 };
 use crate::config::{VmConfig, MAX_CPUS, MAX_MEMORY_MIB, MAX_NICS, MIN_MEMORY_MIB};
 use crate::lan::impair::Impairment;
@@ -50,6 +50,10 @@ pub struct RawLan {
     /// A flat LAN: each host's `eth0` on the first switch that is given no address gets the
     /// LAN's ([`super::lan_addresses`]: `192.168.88.N/24`, `fd00:88::N/64`).
     pub numbered: bool,
+    /// Every host reaches every other as root over ssh ([`crate::ssh`]).
+    pub ssh: Option<Sourced<bool>>,
+    /// The host the first one's drivers/net tests take as their remote end (implies `ssh`).
+    pub remote: Option<Sourced<String>>,
 }
 
 /// One guest as written.
@@ -389,6 +393,8 @@ impl RawLan {
             switches: Vec::new(),
             cables: Vec::new(),
             numbered: false,
+            ssh: None,
+            remote: None,
         }
     }
 
@@ -436,11 +442,26 @@ impl RawLan {
         let plugs = self.plugs(&switches, &nic_counts)?;
         let segments = self.segments(&switches, &plugs, &mut hosts)?;
         self.addresses(&mut hosts)?;
+        let remote = self.remote_end(&hosts)?;
+        let ssh = remote.is_some() || self.ssh.as_ref().is_some_and(|s| s.value);
+        if ssh {
+            for host in &mut hosts {
+                add_packages(&mut host.extras, crate::ssh::PACKAGES);
+            }
+        }
+        if let Some(remote) = &remote {
+            for h in [0, remote.host] {
+                add_packages(&mut hosts[h].extras, DRIVERS_NET_PACKAGES);
+            }
+        }
         Ok(Spec {
             name: self.name.clone(),
             hosts,
             segments,
             numbered: self.numbered,
+            ssh,
+            remote,
+            seed: None,
         })
     }
 
@@ -698,6 +719,84 @@ impl RawLan {
             }
         }
         Ok(())
+    }
+}
+
+/// What the tests of `drivers/net` run on either end, beyond ssh: `python3` and the YAML parser
+/// of its YNL library, and the tools they call (README.rst of the selftests).
+pub const DRIVERS_NET_PACKAGES: &[&str] = &[
+    "python3",
+    "python3-yaml",
+    "ethtool",
+    "socat",
+    "iperf3",
+    "jq",
+];
+
+/// Adds each of `packages` that `extras` lacks.
+fn add_packages(extras: &mut Extras, packages: &[&str]) {
+    for p in packages {
+        if !extras.packages.iter().any(|have| have == p) {
+            extras.packages.push((*p).to_string());
+        }
+    }
+}
+
+impl RawLan {
+    /// The remote end the first host's drivers/net tests use: a host on a segment the first
+    /// host is on, with an address of a family the first host has there.
+    fn remote_end(&self, hosts: &[HostSpec]) -> Result<Option<RemoteEnd>, SpecError> {
+        let Some(name) = &self.remote else {
+            return Ok(None);
+        };
+        let host = self.host_index(name)?;
+        let first = &hosts[0];
+        if host == 0 {
+            return Err(SpecError::new(
+                &name.source,
+                format!(
+                    "{:?} is the host the tests run on: the remote end is another host, e.g. {:?}",
+                    name.value,
+                    hosts.get(1).map_or("host2", |h| h.name.as_str())
+                ),
+            ));
+        }
+        let shared = first.nics.iter().enumerate().find_map(|(n, local)| {
+            let peer = hosts[host]
+                .nics
+                .iter()
+                .find(|p| p.segment == local.segment && !p.addresses.is_empty())?;
+            (!local.addresses.is_empty()).then_some((n, local, peer))
+        });
+        let Some((n, local, peer)) = shared else {
+            return Err(SpecError::new(
+                &name.source,
+                format!(
+                    "{:?} and {:?} share no segment where both have an address: plug a NIC of each into one switch and give them addresses",
+                    first.name, name.value
+                ),
+            ));
+        };
+        let of =
+            |nets: &[IpNet], v6: bool| nets.iter().map(IpNet::addr).find(|a| a.is_ipv6() == v6);
+        let end = RemoteEnd {
+            host,
+            netif: format!("eth{n}"),
+            local_v4: of(&local.addresses, false),
+            local_v6: of(&local.addresses, true),
+            remote_v4: of(&peer.addresses, false),
+            remote_v6: of(&peer.addresses, true),
+        };
+        if end.pairs().is_empty() {
+            return Err(SpecError::new(
+                &name.source,
+                format!(
+                    "{:?} and {:?} have no address family in common on their segment: give both v4 or both v6 addresses",
+                    first.name, name.value
+                ),
+            ));
+        }
+        Ok(Some(end))
     }
 }
 
