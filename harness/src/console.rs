@@ -80,7 +80,15 @@ impl Watch {
                     splats.push(Splat {
                         kind,
                         line: crate::text::printable(message_of(&line)),
+                        rip: None,
                     });
+                }
+            }
+        } else if let Some(rip) = message_of(&line).trim_start().strip_prefix("RIP: ") {
+            // Where the last problem happened, from the register dump that follows it.
+            if let Ok(mut splats) = self.splats.lock() {
+                if let Some(last) = splats.last_mut().filter(|s| s.rip.is_none()) {
+                    last.rip = Some(crate::text::printable(rip));
                 }
             }
         }
@@ -138,6 +146,77 @@ pub struct Splat {
     pub kind: SplatKind,
     /// The line as the kernel printed it, less its timestamp.
     pub line: String,
+    /// The `RIP: ` line of its register dump, if one followed (`0010:func+0x12/0x40`).
+    pub rip: Option<String>,
+}
+
+impl Splat {
+    /// What stays the same when the same problem happens again: its kind, its line and the
+    /// function it happened in, less what changes from one occurrence to the next (CPU and
+    /// PID numbers, timestamps, addresses, the code segment). Two splats with one fingerprint
+    /// are one finding.
+    pub fn fingerprint(&self) -> String {
+        let mut text = without_addresses(&without_cpu_and_pid(&self.line));
+        if let Some(rip) = &self.rip {
+            let at = rip.split_once(':').map_or(rip.as_str(), |(_, f)| f);
+            text.push_str(" @ ");
+            text.push_str(&without_addresses(at.trim()));
+        }
+        format!("{:?}: {text}", self.kind)
+    }
+}
+
+/// `WARNING: CPU: 1 PID: 42 at net/core/dev.c:1 f+0x1/0x2` → `WARNING: at net/core/dev.c:1 ...`;
+/// a hung task's `task kworker/0:1:42` → `task kworker/0:1`.
+fn without_cpu_and_pid(line: &str) -> String {
+    let mut words: Vec<&str> = Vec::new();
+    let mut it = line.split_whitespace().peekable();
+    while let Some(word) = it.next() {
+        if matches!(word, "CPU:" | "PID:") && it.peek().is_some_and(|n| n.parse::<u64>().is_ok()) {
+            it.next();
+            continue;
+        }
+        words.push(word);
+    }
+    let mut text = words.join(" ");
+    if let Some(at) = text.find("INFO: task ") {
+        // `INFO: task NAME:PID blocked ...`: the PID is the part after the last colon.
+        let start = at + "INFO: task ".len();
+        if let Some(end) = text[start..].find(' ').map(|e| start + e) {
+            if let Some(colon) = text[start..end].rfind(':').map(|c| start + c) {
+                if text[colon + 1..end].chars().all(|c| c.is_ascii_digit()) {
+                    text.replace_range(colon..end, "");
+                }
+            }
+        }
+    }
+    text
+}
+
+/// Each address-like number (eight or more hex digits, with or without `0x`) as `<addr>`;
+/// a function's offset and size (`+0x12/0x40`) stay, they are what names the place.
+fn without_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let digits = word.strip_prefix("0x").unwrap_or(word);
+        if digits.len() >= 8 && digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            out.push_str("<addr>");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// The kind of trouble `line` (a console line, maybe `[   12.345678] `-stamped) reports, if any.
@@ -309,6 +388,62 @@ pub fn tail_of(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn splat(line: &str, rip: Option<&str>) -> Splat {
+        Splat {
+            kind: splat_kind(line).expect("a splat"),
+            line: message_of(line).to_string(),
+            rip: rip.map(str::to_string),
+        }
+    }
+
+    /// The same problem twice is one fingerprint, whatever CPU, PID, time and addresses it
+    /// came with; another place or function is another.
+    #[test]
+    fn the_same_splat_twice_is_one_fingerprint() {
+        let first = splat(
+            "[   12.345678] WARNING: CPU: 0 PID: 321 at lab_warn.c:9 lab_warn_init+0x15/0x1000 [lab_warn]",
+            Some("0010:lab_warn_init+0x15/0x1000 [lab_warn]"),
+        );
+        let again = splat(
+            "[  101.000001] WARNING: CPU: 1 PID: 4242 at lab_warn.c:9 lab_warn_init+0x15/0x1000 [lab_warn]",
+            Some("0033:lab_warn_init+0x15/0x1000 [lab_warn]"),
+        );
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert_eq!(
+            first.fingerprint(),
+            "Warning: WARNING: at lab_warn.c:9 lab_warn_init+0x15/0x1000 [lab_warn] @ lab_warn_init+0x15/0x1000 [lab_warn]"
+        );
+        let elsewhere = splat(
+            "WARNING: CPU: 0 PID: 321 at lab_warn.c:12 lab_warn_exit+0x15/0x1000 [lab_warn]",
+            None,
+        );
+        assert_ne!(first.fingerprint(), elsewhere.fingerprint());
+        let null = |address: &str, pid: u32| {
+            splat(
+                &format!("BUG: kernel NULL pointer dereference, address: {address}"),
+                Some(&format!("0010:macvlan_broadcast+0x{pid:x}/0x200")),
+            )
+        };
+        assert_eq!(
+            null("0000000000000008", 0x2a).fingerprint(),
+            null("0000000000000010", 0x2a).fingerprint(),
+            "the faulting address differs, the place does not"
+        );
+        assert_ne!(
+            null("0000000000000008", 0x2a).fingerprint(),
+            null("0000000000000008", 0x2b).fingerprint(),
+            "another offset is another place"
+        );
+        let hung = |pid: u32| {
+            splat(
+                &format!("INFO: task kworker/0:1:{pid} blocked for more than 120 seconds."),
+                None,
+            )
+            .fingerprint()
+        };
+        assert_eq!(hung(17), hung(4711));
+    }
     use std::io::Write;
 
     #[test]
