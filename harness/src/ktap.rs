@@ -295,6 +295,90 @@ fn unique(subtests: Vec<Subtest>) -> Vec<Subtest> {
         .collect()
 }
 
+/// The KTAP lines of a job's output as it streams, in bounded memory whatever the output's
+/// size: every version, plan, result and bail-out line, and the last [`KEPT_DIAGNOSTICS`]
+/// other lines before each result (its reasons). Results past [`MAX_KEPT`] bytes are not
+/// dropped silently: [`Collector::finish`] reports them as an error.
+#[derive(Debug, Default)]
+pub struct Collector {
+    kept: String,
+    partial: Vec<u8>,
+    recent: std::collections::VecDeque<String>,
+    overflowed: u64,
+}
+
+/// Lines of context kept before each result.
+pub const KEPT_DIAGNOSTICS: usize = 16;
+/// Bytes of KTAP lines kept (a run of a million subtests' results fits).
+pub const MAX_KEPT: usize = 64 << 20;
+/// The longest line read whole; past it a line is cut (no KTAP line is that long).
+const MAX_LINE: usize = 64 << 10;
+
+impl Collector {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            self.take(&rest[..end]);
+            let line = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            self.line(line);
+            rest = &rest[end + 1..];
+        }
+        self.take(rest);
+    }
+
+    fn take(&mut self, piece: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&piece[..piece.len().min(room)]);
+    }
+
+    fn line(&mut self, line: String) {
+        let (_, text) = indent_of(&line);
+        match classify(text) {
+            Line::Other | Line::Diagnostic(_) => {
+                if self.recent.len() == KEPT_DIAGNOSTICS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(line);
+            }
+            _ => {
+                let recent: Vec<String> = self.recent.drain(..).collect();
+                for l in recent.into_iter().chain([line]) {
+                    if self.kept.len() + l.len() < MAX_KEPT {
+                        self.kept.push_str(&l);
+                        self.kept.push('\n');
+                    } else {
+                        self.overflowed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The subtests, as [`parse`] reads them from the kept lines; `None` when the output was
+    /// not KTAP.
+    pub fn finish(mut self) -> Option<Vec<Subtest>> {
+        if !self.partial.is_empty() {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            self.line(line);
+        }
+        let mut subtests = parse(&self.kept)?;
+        if self.overflowed > 0 {
+            subtests.push(Subtest {
+                name: "results past the limit".into(),
+                outcome: Outcome::Error,
+                reason: Some(format!(
+                    "{} KTAP line(s) came after {MAX_KEPT} bytes of them and were not read",
+                    self.overflowed
+                )),
+                diagnostics: Vec::new(),
+            });
+        }
+        Some(subtests)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +500,26 @@ ok 2 second
     fn output_that_is_not_ktap_has_no_subtests() {
         assert_eq!(parse("hello\n# a comment\nok then\n"), None);
         assert_eq!(parse(""), None);
+    }
+
+    /// However the output is cut into pieces and however much else it holds, the collector
+    /// reads what [`parse`] reads from the whole.
+    #[test]
+    fn the_collector_reads_streamed_output_as_parse_reads_it_whole() {
+        let mut text = String::from("KTAP version 1\n1..2\n");
+        for i in 0..10_000 {
+            text.push_str(&format!("noise line {i}\n"));
+        }
+        text.push_str("# why it failed\nnot ok 1 first\n  1..1\n  ok 1 inner\nok 2 second");
+        let mut collector = Collector::default();
+        for piece in text.as_bytes().chunks(7) {
+            collector.feed(piece);
+        }
+        let streamed = collector.finish().expect("KTAP");
+        let whole = parse(&text).expect("KTAP");
+        assert_eq!(streamed, whole);
+        assert_eq!(streamed[0].diagnostics, ["why it failed"]);
+        assert_eq!(streamed.len(), 2);
     }
 
     #[test]

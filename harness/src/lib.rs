@@ -24,6 +24,7 @@ mod cmd;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod flaky;
 pub mod guest;
 pub mod host;
 pub mod job;
