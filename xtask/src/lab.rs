@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lab_harness::assets::DIR_IN_GUEST;
 use lab_harness::spec::{RawHost, RawLan, RawPort, RawSwitch, Source, Sourced, DEFAULT_SWITCH};
-use lab_harness::{Assets, Job, Lab, Spec, Stream, Topology, Verdict};
+use lab_harness::{Assets, Spec, Topology};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -56,6 +56,8 @@ pub enum LabCommand {
         /// and not whichever `runs/latest` names.
         #[arg(long, value_name = "FILE", hide = true)]
         run_dir_to: Option<PathBuf>,
+        #[command(flatten)]
+        repeats: crate::lab_run::Repeats,
         /// A program and its arguments, started in --dir's copy (/lab) when there is one: a
         /// relative path is taken from there.
         #[arg(last = true, value_name = "PROGRAM")]
@@ -375,14 +377,16 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             timeout,
             lan,
             run_dir_to,
+            repeats,
             program,
-        }) => run_job(
-            script.as_deref(),
+        }) => crate::lab_run::run(&crate::lab_run::RunArgs {
+            script: script.as_deref(),
             program,
-            Duration::from_secs(*timeout),
+            timeout: Duration::from_secs(*timeout),
             lan,
-            run_dir_to.as_deref(),
-        ),
+            run_dir_to: run_dir_to.as_deref(),
+            repeats,
+        }),
         Some(LabCommand::Shell { lan }) => crate::shell::run(lan, crate::shell::Panes::None),
         Some(LabCommand::Up {
             file,
@@ -681,114 +685,11 @@ fn failed(report: &lab_scenarios::Report) -> Vec<&str> {
         .collect()
 }
 
-/// `lab run`: the job's output goes to our stdout and stderr as it comes; we exit with its code.
-fn run_job(
-    script: Option<&Path>,
-    program: &[String],
-    timeout: Duration,
-    lan: &LanArgs,
-    run_dir_to: Option<&Path>,
-) -> anyhow::Result<()> {
-    let job = match (script, program.is_empty()) {
-        (Some(path), true) => {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            Job::Script(text)
-        }
-        (None, false) => Job::Program(program.to_vec()),
-        (Some(_), false) => anyhow::bail!("give a script or a program after `--`, not both"),
-        (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
-    };
-    let spec = lan.checked()?;
-    crate::hosttools::ensure(crate::hosttools::Purpose::Lab)?;
-    let mut assets = assets_for(&[&spec], &lan.provision)?;
-    assets.runs = crate::runs::start("run")?;
-    if let Some(file) = run_dir_to {
-        std::fs::write(file, format!("{}\n", assets.runs.dir.display()))
-            .map_err(|e| anyhow::anyhow!("--run-dir-to {}: {e}", file.display()))?;
-    }
-    let what = match &job {
-        Job::Script(_) => script.map(|p| p.display().to_string()).unwrap_or_default(),
-        Job::Program(argv) => argv.join(" "),
-    };
-    crate::ui::status!(
-        "lab: running {what} on {}: {}",
-        if lan.topology.is_some() {
-            spec.first_host().to_string()
-        } else {
-            "host1 (192.168.88.1)".into()
-        },
-        lan.describe()
-    );
-    let before = crate::leaks::HostFootprint::take();
-    let rt = tokio::runtime::Runtime::new()?;
-    // Straight to the descriptors, past std's buffers (flushed first): a write that waits for
-    // a reader gives up when the run is interrupted.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    let show = |stream: Stream, bytes: &[u8]| {
-        use std::os::fd::AsFd;
-        match stream {
-            Stream::Stdout => {
-                crate::interrupt::write_unless_interrupted(std::io::stdout().as_fd(), bytes)
-            }
-            Stream::Stderr => {
-                crate::interrupt::write_unless_interrupted(std::io::stderr().as_fd(), bytes)
-            }
-        }
-    };
-    let out = rt.block_on(crate::interrupt::unless_interrupted(async {
-        let lab = Lab::boot(&assets, spec).await?;
-        let first = lab.spec().first_host().to_string();
-        let env = lab.spec().job_env();
-        let out = job
-            .run_on(lab.vm(&first), lan.dir.is_some(), &env, timeout, show)
-            .await;
-        lab.shutdown().await?;
-        out
-    }));
-    drop(rt);
-    let out = out??;
-    let leaks = crate::leaks::HostFootprint::take().leaked_since(&before);
-    anyhow::ensure!(
-        leaks.is_empty(),
-        "the run left things behind:\n  {}",
-        leaks.join("\n  ")
-    );
-    crate::ui::status!(
-        "lab: captures and consoles of this run are in {}",
-        crate::runs::shown(&assets.runs).display()
-    );
-    if out.timed_out {
-        anyhow::bail!("{what} timed out after {timeout:?} (give more with --timeout SECONDS)");
-    }
-    // Whatever its exit code: a run whose output did not all arrive did not pass.
-    anyhow::ensure!(
-        !out.truncated,
-        "some of {what}'s output was lost on the way (the guest sent more than the host let it); its exit code was {:?}",
-        out.code
-    );
-    let code = match (out.code, out.signal) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => {
-            eprintln!("lab: {what} was killed by signal {signal}");
-            128 + signal
-        }
-        (None, None) => 1,
-    };
-    match out.verdict() {
-        Verdict::Skip => eprintln!(
-            "lab: {what} skipped (exit 4, kselftest's KSFT_SKIP): not a pass, not a failure"
-        ),
-        Verdict::Fail if out.signal.is_none() => eprintln!("lab: {what} exited with {code}"),
-        _ => {}
-    }
-    std::process::exit(code);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-    use lab_harness::{Extras, PortPolicy};
+    use lab_harness::{Extras, Lab, PortPolicy};
 
     /// `lab run`'s LAN flags alone.
     #[derive(clap::Parser)]

@@ -10,6 +10,7 @@ mod cpu_by_test;
 mod hosttools;
 mod interrupt;
 mod lab;
+mod lab_run;
 mod lab_test;
 mod leaks;
 mod provision;
