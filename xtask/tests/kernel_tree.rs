@@ -101,6 +101,61 @@ fn a_kernel_tree_boots_with_its_modules_and_builds_module_sources_in_it() {
             "the run says which kernel it booted:\n{stderr}"
         );
     }
+    // The kernel under test beside a stable peer: host1 on the tree, host2 on debian-6.1,
+    // the selftests' drivers/net/ping.py between them over ssh; the run's summary names both
+    // kernels.
+    let selftests = std::env::var("LAB_SELFTESTS")
+        .unwrap_or_else(|_| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
+    let run_dir_file = dir.path().join("run-dir");
+    let out = lab_run(
+        &tree,
+        &[
+            "--hosts",
+            "2",
+            "--peer-kernel",
+            "debian-6.1",
+            "--remote",
+            "host2",
+            "--dir",
+            &selftests,
+            "--run-dir-to",
+            run_dir_file.to_str().expect("utf-8"),
+            "--",
+            "drivers/net/ping.py",
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("ok 3 ping.test_tcp"),
+        "{stdout}\n{stderr}"
+    );
+    let run_dir = std::fs::read_to_string(&run_dir_file).expect("the run's directory");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(run_dir.trim()).join("summary.json"))
+            .expect("summary.json"),
+    )
+    .expect("JSON");
+    let kernels: Vec<&str> = summary["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["kernel"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        kernels.len() == 2
+            && kernels[0].contains(&format!("the tree {}", tree.display()))
+            && kernels[1].contains("linux-image-6.1.0-"),
+        "{kernels:?}"
+    );
+    assert!(
+        stderr.contains("host1 boots") && stderr.contains("host2 boots"),
+        "the run says which kernel each host boots:\n{stderr}"
+    );
+    assert_eq!(summary["passed"], true, "{summary}");
+
     // One host of a lab on the tree's kernel, beside one on the suite's (a file's
     // `kernel_tree`, relative to the file): in the same test, since the lab keeps one tree's
     // build at a time.
