@@ -14,8 +14,7 @@ use crate::error::{Error, Result};
 use crate::spec::Spec;
 use crate::vm::{Cmd, Vm};
 
-/// What every host of an ssh lab gets beyond the base image.
-pub const PACKAGES: &[&str] = &["openssh-server", "openssh-client"];
+pub use crate::spec::SSH_PACKAGES as PACKAGES;
 
 /// Makes the host's sshd key and root's own, prints both public keys (host, then root's).
 /// `sshd` needs its privilege-separation user and an empty directory to chroot into.

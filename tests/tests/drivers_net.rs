@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lab_harness::lan::capture::read_frames;
 use lab_harness::ktap::Outcome;
+use lab_harness::lan::capture::read_frames;
 use lab_harness::{Extras, Job, Lab, Stream};
 use lab_tests::{assets_of, Check};
 use rstest::rstest;
@@ -63,7 +63,10 @@ async fn upstream_drivers_net_ping_passes_across_two_hosts_over_ssh(#[case] kern
     let (host1, host2) = (lab.vm("host1"), lab.vm("host2"));
 
     // Root over ssh by name, both ways, and scp.
-    let there = host1.succeed("ssh host2 ip -br addr show eth0").await.check();
+    let there = host1
+        .succeed("ssh host2 ip -br addr show eth0")
+        .await
+        .check();
     assert!(there.contains("192.168.88.2/24"), "{there}");
     let back = host2.succeed("ssh host1 hostname").await.check();
     assert_eq!(back.trim(), "host1");

@@ -36,11 +36,15 @@ pub enum LabCommand {
     /// Run a script, or a program from --dir, as root in `host1` (192.168.88.1 on `eth0`) of a
     /// fresh LAN; it can change nothing but the guests. Shows its output (stdout and stderr
     /// apart) while it runs and exits with its exit code (kselftest's 4 is reported as a skip).
+    /// A job that prints KTAP (kselftest, KUnit) has each subtest judged in the run's
+    /// junit.xml and summary.json; --repeat tells flaky subtests from failing ones.
     ///
     /// Examples:
     ///   cargo xtask lab run examples/seed-containers.sh
     ///   cargo xtask lab run --hosts 2 --package jq,tcpdump my-test.sh
     ///   cargo xtask lab run --dir ./selftests --module bonding -- drivers/net/bonding/bond_macvlan_ipvlan.sh
+    ///   cargo xtask lab run --hosts 2 --remote host2 --dir "$(cargo xtask selftests)" -- drivers/net/ping.py
+    ///   cargo xtask lab run --repeat 5 my-flaky-test.sh
     #[command(verbatim_doc_comment)]
     Run {
         /// A script file (run by its #! interpreter, else /bin/sh). Leave it out to run a program

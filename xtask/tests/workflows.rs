@@ -98,6 +98,15 @@ fn the_action_runs_the_callers_script_on_their_topology_and_says_how_it_went() {
         .flatten()
         .any(|lan| lan.path().join("switch.pcap").is_file());
     assert!(captures, "{} holds no capture", report.display());
+    let junit = outputs
+        .lines()
+        .find_map(|l| l.strip_prefix("junit="))
+        .expect("a junit output");
+    let junit = std::fs::read_to_string(junit).expect("the run's junit.xml");
+    assert!(
+        junit.contains("<testcase name=") && junit.contains("action-check.sh"),
+        "a case for the script: {junit}"
+    );
     let artifact = outputs
         .lines()
         .find_map(|l| l.strip_prefix("artifact="))

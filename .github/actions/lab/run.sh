@@ -2,7 +2,7 @@
 # The reusable action's one step: runs the caller's script in host1 of a fresh LAN (or the LAN
 # of their topology file), from this repository's checkout, without root. Inputs arrive as
 # INPUT_* variables; paths are the caller's, relative to their workspace and inside it. Writes
-# `exit-code`, `report` (this run's directory: captures, consoles, summary.json) and `artifact`
+# `exit-code`, `report` (this run's directory: captures, consoles, summary.json), `junit` and `artifact`
 # (a name for uploading it, unique to this call) to $GITHUB_OUTPUT, and exits with the script's
 # code.
 set -uo pipefail
@@ -51,6 +51,7 @@ if [ -n "${INPUT_DIR:-}" ]; then
   path="$(theirs dir "$INPUT_DIR")" || exit 2
   args+=(--dir "$path")
 fi
+[ -n "${INPUT_REPEAT:-}" ] && args+=(--repeat "$INPUT_REPEAT")
 [ -n "${INPUT_REQUIRE_ACCEL:-}" ] && args+=(--require-accel "$INPUT_REQUIRE_ACCEL")
 script="$(theirs script "$INPUT_SCRIPT")" || exit 2
 run_dir="$(mktemp)"
@@ -70,6 +71,9 @@ report="$(head -n1 "$run_dir")"
 if [ -n "${GITHUB_OUTPUT:-}" ]; then
   echo "exit-code=$code" >> "$GITHUB_OUTPUT"
   echo "report=$report" >> "$GITHUB_OUTPUT"
+  if [ -n "$report" ] && [ -f "$report/junit.xml" ]; then
+    echo "junit=$report/junit.xml" >> "$GITHUB_OUTPUT"
+  fi
   echo "artifact=macvlan-lab-${GITHUB_JOB:-job}-$(basename "${report:-none-$$}")" >> "$GITHUB_OUTPUT"
 fi
 exit "$code"

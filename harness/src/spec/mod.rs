@@ -29,7 +29,7 @@ use crate::lan::PortPolicy;
 pub use file::{Check, Probe, Topology};
 pub use raw::{
     RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch, Sourced, DEFAULT_SWITCH,
-    MAX_HOSTS,
+    DRIVERS_NET_PACKAGES, MAX_HOSTS, SSH_PACKAGES,
 };
 
 /// What a user adds to a guest beyond the base image. Everything is checked, and packages are

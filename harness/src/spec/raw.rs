@@ -446,7 +446,7 @@ impl RawLan {
         let ssh = remote.is_some() || self.ssh.as_ref().is_some_and(|s| s.value);
         if ssh {
             for host in &mut hosts {
-                add_packages(&mut host.extras, crate::ssh::PACKAGES);
+                add_packages(&mut host.extras, SSH_PACKAGES);
             }
         }
         if let Some(remote) = &remote {
@@ -721,6 +721,9 @@ impl RawLan {
         Ok(())
     }
 }
+
+/// What every host of a lab with ssh gets beyond the base image ([`crate::ssh`]).
+pub const SSH_PACKAGES: &[&str] = &["openssh-server", "openssh-client"];
 
 /// What the tests of `drivers/net` run on either end, beyond ssh: `python3` and the YAML parser
 /// of its YNL library, and the tools they call (README.rst of the selftests).
