@@ -60,6 +60,9 @@ pub enum Part {
     Flood,
     /// A LAN of 32 hosts: time to ready, the host's memory.
     Lan,
+    /// The drivers/net bench: a remote command over ssh's persistent connection, and
+    /// `ping.py` across two hosts against a one-host `lab run`.
+    Remote,
 }
 
 /// How much each part measures: the full bench's counts, or `--quick`'s.
@@ -76,6 +79,8 @@ struct Counts {
     lan_hosts: usize,
     extras: usize,
     nested: usize,
+    remote_commands: usize,
+    ping_py_pairs: usize,
 }
 
 impl Counts {
@@ -94,6 +99,8 @@ impl Counts {
                 lan_hosts: 3,
                 extras: 1,
                 nested: 0,
+                remote_commands: 10,
+                ping_py_pairs: 1,
             };
         }
         Self {
@@ -109,6 +116,8 @@ impl Counts {
             lan_hosts: 32,
             extras: args.extras,
             nested: args.nested,
+            remote_commands: 100,
+            ping_py_pairs: 5,
         }
     }
 }
@@ -130,6 +139,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Part::Flood) => return rt.block_on(crate::bench_switch::delayed_flood(counts.flood)),
         Some(Part::Lan) => {
             return rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))
+        }
+        Some(Part::Remote) => {
+            rt.block_on(crate::bench_remote::remote_commands(
+                &assets,
+                counts.remote_commands,
+            ))?;
+            return crate::bench_remote::ping_py(&assets_path, counts.ping_py_pairs);
         }
         None => {}
     }
@@ -216,6 +232,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     rt.block_on(crate::bench_switch::delayed_flood(counts.flood))?;
     crate::bench_output::run(&assets_path, counts.output_mib)?;
     rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))?;
+    rt.block_on(crate::bench_remote::remote_commands(
+        &assets,
+        counts.remote_commands,
+    ))?;
+    crate::bench_remote::ping_py(&assets_path, counts.ping_py_pairs)?;
     if counts.extras > 0 {
         extras(&assets, &rt, counts.extras)?;
     }
@@ -498,7 +519,7 @@ fn timed<T, E: Into<anyhow::Error>>(
     Ok((out, started.elapsed()))
 }
 
-fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {
+pub(crate) fn pct<T: Copy + Default>(sorted: &[T], p: usize) -> T {
     if sorted.is_empty() {
         return T::default();
     }

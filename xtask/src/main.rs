@@ -4,6 +4,7 @@
 mod attach;
 mod bench;
 mod bench_output;
+mod bench_remote;
 mod bench_soak;
 mod bench_switch;
 mod cpu_by_test;
