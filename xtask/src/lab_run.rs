@@ -432,7 +432,27 @@ fn junit(
         };
         let status = match &finding.judgement {
             Judgement::Passed => TestCaseStatus::success(),
-            Judgement::Skipped => TestCaseStatus::skipped(),
+            Judgement::Skipped => {
+                let mut s = TestCaseStatus::skipped();
+                let last = attempts
+                    .iter()
+                    .rev()
+                    .filter_map(|(_, r)| r.subtests.as_ref())
+                    .flatten()
+                    .find(|s| s.name == finding.name);
+                if let Some(subtest) = last {
+                    let word = if subtest.outcome == Outcome::Xfail {
+                        "XFAIL"
+                    } else {
+                        "SKIP"
+                    };
+                    s.set_message(format!(
+                        "{word} {}",
+                        subtest.reason.as_deref().unwrap_or_default()
+                    ));
+                }
+                s
+            }
             Judgement::Failed => {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 s.set_message(format!(

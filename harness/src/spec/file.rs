@@ -869,6 +869,16 @@ impair = { delay_ms = 5 }
         }
         assert!(!packages("c").contains(&"python3".to_string()));
         assert!(packages("c").contains(&"openssh-client".to_string()));
+        let ssh = Topology::parse(
+            "t.toml",
+            "ssh = true\n[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\n",
+        )
+        .expect("valid")
+        .spec;
+        assert!(ssh.ssh() && ssh.net_config().is_none());
+        for host in ssh.hosts() {
+            assert_eq!(host.extras.packages, ["openssh-server", "openssh-client"]);
+        }
         let plain = Topology::parse("t.toml", "[[host]]\nname = \"a\"\n")
             .expect("valid")
             .spec;
