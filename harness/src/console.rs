@@ -95,31 +95,6 @@ impl Watch {
     }
 }
 
-/// Splits the console's bytes into lines for [`Watch::saw`], however they were cut into reads.
-#[derive(Debug, Default)]
-struct Lines {
-    partial: Vec<u8>,
-}
-
-impl Lines {
-    fn feed(&mut self, data: &[u8], watch: &Watch) {
-        let mut rest = data;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            self.take(&rest[..end]);
-            watch.saw(&self.partial);
-            self.partial.clear();
-            rest = &rest[end + 1..];
-        }
-        self.take(rest);
-    }
-
-    fn take(&mut self, piece: &[u8]) {
-        let room = MAX_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&piece[..piece.len().min(room)]);
-    }
-}
-
 /// What kind of trouble a kernel line reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,12 +263,13 @@ pub fn record(
         .spawn(move || {
             let mut from = from;
             let mut buf = vec![0u8; 64 << 10];
-            let mut lines = Lines::default();
+            // Split into lines for [`Watch::saw`], however they were cut into reads.
+            let mut lines = crate::text::LineCutter::new(MAX_LINE);
             // Ends when QEMU closes the socket (it quit or was killed).
             // A log that cannot be written (a full disk) must not stall the guest, whose
             // console writes wait for us: we read on and scan, and say why the log stops.
             while let Ok(n @ 1..) = from.read(&mut buf) {
-                lines.feed(&buf[..n], &seen);
+                lines.feed(&buf[..n], |line| seen.saw(line));
                 if seen.write_error.get().is_none() {
                     if let Err(e) = log.append(&buf[..n]) {
                         tracing::warn!("console log {}: {e}; it stops here", path.display());

@@ -299,10 +299,10 @@ fn unique(subtests: Vec<Subtest>) -> Vec<Subtest> {
 /// size: every version, plan, result and bail-out line, and the last [`KEPT_DIAGNOSTICS`]
 /// other lines before each result (its reasons). Results past [`MAX_KEPT`] bytes are not
 /// dropped silently: [`Collector::finish`] reports them as an error.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Collector {
     kept: String,
-    partial: Vec<u8>,
+    lines: crate::text::LineCutter,
     recent: std::collections::VecDeque<String>,
     overflowed: u64,
 }
@@ -314,23 +314,26 @@ pub const MAX_KEPT: usize = 64 << 20;
 /// The longest line read whole; past it a line is cut (no KTAP line is that long).
 const MAX_LINE: usize = 64 << 10;
 
+impl Default for Collector {
+    fn default() -> Self {
+        Self {
+            kept: String::new(),
+            lines: crate::text::LineCutter::new(MAX_LINE),
+            recent: std::collections::VecDeque::new(),
+            overflowed: 0,
+        }
+    }
+}
+
 impl Collector {
     pub fn feed(&mut self, bytes: &[u8]) {
-        let mut rest = bytes;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            self.take(&rest[..end]);
-            let line = String::from_utf8_lossy(&self.partial).into_owned();
-            self.partial.clear();
+        let mut complete = Vec::new();
+        self.lines.feed(bytes, |line| {
+            complete.push(String::from_utf8_lossy(line).into_owned())
+        });
+        for line in complete {
             self.line(line);
-            rest = &rest[end + 1..];
         }
-        self.take(rest);
-    }
-
-    fn take(&mut self, piece: &[u8]) {
-        let room = MAX_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&piece[..piece.len().min(room)]);
     }
 
     fn line(&mut self, line: String) {
@@ -359,9 +362,9 @@ impl Collector {
     /// The subtests, as [`parse`] reads them from the kept lines; `None` when the output was
     /// not KTAP.
     pub fn finish(mut self) -> Option<Vec<Subtest>> {
-        if !self.partial.is_empty() {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.line(line);
+        let rest = self.lines.rest();
+        if !rest.is_empty() {
+            self.line(String::from_utf8_lossy(&rest).into_owned());
         }
         let mut subtests = parse(&self.kept)?;
         if self.overflowed > 0 {
