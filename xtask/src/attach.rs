@@ -94,12 +94,20 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
     let (read, write) = stream.into_split();
     let mut from = Lines::new(read);
     let mut to = Sender(write);
-    let Some(ToShell::Attach { host, size, term }) = from.next::<ToShell>().await? else {
-        return to
-            .send(&ToAttach::Refused {
-                reason: "the first message must say which host to attach to".into(),
-            })
-            .await;
+    let (host, size, term) = match from.next::<ToShell>().await? {
+        Some(ToShell::Attach { host, size, term }) => (host, size, term),
+        Some(ToShell::Steer { target, action }) => {
+            let result = crate::steer::apply(lab, &target, &action).await;
+            return to.send(&crate::steer::answer(result)).await;
+        }
+        _ => {
+            return to
+                .send(&ToAttach::Refused {
+                    reason: "the first message must say which host to attach to, or what to change"
+                        .into(),
+                })
+                .await
+        }
     };
     let Some(vm) = lab.vms().iter().find(|vm| vm.name() == host) else {
         let names: Vec<_> = lab.vms().iter().map(|vm| vm.name()).collect();
@@ -135,7 +143,7 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
             msg = from.next::<ToShell>(), if typing.has_room() => match msg {
                 Ok(Some(ToShell::Input { data })) => typing.push(&data),
                 Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
-                Ok(Some(ToShell::Attach { .. })) => {}
+                Ok(Some(ToShell::Attach { .. } | ToShell::Steer { .. })) => {}
                 // The attached terminal went away: hang its shell up, as a closed window does.
                 Ok(None) | Err(_) => {
                     session.hang_up().await?;
@@ -171,7 +179,8 @@ pub fn run(host: &str, pid: Option<u32>) -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
+/// A connection to `shell`'s control socket: messages in, messages out.
+pub(crate) async fn connect(shell: &Found) -> anyhow::Result<(Lines, Sender)> {
     let socket = shell.dir.join(SOCKET);
     let stream = UnixStream::connect(&socket).await.with_context(|| {
         format!(
@@ -181,9 +190,14 @@ async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
         )
     })?;
     let (read, write) = stream.into_split();
+    Ok((Lines::new(read), Sender(write)))
+}
+
+async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
+    let (from, to) = connect(shell).await?;
     let mut remote = Attached {
-        from: Lines::new(read),
-        to: SharedSender(std::sync::Arc::new(tokio::sync::Mutex::new(Sender(write)))),
+        from,
+        to: SharedSender(std::sync::Arc::new(tokio::sync::Mutex::new(to))),
         ended: None,
         shell_pid: shell.pid,
     };
@@ -270,14 +284,14 @@ impl Remote for Attached {
 
 /// A running lab shell's control directory.
 #[derive(Debug)]
-struct Found {
+pub(crate) struct Found {
     dir: PathBuf,
-    pid: u32,
+    pub(crate) pid: u32,
     hosts: Vec<String>,
 }
 
 /// The running lab shell to attach to: the one there is, or the one of `pid`.
-fn find(pid: Option<u32>) -> anyhow::Result<Found> {
+pub(crate) fn find(pid: Option<u32>) -> anyhow::Result<Found> {
     let mut shells = running_shells();
     if let Some(pid) = pid {
         return shells.into_iter().find(|s| s.pid == pid).with_context(|| {
@@ -285,7 +299,7 @@ fn find(pid: Option<u32>) -> anyhow::Result<Found> {
         });
     }
     match shells.len() {
-        0 => bail!("no lab shell is running: start one in another terminal with `cargo xtask lab shell --hosts 2`, then attach to it"),
+        0 => bail!("no lab shell is running: start one in another terminal with `cargo xtask lab shell --hosts 2` (or `lab up FILE`), then run this again"),
         1 => Ok(shells.remove(0)),
         _ => {
             let list: Vec<_> = shells.iter().map(|s| format!("  --pid {}  ({})", s.pid, s.hosts.join(", "))).collect();
@@ -325,7 +339,7 @@ fn about(dir: &Path) -> Option<Found> {
 
 /// Messages in, one JSON line each. Keeps a partly read line across calls, so that reading can
 /// be one branch of a `select!` and lose nothing when another branch wins.
-struct Lines {
+pub(crate) struct Lines {
     reader: BufReader<OwnedReadHalf>,
     buf: Vec<u8>,
 }
@@ -339,7 +353,7 @@ impl Lines {
     }
 
     /// The next message; `None` when the other side closed the connection.
-    async fn next<T: DeserializeOwned>(&mut self) -> anyhow::Result<Option<T>> {
+    pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> anyhow::Result<Option<T>> {
         // read_until appends what it has read even when cancelled, so a retry resumes the line.
         let n = (&mut self.reader)
             .take(MAX_LINE_BYTES as u64 + 1)
@@ -355,10 +369,10 @@ impl Lines {
 }
 
 /// Messages out.
-struct Sender(OwnedWriteHalf);
+pub(crate) struct Sender(OwnedWriteHalf);
 
 impl Sender {
-    async fn send<T: serde::Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
+    pub(crate) async fn send<T: serde::Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
         self.0
             .write_all(&lab_proto::encode(msg))
             .await

@@ -119,6 +119,55 @@ pub enum LabCommand {
         #[command(flatten)]
         provision: crate::provision::ProvisionArgs,
     },
+    /// Pull a cable out of the lab a `lab shell` or `lab up` is running, or plug it back in,
+    /// from another terminal: the guest sees its carrier go (NO-CARRIER) and frames are dropped
+    /// both ways, as when a real cable is cut.
+    ///
+    /// Examples:
+    ///   cargo xtask lab link host2 down
+    ///   cargo xtask lab link host1:eth1 up
+    #[command(verbatim_doc_comment)]
+    Link {
+        /// HOST (its eth0) or HOST:NIC, e.g. host2 or host1:eth1.
+        target: String,
+        /// down pulls the cable, up plugs it in.
+        #[arg(value_enum)]
+        state: LinkState,
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Make a cable of the running lab bad, or good again, from another terminal: what is given
+    /// replaces the cable's impairment (what is not given is off), both ways; no root, no tc.
+    ///
+    /// Examples:
+    ///   cargo xtask lab set host2 --delay 100ms --jitter 10ms
+    ///   cargo xtask lab set host1:eth1 --loss 1% --rate 10mbit
+    ///   cargo xtask lab set host2 --clear
+    #[command(verbatim_doc_comment)]
+    Set {
+        /// HOST (its eth0) or HOST:NIC, e.g. host2 or host1:eth1.
+        target: String,
+        #[command(flatten)]
+        cable: crate::steer::CableArgs,
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// The running lab's ports: each NIC's switch and port, cable up or down, VLANs,
+    /// impairment and counters (frames, bytes, drops and why).
+    ///
+    /// Examples:
+    ///   cargo xtask lab show
+    ///   cargo xtask lab show host2
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// Only this host.
+        host: Option<String>,
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
     /// `exit` detaches; the lab runs on until its `lab shell` exits.
     ///
@@ -133,6 +182,13 @@ pub enum LabCommand {
         #[arg(long)]
         pid: Option<u32>,
     },
+}
+
+/// A cable's state for `lab link`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Up,
+    Down,
 }
 
 /// The LAN and what host1 gets beyond the base image; shared by `lab run` and `lab shell`.
@@ -414,6 +470,23 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             crate::shell::run(&lan, panes)
         }
         Some(LabCommand::Attach { host, pid }) => crate::attach::run(host, *pid),
+        Some(LabCommand::Link { target, state, pid }) => crate::steer::run(
+            target,
+            lab_proto::attach::Steer::Link {
+                up: *state == LinkState::Up,
+            },
+            *pid,
+        ),
+        Some(LabCommand::Set { target, cable, pid }) => crate::steer::run(
+            target,
+            lab_proto::attach::Steer::Impair(cable.cable()?),
+            *pid,
+        ),
+        Some(LabCommand::Show { host, pid }) => crate::steer::run(
+            host.as_deref().unwrap_or_default(),
+            lab_proto::attach::Steer::Show,
+            *pid,
+        ),
         Some(LabCommand::Test {
             files,
             allow_kernel_splats,

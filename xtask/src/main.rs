@@ -19,6 +19,7 @@ mod runs;
 mod schedule;
 mod selftests;
 mod shell;
+mod steer;
 mod tally;
 mod terminal;
 mod ui;

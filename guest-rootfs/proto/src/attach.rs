@@ -5,6 +5,9 @@
 //! The attaching side sends [`ToShell::Attach`] first, then keys and window sizes; the shell
 //! answers [`ToAttach::Attached`] or [`ToAttach::Refused`], then what the terminal shows, then
 //! [`ToAttach::Ended`] with the guest shell's exit code. A closed socket on either side ends it.
+//!
+//! `lab link`, `lab set` and `lab show` steer the same lab: they send one [`ToShell::Steer`]
+//! and get one [`ToAttach::Steered`] (what the lab did or shows) or [`ToAttach::Refused`].
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +33,32 @@ pub enum ToShell {
     },
     /// The terminal changed size.
     Resize { size: TtySize },
+    /// Change the running lab, or show it: `target` is `HOST` or `HOST:NIC` (`host2:eth1`).
+    Steer { target: String, action: Steer },
+}
+
+/// What `lab link`, `lab set` and `lab show` ask of a running lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Steer {
+    /// Plug (`up`) or pull the cable: carrier as the guest sees it, and frames both ways.
+    Link { up: bool },
+    /// The cable's impairment, replacing the one it had (what is not given is off).
+    Impair(Cable),
+    /// Hosts, ports, VLANs, impairments and counters (`target` empty: all hosts).
+    Show,
+}
+
+/// A cable's impairment as `lab set` gives it, in plain units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cable {
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    /// Shares from 0 to 1.
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub rate_bps: Option<u64>,
 }
 
 /// From the running shell to `lab attach`.
@@ -47,6 +76,8 @@ pub enum ToAttach {
     },
     /// The guest's shell exited with `code`.
     Ended { code: i32 },
+    /// What a [`ToShell::Steer`] did, or what the lab shows.
+    Steered { text: String },
 }
 
 #[cfg(test)]
@@ -69,6 +100,19 @@ mod tests {
             },
             ToShell::Resize {
                 size: TtySize { rows: 1, cols: 2 },
+            },
+            ToShell::Steer {
+                target: "host2:eth1".into(),
+                action: Steer::Impair(Cable {
+                    delay_us: 100_000,
+                    loss: 0.01,
+                    rate_bps: Some(10_000_000),
+                    ..Cable::default()
+                }),
+            },
+            ToShell::Steer {
+                target: "host2".into(),
+                action: Steer::Link { up: false },
             },
         ];
         for msg in sent {

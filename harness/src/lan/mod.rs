@@ -163,6 +163,10 @@ impl SwitchHandle {
         self.lock().switch.set_up(port, up);
     }
 
+    pub fn is_up(&self, port: usize) -> bool {
+        self.lock().switch.is_up(port)
+    }
+
     /// Makes port `port`'s cable bad (or good again, with the default): frames crossing it
     /// either way meet `impairment` from now on.
     pub fn set_impairment(&self, port: usize, impairment: Impairment) {

@@ -598,6 +598,11 @@ impl Switch {
     pub fn policy(&self, port: usize) -> PortPolicy {
         self.ports.get(port).map(|p| p.policy).unwrap_or_default()
     }
+
+    /// Whether `port`'s cable is plugged in ([`Switch::set_up`]).
+    pub fn is_up(&self, port: usize) -> bool {
+        self.ports.get(port).is_some_and(|p| p.up)
+    }
 }
 
 /// What an egress port does to a frame's 802.1Q tag.
