@@ -186,7 +186,23 @@ fn esc(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}\
+/// The page's fonts: the system's, then CJK fonts by name (the seed's claims are quoted in
+/// Chinese; a Debian machine's default fonts have no CJK glyphs and show boxes), then any
+/// sans-serif. `cargo xtask test` installs one of them (`fonts-wqy-microhei`). A macro, so
+/// that the CSS below is one literal with it.
+macro_rules! fonts {
+    () => {
+        "system-ui,\"Noto Sans CJK SC\",\"Source Han Sans SC\",\"WenQuanYi Micro Hei\",\"PingFang SC\",\"Microsoft YaHei\",sans-serif"
+    };
+}
+
+/// The font stack of the page's text ([`fonts!`]).
+pub const FONTS: &str = fonts!();
+
+const CSS: &str = concat!(
+    "body{font:14px/1.4 ",
+    fonts!(),
+    ";margin:2em;color:#222}\
 h2 small{color:#777;font-weight:normal}.meta{color:#555}\
 #summary.pass{color:#1a7f37}#summary.fail{color:#cf222e}\
 section{border-left:6px solid #1a7f37;padding-left:1em;margin:2em 0}section.fail{border-color:#cf222e}\
@@ -194,7 +210,8 @@ table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding
 .cell.as-expected{background:#dafbe1}.cell.not-as-expected{background:#ffebe9;font-weight:bold}\
 .checks tr.fail td{background:#ffebe9}.checks tr.inconclusive td{background:#fff8c5}pre.error{background:#fff8c5;padding:.5em}\
 svg rect.host{fill:#f6f8fa;stroke:#57606a}svg rect.child{fill:#ddf4ff;stroke:#0969da}\
-svg rect.switch{fill:#fff8c5;stroke:#9a6700}svg line{stroke:#57606a;stroke-width:2}svg text{font-size:12px}";
+svg rect.switch{fill:#fff8c5;stroke:#9a6700}svg line{stroke:#57606a;stroke-width:2}svg text{font-size:12px}"
+);
 
 #[cfg(test)]
 mod tests {

