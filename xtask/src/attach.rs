@@ -100,6 +100,9 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
             let result = crate::steer::apply(lab, &target, &action).await;
             return to.send(&crate::steer::answer(result)).await;
         }
+        Some(ToShell::Capture { target }) => {
+            return crate::capture::serve(lab, &target, from, to).await;
+        }
         _ => {
             return to
                 .send(&ToAttach::Refused {
@@ -143,7 +146,7 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
             msg = from.next::<ToShell>(), if typing.has_room() => match msg {
                 Ok(Some(ToShell::Input { data })) => typing.push(&data),
                 Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
-                Ok(Some(ToShell::Attach { .. } | ToShell::Steer { .. })) => {}
+                Ok(Some(ToShell::Attach { .. } | ToShell::Steer { .. } | ToShell::Capture { .. })) => {}
                 // The attached terminal went away: hang its shell up, as a closed window does.
                 Ok(None) | Err(_) => {
                     session.hang_up().await?;

@@ -168,6 +168,26 @@ pub enum LabCommand {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// The frames of a cable of the lab a `lab shell` or `lab up` is running (or of its whole
+    /// first switch, each port an interface), live, as pcapng on stdout, from now on. Several
+    /// may run at once; a slow reader loses frames (counted in the stream's statistics block
+    /// when the lab ends), never slows the lab.
+    ///
+    /// Examples:
+    ///   cargo xtask lab capture host2 | wireshark -k -i -
+    ///   cargo xtask lab capture host2 | tcpdump -n -r - icmp
+    ///   cargo xtask lab capture host1:eth1 --vlan 100 > trunk.pcapng
+    #[command(verbatim_doc_comment)]
+    Capture {
+        /// HOST (its eth0) or HOST:NIC; leave it out for every port of the first switch.
+        target: Option<String>,
+        /// Only frames tagged with this 802.1Q VLAN.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
     /// `exit` detaches; the lab runs on until its `lab shell` exits.
     ///
@@ -482,6 +502,9 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             lab_proto::attach::Steer::Impair(cable.cable()?),
             *pid,
         ),
+        Some(LabCommand::Capture { target, vlan, pid }) => {
+            crate::capture::run(target.as_deref(), *vlan, *pid)
+        }
         Some(LabCommand::Show { host, pid }) => crate::steer::run(
             host.as_deref().unwrap_or_default(),
             lab_proto::attach::Steer::Show,

@@ -7,6 +7,7 @@ mod bench_output;
 mod bench_remote;
 mod bench_soak;
 mod bench_switch;
+mod capture;
 mod cpu_by_test;
 mod hosttools;
 mod interrupt;

@@ -177,7 +177,7 @@ pub(crate) async fn apply(lab: &Lab, target: &str, action: &Steer) -> Result<Str
 }
 
 /// `host2` or `host2:eth1` of `lab`: the host's name as the lab has it, and the NIC's index.
-fn resolve<'l>(lab: &'l Lab, target: &str) -> Result<(&'l str, u8), String> {
+pub(crate) fn resolve<'l>(lab: &'l Lab, target: &str) -> Result<(&'l str, u8), String> {
     let (name, nic) = match target.split_once(':') {
         Some((name, nic)) => (name, Some(nic)),
         None => (target, None),

@@ -8,6 +8,8 @@
 //!
 //! `lab link`, `lab set` and `lab show` steer the same lab: they send one [`ToShell::Steer`]
 //! and get one [`ToAttach::Steered`] (what the lab did or shows) or [`ToAttach::Refused`].
+//! `lab capture` sends [`ToShell::Capture`] and gets [`ToAttach::Capturing`] (its interfaces),
+//! then frames and drop counts until either side goes.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +37,8 @@ pub enum ToShell {
     Resize { size: TtySize },
     /// Change the running lab, or show it: `target` is `HOST` or `HOST:NIC` (`host2:eth1`).
     Steer { target: String, action: Steer },
+    /// Stream the frames of `target`'s cable (`HOST[:NIC]`), or of the first switch (empty).
+    Capture { target: String },
 }
 
 /// What `lab link`, `lab set` and `lab show` ask of a running lab.
@@ -78,6 +82,17 @@ pub enum ToAttach {
     Ended { code: i32 },
     /// What a [`ToShell::Steer`] did, or what the lab shows.
     Steered { text: String },
+    /// A capture started: its interfaces, in the order frames name them (`host2:eth0`).
+    Capturing { interfaces: Vec<String> },
+    /// A captured frame, on interface `interface`, at `unix_ns` (nanoseconds since 1970).
+    Frame {
+        interface: u32,
+        unix_ns: u64,
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// Frames the capture dropped so far because its reader was behind.
+    CaptureDropped { frames: u64 },
 }
 
 #[cfg(test)]

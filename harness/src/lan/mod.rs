@@ -9,6 +9,7 @@ pub mod capture;
 pub mod delay_queue;
 pub mod impair;
 pub mod switch;
+pub mod tap;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ struct State {
     per_port: Vec<Capture>,
     /// Each port's cable, and what its impairment does.
     links: Vec<Link>,
+    /// Live readers of its frames (`lab capture`).
+    taps: tap::Taps,
 }
 
 /// What a port task needs to switch and send frames, shared by every task.
@@ -99,6 +102,7 @@ impl SwitchHandle {
             all: Capture::create(&captures.join("switch.pcap"))?,
             per_port,
             links: ports_setup.iter().map(|(_, i)| Link::new(*i)).collect(),
+            taps: tap::Taps::default(),
         };
         let state = Arc::new(Mutex::new(state));
         let net = Net {
@@ -165,6 +169,12 @@ impl SwitchHandle {
 
     pub fn is_up(&self, port: usize) -> bool {
         self.lock().switch.is_up(port)
+    }
+
+    /// A live copy of port `port`'s frames both ways, as its capture has them (`None`: every
+    /// frame entering the switch, as `switch.pcap` has them), from now on.
+    pub fn tap(&self, port: Option<usize>) -> tap::TapReceiver {
+        self.lock().taps.add(port)
     }
 
     /// Makes port `port`'s cable bad (or good again, with the default): frames crossing it
@@ -291,6 +301,7 @@ impl Net {
             let mut s = self.lock();
             s.all.write(frame);
             s.per_port[port].write(frame);
+            s.taps.entered(port, frame);
             let Some(fwd) = s.switch.forward(port, frame, now) else {
                 return;
             };
@@ -302,6 +313,7 @@ impl Net {
                 s.switch.count_impairment(o, &fate);
                 if !matches!(fate, Fate::Lost | Fate::Overflow) {
                     s.per_port[o].write(&bytes);
+                    s.taps.left(o, &bytes);
                 }
                 out.push((o, bytes, fate));
             }
