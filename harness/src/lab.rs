@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::assets::Assets;
 use crate::config::{NetBackend, VmConfig};
 use crate::error::{Error, Result};
+use crate::events::{Event, Events};
 use crate::lan::impair::Impairment;
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
 use crate::spec::{HostSpec, Image, RawHost, RawLan, RawPort, RawSwitch, Source, Sourced, Spec};
@@ -69,6 +70,10 @@ pub struct Lab {
     /// Whether a lab that passes keeps its artifacts ([`crate::assets::Runs::keep_passed`]).
     keep_passed: bool,
     finished: bool,
+    /// What it does, as events (`events.ndjson`, `lab events`).
+    events: std::sync::Arc<Events>,
+    /// Tells the switches' and consoles' changes as events; aborted with the lab.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl LabBuilder {
@@ -277,7 +282,18 @@ impl Lab {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        let lab = Lab {
+        let events = std::sync::Arc::new(Events::new(&artifacts.join("events.ndjson")));
+        for vm in &vms {
+            events.emit(Event::GuestUp {
+                host: vm.name().to_string(),
+                boot: match vm.boot_kind() {
+                    crate::vm::BootKind::Cold => "cold".into(),
+                    crate::vm::BootKind::Restored => "restored".into(),
+                    crate::vm::BootKind::Fallback(_) => "fallback".into(),
+                },
+            });
+        }
+        let mut lab = Lab {
             vms,
             spec,
             segments,
@@ -285,11 +301,17 @@ impl Lab {
             artifacts,
             keep_passed,
             finished: false,
+            events,
+            watcher: None,
         };
         if let Some(e) = first_error {
             // Dropping `lab` kills the guests that did boot and keeps the artifacts.
             return Err(e);
         }
+        lab.watcher = Some(tokio::spawn(crate::events::watch(
+            std::sync::Arc::clone(&lab.events),
+            lab.watched(),
+        )));
         lab.configure().await?;
         if lab.spec.ssh() {
             crate::ssh::connect(&lab.vms, &lab.spec).await?;
@@ -345,6 +367,32 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// What the watcher looks at: every NIC's port, named `host:ethN`, and every console.
+    fn watched(&self) -> crate::events::Watched {
+        let mut ports = Vec::new();
+        for host in self.spec.hosts() {
+            for (n, nic) in host.nics.iter().enumerate() {
+                ports.push(crate::events::WatchedPort {
+                    name: format!("{}:eth{n}", host.name),
+                    segment: self.spec.segments()[nic.segment].name.clone(),
+                    switch: self.segments[nic.segment].view(),
+                    port: nic.port,
+                });
+            }
+        }
+        let consoles = self
+            .vms
+            .iter()
+            .map(|vm| (vm.name().to_string(), vm.console.clone()))
+            .collect();
+        crate::events::Watched { ports, consoles }
+    }
+
+    /// Its events: emit a job's, or read them live ([`Events::subscribe`]).
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// The lab as it was booted.
@@ -429,6 +477,10 @@ impl Lab {
         })?;
         self.nic_switch(name, nic)
             .set_policy(self.nic_port(name, nic), policy);
+        self.events.emit(Event::Policy {
+            port: format!("{name}:eth{nic}"),
+            policy: format!("{policy:?}"),
+        });
         Ok(())
     }
 
@@ -449,6 +501,10 @@ impl Lab {
         })?;
         self.nic_switch(name, nic)
             .set_impairment(self.nic_port(name, nic), impairment);
+        self.events.emit(Event::Impairment {
+            port: format!("{name}:eth{nic}"),
+            impairment: impairment.to_string(),
+        });
         Ok(())
     }
 
@@ -467,6 +523,10 @@ impl Lab {
             .await
             .map_err(|e| Error::qmp(name, &e))?;
         self.nic_switch(name, nic).set_up(port, up);
+        self.events.emit(Event::Cable {
+            port: format!("{name}:eth{nic}"),
+            up,
+        });
         Ok(())
     }
 
@@ -560,7 +620,15 @@ impl Lab {
     /// ([`crate::assets::Runs::keep_passed`]).
     pub async fn shutdown(mut self) -> Result<()> {
         self.write_summary();
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
         let vms = std::mem::take(&mut self.vms);
+        for vm in &vms {
+            self.events.emit(Event::GuestDown {
+                host: vm.name().to_string(),
+            });
+        }
         let mut first_error = None;
         for result in futures::future::join_all(vms.into_iter().map(Vm::shutdown)).await {
             if let Err(e) = result {
@@ -645,6 +713,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
         if self.finished && !std::thread::panicking() {
             if !self.keep_passed {
                 let _ = std::fs::remove_dir_all(&self.artifacts);

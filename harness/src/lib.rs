@@ -24,6 +24,7 @@ mod cmd;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod events;
 pub mod flaky;
 pub mod guest;
 pub mod host;

@@ -103,6 +103,7 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
         Some(ToShell::Capture { target }) => {
             return crate::capture::serve(lab, &target, from, to).await;
         }
+        Some(ToShell::Events) => return serve_events(lab, from, to).await,
         _ => {
             return to
                 .send(&ToAttach::Refused {
@@ -146,7 +147,12 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
             msg = from.next::<ToShell>(), if typing.has_room() => match msg {
                 Ok(Some(ToShell::Input { data })) => typing.push(&data),
                 Ok(Some(ToShell::Resize { size })) => session.resize(size).await?,
-                Ok(Some(ToShell::Attach { .. } | ToShell::Steer { .. } | ToShell::Capture { .. })) => {}
+                Ok(Some(
+                    ToShell::Attach { .. }
+                    | ToShell::Steer { .. }
+                    | ToShell::Capture { .. }
+                    | ToShell::Events,
+                )) => {}
                 // The attached terminal went away: hang its shell up, as a closed window does.
                 Ok(None) | Err(_) => {
                     session.hang_up().await?;
@@ -164,6 +170,45 @@ async fn serve_one(lab: &Lab, stream: UnixStream) -> anyhow::Result<()> {
         code: exit_code(&out),
     })
     .await
+}
+
+/// `lab events`' side: the lab's events, each as it happens, until the reader or the lab goes.
+async fn serve_events(lab: &Lab, mut from: Lines, mut to: Sender) -> anyhow::Result<()> {
+    let mut events = lab.events().subscribe();
+    loop {
+        tokio::select! {
+            line = events.next() => match line {
+                Some(line) => to.send(&ToAttach::Event { line: line.to_string() }).await?,
+                None => return Ok(()),
+            },
+            _ = from.next::<ToShell>() => return Ok(()),
+        }
+    }
+}
+
+/// `lab events`: the running lab's events as NDJSON on stdout, until it ends or the reader goes.
+pub fn events(pid: Option<u32>) -> anyhow::Result<()> {
+    let shell = find(pid)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (mut from, mut to) = connect(&shell).await?;
+        to.send(&ToShell::Events).await?;
+        let mut out = std::io::stdout();
+        while let Ok(Some(msg)) = from.next::<ToAttach>().await {
+            if let ToAttach::Event { line } = msg {
+                use std::io::Write;
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    // The reader went.
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `lab attach`: finds the running shell, joins it, relays this terminal until the attached

@@ -188,6 +188,21 @@ pub enum LabCommand {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// What the lab a `lab shell` or `lab up` is running does, from now on, as NDJSON on stdout:
+    /// guests up and down, cables pulled and plugged, impairments and policies changed,
+    /// addresses learned and forgotten, frames dropped and why, kernel problems, jobs (the
+    /// schema: docs/events.md). Every lab also writes them to events.ndjson in its run's
+    /// directory.
+    ///
+    /// Examples:
+    ///   cargo xtask lab events
+    ///   cargo xtask lab events | jq -c 'select(.event == "dropped")'
+    #[command(verbatim_doc_comment)]
+    Events {
+        /// The `lab shell`'s process id, when more than one is running.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Another terminal into the lab a `lab shell` is running: a root shell on HOST of it.
     /// `exit` detaches; the lab runs on until its `lab shell` exits.
     ///
@@ -505,6 +520,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
         Some(LabCommand::Capture { target, vlan, pid }) => {
             crate::capture::run(target.as_deref(), *vlan, *pid)
         }
+        Some(LabCommand::Events { pid }) => crate::attach::events(*pid),
         Some(LabCommand::Show { host, pid }) => crate::steer::run(
             host.as_deref().unwrap_or_default(),
             lab_proto::attach::Steer::Show,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use lab_harness::events::Event;
 use lab_harness::flaky::{self, Attempt, Judgement, Reported, Why};
 use lab_harness::ktap::{self, Outcome};
 use lab_harness::{Assets, Job, Lab, RunOutput, Spec, Stream, Verdict};
@@ -254,6 +255,11 @@ impl Attempts<'_> {
         env.push(("LAB_SEED".into(), seed.to_string()));
         let mut collector = ktap::Collector::default();
         let first = lab.spec().first_host().to_string();
+        lab.events().emit(Event::JobStarted {
+            host: first.clone(),
+            job: self.what.to_string(),
+            seed: Some(seed),
+        });
         let out = self
             .job
             .run_on(
@@ -269,6 +275,14 @@ impl Attempts<'_> {
                 },
             )
             .await;
+        if let Ok(out) = &out {
+            lab.events().emit(Event::JobEnded {
+                host: first.clone(),
+                job: self.what.to_string(),
+                exit_code: out.code,
+                passed: out.verdict() == Verdict::Pass,
+            });
+        }
         let splats: Vec<_> = lab.vms().iter().flat_map(|vm| vm.kernel_splats()).collect();
         let allow_splats = lab.spec().hosts().iter().all(|h| h.allow_splats);
         let shutdown = lab.shutdown().await.err();

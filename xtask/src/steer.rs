@@ -170,7 +170,7 @@ pub(crate) async fn apply(lab: &Lab, target: &str, action: &Steer) -> Result<Str
             let impairment = impairment(cable);
             lab.set_nic_impairment(host, nic, impairment)
                 .map_err(|e| e.to_string())?;
-            Ok(format!("{host}:eth{nic}: {}\n", describe(&impairment)))
+            Ok(format!("{host}:eth{nic}: {}\n", impairment))
         }
         Steer::Show => unreachable!("answered above"),
     }
@@ -225,38 +225,6 @@ fn impairment(cable: &Cable) -> Impairment {
     }
 }
 
-/// An impairment in words: `delay 100ms, loss 1%`, or `a good cable`.
-fn describe(i: &Impairment) -> String {
-    let mut parts = Vec::new();
-    if !i.delay.is_zero() {
-        parts.push(format!("delay {:?}", i.delay));
-    }
-    if !i.jitter.is_zero() {
-        parts.push(format!("jitter {:?}", i.jitter));
-    }
-    match i.loss {
-        Loss::None => {}
-        Loss::Random(p) => parts.push(format!("loss {}%", p * 100.0)),
-        Loss::GilbertElliott { p, r, .. } => {
-            parts.push(format!("burst loss (p {}%, r {}%)", p * 100.0, r * 100.0));
-        }
-    }
-    if i.duplicate > 0.0 {
-        parts.push(format!("duplicate {}%", i.duplicate * 100.0));
-    }
-    if i.reorder > 0.0 {
-        parts.push(format!("reorder {}%", i.reorder * 100.0));
-    }
-    if let Some(bps) = i.rate_bps {
-        parts.push(format!("rate {} kbit/s", bps as f64 / 1000.0));
-    }
-    if parts.is_empty() {
-        "a good cable".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 /// Each NIC of `hosts`: where it is plugged, its cable, its VLANs, its impairment, its counters.
 fn show(lab: &Lab, hosts: &[&str]) -> String {
     let mut text = String::new();
@@ -277,7 +245,7 @@ fn show(lab: &Lab, hosts: &[&str]) -> String {
                 vlans(&switch.policy(port).vlans),
                 if switch.policy(port).hairpin { "hairpin" } else { "no hairpin" },
                 if addresses.is_empty() { String::new() } else { format!("  {}", addresses.join(" ")) },
-                describe(&switch.impairment(port)),
+                switch.impairment(port),
                 c.rx_frames,
                 c.rx_bytes,
                 c.tx_frames,
@@ -359,7 +327,7 @@ mod tests {
         .cable()
         .expect("a delay");
         assert_eq!(
-            describe(&impairment(&cable)),
+            impairment(&cable).to_string(),
             "delay 100ms",
             "what is not given is off"
         );

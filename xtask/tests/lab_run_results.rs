@@ -144,6 +144,28 @@ fn a_ktap_jobs_subtests_are_one_junit_case_each() {
         ]
     );
     assert_eq!(summary["passed"], false);
+    // The lab's events, in its directory of the run: the guest, the job, its end.
+    let events: String = std::fs::read_dir(&run_dir)
+        .expect("the run's directory")
+        .flatten()
+        .map(|lab| lab.path().join("events.ndjson"))
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).expect("an NDJSON line");
+            assert_eq!(e["version"], 1, "{l}");
+            e["event"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    for kind in ["guest_up", "job_started", "job_ended", "guest_down"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {events}");
+    }
+    assert!(
+        events.contains("\"exit_code\":1,\"passed\":false"),
+        "the job's end says how: {events}"
+    );
     let xml = std::fs::read_to_string(run_dir.join("junit.xml")).expect("junit.xml");
     assert!(
         xml.contains("the second child&apos;s reason") || xml.contains("the second child's reason"),

@@ -64,6 +64,20 @@ fn last_rtt(screen: &str) -> f64 {
 fn a_cable_is_cut_restored_and_slowed_from_another_terminal() {
     let (term, pid) = lab_shell("steer", "--hosts 2");
 
+    // The lab's events, read live while it is steered.
+    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["lab", "events", "--pid", &pid])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lab events");
+    let mut events_out = events.stdout.take().expect("stdout");
+    let events_read = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut events_out, &mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
     let shown = steer(&pid, &["show"]);
     assert!(shown.status.success(), "{}", text(&shown));
     let shown = String::from_utf8_lossy(&shown.stdout);
@@ -145,6 +159,40 @@ fn a_cable_is_cut_restored_and_slowed_from_another_terminal() {
     );
 
     term.type_line("exit");
+    assert!(events
+        .wait()
+        .expect("lab events ends with the lab")
+        .success());
+    let lines: Vec<serde_json::Value> = events_read
+        .join()
+        .expect("reader")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(lines.iter().all(|e| e["version"] == 1), "{lines:?}");
+    let has = |what: &dyn Fn(&serde_json::Value) -> bool, name: &str| {
+        assert!(lines.iter().any(what), "no {name} event in {lines:#?}");
+    };
+    has(
+        &|e| e["event"] == "cable" && e["port"] == "host2:eth0" && e["up"] == false,
+        "cable down",
+    );
+    has(
+        &|e| e["event"] == "cable" && e["port"] == "host2:eth0" && e["up"] == true,
+        "cable up",
+    );
+    has(
+        &|e| e["event"] == "impairment" && e["impairment"] == "delay 100ms",
+        "impairment",
+    );
+    has(
+        &|e| e["event"] == "mac_forgotten" && e["port"] == "host2:eth0",
+        "address flushed with the cable",
+    );
+    has(
+        &|e| e["event"] == "mac_learned" && e["port"] == "host2:eth0",
+        "address learned again",
+    );
 }
 
 /// The seed's bond0 failover, from outside: host1's active-backup bond keeps reaching the peer

@@ -9,7 +9,8 @@
 //! `lab link`, `lab set` and `lab show` steer the same lab: they send one [`ToShell::Steer`]
 //! and get one [`ToAttach::Steered`] (what the lab did or shows) or [`ToAttach::Refused`].
 //! `lab capture` sends [`ToShell::Capture`] and gets [`ToAttach::Capturing`] (its interfaces),
-//! then frames and drop counts until either side goes.
+//! then frames and drop counts until either side goes; `lab events` sends [`ToShell::Events`]
+//! and gets [`ToAttach::Event`]s.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,8 @@ pub enum ToShell {
     Steer { target: String, action: Steer },
     /// Stream the frames of `target`'s cable (`HOST[:NIC]`), or of the first switch (empty).
     Capture { target: String },
+    /// Stream the lab's events, from now on.
+    Events,
 }
 
 /// What `lab link`, `lab set` and `lab show` ask of a running lab.
@@ -93,6 +96,8 @@ pub enum ToAttach {
     },
     /// Frames the capture dropped so far because its reader was behind.
     CaptureDropped { frames: u64 },
+    /// One event of the lab's, its NDJSON line (`lab_harness::events`).
+    Event { line: String },
 }
 
 #[cfg(test)]

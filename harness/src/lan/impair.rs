@@ -28,6 +28,41 @@ pub struct Impairment {
 }
 
 /// How a link loses frames.
+/// In words, as `lab set` and the event stream say it: `delay 100ms, loss 1%`, or
+/// `a good cable`.
+impl std::fmt::Display for Impairment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.delay.is_zero() {
+            parts.push(format!("delay {:?}", self.delay));
+        }
+        if !self.jitter.is_zero() {
+            parts.push(format!("jitter {:?}", self.jitter));
+        }
+        match self.loss {
+            Loss::None => {}
+            Loss::Random(p) => parts.push(format!("loss {}%", p * 100.0)),
+            Loss::GilbertElliott { p, r, .. } => {
+                parts.push(format!("burst loss (p {}%, r {}%)", p * 100.0, r * 100.0));
+            }
+        }
+        if self.duplicate > 0.0 {
+            parts.push(format!("duplicate {}%", self.duplicate * 100.0));
+        }
+        if self.reorder > 0.0 {
+            parts.push(format!("reorder {}%", self.reorder * 100.0));
+        }
+        if let Some(bps) = self.rate_bps {
+            parts.push(format!("rate {} kbit/s", bps as f64 / 1000.0));
+        }
+        if parts.is_empty() {
+            write!(f, "a good cable")
+        } else {
+            write!(f, "{}", parts.join(", "))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub enum Loss {
     #[default]

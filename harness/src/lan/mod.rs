@@ -171,6 +171,12 @@ impl SwitchHandle {
         self.lock().switch.is_up(port)
     }
 
+    /// A handle that reads the switch's tables and counters, for a watcher that outlives no
+    /// switch: reading a switch that is gone gives what it last had.
+    pub fn view(&self) -> SwitchView {
+        SwitchView(Arc::clone(&self.state))
+    }
+
     /// A live copy of port `port`'s frames both ways, as its capture has them (`None`: every
     /// frame entering the switch, as `switch.pcap` has them), from now on.
     pub fn tap(&self, port: Option<usize>) -> tap::TapReceiver {
@@ -231,6 +237,20 @@ impl Drop for SwitchHandle {
     fn drop(&mut self) {
         self.tasks.iter().for_each(|t| t.abort());
         self.flush_captures();
+    }
+}
+
+/// What a watcher reads of a switch ([`SwitchHandle::view`]).
+#[derive(Debug, Clone)]
+pub struct SwitchView(Arc<Mutex<State>>);
+
+impl SwitchView {
+    pub fn counters(&self, port: usize) -> PortCounters {
+        lock(&self.0).switch.counters(port)
+    }
+
+    pub fn learned_in_vlans(&self, port: usize) -> Vec<(u16, crate::mac::MacAddr)> {
+        lock(&self.0).switch.learned_in_vlans(port)
     }
 }
 
