@@ -369,6 +369,39 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs `work` (a job, checks, a shell) while the spec's timeline plays from now: each
+    /// change to a cable at its time after this call, as `lab link` and `lab set` make them.
+    /// `work`'s end ends the timeline; a change that fails ends both.
+    pub async fn alongside_timeline<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        let start = tokio::time::Instant::now();
+        let timeline = async {
+            for t in self.spec.timeline() {
+                tokio::time::sleep_until(start + t.after).await;
+                let name = self.spec.hosts()[t.host].name.clone();
+                match &t.change {
+                    crate::spec::Change::Link(up) => self.nic_cable(&name, t.nic, *up).await?,
+                    crate::spec::Change::Impair(i) => self.set_nic_impairment(&name, t.nic, *i)?,
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::pin!(work);
+        tokio::pin!(timeline);
+        let mut played = false;
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                done = &mut timeline, if !played => {
+                    done?;
+                    played = true;
+                }
+            }
+        }
+    }
+
     /// What the watcher looks at: every NIC's port, named `host:ethN`, and every console.
     fn watched(&self) -> crate::events::Watched {
         let mut ports = Vec::new();

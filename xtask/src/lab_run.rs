@@ -260,21 +260,20 @@ impl Attempts<'_> {
             job: self.what.to_string(),
             seed: Some(seed),
         });
-        let out = self
-            .job
-            .run_on(
-                lab.vm(&first),
-                self.in_dir,
-                &env,
-                self.timeout,
-                |stream, bytes| {
-                    if stream == Stream::Stdout {
-                        collector.feed(bytes);
-                    }
-                    show(stream, bytes);
-                },
-            )
-            .await;
+        let job = self.job.run_on(
+            lab.vm(&first),
+            self.in_dir,
+            &env,
+            self.timeout,
+            |stream, bytes| {
+                if stream == Stream::Stdout {
+                    collector.feed(bytes);
+                }
+                show(stream, bytes);
+            },
+        );
+        // A topology's timeline (a cable cut after 5 s, say) plays while the job runs.
+        let out = lab.alongside_timeline(job).await.and_then(|out| out);
         if let Ok(out) = &out {
             lab.events().emit(Event::JobEnded {
                 host: first.clone(),

@@ -136,18 +136,27 @@ async fn test_file(
     match Lab::boot(assets, spec).await {
         Err(e) => result.error = Some(format!("the lab did not boot: {e}")),
         Ok(lab) => {
-            for check in &topology.checks {
-                let began = Instant::now();
-                let outcome = lab_harness::check::run(check, &lab)
-                    .await
-                    .map_err(|e| e.to_string());
-                result.rows.push(Row {
-                    name: check.name.clone(),
-                    host: check.host.clone(),
-                    source: check.source.to_string(),
-                    outcome,
-                    took: began.elapsed(),
-                });
+            // The checks, in order, while the file's timeline plays (a cable cut after 5 s).
+            let checks = async {
+                let mut rows = Vec::new();
+                for check in &topology.checks {
+                    let began = Instant::now();
+                    let outcome = lab_harness::check::run(check, &lab)
+                        .await
+                        .map_err(|e| e.to_string());
+                    rows.push(Row {
+                        name: check.name.clone(),
+                        host: check.host.clone(),
+                        source: check.source.to_string(),
+                        outcome,
+                        took: began.elapsed(),
+                    });
+                }
+                rows
+            };
+            match lab.alongside_timeline(checks).await {
+                Ok(rows) => result.rows = rows,
+                Err(e) => result.error = Some(format!("the timeline broke: {e}")),
             }
             if let Err(e) = lab.shutdown().await {
                 result.error = Some(format!("the lab did not power off cleanly: {e}"));

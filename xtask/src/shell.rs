@@ -75,10 +75,14 @@ async fn shell(
             .vm(&first)
             .interactive(guest_shell(cwd, &terminal::kind()), terminal::size())
             .await?;
-        tokio::select! {
-            code = terminal::relay(HostShell(session)) => code?,
-            () = control.serve(&lab) => unreachable!("serves until dropped"),
-        }
+        // A topology's timeline plays while the person types (a cable cut after 5 s, say).
+        let shell = async {
+            tokio::select! {
+                code = terminal::relay(HostShell(session)) => code,
+                () = control.serve(&lab) => unreachable!("serves until dropped"),
+            }
+        };
+        lab.alongside_timeline(shell).await??
     };
     say("\r\nlab: shell ended; powering the guests off");
     lab.shutdown().await?;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch};
+use super::{RawAt, RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch};
 use super::{Source, Sourced, Spec, SpecError};
 use crate::lan::impair::{Impairment, Loss};
 
@@ -92,6 +92,19 @@ struct File {
     links: Vec<FileLink>,
     #[serde(rename = "check", default)]
     checks: Vec<FileCheck>,
+    /// Changes to cables in time: `[[at]] after_ms = 5000, host = "a", link = "down"`.
+    #[serde(rename = "at", default)]
+    timeline: Vec<Spanned<FileAt>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAt {
+    after_ms: Spanned<i64>,
+    host: Spanned<String>,
+    nic: Option<Spanned<i64>>,
+    link: Option<Spanned<String>>,
+    impair: Option<Spanned<FileImpair>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +345,24 @@ fn to_raw(file: &File, lines: &Lines, base: &Path) -> Result<RawLan, SpecError> 
     }
     for l in &file.links {
         lab.cables.push(link(l, lines)?);
+    }
+    for at in &file.timeline {
+        let a = at.get_ref();
+        lab.timeline.push(RawAt {
+            source: lines.of(at),
+            after_ms: lines.sourced(&a.after_ms),
+            host: lines.sourced(&a.host),
+            nic: a
+                .nic
+                .as_ref()
+                .map_or(Sourced::new(0, lines.of(&a.host)), |n| lines.sourced(n)),
+            link: a.link.as_ref().map(|l| lines.sourced(l)),
+            impair: a
+                .impair
+                .as_ref()
+                .map(|i| impairment(i.get_ref(), lines).map(|v| Sourced::new(v, lines.of(i))))
+                .transpose()?,
+        });
     }
     Ok(lab)
 }
@@ -911,6 +942,72 @@ impair = { delay_ms = 5 }
     }
 
     #[test]
+    fn a_timeline_is_resolved_in_order_and_its_mistakes_named() {
+        let two = "[[host]]\nname = \"a\"\nnics = 2\n[[host]]\nname = \"b\"\n";
+        let spec = Topology::parse(
+            "t.toml",
+            &format!(
+                "{two}[[at]]\nafter_ms = 5000\nhost = \"a\"\nnic = 1\nlink = \"down\"\n\
+                 [[at]]\nafter_ms = 1000\nhost = \"b\"\nimpair = {{ delay_ms = 100 }}\n"
+            ),
+        )
+        .expect("valid")
+        .spec;
+        let timeline = spec.timeline();
+        assert_eq!(timeline.len(), 2);
+        assert_eq!(
+            timeline[0].after,
+            Duration::from_secs(1),
+            "in order of time"
+        );
+        assert_eq!(timeline[0].host, 1);
+        assert!(
+            matches!(timeline[0].change, crate::spec::Change::Impair(i) if i.delay == Duration::from_millis(100))
+        );
+        assert_eq!((timeline[1].host, timeline[1].nic), (0, 1));
+        assert_eq!(timeline[1].change, crate::spec::Change::Link(false));
+        let at = |body: &str| format!("{two}[[at]]\n{body}\n");
+        let cases = [
+            (
+                at("after_ms = 1\nhost = \"a\"\nlink = \"sideways\""),
+                9,
+                "link = \"sideways\": give \"down\" or \"up\"",
+            ),
+            (at("after_ms = 1\nhost = \"a\""), 6, "say one change"),
+            (
+                at("after_ms = 1\nhost = \"a\"\nlink = \"up\"\nimpair = {}"),
+                6,
+                "say one change",
+            ),
+            (
+                at("after_ms = -1\nhost = \"a\"\nlink = \"up\""),
+                7,
+                "after_ms = -1 is out of range",
+            ),
+            (
+                at("after_ms = 1\nhost = \"c\"\nlink = \"up\""),
+                8,
+                "no host is called \"c\"",
+            ),
+            (
+                at("after_ms = 1\nhost = \"b\"\nnic = 3\nlink = \"up\""),
+                9,
+                "b's eth3, but it has 1 NIC(s)",
+            ),
+            (
+                at("after_ms = 1\nhost = \"b\"\nimpair = { loss_percent = 150 }"),
+                9,
+                "loss",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let e = error(&text);
+            assert_eq!(e.line(), Some(line), "{e}");
+            assert!(e.to_string().contains(words), "{words:?} in {e}");
+        }
+    }
+
+    #[test]
     fn network_mistakes_are_refused_naming_their_line() {
         let cases = [
             (
@@ -1061,6 +1158,30 @@ impair = { delay_ms = 5 }
                             prop_assert!(port.impairment.validate().is_ok(), "{:?}", port.impairment);
                             let mut cable = crate::lan::impair::Link::new(port.impairment);
                             let _ = cable.admit(1500, std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+
+            /// The same of a timeline's numbers: its time, its NIC, its impairment's.
+            #[test]
+            fn any_number_in_a_timeline_is_refused_or_valid(
+                impair_field in 0..IMPAIR.len(),
+                a in value(), b in value(), c in value(),
+            ) {
+                let text = format!(
+                    "[[host]]\nname = \"h\"\n\n[[at]]\nafter_ms = {a}\nhost = \"h\"\nnic = {b}\nimpair = {{ {} = {c} }}\n",
+                    IMPAIR[impair_field]
+                );
+                match Topology::parse("t.toml", &text) {
+                    Err(e) => prop_assert!(e.line().is_some_and(|l| l > 0), "{e} has no line"),
+                    Ok(t) => {
+                        for at in t.spec.timeline() {
+                            prop_assert!(at.after <= std::time::Duration::from_secs(24 * 3600));
+                            prop_assert_eq!((at.host, at.nic), (0, 0));
+                            if let crate::spec::Change::Impair(i) = at.change {
+                                prop_assert!(i.validate().is_ok(), "{:?}", i);
+                            }
                         }
                     }
                 }

@@ -28,8 +28,8 @@ use crate::lan::PortPolicy;
 
 pub use file::{Check, Probe, Topology};
 pub use raw::{
-    RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch, Sourced, DEFAULT_SWITCH,
-    DRIVERS_NET_PACKAGES, MAX_HOSTS, SSH_PACKAGES,
+    RawAt, RawCable, RawEnd, RawHost, RawLan, RawPort, RawRoute, RawSwitch, Sourced,
+    DEFAULT_SWITCH, DRIVERS_NET_PACKAGES, MAX_HOSTS, SSH_PACKAGES,
 };
 
 /// What a user adds to a guest beyond the base image. Everything is checked, and packages are
@@ -127,6 +127,25 @@ pub struct Spec {
     /// restored guests' kernel randomness): a run repeated with it is repeated as far as the
     /// lab can. `None`: fresh randomness.
     seed: Option<u64>,
+    /// Changes to cables in time, after setup, in order ([`crate::Lab::play_timeline`]).
+    timeline: Vec<Timed>,
+}
+
+/// A change to a cable at a time after setup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    pub after: std::time::Duration,
+    pub host: usize,
+    pub nic: u8,
+    pub change: Change,
+}
+
+/// What happens to the cable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Plugged in (`true`) or pulled out.
+    Link(bool),
+    Impair(Impairment),
 }
 
 /// Where the tests of the selftests' `drivers/net` find their remote end, in HW mode: the
@@ -381,6 +400,11 @@ impl Spec {
 
     pub fn seed(&self) -> Option<u64> {
         self.seed
+    }
+
+    /// Its changes to cables in time, in order.
+    pub fn timeline(&self) -> &[Timed] {
+        &self.timeline
     }
 
     /// The seed of segment `segment`'s port `port`'s impairment: its own if it has one, else

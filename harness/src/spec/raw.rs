@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::{
-    lan_addresses, Extras, HostSpec, Image, Kernel, Nic, Port, RemoteEnd, Route, Segment, Size,
-    Source, Spec, SpecError,
+    lan_addresses, Change, Extras, HostSpec, Image, Kernel, Nic, Port, RemoteEnd, Route, Segment,
+    Size, Source, Spec, SpecError, Timed,
 };
 use crate::config::{VmConfig, MAX_CPUS, MAX_MEMORY_MIB, MAX_NICS, MIN_MEMORY_MIB};
 use crate::lan::impair::Impairment;
@@ -54,6 +54,21 @@ pub struct RawLan {
     pub ssh: Option<Sourced<bool>>,
     /// The host the first one's drivers/net tests take as their remote end (implies `ssh`).
     pub remote: Option<Sourced<String>>,
+    /// What happens to cables while the lab runs, in time.
+    pub timeline: Vec<RawAt>,
+}
+
+/// A change to a cable at a time after setup, as written.
+#[derive(Debug, Clone)]
+pub struct RawAt {
+    pub source: Source,
+    /// Milliseconds after setup.
+    pub after_ms: Sourced<i64>,
+    pub host: Sourced<String>,
+    pub nic: Sourced<i64>,
+    /// `"down"` or `"up"`.
+    pub link: Option<Sourced<String>>,
+    pub impair: Option<Sourced<Impairment>>,
 }
 
 /// One guest as written.
@@ -395,6 +410,7 @@ impl RawLan {
             numbered: false,
             ssh: None,
             remote: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -454,6 +470,7 @@ impl RawLan {
                 add_packages(&mut hosts[h].extras, DRIVERS_NET_PACKAGES);
             }
         }
+        let timeline = self.resolve_timeline(&nic_counts)?;
         Ok(Spec {
             name: self.name.clone(),
             hosts,
@@ -462,6 +479,7 @@ impl RawLan {
             ssh,
             remote,
             seed: None,
+            timeline,
         })
     }
 
@@ -719,6 +737,60 @@ impl RawLan {
             }
         }
         Ok(())
+    }
+}
+
+/// The longest a timeline waits: a day.
+const MAX_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+impl RawLan {
+    /// The timeline, checked, in the order of its times (ties in the order written).
+    fn resolve_timeline(&self, nic_counts: &[u8]) -> Result<Vec<Timed>, SpecError> {
+        let mut out = Vec::new();
+        for at in &self.timeline {
+            if !(0..=MAX_AFTER_MS).contains(&at.after_ms.value) {
+                return Err(SpecError::new(
+                    &at.after_ms.source,
+                    format!(
+                        "after_ms = {} is out of range: give 0 to {MAX_AFTER_MS} (a day)",
+                        at.after_ms.value
+                    ),
+                ));
+            }
+            let (host, nic) = self.end(&at.host, &at.nic, nic_counts)?;
+            let change = match (&at.link, &at.impair) {
+                (Some(link), None) => match link.value.as_str() {
+                    "down" => Change::Link(false),
+                    "up" => Change::Link(true),
+                    other => {
+                        return Err(SpecError::new(
+                            &link.source,
+                            format!("link = {other:?}: give \"down\" or \"up\""),
+                        ))
+                    }
+                },
+                (None, Some(impair)) => {
+                    impair.value.validate().map_err(|e| {
+                        SpecError::new(&impair.source, format!("{e}"))
+                    })?;
+                    Change::Impair(impair.value)
+                }
+                _ => {
+                    return Err(SpecError::new(
+                        &at.source,
+                        "say one change: `link = \"down\"` (or \"up\") or `impair = { ... }` ({} for a good cable)",
+                    ))
+                }
+            };
+            out.push(Timed {
+                after: std::time::Duration::from_millis(at.after_ms.value.unsigned_abs()),
+                host,
+                nic,
+                change,
+            });
+        }
+        out.sort_by_key(|t| t.after);
+        Ok(out)
     }
 }
 
