@@ -180,6 +180,16 @@ fn banner(lab: &Lab, assets: &Assets, lan: &LanArgs, panes: Panes) -> String {
             "  Another shell on {first}, from another terminal: cargo xtask lab attach {first}\n"
         )),
     }
+    let cable = lab.vms().get(1).map_or(first, |vm| vm.name());
+    text.push_str(&format!(
+        "  Watch and steer it from another terminal: cargo xtask lab capture {cable} | wireshark -k -i -\n    (live frames), lab link {cable} down|up, lab set {cable} --delay 50ms, lab show, lab events\n"
+    ));
+    if !lab.spec().timeline().is_empty() {
+        text.push_str(&format!(
+            "  Its timeline changes {} cable(s) while you type ([[at]] of the file).\n",
+            lab.spec().timeline().len()
+        ));
+    }
     text.push_str("  `exit` or Ctrl-D powers the lab off.\n\n");
     text
 }

@@ -22,6 +22,11 @@ fn a_person_types_the_seed_into_the_shell_and_ctrl_c_stops_ping_but_not_the_shel
         banner.contains("lab attach host2"),
         "the banner says how to reach host2's shell:\n{banner}"
     );
+    assert!(
+        banner.contains("lab capture host2 | wireshark -k -i -")
+            && banner.contains("lab link host2 down|up"),
+        "the banner says how to watch and steer the lab:\n{banner}"
+    );
 
     // A second terminal into host2 of the same lab; its exit code is its shell's.
     let second = Terminal::start(
