@@ -10,7 +10,7 @@ use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 mod support;
-use support::terminal::Terminal;
+use support::terminal::{lab_shell, last_rtt};
 
 /// What a pcapng stream held: its interfaces' names, its frames (interface, bytes), and the
 /// drops its statistics blocks report.
@@ -81,34 +81,9 @@ fn drain(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// The average RTT of the last ping summary on `screen`, in ms.
-fn last_rtt(screen: &str) -> f64 {
-    let line = screen
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("rtt "))
-        .unwrap_or_else(|| panic!("no ping summary on the screen:\n{screen}"));
-    line.split(" = ")
-        .nth(1)
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|avg| avg.parse().ok())
-        .unwrap_or_else(|| panic!("no RTT in {line:?}"))
-}
-
 #[test]
 fn captures_stream_live_and_a_stalled_reader_loses_frames_not_the_lan() {
-    let xtask = env!("CARGO_BIN_EXE_xtask");
-    let term = Terminal::start(
-        "capture",
-        &format!("echo LAB-PID=$$; exec {xtask} lab shell --hosts 2"),
-    );
-    let screen = term.wait_for("root@host1:", 1, Duration::from_secs(180));
-    let pid = screen
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("LAB-PID="))
-        .expect("the pane printed its pid")
-        .trim()
-        .to_string();
+    let (term, pid) = lab_shell("capture", "--hosts 2");
 
     // Two at once: host2's cable, and the whole switch.
     let mut cable = capture(&pid, Some("host2"));

@@ -6,27 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 mod support;
-use support::terminal::Terminal;
+use support::terminal::{lab_shell, last_rtt};
 use support::xtask;
-
-/// Starts `lab shell ARGS` in tmux; returns the terminal and the shell's process id (it
-/// replaces the tmux pane's shell, so `$$` is its pid: several shells may run at once in the
-/// suite, and `--pid` picks this one).
-fn lab_shell(label: &str, args: &str) -> (Terminal, String) {
-    let xtask = env!("CARGO_BIN_EXE_xtask");
-    let term = Terminal::start(
-        label,
-        &format!("echo LAB-PID=$$; exec {xtask} lab shell {args}"),
-    );
-    let screen = term.wait_for("root@host1:", 1, Duration::from_secs(180));
-    let pid = screen
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("LAB-PID="))
-        .expect("the pane printed its pid")
-        .trim()
-        .to_string();
-    (term, pid)
-}
 
 fn steer(pid: &str, args: &[&str]) -> Output {
     xtask()
@@ -44,20 +25,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// The average RTT of the last ping summary on `screen`, in ms.
-fn last_rtt(screen: &str) -> f64 {
-    let line = screen
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("rtt "))
-        .unwrap_or_else(|| panic!("no ping summary on the screen:\n{screen}"));
-    line.split(" = ")
-        .nth(1)
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|avg| avg.parse().ok())
-        .unwrap_or_else(|| panic!("no RTT in {line:?}"))
 }
 
 #[test]

@@ -134,3 +134,36 @@ impl Pane<'_> {
         }
     }
 }
+
+/// Starts `lab shell ARGS` in tmux; returns the terminal and the shell's process id (it
+/// replaces the tmux pane's shell, so `$$` is its pid: several shells may run at once in the
+/// suite, and `--pid` picks this one).
+pub fn lab_shell(label: &str, args: &str) -> (Terminal, String) {
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let term = Terminal::start(
+        label,
+        &format!("echo LAB-PID=$$; exec {xtask} lab shell {args}"),
+    );
+    let screen = term.wait_for("root@host1:", 1, Duration::from_secs(180));
+    let pid = screen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LAB-PID="))
+        .expect("the pane printed its pid")
+        .trim()
+        .to_string();
+    (term, pid)
+}
+
+/// The average RTT of the last ping summary on `screen`, in ms.
+pub fn last_rtt(screen: &str) -> f64 {
+    let line = screen
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("rtt "))
+        .unwrap_or_else(|| panic!("no ping summary on the screen:\n{screen}"));
+    line.split(" = ")
+        .nth(1)
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|avg| avg.parse().ok())
+        .unwrap_or_else(|| panic!("no RTT in {line:?}"))
+}
