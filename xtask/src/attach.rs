@@ -241,33 +241,44 @@ pub(crate) async fn connect(shell: &Found) -> anyhow::Result<(Lines, Sender)> {
     Ok((Lines::new(read), Sender(write)))
 }
 
-async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
-    let (from, to) = connect(shell).await?;
-    let mut remote = Attached {
-        from,
-        to: SharedSender(std::sync::Arc::new(tokio::sync::Mutex::new(to))),
-        ended: None,
-        shell_pid: shell.pid,
-    };
-    remote
-        .to
-        .send(&ToShell::Attach {
-            host: host.into(),
-            size: terminal::size(),
-            term: terminal::kind(),
-        })
-        .await?;
-    match remote.from.next::<ToAttach>().await? {
-        Some(ToAttach::Attached { host, ip }) => {
-            say(&format!("lab: attached to {host} ({ip}/24 on eth0) of the lab shell of pid {}; `exit` detaches", shell.pid));
-        }
+/// Sends `first` to `shell` and reads its answer: the connection for what follows, and the
+/// answer, unless it refused (its reason is the error) or closed the connection.
+pub(crate) async fn request(
+    shell: &Found,
+    first: &ToShell,
+) -> anyhow::Result<(ToAttach, Lines, Sender)> {
+    let (mut from, mut to) = connect(shell).await?;
+    to.send(first).await?;
+    match from.next::<ToAttach>().await? {
         Some(ToAttach::Refused { reason }) => bail!("{reason}"),
-        Some(other) => bail!("the lab shell answered {other:?} instead of attaching"),
+        Some(answer) => Ok((answer, from, to)),
         None => bail!(
             "the lab shell of pid {} closed the connection (is it ending?)",
             shell.pid
         ),
     }
+}
+
+async fn attach(shell: &Found, host: &str) -> anyhow::Result<i32> {
+    let attach = ToShell::Attach {
+        host: host.into(),
+        size: terminal::size(),
+        term: terminal::kind(),
+    };
+    let (answer, from, to) = request(shell, &attach).await?;
+    let ToAttach::Attached { host, ip } = answer else {
+        bail!("the lab shell answered {answer:?} instead of attaching");
+    };
+    say(&format!(
+        "lab: attached to {host} ({ip}/24 on eth0) of the lab shell of pid {}; `exit` detaches",
+        shell.pid
+    ));
+    let remote = Attached {
+        from,
+        to: SharedSender(std::sync::Arc::new(tokio::sync::Mutex::new(to))),
+        ended: None,
+        shell_pid: shell.pid,
+    };
     terminal::relay(remote).await
 }
 

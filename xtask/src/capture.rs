@@ -110,19 +110,13 @@ pub fn run(target: Option<&str>, vlan: Option<u16>, pid: Option<u32>) -> anyhow:
     let shell = crate::attach::find(pid)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let (mut from, mut to) = crate::attach::connect(&shell).await?;
-        to.send(&ToShell::Capture {
+        let capture = ToShell::Capture {
             target: target.unwrap_or_default().to_string(),
-        })
-        .await?;
-        let interfaces = match from.next::<ToAttach>().await? {
-            Some(ToAttach::Capturing { interfaces }) => interfaces,
-            Some(ToAttach::Refused { reason }) => bail!("{reason}"),
-            Some(other) => bail!("the lab shell answered {other:?}"),
-            None => bail!(
-                "the lab shell of pid {} closed the connection (is it ending?)",
-                shell.pid
-            ),
+        };
+        // `_to` is held: the shell takes its closing for the capture's end.
+        let (answer, mut from, _to) = crate::attach::request(&shell, &capture).await?;
+        let ToAttach::Capturing { interfaces } = answer else {
+            bail!("the lab shell answered {answer:?}");
         };
         let mut stream = Stream::start(&interfaces)?;
         loop {

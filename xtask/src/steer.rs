@@ -117,27 +117,16 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 pub fn run(target: &str, action: Steer, pid: Option<u32>) -> anyhow::Result<()> {
     let shell = crate::attach::find(pid)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let answer = rt.block_on(async {
-        let (mut from, mut to) = crate::attach::connect(&shell).await?;
-        to.send(&ToShell::Steer {
-            target: target.to_string(),
-            action,
-        })
-        .await?;
-        from.next::<ToAttach>().await
-    })?;
-    match answer {
-        Some(ToAttach::Steered { text }) => {
-            print!("{text}");
-            Ok(())
-        }
-        Some(ToAttach::Refused { reason }) => bail!("{reason}"),
-        Some(other) => bail!("the lab shell answered {other:?}"),
-        None => bail!(
-            "the lab shell of pid {} closed the connection (is it ending?)",
-            shell.pid
-        ),
-    }
+    let steer = ToShell::Steer {
+        target: target.to_string(),
+        action,
+    };
+    let (answer, _, _) = rt.block_on(crate::attach::request(&shell, &steer))?;
+    let ToAttach::Steered { text } = answer else {
+        bail!("the lab shell answered {answer:?}");
+    };
+    print!("{text}");
+    Ok(())
 }
 
 /// Does `action` on the running `lab`: the shell's side of [`run`]. A refusal names what
