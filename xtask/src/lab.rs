@@ -465,6 +465,30 @@ pub fn assets_for(
     Ok(assets)
 }
 
+/// A host and the kernel it boots, in words (`6.1.0-57-cloud-amd64 (linux-image-…)`).
+#[derive(Debug, serde::Serialize)]
+pub struct HostKernel {
+    pub name: String,
+    pub kernel: String,
+}
+
+/// Each host of `spec` and the kernel it boots: its own, or the run's (`assets`).
+pub fn host_kernels(assets: &Assets, spec: &Spec) -> anyhow::Result<Vec<HostKernel>> {
+    spec.hosts()
+        .iter()
+        .map(|h| {
+            let kernel = match &h.kernel {
+                Some(k) => assets.for_kernel(k)?.kernel,
+                None => assets.kernel.clone(),
+            };
+            Ok(HostKernel {
+                name: h.name.clone(),
+                kernel: format!("{} ({})", kernel.release, kernel.origin),
+            })
+        })
+        .collect()
+}
+
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(LabCommand::Run {

@@ -84,19 +84,13 @@ struct Summary<'a> {
     version: u32,
     job: &'a str,
     /// Each host and the kernel it booted.
-    hosts: Vec<HostKernel>,
+    hosts: Vec<crate::lab::HostKernel>,
     attempts: Vec<AttemptSummary<'a>>,
     /// Each subtest judged over every attempt.
-    subtests: Vec<flaky::Finding>,
+    subtests: &'a [flaky::Finding],
     /// Kernel problems, one per fingerprint.
-    kernel_problems: Vec<flaky::SplatFinding>,
+    kernel_problems: &'a [flaky::SplatFinding],
     passed: bool,
-}
-
-#[derive(Serialize)]
-struct HostKernel {
-    name: String,
-    kernel: String,
 }
 
 #[derive(Serialize)]
@@ -135,7 +129,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         },
         args.lan.describe()
     );
-    let hosts = host_kernels(&assets, &spec)?;
+    let hosts = crate::lab::host_kernels(&assets, &spec)?;
     if hosts.iter().any(|h| h.kernel != hosts[0].kernel) {
         for h in &hosts {
             crate::ui::status!("lab:   {} boots {}", h.name, h.kernel);
@@ -155,6 +149,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         judged,
     };
+    // The job's output goes straight to the descriptors ([`show`]): what std holds goes first.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let attempts = rt.block_on(crate::interrupt::unless_interrupted(async {
         let mut rng = fastrand::Rng::with_seed(first_seed);
         let mut done: Vec<(Attempt, Ran)> = Vec::new();
@@ -182,19 +178,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         "the run left things behind:\n  {}",
         leaks.join("\n  ")
     );
-    let (summary_path, passed) = write_results(&assets.runs.dir, &what, hosts, &attempts)?;
+    let verdicts = Verdicts::of(&attempts);
+    let summary_path = write_results(&assets.runs.dir, &what, hosts, &attempts, &verdicts)?;
     crate::ui::status!(
         "lab: captures and consoles of this run are in {} (results: {}, junit.xml beside it)",
         crate::runs::shown(&assets.runs).display(),
         summary_path.display()
     );
     if judged {
-        print_judgement(&attempts);
-        anyhow::ensure!(passed, "{what} failed (see the table above)");
+        print_judgement(attempts.len(), &verdicts);
+        anyhow::ensure!(verdicts.passed, "{what} failed (see the table above)");
         return Ok(());
     }
     let (_, ran) = attempts.into_iter().next().context("no attempt ran")?;
-    exit_as_the_job(&what, args.timeout, ran, passed)
+    exit_as_the_job(&what, args.timeout, ran, verdicts.passed)
 }
 
 /// The job `lab run` was given: a script file, or a program after `--`.
@@ -209,23 +206,6 @@ fn job_of(script: Option<&Path>, program: &[String]) -> anyhow::Result<Job> {
         (Some(_), false) => anyhow::bail!("give a script or a program after `--`, not both"),
         (None, true) => anyhow::bail!("nothing to run: give a script file, or a program after `--` (see `cargo xtask lab run --help`)"),
     })
-}
-
-/// Each host and the kernel it boots: its own, or the run's.
-fn host_kernels(assets: &Assets, spec: &Spec) -> anyhow::Result<Vec<HostKernel>> {
-    spec.hosts()
-        .iter()
-        .map(|h| {
-            let kernel = match &h.kernel {
-                Some(k) => assets.for_kernel(k)?.kernel,
-                None => assets.kernel.clone(),
-            };
-            Ok(HostKernel {
-                name: h.name.clone(),
-                kernel: format!("{} ({})", kernel.release, kernel.origin),
-            })
-        })
-        .collect()
 }
 
 /// What every attempt shares.
@@ -308,11 +288,10 @@ impl Attempts<'_> {
     }
 }
 
-/// Straight to the descriptors, past std's buffers: a write that waits for a reader gives up
-/// when the run is interrupted.
+/// Straight to the descriptors, past std's buffers (flushed before the first attempt): a
+/// write that waits for a reader gives up when the run is interrupted.
 fn show(stream: Stream, bytes: &[u8]) {
     use std::os::fd::AsFd;
-    let _ = std::io::Write::flush(&mut std::io::stdout());
     match stream {
         Stream::Stdout => {
             crate::interrupt::write_unless_interrupted(std::io::stdout().as_fd(), bytes)
@@ -374,17 +353,36 @@ fn failed(attempt: &Attempt) -> bool {
     attempt.results.iter().any(|r| r.outcome.failed())
 }
 
-/// Writes `summary.json` and `junit.xml` into the run's directory; returns the summary's path
-/// and whether the run passed (no subtest failed in every attempt, no kernel problem).
+/// Every subtest judged over the attempts, and their kernel problems: worked out once, for
+/// the files and the table.
+struct Verdicts {
+    findings: Vec<flaky::Finding>,
+    splats: Vec<flaky::SplatFinding>,
+    /// No subtest failed in every attempt (a kernel problem is one).
+    passed: bool,
+}
+
+impl Verdicts {
+    fn of(attempts: &[(Attempt, Ran)]) -> Self {
+        let only: Vec<Attempt> = attempts.iter().map(|(a, _)| a.clone()).collect();
+        let findings = flaky::judge(&only);
+        let passed = !findings.iter().any(|f| f.judgement == Judgement::Failed);
+        Self {
+            findings,
+            splats: flaky::splats(&only),
+            passed,
+        }
+    }
+}
+
+/// Writes `summary.json` and `junit.xml` into the run's directory; returns the summary's path.
 fn write_results(
     dir: &Path,
     what: &str,
-    hosts: Vec<HostKernel>,
+    hosts: Vec<crate::lab::HostKernel>,
     attempts: &[(Attempt, Ran)],
-) -> anyhow::Result<(PathBuf, bool)> {
-    let only: Vec<Attempt> = attempts.iter().map(|(a, _)| a.clone()).collect();
-    let findings = flaky::judge(&only);
-    let passed = !findings.iter().any(|f| f.judgement == Judgement::Failed);
+    verdicts: &Verdicts,
+) -> anyhow::Result<PathBuf> {
     let summary = Summary {
         version: 1,
         job: what,
@@ -399,15 +397,15 @@ fn write_results(
                 seconds: (r.out.duration.as_secs_f64() * 1000.0).round() / 1000.0,
             })
             .collect(),
-        subtests: findings.clone(),
-        kernel_problems: flaky::splats(&only),
-        passed,
+        subtests: &verdicts.findings,
+        kernel_problems: &verdicts.splats,
+        passed: verdicts.passed,
     };
     let path = dir.join("summary.json");
     lab_kernels::write_atomically(&path, &serde_json::to_vec_pretty(&summary)?)?;
-    let junit = junit(what, &findings, attempts)?;
+    let junit = junit(what, &verdicts.findings, attempts)?;
     lab_kernels::write_atomically(&dir.join("junit.xml"), junit.as_bytes())?;
-    Ok((path, passed))
+    Ok(path)
 }
 
 /// JUnit: a case per subtest; a flaky one passes with its failed runs as `flakyFailure`, a
@@ -507,11 +505,10 @@ fn junit(
 }
 
 /// The judgement of every subtest, and the kernel problems, for a person.
-fn print_judgement(attempts: &[(Attempt, Ran)]) {
-    let only: Vec<Attempt> = attempts.iter().map(|(a, _)| a.clone()).collect();
+fn print_judgement(runs: usize, verdicts: &Verdicts) {
     let colour = crate::ui::colour(&std::io::stdout());
-    println!("lab: {} run(s) of the job:", only.len());
-    for f in flaky::judge(&only) {
+    println!("lab: {runs} run(s) of the job:");
+    for f in &verdicts.findings {
         let (word, good, more) = match &f.judgement {
             Judgement::Passed => ("passed", true, String::new()),
             Judgement::Skipped => ("skipped", true, String::new()),
@@ -543,7 +540,7 @@ fn print_judgement(attempts: &[(Attempt, Ran)]) {
             f.name, f.failures, f.runs
         );
     }
-    for s in flaky::splats(&only) {
+    for s in &verdicts.splats {
         println!(
             "  kernel problem {} time(s) (seeds {:?}): {}",
             s.count, s.seeds, s.fingerprint

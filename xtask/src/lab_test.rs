@@ -57,15 +57,11 @@ pub fn run(
                 topology.spec.hosts().len(),
                 topology.checks.len()
             );
-            // Which kernel a host of its own boots, said as `lab run` says the run's.
-            for host in topology.spec.hosts() {
-                if let Some(Ok(own)) = host.kernel.as_ref().map(|k| assets.for_kernel(k)) {
-                    crate::ui::status!(
-                        "lab test:   {} boots {} ({})",
-                        host.name,
-                        own.kernel.release,
-                        own.kernel.origin
-                    );
+            // Which kernel a host of its own boots, said as `lab run` says it.
+            let kernels = crate::lab::host_kernels(&assets, &topology.spec).unwrap_or_default();
+            for (host, k) in topology.spec.hosts().iter().zip(kernels) {
+                if host.kernel.is_some() {
+                    crate::ui::status!("lab test:   {} boots {}", k.name, k.kernel);
                 }
             }
             results.push(test_file(&assets, file, topology, allow_kernel_splats).await);
