@@ -124,14 +124,9 @@ impl Events {
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let Ok(json) = serde_json::to_string(&Record {
-            version: VERSION,
-            unix_ms,
-            event: &event,
-        }) else {
+        let Some(line) = line(&event, unix_ms) else {
             return;
         };
-        let line: Arc<str> = Arc::from(format!("{json}\n"));
         self.write(&line);
         // No reader is no error: the file has it.
         let _ = self.tx.send(line);
@@ -160,6 +155,17 @@ impl Events {
     }
 }
 
+/// `event`'s NDJSON line: the record with its version and time, and a newline.
+fn line(event: &Event, unix_ms: u64) -> Option<Arc<str>> {
+    let record = Record {
+        version: VERSION,
+        unix_ms,
+        event,
+    };
+    let json = serde_json::to_string(&record).ok()?;
+    Some(Arc::from(format!("{json}\n")))
+}
+
 /// A live reader of a lab's events.
 #[derive(Debug)]
 pub struct Reader(broadcast::Receiver<Arc<str>>);
@@ -170,15 +176,7 @@ impl Reader {
     pub async fn next(&mut self) -> Option<Arc<str>> {
         match self.0.recv().await {
             Ok(line) => Some(line),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                let json = serde_json::to_string(&Record {
-                    version: VERSION,
-                    unix_ms: 0,
-                    event: &Event::Missed { events: n },
-                })
-                .unwrap_or_default();
-                Some(Arc::from(format!("{json}\n")))
-            }
+            Err(broadcast::error::RecvError::Lagged(n)) => line(&Event::Missed { events: n }, 0),
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }

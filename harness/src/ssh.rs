@@ -121,12 +121,7 @@ fn known_hosts(spec: &Spec, keys: &[Keys]) -> String {
         .zip(keys)
         .map(|(host, keys)| {
             let mut names = vec![host.name.clone()];
-            names.extend(
-                host.nics
-                    .iter()
-                    .flat_map(|n| &n.addresses)
-                    .map(|a| a.addr().to_string()),
-            );
+            names.extend(host.addresses().map(|a| a.addr().to_string()));
             format!("{} {}\n", names.join(","), keys.host)
         })
         .collect()

@@ -211,6 +211,13 @@ pub struct HostSpec {
     pub setup: Vec<String>,
 }
 
+impl HostSpec {
+    /// Every address of every NIC, `eth0`'s first.
+    pub fn addresses(&self) -> impl Iterator<Item = &IpNet> {
+        self.nics.iter().flat_map(|n| &n.addresses)
+    }
+}
+
 /// A host's own kernel.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
@@ -331,7 +338,7 @@ impl Spec {
     pub fn etc_hosts(&self) -> String {
         let mut text = String::new();
         for host in &self.hosts {
-            for a in host.nics.iter().flat_map(|n| &n.addresses) {
+            for a in host.addresses() {
                 text.push_str(&format!("{} {}\n", a.addr(), host.name));
             }
         }
