@@ -27,6 +27,18 @@ pub fn assets_of(id: &str) -> Assets {
     Assets::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The selftests `cargo xtask test` unpacked (Debian's linux-source-6.12, laid out as
+/// installed), holding each of `files`; panics with the fix otherwise.
+pub fn selftests(files: &[&str]) -> std::path::PathBuf {
+    let dir = std::env::var_os("LAB_SELFTESTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
+    for file in files {
+        assert!(dir.join(file).is_file(), "no {file} in {}", dir.display());
+    }
+    dir
+}
+
 /// A guest configuration named `name` on the provisioned assets.
 pub fn config(name: &str) -> VmConfig {
     assets().vm(name)

@@ -2,7 +2,6 @@
 //! remote end reached over ssh (`REMOTE_TYPE=ssh`) as on the netdev CI's hardware, the
 //! selftests unmodified.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lab_harness::ktap::Outcome;
@@ -10,21 +9,6 @@ use lab_harness::lan::capture::read_frames;
 use lab_harness::{Extras, Job, Lab, Stream};
 use lab_tests::{assets_of, Check};
 use rstest::rstest;
-
-/// The selftests `cargo xtask test` unpacked, installed-style (kselftest-list.txt, net/lib/ynl).
-fn selftests() -> PathBuf {
-    let dir = std::env::var_os("LAB_SELFTESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
-    for file in [
-        "drivers/net/ping.py",
-        "kselftest-list.txt",
-        "net/lib/ynl/lib/ynl.py",
-    ] {
-        assert!(dir.join(file).is_file(), "no {file} in {}", dir.display());
-    }
-    dir
-}
 
 /// An IPv4 ICMP echo request from `src` to `dst` (last octets of 192.168.88.N).
 fn is_echo_request(frame: &[u8], src: u8, dst: u8) -> bool {
@@ -51,7 +35,12 @@ async fn upstream_drivers_net_ping_passes_across_two_hosts_over_ssh(#[case] kern
     let lab = Lab::builder(&assets, &format!("drivers-net-{kernel}"))
         .host("host1")
         .extras(Extras {
-            dir: Some(selftests()),
+            // Installed-style: the YNL library where drivers/net's Python tests load it.
+            dir: Some(lab_tests::selftests(&[
+                "drivers/net/ping.py",
+                "kselftest-list.txt",
+                "net/lib/ynl/lib/ynl.py",
+            ])),
             ..Extras::default()
         })
         .host("host2")

@@ -195,20 +195,6 @@ fn bad_extras_are_refused_before_anything_boots(
     );
 }
 
-/// The selftests `cargo xtask selftests` unpacked (from Debian's linux-source-6.12).
-fn selftests() -> PathBuf {
-    let dir = std::env::var_os("LAB_SELFTESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
-    assert!(
-        dir.join("drivers/net/bonding/bond_macvlan_ipvlan.sh")
-            .is_file(),
-        "no bonding selftest in {}",
-        dir.display()
-    );
-    dir
-}
-
 /// The upstream selftest, unmodified, with its sibling files, as examples/bonding-selftest.sh
 /// runs it.
 #[rstest]
@@ -218,7 +204,9 @@ fn selftests() -> PathBuf {
 async fn upstream_bond_macvlan_ipvlan_selftest_passes_all_96_checks(#[case] kernel: &str) {
     let extras = Extras {
         packages: vec!["jq".into(), "coreutils".into()],
-        dir: Some(selftests()),
+        dir: Some(lab_tests::selftests(&[
+            "drivers/net/bonding/bond_macvlan_ipvlan.sh",
+        ])),
         ..Extras::default()
     };
     let assets = assets_of(kernel);

@@ -104,8 +104,9 @@ fn a_kernel_tree_boots_with_its_modules_and_builds_module_sources_in_it() {
     // The kernel under test beside a stable peer: host1 on the tree, host2 on debian-6.1,
     // the selftests' drivers/net/ping.py between them over ssh; the run's summary names both
     // kernels.
-    let selftests = std::env::var("LAB_SELFTESTS")
-        .unwrap_or_else(|_| panic!("LAB_SELFTESTS is not set: run the tests with `cargo xtask test`, which fetches the selftests"));
+    let selftests = lab_tests::selftests(&["drivers/net/ping.py"])
+        .to_string_lossy()
+        .into_owned();
     let run_dir_file = dir.path().join("run-dir");
     let out = lab_run(
         &tree,
