@@ -65,10 +65,14 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<Apt> {
     let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if !lists_fresh(&root.join("state/lists")) {
-        let out = Command::new(crate::deb::tool("apt-get")?)
-            .arg("update")
-            .env("APT_CONFIG", &conf)
-            .output()
+        let task = crate::progress::Task::start(
+            "updating the package lists of Debian's archive",
+            None,
+            crate::progress::Unit::Bytes,
+        );
+        let mut update = Command::new(crate::deb::tool("apt-get")?);
+        update.arg("update").env("APT_CONFIG", &conf);
+        let out = crate::progress::output_watching(&mut update, &task, &root.join("state/lists"))
             .map_err(|e| Error::io(Path::new("apt-get"), e))?;
         // apt-get update exits 0 even when a source failed; its stderr says so with "E:" or "W:".
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::Apt;
+use crate::progress::{Task, Unit};
 use crate::{Error, Result};
 
 /// A package unpacked in the cache.
@@ -80,33 +81,110 @@ pub struct PackageInfo {
 
 /// Fetches `package` (its candidate version) into `cache` unless it is there already.
 pub fn fetch_and_unpack(apt: &Apt, package: &str, cache: &Path) -> Result<Unpacked> {
-    fetch_info(apt, &show(apt, &follow_meta_package(apt, package)?)?, cache)
+    let info = show(apt, &follow_meta_package(apt, package)?)?;
+    Ok(fetch_infos(apt, &[info], cache)?.remove(0))
 }
 
 /// Fetches several packages, asking apt about all of them at once (each `apt-cache` call reads
 /// the whole package index: about a second on a Debian host).
 pub fn fetch_all(apt: &Apt, packages: &[String], cache: &Path) -> Result<Vec<Unpacked>> {
-    show_many(apt, packages)?
-        .iter()
-        .map(|info| fetch_info(apt, info, cache))
-        .collect()
+    fetch_infos(apt, &show_many(apt, packages)?, cache)
 }
 
-fn fetch_info(apt: &Apt, info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
-    let dir = cache.join(format!(
+/// The packages of `infos` from the cache, fetching those it lacks (one download task for
+/// them all, in bytes when apt tells their sizes), in the order given.
+fn fetch_infos(apt: &Apt, infos: &[PackageInfo], cache: &Path) -> Result<Vec<Unpacked>> {
+    let mut found: Vec<Option<Unpacked>> = infos
+        .iter()
+        .map(|info| match cached(&package_dir(info, cache)) {
+            Cached::Whole(done) => Some(done),
+            Cached::Damaged(why) => {
+                eprintln!("lab-kernels: {why}: fetching {} again", info.package);
+                None
+            }
+            Cached::Missing => None,
+        })
+        .collect();
+    let missing: Vec<&PackageInfo> = infos
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(info, _)| info)
+        .collect();
+    if !missing.is_empty() {
+        let what = match missing.as_slice() {
+            [one] => format!("downloading {}", one.package),
+            many => format!("downloading {} packages", many.len()),
+        };
+        let sizes = if crate::progress::watching() {
+            download_sizes(apt, &missing)
+        } else {
+            None
+        };
+        let task = Task::start(&what, sizes.as_ref().map(|s| s.iter().sum()), Unit::Bytes);
+        let mut fetched = Vec::new();
+        for (i, info) in missing.iter().enumerate() {
+            if missing.len() > 1 {
+                task.note(&format!("{}/{} {}", i + 1, missing.len(), info.package));
+            }
+            let base = task.done();
+            let unpacked = fetch_missing(apt, info, cache, &task)?;
+            let size = sizes.as_ref().map_or(0, |s| s[i]);
+            task.set(base + size.max(task.done().saturating_sub(base)));
+            fetched.push(unpacked);
+        }
+        let mut fetched = fetched.into_iter();
+        for f in found.iter_mut().filter(|f| f.is_none()) {
+            *f = fetched.next();
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Where the cache keeps `info`'s package.
+fn package_dir(info: &PackageInfo, cache: &Path) -> PathBuf {
+    cache.join(format!(
         "{}_{}",
         info.package,
         info.version.replace(':', "%3a")
-    ));
-    match cached(&dir) {
-        Cached::Whole(done) => return Ok(done),
-        Cached::Damaged(why) => eprintln!("lab-kernels: {why}: fetching {} again", info.package),
-        Cached::Missing => {}
-    }
+    ))
+}
+
+/// The download size of each package, as apt's index gives it; `None` unless it gives all.
+fn download_sizes(apt: &Apt, infos: &[&PackageInfo]) -> Option<Vec<u64>> {
+    let mut cmd = Command::new(tool("apt-get").ok()?);
+    apt.configure(&mut cmd)
+        .args(["download", "--print-uris", "--"])
+        .args(infos.iter().map(|i| format!("{}={}", i.package, i.version)));
+    let out = cmd.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `'URI' FILE SIZE HASH`: FILE is `<package>_<version, ':' as %3a>_<arch>.deb`.
+    let by_file: std::collections::HashMap<&str, u64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            Some((words.next()?, words.next()?.parse().ok()?))
+        })
+        .collect();
+    infos
+        .iter()
+        .map(|i| {
+            let stem = format!("{}_{}_", i.package, i.version.replace(':', "%3a"));
+            by_file
+                .iter()
+                .find(|(file, _)| file.starts_with(&stem))
+                .map(|(_, size)| *size)
+        })
+        .collect()
+}
+
+/// Fetches `info`'s package into the cache; its download's bytes go to `task`.
+fn fetch_missing(apt: &Apt, info: &PackageInfo, cache: &Path, task: &Task) -> Result<Unpacked> {
+    let dir = package_dir(info, cache);
     // A staging directory of this call's own: threads of one process (test cases, guests booted
     // side by side) may fetch the same package at the same time.
     let staging = crate::cache::Staging::new(cache, &info.package)?;
-    let unpacked = fetch_into(apt, info, staging.path())?;
+    let unpacked = fetch_into(apt, info, staging.path(), task)?;
     // Another fetch of the same package may have finished first: its result is as good as ours,
     // and someone may be reading it, so it stays. A directory without a marker is a leftover.
     if let Cached::Whole(done) = cached(&dir) {
@@ -125,13 +203,15 @@ fn fetch_info(apt: &Apt, info: &PackageInfo, cache: &Path) -> Result<Unpacked> {
     }
 }
 
-fn fetch_into(apt: &Apt, info: &PackageInfo, staging: &Path) -> Result<Unpacked> {
+fn fetch_into(apt: &Apt, info: &PackageInfo, staging: &Path, task: &Task) -> Result<Unpacked> {
     let spec = format!("{}={}", info.package, info.version);
-    run(
-        apt.configure(&mut Command::new(tool("apt-get")?))
-            .args(["download", "--"])
-            .arg(&spec)
-            .current_dir(staging),
+    let mut download = Command::new(tool("apt-get")?);
+    apt.configure(&mut download)
+        .args(["download", "--"])
+        .arg(&spec)
+        .current_dir(staging);
+    checked(
+        crate::progress::output_watching(&mut download, task, staging),
         &format!("apt-get download {spec}"),
         "run `sudo apt-get update` so apt knows the package, then try again",
     )?;
@@ -250,20 +330,15 @@ pub fn fetch_exact(
     packages: &[(String, String)],
     cache: &Path,
 ) -> Result<Vec<Unpacked>> {
-    packages
+    let infos: Vec<PackageInfo> = packages
         .iter()
-        .map(|(package, version)| {
-            fetch_info(
-                apt,
-                &PackageInfo {
-                    package: package.clone(),
-                    version: version.clone(),
-                    depends: Vec::new(),
-                },
-                cache,
-            )
+        .map(|(package, version)| PackageInfo {
+            package: package.clone(),
+            version: version.clone(),
+            depends: Vec::new(),
         })
-        .collect()
+        .collect();
+    fetch_infos(apt, &infos, cache)
 }
 
 /// `apt-cache show` of the candidate version.
@@ -364,7 +439,12 @@ pub(crate) fn tool(name: &'static str) -> Result<PathBuf> {
 }
 
 pub(crate) fn run(cmd: &mut Command, what: &str, fix: &str) -> Result<String> {
-    let out = cmd.output().map_err(|e| Error::Command {
+    checked(cmd.output(), what, fix)
+}
+
+/// A command's stdout, if it ran and succeeded; else what it was, what it said and the fix.
+fn checked(out: std::io::Result<std::process::Output>, what: &str, fix: &str) -> Result<String> {
+    let out = out.map_err(|e| Error::Command {
         what: what.into(),
         stderr: e.to_string(),
         fix: fix.into(),

@@ -10,6 +10,7 @@ pub mod deb;
 pub mod kbuild;
 pub mod manifest;
 pub mod modules;
+pub mod progress;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
