@@ -107,7 +107,13 @@ pub fn packages(
     );
     let path = dir.join(format!("packages-{}.cpio", &key[..16]));
     if !path.is_file() {
+        let task = lab_kernels::progress::Task::steps(
+            &format!("building a layer of {} packages", closure.len()),
+            2,
+        );
+        task.step("their files");
         let unpacked = lab_kernels::deb::fetch_exact(apt, &closure, &cache.join("debs"))?;
+        task.step("packing and storing the archive");
         let in_base = archive_files(base)?;
         let skip = |guest: &str| {
             in_base.contains(guest)

@@ -17,6 +17,7 @@ mod tree;
 use std::path::{Path, PathBuf};
 
 use lab_kernels::modules::ModuleTree;
+use lab_kernels::progress::Task;
 use lab_kernels::Kernel;
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +73,13 @@ pub fn build(
     agent: &Path,
     cache: &Path,
 ) -> Result<Image> {
+    let task = Task::steps(
+        &format!("building the guest image for {}", kernel.release),
+        4,
+    );
+    task.step("its packages");
     let sysroot = Sysroot::fetch(apt, &recipe.packages, &cache.join("debs"))?;
+    task.step("its programs");
     let mut tree = Tree::default();
     tree.skeleton();
     tree.file("/init", read(agent)?, 0o755);
@@ -93,6 +100,7 @@ pub fn build(
     for dir in &recipe.trees {
         sysroot.install_tree(&mut tree, dir)?;
     }
+    task.step("its modules");
     let modules = install_modules(&mut tree, kernel, &recipe.modules)?;
     tree.file(
         "/etc/lab/packages",
@@ -100,6 +108,7 @@ pub fn build(
         0o644,
     );
 
+    task.step("packing and storing the archive");
     let bytes = tree.to_cpio().map_err(|e| Error::io(cache, e))?;
     let image = store(
         &bytes,

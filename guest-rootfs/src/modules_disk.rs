@@ -57,9 +57,15 @@ pub fn build(
             modules,
         });
     }
+    let task = lab_kernels::progress::Task::steps(
+        &format!("building the module disk for {}", kernel.release),
+        3,
+    );
+    task.step(&format!("copying {modules} modules"));
     let staging = lab_kernels::cache::Staging::new(&dir, "modules")?;
     let tree = staging.path().join("lib/modules").join(&kernel.release);
     copy_tree(&kernel.modules_dir, &tree, &files)?;
+    task.step("depmod");
     depmod(
         apt,
         staging.path(),
@@ -67,6 +73,7 @@ pub fn build(
         &cache.join("debs"),
         staging.path(),
     )?;
+    task.step("mkfs.ext4");
     let image = staging.path().join("disk.ext4");
     mkfs(&staging.path().join("lib/modules"), &image)?;
     std::fs::rename(&image, &path).map_err(|e| Error::io(&path, e))?;

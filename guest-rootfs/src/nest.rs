@@ -44,8 +44,14 @@ pub fn build(
     cache: &Path,
 ) -> Result<Image> {
     let nest = &recipe.nest;
+    let task = lab_kernels::progress::Task::steps(
+        &format!("building the nest image for {}", kernel.release),
+        3,
+    );
+    task.step("the host's QEMU, its libraries and firmware");
     let mut tree = Tree::default();
     let info = install_qemu(&mut tree, nest, qemu)?;
+    task.step("the inner kernel, image and modules");
     tree.file(INNER_KERNEL, crate::read(&kernel.bzimage)?, 0o644);
     let base_bytes = crate::read(&base.path)?;
     tree.file(INNER_INITRD, base_bytes.clone(), 0o644);
@@ -59,6 +65,7 @@ pub fn build(
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Missing(e.to_string()))?;
     tree.file("/nest/nest.json", json, 0o644);
 
+    task.step("packing and storing the archive");
     let mut bytes = base_bytes;
     bytes.extend(tree.to_cpio().map_err(|e| Error::io(cache, e))?);
     let image = crate::store(
