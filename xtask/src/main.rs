@@ -15,6 +15,7 @@ mod lab;
 mod lab_run;
 mod lab_test;
 mod leaks;
+mod progress;
 mod provision;
 mod runs;
 mod schedule;
@@ -173,9 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ui::colour(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| ui::LogWriter)
         .with_target(false)
         .init();
+    progress::install(cli.quiet);
     // A misspelt LAB_ACCEL (`kvmm`, `hvf`) or LAB_SNAPSHOT is an error everywhere, before
     // anything is built; so is a required accelerator that guests would not get, for every
     // command that boots them.
@@ -403,6 +405,18 @@ fn test(
     }
     nextest.args(test_args);
     with_env(&mut nextest);
+    if lab_kernels::progress::watching() {
+        // nextest's output reaches the terminal through a pipe (tally), where cargo builds the
+        // tests without a word for minutes on a first run: build them first, as progress.
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["test", "--workspace", "--no-run", "--quiet"]);
+        with_env(&mut build);
+        let built = progress::cargo(&mut build, "building the tests")?;
+        anyhow::ensure!(
+            built.success(),
+            "building the tests failed (cargo's errors are above)"
+        );
+    }
     let sampler = cpu_by_test::Sampler::start(std::process::id());
     let load = busy.then(BusyLoops::start);
     let (status, mut tally) = tally::run(nextest)?;
@@ -538,8 +552,15 @@ pub const ENV_CACHE: &str = "LAB_CACHE";
 
 /// `target/lab`: assets, reports, artifacts.
 pub fn lab_dir() -> PathBuf {
-    workspace_target().join("lab")
+    match std::env::var_os(ENV_LAB_DIR) {
+        Some(dir) if !dir.is_empty() => std::path::absolute(&dir).unwrap_or_else(|_| dir.into()),
+        _ => workspace_target().join("lab"),
+    }
 }
+
+/// Names xtask's own state directory (assets files, runs, reports) instead of `target/lab`:
+/// a second cache (`LAB_CACHE`) beside the first needs assets files of its own.
+pub const ENV_LAB_DIR: &str = "LAB_DIR";
 
 /// The cores this process may use.
 pub(crate) fn cores() -> usize {

@@ -362,7 +362,8 @@ fn agent_rustflags(workspace: &Path) -> String {
 /// Builds the static agent of the checkout at `workspace` (this one, or another for the test
 /// that two checkouts build the same agent) and returns its path.
 pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
         .current_dir(workspace)
         .args([
             "build",
@@ -376,9 +377,13 @@ pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
             agent_rustflags(workspace),
-        )
-        .status()
-        .context("running cargo to build the agent")?;
+        );
+    let status = if lab_kernels::progress::watching() {
+        crate::progress::cargo(&mut cargo, "building the lab agent")
+    } else {
+        cargo.status()
+    }
+    .context("running cargo to build the agent")?;
     anyhow::ensure!(
         status.success(),
         "building the static lab agent failed; it needs glibc's static libraries (`sudo apt-get install libc6-dev`)"

@@ -4,10 +4,12 @@
 //! library and netlink specs that the Python tests of `drivers/net` load from `net/lib`, and
 //! `kselftest-list.txt`, by which those tests know they are installed.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
+use lab_kernels::progress::Unit;
 
 /// The package, and the selftest directories unpacked from its tarball.
 const PACKAGE: &str = "linux-source-6.12";
@@ -52,7 +54,7 @@ pub fn provide() -> anyhow::Result<PathBuf> {
         .unwrap_or(PACKAGE)
         .to_string();
     let staging = lab_kernels::cache::Staging::new(&cache, "selftests")?;
-    eprintln!(
+    crate::ui::status!(
         "xtask: unpacking the selftests from {} (once)",
         tarball.display()
     );
@@ -73,16 +75,33 @@ fn unpack(tarball: &Path, top: &str, into: &Path) -> anyhow::Result<()> {
     for (tree, installed) in NET_LIB_FILES {
         transform.push(format!("s,^{top}/{tree},{installed},"));
     }
-    let status = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-xJf")
-        .arg(tarball)
+        .arg("-")
         .arg("-C")
         .arg(into)
         .arg(format!("--transform={}", transform.join(";")))
         .args(DIRS.iter().map(|d| format!("{top}/{d}")))
         .args(NET_LIB_FILES.iter().map(|(d, _)| format!("{top}/{d}")))
-        .status()
+        .stdin(std::process::Stdio::piped())
+        .spawn()
         .context("running tar (and xz: `sudo apt-get install xz-utils`)")?;
+    // Fed through a pipe so that what tar has read is known: a minute of xz is progress.
+    let size = std::fs::metadata(tarball)?.len();
+    let task = crate::progress::task("unpacking the selftests", Some(size), Unit::Bytes);
+    let mut from = std::fs::File::open(tarball)?;
+    let mut to = tar.stdin.take().context("tar's stdin")?;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut chunk)?;
+        // tar may end early (an error it reports itself): its status says so below.
+        if n == 0 || to.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        task.add(n as u64);
+    }
+    drop(to);
+    let status = tar.wait()?;
     anyhow::ensure!(
         status.success(),
         "tar could not unpack the selftests from {} ({status})",

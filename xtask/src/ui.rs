@@ -39,15 +39,28 @@ pub fn paint(text: &str, good: bool, on: bool) -> String {
     }
 }
 
-/// A progress line on stderr, unless `--quiet`.
+/// A progress line on stderr, unless `--quiet`; above the progress bars, when they are shown.
 macro_rules! status {
     ($($arg:tt)*) => {
         if !$crate::ui::quiet() {
-            eprintln!($($arg)*);
+            $crate::progress::suspend(|| eprintln!($($arg)*));
         }
     };
 }
 pub(crate) use status;
+
+/// stderr for the log, written with the progress bars out of the way.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::progress::suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// Adds `markdown` to the GitHub Actions step summary, when running in one: what a run ran on
 /// is seen on the run's page, not only in its log.

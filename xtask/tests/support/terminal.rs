@@ -60,6 +60,27 @@ impl Terminal {
         self.pane().screen()
     }
 
+    /// Starts `command` once every byte it writes to the terminal is also appended to `file`
+    /// (cursor moves and redraws included, which the screen no longer shows).
+    pub fn start_recorded(label: &str, command: &str, file: &std::path::Path) -> Self {
+        let go = file.with_extension("go");
+        let term = Self::start(
+            label,
+            &format!(
+                "while [ ! -e '{}' ]; do sleep 0.05; done; {command}",
+                go.display()
+            ),
+        );
+        let status = Command::new("tmux")
+            .args(["pipe-pane", "-o", "-t", &term.pane().target])
+            .arg(format!("cat >> '{}'", file.display()))
+            .status()
+            .expect("tmux pipe-pane");
+        assert!(status.success(), "tmux pipe-pane failed");
+        std::fs::write(&go, b"").expect("the start signal");
+        term
+    }
+
     pub fn keys(&self, keys: &[&str]) {
         self.pane().keys(keys)
     }
