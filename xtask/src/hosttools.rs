@@ -89,6 +89,12 @@ const NEEDS: &[Need] = &[
         present: |p| p.command("tmux"),
     },
     Need {
+        what: "tcpdump (the test of `lab capture` reads the live stream with it, as a user would)",
+        package: "tcpdump",
+        purpose: Purpose::Tests,
+        present: |p| p.command("tcpdump"),
+    },
+    Need {
         what: "a headless browser (the report test opens report.html in it)",
         package: "chromium",
         purpose: Purpose::Tests,

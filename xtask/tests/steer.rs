@@ -1,12 +1,12 @@
 //! Steering a running lab from another terminal: `lab link` cuts and restores a cable, `lab set`
-//! makes one slow, `lab show` shows the ports; the lab runs in a `lab shell` on a real terminal
-//! (tmux), as a person would have it.
+//! makes one slow, `lab show` shows the ports, `lab capture` feeds tcpdump in another pane; the
+//! lab runs in a `lab shell` on a real terminal (tmux), as a person would have it.
 
 use std::process::Output;
 use std::time::Duration;
 
 mod support;
-use support::terminal::{lab_shell, last_rtt};
+use support::terminal::{lab_shell, last_rtt, Terminal};
 use support::xtask;
 
 fn steer(pid: &str, args: &[&str]) -> Output {
@@ -55,6 +55,24 @@ fn a_cable_is_cut_restored_and_slowed_from_another_terminal() {
     ] {
         assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
     }
+
+    // Watched from a second terminal as a person would: the capture piped into tcpdump, which
+    // prints five ICMP packets of host1's pings and ends; the capture ends with its reader.
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let watch = Terminal::start(
+        "steer-tcpdump",
+        &format!("{xtask} lab capture --pid {pid} host2 | tcpdump -n -r - -c 5 icmp; echo TCPDUMP=$?; sleep 600"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    term.type_line("clear; ping -c 8 -i 0.3 192.168.88.2 | tail -1; echo WATCHED=$?");
+    term.wait_for("WATCHED=0", 1, Duration::from_secs(60));
+    let printed = watch.wait_for("TCPDUMP=", 1, Duration::from_secs(60));
+    let packets = printed
+        .lines()
+        .filter(|l| l.contains(": ICMP echo"))
+        .count();
+    assert_eq!(packets, 5, "tcpdump printed:\n{printed}");
+    assert!(printed.contains("TCPDUMP=0"), "tcpdump printed:\n{printed}");
 
     // Cut: host2's carrier goes, and host1's pings get no answer.
     let cut = steer(&pid, &["link", "host2", "down"]);
