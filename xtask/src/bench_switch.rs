@@ -15,6 +15,7 @@ const FRAME: usize = 1514;
 pub async fn alone_and_flooded(frames: usize, sources: usize) -> anyhow::Result<()> {
     let plain = alone(frames, 1).await?;
     let flooded = alone(frames, sources).await?;
+    offered_rates(&[50_000, 100_000, 200_000, 400_000]).await?;
     println!(
         "switch alone, {sources} random sources against one: {:.2}x the frames per second ({flooded:.0} against {plain:.0})",
         flooded / plain.max(1e-6)
@@ -64,14 +65,24 @@ fn two_ports() -> anyhow::Result<(tempfile::TempDir, SwitchHandle)> {
     Ok((dir, switch))
 }
 
-/// Frames per second through the switch alone, `frames` frames from `sources` sources.
-async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
-    let (_dir, switch) = two_ports()?;
-    let a = UnixDatagram::bind(&switch.sockets(0).guest)?;
+/// Two guest stand-ins on a switch of two ports: `b` has spoken, so the switch knows where it
+/// is and `a`'s frames to it are unicast to one port.
+struct Pair {
+    _dir: tempfile::TempDir,
+    switch: SwitchHandle,
+    a: std::os::unix::net::UnixDatagram,
+    to_switch: nix::sys::socket::UnixAddr,
+    b: UnixDatagram,
+}
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+async fn pair() -> anyhow::Result<Pair> {
+    let (dir, switch) = two_ports()?;
+    let a = std::os::unix::net::UnixDatagram::bind(&switch.sockets(0).guest)?;
     let b = UnixDatagram::bind(&switch.sockets(1).guest)?;
-    let (mac_a, mac_b) = ([2u8, 0, 0, 0, 0, 0xa], [2u8, 0, 0, 0, 0, 0xb]);
-    // b speaks first so the switch knows where it is: a's frames are then unicast to one port.
-    b.send_to(&frame(mac_a, mac_b), &switch.sockets(1).switch)
+    b.send_to(&frame(MAC_A, MAC_B), &switch.sockets(1).switch)
         .await?;
     // Learned once the switch has taken that frame in.
     let learned =
@@ -83,24 +94,49 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
         learned.is_some(),
         "the switch did not take in b's first frame within 5 s"
     );
+    let to_switch = nix::sys::socket::UnixAddr::new(&switch.sockets(0).switch)?;
+    Ok(Pair {
+        _dir: dir,
+        switch,
+        a,
+        to_switch,
+        b,
+    })
+}
 
-    let to_switch = switch.sockets(0).switch.clone();
-    let receiver = tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
+/// Counts what `b` receives, a batch per call, until nothing came for 500 ms.
+fn count_arrivals(b: UnixDatagram) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        use std::os::fd::AsFd;
+        let mut inbox = lab_harness::lan::batch::Inbox::new(64, 2048);
         let mut got = 0usize;
-        while let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(500), b.recv(&mut buf)).await
+        while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), b.readable()).await
         {
-            got += 1;
+            if let Ok(n) = b.try_io(tokio::io::Interest::READABLE, || inbox.receive(b.as_fd())) {
+                got += n;
+            }
         }
         got
-    });
+    })
+}
+
+/// Frames per second through the switch alone, `frames` frames from `sources` sources, sent
+/// as fast as the switch takes them (a batch per call, waiting while its socket is full).
+async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
+    let Pair {
+        _dir,
+        switch: _switch,
+        a,
+        to_switch,
+        b,
+    } = pair().await?;
+    let receiver = count_arrivals(b);
     let batch: Vec<Vec<u8>> = (0..frames)
         .map(|i| {
             frame(
-                mac_b,
+                MAC_B,
                 if sources == 1 {
-                    mac_a
+                    MAC_A
                 } else {
                     source(i % sources)
                 },
@@ -108,9 +144,12 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
         })
         .collect();
     let started = Instant::now();
-    for data in &batch {
-        a.send_to(data, &to_switch).await?;
-    }
+    tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        lab_harness::lan::batch::send_waiting(a.as_fd(), &to_switch, &refs, 32)
+    })
+    .await?;
     let got = receiver.await?;
     let secs = (started.elapsed().saturating_sub(Duration::from_millis(500)))
         .as_secs_f64()
@@ -121,6 +160,43 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
         got as f64 * FRAME as f64 * 8.0 / secs / 1e6
     );
     Ok(got as f64 / secs)
+}
+
+/// Frames offered at each of `rates` frames per second for a second, paced a millisecond at a
+/// time: how many arrived. Below the switch's limit every frame should.
+pub async fn offered_rates(rates: &[u64]) -> anyhow::Result<()> {
+    for &rate in rates {
+        let Pair {
+            _dir,
+            switch: _switch,
+            a,
+            to_switch,
+            b,
+        } = pair().await?;
+        let receiver = count_arrivals(b);
+        let one = frame(MAC_B, MAC_A);
+        let (sent, took) = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsFd;
+            let per_ms = usize::try_from(rate / 1000).unwrap_or(usize::MAX).max(1);
+            let refs: Vec<&[u8]> = vec![one.as_slice(); per_ms];
+            let started = Instant::now();
+            let mut sent = 0;
+            for ms in 0..1000u32 {
+                let due = started + Duration::from_millis(u64::from(ms));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                sent += lab_harness::lan::batch::send_waiting(a.as_fd(), &to_switch, &refs, 32);
+            }
+            (sent, started.elapsed())
+        })
+        .await?;
+        let got = receiver.await?;
+        println!(
+            "switch alone, offered {rate} frames/s of {FRAME} B: sent {:.0}/s, {got} of {sent} delivered ({:.1}%)",
+            sent as f64 / took.as_secs_f64(),
+            got as f64 * 100.0 / sent.max(1) as f64
+        );
+    }
+    Ok(())
 }
 
 pub async fn guest_to_guest(assets: &Assets, count: usize) -> anyhow::Result<()> {

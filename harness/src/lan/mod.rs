@@ -5,6 +5,7 @@
 //! A leaf: it knows ports, frames and cables, not hosts, guests or labs (`crate::lab` plugs
 //! guests into it), and imports nothing from above it.
 
+pub mod batch;
 pub mod capture;
 pub mod delay_queue;
 pub mod impair;
@@ -58,15 +59,28 @@ struct State {
     taps: tap::Taps,
 }
 
+/// Frames a port takes from its socket per system call, and sends to one per call.
+const BATCH: usize = 32;
+
+/// The largest datagram a port takes whole: QEMU's `dgram` netdev sends one frame per datagram.
+const MAX_DATAGRAM: usize = 65536;
+
 /// What a port task needs to switch and send frames, shared by every task.
 #[derive(Debug, Clone)]
 struct Net {
     sockets: Vec<Arc<UnixDatagram>>,
-    guests: Arc<Vec<PathBuf>>,
+    /// Where each port's guest listens.
+    guests: Arc<Vec<nix::sys::socket::UnixAddr>>,
     state: Arc<Mutex<State>>,
     /// What each cable holds delayed.
     delayed: Arc<Vec<Cable>>,
 }
+
+/// Frames a batch sends, in the order they are to go: (port, bytes).
+type Sends<'f> = Vec<(usize, Cow<'f, [u8]>)>;
+
+/// Frames a batch holds for later: (port, when, what then, bytes).
+type Holds = Vec<(usize, Instant, Then, Vec<u8>)>;
 
 /// One cable's delayed frames and the wake-up of the task that releases them.
 #[derive(Debug)]
@@ -107,7 +121,12 @@ impl SwitchHandle {
         let state = Arc::new(Mutex::new(state));
         let net = Net {
             sockets: bound.clone(),
-            guests: Arc::new(ports.iter().map(|p| p.guest.clone()).collect()),
+            guests: Arc::new(
+                ports
+                    .iter()
+                    .map(|p| nix::sys::socket::UnixAddr::new(&p.guest))
+                    .collect::<nix::Result<Vec<_>>>()?,
+            ),
             state: Arc::clone(&state),
             delayed: Arc::new(
                 (0..ports.len())
@@ -255,27 +274,18 @@ impl SwitchView {
 }
 
 async fn port_loop(port: usize, sock: Arc<UnixDatagram>, net: Net) {
-    let mut buf = vec![0u8; 65536];
+    use std::os::fd::AsFd;
+    let mut inbox = batch::Inbox::new(BATCH, MAX_DATAGRAM);
     loop {
-        let Ok(n) = sock.recv(&mut buf).await else {
+        if sock.readable().await.is_err() {
             continue;
-        };
-        let frame = &buf[..n];
-        // The sender's cable first: its impairment meets the frame on its way in.
-        let fate = {
-            let mut s = net.lock();
-            let fate = s.links[port].admit(n, Instant::now());
-            s.switch.count_impairment(port, &fate);
-            fate
-        };
-        match fate {
-            Fate::Now => net.switch_frame(port, frame),
-            Fate::Lost | Fate::Overflow => {}
-            Fate::SendAt(times) => {
-                for at in times {
-                    net.later(port, at, Then::Switch, frame.to_vec());
-                }
-            }
+        }
+        // Every frame queued, in one call; `WouldBlock` clears the readiness and waits again.
+        let taken = sock.try_io(tokio::io::Interest::READABLE, || {
+            inbox.receive(sock.as_fd())
+        });
+        if taken.is_ok() {
+            net.receive(port, inbox.frames());
         }
     }
 }
@@ -313,42 +323,55 @@ impl Net {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forwards a frame that came in on `port`, and sends it out of each port it goes to,
-    /// through that port's cable.
-    fn switch_frame(&self, port: usize, frame: &[u8]) {
+    /// Takes the frames that came in on `port` together: each meets its cable's impairment on
+    /// the way in, then is forwarded; what goes out is sent a port at a time, in one call.
+    fn receive<'f>(&self, port: usize, frames: impl Iterator<Item = &'f [u8]>) {
         let now = Instant::now();
-        let out: Vec<(usize, Cow<'_, [u8]>, Fate)> = {
+        let (mut sends, mut holds) = (Sends::new(), Holds::new());
+        {
             let mut s = self.lock();
-            s.all.write(frame);
-            s.per_port[port].write(frame);
-            s.taps.entered(port, frame);
-            let Some(fwd) = s.switch.forward(port, frame, now) else {
-                return;
-            };
-            // Each port's own bytes: a trunk tags, an access port strips (a copy only then).
-            let mut out = Vec::with_capacity(fwd.ports.len());
-            for &o in &fwd.ports {
-                let bytes = s.switch.frame_for(o, frame, &fwd);
-                let fate = s.links[o].admit(bytes.len(), now);
-                s.switch.count_impairment(o, &fate);
-                if !matches!(fate, Fate::Lost | Fate::Overflow) {
-                    s.per_port[o].write(&bytes);
-                    s.taps.left(o, &bytes);
-                }
-                out.push((o, bytes, fate));
-            }
-            out
-        };
-        for (o, bytes, fate) in out {
-            match fate {
-                Fate::Now => self.send(o, &bytes),
-                Fate::Lost | Fate::Overflow => {}
-                Fate::SendAt(times) => {
-                    for at in times {
-                        self.later(o, at, Then::Send, bytes.to_vec());
-                    }
+            for frame in frames {
+                let fate = s.links[port].admit(frame.len(), now);
+                s.switch.count_impairment(port, &fate);
+                match fate {
+                    Fate::Now => forward(&mut s, port, frame, now, &mut sends, &mut holds),
+                    Fate::Lost | Fate::Overflow => {}
+                    Fate::SendAt(times) => holds.extend(
+                        times
+                            .into_iter()
+                            .map(|at| (port, at, Then::Switch, frame.to_vec())),
+                    ),
                 }
             }
+        }
+        self.dispatch(sends, holds);
+    }
+
+    /// Forwards a frame that came in on `port` (its cable already passed), and sends it out of
+    /// each port it goes to, through that port's cable.
+    fn switch_frame(&self, port: usize, frame: &[u8]) {
+        let (mut sends, mut holds) = (Sends::new(), Holds::new());
+        forward(
+            &mut self.lock(),
+            port,
+            frame,
+            Instant::now(),
+            &mut sends,
+            &mut holds,
+        );
+        self.dispatch(sends, holds);
+    }
+
+    /// Sends what a batch sends now, and holds what it holds for later: outside the lock.
+    fn dispatch(&self, mut sends: Sends<'_>, holds: Holds) {
+        for (port, at, then, bytes) in holds {
+            self.later(port, at, then, bytes);
+        }
+        // Each port's frames in the order they came, a port at a time.
+        sends.sort_by_key(|(port, _)| *port);
+        for group in sends.chunk_by(|a, b| a.0 == b.0) {
+            let frames: Vec<&[u8]> = group.iter().map(|(_, f)| f.as_ref()).collect();
+            self.send(group[0].0, &frames);
         }
     }
 
@@ -370,18 +393,66 @@ impl Net {
     fn release(&self, port: usize, then: Then, bytes: &[u8]) {
         match then {
             Then::Switch => self.switch_frame(port, bytes),
-            Then::Send => self.send(port, bytes),
+            Then::Send => self.send(port, &[bytes]),
         }
     }
 
-    fn send(&self, port: usize, bytes: &[u8]) {
-        // Non-blocking: a guest that is gone or not keeping up loses the frame, like a
+    fn send(&self, port: usize, frames: &[&[u8]]) {
+        use std::os::fd::AsFd;
+        // Non-blocking: a guest that is gone or not keeping up loses the frames, like a
         // congested port, and never stalls the others.
-        if self.sockets[port]
-            .try_send_to(bytes, &self.guests[port])
-            .is_err()
-        {
-            self.lock().switch.count_tx_error(port);
+        let sent = batch::send(
+            self.sockets[port].as_fd(),
+            &self.guests[port],
+            frames,
+            BATCH,
+        );
+        if sent < frames.len() {
+            let mut s = self.lock();
+            for _ in sent..frames.len() {
+                s.switch.count_tx_error(port);
+            }
+        }
+    }
+}
+
+/// Forwards `frame`, which came in on `port`, under the switch's lock: it is captured, and
+/// each copy going out is captured, tapped and admitted by its cable, to be sent now or held.
+fn forward<'f>(
+    s: &mut State,
+    port: usize,
+    frame: &'f [u8],
+    now: Instant,
+    sends: &mut Sends<'f>,
+    holds: &mut Holds,
+) {
+    s.all.write(frame);
+    s.per_port[port].write(frame);
+    s.taps.entered(port, frame);
+    let Some(fwd) = s.switch.forward(port, frame, now) else {
+        return;
+    };
+    for &o in &fwd.ports {
+        // Each port's own bytes: a trunk tags, an access port strips (a copy only then).
+        let bytes = s.switch.frame_for(o, frame, &fwd);
+        let fate = s.links[o].admit(bytes.len(), now);
+        s.switch.count_impairment(o, &fate);
+        match fate {
+            Fate::Now => {
+                s.per_port[o].write(&bytes);
+                s.taps.left(o, &bytes);
+                sends.push((o, bytes));
+            }
+            Fate::Lost | Fate::Overflow => {}
+            Fate::SendAt(times) => {
+                s.per_port[o].write(&bytes);
+                s.taps.left(o, &bytes);
+                holds.extend(
+                    times
+                        .into_iter()
+                        .map(|at| (o, at, Then::Send, bytes.to_vec())),
+                );
+            }
         }
     }
 }
