@@ -91,54 +91,60 @@ pub fn fetch_all(apt: &Apt, packages: &[String], cache: &Path) -> Result<Vec<Unp
     fetch_infos(apt, &show_many(apt, packages)?, cache)
 }
 
-/// The packages of `infos` from the cache, fetching those it lacks (one download task for
-/// them all, in bytes when apt tells their sizes), in the order given.
+/// The packages of `infos` from the cache, fetching those it lacks, in the order given.
 fn fetch_infos(apt: &Apt, infos: &[PackageInfo], cache: &Path) -> Result<Vec<Unpacked>> {
-    let mut found: Vec<Option<Unpacked>> = infos
-        .iter()
-        .map(|info| match cached(&package_dir(info, cache)) {
-            Cached::Whole(done) => Some(done),
-            Cached::Damaged(why) => {
-                eprintln!("lab-kernels: {why}: fetching {} again", info.package);
-                None
-            }
-            Cached::Missing => None,
-        })
-        .collect();
+    let mut found: Vec<Option<Unpacked>> = infos.iter().map(|i| from_cache(i, cache)).collect();
     let missing: Vec<&PackageInfo> = infos
         .iter()
         .zip(&found)
         .filter(|(_, f)| f.is_none())
         .map(|(info, _)| info)
         .collect();
-    if !missing.is_empty() {
-        let what = match missing.as_slice() {
-            [one] => format!("downloading {}", one.package),
-            many => format!("downloading {} packages", many.len()),
-        };
-        let sizes = if crate::progress::watching() {
-            download_sizes(apt, &missing)
-        } else {
-            None
-        };
-        let task = Task::start(&what, sizes.as_ref().map(|s| s.iter().sum()), Unit::Bytes);
-        let mut fetched = Vec::new();
-        for (i, info) in missing.iter().enumerate() {
-            if missing.len() > 1 {
-                task.note(&format!("{}/{} {}", i + 1, missing.len(), info.package));
-            }
-            let base = task.done();
-            let unpacked = fetch_missing(apt, info, cache, &task)?;
-            let size = sizes.as_ref().map_or(0, |s| s[i]);
-            task.set(base + size.max(task.done().saturating_sub(base)));
-            fetched.push(unpacked);
-        }
-        let mut fetched = fetched.into_iter();
-        for f in found.iter_mut().filter(|f| f.is_none()) {
-            *f = fetched.next();
-        }
+    let mut fetched = download(apt, &missing, cache)?.into_iter();
+    for f in found.iter_mut().filter(|f| f.is_none()) {
+        *f = fetched.next();
     }
     Ok(found.into_iter().flatten().collect())
+}
+
+/// `info`'s package as the cache holds it, if it is there whole.
+fn from_cache(info: &PackageInfo, cache: &Path) -> Option<Unpacked> {
+    match cached(&package_dir(info, cache)) {
+        Cached::Whole(done) => Some(done),
+        Cached::Damaged(why) => {
+            eprintln!("lab-kernels: {why}: fetching {} again", info.package);
+            None
+        }
+        Cached::Missing => None,
+    }
+}
+
+/// Fetches `missing` into the cache as one download task, in bytes (sized by apt's index when
+/// someone watches), each package's bytes counted as apt writes them.
+fn download(apt: &Apt, missing: &[&PackageInfo], cache: &Path) -> Result<Vec<Unpacked>> {
+    let what = match missing {
+        [] => return Ok(Vec::new()),
+        [one] => format!("downloading {}", one.package),
+        many => format!("downloading {} packages", many.len()),
+    };
+    let sizes = if crate::progress::watching() {
+        download_sizes(apt, missing)
+    } else {
+        None
+    };
+    let task = Task::start(&what, sizes.as_ref().map(|s| s.iter().sum()), Unit::Bytes);
+    let mut fetched = Vec::with_capacity(missing.len());
+    for (i, info) in missing.iter().enumerate() {
+        if missing.len() > 1 {
+            task.note(&format!("{}/{} {}", i + 1, missing.len(), info.package));
+        }
+        let base = task.done();
+        fetched.push(fetch_missing(apt, info, cache, &task)?);
+        // What apt's index said it weighs, or what was seen of it if it said nothing.
+        let size = sizes.as_ref().map_or(0, |s| s[i]);
+        task.set(base + size.max(task.done().saturating_sub(base)));
+    }
+    Ok(fetched)
 }
 
 /// Where the cache keeps `info`'s package.
@@ -157,9 +163,13 @@ fn download_sizes(apt: &Apt, infos: &[&PackageInfo]) -> Option<Vec<u64>> {
         .args(["download", "--print-uris", "--"])
         .args(infos.iter().map(|i| format!("{}={}", i.package, i.version)));
     let out = cmd.output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // `'URI' FILE SIZE HASH`: FILE is `<package>_<version, ':' as %3a>_<arch>.deb`.
-    let by_file: std::collections::HashMap<&str, u64> = text
+    sizes_in(&String::from_utf8_lossy(&out.stdout), infos)
+}
+
+/// Each package's size in `apt-get download --print-uris` output: lines of
+/// `'URI' FILE SIZE HASH`, FILE being `<package>_<version, ':' as %3a>_<arch>.deb`.
+fn sizes_in(printed: &str, infos: &[&PackageInfo]) -> Option<Vec<u64>> {
+    let by_file: std::collections::HashMap<&str, u64> = printed
         .lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace().skip(1);
@@ -621,6 +631,28 @@ mod tests {
         unpacked
             .verify(Path::new("/usr/bin/env"), b"host")
             .expect("not the tree's");
+    }
+
+    #[test]
+    fn download_sizes_are_read_per_package_epochs_included() {
+        let info = |package: &str, version: &str| PackageInfo {
+            package: package.into(),
+            version: version.into(),
+            depends: Vec::new(),
+        };
+        let (bash, libcap, libc) = (
+            info("bash", "5.2.15-2+b13"),
+            info("libcap2-bin", "1:2.66-4+deb12u3+b1"),
+            info("libc6", "2.36-9"),
+        );
+        let printed = "'http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2%2bb13_amd64.deb' bash_5.2.15-2+b13_amd64.deb 1490652 SHA256:82\n\
+                       'http://deb.debian.org/debian/pool/main/libc/libcap2/libcap2-bin_2.66-4%2bdeb12u3%2bb1_amd64.deb' libcap2-bin_1%3a2.66-4+deb12u3+b1_amd64.deb 35220 SHA256:e7\n";
+        assert_eq!(
+            sizes_in(printed, &[&libcap, &bash]),
+            Some(vec![35_220, 1_490_652])
+        );
+        // A package apt said nothing of: no total rather than a wrong one.
+        assert_eq!(sizes_in(printed, &[&bash, &libc]), None);
     }
 
     #[test]
