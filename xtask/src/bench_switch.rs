@@ -68,8 +68,9 @@ fn two_ports() -> anyhow::Result<(tempfile::TempDir, SwitchHandle)> {
 /// Two guest stand-ins on a switch of two ports: `b` has spoken, so the switch knows where it
 /// is and `a`'s frames to it are unicast to one port.
 struct Pair {
+    // Held: the switch runs, and its sockets' directory stays, while the pair lives.
     _dir: tempfile::TempDir,
-    switch: SwitchHandle,
+    _switch: SwitchHandle,
     a: std::os::unix::net::UnixDatagram,
     to_switch: nix::sys::socket::UnixAddr,
     b: UnixDatagram,
@@ -97,15 +98,16 @@ async fn pair() -> anyhow::Result<Pair> {
     let to_switch = nix::sys::socket::UnixAddr::new(&switch.sockets(0).switch)?;
     Ok(Pair {
         _dir: dir,
-        switch,
+        _switch: switch,
         a,
         to_switch,
         b,
     })
 }
 
-/// Counts what `b` receives until nothing came for 500 ms: a batch per call, on a thread of
-/// its own, as a guest's QEMU reads its socket in a process of its own.
+/// Counts what `b` receives until nothing came for 500 ms after the first frame (10 s before
+/// it): a batch per call, on a thread of its own, as a guest's QEMU reads its socket in a
+/// process of its own.
 fn count_arrivals(b: UnixDatagram) -> tokio::task::JoinHandle<usize> {
     tokio::task::spawn_blocking(move || {
         use nix::poll::{poll, PollFd, PollFlags};
@@ -118,7 +120,8 @@ fn count_arrivals(b: UnixDatagram) -> tokio::task::JoinHandle<usize> {
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let mut fds = [PollFd::new(b.as_fd(), PollFlags::POLLIN)];
-                    if !matches!(poll(&mut fds, 500u16), Ok(1..)) {
+                    let idle: u16 = if got == 0 { 10_000 } else { 500 };
+                    if !matches!(poll(&mut fds, idle), Ok(1..)) {
                         return got;
                     }
                 }
@@ -131,14 +134,8 @@ fn count_arrivals(b: UnixDatagram) -> tokio::task::JoinHandle<usize> {
 /// Frames per second through the switch alone, `frames` frames from `sources` sources, sent
 /// as fast as the switch takes them (a batch per call, waiting while its socket is full).
 async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
-    let Pair {
-        _dir,
-        switch: _switch,
-        a,
-        to_switch,
-        b,
-    } = pair().await?;
-    let receiver = count_arrivals(b);
+    // Its other fields (the switch, its directory) live until the end.
+    let pair = pair().await?;
     let batch: Vec<Vec<u8>> = (0..frames)
         .map(|i| {
             frame(
@@ -151,11 +148,12 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
             )
         })
         .collect();
+    let receiver = count_arrivals(pair.b);
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
         use std::os::fd::AsFd;
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        lab_harness::lan::batch::send_waiting(a.as_fd(), &to_switch, &refs, 32)
+        lab_harness::lan::batch::send_waiting(pair.a.as_fd(), &pair.to_switch, &refs, 32)
     })
     .await?;
     let got = receiver.await?;
@@ -174,14 +172,8 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
 /// time: how many arrived. Below the switch's limit every frame should.
 pub async fn offered_rates(rates: &[u64]) -> anyhow::Result<()> {
     for &rate in rates {
-        let Pair {
-            _dir,
-            switch: _switch,
-            a,
-            to_switch,
-            b,
-        } = pair().await?;
-        let receiver = count_arrivals(b);
+        let pair = pair().await?;
+        let receiver = count_arrivals(pair.b);
         let one = frame(MAC_B, MAC_A);
         let (sent, took) = tokio::task::spawn_blocking(move || {
             use std::os::fd::AsFd;
@@ -192,7 +184,12 @@ pub async fn offered_rates(rates: &[u64]) -> anyhow::Result<()> {
             for ms in 0..1000u32 {
                 let due = started + Duration::from_millis(u64::from(ms));
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                sent += lab_harness::lan::batch::send_waiting(a.as_fd(), &to_switch, &refs, 32);
+                sent += lab_harness::lan::batch::send_waiting(
+                    pair.a.as_fd(),
+                    &pair.to_switch,
+                    &refs,
+                    32,
+                );
             }
             (sent, started.elapsed())
         })
