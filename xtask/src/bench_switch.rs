@@ -70,7 +70,7 @@ fn two_ports() -> anyhow::Result<(tempfile::TempDir, SwitchHandle)> {
 struct Pair {
     // Held: the switch runs, and its sockets' directory stays, while the pair lives.
     _dir: tempfile::TempDir,
-    _switch: SwitchHandle,
+    switch: SwitchHandle,
     a: std::os::unix::net::UnixDatagram,
     to_switch: nix::sys::socket::UnixAddr,
     b: UnixDatagram,
@@ -98,7 +98,7 @@ async fn pair() -> anyhow::Result<Pair> {
     let to_switch = nix::sys::socket::UnixAddr::new(&switch.sockets(0).switch)?;
     Ok(Pair {
         _dir: dir,
-        _switch: switch,
+        switch,
         a,
         to_switch,
         b,
@@ -153,9 +153,9 @@ async fn alone(frames: usize, sources: usize) -> anyhow::Result<f64> {
     tokio::task::spawn_blocking(move || {
         use std::os::fd::AsFd;
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        lab_harness::lan::batch::send_waiting(pair.a.as_fd(), &pair.to_switch, &refs, 32)
+        lab_harness::lan::batch::send_waiting(pair.a.as_fd(), Some(&pair.to_switch), &refs, 32)
     })
-    .await?;
+    .await??;
     let got = receiver.await?;
     let secs = (started.elapsed().saturating_sub(Duration::from_millis(500)))
         .as_secs_f64()
@@ -186,17 +186,18 @@ pub async fn offered_rates(rates: &[u64]) -> anyhow::Result<()> {
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 sent += lab_harness::lan::batch::send_waiting(
                     pair.a.as_fd(),
-                    &pair.to_switch,
+                    Some(&pair.to_switch),
                     &refs,
                     32,
-                );
+                )?;
             }
-            (sent, started.elapsed())
+            Ok::<_, std::io::Error>((sent, started.elapsed()))
         })
-        .await?;
+        .await??;
         let got = receiver.await?;
+        let full = pair.switch.counters(1).drop_tx_error;
         println!(
-            "switch alone, offered {rate} frames/s of {FRAME} B: sent {:.0}/s, {got} of {sent} delivered ({:.1}%)",
+            "switch alone, offered {rate} frames/s of {FRAME} B: sent {:.0}/s, {got} of {sent} delivered ({:.1}%; {full} lost to the receiver's full queue)",
             sent as f64 / took.as_secs_f64(),
             got as f64 * 100.0 / sent.max(1) as f64
         );

@@ -58,9 +58,15 @@ impl Inbox {
     }
 }
 
-/// Sends `frames` from `socket` to `to`, up to `per_call` in one call, without waiting: how
-/// many went (the rest found the receiver's queue full, or it gone).
-pub fn send(socket: BorrowedFd<'_>, to: &UnixAddr, frames: &[&[u8]], per_call: usize) -> usize {
+/// Sends `frames` from `socket` to `to` (or to the socket's peer, for `None`), up to `per_call`
+/// in one call, without waiting: how many went. Fewer than all when the receiver's queue
+/// filled on the way; an error (`WouldBlock` for a full queue) when not even the first went.
+pub fn send(
+    socket: BorrowedFd<'_>,
+    to: Option<&UnixAddr>,
+    frames: &[&[u8]],
+    per_call: usize,
+) -> std::io::Result<usize> {
     send_with(socket, to, frames, per_call, MsgFlags::MSG_DONTWAIT)
 }
 
@@ -68,40 +74,43 @@ pub fn send(socket: BorrowedFd<'_>, to: &UnixAddr, frames: &[&[u8]], per_call: u
 /// side does, for the benchmarks.
 pub fn send_waiting(
     socket: BorrowedFd<'_>,
-    to: &UnixAddr,
+    to: Option<&UnixAddr>,
     frames: &[&[u8]],
     per_call: usize,
-) -> usize {
+) -> std::io::Result<usize> {
     send_with(socket, to, frames, per_call, MsgFlags::empty())
 }
 
 fn send_with(
     socket: BorrowedFd<'_>,
-    to: &UnixAddr,
+    to: Option<&UnixAddr>,
     frames: &[&[u8]],
     per_call: usize,
     flags: MsgFlags,
-) -> usize {
+) -> std::io::Result<usize> {
     let mut sent = 0;
     for chunk in frames.chunks(per_call.max(1)) {
         let mut headers = MultiHeaders::preallocate(chunk.len(), None);
         let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|f| [IoSlice::new(f)]).collect();
-        let addresses = vec![Some(*to); chunk.len()];
-        let went = sendmmsg(
+        let addresses = vec![to.copied(); chunk.len()];
+        let went = match sendmmsg(
             socket.as_raw_fd(),
             &mut headers,
             &slices,
             &addresses,
             [] as [ControlMessage<'_>; 0],
             flags,
-        )
-        .map_or(0, Iterator::count);
+        ) {
+            Ok(results) => results.count(),
+            Err(e) if sent == 0 => return Err(e.into()),
+            Err(_) => 0,
+        };
         sent += went;
         if went < chunk.len() {
             break;
         }
     }
-    sent
+    Ok(sent)
 }
 
 #[cfg(test)]
@@ -129,7 +138,7 @@ mod tests {
         let mut got: Vec<Vec<u8>> = Vec::new();
         for chunk in frames.chunks(8) {
             let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            assert_eq!(send(a.as_fd(), &to, &refs, 4), 8);
+            assert_eq!(send(a.as_fd(), Some(&to), &refs, 4).expect("sent"), 8);
             assert_eq!(inbox.receive(b.as_fd()).expect("a batch"), 8);
             got.extend(inbox.frames().map(<[u8]>::to_vec));
         }
@@ -142,7 +151,7 @@ mod tests {
     fn a_datagram_longer_than_its_buffer_is_cut_to_it() {
         let (_dir, a, b, to) = pair();
         let long = vec![7u8; 3000];
-        assert_eq!(send(a.as_fd(), &to, &[&long], 1), 1);
+        assert_eq!(send(a.as_fd(), Some(&to), &[&long], 1).expect("sent"), 1);
         let mut inbox = Inbox::new(4, 2048);
         assert_eq!(inbox.receive(b.as_fd()).expect("one"), 1);
         assert_eq!(inbox.frames().next().map(<[u8]>::len), Some(2048));
@@ -153,7 +162,9 @@ mod tests {
         let (_dir, a, _b, to) = pair();
         let frame = vec![0u8; 1514];
         let refs: Vec<&[u8]> = vec![&frame; 1000];
-        let sent = send(a.as_fd(), &to, &refs, 32);
+        let sent = send(a.as_fd(), Some(&to), &refs, 32).expect("some sent");
         assert!(sent > 0 && sent < 100, "{sent} sent");
+        let full = send(a.as_fd(), Some(&to), &refs, 32).expect_err("a full queue");
+        assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

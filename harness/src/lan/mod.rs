@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod capture;
 pub mod delay_queue;
+pub mod egress;
 pub mod impair;
 pub mod switch;
 pub mod tap;
@@ -68,9 +69,8 @@ const MAX_DATAGRAM: usize = 65536;
 /// What a port task needs to switch and send frames, shared by every task.
 #[derive(Debug, Clone)]
 struct Net {
-    sockets: Vec<Arc<UnixDatagram>>,
-    /// Where each port's guest listens.
-    guests: Arc<Vec<nix::sys::socket::UnixAddr>>,
+    /// Each port's way out to its guest.
+    egress: Arc<Vec<egress::Egress>>,
     state: Arc<Mutex<State>>,
     /// What each cable holds delayed.
     delayed: Arc<Vec<Cable>>,
@@ -120,12 +120,11 @@ impl SwitchHandle {
         };
         let state = Arc::new(Mutex::new(state));
         let net = Net {
-            sockets: bound.clone(),
-            guests: Arc::new(
+            egress: Arc::new(
                 ports
                     .iter()
-                    .map(|p| nix::sys::socket::UnixAddr::new(&p.guest))
-                    .collect::<nix::Result<Vec<_>>>()?,
+                    .map(|p| egress::Egress::new(p.guest.clone()))
+                    .collect::<std::io::Result<Vec<_>>>()?,
             ),
             state: Arc::clone(&state),
             delayed: Arc::new(
@@ -142,6 +141,7 @@ impl SwitchHandle {
                 [
                     tokio::spawn(port_loop(i, Arc::clone(&bound[i]), net.clone())),
                     tokio::spawn(release_loop(i, net.clone())),
+                    tokio::spawn(egress_loop(i, net.clone())),
                 ]
             })
             .collect();
@@ -290,6 +290,13 @@ async fn port_loop(port: usize, sock: Arc<UnixDatagram>, net: Net) {
     }
 }
 
+/// Sends what port `port` holds for its guest as the guest makes room.
+async fn egress_loop(port: usize, net: Net) {
+    net.egress[port]
+        .drain(|lost| net.count_tx_errors(port, lost))
+        .await;
+}
+
 /// Releases what port `port`'s cable holds, each frame when it is due: one timer per cable,
 /// however many frames it holds.
 async fn release_loop(port: usize, net: Net) {
@@ -398,18 +405,17 @@ impl Net {
     }
 
     fn send(&self, port: usize, frames: &[&[u8]]) {
-        use std::os::fd::AsFd;
-        // Non-blocking: a guest that is gone or not keeping up loses the frames, like a
-        // congested port, and never stalls the others.
-        let sent = batch::send(
-            self.sockets[port].as_fd(),
-            &self.guests[port],
-            frames,
-            BATCH,
-        );
-        if sent < frames.len() {
+        // Never waits: what the guest has no room for waits in its port's bounded queue, and
+        // past that bound, or with no guest there, it is lost and counted, like a congested
+        // port's, without stalling the others.
+        let dropped = self.egress[port].send(frames);
+        self.count_tx_errors(port, dropped);
+    }
+
+    fn count_tx_errors(&self, port: usize, n: usize) {
+        if n > 0 {
             let mut s = self.lock();
-            for _ in sent..frames.len() {
+            for _ in 0..n {
                 s.switch.count_tx_error(port);
             }
         }
