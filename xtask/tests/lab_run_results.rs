@@ -3,33 +3,26 @@
 //! kernel problem in two runs is one fingerprint.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use lab_harness::ktap::{self, Outcome};
+
+mod support;
+use support::{text, xtask};
 
 /// Runs `lab run ARGS`, returns its output and the run's directory.
 fn lab_run(args: &[&str]) -> (Output, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let run_dir_file = dir.path().join("run-dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = xtask()
         .args(["lab", "run", "--run-dir-to"])
         .arg(&run_dir_file)
         .args(args)
-        .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run xtask");
     let run_dir = std::fs::read_to_string(&run_dir_file)
         .unwrap_or_else(|e| panic!("no run directory ({e}):\n{}", text(&out)));
     (out, PathBuf::from(run_dir.trim()))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -4,7 +4,10 @@
 //! both.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod support;
+use support::{text, xtask};
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -19,21 +22,11 @@ fn examples() -> Vec<PathBuf> {
 }
 
 fn lab_test(files: &[PathBuf]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+    xtask()
         .args(["lab", "test"])
         .args(files)
-        .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run xtask")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The JUnit `lab test` wrote for `file`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod support;
 use support::terminal::{lab_shell, last_rtt, Terminal};
-use support::xtask;
+use support::{text, xtask};
 
 fn steer(pid: &str, args: &[&str]) -> Output {
     xtask()
@@ -16,15 +16,6 @@ fn steer(pid: &str, args: &[&str]) -> Output {
         .args(["--pid", pid])
         .output()
         .expect("run xtask")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

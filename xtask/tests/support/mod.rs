@@ -6,7 +6,7 @@
 pub mod terminal;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// xtask, as `cargo xtask` runs it, with short errors.
@@ -14,6 +14,17 @@ pub fn xtask() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.env("RUST_BACKTRACE", "0");
     cmd
+}
+
+/// What a finished xtask said, for assertions and their messages: its exit code, stdout and
+/// stderr, each labelled.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// `target/lab` of this checkout.
