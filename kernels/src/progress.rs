@@ -30,8 +30,6 @@ pub trait Observer: Send + Sync {
 pub trait Meter: Send + Sync {
     /// `done` units of the total are done.
     fn set(&self, done: u64);
-    /// The total became known, or changed.
-    fn total(&self, total: u64);
     /// What the task is on now (a package's name, a step's).
     fn note(&self, text: &str);
     /// The task ended (the task is dropped): its display goes.
@@ -101,13 +99,6 @@ impl Task {
     /// Units done so far.
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
-    }
-
-    /// The total is now known to be `total`.
-    pub fn total(&self, total: u64) {
-        if let Some(m) = &self.meter {
-            m.total(total);
-        }
     }
 
     /// What the task is on now.

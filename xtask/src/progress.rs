@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lab_kernels::progress::{Meter, Observer, Unit};
+use lab_kernels::progress::{Meter, Observer, Task, Unit};
 
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
 
@@ -45,11 +45,6 @@ pub fn suspend<R>(write: impl FnOnce() -> R) -> R {
     }
 }
 
-/// A task of xtask's own (the agent's build), shown like the libraries' ones.
-pub fn task(what: &str, total: Option<u64>, unit: Unit) -> lab_kernels::progress::Task {
-    lab_kernels::progress::Task::start(what, total, unit)
-}
-
 /// Runs a quiet `cargo build` or `cargo test --no-run` with its artifacts as JSON on stdout,
 /// and shows each crate it compiled as a step of `what` (a first build takes minutes; a warm
 /// one, whose artifacts are all fresh, ends before the line is seen). Errors are rendered on
@@ -60,7 +55,7 @@ pub fn cargo(cargo: &mut Command, what: &str) -> std::io::Result<std::process::E
         .arg("--message-format=json-render-diagnostics")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let task = task(&format!("{what} (crates compiled)"), None, Unit::Steps);
+    let task = Task::start(&format!("{what} (crates compiled)"), None, Unit::Steps);
     let stdout = child.stdout.take().expect("piped");
     for line in std::io::BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
@@ -103,7 +98,6 @@ impl Observer for Bars {
         Box::new(Bar {
             bar,
             what: what.to_string(),
-            unit,
         })
     }
 }
@@ -131,17 +125,11 @@ fn template(known: bool, unit: Unit) -> &'static str {
 struct Bar {
     bar: ProgressBar,
     what: String,
-    unit: Unit,
 }
 
 impl Meter for Bar {
     fn set(&self, done: u64) {
         self.bar.set_position(done);
-    }
-
-    fn total(&self, total: u64) {
-        self.bar.set_style(style(true, self.unit));
-        self.bar.set_length(total);
     }
 
     fn note(&self, text: &str) {

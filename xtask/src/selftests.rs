@@ -88,7 +88,8 @@ fn unpack(tarball: &Path, top: &str, into: &Path) -> anyhow::Result<()> {
         .context("running tar (and xz: `sudo apt-get install xz-utils`)")?;
     // Fed through a pipe so that what tar has read is known: a minute of xz is progress.
     let size = std::fs::metadata(tarball)?.len();
-    let task = crate::progress::task("unpacking the selftests", Some(size), Unit::Bytes);
+    let task =
+        lab_kernels::progress::Task::start("unpacking the selftests", Some(size), Unit::Bytes);
     let mut from = std::fs::File::open(tarball)?;
     let mut to = tar.stdin.take().context("tar's stdin")?;
     let mut chunk = vec![0u8; 1 << 20];

@@ -414,10 +414,7 @@ impl Net {
 
     fn count_tx_errors(&self, port: usize, n: usize) {
         if n > 0 {
-            let mut s = self.lock();
-            for _ in 0..n {
-                s.switch.count_tx_error(port);
-            }
+            self.lock().switch.count_tx_errors(port, n as u64);
         }
     }
 }

@@ -572,10 +572,10 @@ impl Switch {
         }
     }
 
-    pub fn count_tx_error(&mut self, port: usize) {
+    pub fn count_tx_errors(&mut self, port: usize, frames: u64) {
         if let Some(p) = self.ports.get_mut(port) {
-            p.counters.drop_tx_error += 1;
-            p.counters.tx_frames = p.counters.tx_frames.saturating_sub(1);
+            p.counters.drop_tx_error += frames;
+            p.counters.tx_frames = p.counters.tx_frames.saturating_sub(frames);
         }
     }
 
