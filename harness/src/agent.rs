@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lab_proto::{
-    Call, Line, LineSplitter, Op, Ready, Refused, Reply, Request, Response, Stream,
+    Call, Op, Ready, Received, Refused, Reply, ReplyReader, Request, Response, Stream,
     MAX_RESPONSE_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -449,21 +449,22 @@ async fn read_loop(
     ready: watch::Sender<Option<Ready>>,
     unattributed: mpsc::Sender<Reply>,
 ) {
-    let mut splitter = LineSplitter::new(MAX_RESPONSE_BYTES);
+    let mut replies = ReplyReader::new(MAX_RESPONSE_BYTES);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match read.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for line in splitter.push(&buf[..n]) {
-            let Line::Complete(line) = line else {
-                tracing::warn!("agent sent a reply over {MAX_RESPONSE_BYTES} bytes; dropped");
-                continue;
-            };
-            match lab_proto::decode::<Response>(&line, MAX_RESPONSE_BYTES) {
-                Ok(resp) => route(resp, line.len(), &pending, &ready, &unattributed),
-                Err(e) => tracing::warn!("undecodable agent reply: {e}"),
+        for received in replies.push(&buf[..n]) {
+            match received {
+                Received::Reply { response, len } => {
+                    route(response, len, &pending, &ready, &unattributed);
+                }
+                Received::Oversized { len } => tracing::warn!(
+                    "agent sent a reply of {len} bytes, over {MAX_RESPONSE_BYTES}; dropped"
+                ),
+                Received::Malformed(e) => tracing::warn!("undecodable agent reply: {e}"),
             }
         }
     }
@@ -471,7 +472,7 @@ async fn read_loop(
     lock(&pending).clear();
 }
 
-/// Hands `resp` (a line of `len` bytes) to whoever waits for it, never waiting itself.
+/// Hands `resp` (`len` bytes on the wire) to whoever waits for it, never waiting itself.
 fn route(
     resp: Response,
     len: usize,
@@ -551,7 +552,7 @@ mod tests {
     }
 
     fn output_line(id: u64, stream: Stream, data: Vec<u8>) -> Vec<u8> {
-        lab_proto::encode(&Response {
+        lab_proto::encode_response(&Response {
             id: Some(id),
             reply: Reply::Output { stream, data },
         })

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use lab_proto::{Line, LineSplitter, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use lab_proto::{Received, ReplyReader, Request, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 
 pub fn run(socket: &str, within: Duration) -> i32 {
     let mut line = Vec::new();
@@ -58,8 +58,8 @@ pub fn run(socket: &str, within: Duration) -> i32 {
     }
 }
 
-/// Sends `request` and returns the first response line carrying `id`; lines for nobody (the
-/// agent's unprompted ready message) are skipped.
+/// Sends `request` and returns the first response carrying `id`, as a JSON line; replies for
+/// nobody (the agent's unprompted ready message) are skipped.
 fn exchange(
     stream: &mut UnixStream,
     request: &[u8],
@@ -68,7 +68,7 @@ fn exchange(
 ) -> io::Result<Option<Vec<u8>>> {
     stream.write_all(request)?;
     stream.write_all(b"\n")?;
-    let mut splitter = LineSplitter::new(MAX_RESPONSE_BYTES);
+    let mut replies = ReplyReader::new(MAX_RESPONSE_BYTES);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -80,12 +80,12 @@ fn exchange(
         if n == 0 {
             return Ok(None);
         }
-        for line in splitter.push(&buf[..n]) {
-            if let Line::Complete(l) = line {
-                if lab_proto::decode::<Response>(&l, MAX_RESPONSE_BYTES)
-                    .is_ok_and(|r| r.id == Some(id))
-                {
-                    return Ok(Some(l));
+        for received in replies.push(&buf[..n]) {
+            if let Received::Reply { response, .. } = received {
+                if response.id == Some(id) {
+                    let mut line = lab_proto::encode(&response);
+                    line.pop(); // its newline: the caller ends the line it prints
+                    return Ok(Some(line));
                 }
             }
         }

@@ -48,11 +48,10 @@ impl Sink for Streamed {
                 return;
             };
             let (piece, rest) = data.split_at(n);
-            let output = Reply::Output {
-                stream,
-                data: piece.to_vec(),
-            };
-            send(&self.writer, Some(self.id), output);
+            write(
+                &self.writer,
+                &lab_proto::output_frame(self.id, stream, piece),
+            );
             data = rest;
         }
     }
@@ -238,10 +237,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn send(writer: &Writer, id: Option<u64>, reply: Reply) {
-    let line = lab_proto::encode(&Response { id, reply });
+    write(writer, &lab_proto::encode_response(&Response { id, reply }));
+}
+
+/// Writes one encoded reply whole, so that replies of several threads do not interleave.
+fn write(writer: &Writer, line: &[u8]) {
     // A poisoned lock only means another reply panicked mid-write; the port itself is still usable.
     let mut port = writer.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = port.write_all(&line).and_then(|()| port.flush()) {
+    if let Err(e) = port.write_all(line).and_then(|()| port.flush()) {
         eprintln!("lab: reply lost: {e}");
     }
 }

@@ -1,10 +1,12 @@
 //! The wire format between the host harness and the `lab` agent in the guest.
 //!
 //! Architecture invariant: this crate is the only place that knows how messages look on the wire.
-//! Both ends call [`encode`] and [`LineSplitter`]/[`decode`]; neither formats JSON by hand.
+//! Both ends call [`encode`]/[`encode_response`] and [`LineSplitter`]/[`ReplyReader`]/[`decode`];
+//! neither formats JSON or frames by hand.
 //!
 //! Framing is one JSON object per line (`\n`-terminated) over the virtio-serial port named
-//! [`PORT_NAME`]. Every request carries an `id`; the reply repeats it, so the host may have several
+//! [`PORT_NAME`], except a streaming run's output, which the agent sends as binary frames
+//! ([`replies`]). Every request carries an `id`; the reply repeats it, so the host may have several
 //! commands in flight (for example a `wait_until_succeeds` poll beside a long-running ping). Replies
 //! to input the agent could not attribute to a request (a malformed or oversized line) carry no id.
 
@@ -14,13 +16,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod attach;
+pub mod replies;
+
+pub use replies::{encode_response, output_frame, Received, ReplyReader};
 
 /// Name of the virtio-serial port the agent listens on (`-device virtserialport,name=...`).
 /// The agent finds it through `/sys/class/virtio-ports/*/name`: there is no udev in the guest.
 pub const PORT_NAME: &str = "lab.agent";
 
 /// Protocol version, bumped on any incompatible change; the agent announces it in [`Ready`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest request line the agent accepts (a `write_file` of a few MiB fits, base64-encoded).
 pub const MAX_REQUEST_BYTES: usize = 32 << 20;
@@ -441,6 +446,8 @@ pub enum DecodeError {
     TooLarge { len: usize, limit: usize },
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("an output frame of stream {0}, which is none")]
+    BadStream(u8),
 }
 
 /// Serializes a message as one line, newline included.
@@ -513,7 +520,7 @@ impl LineSplitter {
         out
     }
 
-    fn take(&mut self, part: &[u8]) {
+    pub(crate) fn take(&mut self, part: &[u8]) {
         if self.discarded > 0 || self.buf.len() + part.len() > self.limit {
             self.discarded += self.buf.len() + part.len();
             self.buf.clear();
@@ -522,7 +529,7 @@ impl LineSplitter {
         }
     }
 
-    fn finish_line(&mut self) -> Line {
+    pub(crate) fn finish_line(&mut self) -> Line {
         if self.discarded > 0 {
             let len = std::mem::take(&mut self.discarded);
             Line::Oversized { len }
