@@ -448,6 +448,15 @@ fn feed_stdin(pipe: Option<File>, data: Option<Vec<u8>>) {
     }
 }
 
+/// The most one read of a program's output takes: a program that writes faster than the host
+/// reads fills its pipe ([`crate::spawn`] makes it [`PIPE_SIZE`]), and each read then moves a
+/// quarter of it as one piece: under TCG every piece's wakeup, frame and port write cost more
+/// than its bytes.
+const READ_SIZE: usize = 256 * 1024;
+
+/// How much a program's output pipe holds.
+pub const PIPE_SIZE: usize = 1 << 20;
+
 /// What a reader thread has kept so far (the bytes and whether any were dropped), and the
 /// channel that says it reached the end.
 struct Captured {
@@ -468,7 +477,7 @@ fn capture<R: Read + Send + 'static>(
     let keep = Arc::clone(&kept);
     thread::spawn(move || {
         if let Some(mut pipe) = pipe {
-            let mut chunk = [0u8; 64 * 1024];
+            let mut chunk = vec![0u8; READ_SIZE];
             // A terminal whose far end closed reads as EIO: that is its end of file.
             while let Ok(n @ 1..) = pipe.read(&mut chunk) {
                 match &sink {

@@ -69,8 +69,8 @@ pub fn spawn(plan: &Plan, cgroup: &File) -> io::Result<Spawned> {
         true => pipe().map(|(r, w)| (r, Some(w)))?,
         false => (OwnedFd::from(File::open("/dev/null")?), None),
     };
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
+    let (stdout_r, stdout_w) = output_pipe()?;
+    let (stderr_r, stderr_w) = output_pipe()?;
     // The child writes its errno here if it cannot exec; the exec closes it (CLOEXEC).
     let (report_r, report_w) = pipe()?;
 
@@ -170,6 +170,16 @@ fn resolve(program: &str, env: &[(String, String)], cwd: &str) -> io::Result<std
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// A pipe for a program's output, as large as [`crate::exec::PIPE_SIZE`] where the kernel
+/// allows: fewer, larger pieces for the agent to send (the default holds 64 KiB).
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
+    let size = i32::try_from(crate::exec::PIPE_SIZE).unwrap_or(i32::MAX);
+    // Best effort: a smaller pipe only costs speed.
+    let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+    Ok((r, w))
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
