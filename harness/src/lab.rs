@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::events::{Event, Events};
 use crate::lan::impair::Impairment;
 use crate::lan::{PortCounters, PortPolicy, SwitchHandle};
-use crate::spec::{HostSpec, Image, RawHost, RawLan, RawPort, RawSwitch, Source, Sourced, Spec};
+use crate::spec::{
+    HostSpec, Image, RawHost, RawLan, RawPort, RawSwitch, Route, Source, Sourced, Spec,
+};
 use crate::vm::{Cmd, Vm};
 
 pub use crate::spec::{LAN_PREFIX, LAN_PREFIX6, MAX_HOSTS};
@@ -329,9 +331,7 @@ impl Lab {
             .vms
             .iter()
             .zip(self.spec.hosts())
-            .filter_map(|(vm, host)| {
-                network_script(host, &names).map(|s| vm.succeed(Cmd::script(s)))
-            });
+            .filter_map(|(vm, host)| network_of(host, &names).map(|n| vm.network(n)));
         for result in futures::future::join_all(configured).await {
             result?;
         }
@@ -585,11 +585,12 @@ impl Lab {
     /// linkwatch applies carrier up to a second after the link is set up, and macvlan children
     /// only come up once their parent's operstate is UP).
     pub async fn number_hosts(&self) -> Result<()> {
-        // Every guest at once, each in one command: a command costs a guest ~0.1 s under TCG,
-        // more right after a restore, when QEMU translates every code path anew.
+        // Every guest at once, each set up by its agent, with no program started.
         let numbered = self.vms.iter().enumerate().map(|(i, vm)| {
-            let lines = address_lines(&[(0, &crate::spec::lan_addresses(i)[..])]);
-            vm.succeed(Cmd::script(format!("set -e\n{}", lines.join("\n"))))
+            vm.network(lab_proto::Network {
+                nics: vec![nic_setup(0, &crate::spec::lan_addresses(i), &[])],
+                ..lab_proto::Network::default()
+            })
         });
         for result in futures::future::join_all(numbered).await {
             result?;
@@ -621,11 +622,12 @@ impl Lab {
             .map(|i| self.ip(self.vms[i].name()))
             .collect();
         if !ips.is_empty() {
-            let script = format!(
-                "for ip in {}; do until ping -c1 -W1 $ip >/dev/null; do sleep 0.1; done; done",
-                ips.join(" ")
-            );
-            first.succeed(Cmd::script(script).timeout(SETTLE)).await?;
+            first
+                .reach(lab_proto::Reach {
+                    addresses: ips,
+                    within: SETTLE,
+                })
+                .await?;
         }
         Ok(())
     }
@@ -806,57 +808,36 @@ fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
 /// Shell lines giving each NIC `(n, addresses)` (`eth<n>`) its addresses and bringing it up,
 /// then waiting until the kernel calls each operational (the kernel's linkwatch applies
 /// carrier up to a second after the link is set up; frames queued before may be dropped).
-fn address_lines(nics: &[(usize, &[ipnet::IpNet])]) -> Vec<String> {
-    let mut lines = Vec::new();
-    for &(n, addresses) in nics {
-        for a in addresses {
-            // `nodad`: addresses are unique (the spec refuses one twice; the LAN's are by
-            // construction), and duplicate detection would hold a v6 one back for a second or
-            // more.
-            match a {
-                ipnet::IpNet::V4(_) => lines.push(format!("ip addr add {a} dev eth{n}")),
-                ipnet::IpNet::V6(_) => lines.push(format!("ip -6 addr add {a} dev eth{n} nodad")),
-            }
-        }
-        lines.push(format!("ip link set eth{n} up"));
+/// `eth{n}` with its addresses and routes, as its agent sets it up.
+fn nic_setup(n: usize, addresses: &[ipnet::IpNet], routes: &[Route]) -> lab_proto::NicSetup {
+    lab_proto::NicSetup {
+        name: format!("eth{n}"),
+        addresses: addresses.iter().map(ToString::to_string).collect(),
+        routes: routes
+            .iter()
+            .map(|r| lab_proto::RouteSetup {
+                to: r.to.map(|to| to.to_string()),
+                via: r.via.to_string(),
+            })
+            .collect(),
     }
-    if !nics.is_empty() {
-        let names: Vec<String> = nics.iter().map(|(n, _)| format!("eth{n}")).collect();
-        lines.push(format!(
-            "for nic in {}; do i=0; until [ \"$(cat /sys/class/net/$nic/operstate)\" = up ]; do \
-             i=$((i+1)); [ $i -gt 500 ] && {{ echo \"$nic never became operational\" >&2; exit 1; }}; sleep 0.02; done; done",
-            names.join(" ")
-        ));
-    }
-    lines
 }
 
-/// The one command that gives `host` its addresses, brings their NICs up (waiting until the
-/// kernel calls each operational: frames queued before may be dropped), adds its routes, turns
-/// forwarding on and adds the lab's `names` to `/etc/hosts`; `None` when it has none of these.
-fn network_script(host: &HostSpec, names: &str) -> Option<String> {
-    // A NIC with routes but no address of its own is brought up too: its routes need it.
-    let addressed: Vec<(usize, &[ipnet::IpNet])> = host
-        .nics
-        .iter()
-        .enumerate()
-        .filter(|(_, nic)| !nic.addresses.is_empty() || !nic.routes.is_empty())
-        .map(|(n, nic)| (n, &nic.addresses[..]))
-        .collect();
-    let mut lines = address_lines(&addressed);
-    for (n, nic) in host.nics.iter().enumerate() {
-        for r in &nic.routes {
-            let family = if r.via.is_ipv4() { "-4" } else { "-6" };
-            lines.push(format!("ip {family} route add {r} dev eth{n}"));
-        }
-    }
-    if host.forwarding {
-        lines.push("echo 1 > /proc/sys/net/ipv4/ip_forward".into());
-        lines.push("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding".into());
-    }
-    if !names.is_empty() {
-        // Names and addresses the resolver checked: nothing in them a here-document reads.
-        lines.push(format!("cat >> /etc/hosts <<'EOF'\n{}EOF", names));
-    }
-    (!lines.is_empty()).then(|| format!("set -e\n{}", lines.join("\n")))
+/// What `host`'s agent sets up: its NICs' addresses (each NIC brought up and operational
+/// before anything is sent: frames queued before may be dropped), their routes, forwarding,
+/// and the lab's `names` in `/etc/hosts`; `None` when it has none of these.
+fn network_of(host: &HostSpec, names: &str) -> Option<lab_proto::Network> {
+    let network = lab_proto::Network {
+        // A NIC with routes but no address of its own is brought up too: its routes need it.
+        nics: host
+            .nics
+            .iter()
+            .enumerate()
+            .filter(|(_, nic)| !nic.addresses.is_empty() || !nic.routes.is_empty())
+            .map(|(n, nic)| nic_setup(n, &nic.addresses, &nic.routes))
+            .collect(),
+        forwarding: host.forwarding,
+        hosts: names.to_string(),
+    };
+    (network != lab_proto::Network::default()).then_some(network)
 }

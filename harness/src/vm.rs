@@ -112,6 +112,23 @@ impl Vm {
             .map_err(|e| self.call_failed(Phase::Setup, "unpacking a layer", e))
     }
 
+    /// Gives the guest's NICs their addresses and routes, through its agent (no program runs).
+    pub(crate) async fn network(&self, network: lab_proto::Network) -> Result<()> {
+        self.agent
+            .call(network, self.cfg.policy.command_timeout)
+            .await
+            .map_err(|e| self.call_failed(Phase::Setup, "setting up its network", e))
+    }
+
+    /// Waits until the guest reaches every address (ICMP echo, sent by its agent).
+    pub(crate) async fn reach(&self, reach: lab_proto::Reach) -> Result<()> {
+        let within = reach.within + self.cfg.policy.command_timeout;
+        self.agent
+            .call(reach, within)
+            .await
+            .map_err(|e| self.call_failed(Phase::Setup, "reaching the LAN's hosts", e))
+    }
+
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
     }

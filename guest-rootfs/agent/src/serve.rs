@@ -192,6 +192,8 @@ fn handle(id: u64, op: Op, writer: &Writer) -> Reply {
             .map_err(|e| format!("read {path}: {e}")),
         Op::WriteFile { path, data, mode } => write_file(&path, &data, mode).map(|()| Reply::Done),
         Op::Resume(resume) => crate::resume::resume(&resume).map(|()| Reply::Done),
+        Op::Network(network) => crate::network::apply(&network).map(|()| Reply::Done),
+        Op::Reach(reach) => crate::reach::reach(&reach).map(|()| Reply::Done),
         Op::Unpack { archive } => crate::unpack::unpack(&archive).map(|()| Reply::Done),
         Op::PowerOff
         | Op::Input { .. }

@@ -96,6 +96,13 @@ pub enum Op {
     /// This guest was just restored from a snapshot that other guests restore too: make it its
     /// own. Answered with [`Reply::Done`], or an error naming the step that failed.
     Resume(Resume),
+    /// Give the guest's NICs their addresses and routes: what a lab's spec says of one host.
+    /// Answered with [`Reply::Done`] once every NIC named is operational, or an error naming
+    /// the step that failed.
+    Network(Network),
+    /// Wait until every address answers an ICMP echo, as `until ping -c1 ADDR` would.
+    /// Answered with [`Reply::Done`], or an error naming those that did not answer in time.
+    Reach(Reach),
 }
 
 /// A request that names the reply it is answered with, so a caller gets that reply's content
@@ -203,6 +210,18 @@ impl From<Resume> for Op {
     }
 }
 
+impl From<Reach> for Op {
+    fn from(reach: Reach) -> Op {
+        Op::Reach(reach)
+    }
+}
+
+impl From<Network> for Op {
+    fn from(network: Network) -> Op {
+        Op::Network(network)
+    }
+}
+
 /// The [`Call`] impls: which reply answers which request, said once.
 macro_rules! answered_by {
     ($($call:ty => $pattern:pat => $ok:ty = $value:expr;)*) => {$(
@@ -226,6 +245,50 @@ answered_by! {
     Unpack => Reply::Done => () = ();
     PowerOff => Reply::Done => () = ();
     Resume => Reply::Done => () = ();
+    Network => Reply::Done => () = ();
+    Reach => Reply::Done => () = ();
+}
+
+/// IPv4 addresses a guest waits to reach: a LAN's readiness, checked by its agent without
+/// starting `ping` (under TCG, a restored guest translates every program it starts anew).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub addresses: Vec<String>,
+    #[serde(with = "millis")]
+    pub within: Duration,
+}
+
+/// A host's network, as the agent sets it up with netlink rather than `ip` in a shell: under
+/// TCG a restored guest translates every program it starts anew, and a shell with three `ip`
+/// commands cost each guest of a LAN a third of a CPU-second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// The NICs to bring up, each with its addresses and routes, in order.
+    pub nics: Vec<NicSetup>,
+    /// Turn on IPv4 and IPv6 forwarding.
+    pub forwarding: bool,
+    /// Lines to add to `/etc/hosts`.
+    pub hosts: String,
+}
+
+/// One NIC of a [`Network`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSetup {
+    /// Its name in the guest, `eth0`.
+    pub name: String,
+    /// Its addresses with their prefix, `10.0.1.1/24` or `fd01::1/64`. IPv6 ones are added
+    /// without duplicate detection (`nodad`): a lab's addresses are unique by construction.
+    pub addresses: Vec<String>,
+    /// Its routes, added once it is up.
+    pub routes: Vec<RouteSetup>,
+}
+
+/// A route through a gateway on a [`NicSetup`]'s link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSetup {
+    /// The destination with its prefix; `None` for the default route of `via`'s family.
+    pub to: Option<String>,
+    pub via: String,
 }
 
 /// What makes a restored guest different from every other clone of its snapshot.
