@@ -97,6 +97,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
     parse_stat(&stat).map(|(_, start, _)| start)
 }
 
+/// The CPU time process `pid` has used so far, user and system, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, _, ticks) = parse_stat(&stat)?;
+    Some(ticks as f64 / ticks_per_second() as f64)
+}
+
 /// A memory figure of process `pid` in KiB: `field` (`VmRSS:`, `RssAnon:`, `VmHWM:`, `Pss:`)
 /// of its `/proc/PID/file` (`status`, `smaps_rollup`); 0 once the process is gone.
 pub fn memory_kib(pid: u32, file: &str, field: &str) -> u64 {

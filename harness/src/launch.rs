@@ -295,9 +295,15 @@ struct Booting<'a> {
 }
 
 impl Booting<'_> {
+    /// Says at debug level when a step of the boot was done and the CPU QEMU had used by
+    /// then: where a guest's start-up time and CPU go.
     fn step(&self, what: &str) {
         let elapsed = self.started.elapsed();
-        tracing::debug!("{}: {what} at {elapsed:.0?}", self.cfg.name);
+        let cpu = crate::host::cpu_seconds(self.process.pid()).unwrap_or_default();
+        tracing::debug!(
+            "{}: {what} at {elapsed:.0?}, QEMU's CPU {cpu:.2} s",
+            self.cfg.name
+        );
     }
 
     /// Takes QEMU's connections, in the order it makes them: the console (recorded from then

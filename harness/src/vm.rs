@@ -339,6 +339,9 @@ impl Vm {
     }
 
     async fn power_off(&mut self) -> Result<()> {
+        if let Some(cpu) = crate::host::cpu_seconds(self.qemu_pid()) {
+            tracing::debug!("{}: powering off; QEMU's CPU {cpu:.2} s", self.cfg.name);
+        }
         let _ = self.agent.call(PowerOff, Duration::from_secs(5)).await;
         if self.exited_within(Duration::from_secs(10)).await {
             return Ok(());
