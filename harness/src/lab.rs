@@ -581,7 +581,7 @@ impl Lab {
 
     /// Gives every guest its [`Lab::ip`] (/24) and [`Lab::ip6`] (/64) on `eth0` and waits until
     /// the LAN is usable:
-    /// the first guest pings every other, and every `eth0` is operationally UP (the kernel's
+    /// the first guest reaches every other (ICMP echo), and every `eth0` is operationally UP (the kernel's
     /// linkwatch applies carrier up to a second after the link is set up, and macvlan children
     /// only come up once their parent's operstate is UP).
     pub async fn number_hosts(&self) -> Result<()> {
