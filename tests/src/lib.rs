@@ -66,17 +66,28 @@ impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
 
 /// The average RTT in ms (if any reply came) and the loss in % of iputils ping's summary.
 pub fn ping_stats(out: &str) -> (Option<f64>, f64) {
-    let avg = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|v| v.parse().ok());
+    let avg = rtt(out, 1);
     let loss = out
         .lines()
         .find_map(|l| l.split(", ").find(|p| p.ends_with("% packet loss")))
         .and_then(|p| p.trim_end_matches("% packet loss").parse().ok())
         .unwrap_or_else(|| panic!("no loss in ping's summary: {out}"));
     (avg, loss)
+}
+
+/// The least RTT in ms of iputils ping's summary, if any reply came: what a cable's delay
+/// adds, without what a busy machine adds on top (a guest kept waiting for a core delays some
+/// replies, and speeds none up).
+pub fn ping_min_rtt(out: &str) -> Option<f64> {
+    rtt(out, 0)
+}
+
+/// Field `n` (min, avg, max, mdev) of ping's `rtt` line.
+fn rtt(out: &str, n: usize) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split('/').nth(n))
+        .and_then(|v| v.parse().ok())
 }
 
 /// What `lab run --hosts N` boots with host1's options `extras`: host1..hostN on one switch,
