@@ -580,10 +580,9 @@ impl Lab {
     }
 
     /// Gives every guest its [`Lab::ip`] (/24) and [`Lab::ip6`] (/64) on `eth0` and waits until
-    /// the LAN is usable:
-    /// the first guest reaches every other (ICMP echo), and every `eth0` is operationally UP (the kernel's
-    /// linkwatch applies carrier up to a second after the link is set up, and macvlan children
-    /// only come up once their parent's operstate is UP).
+    /// the LAN is usable: the first guest reaches every other (ICMP echo), and every `eth0` is
+    /// operationally UP (the kernel's linkwatch applies carrier up to a second after the link
+    /// is set up, and macvlan children only come up once their parent's operstate is UP).
     pub async fn number_hosts(&self) -> Result<()> {
         // Every guest at once, each set up by its agent, with no program started.
         let numbered = self.vms.iter().enumerate().map(|(i, vm)| {
@@ -805,9 +804,6 @@ fn host_config(assets: &Assets, host: &HostSpec) -> Result<VmConfig> {
     Ok(cfg)
 }
 
-/// Shell lines giving each NIC `(n, addresses)` (`eth<n>`) its addresses and bringing it up,
-/// then waiting until the kernel calls each operational (the kernel's linkwatch applies
-/// carrier up to a second after the link is set up; frames queued before may be dropped).
 /// `eth{n}` with its addresses and routes, as its agent sets it up.
 fn nic_setup(n: usize, addresses: &[ipnet::IpNet], routes: &[Route]) -> lab_proto::NicSetup {
     lab_proto::NicSetup {

@@ -298,6 +298,9 @@ impl Booting<'_> {
     /// Says at debug level when a step of the boot was done and the CPU QEMU had used by
     /// then: where a guest's start-up time and CPU go.
     fn step(&self, what: &str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         let elapsed = self.started.elapsed();
         let cpu = crate::host::cpu_seconds(self.process.pid()).unwrap_or_default();
         tracing::debug!(

@@ -106,27 +106,33 @@ impl Vm {
         let unpack = Unpack {
             archive: archive.to_vec(),
         };
-        self.agent
-            .call(unpack, self.cfg.policy.command_timeout)
-            .await
-            .map_err(|e| self.call_failed(Phase::Setup, "unpacking a layer", e))
+        let within = self.cfg.policy.command_timeout;
+        self.set_up(unpack, within, "unpacking a layer").await
     }
 
     /// Gives the guest's NICs their addresses and routes, through its agent (no program runs).
     pub(crate) async fn network(&self, network: lab_proto::Network) -> Result<()> {
-        self.agent
-            .call(network, self.cfg.policy.command_timeout)
-            .await
-            .map_err(|e| self.call_failed(Phase::Setup, "setting up its network", e))
+        let within = self.cfg.policy.command_timeout;
+        self.set_up(network, within, "setting up its network").await
     }
 
     /// Waits until the guest reaches every address (ICMP echo, sent by its agent).
     pub(crate) async fn reach(&self, reach: lab_proto::Reach) -> Result<()> {
         let within = reach.within + self.cfg.policy.command_timeout;
+        self.set_up(reach, within, "reaching the LAN's hosts").await
+    }
+
+    /// A part of the guest's set-up done by its agent; a failure is the set-up's, naming `what`.
+    async fn set_up<C: lab_proto::Call>(
+        &self,
+        call: C,
+        within: Duration,
+        what: &str,
+    ) -> Result<C::Ok> {
         self.agent
-            .call(reach, within)
+            .call(call, within)
             .await
-            .map_err(|e| self.call_failed(Phase::Setup, "reaching the LAN's hosts", e))
+            .map_err(|e| self.call_failed(Phase::Setup, what, e))
     }
 
     pub fn qmp(&self) -> &Qmp {
@@ -339,8 +345,10 @@ impl Vm {
     }
 
     async fn power_off(&mut self) -> Result<()> {
-        if let Some(cpu) = crate::host::cpu_seconds(self.qemu_pid()) {
-            tracing::debug!("{}: powering off; QEMU's CPU {cpu:.2} s", self.cfg.name);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(cpu) = crate::host::cpu_seconds(self.qemu_pid()) {
+                tracing::debug!("{}: powering off; QEMU's CPU {cpu:.2} s", self.cfg.name);
+            }
         }
         let _ = self.agent.call(PowerOff, Duration::from_secs(5)).await;
         if self.exited_within(Duration::from_secs(10)).await {

@@ -1,7 +1,7 @@
 //! [`lab_proto::Op::Network`]: a host's addresses, routes and forwarding, set with netlink as
 //! `ip` would set them, but without starting `ip`: under TCG a restored guest translates every
-//! program it starts anew, and the shell and `ip` commands this replaces cost it a third of a
-//! CPU-second.
+//! program it starts anew (what the shell and `ip` commands this replaces cost is in
+//! docs/measurements.md).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -26,8 +26,12 @@ const OPERATIONAL_WITHIN: Duration = Duration::from_secs(10);
 
 pub fn apply(network: &Network) -> Result<(), String> {
     let mut rtnl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    for nic in &network.nics {
-        let index = index_of(&nic.name)?;
+    let nics = network
+        .nics
+        .iter()
+        .map(|nic| Ok((nic, index_of(&nic.name)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    for &(nic, index) in &nics {
         for address in &nic.addresses {
             rtnl.add_address(index, address)
                 .map_err(|e| format!("{}: add address {address}: {e}", nic.name))?;
@@ -39,8 +43,8 @@ pub fn apply(network: &Network) -> Result<(), String> {
     for nic in &network.nics {
         wait_operational(&nic.name)?;
     }
-    for nic in &network.nics {
-        add_routes(&mut rtnl, nic)?;
+    for &(nic, index) in &nics {
+        add_routes(&mut rtnl, nic, index)?;
     }
     if network.forwarding {
         for knob in [
@@ -61,8 +65,7 @@ pub fn apply(network: &Network) -> Result<(), String> {
     Ok(())
 }
 
-fn add_routes(rtnl: &mut Rtnl, nic: &NicSetup) -> Result<(), String> {
-    let index = index_of(&nic.name)?;
+fn add_routes(rtnl: &mut Rtnl, nic: &NicSetup, index: u32) -> Result<(), String> {
     for route in &nic.routes {
         rtnl.add_route(index, route).map_err(|e| {
             let to = route.to.as_deref().unwrap_or("default");

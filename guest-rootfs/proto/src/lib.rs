@@ -259,8 +259,7 @@ pub struct Reach {
 }
 
 /// A host's network, as the agent sets it up with netlink rather than `ip` in a shell: under
-/// TCG a restored guest translates every program it starts anew, and a shell with three `ip`
-/// commands cost each guest of a LAN a third of a CPU-second.
+/// TCG a restored guest translates every program it starts anew (docs/measurements.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// The NICs to bring up, each with its addresses and routes, in order.

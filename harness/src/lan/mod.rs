@@ -440,22 +440,19 @@ fn forward<'f>(
         let bytes = s.switch.frame_for(o, frame, &fwd);
         let fate = s.links[o].admit(bytes.len(), now);
         s.switch.count_impairment(o, &fate);
+        if matches!(fate, Fate::Lost | Fate::Overflow) {
+            continue;
+        }
+        // What leaves the port is captured as it is let out, now or later.
+        s.per_port[o].write(&bytes);
+        s.taps.left(o, &bytes);
         match fate {
-            Fate::Now => {
-                s.per_port[o].write(&bytes);
-                s.taps.left(o, &bytes);
-                sends.push((o, bytes));
-            }
-            Fate::Lost | Fate::Overflow => {}
-            Fate::SendAt(times) => {
-                s.per_port[o].write(&bytes);
-                s.taps.left(o, &bytes);
-                holds.extend(
-                    times
-                        .into_iter()
-                        .map(|at| (o, at, Then::Send, bytes.to_vec())),
-                );
-            }
+            Fate::SendAt(times) => holds.extend(
+                times
+                    .into_iter()
+                    .map(|at| (o, at, Then::Send, bytes.to_vec())),
+            ),
+            _ => sends.push((o, bytes)),
         }
     }
 }
