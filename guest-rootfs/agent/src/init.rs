@@ -44,21 +44,13 @@ pub fn run() -> ! {
     }
     // Only now: until here the kernel's own module requests find no modprobe and fail at once.
     make_links_after_boot();
-    // The kernel starts PID 1 with no PATH of its own.
-    let ip = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .env("PATH", crate::exec::PATH)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ip(&["link", "set", "lo", "up"]) {
-        log("could not bring lo up");
+    if let Err(e) = crate::network::bring_up("lo", None) {
+        log(&format!("could not bring lo up: {e}"));
     }
     // `lab.eth0=ADDR/PREFIX`: an address before anyone asks, as a VM's own network config would.
     if let Some(addr) = cmdline_value(&cmdline, "lab.eth0") {
-        if !(ip(&["addr", "add", addr, "dev", "eth0"]) && ip(&["link", "set", "eth0", "up"])) {
-            log(&format!("could not give eth0 {addr}"));
+        if let Err(e) = crate::network::bring_up("eth0", Some(addr)) {
+            log(&format!("could not give eth0 {addr}: {e}"));
         }
     }
     let port = match wait_for_port(lab_proto::PORT_NAME, PORT_WAIT) {

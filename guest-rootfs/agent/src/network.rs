@@ -65,6 +65,19 @@ pub fn apply(network: &Network) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets `name` up, with `address` (`ADDR/PREFIX`) first when given: PID 1's `lo` and a nest
+/// VM's `lab.eth0`, without the `ip` runs that cost a boot 0.15-0.2 s under TCG.
+pub fn bring_up(name: &str, address: Option<&str>) -> Result<(), String> {
+    let mut rtnl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
+    let index = index_of(name)?;
+    if let Some(address) = address {
+        rtnl.add_address(index, address)
+            .map_err(|e| format!("{name}: add address {address}: {e}"))?;
+    }
+    rtnl.set_up(index)
+        .map_err(|e| format!("{name}: set it up: {e}"))
+}
+
 fn add_routes(rtnl: &mut Rtnl, nic: &NicSetup, index: u32) -> Result<(), String> {
     for route in &nic.routes {
         rtnl.add_route(index, route).map_err(|e| {
