@@ -65,6 +65,17 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The image of a bare boot: the agent at `agent` alone, as `/init`. Booted with `-- bare` it
+/// powers off at once (see the agent's `main`), so a boot of it is the least any guest's boot
+/// of that kernel can take: the limit `cargo xtask bench` measures a cold boot against.
+pub fn bare_image(agent: &Path) -> Result<Vec<u8>> {
+    let data = std::fs::read(agent).map_err(|e| Error::io(agent, e))?;
+    let mut tree = Tree::default();
+    tree.dir("/dev");
+    tree.file("/init", data, 0o755);
+    tree.to_cpio().map_err(|e| Error::io(agent, e))
+}
+
 /// Builds (or finds in `cache`) the image for `kernel` with the agent binary at `agent`.
 pub fn build(
     apt: &lab_kernels::archive::Apt,

@@ -129,6 +129,64 @@ fn binary_and_files(cfg: &VmConfig) -> Result<std::path::PathBuf> {
     Ok(binary)
 }
 
+/// Boots `cfg`'s kernel on its machine to `image`, a static `/init` that powers off at once
+/// (`lab_rootfs::bare_image`), and says how long QEMU took from its start to its exit: the
+/// least a boot of that kernel can take, which a cold boot is measured against. No console,
+/// agent, disk or NIC; nothing of it is left behind.
+pub async fn bare_boot(cfg: &VmConfig, image: &Path) -> Result<Duration> {
+    let mut bare = cfg.clone();
+    bare.boot.initrd = image.to_path_buf();
+    bare.boot.layers.clear();
+    bare.boot.modules_disk = None;
+    // After `--`, init's arguments: `/init bare`.
+    bare.boot.extra_cmdline = vec!["--".into(), "bare".into()];
+    let binary = binary_and_files(&bare)?;
+    let dir = state_dir(&bare)?;
+    let (log, console) = (dir.path().join("qemu.log"), dir.path().join("console.log"));
+    let started = Instant::now();
+    let mut process = QemuProcess::spawn(&binary, &qemu::bare_args(&bare, &console), &log)
+        .map_err(|e| Error::guest(&bare.name, Phase::Launch, format!("starting QEMU: {e}")))?;
+    let within = bare.policy.boot_timeout;
+    let status = match tokio::time::timeout(within, process.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            let msg = format!("the bare boot did not power off within {within:?}");
+            return Err(Error::guest(&bare.name, Phase::Boot, msg));
+        }
+    };
+    let took = started.elapsed();
+    // `-no-reboot` ends QEMU the same way for a power-off and a kernel panic (an image with no
+    // /init, say): only the console tells them apart.
+    let said = std::fs::read_to_string(&console).unwrap_or_default();
+    match status {
+        Ok(s) if s.success() && said.contains("reboot: Power down") => Ok(took),
+        other => {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            // A panic's own line says why; its stack trace after it does not.
+            let why = match said.lines().find(|l| l.contains("Kernel panic")) {
+                Some(panic) => format!("the kernel said: {}", panic.trim()),
+                None => format!("its console ended: {}", last_lines(&said, 5)),
+            };
+            let msg = format!(
+                "the bare boot did not power off (QEMU: {}{}); {}",
+                describe_status(other),
+                match log.trim() {
+                    "" => String::new(),
+                    log => format!(", {log}"),
+                },
+                crate::text::printable(&why)
+            );
+            Err(Error::guest(&bare.name, Phase::Boot, msg))
+        }
+    }
+}
+
+/// The last `n` lines of `text`, joined with " / ".
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
 /// A saved state to load, and what makes the restored guest its own.
 type Incoming<'a> = Option<(&'a Path, lab_proto::Resume)>;
 
@@ -436,7 +494,10 @@ impl Booting<'_> {
             .saturating_sub(self.started.elapsed());
         tokio::select! {
             ready = agent.wait_ready(remaining, nudge) => match ready {
-                Ok(r) => Ok(r),
+                Ok(r) => {
+                    self.step(&format!("agent ready at the guest's uptime {:.2} s", r.uptime_secs));
+                    Ok(r)
+                }
                 Err(AgentError::Timeout(_)) => {
                     let msg = format!("the agent was not ready within {:?} ({} accel)", self.cfg.policy.boot_timeout, self.cfg.machine.accel);
                     Err(self.fail(Phase::Boot, msg, true))

@@ -171,6 +171,24 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
     .concat()
 }
 
+/// QEMU's command line for a bare boot of `cfg`'s machine and kernel: its image and command
+/// line as given, the console into the file `console`, no other device
+/// ([`crate::launch::bare_boot`]).
+pub fn bare_args(cfg: &VmConfig, console: &Path) -> Vec<OsString> {
+    let mut args = machine_args(cfg);
+    args.extend([
+        "-kernel".into(),
+        cfg.boot.kernel.clone().into(),
+        "-initrd".into(),
+        cfg.boot.initrd.clone().into(),
+        "-append".into(),
+        kernel_cmdline(cfg).into(),
+        "-serial".into(),
+        format!("file:{}", console.display()).into(),
+    ]);
+    args
+}
+
 fn strings(items: &[&str]) -> Vec<OsString> {
     items.iter().map(OsString::from).collect()
 }

@@ -234,6 +234,30 @@ async fn a_guest_whose_kernel_panics_fails_fast_with_the_console_tail() {
     );
 }
 
+/// The bench's limit for a cold boot: the image's `/init` started as `/init bare` powers off at
+/// once, and the time to that is the answer; a boot that panics instead (an image with no
+/// `/init`) ends QEMU the same way, and is an error with the console's end, not a time.
+#[rstest]
+#[tokio::test]
+async fn a_bare_boot_is_timed_to_its_power_off_and_a_panic_is_no_time() {
+    let cfg = config("bare");
+    let took = lab_harness::launch::bare_boot(&cfg, &cfg.boot.initrd)
+        .await
+        .check();
+    assert!(took < cfg.policy.boot_timeout, "{took:?}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.cpio");
+    std::fs::write(&empty, b"").expect("write");
+    let err = lab_harness::launch::bare_boot(&cfg, &empty)
+        .await
+        .expect_err("no /init, no power-off");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not power off") && text.contains("Kernel panic"),
+        "{text}"
+    );
+}
+
 #[rstest]
 #[tokio::test]
 async fn a_guest_that_never_reaches_the_agent_fails_at_its_deadline() {

@@ -60,6 +60,9 @@ pub enum Part {
     Flood,
     /// A LAN of 32 hosts: time to ready, the host's memory.
     Lan,
+    /// A cold boot against a bare boot of the same kernel (to a static `/init` that powers
+    /// off at once), in pairs, and where a cold boot's time goes.
+    Boot,
     /// The drivers/net bench: a remote command over ssh's persistent connection, and
     /// `ping.py` across two hosts against a one-host `lab run`.
     Remote,
@@ -68,6 +71,8 @@ pub enum Part {
 /// How much each part measures: the full bench's counts, or `--quick`'s.
 struct Counts {
     boots: usize,
+    /// Pairs of a bare boot and a cold boot.
+    boot_pairs: usize,
     restores: usize,
     eight: usize,
     inner_vms: usize,
@@ -88,6 +93,7 @@ impl Counts {
         if args.quick {
             return Self {
                 boots: 1,
+                boot_pairs: 1,
                 restores: 2,
                 eight: 2,
                 inner_vms: 1,
@@ -105,6 +111,7 @@ impl Counts {
         }
         Self {
             boots: args.boots,
+            boot_pairs: 5,
             restores: args.restores,
             eight: 8,
             inner_vms: 3,
@@ -140,6 +147,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Part::Lan) => {
             return rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))
         }
+        Some(Part::Boot) => {
+            crate::bench_boot::cold_boot_breakdown(&rt, &assets)?;
+            return crate::bench_boot::against_bare(&rt, &assets, counts.boot_pairs);
+        }
         Some(Part::Remote) => {
             rt.block_on(crate::bench_remote::remote_commands(
                 &assets,
@@ -155,7 +166,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let cold = boots(&rt, &assets, args, "cold", counts.boots, parallel, None)?;
     report("cold boot", &cold);
-    crate::bench_soak::cold_boot_breakdown(&rt, &assets)?;
+    crate::bench_boot::cold_boot_breakdown(&rt, &assets)?;
+    crate::bench_boot::against_bare(&rt, &assets, counts.boot_pairs)?;
     // A store of this bench's own: its first guest takes the snapshot, the rest restore it.
     let store = tempfile::tempdir()?;
     let first = boots(&rt, &assets, args, "first", 1, 1, Some(store.path()))?;

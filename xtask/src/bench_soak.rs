@@ -1,5 +1,5 @@
 //! `cargo xtask bench --soak N`: many guests, 8 at a time, each running a command, cold and
-//! restored; counts hangs, fallbacks and leftovers. And where a cold boot's time goes.
+//! restored; counts hangs, fallbacks and leftovers.
 
 use std::time::{Duration, Instant};
 
@@ -86,53 +86,4 @@ async fn one(cfg: lab_harness::VmConfig) -> lab_harness::Result<(Duration, BootK
     vm.succeed("uname -r; ip -br link").await?;
     vm.shutdown().await?;
     Ok((took, kind))
-}
-
-/// Where a cold boot's time goes: QEMU's start and the kernel's decompression (until the
-/// kernel's clock starts), the kernel's own start-up (until it runs /init), and /init's work
-/// (mounts, modules, the module disk) until the agent answers.
-pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> anyhow::Result<()> {
-    let mut cfg = assets.vm("breakdown");
-    cfg.snapshots = None;
-    let vm = rt.block_on(Vm::boot(cfg))?;
-    let total = vm.boot_time().as_secs_f64();
-    let uptime = vm.ready_info().uptime_secs;
-    let dmesg = rt.block_on(vm.succeed("dmesg"))?;
-    let modules = vm.ready_info().modules.len();
-    rt.block_on(vm.shutdown())?;
-    let init_at = dmesg
-        .lines()
-        .find(|l| l.contains("Run /init as init process"))
-        .and_then(printk_secs)
-        .unwrap_or(uptime);
-    println!(
-        "cold boot {total:.2} s: QEMU start, firmware and kernel decompression {:.2} s; kernel start-up to /init {init_at:.2} s; \
-         /init (mounts, {modules} modules, the module disk) to the agent's answer {:.2} s",
-        (total - uptime).max(0.0),
-        (uptime - init_at).max(0.0),
-    );
-    Ok(())
-}
-
-/// `[    1.234567] text` -> 1.234567.
-fn printk_secs(line: &str) -> Option<f64> {
-    line.trim_start()
-        .strip_prefix('[')?
-        .split(']')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn printk_times_parse() {
-        assert_eq!(
-            super::printk_secs("[    1.250000] Run /init as init process"),
-            Some(1.25)
-        );
-        assert_eq!(super::printk_secs("no time"), None);
-    }
 }

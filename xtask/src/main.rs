@@ -3,6 +3,7 @@
 
 mod attach;
 mod bench;
+mod bench_boot;
 mod bench_output;
 mod bench_remote;
 mod bench_soak;

@@ -18,6 +18,7 @@ fn the_quick_bench_runs_every_part_to_its_end() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for part in [
         "cold boot:",
+        "cold boot against a bare boot of the same kernel",
         "restore:",
         "nest guest",
         "inner VM",
