@@ -111,7 +111,7 @@ impl Counts {
         }
         Self {
             boots: args.boots,
-            boot_pairs: 5,
+            boot_pairs: 8,
             restores: args.restores,
             eight: 8,
             inner_vms: 3,
@@ -350,26 +350,40 @@ fn report(what: &str, b: &Boots) {
     );
 }
 
+/// `cargo xtask -q lab run ARGS` on the assets at `assets_path` with `env`, as a user runs it:
+/// how long it took, start to end; a run that fails is an error with its stderr.
+pub(crate) fn timed_lab_run(
+    assets_path: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["-q", "lab", "run"])
+        .args(args)
+        .env(lab_harness::assets::ENV_ASSETS, assets_path)
+        .envs(env.iter().copied())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "lab run {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(started.elapsed())
+}
+
 /// `cargo xtask lab run` of `uname -r`, end to end as a user runs it, restoring against
 /// `LAB_SNAPSHOT=off`, paired.
 fn lab_run(assets_path: &std::path::Path, pairs: usize) -> anyhow::Result<()> {
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), "uname -r\n")?;
-    let exe = std::env::current_exe()?;
-    let time = |snapshot: &str| -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let out = std::process::Command::new(&exe)
-            .args(["lab", "run"])
-            .arg(script.path())
-            .env(lab_harness::assets::ENV_ASSETS, assets_path)
-            .env(lab_harness::settings::ENV_SNAPSHOT, snapshot)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "lab run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(started.elapsed())
+    let script = script.path().to_string_lossy().into_owned();
+    let time = |snapshot: &str| {
+        timed_lab_run(
+            assets_path,
+            &[script.as_str()],
+            &[(lab_harness::settings::ENV_SNAPSHOT, snapshot)],
+        )
     };
     time("on")?; // the shape's snapshot exists from here on
     let (mut warm, mut cold) = (Vec::new(), Vec::new());

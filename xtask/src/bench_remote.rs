@@ -2,7 +2,7 @@
 //! that opens its own, and `ping.py` across two hosts against a one-host `lab run` of `true`,
 //! end to end, paired.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lab_harness::{Assets, Lab};
 
@@ -61,21 +61,7 @@ pub async fn remote_commands(assets: &Assets, n: usize) -> anyhow::Result<()> {
 /// to end, `pairs` pairs interleaved after one warm-up each (both restore their guests).
 pub fn ping_py(assets_path: &std::path::Path, pairs: usize) -> anyhow::Result<()> {
     let selftests = crate::selftests::provide()?;
-    let exe = std::env::current_exe()?;
-    let time = |args: &[&str]| -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let out = std::process::Command::new(&exe)
-            .args(["-q", "lab", "run"])
-            .args(args)
-            .env(lab_harness::assets::ENV_ASSETS, assets_path)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "lab run {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(started.elapsed())
-    };
+    let time = |args: &[&str]| crate::bench::timed_lab_run(assets_path, args, &[]);
     let dir = selftests.to_string_lossy().into_owned();
     let remote = [
         "--hosts",
