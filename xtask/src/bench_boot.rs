@@ -17,23 +17,15 @@ pub fn against_bare(
     let image = dir.path().join("bare.cpio");
     let agent = crate::provision::build_agent(&crate::workspace_root())?;
     std::fs::write(&image, lab_rootfs::bare_image(&agent)?)?;
-    let (mut bare, mut cold, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..pairs {
-        let mut cfg = assets.vm(&format!("bare{i}"));
-        cfg.snapshots = None;
-        cfg.policy.boot_attempts = 1;
-        let b = rt.block_on(lab_harness::launch::bare_boot(&cfg, &image))?;
-        cfg.name = format!("cold{i}");
-        let c = rt.block_on(async {
-            let vm = Vm::boot(cfg).await?;
-            let took = vm.boot_time();
-            vm.shutdown().await?;
-            Ok::<_, lab_harness::Error>(took)
-        })?;
-        ratios.push(c.as_secs_f64() / b.as_secs_f64().max(1e-6));
-        bare.push(b);
-        cold.push(c);
-    }
+    // One future for all pairs, stopped by Ctrl-C as a whole: its guests go with it.
+    let (mut bare, mut cold) = rt.block_on(crate::interrupt::unless_interrupted(
+        pairs_of_boots(assets, &image, pairs),
+    ))??;
+    let mut ratios: Vec<f64> = cold
+        .iter()
+        .zip(&bare)
+        .map(|(c, b)| c.as_secs_f64() / b.as_secs_f64().max(1e-6))
+        .collect();
     bare.sort();
     cold.sort();
     ratios.sort_by(f64::total_cmp);
@@ -50,18 +42,41 @@ pub fn against_bare(
     Ok(())
 }
 
+/// `pairs` bare boots and cold boots, in turn: their times, pair by pair.
+async fn pairs_of_boots(
+    assets: &Assets,
+    image: &std::path::Path,
+    pairs: usize,
+) -> lab_harness::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut bare, mut cold) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let mut cfg = assets.vm(&format!("bare{i}"));
+        cfg.snapshots = None;
+        cfg.policy.boot_attempts = 1;
+        bare.push(lab_harness::launch::bare_boot(&cfg, image).await?);
+        cfg.name = format!("cold{i}");
+        let vm = Vm::boot(cfg).await?;
+        cold.push(vm.boot_time());
+        vm.shutdown().await?;
+    }
+    Ok((bare, cold))
+}
+
 /// Where a cold boot's time goes: QEMU's start and the kernel's decompression (until the
 /// kernel's clock starts), the kernel's own start-up (until it runs /init), and /init's work
 /// (mounts, modules, the module disk) until the agent answers.
 pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> anyhow::Result<()> {
     let mut cfg = assets.vm("breakdown");
     cfg.snapshots = None;
-    let vm = rt.block_on(Vm::boot(cfg))?;
-    let total = vm.boot_time().as_secs_f64();
-    let uptime = vm.ready_info().uptime_secs;
-    let dmesg = rt.block_on(vm.succeed("dmesg"))?;
-    let modules = vm.ready_info().modules.len();
-    rt.block_on(vm.shutdown())?;
+    let booted = async {
+        let vm = Vm::boot(cfg).await?;
+        let (total, ready) = (vm.boot_time().as_secs_f64(), vm.ready_info().clone());
+        let dmesg = vm.succeed("dmesg").await?;
+        vm.shutdown().await?;
+        Ok::<_, lab_harness::Error>((total, ready, dmesg))
+    };
+    let (total, ready, dmesg) = rt.block_on(crate::interrupt::unless_interrupted(booted))??;
+    let (uptime, modules) = (ready.uptime_secs, ready.modules.len());
     let init_at = dmesg
         .lines()
         .find(|l| l.contains("Run /init as init process"))
