@@ -137,25 +137,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let counts = Counts::of(args);
     match args.only {
         Some(Part::Switch) => {
-            return rt.block_on(crate::bench_switch::alone_and_flooded(
-                counts.switch_frames,
-                counts.switch_frames,
-            ))
+            return block(
+                &rt,
+                crate::bench_switch::alone_and_flooded(counts.switch_frames, counts.switch_frames),
+            )?
         }
         Some(Part::Output) => return crate::bench_output::run(&assets_path, counts.output_mib),
-        Some(Part::Flood) => return rt.block_on(crate::bench_switch::delayed_flood(counts.flood)),
+        Some(Part::Flood) => return block(&rt, crate::bench_switch::delayed_flood(counts.flood))?,
         Some(Part::Lan) => {
-            return rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))
+            return block(&rt, crate::bench_switch::big_lan(&assets, counts.lan_hosts))?
         }
         Some(Part::Boot) => {
             crate::bench_boot::cold_boot_breakdown(&rt, &assets)?;
             return crate::bench_boot::against_bare(&rt, &assets, counts.boot_pairs);
         }
         Some(Part::Remote) => {
-            rt.block_on(crate::bench_remote::remote_commands(
-                &assets,
-                counts.remote_commands,
-            ))?;
+            block(
+                &rt,
+                crate::bench_remote::remote_commands(&assets, counts.remote_commands),
+            )??;
             return crate::bench_remote::ping_py(&assets_path, counts.ping_py_pairs);
         }
         None => {}
@@ -233,33 +233,47 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut cfg = nest.clone();
         cfg.name = "nest-inner".into();
         cfg.snapshots = Some(nest_store.path().to_path_buf());
-        rt.block_on(inner_vms(cfg, counts.inner_vms))?;
+        block(&rt, inner_vms(cfg, counts.inner_vms))??;
     }
     lab_run(&assets_path, counts.lab_run_pairs)?;
-    rt.block_on(crate::bench_switch::alone_and_flooded(
-        counts.switch_frames,
-        counts.switch_frames,
-    ))?;
-    rt.block_on(crate::bench_switch::guest_to_guest(&assets, counts.pings))?;
-    rt.block_on(crate::bench_switch::delayed_flood(counts.flood))?;
+    block(
+        &rt,
+        crate::bench_switch::alone_and_flooded(counts.switch_frames, counts.switch_frames),
+    )??;
+    block(
+        &rt,
+        crate::bench_switch::guest_to_guest(&assets, counts.pings),
+    )??;
+    block(&rt, crate::bench_switch::delayed_flood(counts.flood))??;
     crate::bench_output::run(&assets_path, counts.output_mib)?;
-    rt.block_on(crate::bench_switch::big_lan(&assets, counts.lan_hosts))?;
-    rt.block_on(crate::bench_remote::remote_commands(
-        &assets,
-        counts.remote_commands,
-    ))?;
+    block(&rt, crate::bench_switch::big_lan(&assets, counts.lan_hosts))??;
+    block(
+        &rt,
+        crate::bench_remote::remote_commands(&assets, counts.remote_commands),
+    )??;
     crate::bench_remote::ping_py(&assets_path, counts.ping_py_pairs)?;
     if counts.extras > 0 {
         extras(&assets, &rt, counts.extras)?;
     }
     for _ in 0..counts.nested {
-        rt.block_on(nested(&assets))?;
+        block(&rt, nested(&assets))??;
     }
     if args.soak > 0 {
         crate::bench_soak::soak(&rt, &assets, args.soak, Some(store.path()))?;
         crate::bench_soak::soak(&rt, &assets, args.soak, None)?;
     }
     Ok(())
+}
+
+/// `rt.block_on(work)`, unless Ctrl-C or SIGTERM comes first: then `work` is dropped (its
+/// guests killed, their directories removed) and the bench ends saying so. Every wait of the
+/// bench goes through here: once one wait has listened for SIGINT, tokio keeps the signal from
+/// ending the process, and a wait that did not listen would not hear Ctrl-C.
+pub(crate) fn block<T>(
+    rt: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    rt.block_on(crate::interrupt::unless_interrupted(work))
 }
 
 /// What a series of boots measured.
@@ -292,7 +306,7 @@ fn boots(
         fallbacks: Vec::new(),
     };
     for round in 0..n.div_ceil(parallel) {
-        let vms = rt.block_on(async {
+        let vms = block(rt, async {
             let mut set = tokio::task::JoinSet::new();
             for i in round * parallel..((round + 1) * parallel).min(n) {
                 let mut cfg = assets.vm(&format!("{label}{i}"));
@@ -307,7 +321,7 @@ fn boots(
                 });
             }
             set.join_all().await
-        });
+        })?;
         for (vm, took) in vms {
             let vm = match vm {
                 Ok(vm) => vm,
@@ -325,7 +339,7 @@ fn boots(
                 .push(memory_kib(vm.qemu_pid(), "status", "VmRSS:"));
             out.pss_kib
                 .push(memory_kib(vm.qemu_pid(), "smaps_rollup", "Pss:"));
-            rt.block_on(vm.shutdown())?;
+            block(rt, vm.shutdown())??;
         }
     }
     out.times.sort();
@@ -530,10 +544,10 @@ fn boot_to_ready(
     let started = Instant::now();
     let mut cfg = cfg()?;
     cfg.policy.boot_attempts = 1;
-    let vm = rt.block_on(Vm::boot(cfg))?;
+    let vm = block(rt, Vm::boot(cfg))??;
     let took = started.elapsed();
     let kind = vm.boot_kind().clone();
-    rt.block_on(vm.shutdown())?;
+    block(rt, vm.shutdown())??;
     Ok((took, kind))
 }
 

@@ -18,9 +18,7 @@ pub fn against_bare(
     let agent = crate::provision::build_agent(&crate::workspace_root())?;
     std::fs::write(&image, lab_rootfs::bare_image(&agent)?)?;
     // One future for all pairs, stopped by Ctrl-C as a whole: its guests go with it.
-    let (mut bare, mut cold) = rt.block_on(crate::interrupt::unless_interrupted(
-        pairs_of_boots(assets, &image, pairs),
-    ))??;
+    let (mut bare, mut cold) = crate::bench::block(rt, pairs_of_boots(assets, &image, pairs))??;
     let mut ratios: Vec<f64> = cold
         .iter()
         .zip(&bare)
@@ -75,7 +73,7 @@ pub fn cold_boot_breakdown(rt: &tokio::runtime::Runtime, assets: &Assets) -> any
         vm.shutdown().await?;
         Ok::<_, lab_harness::Error>((total, ready, dmesg))
     };
-    let (total, ready, dmesg) = rt.block_on(crate::interrupt::unless_interrupted(booted))??;
+    let (total, ready, dmesg) = crate::bench::block(rt, booted)??;
     let (uptime, modules) = (ready.uptime_secs, ready.modules.len());
     let init_at = dmesg
         .lines()

@@ -31,7 +31,7 @@ pub fn soak(
     let started = Instant::now();
     let mut soak = Soak::default();
     for round in 0..n.div_ceil(AT_ONCE) {
-        let results = rt.block_on(async {
+        let results = crate::bench::block(rt, async {
             let mut set = tokio::task::JoinSet::new();
             for i in round * AT_ONCE..((round + 1) * AT_ONCE).min(n) {
                 let mut cfg = assets.vm(&format!("soak{i}"));
@@ -40,7 +40,7 @@ pub fn soak(
                 set.spawn(one(cfg));
             }
             set.join_all().await
-        });
+        })?;
         for result in results {
             soak.guests += 1;
             match result {
