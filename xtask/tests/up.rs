@@ -33,20 +33,28 @@ fn up(name: &str, hosts: &[&str]) -> Terminal {
 /// ping's summary: the least RTT in ms (if any reply came; what the cable adds, whatever a busy
 /// machine adds on top) and the loss in %.
 fn ping(pane: &Pane, marker: &str, args: &str, within: Duration) -> (Option<f64>, f64) {
-    pane.type_line(&format!("echo {marker}-$((1+1)); ping {args}"));
-    let shown = format!("{marker}-2");
+    // Marks before and after, as the shell prints them (the typed line shows `$((1+1))`):
+    // ping's summary is two lines, and a screen taken between them has the loss but not the
+    // RTT, so only the mark after it says the summary is whole.
+    pane.type_line(&format!(
+        "echo {marker}-$((1+1)); ping {args}; echo {marker}-done-$((2+2))"
+    ));
+    let (shown, done) = (format!("{marker}-2"), format!("{marker}-done-4"));
     let summary = |screen: &str| {
-        screen
-            .rfind(&shown)
-            .map(|at| screen[at..].to_string())
-            .filter(|after| after.contains("% packet loss"))
+        let from = screen.rfind(&shown)?;
+        let to = from + screen[from..].find(&done)?;
+        Some(screen[from..to].to_string())
     };
-    let screen = pane.wait_until(&format!("ping's summary after {shown}"), within, |s| {
+    let screen = pane.wait_until(&format!("ping's end after {shown}"), within, |s| {
         summary(s).is_some()
     });
-    let after = summary(&screen).expect("waited for");
-    let (_, loss) = lab_tests::ping_stats(&after);
-    (lab_tests::ping_min_rtt(&after), loss)
+    let between = summary(&screen).expect("waited for");
+    assert!(
+        between.contains("% packet loss"),
+        "ping's summary after {shown}:\n{between}"
+    );
+    let (_, loss) = lab_tests::ping_stats(&between);
+    (lab_tests::ping_min_rtt(&between), loss)
 }
 
 /// `exit` in the first host's shell ends `lab up`, its panes and its guests, leaving nothing.
