@@ -131,8 +131,8 @@ fn binary_and_files(cfg: &VmConfig) -> Result<std::path::PathBuf> {
 
 /// Boots `cfg`'s kernel on its machine to `image`, a static `/init` that powers off at once
 /// (`lab_rootfs::bare_image`), and says how long QEMU took from its start to its exit: the
-/// least a boot of that kernel can take, which a cold boot is measured against. No console,
-/// agent, disk or NIC; nothing of it is left behind.
+/// least a boot of that kernel can take, which a cold boot is measured against. No agent,
+/// disk or NIC; nothing of it is left behind.
 pub async fn bare_boot(cfg: &VmConfig, image: &Path) -> Result<Duration> {
     let mut bare = cfg.clone();
     bare.boot.initrd = image.to_path_buf();
@@ -142,49 +142,33 @@ pub async fn bare_boot(cfg: &VmConfig, image: &Path) -> Result<Duration> {
     bare.boot.extra_cmdline = vec!["--".into(), "bare".into()];
     let binary = binary_and_files(&bare)?;
     let dir = state_dir(&bare)?;
-    let (log, console) = (dir.path().join("qemu.log"), dir.path().join("console.log"));
+    let paths = StatePaths::in_dir(dir.path());
     let started = Instant::now();
-    let mut process = QemuProcess::spawn(&binary, &qemu::bare_args(&bare, &console), &log)
+    let mut process = QemuProcess::spawn(&binary, &qemu::bare_args(&bare, &paths), &paths.qemu_log)
         .map_err(|e| Error::guest(&bare.name, Phase::Launch, format!("starting QEMU: {e}")))?;
     let within = bare.policy.boot_timeout;
-    let status = match tokio::time::timeout(within, process.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            let msg = format!("the bare boot did not power off within {within:?}");
-            return Err(Error::guest(&bare.name, Phase::Boot, msg));
-        }
-    };
+    let status = tokio::time::timeout(within, process.wait()).await;
     let took = started.elapsed();
     // `-no-reboot` ends QEMU the same way for a power-off and a kernel panic (an image with no
     // /init, say): only the console tells them apart.
-    let said = std::fs::read_to_string(&console).unwrap_or_default();
-    match status {
-        Ok(s) if s.success() && said.contains("reboot: Power down") => Ok(took),
-        other => {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            // A panic's own line says why; its stack trace after it does not.
-            let why = match said.lines().find(|l| l.contains("Kernel panic")) {
-                Some(panic) => format!("the kernel said: {}", panic.trim()),
-                None => format!("its console ended: {}", last_lines(&said, 5)),
-            };
-            let msg = format!(
-                "the bare boot did not power off (QEMU: {}{}); {}",
-                describe_status(other),
+    let said = std::fs::read_to_string(&paths.console).unwrap_or_default();
+    let why = match status {
+        Ok(Ok(s)) if s.success() && said.contains("reboot: Power down") => return Ok(took),
+        Ok(status) => {
+            let log = std::fs::read_to_string(&paths.qemu_log).unwrap_or_default();
+            format!(
+                "the bare boot did not power off (QEMU: {}{})",
+                describe_status(status),
                 match log.trim() {
                     "" => String::new(),
                     log => format!(", {log}"),
                 },
-                crate::text::printable(&why)
-            );
-            Err(Error::guest(&bare.name, Phase::Boot, msg))
+            )
         }
-    }
-}
-
-/// The last `n` lines of `text`, joined with " / ".
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" / ")
+        Err(_) => format!("the bare boot did not power off within {within:?}"),
+    };
+    let tail = crate::console::tail(&paths.console, crate::console::ERROR_LINES);
+    Err(Error::guest(&bare.name, Phase::Boot, why).with_console(Some(tail)))
 }
 
 /// A saved state to load, and what makes the restored guest its own.

@@ -172,21 +172,16 @@ pub fn args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
 }
 
 /// QEMU's command line for a bare boot of `cfg`'s machine and kernel: its image and command
-/// line as given, the console into the file `console`, no other device
-/// ([`crate::launch::bare_boot`]).
-pub fn bare_args(cfg: &VmConfig, console: &Path) -> Vec<OsString> {
-    let mut args = machine_args(cfg);
-    args.extend([
-        "-kernel".into(),
-        cfg.boot.kernel.clone().into(),
-        "-initrd".into(),
-        cfg.boot.initrd.clone().into(),
-        "-append".into(),
-        kernel_cmdline(cfg).into(),
-        "-serial".into(),
-        format!("file:{}", console.display()).into(),
-    ]);
-    args
+/// line as [`boot_args`] gives them, the console into the file `paths.console`, no other
+/// device ([`crate::launch::bare_boot`]).
+pub fn bare_args(cfg: &VmConfig, paths: &StatePaths) -> Vec<OsString> {
+    let serial = format!("file:{}", paths.console.display());
+    [
+        machine_args(cfg),
+        boot_args(cfg, paths),
+        strings(&["-serial", &serial]),
+    ]
+    .concat()
 }
 
 fn strings(items: &[&str]) -> Vec<OsString> {

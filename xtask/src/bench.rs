@@ -391,11 +391,11 @@ pub(crate) fn timed_lab_run(
 fn lab_run(assets_path: &std::path::Path, pairs: usize) -> anyhow::Result<()> {
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), "uname -r\n")?;
-    let script = script.path().to_string_lossy().into_owned();
+    let path = script.path().to_string_lossy().into_owned();
     let time = |snapshot: &str| {
         timed_lab_run(
             assets_path,
-            &[script.as_str()],
+            &[path.as_str()],
             &[(lab_harness::settings::ENV_SNAPSHOT, snapshot)],
         )
     };

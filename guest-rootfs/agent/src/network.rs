@@ -32,12 +32,7 @@ pub fn apply(network: &Network) -> Result<(), String> {
         .map(|nic| Ok((nic, index_of(&nic.name)?)))
         .collect::<Result<Vec<_>, String>>()?;
     for &(nic, index) in &nics {
-        for address in &nic.addresses {
-            rtnl.add_address(index, address)
-                .map_err(|e| format!("{}: add address {address}: {e}", nic.name))?;
-        }
-        rtnl.set_up(index)
-            .map_err(|e| format!("{}: set it up: {e}", nic.name))?;
+        up(&mut rtnl, &nic.name, index, &nic.addresses)?;
     }
     // Frames sent before the kernel calls a NIC operational may be dropped.
     for nic in &network.nics {
@@ -69,8 +64,17 @@ pub fn apply(network: &Network) -> Result<(), String> {
 /// VM's `lab.eth0`, without the `ip` runs that cost a boot 0.15-0.2 s under TCG.
 pub fn bring_up(name: &str, address: Option<&str>) -> Result<(), String> {
     let mut rtnl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    let index = index_of(name)?;
-    if let Some(address) = address {
+    up(&mut rtnl, name, index_of(name)?, address.as_slice())
+}
+
+/// Gives NIC `name` (`index`) its `addresses`, then sets it up.
+fn up(
+    rtnl: &mut Rtnl,
+    name: &str,
+    index: u32,
+    addresses: &[impl AsRef<str>],
+) -> Result<(), String> {
+    for address in addresses.iter().map(AsRef::as_ref) {
         rtnl.add_address(index, address)
             .map_err(|e| format!("{name}: add address {address}: {e}"))?;
     }
