@@ -129,10 +129,22 @@ impl Vm {
         within: Duration,
         what: &str,
     ) -> Result<C::Ok> {
-        self.agent
+        let started = std::time::Instant::now();
+        let done = self
+            .agent
             .call(call, within)
             .await
-            .map_err(|e| self.call_failed(Phase::Setup, what, e))
+            .map_err(|e| self.call_failed(Phase::Setup, what, e));
+        // As the boot's steps say theirs: where a lab's set-up time and CPU go.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let cpu = crate::host::cpu_seconds(self.qemu_pid()).unwrap_or_default();
+            tracing::debug!(
+                "{}: {what} done in {:.0?}, QEMU's CPU {cpu:.2} s",
+                self.name(),
+                started.elapsed()
+            );
+        }
+        done
     }
 
     pub fn qmp(&self) -> &Qmp {
