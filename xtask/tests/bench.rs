@@ -24,6 +24,7 @@ fn the_quick_bench_runs_every_part_to_its_end() {
         "inner VM",
         "lab run of `uname -r`, end to end",
         "switch alone",
+        "µs of CPU a frame delivered",
         "guest to guest",
         "over a 600 s delay",
         "byte-exact yes read at once and yes through a reader that stalls",
