@@ -70,14 +70,16 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let cache = crate::cache_dir()?;
     let agent = build_agent(&workspace_root())?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
-    let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
-        .context("pointing apt at Debian's archive")?;
     let id = args.id(&manifest);
     let stamp = stamp(&id, &agent, &cache, args.kernel_tree.as_deref())?;
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
     if let Some(path) = warm(&id, &stamp, &stamp_path, args.beside)? {
         return Ok(path);
     }
+    // Only now: pointing apt at the archive asks the host's apt for its proxy and fetches
+    // package lists a day old, which a warm run needs neither the time nor the network for.
+    let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
+        .context("pointing apt at Debian's archive")?;
     let path = provision(&apt, args, &manifest, &agent, &cache)?;
     std::fs::write(&stamp_path, &stamp)
         .with_context(|| format!("writing {}", stamp_path.display()))?;
