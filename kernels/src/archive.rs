@@ -64,7 +64,7 @@ pub fn use_archive(archive: &Archive, cache: &Path) -> Result<Apt> {
     let lock_path = root.join("update.lock");
     let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-    if !lists_fresh(&root.join("state/lists")) {
+    if !lists_fetched_within_the_day(&root.join("state/lists")) {
         let task = crate::progress::Task::start(
             "updating the package lists of Debian's archive",
             None,
@@ -169,7 +169,13 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.
-fn lists_fresh(lists: &Path) -> bool {
+/// Whether the package lists [`use_archive`] keeps under `cache` were fetched within the day,
+/// so that it would not fetch them again.
+pub fn lists_fresh(cache: &Path) -> bool {
+    lists_fetched_within_the_day(&cache.join("apt/state/lists"))
+}
+
+fn lists_fetched_within_the_day(lists: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(lists) else {
         return false;
     };
@@ -213,7 +219,7 @@ mod tests {
             "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n"
         );
         assert!(
-            !lists_fresh(&dir.path().join("state/lists")),
+            !lists_fetched_within_the_day(&dir.path().join("state/lists")),
             "no lists yet"
         );
     }

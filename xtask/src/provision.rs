@@ -71,15 +71,38 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
     let agent = build_agent(&workspace_root())?;
     let manifest = Manifest::load(&Manifest::bundled_path())?;
     let id = args.id(&manifest);
-    let stamp = stamp(&id, &agent, &cache, args.kernel_tree.as_deref())?;
+    let tree = args.kernel_tree.as_deref();
     let stamp_path = lab_dir().join(format!("assets-{id}.stamp"));
+    let made = warm(
+        &id,
+        &stamp(&id, &agent, &cache, tree)?,
+        &stamp_path,
+        args.beside,
+    )?;
+    // Warm, on lists fetched within the day: no apt tool runs (pointing apt at the archive
+    // asks the host's apt for its proxy, and fetches lists a day old).
+    let fresh = lab_kernels::archive::lists_fresh(&cache);
+    if let (Some(path), true) = (&made, fresh) {
+        return Ok(path.clone());
+    }
+    let archive = lab_kernels::archive::use_archive(&manifest.archive, &cache);
+    let apt = match (archive, made) {
+        (Ok(apt), _) => apt,
+        // Offline with everything made: lists a day old are no reason to stop.
+        (Err(e), Some(path)) => {
+            crate::ui::status!(
+                "xtask: Debian's package lists are over a day old and could not be fetched \
+                 again ({e}); going on with the assets already made"
+            );
+            return Ok(path);
+        }
+        (Err(e), None) => return Err(e).context("pointing apt at Debian's archive"),
+    };
+    // The lists just fetched are in the stamp: unchanged, the assets are still warm.
+    let stamp = stamp(&id, &agent, &cache, tree)?;
     if let Some(path) = warm(&id, &stamp, &stamp_path, args.beside)? {
         return Ok(path);
     }
-    // Only now: pointing apt at the archive asks the host's apt for its proxy and fetches
-    // package lists a day old, which a warm run needs neither the time nor the network for.
-    let apt = lab_kernels::archive::use_archive(&manifest.archive, &cache)
-        .context("pointing apt at Debian's archive")?;
     let path = provision(&apt, args, &manifest, &agent, &cache)?;
     std::fs::write(&stamp_path, &stamp)
         .with_context(|| format!("writing {}", stamp_path.display()))?;

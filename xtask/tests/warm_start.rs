@@ -1,7 +1,8 @@
-//! A warm start is a few file reads: once everything is provisioned, `cargo xtask provision`
-//! (and every command that starts with it, `lab run` among them) runs no apt tool. apt asked
-//! the host for its proxy on every run, and fetched package lists once they were a day old,
-//! so a laptop offline for a day could not start a lab it had everything for.
+//! A warm start is a few file reads: once everything is provisioned and Debian's package
+//! lists are less than a day old, `cargo xtask provision` (and every command that starts with
+//! it, `lab run` among them) runs no apt tool. It used to ask the host's apt for its proxy on
+//! every run, and to stop when lists a day old could not be fetched again, so a laptop offline
+//! for a day could not start a lab it had everything for (it now goes on with what it has).
 
 mod support;
 use support::{text, xtask};
