@@ -92,7 +92,7 @@ pub fn run(args: &ProvisionArgs) -> anyhow::Result<PathBuf> {
         (Err(e), Some(path)) => {
             crate::ui::status!(
                 "xtask: Debian's package lists are over a day old and could not be fetched \
-                 again ({e}); going on with the assets already made"
+                 again; going on with the assets already made\n  {e}"
             );
             return Ok(path);
         }
