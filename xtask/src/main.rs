@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's entry points. `test` provisions everything and runs every test;
 //! `lab` runs experiments; `bench` measures boots; `provision` only prepares kernel and image.
 
+mod agent_fresh;
 mod attach;
 mod bench;
 mod bench_boot;

@@ -387,6 +387,24 @@ fn agent_rustflags(workspace: &Path) -> String {
 /// Builds the static agent of the checkout at `workspace` (this one, or another for the test
 /// that two checkouts build the same agent) and returns its path.
 pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
+    let flags = agent_rustflags(workspace);
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join(AGENT_TARGET)
+        .join("release");
+    let binary = release.join("lab");
+    let mark = release.join("lab.checked");
+    let also: Vec<PathBuf> = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]
+        .iter()
+        .map(|f| workspace.join(f))
+        .filter(|f| f.is_file())
+        .chain(std::env::current_exe().ok())
+        .collect();
+    if crate::agent_fresh::fresh(&mark, &release.join("lab.d"), &binary, &flags, &also) {
+        return Ok(binary);
+    }
+    let started = std::time::SystemTime::now();
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .current_dir(workspace)
@@ -399,10 +417,7 @@ pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
             "--target",
             AGENT_TARGET,
         ])
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            agent_rustflags(workspace),
-        );
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", &flags);
     let status = if lab_kernels::progress::watching() {
         crate::progress::cargo(&mut cargo, "building the lab agent")
     } else {
@@ -413,10 +428,9 @@ pub fn build_agent(workspace: &Path) -> anyhow::Result<PathBuf> {
         status.success(),
         "building the static lab agent failed; it needs glibc's static libraries (`sudo apt-get install libc6-dev`)"
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join(AGENT_TARGET).join("release").join("lab"))
+    // Without the mark the next run asks cargo again, which is only slower.
+    let _ = crate::agent_fresh::write_mark(&mark, started, &flags, &binary);
+    Ok(binary)
 }
 
 #[cfg(test)]
