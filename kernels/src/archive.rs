@@ -168,13 +168,13 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     crate::write_atomically(path, text.as_bytes())
 }
 
-/// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.
 /// Whether the package lists [`use_archive`] keeps under `cache` were fetched within the day,
 /// so that it would not fetch them again.
 pub fn lists_fresh(cache: &Path) -> bool {
     lists_fetched_within_the_day(&cache.join("apt/state/lists"))
 }
 
+/// Whether `lists` holds package indexes fetched less than [`FRESH`] ago.
 fn lists_fetched_within_the_day(lists: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(lists) else {
         return false;

@@ -47,10 +47,13 @@ pub fn fresh(mark: &Path, dep_info: &Path, binary: &Path, flags: &str, also: &[P
         return false;
     }
     let sources = sources(&deps);
-    let manifests: Vec<PathBuf> = sources.iter().filter_map(|s| manifest_of(s)).collect();
     if sources.is_empty() {
         return false;
     }
+    // One manifest per crate, however many of its sources the build read.
+    let mut manifests: Vec<PathBuf> = sources.iter().filter_map(|s| manifest_of(s)).collect();
+    manifests.sort();
+    manifests.dedup();
     sources
         .iter()
         .chain(&manifests)
@@ -61,7 +64,9 @@ pub fn fresh(mark: &Path, dep_info: &Path, binary: &Path, flags: &str, also: &[P
 /// What a mark says: the flags, and the binary's size and modification time.
 fn contents(flags: &str, binary: &Path) -> std::io::Result<String> {
     let meta = std::fs::metadata(binary)?;
-    let nanos = modified(binary)
+    let nanos = meta
+        .modified()
+        .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     Ok(format!("flags {flags}\nbinary {} {nanos}\n", meta.len()))

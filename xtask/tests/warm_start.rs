@@ -26,9 +26,8 @@ fn a_warm_provision_runs_no_apt_tool() {
             format!("#!/bin/sh\necho {tool} >> '{}'\nexit 1\n", ran.display()),
         )
         .expect("stub");
-        let mut perms = std::fs::metadata(&path).expect("stub").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&path, perms).expect("chmod");
+        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&path, executable).expect("chmod");
     }
     let path = std::env::join_paths(std::iter::once(stubs.path().to_path_buf()).chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
